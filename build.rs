@@ -1,0 +1,74 @@
+//! Build script: compiles every `bpf/*.bpf.c` into a CO-RE object and a libbpf-rs skeleton in OUT_DIR.
+
+use std::env;
+use std::ffi::OsStr;
+use std::fs;
+use std::path::PathBuf;
+
+use libbpf_cargo::SkeletonBuilder;
+
+fn main() {
+    let manifest =
+        PathBuf::from(env::var_os("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR"));
+    let out = PathBuf::from(env::var_os("OUT_DIR").expect("cargo sets OUT_DIR"));
+    let arch = env::var("CARGO_CFG_TARGET_ARCH").expect("cargo sets CARGO_CFG_TARGET_ARCH");
+    let bpf_dir = manifest.join("bpf");
+    let vmlinux_dir = bpf_dir.join("vmlinux").join(&arch);
+    if !vmlinux_dir.join("vmlinux.h").exists() {
+        panic!(
+            "no vendored vmlinux.h for target arch `{arch}` in {}: run scripts/gen-vmlinux on a machine of that arch",
+            vmlinux_dir.display()
+        );
+    }
+
+    let mut sources: Vec<PathBuf> = fs::read_dir(&bpf_dir)
+        .expect("bpf/ exists in the source tree")
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.to_string_lossy().ends_with(".bpf.c"))
+        .collect();
+    sources.sort();
+
+    for src in &sources {
+        let file = src
+            .file_name()
+            .and_then(OsStr::to_str)
+            .expect("bpf source names are UTF-8");
+        let name = file.trim_end_matches(".bpf.c");
+        let skel = out.join(format!("{name}.skel.rs"));
+        SkeletonBuilder::new()
+            .source(src)
+            .clang_args([
+                OsStr::new("-I"),
+                vmlinux_dir.as_os_str(),
+                OsStr::new("-I"),
+                bpf_dir.as_os_str(),
+                OsStr::new("-Wall"),
+                OsStr::new("-Werror"),
+            ])
+            .build_and_generate(&skel)
+            .unwrap_or_else(|e| {
+                panic!("failed to build BPF skeleton for {}: {e:#}", src.display())
+            });
+    }
+
+    // Rebuild when anything under bpf/ changes (sources, the shared header, vmlinux).
+    println!("cargo:rerun-if-changed=bpf");
+    for entry in walk(&bpf_dir) {
+        println!("cargo:rerun-if-changed={}", entry.display());
+    }
+}
+
+fn walk(dir: &PathBuf) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    if let Ok(rd) = fs::read_dir(dir) {
+        for e in rd.flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                out.extend(walk(&p));
+            } else if matches!(p.extension().and_then(OsStr::to_str), Some("c" | "h")) {
+                out.push(p);
+            }
+        }
+    }
+    out
+}

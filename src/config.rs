@@ -1,0 +1,877 @@
+//! Settings: one table of every flag and `LINUXGUARD_*` variable, and the resolver that picks
+//! flag > env > default for each, validates it and records where each value came from.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::path::PathBuf;
+
+use crate::error::{Error, Result};
+use crate::secret::{Secret, Secrets};
+
+/// Commands that read settings, as a bit set per setting.
+pub const WATCH: u8 = 1;
+pub const START: u8 = 2;
+pub const ATTEST: u8 = 4;
+pub const STATUS: u8 = 8;
+pub const SHOW: u8 = 16;
+const ALL: u8 = WATCH | START | ATTEST | STATUS | SHOW;
+const IDENT: u8 = START | SHOW;
+const KUBE: u8 = WATCH | START | ATTEST | SHOW;
+const SENSOR: u8 = WATCH | START | SHOW;
+
+/// Every setting, by name. The order is the order of `SETTINGS` and of `show-config`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Key {
+    Server,
+    ServerCa,
+    TenantId,
+    EnrollToken,
+    ApiKey,
+    WorkloadId,
+    NodeName,
+    PodUid,
+    TlsCache,
+    EnrollTimeout,
+    ProcRoot,
+    LogLevel,
+    RingBufferMb,
+    StatsInterval,
+    KubeletUrl,
+    KubeletReadOnlyPort,
+    KubeletSecurePort,
+    KubeletCa,
+    SkipKubeletVerification,
+    KubeletTokenPath,
+    KubeletCert,
+    KubeletKey,
+    KubeletAnonymous,
+    KubeletPollInterval,
+    KubeletMaxPollAttempts,
+    DisableContainerSelectors,
+    Socket,
+    SocketMode,
+    Output,
+    QueueMb,
+    BatchMaxEvents,
+    BatchMaxBytes,
+    BatchMaxAgeMs,
+    MetricsAddr,
+    ShutdownGrace,
+}
+
+/// How a setting's value is checked.
+#[derive(Debug, Clone, Copy)]
+pub enum Ty {
+    Text,
+    Path,
+    /// `https://host[:port][/path]`; `http://` is a configuration error.
+    HttpsUrl,
+    /// `http://` or `https://` (the kubelet read-only port is plain HTTP).
+    Url,
+    /// Present or absent; env accepts 1/true/yes/on and 0/false/no/off.
+    Bool,
+    Num {
+        min: u64,
+        max: u64,
+    },
+    Choice(&'static [&'static str]),
+    /// Read by `secret::take_secrets`, never by the parser.
+    Secret,
+    /// A flag whose value is optional (`--tls-cache` or `--tls-cache DIR`).
+    OptionalPath,
+    /// `ip:port` on a loopback address.
+    LoopbackAddr,
+}
+
+pub struct Setting {
+    pub key: Key,
+    /// The long flag without its dashes.
+    pub flag: &'static str,
+    pub env: &'static str,
+    pub default: Option<&'static str>,
+    pub ty: Ty,
+    pub value_name: &'static str,
+    pub help: &'static str,
+    pub commands: u8,
+}
+
+macro_rules! setting {
+    ($key:ident, $flag:literal, $env:literal, $default:expr, $ty:expr, $vn:literal, $cmds:expr, $help:literal) => {
+        Setting {
+            key: Key::$key,
+            flag: $flag,
+            env: $env,
+            default: $default,
+            ty: $ty,
+            value_name: $vn,
+            help: $help,
+            commands: $cmds,
+        }
+    };
+}
+
+pub const DEFAULT_TLS_CACHE: &str = "/run/linuxguard/tls";
+
+pub static SETTINGS: &[Setting] = &[
+    setting!(
+        Server,
+        "server",
+        "LINUXGUARD_SERVER",
+        None,
+        Ty::HttpsUrl,
+        "URL",
+        IDENT,
+        "backend base URL (https:// only)"
+    ),
+    setting!(
+        ServerCa,
+        "server-ca",
+        "LINUXGUARD_SERVER_CA",
+        None,
+        Ty::Path,
+        "FILE",
+        IDENT,
+        "PEM bundle that verifies the backend (default: compiled-in web PKI roots)"
+    ),
+    setting!(
+        TenantId,
+        "tenant-id",
+        "LINUXGUARD_TENANT_ID",
+        None,
+        Ty::Text,
+        "ID",
+        IDENT,
+        "tenant to enrol into (required with an enrolment token)"
+    ),
+    setting!(
+        EnrollToken,
+        "enroll-token",
+        "LINUXGUARD_ENROLL_TOKEN",
+        None,
+        Ty::Secret,
+        "TOKEN",
+        IDENT,
+        "single-use enrolment token; prefer the env var (the flag leaks via ps and shell history)"
+    ),
+    setting!(
+        ApiKey,
+        "api-key",
+        "LINUXGUARD_API_KEY",
+        None,
+        Ty::Secret,
+        "KEY",
+        IDENT,
+        "long-lived API key, instead of a token; prefer the env var"
+    ),
+    setting!(
+        WorkloadId,
+        "workload-id",
+        "LINUXGUARD_WORKLOAD_ID",
+        None,
+        Ty::Text,
+        "HEX",
+        IDENT | ATTEST,
+        "stable hex id of this workload outside Kubernetes; hashed with sha256"
+    ),
+    setting!(
+        NodeName,
+        "node-name",
+        "LINUXGUARD_NODE_NAME",
+        None,
+        Ty::Text,
+        "NAME",
+        IDENT | KUBE,
+        "Kubernetes node name (Downward API spec.nodeName)"
+    ),
+    setting!(
+        PodUid,
+        "pod-uid",
+        "LINUXGUARD_POD_UID",
+        None,
+        Ty::Text,
+        "UID",
+        IDENT,
+        "this pod's UID (Downward API metadata.uid)"
+    ),
+    setting!(
+        TlsCache,
+        "tls-cache",
+        "LINUXGUARD_TLS_CACHE",
+        None,
+        Ty::OptionalPath,
+        "[DIR]",
+        IDENT,
+        "cache the mTLS identity in DIR (default DIR /run/linuxguard/tls); unset: memory only"
+    ),
+    setting!(
+        EnrollTimeout,
+        "enroll-timeout",
+        "LINUXGUARD_ENROLL_TIMEOUT",
+        Some("300"),
+        Ty::Num {
+            min: 1,
+            max: 86_400
+        },
+        "SECS",
+        IDENT,
+        "give up enrolling after this many seconds of retries"
+    ),
+    setting!(
+        ProcRoot,
+        "proc-root",
+        "LINUXGUARD_PROC_ROOT",
+        Some("/proc"),
+        Ty::Path,
+        "DIR",
+        ALL,
+        "where the host's /proc is mounted"
+    ),
+    setting!(
+        LogLevel,
+        "log-level",
+        "RUST_LOG",
+        Some("info"),
+        Ty::Text,
+        "LEVEL",
+        ALL,
+        "error, warn, info, debug, trace, or an env_logger filter"
+    ),
+    setting!(
+        RingBufferMb,
+        "ring-buffer-mb",
+        "LINUXGUARD_RING_BUFFER_MB",
+        Some("8"),
+        Ty::Num { min: 1, max: 1024 },
+        "MB",
+        SENSOR,
+        "kernel ring buffer size in MiB (a power of two)"
+    ),
+    setting!(
+        StatsInterval,
+        "stats-interval",
+        "LINUXGUARD_STATS_INTERVAL",
+        Some("0"),
+        Ty::Num {
+            min: 0,
+            max: 86_400
+        },
+        "SECS",
+        SENSOR,
+        "emit a {\"type\":\"stats\"} event every SECS seconds (0: stats on stderr every 60 s and at exit)"
+    ),
+    setting!(
+        KubeletUrl,
+        "kubelet-url",
+        "LINUXGUARD_KUBELET_URL",
+        None,
+        Ty::Url,
+        "URL",
+        KUBE,
+        "kubelet base URL, overriding host and port"
+    ),
+    setting!(
+        KubeletReadOnlyPort,
+        "kubelet-read-only-port",
+        "LINUXGUARD_KUBELET_READ_ONLY_PORT",
+        None,
+        Ty::Num {
+            min: 1,
+            max: 65_535
+        },
+        "PORT",
+        KUBE,
+        "use the kubelet's plain-HTTP read-only port (excludes --kubelet-secure-port)"
+    ),
+    setting!(
+        KubeletSecurePort,
+        "kubelet-secure-port",
+        "LINUXGUARD_KUBELET_SECURE_PORT",
+        Some("10250"),
+        Ty::Num {
+            min: 1,
+            max: 65_535
+        },
+        "PORT",
+        KUBE,
+        "kubelet HTTPS port"
+    ),
+    setting!(
+        KubeletCa,
+        "kubelet-ca",
+        "LINUXGUARD_KUBELET_CA",
+        Some("/run/secrets/kubernetes.io/serviceaccount/ca.crt"),
+        Ty::Path,
+        "FILE",
+        KUBE,
+        "PEM bundle that verifies the kubelet"
+    ),
+    setting!(
+        SkipKubeletVerification,
+        "skip-kubelet-verification",
+        "LINUXGUARD_SKIP_KUBELET_VERIFICATION",
+        None,
+        Ty::Bool,
+        "",
+        KUBE,
+        "do not verify the kubelet's certificate"
+    ),
+    setting!(
+        KubeletTokenPath,
+        "kubelet-token-path",
+        "LINUXGUARD_KUBELET_TOKEN_PATH",
+        Some("/run/secrets/kubernetes.io/serviceaccount/token"),
+        Ty::Path,
+        "FILE",
+        KUBE,
+        "bearer token for the kubelet, re-read when it rotates"
+    ),
+    setting!(
+        KubeletCert,
+        "kubelet-cert",
+        "LINUXGUARD_KUBELET_CERT",
+        None,
+        Ty::Path,
+        "FILE",
+        KUBE,
+        "client certificate (PEM) for the kubelet, with --kubelet-key"
+    ),
+    setting!(
+        KubeletKey,
+        "kubelet-key",
+        "LINUXGUARD_KUBELET_KEY",
+        None,
+        Ty::Path,
+        "FILE",
+        KUBE,
+        "client private key (PEM) for the kubelet"
+    ),
+    setting!(
+        KubeletAnonymous,
+        "kubelet-anonymous",
+        "LINUXGUARD_KUBELET_ANONYMOUS",
+        None,
+        Ty::Bool,
+        "",
+        KUBE,
+        "call the kubelet without client authentication"
+    ),
+    setting!(
+        KubeletPollInterval,
+        "kubelet-poll-retry-interval-ms",
+        "LINUXGUARD_KUBELET_POLL_RETRY_INTERVAL_MS",
+        Some("500"),
+        Ty::Num {
+            min: 10,
+            max: 60_000
+        },
+        "MS",
+        KUBE,
+        "wait between pod-list refetches for an unknown pod"
+    ),
+    setting!(
+        KubeletMaxPollAttempts,
+        "kubelet-max-poll-attempts",
+        "LINUXGUARD_KUBELET_MAX_POLL_ATTEMPTS",
+        Some("60"),
+        Ty::Num { min: 1, max: 1_000 },
+        "N",
+        KUBE,
+        "refetches for an unknown pod before giving up"
+    ),
+    setting!(
+        DisableContainerSelectors,
+        "disable-container-selectors",
+        "LINUXGUARD_DISABLE_CONTAINER_SELECTORS",
+        None,
+        Ty::Bool,
+        "",
+        KUBE,
+        "pod selectors only, no container selectors"
+    ),
+    setting!(
+        Socket,
+        "socket",
+        "LINUXGUARD_SOCKET",
+        Some("/run/linuxguard/agent.sock"),
+        Ty::Path,
+        "PATH",
+        START | ATTEST | STATUS | SHOW,
+        "Unix socket for attestation and status"
+    ),
+    setting!(
+        SocketMode,
+        "socket-mode",
+        "LINUXGUARD_SOCKET_MODE",
+        Some("0660"),
+        Ty::Choice(&["0660", "0666"]),
+        "MODE",
+        START | SHOW,
+        "permissions of the Unix socket"
+    ),
+    setting!(
+        Output,
+        "output",
+        "LINUXGUARD_OUTPUT",
+        Some("backend"),
+        Ty::Choice(&["backend", "stdout", "both"]),
+        "WHERE",
+        START | SHOW,
+        "where `start` sends events"
+    ),
+    setting!(
+        QueueMb,
+        "queue-mb",
+        "LINUXGUARD_QUEUE_MB",
+        Some("4"),
+        Ty::Num { min: 1, max: 4096 },
+        "MB",
+        START | SHOW,
+        "bound of the in-memory upload queue; when full the oldest events are dropped and counted"
+    ),
+    setting!(
+        BatchMaxEvents,
+        "batch-max-events",
+        "LINUXGUARD_BATCH_MAX_EVENTS",
+        Some("2000"),
+        Ty::Num {
+            min: 1,
+            max: 1_000_000
+        },
+        "N",
+        START | SHOW,
+        "events per upload batch at most"
+    ),
+    setting!(
+        BatchMaxBytes,
+        "batch-max-bytes",
+        "LINUXGUARD_BATCH_MAX_BYTES",
+        Some("1048576"),
+        Ty::Num {
+            min: 1024,
+            max: 64 << 20
+        },
+        "BYTES",
+        START | SHOW,
+        "bytes per upload batch at most"
+    ),
+    setting!(
+        BatchMaxAgeMs,
+        "batch-max-age-ms",
+        "LINUXGUARD_BATCH_MAX_AGE_MS",
+        Some("1000"),
+        Ty::Num {
+            min: 1,
+            max: 600_000
+        },
+        "MS",
+        START | SHOW,
+        "upload a partial batch after this long"
+    ),
+    setting!(
+        MetricsAddr,
+        "metrics-addr",
+        "LINUXGUARD_METRICS_ADDR",
+        None,
+        Ty::LoopbackAddr,
+        "ADDR",
+        START | SHOW,
+        "serve Prometheus metrics on this loopback ip:port (off by default)"
+    ),
+    setting!(
+        ShutdownGrace,
+        "shutdown-grace",
+        "LINUXGUARD_SHUTDOWN_GRACE",
+        Some("5"),
+        Ty::Num { min: 0, max: 600 },
+        "SECS",
+        START | SHOW,
+        "on SIGTERM, time allowed to flush queued events"
+    ),
+];
+
+pub fn setting(key: Key) -> &'static Setting {
+    SETTINGS
+        .iter()
+        .find(|s| s.key == key)
+        .expect("invariant: every Key has one SETTINGS entry")
+}
+
+pub fn by_flag(flag: &str) -> Option<&'static Setting> {
+    SETTINGS.iter().find(|s| s.flag == flag)
+}
+
+/// Where a value came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Source {
+    Flag,
+    Env,
+    Default,
+    Unset,
+}
+
+impl fmt::Display for Source {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Source::Flag => "flag",
+            Source::Env => "env",
+            Source::Default => "default",
+            Source::Unset => "unset",
+        })
+    }
+}
+
+#[derive(Debug, Clone)]
+struct Resolved {
+    value: Option<String>,
+    source: Source,
+}
+
+/// The resolved settings of one command. Values are validated; getters cannot fail.
+#[derive(Debug)]
+pub struct Config {
+    commands: u8,
+    values: HashMap<Key, Resolved>,
+    pub enroll_token: Option<Secret>,
+    pub api_key: Option<Secret>,
+}
+
+/// Raw values from the command line, by setting (None: a flag given without a value).
+pub type FlagValues = Vec<(Key, Option<String>)>;
+
+/// Resolves every setting that `commands` reads: flag beats env beats default.
+pub fn resolve(
+    commands: u8,
+    flags: &FlagValues,
+    env: &dyn Fn(&str) -> Option<String>,
+    secrets: Secrets,
+) -> Result<Config> {
+    let mut values = HashMap::new();
+    for s in SETTINGS.iter().filter(|s| s.commands & commands != 0) {
+        if matches!(s.ty, Ty::Secret) {
+            continue;
+        }
+        let from_flag = flags.iter().rev().find(|(k, _)| *k == s.key);
+        let (raw, source) = if let Some((_, v)) = from_flag {
+            (Some(v.clone().unwrap_or_default()), Source::Flag)
+        } else if let Some(v) = env(s.env).filter(|v| !v.trim().is_empty()) {
+            (Some(v), Source::Env)
+        } else if let Some(d) = s.default {
+            (Some(d.to_string()), Source::Default)
+        } else {
+            (None, Source::Unset)
+        };
+        let value = match raw {
+            Some(raw) => Some(validate(s, raw.trim(), source)?),
+            None => None,
+        };
+        values.insert(s.key, Resolved { value, source });
+    }
+    let mut secret_sources = HashMap::new();
+    let mut take = |key: Key, t: Option<crate::secret::Taken>| {
+        t.map(|t| {
+            secret_sources.insert(
+                key,
+                if t.from_flag {
+                    Source::Flag
+                } else {
+                    Source::Env
+                },
+            );
+            t.value
+        })
+    };
+    let enroll_token = take(Key::EnrollToken, secrets.enroll_token);
+    let api_key = take(Key::ApiKey, secrets.api_key);
+    for (k, src) in secret_sources {
+        values.insert(
+            k,
+            Resolved {
+                value: None,
+                source: src,
+            },
+        );
+    }
+    let cfg = Config {
+        commands,
+        values,
+        enroll_token,
+        api_key,
+    };
+    cfg.cross_check()?;
+    Ok(cfg)
+}
+
+fn origin(s: &Setting, source: Source) -> String {
+    match source {
+        Source::Flag => format!("--{}", s.flag),
+        _ => s.env.to_string(),
+    }
+}
+
+fn validate(s: &Setting, v: &str, source: Source) -> Result<String> {
+    let name = origin(s, source);
+    let bad = |expect: String| Err(Error::config(format!("invalid value for {name}: {expect}")));
+    match s.ty {
+        Ty::Text | Ty::Path if v.is_empty() => {
+            bad(format!("expected {}, got an empty value", s.value_name))
+        }
+        Ty::Text | Ty::Path | Ty::Secret => Ok(v.to_string()),
+        Ty::OptionalPath => Ok(if v.is_empty() {
+            DEFAULT_TLS_CACHE.to_string()
+        } else {
+            v.to_string()
+        }),
+        Ty::HttpsUrl => {
+            if v.starts_with("http://") {
+                return bad(format!(
+                    "{v:?} is plain http; the backend is only reached over https://"
+                ));
+            }
+            check_url(v, &["https://"]).or_else(|why| bad(why))
+        }
+        Ty::Url => check_url(v, &["https://", "http://"]).or_else(|why| bad(why)),
+        Ty::Bool => match v.to_ascii_lowercase().as_str() {
+            "" | "1" | "true" | "yes" | "on" => Ok("true".into()),
+            "0" | "false" | "no" | "off" => Ok("false".into()),
+            _ => bad(format!("expected true or false, got {v:?}")),
+        },
+        Ty::Num { min, max } => match v.parse::<u64>() {
+            Ok(n) if (min..=max).contains(&n) => {
+                if s.key == Key::RingBufferMb && !n.is_power_of_two() {
+                    return bad(format!("{n} is not a power of two (1, 2, 4, 8, ... 1024)"));
+                }
+                Ok(n.to_string())
+            }
+            _ => bad(format!(
+                "expected a whole number from {min} to {max} ({}), got {v:?}",
+                s.value_name
+            )),
+        },
+        Ty::Choice(choices) => {
+            if choices.contains(&v) {
+                Ok(v.to_string())
+            } else {
+                bad(format!("expected one of {}, got {v:?}", choices.join(", ")))
+            }
+        }
+        Ty::LoopbackAddr => match v.parse::<std::net::SocketAddr>() {
+            Ok(a) if a.ip().is_loopback() => Ok(v.to_string()),
+            Ok(_) => bad(format!(
+                "{v} is not a loopback address; metrics are served on 127.0.0.1 or [::1] only"
+            )),
+            Err(_) => bad(format!(
+                "expected ip:port such as 127.0.0.1:9464, got {v:?}"
+            )),
+        },
+    }
+}
+
+fn check_url(v: &str, schemes: &[&str]) -> std::result::Result<String, String> {
+    let Some(scheme) = schemes.iter().find(|s| v.starts_with(**s)) else {
+        return Err(format!(
+            "expected a URL starting with {}, got {v:?}",
+            schemes.join(" or ")
+        ));
+    };
+    let rest = &v[scheme.len()..];
+    let host = rest.split(['/', '?', '#']).next().unwrap_or("");
+    if host.is_empty() || host.contains('@') || rest.contains(char::is_whitespace) {
+        return Err(format!("expected {scheme}HOST[:PORT][/PATH], got {v:?}"));
+    }
+    if rest.contains(['?', '#']) {
+        return Err(format!("a base URL takes no query or fragment, got {v:?}"));
+    }
+    Ok(v.trim_end_matches('/').to_string())
+}
+
+impl Config {
+    fn cross_check(&self) -> Result<()> {
+        if self.is_set(Key::KubeletReadOnlyPort)
+            && self.source(Key::KubeletSecurePort) == Source::Flag
+        {
+            return Err(Error::config(
+                "--kubelet-read-only-port and --kubelet-secure-port exclude each other: pick the plain-HTTP read-only port or the HTTPS port",
+            ));
+        }
+        if self.is_set(Key::KubeletCert) != self.is_set(Key::KubeletKey) {
+            return Err(Error::config(
+                "--kubelet-cert and --kubelet-key go together: give both or neither",
+            ));
+        }
+        if self.flag(Key::KubeletAnonymous) && self.is_set(Key::KubeletCert) {
+            return Err(Error::config(
+                "--kubelet-anonymous excludes --kubelet-cert/--kubelet-key",
+            ));
+        }
+        Ok(())
+    }
+
+    /// Which commands this config was resolved for (bit set of WATCH, START, ...).
+    pub fn commands(&self) -> u8 {
+        self.commands
+    }
+    pub fn get(&self, key: Key) -> Option<&str> {
+        self.values.get(&key).and_then(|r| r.value.as_deref())
+    }
+    pub fn is_set(&self, key: Key) -> bool {
+        self.get(key).is_some()
+    }
+    pub fn source(&self, key: Key) -> Source {
+        self.values.get(&key).map_or(Source::Unset, |r| r.source)
+    }
+    pub fn path(&self, key: Key) -> Option<PathBuf> {
+        self.get(key).map(PathBuf::from)
+    }
+    pub fn flag(&self, key: Key) -> bool {
+        self.get(key) == Some("true")
+    }
+    /// A numeric setting; 0 when the command does not read it.
+    pub fn num(&self, key: Key) -> u64 {
+        self.get(key).and_then(|v| v.parse().ok()).unwrap_or(0)
+    }
+    /// Every setting this config holds, in table order, with a printable value (secrets redacted).
+    pub fn describe(&self) -> Vec<(&'static Setting, String, Source)> {
+        SETTINGS
+            .iter()
+            .filter(|s| s.commands & self.commands != 0)
+            .map(|s| {
+                let shown = match s.key {
+                    Key::EnrollToken => redact(self.enroll_token.as_ref()),
+                    Key::ApiKey => redact(self.api_key.as_ref()),
+                    k => self
+                        .get(k)
+                        .map_or_else(|| "<unset>".to_string(), str::to_string),
+                };
+                (s, shown, self.source(s.key))
+            })
+            .collect()
+    }
+}
+
+fn redact(s: Option<&Secret>) -> String {
+    s.map_or_else(|| "<unset>".to_string(), |s| s.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env_of(pairs: &'static [(&'static str, &'static str)]) -> impl Fn(&str) -> Option<String> {
+        move |k| {
+            pairs
+                .iter()
+                .find(|(n, _)| *n == k)
+                .map(|(_, v)| v.to_string())
+        }
+    }
+
+    #[test]
+    fn flag_beats_env_beats_default() {
+        let env = env_of(&[
+            ("LINUXGUARD_SERVER", "https://env.example"),
+            ("LINUXGUARD_QUEUE_MB", "8"),
+        ]);
+        let flags = vec![(Key::Server, Some("https://flag.example/".into()))];
+        let c = resolve(START, &flags, &env, Secrets::default()).unwrap();
+        assert_eq!(c.get(Key::Server), Some("https://flag.example"));
+        assert_eq!(c.source(Key::Server), Source::Flag);
+        assert_eq!(c.num(Key::QueueMb), 8);
+        assert_eq!(c.source(Key::QueueMb), Source::Env);
+        assert_eq!(c.num(Key::ShutdownGrace), 5);
+        assert_eq!(c.source(Key::ShutdownGrace), Source::Default);
+        assert_eq!(c.source(Key::TenantId), Source::Unset);
+    }
+
+    #[test]
+    fn http_server_is_a_config_error() {
+        let e = resolve(
+            START,
+            &vec![(Key::Server, Some("http://x".into()))],
+            &|_| None,
+            Secrets::default(),
+        )
+        .unwrap_err();
+        assert_eq!(e.kind(), crate::error::Kind::Config);
+        assert!(e.to_string().contains("--server"), "{e}");
+        assert!(e.to_string().contains("https://"), "{e}");
+    }
+
+    #[test]
+    fn bad_numbers_name_the_variable() {
+        let env = env_of(&[("LINUXGUARD_RING_BUFFER_MB", "3")]);
+        let e = resolve(WATCH, &vec![], &env, Secrets::default())
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("LINUXGUARD_RING_BUFFER_MB") && e.contains("power of two"),
+            "{e}"
+        );
+        let e = resolve(
+            START,
+            &vec![(Key::QueueMb, Some("lots".into()))],
+            &|_| None,
+            Secrets::default(),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.contains("--queue-mb") && e.contains("whole number"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn tls_cache_without_value_uses_default_dir() {
+        let c = resolve(
+            START,
+            &vec![(Key::TlsCache, None)],
+            &|_| None,
+            Secrets::default(),
+        )
+        .unwrap();
+        assert_eq!(c.get(Key::TlsCache), Some(DEFAULT_TLS_CACHE));
+        let c = resolve(START, &vec![], &|_| None, Secrets::default()).unwrap();
+        assert_eq!(c.get(Key::TlsCache), None);
+    }
+
+    #[test]
+    fn metrics_addr_must_be_loopback() {
+        let e = resolve(
+            START,
+            &vec![(Key::MetricsAddr, Some("0.0.0.0:9464".into()))],
+            &|_| None,
+            Secrets::default(),
+        );
+        assert!(e.is_err());
+        let c = resolve(
+            START,
+            &vec![(Key::MetricsAddr, Some("127.0.0.1:9464".into()))],
+            &|_| None,
+            Secrets::default(),
+        );
+        assert!(c.is_ok());
+    }
+
+    #[test]
+    fn kubelet_exclusions() {
+        let flags = vec![
+            (Key::KubeletReadOnlyPort, Some("10255".into())),
+            (Key::KubeletSecurePort, Some("10250".into())),
+        ];
+        assert!(resolve(ATTEST, &flags, &|_| None, Secrets::default()).is_err());
+        let flags = vec![(Key::KubeletCert, Some("/c".into()))];
+        assert!(resolve(ATTEST, &flags, &|_| None, Secrets::default()).is_err());
+    }
+
+    #[test]
+    fn every_key_has_exactly_one_setting_and_unique_names() {
+        let mut flags: Vec<&str> = SETTINGS.iter().map(|s| s.flag).collect();
+        flags.sort();
+        flags.dedup();
+        assert_eq!(flags.len(), SETTINGS.len());
+        let mut envs: Vec<&str> = SETTINGS.iter().map(|s| s.env).collect();
+        envs.sort();
+        envs.dedup();
+        assert_eq!(envs.len(), SETTINGS.len());
+    }
+}

@@ -1,0 +1,54 @@
+//! `show-config`: every setting with its value and source, and the derived workload identity.
+
+use serde_json::{Map, Value, json};
+
+use crate::cli::Args;
+use crate::config::{Config, Key};
+use crate::error::Result;
+use crate::identity;
+
+pub fn run(cfg: &Config, args: &Args) -> Result<()> {
+    let rows = cfg.describe();
+    // The identity is derived last, so a missing input fails exactly as `start` will.
+    let id = identity::derive(
+        cfg.get(Key::WorkloadId),
+        cfg.get(Key::NodeName),
+        cfg.get(Key::PodUid),
+    )?;
+    if args.json {
+        let mut settings = Map::new();
+        for (s, value, source) in &rows {
+            settings.insert(
+                s.flag.to_string(),
+                json!({"value": value, "source": source.to_string(), "env": s.env}),
+            );
+        }
+        let out = json!({
+            "version": env!("CARGO_PKG_VERSION"),
+            "settings": Value::Object(settings),
+            "workloadId": id.hex,
+            "workloadIdDerivation": id.derivation.describe(),
+            "nodeName": cfg.get(Key::NodeName),
+            "podUid": cfg.get(Key::PodUid),
+        });
+        println!("{out}");
+        return Ok(());
+    }
+    println!("{:<32} {:<48} SOURCE", "SETTING", "VALUE");
+    for (s, value, source) in &rows {
+        println!(
+            "{:<32} {:<48} {source} ({})",
+            format!("--{}", s.flag),
+            value,
+            s.env
+        );
+    }
+    println!();
+    println!("workload id: {} ({})", id.hex, id.derivation.describe());
+    println!(
+        "node name:   {}",
+        cfg.get(Key::NodeName).unwrap_or("<unset>")
+    );
+    println!("pod uid:     {}", cfg.get(Key::PodUid).unwrap_or("<unset>"));
+    Ok(())
+}
