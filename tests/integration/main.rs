@@ -1,0 +1,6 @@
+//! The one integration-test binary: runs the real built `linuxguard-agent` (and the reference
+//! backend) against real parts. Tests that need root and BPF are named `root_*`.
+
+mod common;
+
+mod cli;
