@@ -874,4 +874,21 @@ mod tests {
         envs.dedup();
         assert_eq!(envs.len(), SETTINGS.len());
     }
+
+    #[test]
+    fn readme_documents_every_setting() {
+        let readme = include_str!("../README.md");
+        for s in SETTINGS {
+            assert!(
+                readme.contains(&format!("`--{}`", s.flag)),
+                "README.md lacks --{}",
+                s.flag
+            );
+            assert!(
+                readme.contains(&format!("`{}`", s.env)),
+                "README.md lacks {}",
+                s.env
+            );
+        }
+    }
 }
