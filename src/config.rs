@@ -20,6 +20,7 @@ const KUBE: u8 = WATCH | START | ATTEST | SHOW;
 const SENSOR: u8 = WATCH | START | SHOW;
 
 /// Every setting, by name. The order is the order of `SETTINGS` and of `show-config`.
+#[allow(clippy::enum_variant_names)] // `ApiKey`, `KubeletKey` name real settings
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Key {
     Server,
