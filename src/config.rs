@@ -628,9 +628,9 @@ fn validate(s: &Setting, v: &str, source: Source) -> Result<String> {
                     "{v:?} is plain http; the backend is only reached over https://"
                 ));
             }
-            check_url(v, &["https://"]).or_else(|why| bad(why))
+            check_url(v, &["https://"]).or_else(&bad)
         }
-        Ty::Url => check_url(v, &["https://", "http://"]).or_else(|why| bad(why)),
+        Ty::Url => check_url(v, &["https://", "http://"]).or_else(&bad),
         Ty::Bool => match v.to_ascii_lowercase().as_str() {
             "" | "1" | "true" | "yes" | "on" => Ok("true".into()),
             "0" | "false" | "no" | "off" => Ok("false".into()),
