@@ -17,6 +17,9 @@ mod attest;
 mod status;
 // Shipping: the manifest checker.
 mod check_manifest;
+// The production loop: counters, upload queue.
+mod counters;
+mod upload_queue;
 
 use std::ffi::OsString;
 use std::io::Write;
