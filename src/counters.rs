@@ -2,6 +2,7 @@
 
 // Wired into the `start` loop by the end-to-end issue; tested on their own until then.
 #![allow(dead_code)]
+
 //! snapshot shared by heartbeats, the `status` answer and the Prometheus endpoint.
 
 use serde_json::{Value, json};

@@ -2,6 +2,7 @@
 
 // Wired into the `start` loop by the end-to-end issue; tested on their own until then.
 #![allow(dead_code)]
+
 //! counts it), cut into NDJSON batches that keep one idempotency key across retries.
 
 use std::collections::VecDeque;
