@@ -112,7 +112,8 @@ pub fn start_backend_in(state: TempDir, extra_args: &[&str]) -> Backend {
             }
         }
         if let Ok(Some(status)) = child.try_wait() {
-            let log = std::fs::read_to_string(logs.path().join("backend.stderr")).unwrap_or_default();
+            let log =
+                std::fs::read_to_string(logs.path().join("backend.stderr")).unwrap_or_default();
             panic!("linuxguard-backend exited early ({status}): {log}");
         }
         if std::time::Instant::now() > deadline {
@@ -121,10 +122,22 @@ pub fn start_backend_in(state: TempDir, extra_args: &[&str]) -> Backend {
         }
         std::thread::sleep(std::time::Duration::from_millis(20));
     };
-    Backend { child, url, state, logs }
+    Backend {
+        child,
+        url,
+        state,
+        logs,
+    }
 }
 
 impl Backend {
+    /// Stops the backend and hands back its state dir (to restart on the same CA).
+    pub fn stop(mut self) -> TempDir {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        std::mem::replace(&mut self.state, TempDir(PathBuf::new()))
+    }
+
     /// Path of the backend CA certificate (PEM), for `--server-ca`.
     pub fn ca_pem_path(&self) -> PathBuf {
         self.state.path().join("ca.pem")
