@@ -62,3 +62,188 @@ pub fn stderr(o: &Output) -> String {
 pub fn is_root() -> bool {
     nix::unistd::geteuid().is_root()
 }
+
+/// A running reference backend (`linuxguard-backend`), killed on drop.
+///
+/// Its state dir is a fresh `TempDir`; stdout and stderr go to `backend.stdout` and
+/// `backend.stderr` beside it (read them with `stdout_text()` / `log_text()`).
+pub struct Backend {
+    pub child: std::process::Child,
+    /// Base URL, e.g. `https://127.0.0.1:40123`.
+    pub url: String,
+    /// The backend's `--state-dir` (holds `ca.pem`, `ca-key.pem`, `url`).
+    pub state: TempDir,
+    /// Holds the stdout/stderr capture files.
+    pub logs: TempDir,
+}
+
+/// Starts `linuxguard-backend --listen 127.0.0.1:0 --state-dir <fresh dir> <extra_args>` and
+/// waits (up to 20 s) for it to write its `url` file.
+pub fn start_backend(extra_args: &[&str]) -> Backend {
+    start_backend_in(TempDir::new("backend-state"), extra_args)
+}
+
+/// Like `start_backend`, with a given state dir (to test restarts with the same CA).
+pub fn start_backend_in(state: TempDir, extra_args: &[&str]) -> Backend {
+    use std::process::Stdio;
+    let logs = TempDir::new("backend-logs");
+    let out = std::fs::File::create(logs.path().join("backend.stdout")).expect("stdout file");
+    let err = std::fs::File::create(logs.path().join("backend.stderr")).expect("stderr file");
+    let _ = std::fs::remove_file(state.path().join("url"));
+    let mut cmd = Command::new(BACKEND);
+    for (k, _) in std::env::vars() {
+        if k.starts_with("LINUXGUARD_") || k == "RUST_LOG" {
+            cmd.env_remove(k);
+        }
+    }
+    cmd.env("RUST_LOG", "info")
+        .args(["--listen", "127.0.0.1:0", "--state-dir"])
+        .arg(state.path())
+        .args(extra_args)
+        .stdin(Stdio::null())
+        .stdout(out)
+        .stderr(err);
+    let mut child = cmd.spawn().expect("spawn linuxguard-backend");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    let url = loop {
+        if let Ok(u) = std::fs::read_to_string(state.path().join("url")) {
+            if u.starts_with("https://") {
+                break u.trim().to_string();
+            }
+        }
+        if let Ok(Some(status)) = child.try_wait() {
+            let log =
+                std::fs::read_to_string(logs.path().join("backend.stderr")).unwrap_or_default();
+            panic!("linuxguard-backend exited early ({status}): {log}");
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("linuxguard-backend wrote no url file within 20 s");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    };
+    Backend {
+        child,
+        url,
+        state,
+        logs,
+    }
+}
+
+impl Backend {
+    /// Stops the backend and hands back its state dir (to restart on the same CA).
+    pub fn stop(mut self) -> TempDir {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        std::mem::replace(&mut self.state, TempDir(PathBuf::new()))
+    }
+
+    /// Path of the backend CA certificate (PEM), for `--server-ca`.
+    pub fn ca_pem_path(&self) -> PathBuf {
+        self.state.path().join("ca.pem")
+    }
+
+    /// The backend's CA certificate (PEM).
+    pub fn ca_pem(&self) -> String {
+        std::fs::read_to_string(self.ca_pem_path()).expect("read ca.pem")
+    }
+
+    /// Everything the backend printed on stdout so far.
+    pub fn stdout_text(&self) -> String {
+        std::fs::read_to_string(self.logs.path().join("backend.stdout")).unwrap_or_default()
+    }
+
+    /// Everything the backend logged on stderr so far.
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(self.logs.path().join("backend.stderr")).unwrap_or_default()
+    }
+
+    /// The token the backend generated and printed (`enroll token: X`), when started with no
+    /// `--token`/`--api-key`.
+    pub fn printed_token(&self) -> Option<String> {
+        self.stdout_text()
+            .lines()
+            .find_map(|l| l.strip_prefix("enroll token: ").map(str::to_string))
+    }
+
+    /// A ureq agent that trusts the backend CA, optionally presenting a client identity
+    /// (`chain_pem` leaf first, `key_pem` PKCS#8). HTTP error statuses are returned, not errors.
+    pub fn client(&self, identity: Option<(&str, &str)>) -> ureq::Agent {
+        use ureq::tls::{Certificate, ClientCert, PrivateKey, RootCerts, TlsConfig};
+        let ca = Certificate::from_pem(self.ca_pem().as_bytes()).expect("parse ca.pem");
+        let mut tls = TlsConfig::builder().root_certs(RootCerts::new_with_certs(&[ca]));
+        if let Some((chain_pem, key_pem)) = identity {
+            let certs: Vec<Certificate<'static>> = ureq::tls::parse_pem(chain_pem.as_bytes())
+                .filter_map(|item| match item {
+                    Ok(ureq::tls::PemItem::Certificate(c)) => Some(c),
+                    _ => None,
+                })
+                .collect();
+            let key = PrivateKey::from_pem(key_pem.as_bytes()).expect("parse client key");
+            tls = tls.client_cert(Some(ClientCert::new_with_certs(&certs, key)));
+        }
+        ureq::Agent::config_builder()
+            .tls_config(tls.build())
+            .http_status_as_error(false)
+            .timeout_global(Some(std::time::Duration::from_secs(20)))
+            .build()
+            .into()
+    }
+
+    /// GET an admin endpoint (e.g. `/admin/stats`) and return its JSON body. Panics on non-2xx.
+    pub fn admin_get(&self, path: &str) -> serde_json::Value {
+        let mut resp = self
+            .client(None)
+            .get(format!("{}{path}", self.url))
+            .call()
+            .expect("admin GET");
+        let status = resp.status().as_u16();
+        let body = resp.body_mut().read_to_string().expect("admin body");
+        assert!((200..300).contains(&status), "GET {path}: {status} {body}");
+        serde_json::from_str(&body).expect("admin JSON")
+    }
+
+    /// POST JSON to an admin endpoint (e.g. `/admin/faults`) and return its JSON body.
+    /// Panics on non-2xx.
+    pub fn admin_post(&self, path: &str, json: serde_json::Value) -> serde_json::Value {
+        let mut resp = self
+            .client(None)
+            .post(format!("{}{path}", self.url))
+            .header("Content-Type", "application/json")
+            .send(json.to_string().as_bytes())
+            .expect("admin POST");
+        let status = resp.status().as_u16();
+        let body = resp.body_mut().read_to_string().expect("admin body");
+        assert!((200..300).contains(&status), "POST {path}: {status} {body}");
+        serde_json::from_str(&body).expect("admin JSON")
+    }
+
+    /// DELETE an admin endpoint (e.g. `/admin/faults`). Panics on non-2xx.
+    pub fn admin_delete(&self, path: &str) {
+        let resp = self
+            .client(None)
+            .delete(format!("{}{path}", self.url))
+            .call()
+            .expect("admin DELETE");
+        let status = resp.status().as_u16();
+        assert!((200..300).contains(&status), "DELETE {path}: {status}");
+    }
+
+    /// The recorded requests to `path` (from `GET /admin/requests`), oldest first.
+    pub fn requests_to(&self, path: &str) -> Vec<serde_json::Value> {
+        match self.admin_get("/admin/requests") {
+            serde_json::Value::Array(all) => all
+                .into_iter()
+                .filter(|r| r["path"].as_str() == Some(path))
+                .collect(),
+            other => panic!("/admin/requests is not an array: {other}"),
+        }
+    }
+}
+
+impl Drop for Backend {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

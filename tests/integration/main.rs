@@ -3,4 +3,5 @@
 
 mod common;
 
+mod backend;
 mod cli;
