@@ -84,12 +84,15 @@ pub fn run(_cfg: Config, args: &Args) -> Result<()> {
 }
 
 fn read_bounded(path: &Path) -> Result<String> {
-    let file = std::fs::File::open(path)
-        .with_context(Kind::Runtime, || format!("failed to open `{}`", path.display()))?;
+    let file = std::fs::File::open(path).with_context(Kind::Runtime, || {
+        format!("failed to open `{}`", path.display())
+    })?;
     let mut buf = Vec::new();
     file.take(MAX_FILE_BYTES + 1)
         .read_to_end(&mut buf)
-        .with_context(Kind::Runtime, || format!("failed to read `{}`", path.display()))?;
+        .with_context(Kind::Runtime, || {
+            format!("failed to read `{}`", path.display())
+        })?;
     if buf.len() as u64 > MAX_FILE_BYTES {
         return Err(Error::config(format!(
             "`{}` is larger than {} MiB; that is not a Kubernetes manifest",
@@ -128,7 +131,8 @@ pub fn check_docs(name: &str, docs: &[Yaml]) -> Vec<Finding> {
     out
 }
 
-/// Checks a YAML text (used by the unit tests and the integration fixtures' expectations).
+/// Checks a YAML text (unit tests).
+#[cfg(test)]
 pub fn check_str(name: &str, text: &str) -> Result<Vec<Finding>> {
     Ok(check_docs(name, &parse(name, text)?))
 }
@@ -185,10 +189,15 @@ impl Checker<'_> {
                 }
             }
             "Pod" => self.pod(&obj["spec"], &join(at, "spec")),
-            "Deployment" | "DaemonSet" | "StatefulSet" | "ReplicaSet" | "Job"
-            | "ReplicationController" => {
-                self.pod(&obj["spec"]["template"]["spec"], &join(at, "spec.template.spec"))
-            }
+            "Deployment"
+            | "DaemonSet"
+            | "StatefulSet"
+            | "ReplicaSet"
+            | "Job"
+            | "ReplicationController" => self.pod(
+                &obj["spec"]["template"]["spec"],
+                &join(at, "spec.template.spec"),
+            ),
             "CronJob" => self.pod(
                 &obj["spec"]["jobTemplate"]["spec"]["template"]["spec"],
                 &join(at, "spec.jobTemplate.spec.template.spec"),
@@ -332,7 +341,7 @@ impl Checker<'_> {
                 format!("{at}.env"),
                 format!(
                     "{NODE} is set (at {}) but {UID} is not: the workload id needs both Downward API variables; add \
-                     `- name: {UID}\\n  valueFrom: {{fieldRef: {{fieldPath: metadata.uid}}}}`",
+                     `{{name: {UID}, valueFrom: {{fieldRef: {{fieldPath: metadata.uid}}}}}}` to env",
                     tail(p)
                 ),
             ),
@@ -340,7 +349,7 @@ impl Checker<'_> {
                 format!("{at}.env"),
                 format!(
                     "{UID} is set (at {}) but {NODE} is not: the workload id needs both Downward API variables; add \
-                     `- name: {NODE}\\n  valueFrom: {{fieldRef: {{fieldPath: spec.nodeName}}}}`",
+                     `{{name: {NODE}, valueFrom: {{fieldRef: {{fieldPath: spec.nodeName}}}}}}` to env",
                     tail(p)
                 ),
             ),
@@ -400,7 +409,7 @@ impl Checker<'_> {
             self.report(
                 format!("{at}.securityContext.privileged"),
                 "privileged: true gives the agent every capability and every device; it needs only a few: set \
-                 privileged: false and `capabilities: {drop: [ALL], add: [BPF, PERFMON, SYS_RESOURCE, DAC_READ_SEARCH, SYS_PTRACE]}` \
+                 privileged: false and `capabilities: {drop: [ALL], add: [BPF, PERFMON, SYS_PTRACE]}` \
                  (see docs/deploy.md for why each)",
             );
         }
@@ -454,7 +463,8 @@ fn secret_flag(a: &str) -> Option<&'static str> {
     ["--enroll-token", "--api-key"].into_iter().find(|f| {
         a == *f
             || a.strip_prefix(f).is_some_and(|r| r.starts_with('='))
-            || a.split_whitespace().any(|w| w == *f || w.starts_with(&format!("{f}=")))
+            || a.split_whitespace()
+                .any(|w| w == *f || w.starts_with(&format!("{f}=")))
     })
 }
 
@@ -534,10 +544,16 @@ spec:
         assert_eq!(f.path, "spec.template.spec.containers[0].env[2]");
         assert!(f.message.contains("literal value"), "{}", f.message);
         assert!(f.message.contains("secretKeyRef"));
-        assert!(!f.to_string().contains("ABCDEF123456"), "the secret is never echoed");
+        assert!(
+            !f.to_string().contains("ABCDEF123456"),
+            "the secret is never echoed"
+        );
         assert_eq!(
             f.to_string(),
-            format!("m.yaml: document 1: spec.template.spec.containers[0].env[2]: {}", f.message)
+            format!(
+                "m.yaml: document 1: spec.template.spec.containers[0].env[2]: {}",
+                f.message
+            )
         );
     }
 
@@ -552,7 +568,10 @@ spec:
 
     #[test]
     fn token_flag_in_args_and_command() {
-        let f = one(&GOOD.replace(r#"args: ["start"]"#, r#"args: ["start", "--enroll-token=abc"]"#));
+        let f = one(&GOOD.replace(
+            r#"args: ["start"]"#,
+            r#"args: ["start", "--enroll-token=abc"]"#,
+        ));
         assert_eq!(f.path, "spec.template.spec.containers[0].args[1]");
         let f = one(&GOOD.replace(
             r#"args: ["start"]"#,
@@ -568,17 +587,26 @@ spec:
         assert_eq!(f.path, "data.LINUXGUARD_ENROLL_TOKEN");
         let f = one("kind: ConfigMap\ndata:\n  agent.env: |\n    LINUXGUARD_ENROLL_TOKEN=abc\n");
         assert_eq!(f.path, "data.agent.env");
-        assert_eq!(findings("kind: ConfigMap\ndata:\n  note: set LINUXGUARD_ENROLL_TOKEN from a Secret\n"), vec![]);
+        assert_eq!(
+            findings("kind: ConfigMap\ndata:\n  note: set LINUXGUARD_ENROLL_TOKEN from a Secret\n"),
+            vec![]
+        );
     }
 
     #[test]
     fn hardcoded_identity_and_wrong_field() {
-        let f = one(&GOOD.replace("valueFrom: {fieldRef: {fieldPath: spec.nodeName}}", "value: worker-1"));
+        let f = one(&GOOD.replace(
+            "valueFrom: {fieldRef: {fieldPath: spec.nodeName}}",
+            "value: worker-1",
+        ));
         assert_eq!(f.path, "spec.template.spec.containers[0].env[0]");
         assert!(f.message.contains("hard-coded"));
         let f = one(&GOOD.replace("fieldPath: metadata.uid", "fieldPath: metadata.name"));
         assert_eq!(f.path, "spec.template.spec.containers[0].env[1]");
-        assert!(f.message.contains("metadata.name where metadata.uid belongs"));
+        assert!(
+            f.message
+                .contains("metadata.name where metadata.uid belongs")
+        );
     }
 
     #[test]
@@ -589,7 +617,11 @@ spec:
         );
         let f = one(&bad);
         assert_eq!(f.path, "spec.template.spec.containers[0].env");
-        assert!(f.message.contains("LINUXGUARD_POD_UID is not"), "{}", f.message);
+        assert!(
+            f.message.contains("LINUXGUARD_POD_UID is not"),
+            "{}",
+            f.message
+        );
     }
 
     #[test]
@@ -616,7 +648,10 @@ spec:
     #[test]
     fn privileged_agent() {
         let f = one(&GOOD.replace("privileged: false", "privileged: true"));
-        assert_eq!(f.path, "spec.template.spec.containers[0].securityContext.privileged");
+        assert_eq!(
+            f.path,
+            "spec.template.spec.containers[0].securityContext.privileged"
+        );
         assert!(f.message.contains("BPF"));
     }
 
@@ -627,7 +662,9 @@ spec:
         let cron = "kind: CronJob\nspec:\n  jobTemplate:\n    spec:\n      template:\n        spec:\n          containers:\n          - image: linuxguard-agent\n";
         assert_eq!(one(cron).path, "spec.jobTemplate.spec.template.spec.os");
         for kind in ["Deployment", "StatefulSet", "Job"] {
-            let t = format!("kind: {kind}\nspec:\n  template:\n    spec:\n      containers:\n      - image: linuxguard-agent\n");
+            let t = format!(
+                "kind: {kind}\nspec:\n  template:\n    spec:\n      containers:\n      - image: linuxguard-agent\n"
+            );
             assert_eq!(one(&t).path, "spec.template.spec.os", "{kind}");
         }
         let l = "kind: List\nitems:\n- kind: Pod\n  spec:\n    containers:\n    - image: x/linuxguard-agent\n";
@@ -636,7 +673,10 @@ spec:
 
     #[test]
     fn document_index_counts_from_one() {
-        let text = format!("kind: Service\n---\n{}", GOOD.replace("privileged: false", "privileged: true"));
+        let text = format!(
+            "kind: Service\n---\n{}",
+            GOOD.replace("privileged: false", "privileged: true")
+        );
         let f = one(&text);
         assert_eq!(f.document, 2);
     }
@@ -647,8 +687,14 @@ spec:
         assert_eq!(e.kind(), Kind::Config);
         assert!(e.to_string().contains("x.yaml"));
         // Odd but valid shapes never panic.
-        for t in ["", "42", "kind: Pod", "kind: Pod\nspec: 3", "kind: DaemonSet\nspec:\n  template: []",
-                  "kind: Pod\nspec:\n  containers: [1, {env: 2}, {env: [3, {name: 4}]}]"] {
+        for t in [
+            "",
+            "42",
+            "kind: Pod",
+            "kind: Pod\nspec: 3",
+            "kind: DaemonSet\nspec:\n  template: []",
+            "kind: Pod\nspec:\n  containers: [1, {env: 2}, {env: [3, {name: 4}]}]",
+        ] {
             let _ = findings(t);
         }
     }

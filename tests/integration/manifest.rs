@@ -22,7 +22,10 @@ fn yaml_files(dir: &Path) -> Vec<PathBuf> {
 #[test]
 fn every_shipped_manifest_passes() {
     let files = yaml_files(&repo("deploy/kubernetes"));
-    assert!(files.len() >= 5, "expected the deploy manifests, got {files:?}");
+    assert!(
+        files.len() >= 5,
+        "expected the deploy manifests, got {files:?}"
+    );
     let out = run(agent().arg("check-manifest").args(&files));
     assert!(
         out.status.success(),
@@ -30,7 +33,11 @@ fn every_shipped_manifest_passes() {
         stdout(&out),
         stderr(&out)
     );
-    assert!(stdout(&out).contains("no problems found"), "{}", stdout(&out));
+    assert!(
+        stdout(&out).contains("no problems found"),
+        "{}",
+        stdout(&out)
+    );
 }
 
 #[test]
@@ -126,13 +133,21 @@ fn each_bad_manifest_is_caught_with_its_path() {
             lines[0]
         );
         for w in *words {
-            assert!(lines[0].contains(w), "{name}: `{w}` missing from `{}`", lines[0]);
+            assert!(
+                lines[0].contains(w),
+                "{name}: `{w}` missing from `{}`",
+                lines[0]
+            );
         }
         assert!(
             !so.contains("PLACEHOLDER-NOT-REAL"),
             "{name}: the finding echoes the secret: {so}"
         );
-        assert!(stderr(&out).contains("1 problem(s) found"), "{name}: {}", stderr(&out));
+        assert!(
+            stderr(&out).contains("1 problem(s) found"),
+            "{name}: {}",
+            stderr(&out)
+        );
     }
 }
 
@@ -160,7 +175,11 @@ fn unreadable_and_invalid_files_fail_cleanly() {
     std::fs::write(&bad, "kind: Pod\nspec: {containers: [\n").expect("write");
     let out = run(agent().arg("check-manifest").arg(&bad));
     assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
-    assert!(stderr(&out).contains("is not valid YAML"), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("is not valid YAML"),
+        "{}",
+        stderr(&out)
+    );
     assert!(!stderr(&out).contains("panicked"));
 
     let out = run(agent().arg("check-manifest"));
