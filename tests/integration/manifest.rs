@@ -185,3 +185,33 @@ fn unreadable_and_invalid_files_fail_cleanly() {
     let out = run(agent().arg("check-manifest"));
     assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
 }
+
+#[test]
+fn deeply_nested_yaml_is_refused_without_a_crash() {
+    let dir = TempDir::new("manifest-deep");
+    let f = dir.path().join("deep.yaml");
+    std::fs::write(&f, "[".repeat(200_000)).expect("write");
+    let out = run(agent().arg("check-manifest").arg(&f));
+    assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
+}
+
+/// The image definition: scratch, the binary alone, exec-form entrypoint, `start` by default.
+/// (`scripts/image-test` builds and runs it; this catches edits that would add a shell.)
+#[test]
+fn containerfile_is_scratch_with_exec_form_entrypoint() {
+    let text = std::fs::read_to_string(repo("Containerfile")).expect("read Containerfile");
+    let lines: Vec<&str> = text
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        .collect();
+    assert_eq!(
+        lines,
+        [
+            "FROM scratch",
+            "COPY target/x86_64-unknown-linux-musl/release/linuxguard-agent /usr/local/bin/linuxguard-agent",
+            r#"ENTRYPOINT ["/usr/local/bin/linuxguard-agent"]"#,
+            r#"CMD ["start"]"#,
+        ]
+    );
+}
