@@ -18,7 +18,18 @@ const TOKEN: &str = "LINUXGUARD_ENROLL_TOKEN";
 const API_KEY: &str = "LINUXGUARD_API_KEY";
 const NODE: &str = "LINUXGUARD_NODE_NAME";
 const UID: &str = "LINUXGUARD_POD_UID";
-const SHELLS: &[&str] = &["sh", "bash", "dash", "ash", "zsh", "ksh", "busybox"];
+/// Programs that would sit in front of the agent: shells, and init wrappers that fork it.
+const WRAPPERS: &[&str] = &[
+    "sh",
+    "bash",
+    "dash",
+    "ash",
+    "zsh",
+    "ksh",
+    "busybox",
+    "tini",
+    "dumb-init",
+];
 
 /// One mistake: where it is and what to do about it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -387,7 +398,7 @@ impl Checker<'_> {
         if let Some((first_path, first)) = argv.first() {
             let base = first.rsplit('/').next().unwrap_or(first);
             let runs_agent = argv.iter().any(|(_, a)| a.contains("linuxguard-agent"));
-            if SHELLS.contains(&base) && (runs_agent || agent) {
+            if WRAPPERS.contains(&base) && (runs_agent || agent) {
                 let field = if first_path.contains(".command[") {
                     "command"
                 } else {
@@ -396,8 +407,8 @@ impl Checker<'_> {
                 self.report(
                     format!("{at}.{field}"),
                     format!(
-                        "a shell ({first}) runs in front of the agent: the shell holds the token in its environment and can \
-                         fork before the agent scrubs it, and it swallows signals; run the binary directly: \
+                        "`{first}` runs in front of the agent: it holds the token in its own environment for as long as it \
+                         runs and can fork before the agent scrubs it (a shell also swallows signals); run the binary directly: \
                          `command: [\"/usr/local/bin/linuxguard-agent\"]`, `args: [\"start\"]` (the image has no shell)"
                     ),
                 );
@@ -631,7 +642,16 @@ spec:
             r#"command: ["/bin/sh", "-c", "exec linuxguard-agent start"]"#,
         ));
         assert_eq!(f.path, "spec.template.spec.containers[0].command");
-        assert!(f.message.contains("shell"));
+        assert!(
+            f.message.contains("`/bin/sh` runs in front of the agent"),
+            "{}",
+            f.message
+        );
+        let f = one(&GOOD.replace(
+            r#"args: ["start"]"#,
+            r#"command: ["/usr/bin/tini", "--", "/usr/local/bin/linuxguard-agent", "start"]"#,
+        ));
+        assert_eq!(f.path, "spec.template.spec.containers[0].command");
         // A shell in an unrelated container is not our business.
         let other = "kind: Pod\nspec:\n  containers:\n  - name: app\n    image: busybox\n    command: [sh, -c, 'sleep 1']\n";
         assert_eq!(findings(other), vec![]);

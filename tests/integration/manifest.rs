@@ -96,7 +96,10 @@ const BAD: &[(&str, usize, &str, &[&str])] = &[
         "shell-wrapper",
         1,
         "spec.template.spec.containers[0].command",
-        &["shell", "/usr/local/bin/linuxguard-agent"],
+        &[
+            "`/bin/sh` runs in front of the agent",
+            "/usr/local/bin/linuxguard-agent",
+        ],
     ),
     (
         "missing-os-name",
