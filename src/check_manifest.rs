@@ -692,6 +692,43 @@ spec:
     }
 
     #[test]
+    fn native_sidecar_in_init_containers_is_checked() {
+        let sidecar = GOOD
+            .replace("      containers:\n", "      initContainers:\n")
+            .replace("privileged: false", "privileged: true");
+        let f = one(&sidecar);
+        assert_eq!(
+            f.path,
+            "spec.template.spec.initContainers[0].securityContext.privileged"
+        );
+    }
+
+    #[test]
+    fn token_from_config_map_key_ref() {
+        let f = one(&GOOD.replace(
+            "secretKeyRef: {name: linuxguard-enroll, key: LINUXGUARD_ENROLL_TOKEN}",
+            "configMapKeyRef: {name: linuxguard, key: token}",
+        ));
+        assert_eq!(f.path, "spec.template.spec.containers[0].env[2]");
+        assert!(f.message.contains("configMapKeyRef"));
+    }
+
+    #[test]
+    fn api_key_literal_is_caught_like_the_token() {
+        let bad = GOOD.replace(
+            "        - name: LINUXGUARD_ENROLL_TOKEN\n          valueFrom: {secretKeyRef: {name: linuxguard-enroll, key: LINUXGUARD_ENROLL_TOKEN}}\n",
+            "        - name: LINUXGUARD_API_KEY\n          value: k3y\n",
+        );
+        let f = one(&bad);
+        assert!(
+            f.message
+                .starts_with("LINUXGUARD_API_KEY has a literal value"),
+            "{}",
+            f.message
+        );
+    }
+
+    #[test]
     fn document_index_counts_from_one() {
         let text = format!(
             "kind: Service\n---\n{}",
