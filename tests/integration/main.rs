@@ -5,3 +5,4 @@ mod common;
 
 mod backend;
 mod cli;
+mod manifest;

@@ -1,0 +1,220 @@
+//! `check-manifest`: every shipped manifest passes; one bad manifest per documented mistake is
+//! caught with its file, document and path; unreadable and invalid input fail cleanly.
+
+use std::path::{Path, PathBuf};
+
+use crate::common::{TempDir, agent, run, stderr, stdout};
+
+fn repo(rel: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join(rel)
+}
+
+fn yaml_files(dir: &Path) -> Vec<PathBuf> {
+    let mut v: Vec<PathBuf> = std::fs::read_dir(dir)
+        .expect("read manifest dir")
+        .map(|e| e.expect("dir entry").path())
+        .filter(|p| p.extension().is_some_and(|e| e == "yaml" || e == "yml"))
+        .collect();
+    v.sort();
+    v
+}
+
+#[test]
+fn every_shipped_manifest_passes() {
+    let files = yaml_files(&repo("deploy/kubernetes"));
+    assert!(
+        files.len() >= 5,
+        "expected the deploy manifests, got {files:?}"
+    );
+    let out = run(agent().arg("check-manifest").args(&files));
+    assert!(
+        out.status.success(),
+        "stdout: {}\nstderr: {}",
+        stdout(&out),
+        stderr(&out)
+    );
+    assert!(
+        stdout(&out).contains("no problems found"),
+        "{}",
+        stdout(&out)
+    );
+}
+
+#[test]
+fn good_fixture_passes() {
+    let out = run(agent()
+        .arg("check-manifest")
+        .arg(repo("tests/manifests/good.yaml")));
+    assert!(out.status.success(), "{}{}", stdout(&out), stderr(&out));
+}
+
+/// (fixture, document, path, words the message must contain)
+const BAD: &[(&str, usize, &str, &[&str])] = &[
+    (
+        "literal-token-env",
+        2,
+        "spec.template.spec.containers[0].env[3]",
+        &["LINUXGUARD_ENROLL_TOKEN", "literal value", "secretKeyRef"],
+    ),
+    (
+        "literal-token-configmap",
+        2,
+        "data.LINUXGUARD_ENROLL_TOKEN",
+        &["ConfigMap", "Secret"],
+    ),
+    (
+        "literal-token-args",
+        1,
+        "spec.template.spec.containers[0].args[1]",
+        &["--enroll-token", "secretKeyRef"],
+    ),
+    (
+        "hardcoded-node-name",
+        1,
+        "spec.template.spec.containers[0].env[0]",
+        &["LINUXGUARD_NODE_NAME", "hard-coded", "spec.nodeName"],
+    ),
+    (
+        "hardcoded-pod-uid",
+        1,
+        "spec.template.spec.containers[0].env[1]",
+        &["LINUXGUARD_POD_UID", "hard-coded", "metadata.uid"],
+    ),
+    (
+        "pod-uid-from-metadata-name",
+        1,
+        "spec.template.spec.containers[0].env[1]",
+        &["metadata.name where metadata.uid belongs"],
+    ),
+    (
+        "only-one-downward-variable",
+        1,
+        "spec.template.spec.containers[0].env",
+        &["LINUXGUARD_POD_UID is not", "metadata.uid"],
+    ),
+    (
+        "shell-wrapper",
+        1,
+        "spec.template.spec.containers[0].command",
+        &[
+            "`/bin/sh` runs in front of the agent",
+            "/usr/local/bin/linuxguard-agent",
+        ],
+    ),
+    (
+        "missing-os-name",
+        1,
+        "spec.template.spec.os",
+        &["os: {name: linux}"],
+    ),
+    (
+        "privileged",
+        2,
+        "spec.template.spec.containers[0].securityContext.privileged",
+        &["privileged: true", "BPF", "PERFMON"],
+    ),
+];
+
+#[test]
+fn each_bad_manifest_is_caught_with_its_path() {
+    for (name, doc, path, words) in BAD {
+        let file = repo(&format!("tests/manifests/{name}.yaml"));
+        let out = run(agent().arg("check-manifest").arg(&file));
+        let so = stdout(&out);
+        assert_eq!(
+            out.status.code(),
+            Some(6),
+            "{name}: stdout: {so}\nstderr: {}",
+            stderr(&out)
+        );
+        let lines: Vec<&str> = so.lines().collect();
+        assert_eq!(lines.len(), 1, "{name}: expected exactly one finding: {so}");
+        let prefix = format!("{}: document {doc}: {path}: ", file.display());
+        assert!(
+            lines[0].starts_with(&prefix),
+            "{name}: expected `{prefix}...`, got `{}`",
+            lines[0]
+        );
+        for w in *words {
+            assert!(
+                lines[0].contains(w),
+                "{name}: `{w}` missing from `{}`",
+                lines[0]
+            );
+        }
+        assert!(
+            !so.contains("PLACEHOLDER-NOT-REAL"),
+            "{name}: the finding echoes the secret: {so}"
+        );
+        assert!(
+            stderr(&out).contains("1 problem(s) found"),
+            "{name}: {}",
+            stderr(&out)
+        );
+    }
+}
+
+#[test]
+fn all_bad_manifests_at_once_report_every_finding() {
+    let files: Vec<PathBuf> = BAD
+        .iter()
+        .map(|(n, ..)| repo(&format!("tests/manifests/{n}.yaml")))
+        .collect();
+    let out = run(agent().arg("check-manifest").args(&files));
+    assert_eq!(out.status.code(), Some(6));
+    assert_eq!(stdout(&out).lines().count(), BAD.len(), "{}", stdout(&out));
+}
+
+#[test]
+fn unreadable_and_invalid_files_fail_cleanly() {
+    let dir = TempDir::new("manifest");
+    let missing = dir.path().join("nope.yaml");
+    let out = run(agent().arg("check-manifest").arg(&missing));
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(stderr(&out).contains("failed to open"), "{}", stderr(&out));
+    assert!(!stderr(&out).contains("panicked"));
+
+    let bad = dir.path().join("bad.yaml");
+    std::fs::write(&bad, "kind: Pod\nspec: {containers: [\n").expect("write");
+    let out = run(agent().arg("check-manifest").arg(&bad));
+    assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("is not valid YAML"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(!stderr(&out).contains("panicked"));
+
+    let out = run(agent().arg("check-manifest"));
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+}
+
+#[test]
+fn deeply_nested_yaml_is_refused_without_a_crash() {
+    let dir = TempDir::new("manifest-deep");
+    let f = dir.path().join("deep.yaml");
+    std::fs::write(&f, "[".repeat(200_000)).expect("write");
+    let out = run(agent().arg("check-manifest").arg(&f));
+    assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
+}
+
+/// The image definition: scratch, the binary alone, exec-form entrypoint, `start` by default.
+/// (`scripts/image-test` builds and runs it; this catches edits that would add a shell.)
+#[test]
+fn containerfile_is_scratch_with_exec_form_entrypoint() {
+    let text = std::fs::read_to_string(repo("Containerfile")).expect("read Containerfile");
+    let lines: Vec<&str> = text
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        .collect();
+    assert_eq!(
+        lines,
+        [
+            "FROM scratch",
+            "COPY target/x86_64-unknown-linux-musl/release/linuxguard-agent /usr/local/bin/linuxguard-agent",
+            r#"ENTRYPOINT ["/usr/local/bin/linuxguard-agent"]"#,
+            r#"CMD ["start"]"#,
+        ]
+    );
+}
