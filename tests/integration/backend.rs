@@ -606,3 +606,27 @@ fn backend_generates_a_token_and_keeps_its_ca_across_restarts() {
     assert_eq!(b2.ca_pem(), ca);
     assert_eq!(heartbeat(&b2, Some(&id)).status, 200);
 }
+
+#[test]
+fn backend_short_lived_certificates_expire() {
+    let b = start_backend(&["--token", TOKEN, "--cert-lifetime-secs", "2"]);
+    let id = enrolled(&b, TOKEN, W1);
+    let first = ureq::tls::parse_pem(id.chain.as_bytes())
+        .find_map(|i| match i {
+            Ok(ureq::tls::PemItem::Certificate(c)) => Some(c),
+            _ => None,
+        })
+        .expect("leaf");
+    let (_, x) = x509_parser::parse_x509_certificate(first.der()).expect("x509");
+    let v = x.validity();
+    assert_eq!(v.not_after.timestamp() - v.not_before.timestamp(), 2);
+    assert_eq!(heartbeat(&b, Some(&id)).status, 200);
+    std::thread::sleep(Duration::from_millis(3100));
+    // An expired client certificate fails the TLS handshake: no HTTP answer at all.
+    let client = b.client(Some((&id.chain, &id.key)));
+    let r = client
+        .post(format!("{}/agent/heartbeat", b.url))
+        .header("User-Agent", UA)
+        .send(&b"{}"[..]);
+    assert!(r.is_err(), "expired certificate accepted");
+}

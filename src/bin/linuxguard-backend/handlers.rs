@@ -174,7 +174,7 @@ fn success(state: &State, ca: &Ca, e: &Enrolment) -> Value {
 fn issue(
     state: &State,
     ca: &Ca,
-    csr: &rcgen::CertificateSigningRequestParams,
+    csr: &ca::Csr,
     csr_pem: &str,
     agent_id: String,
     workload_id: &str,
