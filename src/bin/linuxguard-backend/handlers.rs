@@ -365,6 +365,14 @@ fn events(state: &Mutex<State>, req: &Request, agent_id: &str) -> Response {
             );
         }
     };
+    // A key seen before is answered without parsing the batch again.
+    {
+        let mut st = lock(state);
+        if st.batch_seen(agent_id, key) {
+            st.stats.duplicate_batches += 1;
+            return Response::json(200, &json!({ "accepted": 0, "duplicate": true }));
+        }
+    }
     let Ok(text) = std::str::from_utf8(&req.body) else {
         return Response::error(400, "batch is not UTF-8");
     };
