@@ -435,6 +435,27 @@ fn backend_revoke_all_and_tokens_added_at_run_time() {
     b.admin_post("/admin/revoke", json!({}));
     assert_eq!(heartbeat(&b, Some(&a)).status, 401);
     assert_eq!(heartbeat(&b, Some(&c)).status, 401);
+    // Replaying the consumed token does not revive a revoked identity.
+    let r = enroll(
+        &b,
+        &enroll_body(Some("demo"), Some(TOKEN), W1, &csr),
+        W1,
+        None,
+    );
+    assert_eq!(r.status, 403, "{}", r.body);
+}
+
+#[test]
+fn backend_api_key_gets_a_new_identity_after_revocation() {
+    let b = start_backend(&["--api-key", "key-1"]);
+    let (_, csr) = key_and_csr();
+    let body = enroll_body(None, None, W1, &csr);
+    let first = enroll(&b, &body, W1, Some("key-1"));
+    assert_eq!(first.status, 201);
+    b.admin_post("/admin/revoke", json!({ "agentId": first.body["agentId"] }));
+    let again = enroll(&b, &body, W1, Some("key-1"));
+    assert_eq!(again.status, 201, "{}", again.body);
+    assert_ne!(again.body["agentId"], first.body["agentId"]);
 }
 
 #[test]

@@ -236,9 +236,11 @@ fn enroll(state: &Mutex<State>, ca: &Ca, req: &Request) -> Handled {
                     "API key does not belong to this tenant",
                 ));
             }
+            // An API key is a standing credential: after a revocation the same workload gets
+            // a new identity.
             let (status, existing) = match st.key_enrolment(key, body.workload_id) {
-                Some(e) => (200, Some(e.clone())),
-                None => (201, None),
+                Some(e) if !st.is_revoked(&e.agent_id) => (200, Some(e.clone())),
+                _ => (201, None),
             };
             let e = match existing {
                 Some(e) if e.csr_pem == body.csr_pem => e,
@@ -289,6 +291,12 @@ fn enroll(state: &Mutex<State>, ca: &Ca, req: &Request) -> Handled {
                     return reply(Response::error(
                         409,
                         "token already consumed by another workload",
+                    ));
+                }
+                TokenDecision::Replay(id) if st.is_revoked(&id) => {
+                    return reply(Response::error(
+                        403,
+                        "the identity enrolled with this token was revoked: enrol with a new token",
                     ));
                 }
                 TokenDecision::Replay(id) => (200, id),
