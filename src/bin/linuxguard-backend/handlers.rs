@@ -8,6 +8,7 @@ use serde_json::{Map, Value, json};
 
 use crate::ca::{self, Ca};
 use crate::http::{Request, Response};
+use crate::mtls::Peer;
 use crate::state::{Enrolment, State, TokenDecision};
 
 /// The outcome of a handler: the response and the agent id it concerns (for the log line).
@@ -28,8 +29,8 @@ fn lock(state: &Mutex<State>) -> std::sync::MutexGuard<'_, State> {
     state.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-/// Routes a request to `/agent/*`. `peer_agent` is the agent id of a verified client cert.
-pub fn handle(state: &Mutex<State>, ca: &Ca, req: &Request, peer_agent: Option<&str>) -> Handled {
+/// Routes a request to `/agent/*`; `peer` is what the client certificate (if any) says.
+pub fn handle(state: &Mutex<State>, ca: &Ca, req: &Request, peer: &Peer) -> Handled {
     let known = [
         "/agent/enroll",
         "/agent/heartbeat",
@@ -49,11 +50,20 @@ pub fn handle(state: &Mutex<State>, ca: &Ca, req: &Request, peer_agent: Option<&
         return enroll(state, ca, req);
     }
     // mTLS endpoints.
-    let Some(agent_id) = peer_agent else {
-        return reply(Response::error(
-            401,
-            "client certificate required (enrol first, then present the issued identity)",
-        ));
+    let agent_id = match peer {
+        Peer::Agent(id) => id.as_str(),
+        Peer::Anonymous => {
+            return reply(Response::error(
+                401,
+                "client certificate required (enrol first, then present the issued identity)",
+            ));
+        }
+        Peer::Rejected(why) => {
+            return reply(Response::error(
+                401,
+                &format!("client certificate rejected: {why}"),
+            ));
+        }
     };
     if lock(state).is_revoked(agent_id) {
         return Handled {
@@ -525,13 +535,18 @@ mod tests {
                 &st,
                 &ca,
                 &request("/agent/enroll", OK_HEADERS, &body.to_string()),
-                None,
+                &Peer::Anonymous,
             );
             assert_eq!(h.response.status, 400, "{field}: {}", error_of(&h));
             assert!(!error_of(&h).is_empty());
         }
         for body in ["", "null", "[]", "{", "\u{0}", "{\"a\":1}"] {
-            let h = handle(&st, &ca, &request("/agent/enroll", OK_HEADERS, body), None);
+            let h = handle(
+                &st,
+                &ca,
+                &request("/agent/enroll", OK_HEADERS, body),
+                &Peer::Anonymous,
+            );
             assert_eq!(h.response.status, 400, "{body:?}");
         }
         let wrong_headers: [&[(&str, &str)]; 4] = [
@@ -559,7 +574,7 @@ mod tests {
                 &st,
                 &ca,
                 &request("/agent/enroll", headers, &good.to_string()),
-                None,
+                &Peer::Anonymous,
             );
             assert_eq!(h.response.status, 400, "{headers:?}");
         }
@@ -568,7 +583,7 @@ mod tests {
             &st,
             &ca,
             &request("/agent/enroll", OK_HEADERS, &good.to_string()),
-            None,
+            &Peer::Anonymous,
         );
         assert_eq!(h.response.status, 201, "{}", error_of(&h));
         let _ = std::fs::remove_dir_all(dir);
@@ -579,17 +594,20 @@ mod tests {
         let (st, ca, dir) = setup("route");
         let ua = [("user-agent", "linuxguard-agent/0.1.0")];
         assert_eq!(
-            handle(&st, &ca, &request("/nope", &ua, ""), None)
+            handle(&st, &ca, &request("/nope", &ua, ""), &Peer::Anonymous)
                 .response
                 .status,
             404
         );
         let mut get = request("/agent/heartbeat", &ua, "");
         get.method = "GET".into();
-        assert_eq!(handle(&st, &ca, &get, None).response.status, 405);
+        assert_eq!(
+            handle(&st, &ca, &get, &Peer::Anonymous).response.status,
+            405
+        );
         for path in ["/agent/heartbeat", "/agent/events", "/agent/renew"] {
             assert_eq!(
-                handle(&st, &ca, &request(path, &ua, "{}"), None)
+                handle(&st, &ca, &request(path, &ua, "{}"), &Peer::Anonymous)
                     .response
                     .status,
                 401
@@ -607,7 +625,7 @@ mod tests {
                     ],
                     &body.to_string(),
                 ),
-                Some("agent-1"),
+                &Peer::Agent("agent-1".into()),
             );
             h.response.status
         };
@@ -620,6 +638,17 @@ mod tests {
         let mut neg = ok;
         neg["uptimeSeconds"] = json!(-1);
         assert_eq!(hb(neg), 400);
+        let rejected = handle(
+            &st,
+            &ca,
+            &request("/agent/heartbeat", &ua, "{}"),
+            &Peer::Rejected("certificate expired".into()),
+        );
+        assert_eq!(rejected.response.status, 401);
+        assert_eq!(
+            error_of(&rejected),
+            "client certificate rejected: certificate expired"
+        );
         lock(&st).revoke(Some("agent-1"));
         assert_eq!(hb(json!({})), 401);
         let _ = std::fs::remove_dir_all(dir);
@@ -640,7 +669,7 @@ mod tests {
                 &st,
                 &ca,
                 &request("/agent/events", &headers, body),
-                Some("agent-1"),
+                &Peer::Agent("agent-1".into()),
             )
             .response
             .status
