@@ -14,6 +14,12 @@ mod start;
 mod watch;
 // Workload attestation, the Unix socket and `status`.
 mod attest;
+mod cgroup;
+mod cgroup_cache;
+mod kubelet;
+mod pods;
+mod selectors;
+mod socket;
 mod status;
 // Shipping: the manifest checker.
 mod check_manifest;
