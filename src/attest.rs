@@ -53,10 +53,14 @@ impl Attestation {
 
     /// The event fields: `container` and `kubernetes`, where known.
     pub fn enrichment(&self) -> Enrichment {
-        let container = self.placement.container_id.as_ref().map(|id| ContainerField {
-            id: id.clone(),
-            runtime: self.runtime(),
-        });
+        let container = self
+            .placement
+            .container_id
+            .as_ref()
+            .map(|id| ContainerField {
+                id: id.clone(),
+                runtime: self.runtime(),
+            });
         let kubernetes = self.placement.pod_uid.as_ref().map(|uid| {
             let pod = self.pod.as_ref();
             KubeField {
@@ -363,7 +367,7 @@ impl Attestor {
         if placement.is_empty() {
             return Enrichment::default();
         }
-        let a = self.from_cache(placement);
+        let a = self.attest_placement(placement);
         self.stats.enriched += 1;
         a.enrichment()
     }
@@ -371,10 +375,10 @@ impl Attestor {
     /// The attestation of `pid` from the cached pod list (for the socket server).
     pub fn attest_cached(&mut self, pid: u32) -> Result<Attestation> {
         let placement = placement_of(&self.proc_root, pid)?;
-        Ok(self.from_cache(placement))
+        Ok(self.attest_placement(placement))
     }
 
-    fn from_cache(&mut self, placement: Placement) -> Attestation {
+    fn attest_placement(&mut self, placement: Placement) -> Attestation {
         let mut a = Attestation {
             placement,
             ..Default::default()
@@ -396,7 +400,10 @@ impl Attestor {
     fn want(&self, uid: String, cid: Option<String>) {
         let key = (uid, cid);
         let mut w = self.shared.lock();
-        if w.given_up.get(&key).is_some_and(|until| Instant::now() < *until) {
+        if w.given_up
+            .get(&key)
+            .is_some_and(|until| Instant::now() < *until)
+        {
             return;
         }
         if w.pending.len() < MAX_PENDING && !w.pending.contains_key(&key) {
@@ -429,14 +436,24 @@ impl Attestor {
     /// The socket server's answer for a peer: its own attestation, nothing else.
     pub fn answer(&mut self, req: socket::Request, peer: &socket::Peer) -> Value {
         match req {
-            socket::Request::Status => socket::ok_reply(json!({"healthy": true, "attestor": self.status_json()})),
+            socket::Request::Status => {
+                socket::ok_reply(json!({"healthy": true, "attestor": self.status_json()}))
+            }
             socket::Request::AttestSelf => match self.attest_cached(peer.pid) {
                 // The pid must still be the caller: a reused pid would leak someone else's data.
-                Ok(_) if !peer.still_alive() => socket::error_reply("caller exited before the answer"),
+                Ok(_) if !peer.still_alive() => {
+                    socket::error_reply("caller exited before the answer")
+                }
                 Ok(a) => match &a.problem {
-                    Some(p) if a.pod.is_none() && a.placement.pod_uid.is_some() => socket::error_reply(
-                        &format!("{p}; retry shortly (the pod list is being refreshed)"),
-                    ),
+                    Some(p)
+                        if self.kube.is_some()
+                            && a.pod.is_none()
+                            && a.placement.pod_uid.is_some() =>
+                    {
+                        socket::error_reply(&format!(
+                            "{p}; retry shortly (the pod list is being refreshed)"
+                        ))
+                    }
                     _ => socket::ok_reply(a.to_json()),
                 },
                 Err(e) => socket::error_reply(&e.to_string()),
@@ -481,9 +498,8 @@ fn refresher(kube: &Kubelet, shared: &Shared) {
             let keys: Vec<_> = w.pending.keys().cloned().collect();
             for key in keys {
                 let found = list.as_ref().ok().is_some_and(|l| {
-                    l.by_uid(&key.0).is_some_and(|p| {
-                        key.1.as_deref().is_none_or(|c| p.container(c).is_some())
-                    })
+                    l.by_uid(&key.0)
+                        .is_some_and(|p| key.1.as_deref().is_none_or(|c| p.container(c).is_some()))
                 });
                 if found {
                     w.pending.remove(&key);
@@ -571,5 +587,205 @@ mod tests {
         assert!(a.problem.as_deref().unwrap().contains("pause"));
         assert!(!a.selectors.is_empty());
         assert!(a.selectors.iter().all(|s| !s.starts_with("k8s:container-")));
+    }
+
+    /// A real child process connects; the server answers with that child's pid-derived data.
+    #[test]
+    fn socket_answers_a_child_process_with_its_own_attestation() {
+        use crate::config::{START, resolve};
+        use crate::secret::Secrets;
+        use nix::poll::{PollFd, PollFlags, PollTimeout};
+        use std::process::{Command, Stdio};
+
+        let dir = std::env::temp_dir().join(format!("lg-attest-sock-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let proc_root = dir.join("proc");
+        std::fs::create_dir_all(&proc_root).unwrap();
+        let sock = dir.join("agent.sock");
+        let cfg = resolve(
+            START,
+            &vec![
+                (
+                    Key::ProcRoot,
+                    Some(proc_root.to_string_lossy().into_owned()),
+                ),
+                (
+                    Key::KubeletTokenPath,
+                    Some(dir.join("no-token").to_string_lossy().into_owned()),
+                ),
+            ],
+            &|_| None,
+            Secrets::default(),
+        )
+        .unwrap();
+        let mut attestor = Attestor::new(&cfg).unwrap();
+        let mut srv = socket::Server::bind(&sock, 0o666).unwrap();
+        // The child: the agent binary's `attest --self` when built, else this test binary
+        // running the client test below.
+        let exe = std::env::current_exe().unwrap();
+        let agent = exe
+            .parent()
+            .and_then(|d| d.parent())
+            .map(|d| d.join("linuxguard-agent"));
+        let mut cmd = match agent.filter(|a| a.exists()) {
+            Some(a) => {
+                let mut c = Command::new(a);
+                c.args(["attest", "--self", "--socket"]).arg(&sock);
+                c
+            }
+            None => {
+                let mut c = Command::new(&exe);
+                c.args([
+                    "--exact",
+                    "attest::tests::socket_child_client",
+                    "--ignored",
+                    "--nocapture",
+                ])
+                .env("LG_TEST_SOCKET", &sock);
+                c
+            }
+        };
+        let child = cmd
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        // The child's cgroup, derived from its pid, in the fixture /proc.
+        let pid = child.id();
+        let cid = format!("{pid:064x}");
+        let uid = format!("{:08x}-0000-4000-8000-{:012x}", pid, pid);
+        std::fs::create_dir_all(proc_root.join(pid.to_string())).unwrap();
+        std::fs::write(
+            proc_root.join(pid.to_string()).join("cgroup"),
+            format!("0::/kubepods/besteffort/pod{uid}/{cid}\n"),
+        )
+        .unwrap();
+        let start = Instant::now();
+        while srv.stats.answered == 0 && start.elapsed() < Duration::from_secs(10) {
+            let mut fds = [PollFd::new(srv.fd(), PollFlags::POLLIN)];
+            let _ = nix::poll::poll(&mut fds, PollTimeout::from(100u16));
+            srv.handle_ready(&mut |req, peer| attestor.answer(req, peer));
+        }
+        // Let the answer drain.
+        for _ in 0..10 {
+            srv.handle_ready(&mut |req, peer| attestor.answer(req, peer));
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let out = child.wait_with_output().unwrap();
+        let text = String::from_utf8_lossy(&out.stdout);
+        let line = text
+            .lines()
+            .find(|l| l.starts_with('{'))
+            .unwrap_or_else(|| {
+                panic!(
+                    "no JSON from the child: {text} / {}",
+                    String::from_utf8_lossy(&out.stderr)
+                )
+            });
+        let v: Value = serde_json::from_str(line).unwrap();
+        assert_eq!(v["containerId"], cid.as_str());
+        assert_eq!(v["podUid"], uid.as_str());
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// Client half of the test above (run only as its child).
+    #[test]
+    #[ignore]
+    fn socket_child_client() {
+        let Some(path) = std::env::var_os("LG_TEST_SOCKET") else {
+            return;
+        };
+        let v = socket::request(
+            Path::new(&path),
+            socket::Request::AttestSelf,
+            Duration::from_secs(10),
+        )
+        .unwrap();
+        println!("{v}");
+    }
+
+    /// `enrich` never waits for the kubelet: the first event goes out with the pod UID only and
+    /// counts a miss; the refresher fetches the pod and later events carry the pod fields.
+    #[test]
+    fn enrich_does_not_block_and_counts_misses() {
+        use crate::config::{START, resolve};
+        use crate::secret::Secrets;
+        use std::io::{Read, Write};
+
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let body = String::from_utf8(
+            format!(
+                r#"{{"items":[{{"metadata":{{"name":"web","namespace":"shop","uid":"{UID}"}},
+                "status":{{"containerStatuses":[{{"name":"app","image":"nginx:1","containerID":"containerd://{CID}"}}]}}}}]}}"#
+            )
+            .into_bytes(),
+        )
+        .unwrap();
+        std::thread::spawn(move || {
+            for s in listener.incoming() {
+                let Ok(mut s) = s else { continue };
+                let mut buf = [0u8; 4096];
+                let _ = s.read(&mut buf);
+                // A slow kubelet: the event path must not notice.
+                std::thread::sleep(Duration::from_millis(300));
+                let _ = write!(
+                    s,
+                    "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                    body.len()
+                );
+            }
+        });
+        let dir = std::env::temp_dir().join(format!("lg-attest-enrich-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(dir.join("4242")).unwrap();
+        std::fs::write(
+            dir.join("4242/cgroup"),
+            format!("0::/kubepods/burstable/pod{UID}/{CID}\n"),
+        )
+        .unwrap();
+        let cfg = resolve(
+            START,
+            &vec![
+                (Key::ProcRoot, Some(dir.to_string_lossy().into_owned())),
+                (Key::KubeletUrl, Some(format!("http://127.0.0.1:{port}"))),
+                (Key::KubeletPollInterval, Some("20".into())),
+            ],
+            &|_| None,
+            Secrets::default(),
+        )
+        .unwrap();
+        let mut a = Attestor::new(&cfg).unwrap();
+        let t = Instant::now();
+        let e = a.enrich(4242, 9999);
+        assert!(
+            t.elapsed() < Duration::from_millis(100),
+            "{:?}",
+            t.elapsed()
+        );
+        assert_eq!(e.container.as_ref().unwrap().id, CID);
+        let k = e.kubernetes.unwrap();
+        assert_eq!(k.pod_uid, UID);
+        assert!(k.namespace.is_none());
+        assert_eq!(a.stats.kubelet_misses, 1);
+        let start = Instant::now();
+        let mut got = None;
+        while start.elapsed() < Duration::from_secs(5) {
+            let e = a.enrich(4242, 9999);
+            if e.kubernetes.as_ref().is_some_and(|k| k.namespace.is_some()) {
+                got = Some(e);
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let e = got.expect("pod fields after the refresh");
+        let k = e.kubernetes.unwrap();
+        assert_eq!(k.namespace.as_deref(), Some("shop"));
+        assert_eq!(k.container_name.as_deref(), Some("app"));
+        assert_eq!(e.container.unwrap().runtime, Some("containerd"));
+        let st = a.status_json();
+        assert!(st["kubelet"]["fetches"].as_u64().unwrap() >= 1);
+        drop(a); // joins the refresher thread
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }

@@ -118,7 +118,8 @@ pub fn parse_cgroup(text: &str) -> Result<Placement, Conflict> {
     let mut out = Placement::default();
     for line in text.lines() {
         let mut parts = line.splitn(3, ':');
-        let (Some(_id), Some(_controllers), Some(path)) = (parts.next(), parts.next(), parts.next())
+        let (Some(_id), Some(_controllers), Some(path)) =
+            (parts.next(), parts.next(), parts.next())
         else {
             continue;
         };
@@ -604,7 +605,9 @@ mod tests {
     }
 
     fn mi(root: &str, mp: &str, fstype: &str) -> String {
-        format!("35 24 0:30 {root} {mp} rw,nosuid,nodev,noexec,relatime shared:9 - {fstype} cgroup rw\n")
+        format!(
+            "35 24 0:30 {root} {mp} rw,nosuid,nodev,noexec,relatime shared:9 - {fstype} cgroup rw\n"
+        )
     }
 
     #[test]
@@ -656,7 +659,11 @@ mod tests {
         // Two different pods' volumes: conflict.
         let text = format!(
             "{}{}",
-            mi(&format!("/var/lib/kubelet/pods/{UID}/etc-hosts"), "/etc/hosts", "ext4"),
+            mi(
+                &format!("/var/lib/kubelet/pods/{UID}/etc-hosts"),
+                "/etc/hosts",
+                "ext4"
+            ),
             mi(
                 "/var/lib/kubelet/pods/11111111-2222-3333-4444-555555555555/volumes/x",
                 "/data",

@@ -69,10 +69,7 @@ impl CgroupCache {
                 self.stats.conflicts += 1;
                 Some(Placement::default())
             }
-            None => self.walk(id).map(|p| {
-                self.stats.from_walk += 1;
-                p
-            }),
+            None => self.walk(id).inspect(|_| self.stats.from_walk += 1),
         };
         match found {
             Some(p) => {

@@ -75,17 +75,17 @@ impl Options {
                 None => (format!("https://127.0.0.1:{secure_port}"), None),
             }
         };
-        let auth = if let (Some(c), Some(k)) = (cfg.path(Key::KubeletCert), cfg.path(Key::KubeletKey))
-        {
-            Auth::Cert(c, k)
-        } else if cfg.flag(Key::KubeletAnonymous) {
-            Auth::Anonymous
-        } else {
-            match cfg.path(Key::KubeletTokenPath) {
-                Some(p) => Auth::Token(p),
-                None => Auth::Anonymous,
-            }
-        };
+        let auth =
+            if let (Some(c), Some(k)) = (cfg.path(Key::KubeletCert), cfg.path(Key::KubeletKey)) {
+                Auth::Cert(c, k)
+            } else if cfg.flag(Key::KubeletAnonymous) {
+                Auth::Anonymous
+            } else {
+                match cfg.path(Key::KubeletTokenPath) {
+                    Some(p) => Auth::Token(p),
+                    None => Auth::Anonymous,
+                }
+            };
         let skip_verify = cfg.flag(Key::SkipKubeletVerification);
         Options {
             base,
@@ -218,7 +218,9 @@ impl Kubelet {
         while st.in_flight {
             let left = deadline.saturating_duration_since(Instant::now());
             if left.is_zero() {
-                return Err(Error::runtime("timed out waiting for the kubelet request in flight"));
+                return Err(Error::runtime(
+                    "timed out waiting for the kubelet request in flight",
+                ));
             }
             st = self
                 .done
@@ -258,28 +260,6 @@ impl Kubelet {
         out
     }
 
-    /// Fetches until `uid` is in the list or the attempts run out (SPIRE polls 60 × 500 ms).
-    /// Returns the last list, which may not hold the pod.
-    pub fn wait_for_pod(&self, uid: &str) -> Result<Arc<PodList>> {
-        let cached = self.cached();
-        if cached.by_uid(uid).is_some() {
-            return Ok(cached);
-        }
-        let mut last = Err(Error::runtime("the kubelet was not asked"));
-        for attempt in 0..self.opts.max_attempts {
-            if attempt > 0 {
-                std::thread::sleep(self.opts.min_interval);
-            }
-            last = self.refresh();
-            match &last {
-                Ok(list) if list.by_uid(uid).is_some() => return last,
-                Ok(_) => log::debug!("pod {uid} not in the kubelet's pod list yet (attempt {})", attempt + 1),
-                Err(e) => log::debug!("kubelet fetch failed (attempt {}): {e}", attempt + 1),
-            }
-        }
-        last
-    }
-
     /// One `GET /pods`.
     fn fetch(&self) -> Result<PodList> {
         let url = format!("{}/pods", self.opts.base);
@@ -293,13 +273,15 @@ impl Kubelet {
                 req = req.header("Authorization", h.expose());
             }
         }
-        let resp = req
-            .call()
-            .with_context(Kind::Runtime, || format!("kubelet request GET {url} failed"))?;
+        let resp = req.call().with_context(Kind::Runtime, || {
+            format!("kubelet request GET {url} failed")
+        })?;
         let status = resp.status().as_u16();
         if status != 200 {
             let hint = match status {
-                401 => ": the kubelet rejected our credentials (check --kubelet-token-path / --kubelet-cert)",
+                401 => {
+                    ": the kubelet rejected our credentials (check --kubelet-token-path / --kubelet-cert)"
+                }
                 403 => ": not authorised (the service account needs `nodes/proxy` get)",
                 _ => "",
             };
@@ -312,7 +294,9 @@ impl Kubelet {
             .with_config()
             .limit(MAX_BODY)
             .read_to_vec()
-            .with_context(Kind::Runtime, || format!("failed to read the kubelet's pod list from {url}"))?;
+            .with_context(Kind::Runtime, || {
+                format!("failed to read the kubelet's pod list from {url}")
+            })?;
         pods::parse(&body).map_err(Error::runtime)
     }
 }
@@ -329,7 +313,9 @@ fn read_token(path: &std::path::Path) -> Result<Secret> {
     let mut buf = zeroize::Zeroizing::new(String::new());
     f.take(64 << 10)
         .read_to_string(&mut buf)
-        .with_context(Kind::Runtime, || format!("failed to read the kubelet token `{}`", path.display()))?;
+        .with_context(Kind::Runtime, || {
+            format!("failed to read the kubelet token `{}`", path.display())
+        })?;
     let t = buf.trim();
     if t.is_empty() || t.bytes().any(|b| !b.is_ascii_graphic()) {
         return Err(Error::runtime(format!(
@@ -345,7 +331,10 @@ fn read_pem(path: &std::path::Path, what: &str) -> Result<Vec<u8>> {
         format!("failed to read the {what} `{}`", path.display())
     })?;
     if data.len() > 1 << 20 {
-        return Err(Error::config(format!("the {what} `{}` is over 1 MiB", path.display())));
+        return Err(Error::config(format!(
+            "the {what} `{}` is over 1 MiB",
+            path.display()
+        )));
     }
     Ok(data)
 }
@@ -396,7 +385,10 @@ mod tests {
         let o = opts(vec![(Key::NodeName, Some("worker-1".into()))]);
         assert_eq!(o.base, "https://worker-1:10250");
         assert!(o.connect_to.is_none());
-        assert_eq!(o.auth, Auth::Token("/run/secrets/kubernetes.io/serviceaccount/token".into()));
+        assert_eq!(
+            o.auth,
+            Auth::Token("/run/secrets/kubernetes.io/serviceaccount/token".into())
+        );
         let o = opts(vec![(Key::KubeletReadOnlyPort, Some("10255".into()))]);
         assert_eq!(o.base, "http://127.0.0.1:10255");
         let o = opts(vec![]);

@@ -125,12 +125,13 @@ impl Server {
                 format!("failed to remove the stale socket `{}`", path.display())
             })?;
         }
-        let listener = UnixListener::bind(path)
-            .with_context(Kind::Runtime, || format!("failed to bind `{}`", path.display()))?;
-        std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).with_context(
-            Kind::Runtime,
-            || format!("failed to set mode {mode:o} on `{}`", path.display()),
-        )?;
+        let listener = UnixListener::bind(path).with_context(Kind::Runtime, || {
+            format!("failed to bind `{}`", path.display())
+        })?;
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
+            .with_context(Kind::Runtime, || {
+                format!("failed to set mode {mode:o} on `{}`", path.display())
+            })?;
         listener
             .set_nonblocking(true)
             .context(Kind::Runtime, "failed to make the socket non-blocking")?;
@@ -192,7 +193,9 @@ impl Server {
                 } else {
                     EpollFlags::EPOLLOUT
                 };
-                let _ = self.epoll.modify(&c.stream, &mut EpollEvent::new(flags, id));
+                let _ = self
+                    .epoll
+                    .modify(&c.stream, &mut EpollEvent::new(flags, id));
             }
         }
     }
@@ -292,7 +295,11 @@ fn progress(
             }
         }
         if c.out.is_empty() {
-            let end = c.inbuf.iter().position(|b| *b == b'\n').unwrap_or(c.inbuf.len());
+            let end = c
+                .inbuf
+                .iter()
+                .position(|b| *b == b'\n')
+                .unwrap_or(c.inbuf.len());
             let reply = match parse_request(&c.inbuf[..end]) {
                 Ok(req) => {
                     stats.answered += 1;
@@ -324,8 +331,9 @@ fn progress(
 
 /// `{"request":"attest-self"}` or `{"request":"status"}`.
 pub fn parse_request(raw: &[u8]) -> std::result::Result<Request, String> {
-    let v: Value = serde_json::from_slice(raw)
-        .map_err(|_| "expected one JSON object per line, such as {\"request\":\"status\"}".to_string())?;
+    let v: Value = serde_json::from_slice(raw).map_err(|_| {
+        "expected one JSON object per line, such as {\"request\":\"status\"}".to_string()
+    })?;
     match v.get("request").and_then(Value::as_str) {
         Some("attest-self") => Ok(Request::AttestSelf),
         Some("status") => Ok(Request::Status),
@@ -373,8 +381,8 @@ pub fn request(path: &Path, req: Request, timeout: Duration) -> Result<Value> {
     if buf.len() > MAX_RESPONSE {
         return Err(Error::runtime("the agent's answer is over 1 MiB"));
     }
-    let v: Value = serde_json::from_slice(&buf)
-        .context(Kind::Runtime, "the agent's answer is not JSON")?;
+    let v: Value =
+        serde_json::from_slice(&buf).context(Kind::Runtime, "the agent's answer is not JSON")?;
     if v.get("ok") == Some(&Value::Bool(true)) {
         Ok(v.get("result").cloned().unwrap_or(Value::Null))
     } else {
@@ -392,7 +400,10 @@ mod tests {
 
     #[test]
     fn request_parsing() {
-        assert_eq!(parse_request(br#"{"request":"status"}"#), Ok(Request::Status));
+        assert_eq!(
+            parse_request(br#"{"request":"status"}"#),
+            Ok(Request::Status)
+        );
         assert_eq!(
             parse_request(br#"{"request":"attest-self"}"#),
             Ok(Request::AttestSelf)

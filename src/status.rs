@@ -61,6 +61,9 @@ mod tests {
     fn human_flattens() {
         let v = serde_json::json!({"healthy": true, "attestor": {"kubeletMisses": 3}});
         let h = human(&v);
-        assert!(h.contains("healthy: true\n") && h.contains("attestor.kubeletMisses: 3\n"), "{h}");
+        assert!(
+            h.contains("healthy: true\n") && h.contains("attestor.kubeletMisses: 3\n"),
+            "{h}"
+        );
     }
 }

@@ -58,9 +58,9 @@ fn behaviour() -> Behaviour {
 fn proc_root(cgroup: &str) -> TempDir {
     let d = TempDir::new("attest-proc");
     let p = d.path().join(PID.to_string());
-    std::fs::create_dir_all(&p).unwrap();
-    std::fs::write(p.join("cgroup"), cgroup).unwrap();
-    std::fs::write(p.join("mountinfo"), "").unwrap();
+    std::fs::create_dir_all(&p).expect("fixture dir");
+    std::fs::write(p.join("cgroup"), cgroup).expect("fixture cgroup");
+    std::fs::write(p.join("mountinfo"), "").expect("fixture mountinfo");
     d
 }
 
@@ -75,7 +75,12 @@ fn attest(root: &Path, extra: &[&str]) -> Output {
     let mut c = agent();
     c.args(["attest", "--pid", &PID.to_string(), "--proc-root"])
         .arg(root)
-        .args(["--kubelet-poll-retry-interval-ms", "20", "--kubelet-max-poll-attempts", "3"])
+        .args([
+            "--kubelet-poll-retry-interval-ms",
+            "20",
+            "--kubelet-max-poll-attempts",
+            "3",
+        ])
         .args(extra);
     run(&mut c)
 }
@@ -87,7 +92,7 @@ fn json(o: &Output) -> serde_json::Value {
 
 fn write(dir: &TempDir, name: &str, content: &str) -> String {
     let p = dir.path().join(name);
-    std::fs::write(&p, content).unwrap();
+    std::fs::write(&p, content).expect("fixture file");
     p.to_string_lossy().into_owned()
 }
 
@@ -95,7 +100,10 @@ fn write(dir: &TempDir, name: &str, content: &str) -> String {
 fn attest_read_only_port_prints_spire_selectors() {
     let k = TestKubelet::start(Tls::Plain, behaviour());
     let root = proc_root(&pod_cgroup());
-    let o = attest(root.path(), &["--kubelet-read-only-port", &k.port().to_string()]);
+    let o = attest(
+        root.path(),
+        &["--kubelet-read-only-port", &k.port().to_string()],
+    );
     assert!(o.status.success(), "stderr: {}", stderr(&o));
     let v = json(&o);
     assert_eq!(v["podUid"], UID);
@@ -139,10 +147,20 @@ fn attest_https_bearer_token_rotates_and_wrong_token_fails() {
     let tok = write(&dir, "token", "token-one\n");
     let root = proc_root(&pod_cgroup());
     let url = format!("https://localhost:{}", k.port());
-    let args = ["--kubelet-url", &url, "--kubelet-ca", &ca, "--kubelet-token-path", &tok];
+    let args = [
+        "--kubelet-url",
+        &url,
+        "--kubelet-ca",
+        &ca,
+        "--kubelet-token-path",
+        &tok,
+    ];
     let o = attest(root.path(), &args);
     assert!(o.status.success(), "stderr: {}", stderr(&o));
-    assert_eq!(json(&o)["selectors"].as_array().unwrap().len(), SELECTORS.len());
+    assert_eq!(
+        json(&o)["selectors"].as_array().unwrap().len(),
+        SELECTORS.len()
+    );
     // The token rotates on disk and at the kubelet: the new one is read.
     k.behaviour.lock().unwrap().token = Some("token-two".into());
     std::fs::write(&tok, "token-two").unwrap();
@@ -207,7 +225,11 @@ fn attest_https_client_certificate() {
         ],
     );
     assert_eq!(o.status.code(), Some(6), "stderr: {}", stderr(&o));
-    assert!(stderr(&o).contains("kubelet cannot answer"), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("kubelet cannot answer"),
+        "{}",
+        stderr(&o)
+    );
 }
 
 #[test]
@@ -227,24 +249,32 @@ fn attest_wrong_ca_is_rejected_and_skip_verification_works() {
     let url = format!("https://localhost:{}", k.port());
     let o = attest(
         root.path(),
-        &["--kubelet-url", &url, "--kubelet-ca", &wrong, "--kubelet-anonymous"],
+        &[
+            "--kubelet-url",
+            &url,
+            "--kubelet-ca",
+            &wrong,
+            "--kubelet-anonymous",
+        ],
     );
     assert_eq!(o.status.code(), Some(6), "stderr: {}", stderr(&o));
     let e = stderr(&o).to_lowercase();
     assert!(e.contains("certificate") || e.contains("issuer"), "{e}");
     let o = attest(
         root.path(),
-        &["--kubelet-url", &url, "--skip-kubelet-verification", "--kubelet-anonymous"],
+        &[
+            "--kubelet-url",
+            &url,
+            "--skip-kubelet-verification",
+            "--kubelet-anonymous",
+        ],
     );
     assert!(o.status.success(), "stderr: {}", stderr(&o));
 }
 
 #[test]
 fn attest_checks_certificate_against_host_name_when_no_node_name() {
-    let host = nix::unistd::gethostname()
-        .unwrap()
-        .into_string()
-        .unwrap();
+    let host = nix::unistd::gethostname().unwrap().into_string().unwrap();
     // The certificate names only the host name, not 127.0.0.1: verification must use the name.
     let pki = Pki::new(&[&host]);
     let k = TestKubelet::start(
@@ -292,10 +322,17 @@ fn attest_refetches_until_a_new_pod_appears() {
     let mut b = behaviour();
     b.body = r#"{"items":[]}"#.into();
     let k = TestKubelet::start(Tls::Plain, b);
-    let o = attest(root.path(), &["--kubelet-read-only-port", &k.port().to_string()]);
+    let o = attest(
+        root.path(),
+        &["--kubelet-read-only-port", &k.port().to_string()],
+    );
     assert_eq!(o.status.code(), Some(6));
     assert_eq!(k.requests(), 3);
-    assert!(stderr(&o).contains("not in the kubelet's pod list"), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("not in the kubelet's pod list"),
+        "{}",
+        stderr(&o)
+    );
 }
 
 #[test]
@@ -317,17 +354,28 @@ fn attest_slow_and_down_kubelet_fail_in_bounded_time() {
     assert!(t.elapsed() < Duration::from_secs(15), "{:?}", t.elapsed());
     assert_eq!(o.status.code(), Some(6));
     assert_eq!(json(&o)["containerId"], CID);
-    assert!(stderr(&o).contains("kubelet cannot answer"), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("kubelet cannot answer"),
+        "{}",
+        stderr(&o)
+    );
     // Down: nothing listens on the port.
     let port = {
         let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         l.local_addr().unwrap().port()
     };
     let t = Instant::now();
-    let o = attest(root.path(), &["--kubelet-read-only-port", &port.to_string()]);
+    let o = attest(
+        root.path(),
+        &["--kubelet-read-only-port", &port.to_string()],
+    );
     assert!(t.elapsed() < Duration::from_secs(10));
     assert_eq!(o.status.code(), Some(6));
-    assert!(stderr(&o).contains("kubelet cannot answer"), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("kubelet cannot answer"),
+        "{}",
+        stderr(&o)
+    );
 }
 
 #[test]
@@ -340,7 +388,11 @@ fn attest_outside_a_pod_and_conflicts() {
     assert_eq!(v["containerId"], CID);
     assert_eq!(v["runtime"], "docker");
     assert!(v["podUid"].is_null());
-    assert!(stderr(&o).contains("not in a Kubernetes pod"), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("not in a Kubernetes pod"),
+        "{}",
+        stderr(&o)
+    );
     // Host process.
     let root = proc_root("0::/system.slice/sshd.service\n");
     let o = attest(root.path(), &[]);
@@ -358,7 +410,11 @@ fn attest_outside_a_pod_and_conflicts() {
         .args(["attest", "--pid", "99999", "--proc-root"])
         .arg(root.path()));
     assert_eq!(o.status.code(), Some(1));
-    assert!(stderr(&o).contains("process 99999 not found"), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("process 99999 not found"),
+        "{}",
+        stderr(&o)
+    );
 }
 
 #[test]
@@ -370,7 +426,10 @@ fn attest_mountinfo_fallback() {
     );
     std::fs::write(root.path().join(PID.to_string()).join("mountinfo"), mi).unwrap();
     let k = TestKubelet::start(Tls::Plain, behaviour());
-    let o = attest(root.path(), &["--kubelet-read-only-port", &k.port().to_string()]);
+    let o = attest(
+        root.path(),
+        &["--kubelet-read-only-port", &k.port().to_string()],
+    );
     assert!(o.status.success(), "stderr: {}", stderr(&o));
     let v = json(&o);
     assert_eq!(v["podUid"], UID);
@@ -383,8 +442,16 @@ fn status_and_attest_self_without_agent_say_so() {
     let sock = dir.path().join("none.sock");
     let o = run(agent().args(["status", "--socket"]).arg(&sock));
     assert_eq!(o.status.code(), Some(1));
-    assert!(stderr(&o).contains("agent is not running"), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("agent is not running"),
+        "{}",
+        stderr(&o)
+    );
     let o = run(agent().args(["attest", "--self", "--socket"]).arg(&sock));
     assert_eq!(o.status.code(), Some(1));
-    assert!(stderr(&o).contains("agent is not running"), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("agent is not running"),
+        "{}",
+        stderr(&o)
+    );
 }

@@ -3,6 +3,6 @@
 
 mod common;
 
-mod cli;
 mod attest;
+mod cli;
 mod kubelet_server;
