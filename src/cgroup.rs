@@ -247,7 +247,8 @@ fn segment(seg: &str, parent: &str) -> Segment {
     // Pod: `pod<uid>` (cgroupfs) or `...-pod<uid>.slice` (systemd; kind adds a `kubelet-` prefix).
     if let Some(rest) = base.strip_prefix("pod") {
         out.pod_uid = pod_uid(rest);
-    } else if seg.ends_with(".slice") && base.contains("kubepods") {
+    } else if seg.ends_with(".slice") {
+        // `kubepods-burstable-pod<uid>.slice`; Kubernetes 1.5 wrote `BestEffort-pod<uid>.slice`.
         if let Some(at) = base.rfind("-pod") {
             out.pod_uid = pod_uid(&base[at + 4..]);
         }
@@ -568,6 +569,171 @@ mod tests {
             assert_eq!(got.container_id.as_deref(), c.cid, "{}: container", c.name);
             assert_eq!(got.runtime, c.rt, "{}: runtime", c.name);
             assert_eq!(got.conmon, c.conmon, "{}: conmon", c.name);
+        }
+    }
+
+    /// Lines quoted from public issue threads (IDs as posted), with what they must give.
+    #[test]
+    fn real_world_threads() {
+        use Runtime::*;
+        let cases: &[(
+            &str,
+            &str,
+            Option<&str>,
+            Option<&str>,
+            Option<Runtime>,
+            bool,
+        )] = &[
+            // opencontainers/runc#4620: CRI-O, systemd driver, cgroup v1 (OpenShift-like).
+            (
+                "runc#4620",
+                "13:freezer:/kubepods.slice/kubepods-burstable.slice/kubepods-burstable-poda5c1f8d5_1919_434d_add7_4afaafdaef89.slice/crio-5eed917563583925ffdbd40a64efb2aaffe58638e57add8becaf460fe74f5b1c.scope\n\
+                 11:files:/\n\
+                 12:cpuset:/kubepods.slice/kubepods-burstable.slice/kubepods-burstable-poda5c1f8d5_1919_434d_add7_4afaafdaef89.slice/crio-5eed917563583925ffdbd40a64efb2aaffe58638e57add8becaf460fe74f5b1c.scope\n",
+                Some("a5c1f8d5-1919-434d-add7-4afaafdaef89"),
+                Some("5eed917563583925ffdbd40a64efb2aaffe58638e57add8becaf460fe74f5b1c"),
+                Some(CriO),
+                false,
+            ),
+            // runc#4620: the conmon scope of a CRI-O container.
+            (
+                "runc#4620 conmon",
+                "0::/kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod207aaad1_659f_4db8_88e0_46e0cdcc3004.slice/crio-conmon-32da98c8522068be05a7510a3eddb09cad6ed2f03286180d0e931d0d0b6224a6.scope\n",
+                Some("207aaad1-659f-4db8-88e0-46e0cdcc3004"),
+                Some("32da98c8522068be05a7510a3eddb09cad6ed2f03286180d0e931d0d0b6224a6"),
+                Some(CriO),
+                true,
+            ),
+            // openshift/microshift#697: conmon in system.slice (conmon_cgroup = system.slice).
+            (
+                "microshift#697",
+                "0::/system.slice/crio-conmon-e0c85fe7644a858988d9687c2e0736a7d31922740d0f3e001c6b2e0aa7e5f528.scope\n",
+                None,
+                Some("e0c85fe7644a858988d9687c2e0736a7d31922740d0f3e001c6b2e0aa7e5f528"),
+                Some(CriO),
+                true,
+            ),
+            // lxc/lxc#3890: docker under the systemd driver, cgroup v1.
+            (
+                "lxc#3890",
+                "12:rdma:/\n11:freezer:/kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod7d4424e6_bb13_42f4_a47a_45a4828bf54d.slice/docker-d0b3604b67ac7930dd34ba3a796627e3e4717d12309e90a4afe3f38b6816ac98.scope\n",
+                Some("7d4424e6-bb13-42f4-a47a-45a4828bf54d"),
+                Some("d0b3604b67ac7930dd34ba3a796627e3e4717d12309e90a4afe3f38b6816ac98"),
+                Some(Docker),
+                false,
+            ),
+            // open-telemetry/opentelemetry-java#4507: containerd, systemd driver, v1, colon form,
+            // some controllers under containerd.service.
+            (
+                "otel-java#4507",
+                "11:perf_event:/kubepods-besteffort-pod0125ec2f_b64a_4868_8f5b_94b56cbab864.slice:cri-containerd:ee4b20e90ac7f42a10bd004d05646b13d8ab5e2c5e7cbc01abf8006bac016459\n\
+                 10:blkio:/system.slice/containerd.service/kubepods-besteffort-pod0125ec2f_b64a_4868_8f5b_94b56cbab864.slice:cri-containerd:ee4b20e90ac7f42a10bd004d05646b13d8ab5e2c5e7cbc01abf8006bac016459\n",
+                Some("0125ec2f-b64a-4868-8f5b-94b56cbab864"),
+                Some("ee4b20e90ac7f42a10bd004d05646b13d8ab5e2c5e7cbc01abf8006bac016459"),
+                Some(Containerd),
+                false,
+            ),
+            // containerd/nri#227: kind, containerd, cgroup v2 (relative path form in the NRI log).
+            (
+                "nri#227 kind",
+                "0::/kubelet.slice/kubelet-kubepods.slice/kubelet-kubepods-besteffort.slice/kubelet-kubepods-besteffort-pod1e597579_417e_482f_bf65_5fe170c3aebd.slice/cri-containerd-a09bc17f5aa29b0dbdec9ede5f46cf1396d2405917ab02e6f1eb1019f388396e.scope\n",
+                Some("1e597579-417e-482f-bf65-5fe170c3aebd"),
+                Some("a09bc17f5aa29b0dbdec9ede5f46cf1396d2405917ab02e6f1eb1019f388396e"),
+                Some(Containerd),
+                false,
+            ),
+            // nri#227: a CRI-O sandbox (pause) cgroup has no `.scope`.
+            (
+                "nri#227 crio sandbox",
+                "0::/kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod35550f44_f691_427e_b57d_ab6127d2cb65.slice/crio-468f848e2ebec7203ed55748d08337851af589ac42eb551c572446a5c68fe631\n",
+                Some("35550f44-f691-427e-b57d-ab6127d2cb65"),
+                Some("468f848e2ebec7203ed55748d08337851af589ac42eb551c572446a5c68fe631"),
+                Some(CriO),
+                false,
+            ),
+            // kubernetes/minikube#11280: CRI-O inside a docker-based node (nested).
+            (
+                "minikube#11280",
+                "0::/docker/d6701ec289c56e4391acb11d07474b3139466857a305490575508a8b7a9fcf22/kubepods.slice/kubepods-besteffort.slice/kubepods-besteffort-pod2ca4a155_3599_498d_bb9d_4446693fa3ea.slice/crio-358607a37e7ada357032e7f5729c9ae6a3efdb7962acbcbe47ff6a3c5506cb1c.scope\n",
+                Some("2ca4a155-3599-498d-bb9d-4446693fa3ea"),
+                Some("358607a37e7ada357032e7f5729c9ae6a3efdb7962acbcbe47ff6a3c5506cb1c"),
+                Some(CriO),
+                false,
+            ),
+            // netdata/netdata#4868: a static pod (UID is a 32-hex hash) under containerd.
+            (
+                "netdata#4868 static pod",
+                "0::/kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod8daa50c3a64c9ff60bb9eab7b44b56fd.slice/cri-containerd-2884d57c0e100d7a9a2f9487ce0bc2986bca3430e988af7a4865aff061f51ac5.scope\n",
+                Some("8daa50c3a64c9ff60bb9eab7b44b56fd"),
+                Some("2884d57c0e100d7a9a2f9487ce0bc2986bca3430e988af7a4865aff061f51ac5"),
+                Some(Containerd),
+                false,
+            ),
+            // kubernetes/kubernetes#36807: Kubernetes 1.5 systemd naming, docker with cgroupfs.
+            (
+                "kubernetes#36807",
+                "11:memory:/system.slice/docker.service/BestEffort.slice/BestEffort-pod0d33f94b_ab1a_11e6_9e1a_68f7281d8004.slice/0c34bcd7d02f321d0df7aa6ea703285b02abebc9096c5128c14091fc43ea1f3b\n\
+                 9:freezer:/BestEffort.slice/BestEffort-pod0d33f94b_ab1a_11e6_9e1a_68f7281d8004.slice/0c34bcd7d02f321d0df7aa6ea703285b02abebc9096c5128c14091fc43ea1f3b\n",
+                Some("0d33f94b-ab1a-11e6-9e1a-68f7281d8004"),
+                Some("0c34bcd7d02f321d0df7aa6ea703285b02abebc9096c5128c14091fc43ea1f3b"),
+                None,
+                false,
+            ),
+            // podman-container-tools/podman#10602: podman, systemd inside the container.
+            (
+                "podman#10602",
+                "12:pids:/machine.slice/libpod-2521e906f0a0c758c3a7dc4fd68c197e32e96abb4b36807d0b0ede6d014a7c24.scope\n\
+                 1:name=systemd:/machine.slice/libpod-2521e906f0a0c758c3a7dc4fd68c197e32e96abb4b36807d0b0ede6d014a7c24.scope/init.scope\n",
+                None,
+                Some("2521e906f0a0c758c3a7dc4fd68c197e32e96abb4b36807d0b0ede6d014a7c24"),
+                Some(Podman),
+                false,
+            ),
+            // podman#20423: rootless-style path under user@0.service, crun's `/container`.
+            (
+                "podman#20423",
+                "0::/user.slice/user-0.slice/user@0.service/machine.slice/libpod-cf21d19260ace8544fe8b769fc2638bf2c0873dfbfff0b6253f0569b26a1d5eb.scope/container\n",
+                None,
+                Some("cf21d19260ace8544fe8b769fc2638bf2c0873dfbfff0b6253f0569b26a1d5eb"),
+                Some(Podman),
+                false,
+            ),
+            // containerd/containerd#285: docker, systemd driver, some lines under init.scope.
+            (
+                "containerd#285",
+                "11:perf_event:/system.slice/docker-b33dda97580e721a69fa81742190341f858ea809ec4a9d74a8cfd411b0ee7c26.scope\n\
+                 10:memory:/init.scope/system.slice/docker-b33dda97580e721a69fa81742190341f858ea809ec4a9d74a8cfd411b0ee7c26.scope\n",
+                None,
+                Some("b33dda97580e721a69fa81742190341f858ea809ec4a9d74a8cfd411b0ee7c26"),
+                Some(Docker),
+                false,
+            ),
+            // kubernetes/kubernetes#18202: docker-in-docker, name=systemd at docker.service.
+            (
+                "kubernetes#18202",
+                "9:perf_event:/docker/81950eac55062e5d8e7b5567d1036e4b146dfe212bdc9263c97347e6ce86b904\n\
+                 1:name=systemd:/system.slice/docker.service\n",
+                None,
+                Some("81950eac55062e5d8e7b5567d1036e4b146dfe212bdc9263c97347e6ce86b904"),
+                Some(Docker),
+                false,
+            ),
+            // kontena/pharos-cluster#440: a host daemon in system.slice: nothing.
+            (
+                "pharos#440",
+                "11:cpuacct,cpu:/system.slice\n1:name=systemd:/system.slice\n",
+                None,
+                None,
+                None,
+                false,
+            ),
+        ];
+        for (name, text, pod, cid, rt, conmon) in cases {
+            let p = parse_cgroup(text).unwrap_or_else(|e| panic!("{name}: {e}"));
+            assert_eq!(p.pod_uid.as_deref(), *pod, "{name}");
+            assert_eq!(p.container_id.as_deref(), *cid, "{name}");
+            assert_eq!(p.runtime, *rt, "{name}");
+            assert_eq!(p.conmon, *conmon, "{name}");
         }
     }
 
