@@ -231,4 +231,47 @@ mod tests {
         let p = c.lookup(2, std::process::id());
         assert!(p.pod_uid.is_none());
     }
+
+    /// Real cgroup2 (hybrid host: /sys/fs/cgroup/unified): a real process placed in a cgroup
+    /// named like a pod's is resolved from its pid; after it exits, the cgroup's inode (what
+    /// `bpf_get_current_cgroup_id()` returns) is resolved by walking.
+    #[test]
+    fn root_real_cgroup2_pid_then_walk() {
+        if !nix::unistd::geteuid().is_root() {
+            eprintln!("skipped: needs root");
+            return;
+        }
+        let Some(root) = find_cgroup2(Path::new("/proc")) else {
+            eprintln!("skipped: no cgroup2 mount");
+            return;
+        };
+        let top = root.join(format!("lg-test-{}", std::process::id()));
+        let leaf = top.join(format!("kubepods/burstable/pod{UID}/{CID}"));
+        std::fs::create_dir_all(&leaf).unwrap();
+        let id = std::fs::metadata(&leaf).unwrap().ino();
+        let mut child = std::process::Command::new("sleep")
+            .arg("30")
+            .spawn()
+            .unwrap();
+        std::fs::write(leaf.join("cgroup.procs"), child.id().to_string()).unwrap();
+        let mut c = CgroupCache::new(Path::new("/proc"));
+        let p = c.lookup(id, child.id());
+        assert_eq!(p.pod_uid.as_deref(), Some(UID));
+        assert_eq!(p.container_id.as_deref(), Some(CID));
+        assert_eq!(c.stats.from_pid, 1);
+        let _ = child.kill();
+        let _ = child.wait();
+        let mut c = CgroupCache::new(Path::new("/proc"));
+        let p = c.lookup(id, child.id());
+        assert_eq!(p.container_id.as_deref(), Some(CID));
+        assert_eq!(c.stats.from_walk, 1);
+        // Remove the test cgroups, leaf first.
+        let mut dir = leaf.clone();
+        while dir.starts_with(&top) {
+            let _ = std::fs::remove_dir(&dir);
+            if !dir.pop() {
+                break;
+            }
+        }
+    }
 }

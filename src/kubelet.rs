@@ -405,4 +405,61 @@ mod tests {
         assert_eq!(o.min_interval, Duration::from_millis(500));
         assert_eq!(o.max_attempts, 60);
     }
+
+    /// Concurrent callers share one request; a call within the minimum interval is served from
+    /// the cache; a failing kubelet is reported, not retried in a tight loop.
+    #[test]
+    fn single_flight_and_min_interval() {
+        use std::io::{Read, Write};
+        use std::sync::atomic::AtomicU32;
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let hits = Arc::new(AtomicU32::new(0));
+        let h = hits.clone();
+        std::thread::spawn(move || {
+            for s in listener.incoming() {
+                let Ok(mut s) = s else { continue };
+                h.fetch_add(1, Ordering::SeqCst);
+                let mut buf = [0u8; 4096];
+                let _ = s.read(&mut buf);
+                std::thread::sleep(Duration::from_millis(200));
+                let body = r#"{"items":[{"metadata":{"uid":"u1"}}]}"#;
+                let _ = write!(
+                    s,
+                    "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                    body.len()
+                );
+            }
+        });
+        let mut o = opts(vec![(
+            Key::KubeletUrl,
+            Some(format!("http://127.0.0.1:{port}")),
+        )]);
+        o.min_interval = Duration::from_millis(300);
+        let k = Arc::new(Kubelet::new(o).unwrap());
+        let threads: Vec<_> = (0..4)
+            .map(|_| {
+                let k = k.clone();
+                std::thread::spawn(move || k.refresh().map(|l| l.items.len()))
+            })
+            .collect();
+        for t in threads {
+            assert_eq!(t.join().unwrap().unwrap(), 1);
+        }
+        assert_eq!(
+            hits.load(Ordering::SeqCst),
+            1,
+            "one request for four callers"
+        );
+        assert!(k.refresh().unwrap().by_uid("u1").is_some());
+        assert_eq!(
+            hits.load(Ordering::SeqCst),
+            1,
+            "within the interval: cached"
+        );
+        std::thread::sleep(Duration::from_millis(350));
+        k.refresh().unwrap();
+        assert_eq!(hits.load(Ordering::SeqCst), 2);
+        assert_eq!(k.counters.fetches.load(Ordering::Relaxed), 2);
+    }
 }
