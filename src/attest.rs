@@ -41,6 +41,25 @@ impl Attestation {
         })
     }
 
+    /// The same object as one line, keys in the documented order.
+    pub fn to_line(&self) -> String {
+        #[derive(Serialize)]
+        #[serde(rename_all = "camelCase")]
+        struct Line<'a> {
+            pod_uid: Option<&'a str>,
+            container_id: Option<&'a str>,
+            runtime: Option<&'static str>,
+            selectors: &'a [String],
+        }
+        let line = Line {
+            pod_uid: self.placement.pod_uid.as_deref(),
+            container_id: self.placement.container_id.as_deref(),
+            runtime: self.runtime(),
+            selectors: &self.selectors,
+        };
+        serde_json::to_string(&line).unwrap_or_else(|_| self.to_json().to_string())
+    }
+
     /// `{"podUid", "containerId", "runtime", "selectors"}` with null for what is unknown.
     pub fn to_json(&self) -> Value {
         json!({
@@ -191,9 +210,21 @@ pub fn run(cfg: Config, args: &Args) -> Result<()> {
         let path = cfg
             .path(Key::Socket)
             .expect("invariant: --socket has a default");
-        let v = socket::request(&path, socket::Request::AttestSelf, Duration::from_secs(15))?;
-        println!("{v}");
-        return Ok(());
+        // The agent answers from its cached pod list; a new pod may need a refresh or two.
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            match socket::request(&path, socket::Request::AttestSelf, Duration::from_secs(5)) {
+                Ok(v) => {
+                    println!("{v}");
+                    return Ok(());
+                }
+                Err(e) if e.to_string().contains("retry shortly") && Instant::now() < deadline => {
+                    log::debug!("{e}");
+                    std::thread::sleep(Duration::from_millis(500));
+                }
+                Err(e) => return Err(e),
+            }
+        }
     }
     let pid = args
         .pid
@@ -204,7 +235,7 @@ pub fn run(cfg: Config, args: &Args) -> Result<()> {
     let a = attest_pid_blocking(&cfg, &proc_root, pid);
     match a {
         Ok(a) => {
-            println!("{}", a.to_json());
+            println!("{}", a.to_line());
             match a.problem {
                 Some(p) => Err(Error::new(Kind::Findings, format!("process {pid}: {p}"))),
                 None => Ok(()),
@@ -212,7 +243,7 @@ pub fn run(cfg: Config, args: &Args) -> Result<()> {
         }
         Err(e) => {
             if e.kind() == Kind::Findings {
-                println!("{}", Attestation::default().to_json());
+                println!("{}", Attestation::default().to_line());
             }
             Err(e)
         }

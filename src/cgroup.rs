@@ -576,14 +576,15 @@ mod tests {
     #[test]
     fn real_world_threads() {
         use Runtime::*;
-        let cases: &[(
-            &str,
-            &str,
-            Option<&str>,
-            Option<&str>,
+        type Row = (
+            &'static str,
+            &'static str,
+            Option<&'static str>,
+            Option<&'static str>,
             Option<Runtime>,
             bool,
-        )] = &[
+        );
+        let cases: &[Row] = &[
             // opencontainers/runc#4620: CRI-O, systemd driver, cgroup v1 (OpenShift-like).
             (
                 "runc#4620",

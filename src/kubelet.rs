@@ -156,7 +156,12 @@ impl Kubelet {
             if opts.skip_verify {
                 tls = tls.disable_verification(true);
             } else if let Some(ca) = &opts.ca {
-                tls = tls.root_certs(RootCerts::new_with_certs(&load_certs(ca)?));
+                let certs = load_certs(ca).map_err(|e| {
+                    e.context(
+                        "kubelet CA bundle unusable (set --kubelet-ca FILE, or --skip-kubelet-verification)",
+                    )
+                })?;
+                tls = tls.root_certs(RootCerts::new_with_certs(&certs));
             }
             if let Auth::Cert(c, k) = &opts.auth {
                 let chain = load_certs(c)?;
