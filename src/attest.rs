@@ -470,6 +470,9 @@ impl Attestor {
             socket::Request::Status => {
                 socket::ok_reply(json!({"healthy": true, "attestor": self.status_json()}))
             }
+            socket::Request::AttestSelf if peer.pid == 0 => socket::error_reply(
+                "the caller's pid is not visible in the agent's pid namespace (run the agent with hostPID)",
+            ),
             socket::Request::AttestSelf => match self.attest_cached(peer.pid) {
                 // The pid must still be the caller: a reused pid would leak someone else's data.
                 Ok(_) if !peer.still_alive() => {
