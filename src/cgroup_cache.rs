@@ -4,6 +4,7 @@
 use std::num::NonZeroUsize;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
 
 use lru::LruCache;
 
@@ -14,6 +15,8 @@ const CAPACITY: usize = 8192;
 /// Directories a walk may visit before giving up.
 const WALK_BUDGET: usize = 50_000;
 const WALK_DEPTH: usize = 24;
+/// How long an answer cached by pid is trusted (pids are reused).
+pub const PID_TTL: Duration = Duration::from_secs(2);
 
 /// How an answer was found, for counters.
 #[derive(Debug, Default, Clone, Copy)]
@@ -30,6 +33,8 @@ pub struct CgroupCache {
     /// Where cgroup2 is mounted (`/sys/fs/cgroup/unified` on hybrid hosts), if anywhere.
     cgroup2: Option<PathBuf>,
     map: LruCache<u64, Placement>,
+    /// Answers that the cgroup id cannot key (see [`CgroupCache::lookup`]), briefly, by pid.
+    by_pid: LruCache<u32, (Placement, Instant)>,
     pub stats: CacheStats,
 }
 
@@ -39,6 +44,7 @@ impl CgroupCache {
             proc_root: proc_root.to_path_buf(),
             cgroup2: find_cgroup2(proc_root),
             map: LruCache::new(NonZeroUsize::new(CAPACITY).expect("invariant: CAPACITY > 0")),
+            by_pid: LruCache::new(NonZeroUsize::new(CAPACITY).expect("invariant: CAPACITY > 0")),
             stats: CacheStats::default(),
         }
     }
@@ -51,33 +57,56 @@ impl CgroupCache {
     }
 
     /// The placement of cgroup `id` seen on an event from `pid`. Never fails: unknown parts are
-    /// None. The root cgroup (id 1) and 0 are "not in a container" without any lookup.
+    /// None.
+    ///
+    /// The cgroup id names a cgroup2 directory. It is a cache key only when the process's
+    /// cgroup2 path alone gives the whole answer: on hybrid hosts a container may be placed only
+    /// in the v1 hierarchies (cgroupfs driver), sharing its cgroup2 cgroup (often the root,
+    /// id 1) with other containers and the host. Such answers are cached by pid for
+    /// [`PID_TTL`] instead.
     pub fn lookup(&mut self, id: u64, pid: u32) -> Placement {
-        if id <= 1 {
-            return Placement::default();
+        if id > 1 {
+            if let Some(p) = self.map.get(&id) {
+                self.stats.hits += 1;
+                return p.clone();
+            }
         }
-        if let Some(p) = self.map.get(&id) {
-            self.stats.hits += 1;
-            return p.clone();
+        if let Some((p, at)) = self.by_pid.get(&pid) {
+            if at.elapsed() < PID_TTL {
+                self.stats.hits += 1;
+                return p.clone();
+            }
         }
-        let found = match read_pid(&self.proc_root, pid) {
-            Some(Ok(p)) => {
+        match read_pid(&self.proc_root, pid) {
+            Some(r) => {
                 self.stats.from_pid += 1;
-                Some(p)
-            }
-            Some(Err(_)) => {
-                self.stats.conflicts += 1;
-                Some(Placement::default())
-            }
-            None => self.walk(id).inspect(|_| self.stats.from_walk += 1),
-        };
-        match found {
-            Some(p) => {
-                self.map.put(id, p.clone());
+                let (p, keyed) = match r {
+                    Ok(x) => x,
+                    Err(_) => {
+                        self.stats.conflicts += 1;
+                        (Placement::default(), false)
+                    }
+                };
+                if keyed && id > 1 {
+                    self.map.put(id, p.clone());
+                } else {
+                    self.by_pid.put(pid, (p.clone(), Instant::now()));
+                }
                 p
             }
+            None if id > 1 => match self.walk(id) {
+                Some(p) => {
+                    self.stats.from_walk += 1;
+                    self.map.put(id, p.clone());
+                    p
+                }
+                None => {
+                    // Not cached: the cgroup may appear later (a walk racing its creation).
+                    self.stats.unresolved += 1;
+                    Placement::default()
+                }
+            },
             None => {
-                // Not cached: the cgroup may appear later (a walk racing its creation).
                 self.stats.unresolved += 1;
                 Placement::default()
             }
@@ -90,7 +119,7 @@ impl CgroupCache {
     }
 
     pub fn len(&self) -> usize {
-        self.map.len()
+        self.map.len() + self.by_pid.len()
     }
 
     /// Finds the cgroup2 directory with inode `id` and parses its path.
@@ -102,19 +131,33 @@ impl CgroupCache {
     }
 }
 
-/// `None` if the process is gone; `Some(Err)` on conflicting answers.
-fn read_pid(proc_root: &Path, pid: u32) -> Option<Result<Placement, cgroup::Conflict>> {
+/// `None` if the process is gone; `Some(Err)` on conflicting answers. With the placement: whether
+/// the cgroup2 (`0::`) line alone gives the same answer, so the cgroup id may key it.
+fn read_pid(proc_root: &Path, pid: u32) -> Option<Result<(Placement, bool), cgroup::Conflict>> {
     if pid == 0 {
         return None;
     }
-    let text = read_small(&proc_root.join(pid.to_string()).join("cgroup"))?;
-    let p = cgroup::parse_cgroup(&text);
-    if matches!(&p, Ok(p) if p.is_empty()) {
-        if let Some(mi) = read_small(&proc_root.join(pid.to_string()).join("mountinfo")) {
-            return Some(cgroup::parse_mountinfo(&mi));
+    let dir = proc_root.join(pid.to_string());
+    let text = read_small(&dir.join("cgroup"))?;
+    let full = match cgroup::parse_cgroup(&text) {
+        Ok(p) => p,
+        Err(e) => return Some(Err(e)),
+    };
+    let unified: Vec<&str> = text.lines().filter_map(|l| l.strip_prefix("0::")).collect();
+    let only_v2 = unified.len() == 1 && text.lines().filter(|l| !l.is_empty()).count() == 1;
+    let keyed = match unified.as_slice() {
+        [path] => cgroup::parse_path(path) == full && (only_v2 || !full.is_empty()),
+        _ => false,
+    };
+    if full.is_empty() {
+        if let Some(mi) = read_small(&dir.join("mountinfo")) {
+            return Some(cgroup::parse_mountinfo(&mi).map(|p| {
+                let keyed = keyed && p.is_empty();
+                (p, keyed)
+            }));
         }
     }
-    Some(p)
+    Some(Ok((full, keyed)))
 }
 
 /// Reads a /proc file with a bound (cgroup files are small; mountinfo can reach a few hundred KiB).
@@ -220,6 +263,39 @@ mod tests {
         assert!(c.lookup(1 << 60, 44).is_empty());
         assert_eq!(c.stats.unresolved, 1);
         assert!(c.lookup(1, 1).is_empty());
+        // Hybrid host, cgroupfs driver: the container is only in the v1 hierarchies and shares
+        // the cgroup2 root (id 1) with everyone: answered per pid, never keyed by the id.
+        let cid2 = "e".repeat(64);
+        for (pid, cid) in [(50, CID), (51, cid2.as_str())] {
+            std::fs::create_dir_all(proc_root.join(pid.to_string())).unwrap();
+            std::fs::write(
+                proc_root.join(format!("{pid}/cgroup")),
+                format!("4:memory:/kubepods/burstable/pod{UID}/{cid}\n0::/\n"),
+            )
+            .unwrap();
+        }
+        assert_eq!(c.lookup(1, 50).container_id.as_deref(), Some(CID));
+        assert_eq!(c.lookup(1, 51).container_id.as_deref(), Some(cid2.as_str()));
+        // Same for a shared non-root cgroup2 cgroup (containerd.service).
+        std::fs::write(
+            proc_root.join("50/cgroup"),
+            format!("4:memory:/kubepods/pod{UID}/{CID}\n0::/system.slice/containerd.service\n"),
+        )
+        .unwrap();
+        std::fs::create_dir_all(proc_root.join("52")).unwrap();
+        std::fs::write(
+            proc_root.join("52/cgroup"),
+            format!("4:memory:/kubepods/pod{UID}/{cid2}\n0::/system.slice/containerd.service\n"),
+        )
+        .unwrap();
+        assert_eq!(
+            c.lookup(555, 52).container_id.as_deref(),
+            Some(cid2.as_str())
+        );
+        assert!(
+            c.map.get(&555).is_none(),
+            "a shared cgroup2 id must not key an answer"
+        );
         let _ = std::fs::remove_dir_all(proc_root);
         let _ = std::fs::remove_dir_all(cg);
     }
