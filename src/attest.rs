@@ -719,6 +719,40 @@ mod tests {
         let v: Value = serde_json::from_str(line).unwrap();
         assert_eq!(v["containerId"], cid.as_str());
         assert_eq!(v["podUid"], uid.as_str());
+        // `status` as a real child too (the Kubernetes exec probe), when the binary is built.
+        let agent = exe
+            .parent()
+            .and_then(|d| d.parent())
+            .map(|d| d.join("linuxguard-agent"));
+        if let Some(agent) = agent.filter(|a| a.exists()) {
+            let child = Command::new(agent)
+                .args(["status", "--json", "--socket"])
+                .arg(&sock)
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .unwrap();
+            let before = srv.stats.answered;
+            let start = Instant::now();
+            while srv.stats.answered == before && start.elapsed() < Duration::from_secs(10) {
+                let mut fds = [PollFd::new(srv.fd(), PollFlags::POLLIN)];
+                let _ = nix::poll::poll(&mut fds, PollTimeout::from(100u16));
+                srv.handle_ready(&mut |req, peer| attestor.answer(req, peer));
+            }
+            for _ in 0..10 {
+                srv.handle_ready(&mut |req, peer| attestor.answer(req, peer));
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            let out = child.wait_with_output().unwrap();
+            assert!(
+                out.status.success(),
+                "{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+            assert_eq!(v["healthy"], true);
+            assert!(v["attestor"]["cgroupCache"].is_object());
+        }
         let _ = std::fs::remove_dir_all(&dir);
     }
 

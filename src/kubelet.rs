@@ -269,14 +269,17 @@ impl Kubelet {
     fn fetch(&self) -> Result<PodList> {
         let url = format!("{}/pods", self.opts.base);
         let mut req = self.agent.get(&url).header("Accept", "application/json");
-        // Kept alive until the request is sent; zeroized on drop.
-        let header: Option<Secret>;
-        if let (Auth::Token(path), true) = (&self.opts.auth, self.opts.https()) {
-            let token = read_token(path)?;
-            header = Some(Secret::new(format!("Bearer {}", token.expose())));
-            if let Some(h) = &header {
-                req = req.header("Authorization", h.expose());
-            }
+        // The token is re-read for every request (service-account tokens rotate); our copies
+        // are zeroized on drop (ureq keeps its own header copy for the request's lifetime).
+        let auth = match (&self.opts.auth, self.opts.https()) {
+            (Auth::Token(path), true) => Some(Secret::new(format!(
+                "Bearer {}",
+                read_token(path)?.expose()
+            ))),
+            _ => None,
+        };
+        if let Some(h) = &auth {
+            req = req.header("Authorization", h.expose());
         }
         let resp = req.call().with_context(Kind::Runtime, || {
             format!("kubelet request GET {url} failed")
