@@ -3,6 +3,8 @@
 
 mod common;
 
+mod attest;
 mod backend;
 mod cli;
+mod kubelet_server;
 mod manifest;
