@@ -304,7 +304,7 @@ pub static SETTINGS: &[Setting] = &[
         Ty::Path,
         "FILE",
         KUBE,
-        "PEM bundle that verifies the kubelet"
+        "PEM bundle that verifies the kubelet (/var/run/secrets/... when only that exists)"
     ),
     setting!(
         SkipKubeletVerification,
@@ -591,6 +591,23 @@ pub fn resolve(
                 source: src,
             },
         );
+    }
+    // The service-account files are documented at /run/secrets/...; a scratch image has no
+    // /var/run -> /run link, and the kubelet mounts them at /var/run/secrets/...: when the
+    // default is absent and the /var/run twin exists, use the twin.
+    for key in [Key::KubeletCa, Key::KubeletTokenPath] {
+        if let Some(r) = values.get_mut(&key).filter(|r| r.source == Source::Default) {
+            if let Some(v) = r
+                .value
+                .as_mut()
+                .filter(|v| !std::path::Path::new(v.as_str()).exists())
+            {
+                let twin = format!("/var{v}");
+                if std::path::Path::new(&twin).exists() {
+                    *v = twin;
+                }
+            }
+        }
     }
     let cfg = Config {
         commands,
