@@ -60,6 +60,7 @@ impl std::fmt::Display for Failure {
 }
 
 /// The answer to one event batch.
+#[allow(dead_code)] // used by the uploader (issue 6)
 #[derive(Debug)]
 pub enum Events {
     /// 200/202: accepted (200 also for a batch key seen before).
@@ -140,11 +141,20 @@ impl Backend {
 
     /// Asks for a new certificate for `key` (a fresh node key); the answer is checked like
     /// enrolment's.
-    pub fn renew(&self, key: rcgen::KeyPair, workload_id: &str) -> std::result::Result<Identity, Failure> {
-        let csr = enroll::csr_pem(&key, workload_id).map_err(|e| Failure::Rejected(e.to_string()))?;
+    pub fn renew(
+        &self,
+        key: rcgen::KeyPair,
+        workload_id: &str,
+    ) -> std::result::Result<Identity, Failure> {
+        let csr =
+            enroll::csr_pem(&key, workload_id).map_err(|e| Failure::Rejected(e.to_string()))?;
         let body = serde_json::to_vec(&serde_json::json!({ "csr": csr }))
             .map_err(|e| Failure::Rejected(format!("failed to encode the renewal: {e}")))?;
-        let r = self.call("/agent/renew", &[("Content-Type", "application/json")], &body)?;
+        let r = self.call(
+            "/agent/renew",
+            &[("Content-Type", "application/json")],
+            &body,
+        )?;
         match r.status {
             200 | 201 => Identity::from_success(&r.body, key)
                 .map_err(|why| Failure::Rejected(format!("renewal answer is unusable: {why}"))),
@@ -152,6 +162,7 @@ impl Backend {
         }
     }
 
+    #[allow(dead_code)] // used by the uploader (issue 6)
     /// Sends one batch of NDJSON events under `batch_key` (stable across retries of the batch).
     pub fn post_events(&self, batch_key: &str, ndjson: &[u8]) -> Events {
         let r = match self.call(
@@ -191,10 +202,20 @@ mod tests {
 
     #[test]
     fn statuses_are_classified_as_the_contract_says() {
-        let r = |s| tls::Reply { status: s, retry_after: Some(Duration::from_secs(2)), body: br#"{"error":"x"}"#.to_vec() };
+        let r = |s| tls::Reply {
+            status: s,
+            retry_after: Some(Duration::from_secs(2)),
+            body: br#"{"error":"x"}"#.to_vec(),
+        };
         assert!(matches!(classify(401, &r(401)), Failure::Revoked(_)));
         assert!(matches!(classify(403, &r(403)), Failure::Revoked(_)));
-        assert!(matches!(classify(503, &r(503)), Failure::Retry { retry_after: Some(_), .. }));
+        assert!(matches!(
+            classify(503, &r(503)),
+            Failure::Retry {
+                retry_after: Some(_),
+                ..
+            }
+        ));
         assert!(matches!(classify(429, &r(429)), Failure::Retry { .. }));
         assert!(matches!(classify(400, &r(400)), Failure::Rejected(_)));
     }
@@ -202,7 +223,14 @@ mod tests {
     #[test]
     fn heartbeat_body_shape() {
         let s = Stats::default();
-        let v = serde_json::to_value(Heartbeat { agent_id: "a", workload_id: "w", agent_version: "0", uptime_seconds: 3, stats: &s }).unwrap();
+        let v = serde_json::to_value(Heartbeat {
+            agent_id: "a",
+            workload_id: "w",
+            agent_version: "0",
+            uptime_seconds: 3,
+            stats: &s,
+        })
+        .unwrap();
         assert_eq!(v["stats"]["eventsDropped"]["upload"], 0);
         assert_eq!(v["uptimeSeconds"], 3);
         assert!(v["stats"]["kubeletMisses"].is_u64());

@@ -147,7 +147,10 @@ impl fmt::Debug for Identity {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Identity")
             .field("agent_id", &self.agent_id)
-            .field("not_after", &humantime::format_rfc3339_seconds(self.not_after))
+            .field(
+                "not_after",
+                &humantime::format_rfc3339_seconds(self.not_after),
+            )
             .field("key", &"<P-256 private key>")
             .finish()
     }
@@ -179,7 +182,9 @@ impl Identity {
                 .chars()
                 .all(|c| c.is_ascii_alphanumeric() || "-_.:".contains(c))
         {
-            return Err("agentId is empty, too long or has characters outside A-Z a-z 0-9 - _ . :".into());
+            return Err(
+                "agentId is empty, too long or has characters outside A-Z a-z 0-9 - _ . :".into(),
+            );
         }
         if !(MIN_HEARTBEAT..=MAX_HEARTBEAT).contains(&heartbeat_secs) {
             return Err(format!(
@@ -291,14 +296,17 @@ pub fn enroll(
         headers.push(("Authorization", a.as_str()));
     }
     let mut backoff = Backoff::default();
-    let Request { key, body, .. } = &req;
+    let (key, body) = (&req.key, req.body());
     loop {
         if stop.requested() {
             return Ok(None);
         }
         let left = deadline.saturating_duration_since(Instant::now());
         let attempt = backoff.attempts() + 1;
-        log::debug!("enrolment attempt {attempt} to {url} ({} s left)", left.as_secs());
+        log::debug!(
+            "enrolment attempt {attempt} to {url} ({} s left)",
+            left.as_secs()
+        );
         let (why, retry_after) = match tls::post(agent, &url, &headers, body, left) {
             Ok(reply) => match reply.status {
                 200 | 201 => {
@@ -389,8 +397,15 @@ mod tests {
         assert!(r.authorization.is_none());
         let k = Credential::ApiKey(Secret::new("lg_0123456789abcdef".into()));
         let r = Request::new(&params(&k)).unwrap();
-        assert!(std::str::from_utf8(r.body()).unwrap().contains("\"enrollCode\":null"));
-        assert_eq!(r.authorization.as_deref().map(String::as_str), Some("Bearer lg_0123456789abcdef"));
+        assert!(
+            std::str::from_utf8(r.body())
+                .unwrap()
+                .contains("\"enrollCode\":null")
+        );
+        assert_eq!(
+            r.authorization.as_deref().map(String::as_str),
+            Some("Bearer lg_0123456789abcdef")
+        );
     }
 
     fn issue(key: &KeyPair) -> (String, String) {
@@ -433,12 +448,26 @@ mod tests {
 
     #[test]
     fn rejected_lines_have_the_documented_form() {
-        let r = Reply { status: 409, retry_after: None, body: br#"{"error":"token already consumed by another workload"}"#.to_vec() };
+        let r = Reply {
+            status: 409,
+            retry_after: None,
+            body: br#"{"error":"token already consumed by another workload"}"#.to_vec(),
+        };
         let e = rejected(&r);
         assert_eq!(e.kind(), Kind::EnrollRejected);
-        assert!(e.to_string().starts_with("enrolment failed: 409 conflict: token already consumed by another workload"));
+        assert!(e.to_string().starts_with(
+            "enrolment failed: 409 conflict: token already consumed by another workload"
+        ));
         assert!(e.to_string().contains("rotate the Secret"));
-        let r = Reply { status: 400, retry_after: None, body: br#"{"error":"enrollment token expired"}"#.to_vec() };
-        assert!(rejected(&r).to_string().starts_with("enrolment failed: 400 enrollment token expired"));
+        let r = Reply {
+            status: 400,
+            retry_after: None,
+            body: br#"{"error":"enrollment token expired"}"#.to_vec(),
+        };
+        assert!(
+            rejected(&r)
+                .to_string()
+                .starts_with("enrolment failed: 400 enrollment token expired")
+        );
     }
 }

@@ -140,7 +140,9 @@ impl Agent {
         let cached = match &plan.cache {
             Some(c) => c.load(),
             None => {
-                log::info!("TLS cache off (--tls-cache not set): the identity is kept in memory only");
+                log::info!(
+                    "TLS cache off (--tls-cache not set): the identity is kept in memory only"
+                );
                 None
             }
         };
@@ -205,6 +207,7 @@ impl Agent {
         &self.identity.agent_id
     }
 
+    #[allow(dead_code)] // used by the uploader (issue 6)
     /// The mTLS client (the uploader sends event batches through it).
     pub fn backend(&self) -> &Backend {
         &self.backend
@@ -238,7 +241,10 @@ impl Agent {
         match res {
             Ok(asked) => {
                 if let Some(i) = asked.filter(|i| *i != interval) {
-                    log::info!("heartbeat interval is now {} s (asked by the backend)", i.as_secs());
+                    log::info!(
+                        "heartbeat interval is now {} s (asked by the backend)",
+                        i.as_secs()
+                    );
                     self.identity.heartbeat_interval = i;
                 }
                 let interval = self.identity.heartbeat_interval;
@@ -259,12 +265,18 @@ impl Agent {
             Err(Failure::Revoked(why)) => Err(self.revoked("heartbeat", &why)),
             Err(Failure::Retry { why, retry_after }) => {
                 let d = self.hb_backoff.next(retry_after).min(interval);
-                log::warn!("heartbeat failed: {why}; retrying in {:.1} s", d.as_secs_f64());
+                log::warn!(
+                    "heartbeat failed: {why}; retrying in {:.1} s",
+                    d.as_secs_f64()
+                );
                 self.next_heartbeat = Instant::now() + d;
                 Ok(())
             }
             Err(Failure::Rejected(why)) => {
-                log::warn!("heartbeat rejected: {why}; next attempt in {} s", interval.as_secs());
+                log::warn!(
+                    "heartbeat rejected: {why}; next attempt in {} s",
+                    interval.as_secs()
+                );
                 self.next_heartbeat = Instant::now() + interval;
                 Ok(())
             }
@@ -310,7 +322,10 @@ impl Agent {
                     )));
                 }
                 let d = self.renew_backoff.next(None);
-                log::warn!("certificate renewal failed: {f}; retrying in {:.1} s", d.as_secs_f64());
+                log::warn!(
+                    "certificate renewal failed: {f}; retrying in {:.1} s",
+                    d.as_secs_f64()
+                );
                 self.renew_at = Instant::now() + d;
                 Ok(())
             }
@@ -360,6 +375,10 @@ pub fn run(cfg: Config, _args: &Args) -> Result<()> {
         agent.tick(Instant::now())?;
         stop.wait_until(agent.next_deadline());
     }
-    log::info!("stopping on {} (agent {})", stop.signal_name(), agent.agent_id());
+    log::info!(
+        "stopping on {} (agent {})",
+        stop.signal_name(),
+        agent.agent_id()
+    );
     Ok(())
 }

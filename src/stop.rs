@@ -53,8 +53,9 @@ impl Stop {
         for sig in [Signal::SIGINT, Signal::SIGTERM] {
             // SAFETY: the handler only touches atomics and calls write(2)/_exit(2), which are
             // async-signal-safe.
-            unsafe { sigaction(sig, &action) }
-                .with_context(Kind::Runtime, || format!("failed to install the {sig} handler"))?;
+            unsafe { sigaction(sig, &action) }.with_context(Kind::Runtime, || {
+                format!("failed to install the {sig} handler")
+            })?;
         }
         Ok(Stop {
             read,
@@ -73,6 +74,7 @@ impl Stop {
             .unwrap_or_else(|_| "a stop request".into())
     }
 
+    #[allow(dead_code)] // polled by the sensor loop (issue 6)
     /// The read end of the wake-up pipe: readable once a stop was requested.
     pub fn fd(&self) -> BorrowedFd<'_> {
         self.read.as_fd()

@@ -44,7 +44,9 @@ impl ServerTrust {
         let mut pem = Vec::new();
         fs::File::open(path)
             .and_then(|f| f.take(MAX_CA_FILE + 1).read_to_end(&mut pem))
-            .with_context(Kind::Config, || format!("failed to read --server-ca `{shown}`"))?;
+            .with_context(Kind::Config, || {
+                format!("failed to read --server-ca `{shown}`")
+            })?;
         if pem.len() as u64 > MAX_CA_FILE {
             return Err(Error::config(format!(
                 "--server-ca `{shown}` is larger than 4 MiB; give a PEM bundle of CA certificates"
@@ -221,16 +223,24 @@ mod tests {
 
     #[test]
     fn user_agent_has_the_version() {
-        assert_eq!(USER_AGENT, format!("linuxguard-agent/{}", env!("CARGO_PKG_VERSION")));
+        assert_eq!(
+            USER_AGENT,
+            format!("linuxguard-agent/{}", env!("CARGO_PKG_VERSION"))
+        );
     }
 
     #[test]
     fn bundle_needs_a_certificate() {
         assert!(parse_certs(b"").is_err());
-        assert!(parse_certs(b"-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----\n").is_err());
+        assert!(
+            parse_certs(b"-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----\n").is_err()
+        );
         let ca = rcgen::generate_simple_self_signed(vec!["x".into()]).unwrap();
         let pem = ca.cert.pem();
-        assert_eq!(parse_certs(format!("{pem}{pem}").as_bytes()).unwrap().len(), 2);
+        assert_eq!(
+            parse_certs(format!("{pem}{pem}").as_bytes()).unwrap().len(),
+            2
+        );
     }
 
     #[test]

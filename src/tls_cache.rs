@@ -82,10 +82,10 @@ impl TlsCache {
             )));
         }
         if md.mode() & 0o777 != 0o700 {
-            fs::set_permissions(dir, fs::Permissions::from_mode(0o700)).with_context(
-                Kind::Config,
-                || format!("failed to set mode 0700 on the TLS cache directory `{shown}`"),
-            )?;
+            fs::set_permissions(dir, fs::Permissions::from_mode(0o700))
+                .with_context(Kind::Config, || {
+                    format!("failed to set mode 0700 on the TLS cache directory `{shown}`")
+                })?;
         }
         Ok(TlsCache {
             dir: dir.to_path_buf(),
@@ -131,7 +131,9 @@ impl TlsCache {
         };
         match self.clear() {
             Ok(()) => log::info!("TLS cache `{shown}`: {why}; cleared, enrolling afresh"),
-            Err(e) => log::warn!("TLS cache `{shown}`: {why}; clearing failed ({e}); enrolling afresh"),
+            Err(e) => {
+                log::warn!("TLS cache `{shown}`: {why}; clearing failed ({e}); enrolling afresh")
+            }
         }
         None
     }
@@ -162,7 +164,9 @@ impl TlsCache {
         for e in entries.flatten() {
             let name = e.file_name();
             let name = name.to_string_lossy();
-            let ours = name == IDENTITY_FILE || name == TAG_FILE || (name.starts_with('.') && name.ends_with(".tmp"));
+            let ours = name == IDENTITY_FILE
+                || name == TAG_FILE
+                || (name.starts_with('.') && name.ends_with(".tmp"));
             if ours {
                 fs::remove_file(e.path()).with_context(Kind::Runtime, || {
                     format!("failed to remove `{}`", e.path().display())
@@ -203,7 +207,9 @@ impl zeroize::Zeroize for Stored {
 fn sync_dir(dir: &Path) -> Result<()> {
     File::open(dir)
         .and_then(|d| d.sync_all())
-        .with_context(Kind::Runtime, || format!("failed to fsync `{}`", dir.display()))
+        .with_context(Kind::Runtime, || {
+            format!("failed to fsync `{}`", dir.display())
+        })
 }
 
 fn read_small(path: &Path) -> std::io::Result<Zeroizing<Vec<u8>>> {
@@ -220,7 +226,8 @@ fn read_small(path: &Path) -> std::io::Result<Zeroizing<Vec<u8>>> {
 }
 
 fn parse(bytes: &[u8]) -> std::result::Result<Identity, String> {
-    let s: Stored = serde_json::from_slice(bytes).map_err(|e| format!("not the expected JSON: {e}"))?;
+    let s: Stored =
+        serde_json::from_slice(bytes).map_err(|e| format!("not the expected JSON: {e}"))?;
     let pem = Zeroizing::new(s.private_key);
     if s.version != 1 {
         return Err(format!("unknown version {}", s.version));
@@ -257,7 +264,10 @@ mod tests {
         let c = TlsCache::open(&dir, "v1 00".into()).unwrap();
         assert_eq!(fs::metadata(&dir).unwrap().mode() & 0o777, 0o700);
         c.write_atomic(TAG_FILE, b"v1 00").unwrap();
-        assert_eq!(fs::metadata(dir.join(TAG_FILE)).unwrap().mode() & 0o777, 0o600);
+        assert_eq!(
+            fs::metadata(dir.join(TAG_FILE)).unwrap().mode() & 0o777,
+            0o600
+        );
         fs::write(dir.join("keep.txt"), b"x").unwrap();
         // A tag without an identity is corrupt: cleared.
         assert!(c.load().is_none());

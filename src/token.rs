@@ -96,7 +96,9 @@ mod tests {
         assert!(!e.contains("ABCDEF"), "{e}");
         let e = tok("ABCDEFGH").unwrap_err().to_string();
         assert!(e.contains("too short") && !e.contains("ABCDEFGH"), "{e}");
-        let e = tok("ABCDEFGHIJKLMNOPQRSTUVWXYZ2345672").unwrap_err().to_string();
+        let e = tok("ABCDEFGHIJKLMNOPQRSTUVWXYZ2345672")
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("too long"), "{e}");
         assert!(tok("---").unwrap_err().to_string().contains("empty"));
         assert_eq!(tok("x").unwrap_err().kind(), crate::error::Kind::Config);
@@ -105,7 +107,10 @@ mod tests {
     #[test]
     fn api_key_rules() {
         let k = |s: &str| normalize_api_key(&Secret::new(s.into()));
-        assert_eq!(k(" lg_live_0123456789abcdef\n").unwrap().expose(), "lg_live_0123456789abcdef");
+        assert_eq!(
+            k(" lg_live_0123456789abcdef\n").unwrap().expose(),
+            "lg_live_0123456789abcdef"
+        );
         let e = k("lg_live_0123 456789abcdef").unwrap_err().to_string();
         assert!(e.contains("position 13") && !e.contains("lg_live"), "{e}");
         assert!(k("short").unwrap_err().to_string().contains("16 to 512"));

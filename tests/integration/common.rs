@@ -112,7 +112,8 @@ pub fn start_backend_in(state: TempDir, extra_args: &[&str]) -> Backend {
             }
         }
         if let Ok(Some(status)) = child.try_wait() {
-            let log = std::fs::read_to_string(logs.path().join("backend.stderr")).unwrap_or_default();
+            let log =
+                std::fs::read_to_string(logs.path().join("backend.stderr")).unwrap_or_default();
             panic!("linuxguard-backend exited early ({status}): {log}");
         }
         if std::time::Instant::now() > deadline {
@@ -121,7 +122,12 @@ pub fn start_backend_in(state: TempDir, extra_args: &[&str]) -> Backend {
         }
         std::thread::sleep(std::time::Duration::from_millis(20));
     };
-    Backend { child, url, state, logs }
+    Backend {
+        child,
+        url,
+        state,
+        logs,
+    }
 }
 
 impl Backend {
