@@ -126,6 +126,18 @@ impl Request {
         })
     }
 
+    /// The headers sent on every attempt.
+    fn headers(&self) -> Vec<(&str, &str)> {
+        let mut h = vec![
+            ("Content-Type", "application/json"),
+            ("Idempotency-Key", self.idempotency_key.as_str()),
+        ];
+        if let Some(a) = &self.authorization {
+            h.push(("Authorization", a.as_str()));
+        }
+        h
+    }
+
     /// The exact bytes sent on every attempt.
     pub fn body(&self) -> &[u8] {
         &self.body
@@ -288,15 +300,8 @@ pub fn enroll(
     stop: &Stop,
 ) -> Result<Option<Identity>> {
     let url = format!("{server}/agent/enroll");
-    let mut headers: Vec<(&str, &str)> = vec![
-        ("Content-Type", "application/json"),
-        ("Idempotency-Key", &req.idempotency_key),
-    ];
-    if let Some(a) = &req.authorization {
-        headers.push(("Authorization", a.as_str()));
-    }
+    let req = std::sync::Arc::new(req);
     let mut backoff = Backoff::default();
-    let (key, body) = (&req.key, req.body());
     loop {
         if stop.requested() {
             return Ok(None);
@@ -307,12 +312,20 @@ pub fn enroll(
             "enrolment attempt {attempt} to {url} ({} s left)",
             left.as_secs()
         );
-        let (why, retry_after) = match tls::post(agent, &url, &headers, body, left) {
+        // On a helper thread, so SIGTERM is not held up by a stalled server.
+        let call = {
+            let (agent, url, req) = (agent.clone(), url.clone(), req.clone());
+            move || tls::post(&agent, &url, &req.headers(), req.body(), left)
+        };
+        let Some(result) = stop.interruptible(call) else {
+            return Ok(None);
+        };
+        let (why, retry_after) = match result {
             Ok(reply) => match reply.status {
                 200 | 201 => {
                     // Rebuild our key from its DER: `KeyPair` is not Clone, and the request keeps
                     // its copy until it is dropped (zeroized) below.
-                    let der = Zeroizing::new(key.serialize_der());
+                    let der = Zeroizing::new(req.key.serialize_der());
                     let mine = KeyPair::try_from(der.as_slice()).map_err(|e| {
                         Error::runtime(format!("failed to reload the node key: {e}"))
                     })?;

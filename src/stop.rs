@@ -101,6 +101,32 @@ impl Stop {
         }
     }
 
+    /// Runs `f` (a blocking network call) on a helper thread and waits for its result or a stop
+    /// request, whichever comes first. On a stop the call is abandoned: it ends by its own
+    /// timeouts or with the process. `None`: stopped (or the helper could not run).
+    pub fn interruptible<T: Send + 'static>(
+        &self,
+        f: impl FnOnce() -> T + Send + 'static,
+    ) -> Option<T> {
+        let (tx, rx) = std::sync::mpsc::sync_channel(1);
+        let spawned = std::thread::Builder::new()
+            .name("lg-call".into())
+            .spawn(move || {
+                let _ = tx.send(f());
+            });
+        if let Err(e) = spawned {
+            log::error!("failed to start a network helper thread: {e}");
+            return None;
+        }
+        loop {
+            match rx.recv_timeout(Duration::from_millis(50)) {
+                Ok(v) => return Some(v),
+                Err(std::sync::mpsc::RecvTimeoutError::Timeout) if !self.requested() => {}
+                Err(_) => return None,
+            }
+        }
+    }
+
     /// Sleeps for `d` or until a stop request; returns true when stopping.
     pub fn wait(&self, d: Duration) -> bool {
         self.wait_until(Instant::now() + d)

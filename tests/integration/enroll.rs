@@ -404,7 +404,14 @@ fn assert_proc_clean(flag: bool) {
     } else {
         assert!(String::from_utf8_lossy(&environ).contains("LINUXGUARD_ENROLL_TOKEN="));
     }
-    drop(a);
+    // SIGTERM while the enrol call is stalled: a clean, prompt stop.
+    let t = Instant::now();
+    assert_eq!(a.term().code(), Some(0), "{}", a.log());
+    assert!(
+        t.elapsed() < Duration::from_secs(1),
+        "stop took {:?}",
+        t.elapsed()
+    );
     run.assert_no_secrets(&[]);
 }
 

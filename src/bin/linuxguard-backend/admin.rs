@@ -67,9 +67,11 @@ pub fn handle(state: &Mutex<State>, req: &Request, peer: IpAddr) -> Response {
                 }
             }
         },
-        (_, "/admin/requests" | "/admin/stats" | "/admin/events" | "/admin/faults" | "/admin/revoke" | "/admin/tokens") => {
-            Response::error(405, "method not allowed")
-        }
+        (
+            _,
+            "/admin/requests" | "/admin/stats" | "/admin/events" | "/admin/faults"
+            | "/admin/revoke" | "/admin/tokens",
+        ) => Response::error(405, "method not allowed"),
         _ => Response::error(404, "no such admin endpoint"),
     }
 }

@@ -9,8 +9,7 @@ use std::time::{Duration, SystemTime};
 
 use rcgen::{
     BasicConstraints, CertificateParams, CertificateSigningRequestParams, DistinguishedName,
-    DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, KeyUsagePurpose, SanType,
-    SerialNumber,
+    DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, KeyUsagePurpose, SanType, SerialNumber,
 };
 use rustls_pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 
@@ -105,12 +104,8 @@ impl Ca {
             .map_err(|e| format!("failed to read `{}`: {e}", key_path.display()))?;
         let key = KeyPair::from_pem(&key_pem)
             .map_err(|e| format!("`{}` is not a PEM private key: {e}", key_path.display()))?;
-        let issuer = Issuer::from_ca_cert_pem(&cert_pem, key).map_err(|e| {
-            format!(
-                "`{}` is not a PEM CA certificate: {e}",
-                cert_path.display()
-            )
-        })?;
+        let issuer = Issuer::from_ca_cert_pem(&cert_pem, key)
+            .map_err(|e| format!("`{}` is not a PEM CA certificate: {e}", cert_path.display()))?;
         let der = rustls_pki_types::pem::PemObject::from_pem_slice(cert_pem.as_bytes())
             .map_err(|e| format!("`{}`: {e}", cert_path.display()))?;
         Ok(Ca {
@@ -164,10 +159,10 @@ impl Ca {
         dn.push(DnType::CommonName, agent_id);
         params.distinguished_name = dn;
         let uri = format!("spiffe://linuxguard/agent/{agent_id}");
-        params.subject_alt_names = vec![SanType::URI(
-            uri.try_into()
-                .map_err(|_| "agent id is not a valid URI part".to_string())?,
-        )];
+        params.subject_alt_names =
+            vec![SanType::URI(uri.try_into().map_err(|_| {
+                "agent id is not a valid URI part".to_string()
+            })?)];
         params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
         params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
         params.is_ca = IsCa::ExplicitNoCa;
@@ -282,8 +277,10 @@ mod tests {
     fn rejects_bad_csrs() {
         assert!(parse_csr("hello").is_err());
         assert!(
-            parse_csr("-----BEGIN CERTIFICATE REQUEST-----\nAAAA\n-----END CERTIFICATE REQUEST-----\n")
-                .is_err()
+            parse_csr(
+                "-----BEGIN CERTIFICATE REQUEST-----\nAAAA\n-----END CERTIFICATE REQUEST-----\n"
+            )
+            .is_err()
         );
         // Flip a bit in the signature: the signature check must fail.
         let key = KeyPair::generate().expect("key");
@@ -316,7 +313,10 @@ mod tests {
     fn tokens_and_ids_have_the_right_shape() {
         let t = new_token().expect("token");
         assert_eq!(t.len(), 26);
-        assert!(t.bytes().all(|c| c.is_ascii_uppercase() || (b'2'..=b'7').contains(&c)));
+        assert!(
+            t.bytes()
+                .all(|c| c.is_ascii_uppercase() || (b'2'..=b'7').contains(&c))
+        );
         let id = new_agent_id().expect("id");
         assert_eq!(id.len(), 26);
     }

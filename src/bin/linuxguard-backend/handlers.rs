@@ -30,7 +30,12 @@ fn lock(state: &Mutex<State>) -> std::sync::MutexGuard<'_, State> {
 
 /// Routes a request to `/agent/*`. `peer_agent` is the agent id of a verified client cert.
 pub fn handle(state: &Mutex<State>, ca: &Ca, req: &Request, peer_agent: Option<&str>) -> Handled {
-    let known = ["/agent/enroll", "/agent/heartbeat", "/agent/events", "/agent/renew"];
+    let known = [
+        "/agent/enroll",
+        "/agent/heartbeat",
+        "/agent/events",
+        "/agent/renew",
+    ];
     if !known.contains(&req.path.as_str()) {
         return reply(Response::error(404, "no such endpoint"));
     }
@@ -226,7 +231,10 @@ fn enroll(state: &Mutex<State>, ca: &Ca, req: &Request) -> Handled {
             if let Some(tenant) = body.tenant.filter(|t| !t.is_empty())
                 && tenant != st.settings.tenant
             {
-                return reply(Response::error(403, "API key does not belong to this tenant"));
+                return reply(Response::error(
+                    403,
+                    "API key does not belong to this tenant",
+                ));
             }
             let (status, existing) = match st.key_enrolment(key, body.workload_id) {
                 Some(e) => (200, Some(e.clone())),
@@ -256,7 +264,10 @@ fn enroll(state: &Mutex<State>, ca: &Ca, req: &Request) -> Handled {
         None => {
             let tenant = body.tenant.unwrap_or_default();
             if tenant.is_empty() {
-                return reply(Response::error(400, "tenantId required for TOTP enrollment"));
+                return reply(Response::error(
+                    400,
+                    "tenantId required for TOTP enrollment",
+                ));
             }
             let Some(code) = body.code.filter(|c| !c.is_empty()) else {
                 return reply(Response::error(

@@ -163,7 +163,12 @@ impl<S: Read + Write> Conn<S> {
                 Err(httparse::Error::TooManyHeaders) => {
                     return Err(ReadError::Bad(431, "too many request headers".into()));
                 }
-                Err(e) => return Err(ReadError::Bad(400, format!("malformed HTTP request head: {e}"))),
+                Err(e) => {
+                    return Err(ReadError::Bad(
+                        400,
+                        format!("malformed HTTP request head: {e}"),
+                    ));
+                }
             }
             let was_empty = self.buf.is_empty();
             match self.fill() {
@@ -403,7 +408,8 @@ mod tests {
         assert_eq!(r.body, b"abcde");
         let mut c = conn(b"POST /x HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n10\r\nabc");
         assert!(matches!(c.read_request(100), Err(ReadError::Io(_))));
-        let mut c = conn(b"POST /x HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nabcdeXX0\r\n\r\n");
+        let mut c =
+            conn(b"POST /x HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nabcdeXX0\r\n\r\n");
         assert_eq!(bad_status(c.read_request(100)), 400);
         let mut c = conn(b"POST /x HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\nZZ\r\n");
         assert_eq!(bad_status(c.read_request(100)), 400);
@@ -413,8 +419,14 @@ mod tests {
 
     #[test]
     fn rejects_malformed_heads() {
-        assert_eq!(bad_status(conn(b"GARBAGE\x01 / HTTP/1.1\r\n\r\n").read_request(10)), 400);
-        assert_eq!(bad_status(conn(b"GET / HTTP/9.9\r\n\r\n").read_request(10)), 400);
+        assert_eq!(
+            bad_status(conn(b"GARBAGE\x01 / HTTP/1.1\r\n\r\n").read_request(10)),
+            400
+        );
+        assert_eq!(
+            bad_status(conn(b"GET / HTTP/9.9\r\n\r\n").read_request(10)),
+            400
+        );
         assert_eq!(
             bad_status(conn(b"GET / HTTP/1.1\r\nBad Header: x\r\n\r\n").read_request(10)),
             400
@@ -438,7 +450,9 @@ mod tests {
             400
         );
         assert_eq!(
-            bad_status(conn(b"POST / HTTP/1.1\r\nTransfer-Encoding: gzip\r\n\r\n").read_request(10)),
+            bad_status(
+                conn(b"POST / HTTP/1.1\r\nTransfer-Encoding: gzip\r\n\r\n").read_request(10)
+            ),
             501
         );
         assert_eq!(
@@ -479,14 +493,17 @@ mod tests {
 
     #[test]
     fn http10_closes_by_default() {
-        let r = conn(b"GET / HTTP/1.0\r\n\r\n").read_request(10).expect("1.0");
+        let r = conn(b"GET / HTTP/1.0\r\n\r\n")
+            .read_request(10)
+            .expect("1.0");
         assert!(!r.keep_alive);
     }
 
     #[test]
     fn writes_response_with_length() {
         let mut c = Conn::new(Cursor::new(Vec::new()));
-        c.write_response(&Response::error(409, "x"), false).expect("write");
+        c.write_response(&Response::error(409, "x"), false)
+            .expect("write");
         let out = String::from_utf8(c.stream.into_inner()).expect("utf8");
         assert!(out.starts_with("HTTP/1.1 409 Conflict\r\n"), "{out}");
         assert!(out.contains("Content-Length: 13\r\n"), "{out}");

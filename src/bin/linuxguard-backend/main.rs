@@ -70,12 +70,18 @@ fn parse_args(argv: Vec<std::ffi::OsString>) -> Result<Option<Args>, String> {
             Long("listen") => a.listen = p.value().map_err(err)?.string().map_err(err)?,
             Long("state-dir") => state_dir = Some(PathBuf::from(p.value().map_err(err)?)),
             Long("tenant") => a.tenant = p.value().map_err(err)?.string().map_err(err)?,
-            Long("token") => a.tokens.push(p.value().map_err(err)?.string().map_err(err)?),
+            Long("token") => a
+                .tokens
+                .push(p.value().map_err(err)?.string().map_err(err)?),
             Long("expired-token") => a
                 .expired_tokens
                 .push(p.value().map_err(err)?.string().map_err(err)?),
-            Long("api-key") => a.api_keys.push(p.value().map_err(err)?.string().map_err(err)?),
-            Long("cert-lifetime-secs") => a.cert_lifetime_secs = num(&mut p, "--cert-lifetime-secs")?,
+            Long("api-key") => a
+                .api_keys
+                .push(p.value().map_err(err)?.string().map_err(err)?),
+            Long("cert-lifetime-secs") => {
+                a.cert_lifetime_secs = num(&mut p, "--cert-lifetime-secs")?
+            }
             Long("heartbeat-interval-secs") => {
                 a.heartbeat_interval_secs = num(&mut p, "--heartbeat-interval-secs")?;
             }
@@ -92,7 +98,10 @@ fn parse_args(argv: Vec<std::ffi::OsString>) -> Result<Option<Args>, String> {
     if a.cert_lifetime_secs == 0 {
         return Err("--cert-lifetime-secs must be at least 1".into());
     }
-    if a.tokens.iter().chain(&a.expired_tokens).any(|t| t.trim().is_empty())
+    if a.tokens
+        .iter()
+        .chain(&a.expired_tokens)
+        .any(|t| t.trim().is_empty())
         || a.api_keys.iter().any(|k| k.trim().is_empty())
     {
         return Err("--token, --expired-token and --api-key values must not be empty".into());
@@ -133,7 +142,11 @@ fn run(args: Args) -> Result<(), String> {
         .local_addr()
         .map_err(|e| format!("listener address: {e}"))?;
     let url = format!("https://{addr}");
-    ca::write_atomic(&args.state_dir.join("url"), format!("{url}\n").as_bytes(), 0o644)?;
+    ca::write_atomic(
+        &args.state_dir.join("url"),
+        format!("{url}\n").as_bytes(),
+        0o644,
+    )?;
     writeln!(out, "listening on {url}")
         .and_then(|()| out.flush())
         .map_err(|e| format!("stdout: {e}"))?;
@@ -186,9 +199,18 @@ mod tests {
 
     #[test]
     fn parses_flags_and_defaults() {
-        let a = args(&["--state-dir", "/tmp/x", "--token", "AAA", "--token", "BBB", "--cert-lifetime-secs", "5"])
-            .expect("ok")
-            .expect("some");
+        let a = args(&[
+            "--state-dir",
+            "/tmp/x",
+            "--token",
+            "AAA",
+            "--token",
+            "BBB",
+            "--cert-lifetime-secs",
+            "5",
+        ])
+        .expect("ok")
+        .expect("some");
         assert_eq!(a.listen, "127.0.0.1:8443");
         assert_eq!(a.tokens, ["AAA", "BBB"]);
         assert_eq!(a.cert_lifetime_secs, 5);

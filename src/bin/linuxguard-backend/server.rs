@@ -162,14 +162,22 @@ fn connection(sock: TcpStream, shared: &Shared) -> io::Result<()> {
                 let h = handlers::handle(&shared.state, &shared.ca, &req, peer_agent.as_deref());
                 record.status = Some(h.response.status);
                 record.fault = Some("dropResponse");
-                finish(shared, record, h.agent_id.as_deref().or(peer_agent.as_deref()));
+                finish(
+                    shared,
+                    record,
+                    h.agent_id.as_deref().or(peer_agent.as_deref()),
+                );
                 // Close without a response (no close_notify either: a lost response).
                 return Ok(());
             }
             None => {
                 let h = handlers::handle(&shared.state, &shared.ca, &req, peer_agent.as_deref());
                 record.status = Some(h.response.status);
-                finish(shared, record, h.agent_id.as_deref().or(peer_agent.as_deref()));
+                finish(
+                    shared,
+                    record,
+                    h.agent_id.as_deref().or(peer_agent.as_deref()),
+                );
                 conn.write_response(&h.response, keep_alive)?;
             }
         }

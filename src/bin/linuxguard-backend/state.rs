@@ -77,7 +77,10 @@ struct Fault {
 }
 
 /// Parses a `POST /admin/faults` body.
-pub fn parse_fault(v: &Value, now: Instant) -> Result<(String, FaultKind, Option<u64>, Option<Instant>), String> {
+pub fn parse_fault(
+    v: &Value,
+    now: Instant,
+) -> Result<(String, FaultKind, Option<u64>, Option<Instant>), String> {
     let obj = v.as_object().ok_or("fault must be a JSON object")?;
     let path = obj
         .get("path")
@@ -217,7 +220,13 @@ impl State {
 
     /// The token rules. A replay by the same workload id is honoured even after expiry (the
     /// enrolment already happened; only its response was lost).
-    pub fn check_token(&self, token: &str, tenant: &str, workload_id: &str, now: Instant) -> TokenDecision {
+    pub fn check_token(
+        &self,
+        token: &str,
+        tenant: &str,
+        workload_id: &str,
+        now: Instant,
+    ) -> TokenDecision {
         if tenant != self.settings.tenant {
             return TokenDecision::Unknown;
         }
@@ -278,10 +287,7 @@ impl State {
 
     /// Records a batch; false when this agent already sent this key (a duplicate).
     pub fn accept_batch(&mut self, agent_id: &str, key: &str, events: Vec<Value>) -> bool {
-        if !self
-            .batches
-            .insert((agent_id.to_string(), key.to_string()))
-        {
+        if !self.batches.insert((agent_id.to_string(), key.to_string())) {
             self.stats.duplicate_batches += 1;
             return false;
         }
@@ -414,7 +420,10 @@ mod tests {
         let t = "ABCDEFGHIJKLMNOPQRSTUVWX";
         assert_eq!(s.check_token(t, "demo", W1, now), TokenDecision::Fresh);
         assert_eq!(s.check_token(t, "other", W1, now), TokenDecision::Unknown);
-        assert_eq!(s.check_token("ZZZZ", "demo", W1, now), TokenDecision::Unknown);
+        assert_eq!(
+            s.check_token("ZZZZ", "demo", W1, now),
+            TokenDecision::Unknown
+        );
         s.consume_token(t, enrolment(W1));
         assert_eq!(
             s.check_token("abcd-efghijklmnopqrstuvwx", "demo", W1, now),
@@ -441,11 +450,21 @@ mod tests {
             TokenDecision::Expired
         );
         assert_eq!(
-            s.check_token("BBBBBBBBBBBBBBBBBBBBBBBB", "demo", W1, now + Duration::from_secs(99)),
+            s.check_token(
+                "BBBBBBBBBBBBBBBBBBBBBBBB",
+                "demo",
+                W1,
+                now + Duration::from_secs(99)
+            ),
             TokenDecision::Fresh
         );
         assert_eq!(
-            s.check_token("BBBBBBBBBBBBBBBBBBBBBBBB", "demo", W1, now + Duration::from_secs(100)),
+            s.check_token(
+                "BBBBBBBBBBBBBBBBBBBBBBBB",
+                "demo",
+                W1,
+                now + Duration::from_secs(100)
+            ),
             TokenDecision::Expired
         );
     }
@@ -454,8 +473,11 @@ mod tests {
     fn fault_queue_counts_and_durations() {
         let mut s = state();
         let now = Instant::now();
-        s.add_fault(&json!({"path": "/agent/enroll", "status": 503, "count": 2, "retryAfter": 1}), now)
-            .expect("fault");
+        s.add_fault(
+            &json!({"path": "/agent/enroll", "status": 503, "count": 2, "retryAfter": 1}),
+            now,
+        )
+        .expect("fault");
         s.add_fault(&json!({"path": "/agent/enroll", "dropResponse": true}), now)
             .expect("fault");
         let f503 = FaultKind::Status {
@@ -465,22 +487,36 @@ mod tests {
         assert_eq!(s.take_fault("/agent/heartbeat", now), None);
         assert_eq!(s.take_fault("/agent/enroll", now), Some(f503.clone()));
         assert_eq!(s.take_fault("/agent/enroll", now), Some(f503));
-        assert_eq!(s.take_fault("/agent/enroll", now), Some(FaultKind::DropResponse));
+        assert_eq!(
+            s.take_fault("/agent/enroll", now),
+            Some(FaultKind::DropResponse)
+        );
         assert_eq!(s.take_fault("/agent/enroll", now), None);
 
-        s.add_fault(&json!({"path": "/agent/events", "status": 429, "seconds": 5}), now)
-            .expect("fault");
+        s.add_fault(
+            &json!({"path": "/agent/events", "status": 429, "seconds": 5}),
+            now,
+        )
+        .expect("fault");
         for _ in 0..10 {
-            assert!(s.take_fault("/agent/events", now + Duration::from_secs(4)).is_some());
+            assert!(
+                s.take_fault("/agent/events", now + Duration::from_secs(4))
+                    .is_some()
+            );
         }
-        assert_eq!(s.take_fault("/agent/events", now + Duration::from_secs(5)), None);
+        assert_eq!(
+            s.take_fault("/agent/events", now + Duration::from_secs(5)),
+            None
+        );
 
-        s.add_fault(&json!({"path": "/x", "stallSeconds": 7}), now).expect("fault");
+        s.add_fault(&json!({"path": "/x", "stallSeconds": 7}), now)
+            .expect("fault");
         assert_eq!(
             s.take_fault("/x", now),
             Some(FaultKind::Stall(Duration::from_secs(7)))
         );
-        s.add_fault(&json!({"path": "/x", "status": 503, "count": 9}), now).expect("fault");
+        s.add_fault(&json!({"path": "/x", "status": 503, "count": 9}), now)
+            .expect("fault");
         s.clear_faults();
         assert_eq!(s.take_fault("/x", now), None);
     }
