@@ -844,3 +844,46 @@ fn unverifiable_server_certificate_is_a_config_error() {
     let log = expect_exit(&run, c, 3, "did not verify");
     assert!(log.contains(&be.url), "{log}");
 }
+
+/// The secret scan itself has teeth: a planted token in HOME, or the private scalar (hex) or a
+/// PEM line in a log, is caught.
+#[test]
+fn secret_scan_catches_planted_secrets() {
+    use std::panic::{AssertUnwindSafe, catch_unwind};
+    let run = Run::new();
+    run.assert_no_secrets(&[]);
+    fs::write(
+        run.home.path().join("notes.txt"),
+        format!("x{TOKEN_TYPED}y"),
+    )
+    .expect("plant");
+    assert!(catch_unwind(AssertUnwindSafe(|| run.assert_no_secrets(&[]))).is_err());
+    fs::remove_file(run.home.path().join("notes.txt")).expect("unplant");
+
+    let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).expect("key");
+    let pem = key.serialize_pem();
+    fs::create_dir_all(run.cache()).expect("cache dir");
+    fs::write(
+        run.cache().join("identity.json"),
+        json!({"privateKey": pem}).to_string(),
+    )
+    .expect("id");
+    run.assert_no_secrets(&[]);
+    let forms = key_forms(&pem);
+    for (i, leak) in [
+        forms[0].clone(),
+        forms[forms.len() - 3].clone(),
+        forms[forms.len() - 2].clone(),
+    ]
+    .iter()
+    .enumerate()
+    {
+        let f = run.logs.path().join(format!("planted{i}.log"));
+        fs::write(&f, format!("[TRACE x] {leak}\n")).expect("plant log");
+        assert!(
+            catch_unwind(AssertUnwindSafe(|| run.assert_no_secrets(&[]))).is_err(),
+            "form {i}"
+        );
+        fs::remove_file(&f).expect("unplant");
+    }
+}
