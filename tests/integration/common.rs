@@ -131,6 +131,13 @@ pub fn start_backend_in(state: TempDir, extra_args: &[&str]) -> Backend {
 }
 
 impl Backend {
+    /// Stops the backend and hands back its state dir (to restart on the same CA).
+    pub fn stop(mut self) -> TempDir {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        std::mem::replace(&mut self.state, TempDir(PathBuf::new()))
+    }
+
     /// Path of the backend CA certificate (PEM), for `--server-ca`.
     pub fn ca_pem_path(&self) -> PathBuf {
         self.state.path().join("ca.pem")

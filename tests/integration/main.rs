@@ -3,5 +3,6 @@
 
 mod common;
 
+mod backend;
 mod cli;
 mod enroll;
