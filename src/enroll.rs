@@ -482,5 +482,12 @@ mod tests {
                 .to_string()
                 .starts_with("enrolment failed: 400 enrollment token expired")
         );
+        let r = Reply {
+            status: 400,
+            retry_after: None,
+            body: br#"{"error":"tenantId required for TOTP enrollment"}"#.to_vec(),
+        };
+        let e = rejected(&r).to_string();
+        assert!(e.starts_with("enrolment failed: 400 tenantId required for TOTP enrollment"));
     }
 }

@@ -305,9 +305,7 @@ impl Agent {
                     id.agent_id,
                     humantime::format_rfc3339_seconds(id.not_after)
                 );
-                let interval = self.identity.heartbeat_interval;
                 self.identity = id;
-                self.identity.heartbeat_interval = interval;
                 self.renew_backoff.reset();
                 self.renew_at = instant_at(self.identity.renew_at(backoff::random_unit()));
                 Ok(())

@@ -59,8 +59,14 @@ impl TlsCache {
     pub fn open(dir: &Path, tag: String) -> Result<TlsCache> {
         let shown = dir.display();
         if !dir.exists() {
+            // Parents get the default mode (/run/linuxguard also holds the agent's socket); only
+            // the cache directory itself is private.
+            if let Some(parent) = dir.parent().filter(|p| !p.as_os_str().is_empty()) {
+                fs::create_dir_all(parent).with_context(Kind::Config, || {
+                    format!("failed to create `{}` for the TLS cache", parent.display())
+                })?;
+            }
             fs::DirBuilder::new()
-                .recursive(true)
                 .mode(0o700)
                 .create(dir)
                 .with_context(Kind::Config, || {
