@@ -70,7 +70,9 @@ pub enum Events {
     Failed(Failure),
 }
 
-/// An mTLS session with the backend for one identity (rebuilt after renewal).
+/// An mTLS session with the backend for one identity (rebuilt after renewal). Cheap to clone
+/// (the connection pool is shared), so a call can run on a helper thread.
+#[derive(Clone)]
 pub struct Backend {
     agent: ureq::Agent,
     base: String,
@@ -109,13 +111,13 @@ impl Backend {
     /// Sends a heartbeat; returns the interval the server asks for, if any.
     pub fn heartbeat(
         &self,
-        id: &Identity,
+        agent_id: &str,
         workload_id: &str,
         uptime: Duration,
         stats: &Stats,
     ) -> std::result::Result<Option<Duration>, Failure> {
         let body = serde_json::to_vec(&Heartbeat {
-            agent_id: &id.agent_id,
+            agent_id,
             workload_id,
             agent_version: env!("CARGO_PKG_VERSION"),
             uptime_seconds: uptime.as_secs(),

@@ -220,23 +220,29 @@ impl Agent {
 
     /// Does whatever is due at `now`: renewal, then the heartbeat. Errors end the agent
     /// (revocation: [`Kind::Revoked`]; a certificate that expired before renewal succeeded).
-    pub fn tick(&mut self, now: Instant) -> Result<()> {
+    /// Network calls run on a helper thread so a stop request is not held up by a stalled
+    /// server (on a stop the call is abandoned and `tick` returns).
+    pub fn tick(&mut self, now: Instant, stop: &Stop) -> Result<()> {
         if now >= self.renew_at {
-            self.renew()?;
+            self.renew(stop)?;
         }
-        if now >= self.next_heartbeat {
-            self.heartbeat()?;
+        if now >= self.next_heartbeat && !stop.requested() {
+            self.heartbeat(stop)?;
         }
         Ok(())
     }
 
-    fn heartbeat(&mut self) -> Result<()> {
-        let res = self.backend.heartbeat(
-            &self.identity,
-            &self.workload_id,
-            self.started.elapsed(),
-            &self.stats,
-        );
+    fn heartbeat(&mut self, stop: &Stop) -> Result<()> {
+        let call = {
+            let backend = self.backend.clone();
+            let (agent_id, workload_id) =
+                (self.identity.agent_id.clone(), self.workload_id.clone());
+            let (uptime, stats) = (self.started.elapsed(), self.stats.clone());
+            move || backend.heartbeat(&agent_id, &workload_id, uptime, &stats)
+        };
+        let Some(res) = stop.interruptible(call) else {
+            return Ok(());
+        };
         let interval = self.identity.heartbeat_interval;
         match res {
             Ok(asked) => {
@@ -283,9 +289,16 @@ impl Agent {
         }
     }
 
-    fn renew(&mut self) -> Result<()> {
+    fn renew(&mut self, stop: &Stop) -> Result<()> {
         let key = enroll::new_key()?;
-        match self.backend.renew(key, &self.workload_id) {
+        let call = {
+            let (backend, workload_id) = (self.backend.clone(), self.workload_id.clone());
+            move || backend.renew(key, &workload_id)
+        };
+        let Some(res) = stop.interruptible(call) else {
+            return Ok(());
+        };
+        match res {
             Ok(id) => {
                 if id.agent_id != self.identity.agent_id {
                     log::warn!(
@@ -370,7 +383,7 @@ pub fn run(cfg: Config, _args: &Args) -> Result<()> {
         if stop.requested() {
             break;
         }
-        agent.tick(Instant::now())?;
+        agent.tick(Instant::now(), &stop)?;
         stop.wait_until(agent.next_deadline());
     }
     log::info!(

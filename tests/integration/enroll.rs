@@ -909,3 +909,28 @@ fn heartbeat_503_is_retried_and_sigint_stops() {
     assert!(a.log().contains("stopping on SIGINT"), "{}", a.log());
     run.assert_no_secrets(&[]);
 }
+
+/// SIGTERM while a heartbeat call is stalled by the server: the agent still stops at once.
+#[test]
+fn sigterm_during_a_stalled_heartbeat_stops_promptly() {
+    let be = start_backend(&["--token", TOKEN]);
+    be.admin_post(
+        "/admin/faults",
+        json!({"path": "/agent/heartbeat", "stallSeconds": 30}),
+    );
+    let run = Run::new();
+    let mut c = run.cmd(&be);
+    c.env("LINUXGUARD_ENROLL_TOKEN", TOKEN);
+    let mut a = run.spawn(c, "stall-hb");
+    a.wait_log("enrolled", 10);
+    wait_for("the heartbeat to reach the backend", 10, || {
+        !be.requests_to("/agent/heartbeat").is_empty()
+    });
+    let t = Instant::now();
+    assert_eq!(a.term().code(), Some(0), "{}", a.log());
+    assert!(
+        t.elapsed() < Duration::from_secs(1),
+        "stop took {:?}",
+        t.elapsed()
+    );
+}
