@@ -16,7 +16,7 @@ const TOKEN: &str = "ABCDEFGHIJKLMNOPQRSTUVWX";
 /// The same token as a user might paste it: lower case with dashes.
 const TOKEN_TYPED: &str = "abcd-efgh-ijkl-mnop-qrst-uvwx";
 const TOKEN2: &str = "QRSTUVWXYZ234567ABCDEFGH";
-const API_KEY: &str = "lg_test_key_0123456789abcdef";
+const API_KEY: &str = "lg_test_key_Zq9Wx7Vu5Ts3Rp1N";
 const WORKLOAD: &str = "0123456789abcdef";
 
 /// One agent run: its own cwd/HOME/TMPDIR (scanned for secrets afterwards) and a log file.
@@ -349,21 +349,43 @@ fn enroll_ok_first_heartbeat_and_clean_stop() {
     run.assert_no_secrets(&[]);
 }
 
-/// The token (env or flag) is gone from /proc/<pid>/environ and cmdline while the agent is
-/// blocked in an enrolment call.
-fn assert_proc_clean(flag: bool) {
-    let be = start_backend(&["--token", TOKEN]);
+/// How the secret is handed to the agent in the /proc tests.
+#[derive(Clone, Copy, PartialEq)]
+enum Given {
+    TokenEnv,
+    TokenFlag,
+    ApiKeyEqualsFlag,
+    ApiKeyEnv,
+}
+
+/// The secret (token or API key) is gone from /proc/<pid>/environ and cmdline while the agent
+/// is blocked in an enrolment call; a SIGTERM then stops it at once.
+fn assert_proc_clean(given: Given) {
+    let be = start_backend(&["--token", TOKEN, "--api-key", API_KEY]);
     be.admin_post(
         "/admin/faults",
         json!({"path": "/agent/enroll", "stallSeconds": 30}),
     );
     let run = Run::new();
     let mut c = run.cmd(&be);
-    if flag {
-        c.args(["--enroll-token", TOKEN_TYPED]);
-    } else {
-        c.env("LINUXGUARD_ENROLL_TOKEN", TOKEN_TYPED);
-    }
+    let secret = match given {
+        Given::TokenEnv => {
+            c.env("LINUXGUARD_ENROLL_TOKEN", TOKEN_TYPED);
+            TOKEN_TYPED
+        }
+        Given::TokenFlag => {
+            c.args(["--enroll-token", TOKEN_TYPED]);
+            TOKEN_TYPED
+        }
+        Given::ApiKeyEqualsFlag => {
+            c.arg(format!("--api-key={API_KEY}"));
+            API_KEY
+        }
+        Given::ApiKeyEnv => {
+            c.env("LINUXGUARD_API_KEY", API_KEY);
+            API_KEY
+        }
+    };
     let mut a = run.spawn(c, "proc");
     wait_for("the enrol request to reach the backend", 10, || {
         !enroll_requests(&be).is_empty()
@@ -383,26 +405,33 @@ fn assert_proc_clean(flag: bool) {
     );
     for (name, bytes) in [("environ", &environ), ("cmdline", &cmdline)] {
         let text = String::from_utf8_lossy(bytes);
-        for t in [TOKEN, TOKEN_TYPED, &TOKEN.to_lowercase()] {
-            assert!(!text.contains(t), "token bytes in /proc/{pid}/{name}");
+        for t in [TOKEN, TOKEN_TYPED, &TOKEN.to_lowercase(), API_KEY] {
+            assert!(!text.contains(t), "secret bytes in /proc/{pid}/{name}");
         }
-        // No 8-character run of the typed token either (partial scrubbing would show).
-        for w in TOKEN_TYPED.as_bytes().windows(8) {
+        // No 8-character run of the secret either (partial scrubbing would show).
+        for w in secret.as_bytes().windows(8) {
             assert!(
                 !bytes.windows(8).any(|x| x == w),
-                "token fragment in /proc/{pid}/{name}"
+                "secret fragment in /proc/{pid}/{name}"
             );
         }
     }
-    if flag {
-        assert!(String::from_utf8_lossy(&cmdline).contains("--enroll-token"));
-        assert!(
-            a.log().contains("leaks through shell history"),
-            "{}",
-            a.log()
-        );
-    } else {
-        assert!(String::from_utf8_lossy(&environ).contains("LINUXGUARD_ENROLL_TOKEN="));
+    let cmd = String::from_utf8_lossy(&cmdline).into_owned();
+    let env = String::from_utf8_lossy(&environ).into_owned();
+    match given {
+        Given::TokenFlag | Given::ApiKeyEqualsFlag => {
+            assert!(
+                cmd.contains("--enroll-token") || cmd.contains("--api-key="),
+                "{cmd:?}"
+            );
+            assert!(
+                a.log().contains("leaks through shell history"),
+                "{}",
+                a.log()
+            );
+        }
+        Given::TokenEnv => assert!(env.contains("LINUXGUARD_ENROLL_TOKEN="), "{env:?}"),
+        Given::ApiKeyEnv => assert!(env.contains("LINUXGUARD_API_KEY="), "{env:?}"),
     }
     // SIGTERM while the enrol call is stalled: a clean, prompt stop.
     let t = Instant::now();
@@ -417,12 +446,18 @@ fn assert_proc_clean(flag: bool) {
 
 #[test]
 fn token_from_env_is_absent_from_proc_while_enrolling() {
-    assert_proc_clean(false);
+    assert_proc_clean(Given::TokenEnv);
 }
 
 #[test]
 fn token_from_flag_is_absent_from_proc_while_enrolling() {
-    assert_proc_clean(true);
+    assert_proc_clean(Given::TokenFlag);
+}
+
+#[test]
+fn api_key_from_env_or_equals_flag_is_absent_from_proc_while_enrolling() {
+    assert_proc_clean(Given::ApiKeyEnv);
+    assert_proc_clean(Given::ApiKeyEqualsFlag);
 }
 
 /// A lost enrolment response (token consumed, no answer) is retried with the same bytes and
