@@ -435,6 +435,27 @@ fn backend_revoke_all_and_tokens_added_at_run_time() {
     b.admin_post("/admin/revoke", json!({}));
     assert_eq!(heartbeat(&b, Some(&a)).status, 401);
     assert_eq!(heartbeat(&b, Some(&c)).status, 401);
+    // Replaying the consumed token does not revive a revoked identity.
+    let r = enroll(
+        &b,
+        &enroll_body(Some("demo"), Some(TOKEN), W1, &csr),
+        W1,
+        None,
+    );
+    assert_eq!(r.status, 403, "{}", r.body);
+}
+
+#[test]
+fn backend_api_key_gets_a_new_identity_after_revocation() {
+    let b = start_backend(&["--api-key", "key-1"]);
+    let (_, csr) = key_and_csr();
+    let body = enroll_body(None, None, W1, &csr);
+    let first = enroll(&b, &body, W1, Some("key-1"));
+    assert_eq!(first.status, 201);
+    b.admin_post("/admin/revoke", json!({ "agentId": first.body["agentId"] }));
+    let again = enroll(&b, &body, W1, Some("key-1"));
+    assert_eq!(again.status, 201, "{}", again.body);
+    assert_ne!(again.body["agentId"], first.body["agentId"]);
 }
 
 #[test]
@@ -605,4 +626,28 @@ fn backend_generates_a_token_and_keeps_its_ca_across_restarts() {
     let b2 = start_backend_in(state, &["--token", TOKEN]);
     assert_eq!(b2.ca_pem(), ca);
     assert_eq!(heartbeat(&b2, Some(&id)).status, 200);
+}
+
+#[test]
+fn backend_short_lived_certificates_expire() {
+    let b = start_backend(&["--token", TOKEN, "--cert-lifetime-secs", "2"]);
+    let id = enrolled(&b, TOKEN, W1);
+    let first = ureq::tls::parse_pem(id.chain.as_bytes())
+        .find_map(|i| match i {
+            Ok(ureq::tls::PemItem::Certificate(c)) => Some(c),
+            _ => None,
+        })
+        .expect("leaf");
+    let (_, x) = x509_parser::parse_x509_certificate(first.der()).expect("x509");
+    let v = x.validity();
+    assert_eq!(v.not_after.timestamp() - v.not_before.timestamp(), 2);
+    assert_eq!(heartbeat(&b, Some(&id)).status, 200);
+    std::thread::sleep(Duration::from_millis(3100));
+    // An expired client certificate fails the TLS handshake: no HTTP answer at all.
+    let client = b.client(Some((&id.chain, &id.key)));
+    let r = client
+        .post(format!("{}/agent/heartbeat", b.url))
+        .header("User-Agent", UA)
+        .send(&b"{}"[..]);
+    assert!(r.is_err(), "expired certificate accepted");
 }

@@ -150,7 +150,7 @@ impl Ca {
     /// Returns the leaf PEM.
     pub fn sign_agent(
         &self,
-        csr: &CertificateSigningRequestParams,
+        csr: &Csr,
         agent_id: &str,
         lifetime: Duration,
     ) -> Result<String, String> {
@@ -173,11 +173,18 @@ impl Ca {
         params.use_authority_key_identifier_extension = true;
         let req = CertificateSigningRequestParams {
             params,
-            public_key: csr.public_key.clone(),
+            public_key: csr.params.public_key.clone(),
         };
         let cert = req
             .signed_by(&self.issuer)
             .map_err(|e| format!("certificate signing failed: {e}"))?;
+        // rcgen derives the key's algorithm from the CSR's signature algorithm; make sure the
+        // certificate really carries the CSR's key (e.g. not a P-384 key labelled as P-256).
+        let (_, leaf) = x509_parser::parse_x509_certificate(cert.der().as_ref())
+            .map_err(|e| format!("issued certificate does not parse: {e}"))?;
+        if leaf.public_key().raw != csr.spki.as_slice() {
+            return Err(UNSUPPORTED_KEY.to_string());
+        }
         Ok(cert.pem())
     }
 }
@@ -190,17 +197,35 @@ fn missing(absent: &Path, present: &Path) -> String {
     )
 }
 
+/// Why a CSR's key cannot be certified as it is.
+pub const UNSUPPORTED_KEY: &str = "csr key and signature algorithms do not match (use ECDSA P-256 with SHA-256, P-384 with SHA-384, Ed25519 or RSA)";
+
+/// A parsed, signature-checked CSR.
+#[derive(Debug)]
+pub struct Csr {
+    pub params: CertificateSigningRequestParams,
+    /// The request's SubjectPublicKeyInfo (DER), as the node sent it.
+    pub spki: Vec<u8>,
+}
+
 /// Parses a PKCS#10 CSR in PEM and verifies its self-signature.
-pub fn parse_csr(pem: &str) -> Result<CertificateSigningRequestParams, String> {
-    if !pem.contains("-----BEGIN CERTIFICATE REQUEST-----") {
-        return Err("csr is not a PEM certificate request".into());
-    }
-    CertificateSigningRequestParams::from_pem(pem).map_err(|e| match e {
+pub fn parse_csr(pem: &str) -> Result<Csr, String> {
+    use rustls_pki_types::CertificateSigningRequestDer;
+    use rustls_pki_types::pem::PemObject;
+    use x509_parser::prelude::FromDer;
+    let der = CertificateSigningRequestDer::from_pem_slice(pem.as_bytes())
+        .map_err(|_| "csr is not a PEM certificate request".to_string())?;
+    let (_, req) =
+        x509_parser::certification_request::X509CertificationRequest::from_der(der.as_ref())
+            .map_err(|e| format!("csr is not a valid PKCS#10 request: {e}"))?;
+    let spki = req.certification_request_info.subject_pki.raw.to_vec();
+    let params = CertificateSigningRequestParams::from_der(&der).map_err(|e| match e {
         rcgen::Error::InvalidCertificationRequestSignature => {
             "csr signature does not verify".to_string()
         }
-        other => format!("csr is not a valid PKCS#10 request: {other}"),
-    })
+        other => format!("csr is not usable: {other}"),
+    })?;
+    Ok(Csr { params, spki })
 }
 
 /// The common name of a (verified) client certificate: the agent id.

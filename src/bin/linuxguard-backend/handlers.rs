@@ -174,7 +174,7 @@ fn success(state: &State, ca: &Ca, e: &Enrolment) -> Value {
 fn issue(
     state: &State,
     ca: &Ca,
-    csr: &rcgen::CertificateSigningRequestParams,
+    csr: &ca::Csr,
     csr_pem: &str,
     agent_id: String,
     workload_id: &str,
@@ -236,9 +236,11 @@ fn enroll(state: &Mutex<State>, ca: &Ca, req: &Request) -> Handled {
                     "API key does not belong to this tenant",
                 ));
             }
+            // An API key is a standing credential: after a revocation the same workload gets
+            // a new identity.
             let (status, existing) = match st.key_enrolment(key, body.workload_id) {
-                Some(e) => (200, Some(e.clone())),
-                None => (201, None),
+                Some(e) if !st.is_revoked(&e.agent_id) => (200, Some(e.clone())),
+                _ => (201, None),
             };
             let e = match existing {
                 Some(e) if e.csr_pem == body.csr_pem => e,
@@ -289,6 +291,12 @@ fn enroll(state: &Mutex<State>, ca: &Ca, req: &Request) -> Handled {
                     return reply(Response::error(
                         409,
                         "token already consumed by another workload",
+                    ));
+                }
+                TokenDecision::Replay(id) if st.is_revoked(&id) => {
+                    return reply(Response::error(
+                        403,
+                        "the identity enrolled with this token was revoked: enrol with a new token",
                     ));
                 }
                 TokenDecision::Replay(id) => (200, id),
@@ -365,6 +373,14 @@ fn events(state: &Mutex<State>, req: &Request, agent_id: &str) -> Response {
             );
         }
     };
+    // A key seen before is answered without parsing the batch again.
+    {
+        let mut st = lock(state);
+        if st.batch_seen(agent_id, key) {
+            st.stats.duplicate_batches += 1;
+            return Response::json(200, &json!({ "accepted": 0, "duplicate": true }));
+        }
+    }
     let Ok(text) = std::str::from_utf8(&req.body) else {
         return Response::error(400, "batch is not UTF-8");
     };

@@ -229,7 +229,14 @@ impl<S: Read + Write> Conn<S> {
                 "both Content-Length and Transfer-Encoding given".into(),
             ));
         }
+        // curl sends `Expect: 100-continue` for large bodies and waits for this go-ahead
+        // (given once the declared length is known to be acceptable).
+        let expect_continue =
+            find(&headers, "expect").any(|(_, v)| v.eq_ignore_ascii_case("100-continue"));
         let body = if chunked {
+            if expect_continue {
+                self.continue_100()?;
+            }
             self.read_chunked(max_body)?
         } else {
             let len = match lengths.first() {
@@ -248,6 +255,9 @@ impl<S: Read + Write> Conn<S> {
                     format!("request body over {max_body} bytes"),
                 ));
             }
+            if expect_continue && len > 0 {
+                self.continue_100()?;
+            }
             self.read_exact_body(len)?
         };
         Ok(Request {
@@ -257,6 +267,11 @@ impl<S: Read + Write> Conn<S> {
             body,
             keep_alive,
         })
+    }
+
+    fn continue_100(&mut self) -> io::Result<()> {
+        self.stream.write_all(b"HTTP/1.1 100 Continue\r\n\r\n")?;
+        self.stream.flush()
     }
 
     fn read_exact_body(&mut self, len: usize) -> Result<Vec<u8>, ReadError> {
@@ -489,6 +504,33 @@ mod tests {
             conn(b"POST / HTTP/1.1\r\nContent-Length: 5\r\n\r\nab").read_request(10),
             Err(ReadError::Io(_))
         ));
+    }
+
+    /// A stream that reads fixed bytes and keeps what is written.
+    struct Duplex(Cursor<Vec<u8>>, Vec<u8>);
+    impl Read for Duplex {
+        fn read(&mut self, b: &mut [u8]) -> io::Result<usize> {
+            self.0.read(b)
+        }
+    }
+    impl Write for Duplex {
+        fn write(&mut self, b: &[u8]) -> io::Result<usize> {
+            self.1.extend_from_slice(b);
+            Ok(b.len())
+        }
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn expect_100_continue_gets_the_go_ahead() {
+        let input =
+            b"POST /x HTTP/1.1\r\nExpect: 100-continue\r\nContent-Length: 2\r\n\r\nhi".to_vec();
+        let mut c = Conn::new(Duplex(Cursor::new(input), Vec::new()));
+        let r = c.read_request(10).expect("request");
+        assert_eq!(r.body, b"hi");
+        assert_eq!(c.stream.1, b"HTTP/1.1 100 Continue\r\n\r\n");
     }
 
     #[test]

@@ -15,8 +15,10 @@ use crate::http::{Conn, MAX_BODY_BYTES, ReadError, Response};
 use crate::state::{FaultKind, Record, State};
 use crate::{admin, handlers};
 
-/// Idle/read timeout per connection.
-const IO_TIMEOUT: Duration = Duration::from_secs(30);
+/// Read/write timeout per connection: an idle keep-alive connection is closed after this long
+/// (longer than the default 30 s heartbeat interval, so a pooled connection is not closed
+/// exactly when the next heartbeat is sent).
+const IO_TIMEOUT: Duration = Duration::from_secs(65);
 /// Most connections served at once; more are closed right away.
 const MAX_CONNECTIONS: usize = 256;
 

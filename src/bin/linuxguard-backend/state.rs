@@ -143,8 +143,10 @@ pub struct Record {
 const MAX_RECORDS: usize = 10_000;
 /// Most request-body bytes kept per record.
 const MAX_RECORD_BODY: usize = 1024 * 1024;
-/// Most events kept for `GET /admin/events`.
-const MAX_EVENTS: usize = 100_000;
+/// Most request-body bytes kept over all records (oldest records dropped first).
+const MAX_RECORD_BYTES: usize = 64 * 1024 * 1024;
+/// Most events kept for `GET /admin/events` (oldest dropped first).
+const MAX_EVENTS: usize = 20_000;
 
 #[derive(Debug, Default)]
 pub struct Stats {
@@ -172,6 +174,7 @@ pub struct State {
     events: VecDeque<Value>,
     faults: Vec<Fault>,
     records: VecDeque<(u64, Record)>,
+    record_bytes: usize,
     next_seq: u64,
     pub stats: Stats,
 }
@@ -189,6 +192,7 @@ impl State {
             events: VecDeque::new(),
             faults: Vec::new(),
             records: VecDeque::new(),
+            record_bytes: 0,
             next_seq: 1,
             stats: Stats::default(),
         }
@@ -285,6 +289,12 @@ impl State {
         self.revoked.contains(agent_id)
     }
 
+    /// Whether this agent already sent a batch under this key.
+    pub fn batch_seen(&self, agent_id: &str, key: &str) -> bool {
+        self.batches
+            .contains(&(agent_id.to_string(), key.to_string()))
+    }
+
     /// Records a batch; false when this agent already sent this key (a duplicate).
     pub fn accept_batch(&mut self, agent_id: &str, key: &str, events: Vec<Value>) -> bool {
         if !self.batches.insert((agent_id.to_string(), key.to_string())) {
@@ -334,10 +344,14 @@ impl State {
 
     pub fn record(&mut self, mut r: Record) {
         r.body.truncate(MAX_RECORD_BODY);
-        if self.records.len() == MAX_RECORDS {
-            self.records.pop_front();
-        }
+        self.record_bytes += r.body.len();
         self.records.push_back((self.next_seq, r));
+        while self.records.len() > MAX_RECORDS || self.record_bytes > MAX_RECORD_BYTES {
+            match self.records.pop_front() {
+                Some((_, old)) => self.record_bytes -= old.body.len(),
+                None => break,
+            }
+        }
         self.next_seq += 1;
     }
 
@@ -548,6 +562,34 @@ mod tests {
         assert_eq!(s.stats.events_received, 3);
         assert_eq!(s.stats.duplicate_batches, 1);
         assert_eq!(s.stats_json()["batches"], 2);
+    }
+
+    #[test]
+    fn record_is_bounded_by_count_and_bytes() {
+        let mut s = state();
+        let rec = |n: usize| Record {
+            method: "POST".into(),
+            path: "/agent/events".into(),
+            status: Some(202),
+            headers: vec![],
+            body: vec![b'x'; n],
+            agent_id: None,
+            fault: None,
+        };
+        for _ in 0..100 {
+            s.record(rec(MAX_RECORD_BODY + 5));
+        }
+        assert_eq!(s.records.len(), MAX_RECORD_BYTES / MAX_RECORD_BODY);
+        assert!(s.record_bytes <= MAX_RECORD_BYTES);
+        for _ in 0..(MAX_RECORDS + 5) {
+            s.record(rec(0));
+        }
+        assert_eq!(s.records.len(), MAX_RECORDS);
+        // Sequence numbers keep counting.
+        assert_eq!(
+            s.records.back().map(|r| r.0),
+            Some(100 + MAX_RECORDS as u64 + 5)
+        );
     }
 
     #[test]
