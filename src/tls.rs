@@ -265,4 +265,85 @@ mod tests {
         };
         assert!(r.error_message().contains("no error message"));
     }
+
+    /// A one-connection HTTPS server on loopback that answers every request with `reply`.
+    fn serve_once(reply: Vec<u8>) -> (String, std::path::PathBuf) {
+        use std::io::Write;
+        use std::sync::Arc;
+        let ck = rcgen::generate_simple_self_signed(vec!["127.0.0.1".into()]).unwrap();
+        let dir = std::env::temp_dir().join(format!("lg-tls-test-{}", std::process::id()));
+        fs::create_dir_all(&dir).unwrap();
+        static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let n = N.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        let ca = dir.join(format!("ca-{n}.pem"));
+        fs::write(&ca, ck.cert.pem()).unwrap();
+        let key = rustls_pki_types::PrivateKeyDer::Pkcs8(ck.signing_key.serialize_der().into());
+        let cfg = rustls::ServerConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(vec![ck.cert.der().clone()], key)
+        .unwrap();
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("https://{}", listener.local_addr().unwrap());
+        std::thread::spawn(move || {
+            let (sock, _) = listener.accept().unwrap();
+            let conn = rustls::ServerConnection::new(Arc::new(cfg)).unwrap();
+            let mut tls = rustls::StreamOwned::new(conn, sock);
+            let mut buf = [0u8; 4096];
+            let mut seen = Vec::new();
+            while !seen.windows(4).any(|w| w == b"\r\n\r\n") {
+                match tls.read(&mut buf) {
+                    Ok(0) | Err(_) => return,
+                    Ok(n) => seen.extend_from_slice(&buf[..n]),
+                }
+            }
+            let _ = tls.write_all(&reply);
+            let _ = tls.flush();
+            // Drain until the client hangs up: closing with unread input would send a RST.
+            while matches!(tls.read(&mut buf), Ok(n) if n > 0) {}
+        });
+        (url, ca)
+    }
+
+    #[test]
+    fn responses_over_1_mib_are_refused_not_read() {
+        let body = vec![b'a'; 2 << 20];
+        let mut reply = format!(
+            "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n",
+            body.len()
+        )
+        .into_bytes();
+        reply.extend_from_slice(&body);
+        let (url, ca) = serve_once(reply);
+        let trust = ServerTrust::load(Some(&ca)).unwrap();
+        let r = post(
+            &agent(&trust, None),
+            &format!("{url}/x"),
+            &[],
+            b"{}",
+            Duration::from_secs(10),
+        );
+        assert!(matches!(r, Err(CallError::TooLarge)), "{r:?}");
+    }
+
+    #[test]
+    fn a_small_answer_is_read_with_retry_after() {
+        let reply = b"HTTP/1.1 503 Service Unavailable\r\nretry-after: 7\r\ncontent-length: 16\r\n\r\n{\"error\":\"busy\"}".to_vec();
+        let (url, ca) = serve_once(reply);
+        let trust = ServerTrust::load(Some(&ca)).unwrap();
+        let r = post(
+            &agent(&trust, None),
+            &format!("{url}/x"),
+            &[],
+            b"{}",
+            Duration::from_secs(10),
+        )
+        .unwrap();
+        assert_eq!(r.status, 503);
+        assert_eq!(r.retry_after, Some(Duration::from_secs(7)));
+        assert_eq!(r.error_message(), "busy");
+    }
 }
