@@ -643,11 +643,29 @@ fn backend_short_lived_certificates_expire() {
     assert_eq!(v.not_after.timestamp() - v.not_before.timestamp(), 2);
     assert_eq!(heartbeat(&b, Some(&id)).status, 200);
     std::thread::sleep(Duration::from_millis(3100));
-    // An expired client certificate fails the TLS handshake: no HTTP answer at all.
-    let client = b.client(Some((&id.chain, &id.key)));
-    let r = client
-        .post(format!("{}/agent/heartbeat", b.url))
-        .header("User-Agent", UA)
-        .send(&b"{}"[..]);
-    assert!(r.is_err(), "expired certificate accepted");
+    // An expired client certificate gets 401 with the reason (the agent then drops its
+    // identity) rather than a bare TLS alert it would retry forever.
+    let r = heartbeat(&b, Some(&id));
+    assert_eq!(r.status, 401, "{}", r.body);
+    let why = r.body["error"].as_str().expect("error");
+    assert!(why.starts_with("client certificate rejected"), "{why}");
+    assert!(why.to_lowercase().contains("expired"), "{why}");
+}
+
+#[test]
+fn backend_rejects_a_certificate_from_another_ca_with_401() {
+    let other = start_backend(&["--token", TOKEN]);
+    let foreign = enrolled(&other, TOKEN, W1);
+    let b = start_backend(&["--token", TOKEN]);
+    let r = heartbeat(&b, Some(&foreign));
+    assert_eq!(r.status, 401, "{}", r.body);
+    assert!(
+        r.body["error"]
+            .as_str()
+            .expect("error")
+            .starts_with("client certificate rejected"),
+        "{}",
+        r.body
+    );
+    assert_eq!(b.requests_to("/agent/heartbeat")[0]["agentId"], Value::Null);
 }

@@ -8,6 +8,7 @@ use serde_json::{Map, Value, json};
 
 use crate::ca::{self, Ca};
 use crate::http::{Request, Response};
+use crate::mtls::Peer;
 use crate::state::{Enrolment, State, TokenDecision};
 
 /// The outcome of a handler: the response and the agent id it concerns (for the log line).
@@ -28,8 +29,8 @@ fn lock(state: &Mutex<State>) -> std::sync::MutexGuard<'_, State> {
     state.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-/// Routes a request to `/agent/*`. `peer_agent` is the agent id of a verified client cert.
-pub fn handle(state: &Mutex<State>, ca: &Ca, req: &Request, peer_agent: Option<&str>) -> Handled {
+/// Routes a request to `/agent/*`; `peer` is what the client certificate (if any) says.
+pub fn handle(state: &Mutex<State>, ca: &Ca, req: &Request, peer: &Peer) -> Handled {
     let known = [
         "/agent/enroll",
         "/agent/heartbeat",
@@ -49,11 +50,20 @@ pub fn handle(state: &Mutex<State>, ca: &Ca, req: &Request, peer_agent: Option<&
         return enroll(state, ca, req);
     }
     // mTLS endpoints.
-    let Some(agent_id) = peer_agent else {
-        return reply(Response::error(
-            401,
-            "client certificate required (enrol first, then present the issued identity)",
-        ));
+    let agent_id = match peer {
+        Peer::Agent(id) => id.as_str(),
+        Peer::Anonymous => {
+            return reply(Response::error(
+                401,
+                "client certificate required (enrol first, then present the issued identity)",
+            ));
+        }
+        Peer::Rejected(why) => {
+            return reply(Response::error(
+                401,
+                &format!("client certificate rejected: {why}"),
+            ));
+        }
     };
     if lock(state).is_revoked(agent_id) {
         return Handled {
@@ -434,5 +444,245 @@ fn renew(state: &Mutex<State>, ca: &Ca, req: &Request, agent_id: &str) -> Respon
             log::error!("{e}");
             Response::error(500, "internal error")
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::state::Settings;
+    use std::time::Duration;
+
+    const W1: &str = "1111111111111111111111111111111111111111111111111111111111111111";
+    const TOKEN: &str = "ABCDEFGHIJKLMNOPQRSTUVWX";
+
+    fn setup(tag: &str) -> (Mutex<State>, Ca, std::path::PathBuf) {
+        let dir = std::env::temp_dir().join(format!("lg-h-{tag}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let ca = Ca::load_or_create(&dir).expect("ca");
+        let mut st = State::new(Settings {
+            tenant: "demo".into(),
+            cert_lifetime: Duration::from_secs(60),
+            heartbeat_interval: 30,
+            token_ttl: Duration::from_secs(60),
+            max_batch_bytes: 100,
+        });
+        st.add_token(TOKEN, false, Instant::now());
+        (Mutex::new(st), ca, dir)
+    }
+
+    fn csr() -> String {
+        let key = rcgen::KeyPair::generate().expect("key");
+        rcgen::CertificateParams::new(Vec::<String>::new())
+            .expect("params")
+            .serialize_request(&key)
+            .expect("csr")
+            .pem()
+            .expect("pem")
+    }
+
+    fn request(path: &str, headers: &[(&str, &str)], body: &str) -> Request {
+        Request {
+            method: "POST".into(),
+            path: path.into(),
+            headers: headers
+                .iter()
+                .map(|(k, v)| (k.to_ascii_lowercase(), v.to_string()))
+                .collect(),
+            body: body.as_bytes().to_vec(),
+            keep_alive: true,
+        }
+    }
+
+    const OK_HEADERS: &[(&str, &str)] = &[
+        ("content-type", "application/json"),
+        ("user-agent", "linuxguard-agent/0.1.0"),
+        ("idempotency-key", W1),
+    ];
+
+    fn error_of(h: &Handled) -> String {
+        let v: Value = serde_json::from_slice(&h.response.body).expect("json body");
+        v["error"].as_str().unwrap_or_default().to_string()
+    }
+
+    #[test]
+    fn every_malformed_enrolment_is_a_400_with_a_message() {
+        let (st, ca, dir) = setup("bad");
+        let csr = csr();
+        let good = json!({"tenantId": "demo", "enrollCode": TOKEN, "workloadId": W1,
+            "nodeName": null, "podUid": null, "hostname": "h", "agentVersion": "0.1.0", "csr": csr});
+        let mutations: Vec<(&str, Value)> = vec![
+            ("tenantId", json!(7)),
+            ("enrollCode", json!(["x"])),
+            ("workloadId", json!("A".repeat(64))),
+            ("workloadId", json!("abc")),
+            ("workloadId", Value::Null),
+            ("nodeName", json!(1)),
+            ("podUid", json!({})),
+            ("hostname", Value::Null),
+            ("agentVersion", json!(1.5)),
+            ("csr", json!(12)),
+            (
+                "csr",
+                json!("-----BEGIN CERTIFICATE REQUEST-----\n!!\n-----END CERTIFICATE REQUEST-----"),
+            ),
+            ("enrollCode", json!("")),
+        ];
+        for (field, value) in mutations {
+            let mut body = good.clone();
+            body[field] = value;
+            let h = handle(
+                &st,
+                &ca,
+                &request("/agent/enroll", OK_HEADERS, &body.to_string()),
+                &Peer::Anonymous,
+            );
+            assert_eq!(h.response.status, 400, "{field}: {}", error_of(&h));
+            assert!(!error_of(&h).is_empty());
+        }
+        for body in ["", "null", "[]", "{", "\u{0}", "{\"a\":1}"] {
+            let h = handle(
+                &st,
+                &ca,
+                &request("/agent/enroll", OK_HEADERS, body),
+                &Peer::Anonymous,
+            );
+            assert_eq!(h.response.status, 400, "{body:?}");
+        }
+        let wrong_headers: [&[(&str, &str)]; 4] = [
+            &[
+                ("user-agent", "linuxguard-agent/0.1.0"),
+                ("idempotency-key", W1),
+            ],
+            &[
+                ("content-type", "text/plain"),
+                ("user-agent", "linuxguard-agent/0.1.0"),
+                ("idempotency-key", W1),
+            ],
+            &[
+                ("content-type", "application/json"),
+                ("user-agent", "curl/8"),
+                ("idempotency-key", W1),
+            ],
+            &[
+                ("content-type", "application/json"),
+                ("user-agent", "linuxguard-agent/0.1.0"),
+            ],
+        ];
+        for headers in wrong_headers {
+            let h = handle(
+                &st,
+                &ca,
+                &request("/agent/enroll", headers, &good.to_string()),
+                &Peer::Anonymous,
+            );
+            assert_eq!(h.response.status, 400, "{headers:?}");
+        }
+        // The token is still unused: the well-formed request enrols.
+        let h = handle(
+            &st,
+            &ca,
+            &request("/agent/enroll", OK_HEADERS, &good.to_string()),
+            &Peer::Anonymous,
+        );
+        assert_eq!(h.response.status, 201, "{}", error_of(&h));
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    #[test]
+    fn routing_and_mtls_gate() {
+        let (st, ca, dir) = setup("route");
+        let ua = [("user-agent", "linuxguard-agent/0.1.0")];
+        assert_eq!(
+            handle(&st, &ca, &request("/nope", &ua, ""), &Peer::Anonymous)
+                .response
+                .status,
+            404
+        );
+        let mut get = request("/agent/heartbeat", &ua, "");
+        get.method = "GET".into();
+        assert_eq!(
+            handle(&st, &ca, &get, &Peer::Anonymous).response.status,
+            405
+        );
+        for path in ["/agent/heartbeat", "/agent/events", "/agent/renew"] {
+            assert_eq!(
+                handle(&st, &ca, &request(path, &ua, "{}"), &Peer::Anonymous)
+                    .response
+                    .status,
+                401
+            );
+        }
+        let hb = |body: Value| {
+            let h = handle(
+                &st,
+                &ca,
+                &request(
+                    "/agent/heartbeat",
+                    &[
+                        ("user-agent", "linuxguard-agent/0.1.0"),
+                        ("content-type", "application/json"),
+                    ],
+                    &body.to_string(),
+                ),
+                &Peer::Agent("agent-1".into()),
+            );
+            h.response.status
+        };
+        let ok = json!({"agentId": "agent-1", "workloadId": W1, "agentVersion": "0.1.0",
+            "uptimeSeconds": 1, "stats": {}});
+        assert_eq!(hb(ok.clone()), 200);
+        let mut other = ok.clone();
+        other["agentId"] = json!("agent-2");
+        assert_eq!(hb(other), 400);
+        let mut neg = ok;
+        neg["uptimeSeconds"] = json!(-1);
+        assert_eq!(hb(neg), 400);
+        let rejected = handle(
+            &st,
+            &ca,
+            &request("/agent/heartbeat", &ua, "{}"),
+            &Peer::Rejected("certificate expired".into()),
+        );
+        assert_eq!(rejected.response.status, 401);
+        assert_eq!(
+            error_of(&rejected),
+            "client certificate rejected: certificate expired"
+        );
+        lock(&st).revoke(Some("agent-1"));
+        assert_eq!(hb(json!({})), 401);
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    #[test]
+    fn events_validation() {
+        let (st, ca, dir) = setup("events");
+        let post = |key: Option<&str>, ct: &str, body: &str| {
+            let mut headers = vec![
+                ("user-agent", "linuxguard-agent/0.1.0"),
+                ("content-type", ct),
+            ];
+            if let Some(k) = key {
+                headers.push(("idempotency-key", k));
+            }
+            handle(
+                &st,
+                &ca,
+                &request("/agent/events", &headers, body),
+                &Peer::Agent("agent-1".into()),
+            )
+            .response
+            .status
+        };
+        let nd = "application/x-ndjson";
+        assert_eq!(post(None, nd, "{}\n"), 400);
+        assert_eq!(post(Some("k k"), nd, "{}\n"), 400);
+        assert_eq!(post(Some("k"), "application/json", "{}\n"), 400);
+        assert_eq!(post(Some("k"), nd, "[1]\n"), 400);
+        assert_eq!(post(Some("k"), nd, &"{}\n".repeat(40)), 413);
+        assert_eq!(post(Some("k"), nd, "{}\n\n{\"a\":1}"), 202);
+        assert_eq!(post(Some("k"), nd, "{}\n"), 200);
+        assert_eq!(lock(&st).stats.events_received, 2);
+        let _ = std::fs::remove_dir_all(dir);
     }
 }

@@ -5,6 +5,7 @@ mod admin;
 mod ca;
 mod handlers;
 mod http;
+mod mtls;
 mod server;
 mod state;
 
@@ -111,7 +112,7 @@ fn parse_args(argv: Vec<std::ffi::OsString>) -> Result<Option<Args>, String> {
 
 fn run(args: Args) -> Result<(), String> {
     let ca = ca::Ca::load_or_create(&args.state_dir)?;
-    let tls = server::tls_config(&ca)?;
+    let (tls, verifier) = server::tls_config(&ca)?;
     let mut st = State::new(Settings {
         tenant: args.tenant.clone(),
         cert_lifetime: Duration::from_secs(args.cert_lifetime_secs),
@@ -162,6 +163,7 @@ fn run(args: Args) -> Result<(), String> {
         state: Mutex::new(st),
         ca,
         tls,
+        verifier,
     });
     server::serve(listener, shared);
     Ok(())

@@ -7,11 +7,11 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use rustls::server::WebPkiClientVerifier;
 use rustls::{RootCertStore, ServerConfig, ServerConnection, StreamOwned};
 
-use crate::ca::{self, Ca};
+use crate::ca::Ca;
 use crate::http::{Conn, MAX_BODY_BYTES, ReadError, Response};
+use crate::mtls::{DeferredVerifier, Peer};
 use crate::state::{FaultKind, Record, State};
 use crate::{admin, handlers};
 
@@ -27,27 +27,26 @@ pub struct Shared {
     pub state: Mutex<State>,
     pub ca: Ca,
     pub tls: Arc<ServerConfig>,
+    pub verifier: Arc<DeferredVerifier>,
 }
 
-/// The rustls server config: our server cert, client certs optional but verified against the CA.
-pub fn tls_config(ca: &Ca) -> Result<Arc<ServerConfig>, String> {
+/// The rustls server config (our server cert; client certs optional, their chains verified
+/// after the handshake) and the verifier that classifies them.
+pub fn tls_config(ca: &Ca) -> Result<(Arc<ServerConfig>, Arc<DeferredVerifier>), String> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let mut roots = RootCertStore::empty();
     roots
         .add(ca.cert_der.clone())
         .map_err(|e| format!("CA certificate unusable as a trust root: {e}"))?;
-    let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone())
-        .allow_unauthenticated()
-        .build()
-        .map_err(|e| format!("client verifier: {e}"))?;
+    let verifier = Arc::new(DeferredVerifier::new(roots)?);
     let (chain, key) = ca.server_identity()?;
     let config = ServerConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
         .map_err(|e| format!("TLS versions: {e}"))?
-        .with_client_cert_verifier(verifier)
+        .with_client_cert_verifier(verifier.clone())
         .with_single_cert(chain, key)
         .map_err(|e| format!("server certificate: {e}"))?;
-    Ok(Arc::new(config))
+    Ok((Arc::new(config), verifier))
 }
 
 /// Accepts connections forever.
@@ -94,12 +93,11 @@ fn connection(sock: TcpStream, shared: &Shared) -> io::Result<()> {
     while stream.conn.is_handshaking() {
         stream.conn.complete_io(&mut stream.sock)?;
     }
-    // The verifier has checked the chain; the leaf's CN is the agent id.
-    let peer_agent = stream
-        .conn
-        .peer_certificates()
-        .and_then(|c| c.first())
-        .and_then(ca::agent_id_of);
+    let client = shared.verifier.classify(stream.conn.peer_certificates());
+    let peer_agent = match &client {
+        Peer::Agent(id) => Some(id.clone()),
+        _ => None,
+    };
     let mut conn = Conn::new(stream);
     loop {
         let req = match conn.read_request(MAX_BODY_BYTES) {
@@ -161,7 +159,7 @@ fn connection(sock: TcpStream, shared: &Shared) -> io::Result<()> {
                 return Ok(());
             }
             Some(FaultKind::DropResponse) => {
-                let h = handlers::handle(&shared.state, &shared.ca, &req, peer_agent.as_deref());
+                let h = handlers::handle(&shared.state, &shared.ca, &req, &client);
                 record.status = Some(h.response.status);
                 record.fault = Some("dropResponse");
                 finish(
@@ -173,7 +171,7 @@ fn connection(sock: TcpStream, shared: &Shared) -> io::Result<()> {
                 return Ok(());
             }
             None => {
-                let h = handlers::handle(&shared.state, &shared.ca, &req, peer_agent.as_deref());
+                let h = handlers::handle(&shared.state, &shared.ca, &req, &client);
                 record.status = Some(h.response.status);
                 finish(
                     shared,
