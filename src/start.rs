@@ -170,17 +170,18 @@ impl Agent {
                 else {
                     return Ok(None);
                 };
+                // Persist first, so "enrolled" means the cache (if any) holds the identity.
+                if let Some(c) = &plan.cache {
+                    if let Err(e) = c.store(&id) {
+                        log::warn!("{e}; the identity is kept in memory only");
+                    }
+                }
                 log::info!(
                     "enrolled as agent {} in {} ms (certificate valid until {})",
                     id.agent_id,
                     started.elapsed().as_millis(),
                     humantime::format_rfc3339_seconds(id.not_after)
                 );
-                if let Some(c) = &plan.cache {
-                    if let Err(e) = c.store(&id) {
-                        log::warn!("{e}; the identity is kept in memory only");
-                    }
-                }
                 id
             }
         };
