@@ -6,5 +6,6 @@ mod common;
 mod attest;
 mod backend;
 mod cli;
+mod enroll;
 mod kubelet_server;
 mod manifest;
