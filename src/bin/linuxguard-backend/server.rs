@@ -109,6 +109,7 @@ fn connection(sock: TcpStream, shared: &Shared) -> io::Result<()> {
                 let _ = conn.write_response(&Response::error(status, &msg), false);
                 conn.stream.conn.send_close_notify();
                 let _ = conn.stream.conn.complete_io(&mut conn.stream.sock);
+                linger_close(&conn.stream.sock);
                 return Ok(());
             }
         };
@@ -185,6 +186,25 @@ fn connection(sock: TcpStream, shared: &Shared) -> io::Result<()> {
             conn.stream.conn.send_close_notify();
             let _ = conn.stream.conn.complete_io(&mut conn.stream.sock);
             return Ok(());
+        }
+    }
+}
+
+/// Closes after an error answer without losing it: closing a socket with unread input makes the
+/// kernel send RST, which can destroy the response before the client reads it. So shut down our
+/// side, then drain (bounded in time and bytes) what the client is still sending.
+fn linger_close(sock: &std::net::TcpStream) {
+    use std::io::Read;
+    let _ = sock.shutdown(std::net::Shutdown::Write);
+    let _ = sock.set_read_timeout(Some(std::time::Duration::from_millis(200)));
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(1);
+    let mut buf = [0u8; 16 * 1024];
+    let mut drained = 0usize;
+    let mut reader = sock;
+    while std::time::Instant::now() < deadline && drained < (4 << 20) {
+        match reader.read(&mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => drained += n,
         }
     }
 }
