@@ -490,13 +490,6 @@ pub static SETTINGS: &[Setting] = &[
     ),
 ];
 
-pub fn setting(key: Key) -> &'static Setting {
-    SETTINGS
-        .iter()
-        .find(|s| s.key == key)
-        .expect("invariant: every Key has one SETTINGS entry")
-}
-
 pub fn by_flag(flag: &str) -> Option<&'static Setting> {
     SETTINGS.iter().find(|s| s.flag == flag)
 }
@@ -724,10 +717,6 @@ impl Config {
         Ok(())
     }
 
-    /// Which commands this config was resolved for (bit set of WATCH, START, ...).
-    pub fn commands(&self) -> u8 {
-        self.commands
-    }
     pub fn get(&self, key: Key) -> Option<&str> {
         self.values.get(&key).and_then(|r| r.value.as_deref())
     }

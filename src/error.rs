@@ -69,10 +69,6 @@ impl Error {
         self.chain.insert(0, ctx.into());
         self
     }
-    /// The innermost message alone (what the caller did wrong, without our context).
-    pub fn root(&self) -> &str {
-        self.chain.last().map(String::as_str).unwrap_or("")
-    }
 }
 
 impl fmt::Display for Error {
@@ -105,17 +101,6 @@ impl<T, E: fmt::Display> Context<T> for std::result::Result<T, E> {
     }
 }
 
-/// Keeps an existing [`Error`]'s kind while adding context.
-pub trait ResultExt<T> {
-    fn ctx(self, ctx: impl Into<String>) -> Result<T>;
-}
-
-impl<T> ResultExt<T> for Result<T> {
-    fn ctx(self, ctx: impl Into<String>) -> Result<T> {
-        self.map_err(|e| e.context(ctx))
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -124,7 +109,6 @@ mod tests {
     fn chain_prints_on_one_line_outermost_first() {
         let e = Error::runtime("permission denied").context("failed to open `x`");
         assert_eq!(e.to_string(), "failed to open `x`: permission denied");
-        assert_eq!(e.root(), "permission denied");
         assert_eq!(e.kind().code(), 1);
     }
 
