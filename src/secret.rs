@@ -67,17 +67,9 @@ pub fn take_secrets(args: &mut Vec<OsString>) -> Secrets {
     let mut from_env: [Option<Secret>; 2] = [None, None];
     for (i, name) in SECRET_ENVS.iter().enumerate() {
         if let Some(v) = std::env::var_os(name) {
-            let mut bytes = v.into_encoded_bytes();
+            let bytes = v.into_encoded_bytes();
             if !bytes.is_empty() {
-                match String::from_utf8(std::mem::take(&mut bytes)) {
-                    Ok(s) => from_env[i] = Some(Secret::new(s)),
-                    Err(e) => {
-                        let mut b = e.into_bytes();
-                        b.zeroize();
-                        out.problems
-                            .push(format!("{name} is not valid UTF-8 and was ignored"));
-                    }
-                }
+                from_env[i] = secret_from_bytes(bytes, name, &mut out.problems);
             }
         }
     }
@@ -118,6 +110,18 @@ pub fn take_secrets(args: &mut Vec<OsString>) -> Secrets {
     out
 }
 
+/// Moves raw bytes into a [`Secret`]; bytes that are not UTF-8 are zeroized and reported.
+fn secret_from_bytes(bytes: Vec<u8>, origin: &str, problems: &mut Vec<String>) -> Option<Secret> {
+    match String::from_utf8(bytes) {
+        Ok(s) => Some(Secret::new(s)),
+        Err(e) => {
+            e.into_bytes().zeroize();
+            problems.push(format!("{origin} is not valid UTF-8 and was ignored"));
+            None
+        }
+    }
+}
+
 /// Removes `--enroll-token V`, `--enroll-token=V`, `--api-key ...` from `args` (before `--`),
 /// zeroizing the removed copies, and returns the values in `SECRET_FLAGS` order.
 fn take_flag_values(args: &mut Vec<OsString>, out: &mut Secrets) -> [Option<Secret>; 2] {
@@ -154,19 +158,11 @@ fn take_flag_values(args: &mut Vec<OsString>, out: &mut Secrets) -> [Option<Secr
             i += 1;
             None
         };
-        if let Some(mut bytes) = value {
+        if let Some(bytes) = value {
             if !out.flags_used.contains(&flag) {
                 out.flags_used.push(flag);
             }
-            match String::from_utf8(std::mem::take(&mut bytes)) {
-                Ok(s) => found[which] = Some(Secret::new(s)),
-                Err(e) => {
-                    let mut b = e.into_bytes();
-                    b.zeroize();
-                    out.problems
-                        .push(format!("{flag} value is not valid UTF-8 and was ignored"));
-                }
-            }
+            found[which] = secret_from_bytes(bytes, flag, &mut out.problems);
         }
     }
     found
