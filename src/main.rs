@@ -11,6 +11,11 @@ mod show_config;
 // Enrolment, mTLS identity and the `start` command.
 mod start;
 // The eBPF sensor and `watch`.
+mod decode;
+mod event;
+mod proctable;
+mod sensor;
+mod stats;
 mod watch;
 // Workload attestation, the Unix socket and `status`.
 mod attest;
