@@ -104,7 +104,7 @@ struct lg_sock {
 	__u16 sport, dport;	/* host byte order; s = local, d = remote */
 	__u8 saddr[16];		/* IPv4 uses the first 4 bytes */
 	__u8 daddr[16];
-	__u32 _pad2;
+	__s32 ret;		/* connect(): 0, or -errno (-EINPROGRESS for non-blocking); accept: the fd */
 };
 
 struct lg_creds_event {

@@ -192,11 +192,11 @@ static long walk_step(__u64 index, void *arg)
 		return 1;
 	parent = BPF_CORE_READ(d, d_parent);
 	root = BPF_CORE_READ(mnt, mnt.mnt_root);
-	if (d == root || d == parent) {
+	if (d == root) {
 		struct mount *up = BPF_CORE_READ(mnt, mnt_parent);
 
-		/* The root of a mount without parent: done (also how anonymous files end). */
-		if (d != root || up == mnt) {
+		/* The root of the mount tree: done. */
+		if (up == mnt) {
 			w->complete = 1;
 			return 1;
 		}
@@ -212,6 +212,11 @@ static long walk_step(__u64 index, void *arg)
 		return 1;
 	w->off = off + n;
 	w->depth++;
+	/* A dentry that is its own parent is an anonymous file (memfd, deleted...): its name alone. */
+	if (parent == d) {
+		w->complete = 1;
+		return 1;
+	}
 	w->d = parent;
 	return 0;
 }
@@ -413,25 +418,44 @@ static __always_inline void fill_sock(struct lg_sock *e, const struct sock *sk, 
 {
 	e->family = family;
 	e->_pad = 0;
-	e->_pad2 = 0;
 	e->sport = BPF_CORE_READ(sk, __sk_common.skc_num);
 	e->dport = bpf_ntohs(BPF_CORE_READ(sk, __sk_common.skc_dport));
 	__builtin_memset(e->saddr, 0, sizeof(e->saddr));
 	__builtin_memset(e->daddr, 0, sizeof(e->daddr));
+	/* Sized reads: BPF_CORE_READ_INTO on an array would copy sizeof(element), one byte. */
 	if (family == AF_INET) {
-		BPF_CORE_READ_INTO(e->saddr, sk, __sk_common.skc_rcv_saddr);
-		BPF_CORE_READ_INTO(e->daddr, sk, __sk_common.skc_daddr);
+		bpf_core_read(e->saddr, 4, &sk->__sk_common.skc_rcv_saddr);
+		bpf_core_read(e->daddr, 4, &sk->__sk_common.skc_daddr);
 	} else {
-		BPF_CORE_READ_INTO(e->saddr, sk, __sk_common.skc_v6_rcv_saddr.in6_u.u6_addr8);
-		BPF_CORE_READ_INTO(e->daddr, sk, __sk_common.skc_v6_daddr.in6_u.u6_addr8);
+		bpf_core_read(e->saddr, 16, &sk->__sk_common.skc_v6_rcv_saddr);
+		bpf_core_read(e->daddr, 16, &sk->__sk_common.skc_v6_daddr);
 	}
 }
 
-/* Outbound: CLOSE -> SYN_SENT runs in the connecting task's context, inside connect(). */
+/*
+ * Outbound connects take two hooks. CLOSE -> SYN_SENT (inet_sock_set_state) runs in the
+ * connecting task inside connect(), but before the kernel picks the local port: we only note
+ * the socket there (by thread), and report at the connect() return, when the source port is
+ * known and the result too (0, or -EINPROGRESS for a non-blocking connect, or an error).
+ */
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 4096);
+	__type(key, __u32);
+	__type(value, __u64);
+} connecting SEC(".maps");
+
+static __always_inline void note_connect(const void *sk)
+{
+	__u32 key = (__u32)bpf_get_current_pid_tgid();
+	__u64 v = (__u64)sk;
+
+	bpf_map_update_elem(&connecting, &key, &v, BPF_ANY);
+}
+
 SEC("tp_btf/inet_sock_set_state")
 int BPF_PROG(connect_btf, const struct sock *sk, const int oldstate, const int newstate)
 {
-	struct lg_sock *e;
 	__u16 family;
 
 	if (newstate != TCP_SYN_SENT || is_agent())
@@ -441,45 +465,41 @@ int BPF_PROG(connect_btf, const struct sock *sk, const int oldstate, const int n
 	family = BPF_CORE_READ(sk, __sk_common.skc_family);
 	if (family != AF_INET && family != AF_INET6)
 		return 0;
-	e = reserve(sizeof(*e), LG_CONNECT);
-	if (!e)
-		return 0;
-	e->type = LG_CONNECT;
-	fill_task(&e->task, current_task());
-	fill_sock(e, sk, family);
-	bpf_ringbuf_submit(e, 0);
+	note_connect(sk);
 	return 0;
 }
 
 SEC("tracepoint/sock/inet_sock_set_state")
 int connect_tp(struct trace_event_raw_inet_sock_set_state *ctx)
 {
-	struct lg_sock *e;
-	__u16 family = ctx->family;
-
 	if (ctx->newstate != TCP_SYN_SENT || ctx->protocol != IPPROTO_TCP || is_agent())
 		return 0;
-	if (family != AF_INET && family != AF_INET6)
+	if (ctx->family != AF_INET && ctx->family != AF_INET6)
 		return 0;
+	note_connect(ctx->skaddr);
+	return 0;
+}
+
+SEC("tracepoint/syscalls/sys_exit_connect")
+int connect_exit(struct trace_event_raw_sys_exit *ctx)
+{
+	__u32 key = (__u32)bpf_get_current_pid_tgid();
+	__u64 *v = bpf_map_lookup_elem(&connecting, &key);
+	const struct sock *sk;
+	struct lg_sock *e;
+
+	if (!v)
+		return 0;
+	/* The socket stays alive here: the caller's fd holds it until connect() returns. */
+	sk = (const struct sock *)*v;
+	bpf_map_delete_elem(&connecting, &key);
 	e = reserve(sizeof(*e), LG_CONNECT);
 	if (!e)
 		return 0;
 	e->type = LG_CONNECT;
 	fill_task(&e->task, current_task());
-	e->family = family;
-	e->_pad = 0;
-	e->_pad2 = 0;
-	e->sport = ctx->sport;
-	e->dport = ctx->dport;
-	__builtin_memset(e->saddr, 0, sizeof(e->saddr));
-	__builtin_memset(e->daddr, 0, sizeof(e->daddr));
-	if (family == AF_INET) {
-		__builtin_memcpy(e->saddr, ctx->saddr, 4);
-		__builtin_memcpy(e->daddr, ctx->daddr, 4);
-	} else {
-		__builtin_memcpy(e->saddr, ctx->saddr_v6, 16);
-		__builtin_memcpy(e->daddr, ctx->daddr_v6, 16);
-	}
+	fill_sock(e, sk, BPF_CORE_READ(sk, __sk_common.skc_family));
+	e->ret = ctx->ret;
 	bpf_ringbuf_submit(e, 0);
 	return 0;
 }
@@ -517,6 +537,7 @@ static __always_inline int do_accept(long ret)
 	e->type = LG_ACCEPT;
 	fill_task(&e->task, task);
 	fill_sock(e, sk, family);
+	e->ret = ret;
 	bpf_ringbuf_submit(e, 0);
 	return 0;
 }

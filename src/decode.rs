@@ -103,6 +103,8 @@ pub struct Sock {
     pub sport: u16,
     pub dst: IpAddr,
     pub dport: u16,
+    /// connect: 0 or -errno; accept: the new fd.
+    pub ret: i32,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -391,6 +393,7 @@ pub fn decode(bytes: &[u8]) -> Result<Record, DecodeError> {
                 sport: e.sport,
                 dst: ip(e.family, &e.daddr),
                 dport: e.dport,
+                ret: e.ret,
             })
         }
         LG_CREDS => {

@@ -127,6 +127,8 @@ pub struct Network {
     #[serde(rename = "type")]
     pub kind: &'static str,
     pub direction: &'static str,
+    /// connect(): 0, or -errno (-115 EINPROGRESS: non-blocking, still connecting); accept: the fd.
+    pub result: i32,
 }
 
 #[derive(Serialize, Debug)]
@@ -391,6 +393,7 @@ impl Builder {
                     transport: "tcp",
                     kind: if x.dst.is_ipv4() { "ipv4" } else { "ipv6" },
                     direction: if x.inbound { "ingress" } else { "egress" },
+                    result: x.ret,
                 });
                 e
             }
