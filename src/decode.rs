@@ -169,21 +169,6 @@ pub enum Record {
 }
 
 impl Record {
-    /// The record type number (index into [`TYPE_NAMES`]).
-    pub fn type_id(&self) -> u32 {
-        match self {
-            Record::Exec(_) => LG_EXEC,
-            Record::Exit(_) => LG_EXIT,
-            Record::Fork(_) => LG_FORK,
-            Record::Sock(s) if s.inbound => LG_ACCEPT,
-            Record::Sock(_) => LG_CONNECT,
-            Record::Creds(c) if c.syscall == "capset" => LG_CREDS,
-            Record::Creds(_) => LG_CREDS,
-            Record::Ptrace(_) => LG_PTRACE,
-            Record::BpfLoad(_) => LG_BPF_LOAD,
-            Record::Memfd(_) => LG_MEMFD,
-        }
-    }
     pub fn task(&self) -> &Task {
         match self {
             Record::Exec(e) => &e.task,
@@ -237,11 +222,7 @@ fn read<T: Pod>(ty: u32, bytes: &[u8]) -> Result<T, DecodeError> {
     // exactly size_of::<T>() bytes are copied from a slice of that length (checked above);
     // the regions cannot overlap (`out` is a fresh local).
     unsafe {
-        std::ptr::copy_nonoverlapping(
-            bytes.as_ptr(),
-            (&mut out as *mut T).cast::<u8>(),
-            want,
-        );
+        std::ptr::copy_nonoverlapping(bytes.as_ptr(), (&mut out as *mut T).cast::<u8>(), want);
     }
     Ok(out)
 }
@@ -439,4 +420,238 @@ pub fn decode(bytes: &[u8]) -> Result<Record, DecodeError> {
         }
         other => return Err(DecodeError::UnknownType(other)),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The record's bytes exactly as the ring buffer would hand them over.
+    fn bytes_of_record<T: Pod>(v: &T) -> Vec<u8> {
+        let n = std::mem::size_of::<T>();
+        let mut out = vec![0u8; n];
+        // SAFETY: `v` is a valid `T` of `n` bytes (POD, see `Pod`); `out` has room for `n` bytes
+        // and does not overlap it.
+        unsafe { std::ptr::copy_nonoverlapping((v as *const T).cast::<u8>(), out.as_mut_ptr(), n) };
+        out
+    }
+
+    fn put(dst: &mut [i8], s: &[u8]) {
+        for (d, b) in dst.iter_mut().zip(s) {
+            *d = *b as i8;
+        }
+    }
+
+    fn task() -> types::lg_task {
+        let mut t = types::lg_task {
+            ts_boot_ns: 5_000,
+            start_boot_ns: 1_000,
+            cgroup_id: 1,
+            pid: 42,
+            tid: 43,
+            ppid: 1,
+            uid: 1000,
+            gid: 1001,
+            euid: 0,
+            egid: 0,
+            auid: 1000,
+            pidns: 4026531836,
+            mntns: 4026531832,
+            ..Default::default()
+        };
+        put(&mut t.comm, b"sh\0");
+        t
+    }
+
+    #[test]
+    fn exec_record_decodes_path_and_args() {
+        let mut e = types::lg_exec {
+            r#type: LG_EXEC,
+            task: task(),
+            path_depth: 3,
+            old_pid: 42,
+            exe_nlink: 1,
+            ..Default::default()
+        };
+        put(&mut e.filename, b"/bin/sh\0");
+        // Leaf first: "dash", "bin", "usr".
+        put(&mut e.path, b"dash\0bin\0usr\0");
+        let args = b"/bin/sh\0-c\0exit 7\0";
+        put(&mut e.args, args);
+        e.args_len = args.len() as u32;
+        let Record::Exec(x) = decode(&bytes_of_record(&e)).expect("decode") else {
+            panic!("not an exec")
+        };
+        assert_eq!(x.path, "/usr/bin/dash");
+        assert_eq!(x.filename, "/bin/sh");
+        assert_eq!(x.args, vec!["/bin/sh", "-c", "exit 7"]);
+        assert!(!x.args_truncated && !x.memfd && !x.path_truncated);
+        assert_eq!(x.task.pid, 42);
+        assert_eq!(x.task.comm, "sh");
+        assert_eq!(x.task.auid, 1000);
+    }
+
+    #[test]
+    fn truncated_args_keep_the_cut_argument() {
+        let mut e = types::lg_exec {
+            r#type: LG_EXEC,
+            args_truncated: 1,
+            ..Default::default()
+        };
+        put(&mut e.args, b"a\0bcd");
+        e.args_len = 5;
+        let Record::Exec(x) = decode(&bytes_of_record(&e)).expect("decode") else {
+            panic!("not an exec")
+        };
+        assert_eq!(x.args, vec!["a", "bcd"]);
+        assert!(x.args_truncated);
+        assert_eq!(x.path, "");
+    }
+
+    #[test]
+    fn exit_fork_and_sockets_decode() {
+        let e = types::lg_exit {
+            r#type: LG_EXIT,
+            exit_code: 7,
+            task: task(),
+            signal: 0,
+            core_dumped: 0,
+        };
+        let Record::Exit(x) = decode(&bytes_of_record(&e)).expect("decode") else {
+            panic!("not an exit")
+        };
+        assert_eq!((x.exit_code, x.signal, x.core_dumped), (7, 0, false));
+
+        let f = types::lg_fork {
+            r#type: LG_FORK,
+            child_pid: 77,
+            task: task(),
+            child_start_boot_ns: 9,
+        };
+        assert!(matches!(
+            decode(&bytes_of_record(&f)),
+            Ok(Record::Fork(Fork { child_pid: 77, .. }))
+        ));
+
+        let mut s = types::lg_sock {
+            r#type: LG_CONNECT,
+            family: 2,
+            task: task(),
+            sport: 40000,
+            dport: 443,
+            ..Default::default()
+        };
+        s.saddr[..4].copy_from_slice(&[127, 0, 0, 1]);
+        s.daddr[..4].copy_from_slice(&[10, 1, 2, 3]);
+        let Record::Sock(x) = decode(&bytes_of_record(&s)).expect("decode") else {
+            panic!("not a socket")
+        };
+        assert!(!x.inbound);
+        assert_eq!(x.dst.to_string(), "10.1.2.3");
+        assert_eq!((x.sport, x.dport), (40000, 443));
+
+        s.r#type = LG_ACCEPT;
+        s.family = 10;
+        s.daddr = [0; 16];
+        s.daddr[15] = 1;
+        let Record::Sock(x) = decode(&bytes_of_record(&s)).expect("decode") else {
+            panic!("not a socket")
+        };
+        assert!(x.inbound);
+        assert_eq!(x.dst.to_string(), "::1");
+    }
+
+    #[test]
+    fn creds_ptrace_bpf_memfd_decode() {
+        let c = types::lg_creds_event {
+            r#type: LG_CREDS,
+            syscall: 5,
+            task: task(),
+            old: types::lg_creds {
+                uid: 0,
+                ..Default::default()
+            },
+            new: types::lg_creds {
+                uid: 65534,
+                ..Default::default()
+            },
+        };
+        let Record::Creds(x) = decode(&bytes_of_record(&c)).expect("decode") else {
+            panic!("not creds")
+        };
+        assert_eq!(x.syscall, "setresuid");
+        assert_eq!(x.new.uid, 65534);
+
+        let p = types::lg_ptrace {
+            r#type: LG_PTRACE,
+            request: 0x4206,
+            task: task(),
+            target_pid: 9,
+            ret: 0,
+        };
+        assert!(matches!(
+            decode(&bytes_of_record(&p)),
+            Ok(Record::Ptrace(Ptrace {
+                request: "seize",
+                target_pid: 9,
+                ..
+            }))
+        ));
+
+        let mut b = types::lg_bpf_load {
+            r#type: LG_BPF_LOAD,
+            prog_type: 26,
+            task: task(),
+            ret: 5,
+            insn_cnt: 12,
+            ..Default::default()
+        };
+        put(&mut b.prog_name, b"evil\0");
+        let Record::BpfLoad(x) = decode(&bytes_of_record(&b)).expect("decode") else {
+            panic!("not bpf")
+        };
+        assert_eq!(
+            (x.prog_name.as_str(), x.prog_type, x.insn_cnt),
+            ("evil", 26, 12)
+        );
+
+        let mut m = types::lg_memfd {
+            r#type: LG_MEMFD,
+            flags: 1,
+            task: task(),
+            ret: 3,
+            ..Default::default()
+        };
+        put(&mut m.name, b"payload\0");
+        let Record::Memfd(x) = decode(&bytes_of_record(&m)).expect("decode") else {
+            panic!("not memfd")
+        };
+        assert_eq!((x.name.as_str(), x.flags, x.ret), ("payload", 1, 3));
+    }
+
+    #[test]
+    fn malformed_records_are_errors_not_panics() {
+        assert_eq!(decode(&[]), Err(DecodeError::Short { len: 0 }));
+        assert_eq!(decode(&[1, 0]), Err(DecodeError::Short { len: 2 }));
+        assert_eq!(decode(&[99, 0, 0, 0]), Err(DecodeError::UnknownType(99)));
+        let want = std::mem::size_of::<types::lg_exit>();
+        assert_eq!(
+            decode(&[2, 0, 0, 0, 0, 0, 0, 0]),
+            Err(DecodeError::WrongSize {
+                ty: 2,
+                len: 8,
+                want
+            })
+        );
+        // Names that are not UTF-8 come out lossily, never as a panic.
+        let mut m = types::lg_memfd {
+            r#type: LG_MEMFD,
+            ..Default::default()
+        };
+        put(&mut m.name, &[0xff, 0xfe, b'x', 0]);
+        let Record::Memfd(x) = decode(&bytes_of_record(&m)).expect("decode") else {
+            panic!("not memfd")
+        };
+        assert!(x.name.ends_with('x'));
+    }
 }

@@ -347,8 +347,8 @@ impl Builder {
                 p.exit_signal = Some(x.signal);
                 p.core_dumped = Some(x.core_dumped);
                 p.end = Some(ts);
-                p.lifetime_ns = (t.start_boot_ns != 0)
-                    .then(|| t.ts_boot_ns.saturating_sub(t.start_boot_ns));
+                p.lifetime_ns =
+                    (t.start_boot_ns != 0).then(|| t.ts_boot_ns.saturating_sub(t.start_boot_ns));
                 e.process = Some(p);
                 procs.exit(t.pid);
                 e
@@ -361,8 +361,8 @@ impl Builder {
                 p.pid = x.child_pid;
                 p.thread = Id { id: x.child_pid };
                 p.executable = procs.executable(x.child_pid);
-                p.start = (x.child_start_boot_ns != 0)
-                    .then(|| self.clock.rfc3339(x.child_start_boot_ns));
+                p.start =
+                    (x.child_start_boot_ns != 0).then(|| self.clock.rfc3339(x.child_start_boot_ns));
                 p.parent = Ancestor {
                     pid: t.pid,
                     executable: procs.executable(t.pid),
@@ -447,5 +447,304 @@ impl Builder {
                 e
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::{BTreeMap, BTreeSet};
+    use std::net::IpAddr;
+
+    use serde_json::Value;
+
+    use super::*;
+    use crate::decode::*;
+
+    const DOC: &str = include_str!("../docs/events.md");
+    const KERNEL_TYPES: [&str; 10] = [
+        "exec", "exit", "fork", "connect", "accept", "setuid", "capset", "ptrace", "bpf_load",
+        "memfd",
+    ];
+
+    struct Row {
+        ty: String,
+        optional: bool,
+        events: Vec<String>,
+    }
+
+    fn documented() -> BTreeMap<String, Row> {
+        let mut rows = BTreeMap::new();
+        for line in DOC.lines().filter(|l| l.starts_with("| `")) {
+            let cells: Vec<&str> = line.split('|').map(str::trim).collect();
+            let field = cells[1].trim_matches('`').to_string();
+            let (ty, optional) = match cells[2].strip_suffix('?') {
+                Some(t) => (t.to_string(), true),
+                None => (cells[2].to_string(), false),
+            };
+            let events = match cells[3] {
+                "all" => KERNEL_TYPES
+                    .iter()
+                    .map(|s| s.to_string())
+                    .chain(["stats".into()])
+                    .collect(),
+                "kernel" => KERNEL_TYPES.iter().map(|s| s.to_string()).collect(),
+                list => list.split(',').map(|s| s.trim().to_string()).collect(),
+            };
+            assert!(
+                rows.insert(
+                    field.clone(),
+                    Row {
+                        ty,
+                        optional,
+                        events
+                    }
+                )
+                .is_none(),
+                "{field} documented twice"
+            );
+        }
+        rows
+    }
+
+    fn json_type(v: &Value) -> &'static str {
+        match v {
+            Value::String(_) => "string",
+            Value::Number(n) if n.is_i64() || n.is_u64() => "integer",
+            Value::Number(_) => "number",
+            Value::Bool(_) => "boolean",
+            Value::Array(_) => "array",
+            Value::Object(_) => "object",
+            Value::Null => "null",
+        }
+    }
+
+    /// Every field path with its JSON type; documented `object` fields are not descended into,
+    /// arrays of objects are descended into as `path[]`.
+    fn flatten(
+        v: &Value,
+        prefix: &str,
+        docs: &BTreeMap<String, Row>,
+        out: &mut BTreeMap<String, &'static str>,
+    ) {
+        if let Value::Object(m) = v {
+            for (k, x) in m {
+                let path = if prefix.is_empty() {
+                    k.clone()
+                } else {
+                    format!("{prefix}.{k}")
+                };
+                let doc_obj = docs.get(&path).is_some_and(|r| r.ty == "object");
+                match x {
+                    Value::Object(_) if !doc_obj => flatten(x, &path, docs, out),
+                    Value::Array(items) => {
+                        out.insert(path.clone(), "array");
+                        for it in items.iter().filter(|i| i.is_object()) {
+                            flatten(it, &format!("{path}[]"), docs, out);
+                        }
+                    }
+                    _ => {
+                        out.insert(path, json_type(x));
+                    }
+                }
+            }
+        }
+    }
+
+    fn task() -> Task {
+        Task {
+            ts_boot_ns: 2_000_000_000,
+            start_boot_ns: 1_000_000_000,
+            cgroup_id: 1,
+            pid: 300,
+            tid: 300,
+            ppid: 200,
+            uid: 1000,
+            gid: 1000,
+            euid: 1000,
+            egid: 1000,
+            auid: 1000,
+            pidns: 4026531836,
+            mntns: 4026531832,
+            comm: "tool".into(),
+        }
+    }
+
+    fn every_event() -> Vec<Value> {
+        every_event_text()
+            .iter()
+            .map(|t| serde_json::from_str(t).expect("parse"))
+            .collect()
+    }
+
+    /// One event of every type, built the way the pipeline builds them, as printed.
+    fn every_event_text() -> Vec<String> {
+        let mut procs = ProcTable::new(64);
+        procs.exec(1, 0, "/sbin/init");
+        procs.exec(100, 1, "/usr/sbin/sshd");
+        procs.exec(200, 100, "/usr/bin/bash");
+        procs.exec(300, 200, "/usr/bin/tool");
+        procs.exec(9, 1, "/usr/bin/victim");
+        let mut b = Builder::new("testhost");
+        let sock = |inbound| Sock {
+            task: task(),
+            inbound,
+            src: IpAddr::from([127, 0, 0, 1]),
+            sport: 4000,
+            dst: IpAddr::from([127, 0, 0, 1]),
+            dport: 80,
+            ret: 0,
+        };
+        let recs = vec![
+            Record::Exec(Exec {
+                task: task(),
+                old_pid: 300,
+                filename: "tool".into(),
+                path: "/usr/bin/tool".into(),
+                path_truncated: false,
+                args: vec!["tool".into(), "-x".into()],
+                args_truncated: false,
+                memfd: false,
+                exe_nlink: 1,
+            }),
+            Record::Fork(Fork {
+                task: task(),
+                child_pid: 301,
+                child_start_boot_ns: 1_500_000_000,
+            }),
+            Record::Sock(sock(false)),
+            Record::Sock(sock(true)),
+            Record::Creds(CredChange {
+                task: task(),
+                syscall: "setuid",
+                old: Creds::default(),
+                new: Creds {
+                    uid: 65534,
+                    ..Creds::default()
+                },
+            }),
+            Record::Creds(CredChange {
+                task: task(),
+                syscall: "capset",
+                old: Creds::default(),
+                new: Creds {
+                    cap_effective: 1,
+                    ..Creds::default()
+                },
+            }),
+            Record::Ptrace(Ptrace {
+                task: task(),
+                request: "attach",
+                target_pid: 9,
+                ret: 0,
+            }),
+            Record::BpfLoad(BpfLoad {
+                task: task(),
+                prog_type: 1,
+                prog_name: "p".into(),
+                insn_cnt: 2,
+                ret: 5,
+            }),
+            Record::Memfd(Memfd {
+                task: task(),
+                name: "m".into(),
+                flags: 1,
+                ret: 3,
+            }),
+            Record::Exit(Exit {
+                task: task(),
+                exit_code: 7,
+                signal: 0,
+                core_dumped: false,
+            }),
+        ];
+        let mut out: Vec<String> = recs
+            .iter()
+            .map(|r| serde_json::to_string(&b.build(r, &mut procs)).expect("serialize"))
+            .collect();
+        let stats = crate::stats::Stats::default().snapshot();
+        out.push(serde_json::to_string(&b.stats(stats)).expect("serialize"));
+        out
+    }
+
+    #[test]
+    fn every_documented_field_is_emitted_as_documented() {
+        let docs = documented();
+        assert!(docs.len() > 80, "docs/events.md table not found");
+        let events = every_event();
+        let mut types_seen = BTreeSet::new();
+        for ev in &events {
+            let ty = ev["type"].as_str().expect("type").to_string();
+            types_seen.insert(ty.clone());
+            let mut fields = BTreeMap::new();
+            flatten(ev, "", &docs, &mut fields);
+            for (path, jt) in &fields {
+                let row = docs.get(path).unwrap_or_else(|| {
+                    panic!("{ty}: `{path}` is emitted but not in docs/events.md")
+                });
+                assert!(
+                    row.events.contains(&ty),
+                    "{ty}: `{path}` is emitted but documented only for {:?}",
+                    row.events
+                );
+                assert_eq!(
+                    &row.ty, jt,
+                    "{ty}: `{path}` has type {jt}, documented {}",
+                    row.ty
+                );
+            }
+            for (path, row) in &docs {
+                if row.events.contains(&ty) && !row.optional {
+                    assert!(
+                        fields.contains_key(path),
+                        "{ty}: documented `{path}` is missing"
+                    );
+                }
+            }
+        }
+        let expected: BTreeSet<String> = KERNEL_TYPES
+            .iter()
+            .map(|s| s.to_string())
+            .chain(["stats".to_string()])
+            .collect();
+        assert_eq!(types_seen, expected);
+    }
+
+    #[test]
+    fn type_comes_first_and_seq_increases() {
+        let mut last = 0;
+        for text in every_event_text() {
+            assert!(text.starts_with("{\"type\":"), "{text}");
+            let ev: Value = serde_json::from_str(&text).expect("parse");
+            let seq = ev["seq"].as_u64().expect("seq");
+            assert_eq!(seq, last + 1);
+            last = seq;
+        }
+    }
+
+    #[test]
+    fn timestamps_are_rfc3339_with_nanoseconds() {
+        let c = Clock {
+            offset_ns: 1_700_000_000_000_000_000,
+        };
+        assert_eq!(c.rfc3339(123), "2023-11-14T22:13:20.000000123Z");
+    }
+
+    #[test]
+    fn fork_describes_the_child_and_exit_the_lifetime() {
+        let events = every_event();
+        let fork = events.iter().find(|e| e["type"] == "fork").expect("fork");
+        assert_eq!(fork["process"]["pid"], 301);
+        assert_eq!(fork["process"]["parent"]["pid"], 300);
+        assert_eq!(fork["process"]["executable"], "/usr/bin/tool");
+        let exit = events.iter().find(|e| e["type"] == "exit").expect("exit");
+        assert_eq!(exit["process"]["lifetime_ns"], 1_000_000_000u64);
+        assert_eq!(exit["process"]["parent"]["executable"], "/usr/bin/bash");
+        let anc: Vec<u64> = exit["process"]["ancestry"]
+            .as_array()
+            .expect("ancestry")
+            .iter()
+            .map(|a| a["pid"].as_u64().expect("pid"))
+            .collect();
+        assert_eq!(anc, vec![200, 100, 1]);
     }
 }

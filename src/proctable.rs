@@ -37,7 +37,11 @@ impl ProcTable {
     pub fn seed(&mut self, proc_root: &Path) -> std::io::Result<usize> {
         let mut n = 0;
         for entry in std::fs::read_dir(proc_root)?.flatten() {
-            let Some(pid) = entry.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else {
+            let Some(pid) = entry
+                .file_name()
+                .to_str()
+                .and_then(|s| s.parse::<u32>().ok())
+            else {
                 continue;
             };
             let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else {

@@ -55,22 +55,34 @@ const HOOKS: &[Hook] = &[
     Hook {
         event: "exec",
         alts: &[
-            Alt { progs: &[("exec_btf", Via::TpBtf("sched_process_exec"))] },
-            Alt { progs: &[("exec_tp", Via::Tracepoint("sched", "sched_process_exec"))] },
+            Alt {
+                progs: &[("exec_btf", Via::TpBtf("sched_process_exec"))],
+            },
+            Alt {
+                progs: &[("exec_tp", Via::Tracepoint("sched", "sched_process_exec"))],
+            },
         ],
     },
     Hook {
         event: "exit",
         alts: &[
-            Alt { progs: &[("exit_btf", Via::TpBtf("sched_process_exit"))] },
-            Alt { progs: &[("exit_tp", Via::Tracepoint("sched", "sched_process_exit"))] },
+            Alt {
+                progs: &[("exit_btf", Via::TpBtf("sched_process_exit"))],
+            },
+            Alt {
+                progs: &[("exit_tp", Via::Tracepoint("sched", "sched_process_exit"))],
+            },
         ],
     },
     Hook {
         event: "fork",
         alts: &[
-            Alt { progs: &[("fork_btf", Via::TpBtf("sched_process_fork"))] },
-            Alt { progs: &[("fork_tp", Via::Tracepoint("sched", "sched_process_fork"))] },
+            Alt {
+                progs: &[("fork_btf", Via::TpBtf("sched_process_fork"))],
+            },
+            Alt {
+                progs: &[("fork_tp", Via::Tracepoint("sched", "sched_process_fork"))],
+            },
         ],
     },
     Hook {
@@ -79,13 +91,19 @@ const HOOKS: &[Hook] = &[
             Alt {
                 progs: &[
                     ("connect_btf", Via::TpBtf("inet_sock_set_state")),
-                    ("connect_exit", Via::Tracepoint("syscalls", "sys_exit_connect")),
+                    (
+                        "connect_exit",
+                        Via::Tracepoint("syscalls", "sys_exit_connect"),
+                    ),
                 ],
             },
             Alt {
                 progs: &[
                     ("connect_tp", Via::Tracepoint("sock", "inet_sock_set_state")),
-                    ("connect_exit", Via::Tracepoint("syscalls", "sys_exit_connect")),
+                    (
+                        "connect_exit",
+                        Via::Tracepoint("syscalls", "sys_exit_connect"),
+                    ),
                 ],
             },
         ],
@@ -219,11 +237,19 @@ fn probe(allow_btf: bool) -> Vec<Option<usize>> {
                         .is_some()
                 })
         }
-        Via::Tracepoint(cat, name) => Path::new(TRACEFS).join("events").join(cat).join(name).is_dir(),
+        Via::Tracepoint(cat, name) => Path::new(TRACEFS)
+            .join("events")
+            .join(cat)
+            .join(name)
+            .is_dir(),
     };
     HOOKS
         .iter()
-        .map(|h| h.alts.iter().position(|a| a.progs.iter().all(|(_, v)| available(v))))
+        .map(|h| {
+            h.alts
+                .iter()
+                .position(|a| a.progs.iter().all(|(_, v)| available(v)))
+        })
         .collect()
 }
 
@@ -271,7 +297,9 @@ impl Sensor {
             Err(e) => {
                 // A tp_btf program can be refused even when its BTF is present (older verifiers):
                 // retry with classic tracepoints only before giving up.
-                log::debug!("loading with tp_btf hooks failed ({e}); retrying with tracepoints only");
+                log::debug!(
+                    "loading with tp_btf hooks failed ({e}); retrying with tracepoints only"
+                );
                 Self::load(opts, false)?
             }
         };
@@ -298,7 +326,8 @@ impl Sensor {
                 match failed {
                     None => {
                         links.extend(these);
-                        let vias: Vec<String> = alt.progs.iter().map(|(_, v)| via_name(v)).collect();
+                        let vias: Vec<String> =
+                            alt.progs.iter().map(|(_, v)| via_name(v)).collect();
                         let shown = if vias.len() > 2 {
                             format!("{} (+{} more)", vias[0], vias.len() - 1)
                         } else {
@@ -310,16 +339,28 @@ impl Sensor {
                     Some(why) => log::warn!("sensor: {:<8} NOT attached: {why}", hook.event),
                 }
             } else {
-                log::warn!("sensor: {:<8} NOT attached: no usable hook on this kernel", hook.event);
+                log::warn!(
+                    "sensor: {:<8} NOT attached: no usable hook on this kernel",
+                    hook.event
+                );
             }
-            hooks.push(HookStatus { event: hook.event, attached });
+            hooks.push(HookStatus {
+                event: hook.event,
+                attached,
+            });
         }
         if hooks.iter().all(|h| h.attached.is_none()) {
-            return Err(Error::runtime("no BPF program could be attached (see the warnings above)"));
+            return Err(Error::runtime(
+                "no BPF program could be attached (see the warnings above)",
+            ));
         }
         // The skeleton keeps its own (empty) links; ours live in `links`.
         let _ = &mut skel;
-        Ok(Sensor { skel, _links: links, hooks })
+        Ok(Sensor {
+            skel,
+            _links: links,
+            hooks,
+        })
     }
 
     fn load(opts: &Options, allow_btf: bool) -> Result<(SensorSkel<'static>, Vec<Option<usize>>)> {
@@ -375,7 +416,9 @@ pub fn load_all_for_test(opts: &Options) -> Result<usize> {
     all.sort_unstable();
     all.dedup();
     let open = open(opts, &all)?;
-    let skel = open.load().map_err(|e| Error::runtime(format!("load failed: {e}")))?;
+    let skel = open
+        .load()
+        .map_err(|e| Error::runtime(format!("load failed: {e}")))?;
     Ok(skel.object().progs().count())
 }
 
@@ -407,8 +450,11 @@ mod tests {
             eprintln!("skipped: needs root");
             return;
         }
-        let n = load_all_for_test(&Options { ring_buffer_mb: 1, own_tgid: 0 })
-            .unwrap_or_else(|e| panic!("{e}"));
+        let n = load_all_for_test(&Options {
+            ring_buffer_mb: 1,
+            own_tgid: 0,
+        })
+        .unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(n, 35);
     }
 }

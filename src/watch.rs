@@ -51,7 +51,9 @@ fn closed_or_err(e: io::Error) -> Result<bool> {
     if e.kind() == io::ErrorKind::BrokenPipe {
         Ok(false)
     } else {
-        Err(Error::runtime(format!("failed to write events to stdout: {e}")))
+        Err(Error::runtime(format!(
+            "failed to write events to stdout: {e}"
+        )))
     }
 }
 
@@ -93,7 +95,10 @@ impl Pipeline {
             .unwrap_or_else(|| std::path::PathBuf::from("/proc"));
         let mut procs = ProcTable::new(proctable::CAPACITY);
         match procs.seed(&proc_root) {
-            Ok(n) => log::debug!("process table seeded with {n} processes from {}", proc_root.display()),
+            Ok(n) => log::debug!(
+                "process table seeded with {n} processes from {}",
+                proc_root.display()
+            ),
             Err(e) => log::warn!(
                 "could not read {} to seed the process table ({e}): parents of processes started \
                  before the agent will have no executable",
@@ -211,7 +216,11 @@ extern "C" fn on_signal(_: nix::libc::c_int) {
 /// SIGINT/SIGTERM only set a flag; without SA_RESTART, poll(2) returns EINTR right away.
 fn install_signal_handlers() -> Result<()> {
     use nix::sys::signal::{SaFlags, SigAction, SigHandler, SigSet, Signal, sigaction};
-    let act = SigAction::new(SigHandler::Handler(on_signal), SaFlags::empty(), SigSet::empty());
+    let act = SigAction::new(
+        SigHandler::Handler(on_signal),
+        SaFlags::empty(),
+        SigSet::empty(),
+    );
     for sig in [Signal::SIGINT, Signal::SIGTERM] {
         // SAFETY: the handler only stores to an atomic, which is async-signal-safe.
         unsafe { sigaction(sig, &act) }
@@ -242,7 +251,11 @@ pub fn run(cfg: Config, _args: &Args) -> Result<()> {
         match nix::poll::poll(&mut fds, timeout) {
             Ok(_) => {}
             Err(nix::errno::Errno::EINTR) => continue,
-            Err(e) => return Err(Error::runtime(format!("failed to poll the ring buffer: {e}"))),
+            Err(e) => {
+                return Err(Error::runtime(format!(
+                    "failed to poll the ring buffer: {e}"
+                )));
+            }
         }
         open = p.drain(&mut sink)?;
         if Instant::now() >= next_stats {

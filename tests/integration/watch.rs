@@ -37,8 +37,9 @@ impl Watch {
         std::thread::spawn(move || {
             for line in BufReader::new(out).lines() {
                 let Ok(line) = line else { break };
-                let v: Value = serde_json::from_str(&line)
-                    .unwrap_or_else(|e| panic!("watch printed a line that is not JSON ({e}): {line}"));
+                let v: Value = serde_json::from_str(&line).unwrap_or_else(|e| {
+                    panic!("watch printed a line that is not JSON ({e}): {line}")
+                });
                 ev.lock().expect("lock").push(v);
             }
         });
@@ -58,7 +59,10 @@ impl Watch {
         });
         if ready_rx.recv_timeout(Duration::from_secs(30)).is_err() {
             let _ = child.kill();
-            panic!("watch did not become ready: {}", stderr.lock().expect("lock"));
+            panic!(
+                "watch did not become ready: {}",
+                stderr.lock().expect("lock")
+            );
         }
         Watch {
             child,
@@ -99,7 +103,11 @@ impl Watch {
 }
 
 fn marker(tag: &str) -> String {
-    format!("lg-{tag}-{}-{}", std::process::id(), Instant::now().elapsed().as_nanos())
+    format!(
+        "lg-{tag}-{}-{}",
+        std::process::id(),
+        Instant::now().elapsed().as_nanos()
+    )
 }
 
 fn pid_of(v: &Value) -> u64 {
@@ -139,12 +147,20 @@ fn root_watch_reports_exec_fork_exit_of_a_child() {
     assert_eq!(exec["process"]["user"]["id"], 0);
     assert_eq!(exec["process"]["fileless"], false);
     assert!(exec["process"]["namespaces"]["pid"].as_u64().unwrap_or(0) > 0);
-    assert!(exec["@timestamp"].as_str().is_some_and(|t| t.ends_with('Z') && t.len() == 30));
+    assert!(
+        exec["@timestamp"]
+            .as_str()
+            .is_some_and(|t| t.ends_with('Z') && t.len() == 30)
+    );
     let exit = w.wait_for("exit", |v| v["type"] == "exit" && pid_of(v) == pid);
     assert_eq!(exit["process"]["exit_code"], 7);
     assert_eq!(exit["process"]["exit_signal"], 0);
     assert_eq!(exit["process"]["executable"], sh.to_string_lossy().as_ref());
-    assert!(exit["process"]["lifetime_ns"].as_u64().is_some_and(|n| n > 0));
+    assert!(
+        exit["process"]["lifetime_ns"]
+            .as_u64()
+            .is_some_and(|n| n > 0)
+    );
     let fork = w.wait_for("fork", |v| v["type"] == "fork" && pid_of(v) == pid);
     assert_eq!(fork["process"]["parent"]["pid"], std::process::id());
     assert!(fork["seq"].as_u64() < exec["seq"].as_u64());
@@ -175,7 +191,10 @@ fn root_watch_reports_tcp_connect_and_accept_over_ipv4_and_ipv6() {
     }
     let w = Watch::start(&[]);
     let me = u64::from(std::process::id());
-    for (bind, ip, kind) in [("127.0.0.1:0", "127.0.0.1", "ipv4"), ("[::1]:0", "::1", "ipv6")] {
+    for (bind, ip, kind) in [
+        ("127.0.0.1:0", "127.0.0.1", "ipv4"),
+        ("[::1]:0", "::1", "ipv6"),
+    ] {
         let (port, client_port) = tcp_roundtrip(bind);
         let c = w.wait_for("connect", |v| {
             v["type"] == "connect" && v["destination"]["port"] == port && pid_of(v) == me
@@ -246,7 +265,9 @@ fn root_watch_reports_memfd_create_and_fileless_exec() {
     let path = format!("/proc/{}/fd/{}", std::process::id(), f.as_raw_fd());
     let status = Command::new(&path).status().expect("exec the memfd");
     assert!(status.success());
-    let m = w.wait_for("memfd", |v| v["type"] == "memfd" && v["memfd"]["name"] == name.as_str());
+    let m = w.wait_for("memfd", |v| {
+        v["type"] == "memfd" && v["memfd"]["name"] == name.as_str()
+    });
     assert_eq!(pid_of(&m), u64::from(std::process::id()));
     assert!(m["memfd"]["result"].as_i64().is_some_and(|r| r >= 0));
     let exec = w.wait_for("fileless exec", |v| {
@@ -324,10 +345,19 @@ fn root_watch_reports_bpf_loads_and_ptrace_by_other_processes() {
     let _ = second.stop();
     // The first agent's own loads are filtered in the kernel: none come from its pid.
     let me = u64::from(w.child.id());
-    assert!(!w.events.lock().expect("lock").iter().any(|v| pid_of(v) == me));
+    assert!(
+        !w.events
+            .lock()
+            .expect("lock")
+            .iter()
+            .any(|v| pid_of(v) == me)
+    );
 
     // ptrace: attach to a sleeping child.
-    let mut victim = Command::new("/bin/sleep").arg("5").spawn().expect("spawn sleep");
+    let mut victim = Command::new("/bin/sleep")
+        .arg("5")
+        .spawn()
+        .expect("spawn sleep");
     let vpid = nix::unistd::Pid::from_raw(victim.id() as i32);
     nix::sys::ptrace::attach(vpid).expect("PTRACE_ATTACH");
     let _ = nix::sys::wait::waitpid(vpid, None);
