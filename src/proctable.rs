@@ -65,6 +65,7 @@ impl ProcTable {
         Ok(n)
     }
 
+    #[cfg(test)]
     pub fn len(&self) -> usize {
         self.lru.len()
     }
@@ -101,6 +102,7 @@ impl ProcTable {
         self.lru.pop(&pid);
     }
 
+    #[cfg(test)]
     pub fn get(&mut self, pid: u32) -> Option<&Proc> {
         self.lru.get(&pid)
     }

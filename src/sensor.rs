@@ -405,6 +405,7 @@ impl Sensor {
 
 /// Loads every program of the object (both flavours of each hook) without attaching: the
 /// load-only smoke test that catches verifier regressions.
+#[cfg(test)]
 pub fn load_all_for_test(opts: &Options) -> Result<usize> {
     preflight()?;
     libbpf_rs::set_print(Some((PrintLevel::Debug, libbpf_print)));

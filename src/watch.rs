@@ -109,6 +109,20 @@ impl Pipeline {
             ring_buffer_mb,
             own_tgid: std::process::id(),
         })?;
+        let missing: Vec<&str> = sensor
+            .hooks
+            .iter()
+            .filter(|h| h.attached.is_none())
+            .map(|h| h.event)
+            .collect();
+        if missing.is_empty() {
+            log::debug!("sensor ready: all {} event types attached", sensor.hooks.len());
+        } else {
+            log::warn!(
+                "sensor ready without: {} (those events will not be reported)",
+                missing.join(", ")
+            );
+        }
         let queue: Rc<RefCell<VecDeque<_>>> = Rc::new(RefCell::new(VecDeque::with_capacity(BATCH)));
         let q = queue.clone();
         let mut rb = RingBufferBuilder::new();
