@@ -150,6 +150,9 @@ pub struct Options {
     pub ring_buffer_mb: u64,
     /// Process whose events the kernel drops (the agent itself); 0 = none.
     pub own_tgid: u32,
+    /// Wake the reader only when this many bytes wait (0: every record); the reader must then
+    /// poll with a timeout.
+    pub wakeup_bytes: u64,
 }
 
 /// What happened to one event's hook at start-up.
@@ -274,6 +277,7 @@ fn open(opts: &Options, wanted: &[&str]) -> Result<OpenSensorSkel<'static>> {
         .as_deref_mut()
         .ok_or_else(|| Error::runtime("the BPF object has no .rodata section"))?;
     rodata.agent_tgid = opts.own_tgid;
+    rodata.wakeup_bytes = opts.wakeup_bytes;
     let bytes = u32::try_from(opts.ring_buffer_mb << 20)
         .map_err(|_| Error::config("--ring-buffer-mb is too large (at most 2048)"))?;
     open.maps
@@ -454,6 +458,7 @@ mod tests {
         let n = load_all_for_test(&Options {
             ring_buffer_mb: 1,
             own_tgid: 0,
+            wakeup_bytes: 0,
         })
         .unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(n, 35);
