@@ -405,8 +405,7 @@ int BPF_PROG(fork_btf, struct task_struct *parent, struct task_struct *child)
 
 /*
  * Fallback: the classic tracepoint only carries the child's thread id, so it cannot tell a new
- * thread from a new process; user space drops children it later sees as threads (they never
- * exec or exit as processes), and docs/events.md says so.
+ * thread from a new process: new threads are reported as forks too (docs/events.md says so).
  */
 SEC("tracepoint/sched/sched_process_fork")
 int fork_tp(struct trace_event_raw_sched_process_fork *ctx)

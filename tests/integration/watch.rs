@@ -373,3 +373,23 @@ fn root_watch_reports_bpf_loads_and_ptrace_by_other_processes() {
     let (status, err) = w.stop();
     assert!(status.success(), "watch failed: {err}");
 }
+
+#[test]
+fn root_watch_without_privileges_says_what_is_missing() {
+    if !is_root() {
+        eprintln!("skipped: needs root (to drop to an unprivileged user)");
+        return;
+    }
+    let out = agent()
+        .arg("watch")
+        .uid(65534)
+        .gid(65534)
+        .output()
+        .expect("run watch as nobody");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("needs root, or CAP_BPF and CAP_PERFMON"),
+        "{err}"
+    );
+}
