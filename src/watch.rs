@@ -170,6 +170,8 @@ impl Pipeline {
     /// Moves every waiting record to `sink`, in batches, flushing after each batch.
     /// Returns `Ok(false)` when the sink closed.
     pub fn drain(&mut self, sink: &mut dyn Sink) -> Result<bool> {
+        let fill = self.ring_fill();
+        self.stats.observe_fill(fill);
         loop {
             let n = self.ring.consume_raw_n(BATCH);
             if n < 0 {

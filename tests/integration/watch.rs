@@ -393,3 +393,44 @@ fn root_watch_without_privileges_says_what_is_missing() {
         "{err}"
     );
 }
+
+#[test]
+fn root_watch_counts_kernel_drops_when_the_reader_stalls() {
+    if !is_root() {
+        eprintln!("skipped: needs root");
+        return;
+    }
+    // A 1 MiB ring and a stopped reader: exec records (about 2 KiB each) fill it quickly.
+    let w = Watch::start(&["--ring-buffer-mb", "1"]);
+    let pid = nix::unistd::Pid::from_raw(w.child.id() as i32);
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGSTOP).expect("SIGSTOP");
+    for _ in 0..1500 {
+        let _ = Command::new("/bin/true").status();
+    }
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGCONT).expect("SIGCONT");
+    std::thread::sleep(Duration::from_millis(500));
+    let events = w.events.clone();
+    let (status, err) = w.stop();
+    assert!(status.success(), "{err}");
+    let line = err
+        .lines()
+        .find(|l| l.contains("final stats:"))
+        .unwrap_or_else(|| panic!("no final stats: {err}"));
+    let dropped: u64 = line
+        .split_whitespace()
+        .find_map(|w| w.strip_prefix("dropped_kernel="))
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no dropped_kernel in {line}"));
+    assert!(dropped > 0, "a full ring buffer must be counted: {line}");
+    // What did arrive is numbered without gaps: loss is only ever in the kernel counter.
+    let seqs: Vec<u64> = events
+        .lock()
+        .expect("lock")
+        .iter()
+        .filter_map(|v| v["seq"].as_u64())
+        .collect();
+    assert!(!seqs.is_empty());
+    for (i, s) in seqs.iter().enumerate() {
+        assert_eq!(*s, i as u64 + 1);
+    }
+}
