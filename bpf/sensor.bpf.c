@@ -36,6 +36,9 @@ struct lg_creds_event _lg_creds_event = {};
 struct lg_ptrace _lg_ptrace = {};
 struct lg_bpf_load _lg_bpf_load = {};
 struct lg_memfd _lg_memfd = {};
+/* ...and for the record-type and syscall numbers, so Rust does not restate them. */
+enum lg_type _lg_type = LG_EXEC;
+enum lg_cred_call _lg_cred_call = LG_SETUID;
 
 #define AF_INET 2
 #define AF_INET6 10
