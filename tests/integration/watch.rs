@@ -89,12 +89,13 @@ impl Watch {
     }
 
     /// SIGINT, then the exit status and stderr.
-    fn stop(mut self) -> (std::process::ExitStatus, String) {
-        nix::sys::signal::kill(
-            nix::unistd::Pid::from_raw(self.child.id() as i32),
-            nix::sys::signal::Signal::SIGINT,
-        )
-        .expect("signal watch");
+    fn stop(self) -> (std::process::ExitStatus, String) {
+        self.stop_with(nix::sys::signal::Signal::SIGINT)
+    }
+
+    fn stop_with(mut self, sig: nix::sys::signal::Signal) -> (std::process::ExitStatus, String) {
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.child.id() as i32), sig)
+            .expect("signal watch");
         let status = self.child.wait().expect("wait watch");
         std::thread::sleep(Duration::from_millis(100));
         let err = self.stderr.lock().expect("lock").clone();
@@ -296,8 +297,10 @@ fn root_watch_stats_events_and_closed_stdout_end_cleanly() {
     assert!(s["stats"]["dropped_kernel"].is_u64());
     assert!(s["stats"]["dropped_user"].is_u64());
     assert!(s["stats"]["ring_buffer"]["size_bytes"] == 8 << 20);
-    let (status, _) = w.stop();
-    assert!(status.success());
+    // SIGTERM stops as cleanly as SIGINT: exit 0, a last stats event, final counters.
+    let (status, err) = w.stop_with(nix::sys::signal::Signal::SIGTERM);
+    assert!(status.success(), "{err}");
+    assert!(err.contains("final stats:"), "{err}");
 
     // A reader that goes away: watch stops by itself, successfully.
     let mut child = agent()
