@@ -437,3 +437,25 @@ fn root_watch_counts_kernel_drops_when_the_reader_stalls() {
         assert_eq!(*s, i as u64 + 1);
     }
 }
+
+#[test]
+fn root_watch_reports_capset_that_changes_capabilities() {
+    if !is_root() {
+        eprintln!("skipped: needs root");
+        return;
+    }
+    let w = Watch::start(&[]);
+    // setpriv (util-linux) calls capset() to add CAP_NET_RAW (bit 13) to the inheritable set.
+    let mut child = Command::new("setpriv")
+        .args(["--inh-caps=+net_raw", "/bin/true"])
+        .spawn()
+        .expect("spawn setpriv");
+    let pid = u64::from(child.id());
+    assert!(child.wait().expect("wait").success());
+    let ev = w.wait_for("capset", |v| v["type"] == "capset" && pid_of(v) == pid);
+    assert_eq!(ev["credentials"]["syscall"], "capset");
+    assert_eq!(ev["credentials"]["old"]["cap_inheritable"], "0x0");
+    assert_eq!(ev["credentials"]["new"]["cap_inheritable"], "0x2000");
+    let (status, err) = w.stop();
+    assert!(status.success(), "watch failed: {err}");
+}
