@@ -9,3 +9,4 @@ mod cli;
 mod enroll;
 mod kubelet_server;
 mod manifest;
+mod watch;
