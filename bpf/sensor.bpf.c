@@ -496,6 +496,22 @@ int connect_tp(struct trace_event_raw_inet_sock_set_state *ctx)
 	return 0;
 }
 
+/*
+ * A socket noted by a thread that never returns through connect() (TCP Fast Open via
+ * sendto(MSG_FASTOPEN), io_uring IORING_OP_CONNECT, a kernel-internal connect made on the
+ * thread's behalf) would otherwise stay in `connecting` and be reported, with a stale and
+ * possibly freed socket, at the thread's next connect() that does not reach SYN_SENT (a UDP
+ * connect() in every DNS lookup). Every connect() starts from a clean slate.
+ */
+SEC("tracepoint/syscalls/sys_enter_connect")
+int connect_enter(struct trace_event_raw_sys_enter *ctx)
+{
+	__u32 key = (__u32)bpf_get_current_pid_tgid();
+
+	bpf_map_delete_elem(&connecting, &key);
+	return 0;
+}
+
 SEC("tracepoint/syscalls/sys_exit_connect")
 int connect_exit(struct trace_event_raw_sys_exit *ctx)
 {
@@ -541,6 +557,12 @@ static __always_inline int do_accept(long ret)
 	if (bpf_probe_read_kernel(&f, sizeof(f), &fds[ret]) < 0 || !f)
 		return 0;
 	sock = BPF_CORE_READ(f, private_data);
+	/*
+	 * Another thread may have closed the fd and reused the slot for a file that is not a
+	 * socket: private_data is then something else. A struct socket points back at its file.
+	 */
+	if (!sock || BPF_CORE_READ(sock, file) != f)
+		return 0;
 	sk = BPF_CORE_READ(sock, sk);
 	if (!sk || BPF_CORE_READ(sk, sk_protocol) != IPPROTO_TCP)
 		return 0;

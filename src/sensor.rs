@@ -97,6 +97,10 @@ const HOOKS: &[Hook] = &[
                 progs: &[
                     ("connect_btf", Via::TpBtf("inet_sock_set_state")),
                     (
+                        "connect_enter",
+                        Via::Tracepoint("syscalls", "sys_enter_connect"),
+                    ),
+                    (
                         "connect_exit",
                         Via::Tracepoint("syscalls", "sys_exit_connect"),
                     ),
@@ -105,6 +109,10 @@ const HOOKS: &[Hook] = &[
             Alt {
                 progs: &[
                     ("connect_tp", Via::Tracepoint("sock", "inet_sock_set_state")),
+                    (
+                        "connect_enter",
+                        Via::Tracepoint("syscalls", "sys_enter_connect"),
+                    ),
                     (
                         "connect_exit",
                         Via::Tracepoint("syscalls", "sys_exit_connect"),
@@ -452,11 +460,11 @@ mod tests {
         let mut uniq = names.clone();
         uniq.sort();
         uniq.dedup();
-        // connect_exit serves both connect alternatives.
-        assert_eq!(uniq.len(), names.len() - 1, "a program is listed twice");
-        // 2 exec + 2 exit + 2 fork + 3 connect + 2 accept + 16 setuid-family + 2 capset
+        // connect_enter and connect_exit serve both connect alternatives.
+        assert_eq!(uniq.len(), names.len() - 2, "a program is listed twice");
+        // 2 exec + 2 exit + 2 fork + 4 connect + 2 accept + 16 setuid-family + 2 capset
         // + 2 ptrace + 2 bpf + 2 memfd
-        assert_eq!(uniq.len(), 35);
+        assert_eq!(uniq.len(), 36);
     }
 
     /// Load-only smoke test: every program (tp_btf and tracepoint flavours) passes the verifier.
@@ -472,7 +480,106 @@ mod tests {
             wakeup_bytes: 0,
         })
         .unwrap_or_else(|e| panic!("{e}"));
-        assert_eq!(n, 35);
+        assert_eq!(n, 36);
+    }
+
+    /// A TCP connect that never returns through connect() (TCP Fast Open via sendto) must not be
+    /// reported, with its stale socket, at the thread's next connect() (here a UDP one, as in
+    /// every DNS lookup).
+    #[test]
+    fn root_fast_open_connect_is_not_reported_at_a_later_udp_connect() {
+        use crate::decode::{Record, decode};
+        use nix::sys::socket::{AddressFamily, SockFlag, SockType, socket};
+        use std::cell::RefCell;
+        use std::os::fd::AsRawFd;
+        use std::rc::Rc;
+        use std::time::{Duration, Instant};
+
+        if !nix::unistd::geteuid().is_root() {
+            eprintln!("skipped: needs root");
+            return;
+        }
+        let opts = Options {
+            ring_buffer_mb: 1,
+            own_tgid: 0,
+            wakeup_bytes: 0,
+        };
+        let s = Sensor::start(&opts).unwrap_or_else(|e| panic!("{e}"));
+        let got: Rc<RefCell<Vec<Record>>> = Rc::default();
+        let g = got.clone();
+        let mut rb = libbpf_rs::RingBufferBuilder::new();
+        rb.add(s.events_map(), move |b: &[u8]| {
+            if let Ok(r) = decode(b) {
+                g.borrow_mut().push(r);
+            }
+            0
+        })
+        .expect("ring buffer");
+        let rb = rb.build().expect("ring buffer");
+
+        let tid = nix::unistd::gettid().as_raw() as u32;
+        let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let tcp_port = l.local_addr().expect("addr").port();
+        let tfo = socket(
+            AddressFamily::Inet,
+            SockType::Stream,
+            SockFlag::SOCK_CLOEXEC,
+            None,
+        )
+        .expect("socket");
+        let dst = nix::libc::sockaddr_in {
+            sin_family: nix::libc::AF_INET as nix::libc::sa_family_t,
+            sin_port: tcp_port.to_be(),
+            sin_addr: nix::libc::in_addr {
+                s_addr: u32::from(std::net::Ipv4Addr::LOCALHOST).to_be(),
+            },
+            sin_zero: [0; 8],
+        };
+        // MSG_FASTOPEN connects inside sendto(): SYN_SENT without a connect() syscall.
+        // SAFETY: `tfo` is an open socket; the buffer and the sockaddr_in are valid for the
+        // lengths passed and outlive the call.
+        let sent = unsafe {
+            nix::libc::sendto(
+                tfo.as_raw_fd(),
+                b"x".as_ptr().cast(),
+                1,
+                nix::libc::MSG_FASTOPEN,
+                (&dst as *const nix::libc::sockaddr_in).cast(),
+                std::mem::size_of::<nix::libc::sockaddr_in>() as nix::libc::socklen_t,
+            )
+        };
+        assert_eq!(
+            sent,
+            1,
+            "sendto(MSG_FASTOPEN): {}",
+            nix::errno::Errno::last()
+        );
+        let udp = std::net::UdpSocket::bind("127.0.0.1:0").expect("udp bind");
+        udp.connect("127.0.0.1:9").expect("udp connect");
+        // A plain TCP connect afterwards proves the hook is live.
+        let _c = std::net::TcpStream::connect(("127.0.0.1", tcp_port)).expect("connect");
+
+        let mine = || -> Vec<(u16, i32)> {
+            got.borrow()
+                .iter()
+                .filter_map(|r| match r {
+                    Record::Sock(c) if !c.inbound && c.task.tid == tid => Some((c.dport, c.ret)),
+                    _ => None,
+                })
+                .collect()
+        };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while mine().is_empty() && Instant::now() < deadline {
+            let _ = rb.poll(Duration::from_millis(100));
+        }
+        // Records are in order; anything the UDP connect produced came before the last one.
+        let _ = rb.poll(Duration::from_millis(200));
+        let mine = mine();
+        assert_eq!(
+            mine,
+            vec![(tcp_port, 0)],
+            "exactly one connect event: the real connect(), none for the UDP connect()"
+        );
     }
 
     /// The classic-tracepoint fallbacks (used where tp_btf is missing) attach and deliver
