@@ -272,10 +272,14 @@ impl Kubelet {
         // The token is re-read for every request (service-account tokens rotate); our copies
         // are zeroized on drop (ureq keeps its own header copy for the request's lifetime).
         let auth = match (&self.opts.auth, self.opts.https()) {
-            (Auth::Token(path), true) => Some(Secret::new(format!(
-                "Bearer {}",
-                read_token(path)?.expose()
-            ))),
+            (Auth::Token(path), true) => {
+                // Sized up front: `format!` would grow its buffer and leave unzeroized copies.
+                let token = read_token(path)?;
+                let mut h = String::with_capacity(token.expose().len() + 7);
+                h.push_str("Bearer ");
+                h.push_str(token.expose());
+                Some(Secret::new(h))
+            }
             _ => None,
         };
         if let Some(h) = &auth {
@@ -318,7 +322,8 @@ fn read_token(path: &std::path::Path) -> Result<Secret> {
             path.display()
         )
     })?;
-    let mut buf = zeroize::Zeroizing::new(String::new());
+    // Room for the whole bound up front: growing the buffer would leave unzeroized copies.
+    let mut buf = zeroize::Zeroizing::new(String::with_capacity((64 << 10) + 1));
     f.take(64 << 10)
         .read_to_string(&mut buf)
         .with_context(Kind::Runtime, || {
@@ -334,11 +339,18 @@ fn read_token(path: &std::path::Path) -> Result<Secret> {
     Ok(Secret::new(t.to_string()))
 }
 
+/// Reads at most 1 MiB + 1 byte (a wrong path such as /dev/zero must not exhaust memory) into
+/// a buffer that is never reallocated (it may hold a private key; callers zeroize it).
 fn read_pem(path: &std::path::Path, what: &str) -> Result<Vec<u8>> {
-    let data = std::fs::read(path).with_context(Kind::Config, || {
-        format!("failed to read the {what} `{}`", path.display())
-    })?;
-    if data.len() > 1 << 20 {
+    use std::io::Read;
+    const MAX: u64 = 1 << 20;
+    let mut data = Vec::with_capacity(MAX as usize + 1);
+    std::fs::File::open(path)
+        .and_then(|f| f.take(MAX + 1).read_to_end(&mut data))
+        .with_context(Kind::Config, || {
+            format!("failed to read the {what} `{}`", path.display())
+        })?;
+    if data.len() as u64 > MAX {
         return Err(Error::config(format!(
             "the {what} `{}` is over 1 MiB",
             path.display()
@@ -412,6 +424,13 @@ mod tests {
         assert_eq!(o.auth, Auth::Anonymous);
         assert_eq!(o.min_interval, Duration::from_millis(500));
         assert_eq!(o.max_attempts, 60);
+    }
+
+    #[test]
+    fn oversized_or_endless_pem_files_are_refused_not_read() {
+        let e = read_pem(std::path::Path::new("/dev/zero"), "kubelet client key").unwrap_err();
+        assert_eq!(e.kind(), Kind::Config);
+        assert!(e.to_string().contains("over 1 MiB"), "{e}");
     }
 
     /// Concurrent callers share one request; a call within the minimum interval is served from

@@ -132,3 +132,30 @@ impl Stop {
         self.wait_until(Instant::now() + d)
     }
 }
+
+impl Drop for Stop {
+    /// The handlers stay installed: unpublish the pipe before its fds close, or a later signal
+    /// would write a byte into whatever file reuses the number (a socket, the TLS cache...).
+    fn drop(&mut self) {
+        let _ = WAKE_FD.compare_exchange(
+            self._write.as_raw_fd(),
+            -1,
+            Ordering::SeqCst,
+            Ordering::SeqCst,
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dropping_stop_unpublishes_the_wake_fd() {
+        let s = Stop::install().expect("install");
+        let fd = s._write.as_raw_fd();
+        assert_eq!(WAKE_FD.load(Ordering::SeqCst), fd);
+        drop(s);
+        assert_eq!(WAKE_FD.load(Ordering::SeqCst), -1);
+    }
+}
