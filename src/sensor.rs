@@ -32,8 +32,11 @@ const VMLINUX_BTF: &str = "/sys/kernel/btf/vmlinux";
 /// How a program is attached.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Via {
-    /// BTF-enabled raw tracepoint: needs `btf_trace_<name>` in the kernel's BTF.
-    TpBtf(&'static str),
+    /// BTF-enabled raw tracepoint: needs `btf_trace_<name>` in the kernel's BTF with at least
+    /// this many arguments (the program reads them all; the verifier refuses a program that
+    /// reads an argument the kernel's tracepoint lacks, and one refused program fails the
+    /// whole object's load).
+    TpBtf(&'static str, usize),
     /// Classic tracepoint `<category>/<name>`: needs tracefs.
     Tracepoint(&'static str, &'static str),
 }
@@ -61,7 +64,7 @@ const HOOKS: &[Hook] = &[
         event: "exec",
         alts: &[
             Alt {
-                progs: &[("exec_btf", Via::TpBtf("sched_process_exec"))],
+                progs: &[("exec_btf", Via::TpBtf("sched_process_exec", 3))],
             },
             Alt {
                 progs: &[("exec_tp", Via::Tracepoint("sched", "sched_process_exec"))],
@@ -72,7 +75,7 @@ const HOOKS: &[Hook] = &[
         event: "exit",
         alts: &[
             Alt {
-                progs: &[("exit_btf", Via::TpBtf("sched_process_exit"))],
+                progs: &[("exit_btf", Via::TpBtf("sched_process_exit", 2))],
             },
             Alt {
                 progs: &[("exit_tp", Via::Tracepoint("sched", "sched_process_exit"))],
@@ -83,7 +86,7 @@ const HOOKS: &[Hook] = &[
         event: "fork",
         alts: &[
             Alt {
-                progs: &[("fork_btf", Via::TpBtf("sched_process_fork"))],
+                progs: &[("fork_btf", Via::TpBtf("sched_process_fork", 2))],
             },
             Alt {
                 progs: &[("fork_tp", Via::Tracepoint("sched", "sched_process_fork"))],
@@ -95,7 +98,7 @@ const HOOKS: &[Hook] = &[
         alts: &[
             Alt {
                 progs: &[
-                    ("connect_btf", Via::TpBtf("inet_sock_set_state")),
+                    ("connect_btf", Via::TpBtf("inet_sock_set_state", 3)),
                     (
                         "connect_enter",
                         Via::Tracepoint("syscalls", "sys_enter_connect"),
@@ -246,12 +249,8 @@ pub fn preflight() -> Result<()> {
 fn probe(allow_btf: bool) -> Vec<Option<usize>> {
     let btf = libbpf_rs::Btf::from_vmlinux().ok();
     let available = |via: &Via| match via {
-        Via::TpBtf(name) => {
-            allow_btf
-                && btf.as_ref().is_some_and(|b| {
-                    b.type_by_name::<libbpf_rs::btf::BtfType<'_>>(&format!("btf_trace_{name}"))
-                        .is_some()
-                })
+        Via::TpBtf(name, args) => {
+            allow_btf && btf.as_ref().and_then(|b| tp_btf_args(b, name)) >= Some(*args)
         }
         Via::Tracepoint(cat, name) => Path::new(TRACEFS)
             .join("events")
@@ -269,9 +268,23 @@ fn probe(allow_btf: bool) -> Vec<Option<usize>> {
         .collect()
 }
 
+/// The number of arguments of raw tracepoint `name` in the kernel's BTF (`btf_trace_<name>` is
+/// a typedef of a pointer to a function whose first parameter is the hidden `void *__data`).
+/// `sched_process_exit` has 1 before kernel 6.16 and 2 (`group_dead`) since.
+fn tp_btf_args(btf: &libbpf_rs::btf::Btf<'_>, name: &str) -> Option<usize> {
+    use libbpf_rs::btf::{BtfType, types::FuncProto};
+    let td = btf.type_by_name::<BtfType<'_>>(&format!("btf_trace_{name}"))?;
+    let proto = td
+        .skip_mods_and_typedefs()
+        .next_type()?
+        .skip_mods_and_typedefs();
+    let proto = FuncProto::try_from(proto).ok()?;
+    Some(proto.len().saturating_sub(1))
+}
+
 fn via_name(via: &Via) -> String {
     match via {
-        Via::TpBtf(n) => format!("tp_btf/{n}"),
+        Via::TpBtf(n, _) => format!("tp_btf/{n}"),
         Via::Tracepoint(c, n) => format!("tracepoint/{c}/{n}"),
     }
 }
@@ -465,6 +478,31 @@ mod tests {
         // 2 exec + 2 exit + 2 fork + 4 connect + 2 accept + 16 setuid-family + 2 capset
         // + 2 ptrace + 2 bpf + 2 memfd
         assert_eq!(uniq.len(), 36);
+    }
+
+    /// The tp_btf hooks are chosen only when the kernel's tracepoint has every argument the
+    /// program reads (else one refused program would push every hook to the fallbacks).
+    #[test]
+    fn tp_btf_argument_counts_come_from_the_kernel_btf() {
+        let Ok(btf) = libbpf_rs::btf::Btf::from_vmlinux() else {
+            eprintln!("skipped: no kernel BTF");
+            return;
+        };
+        assert_eq!(tp_btf_args(&btf, "sched_process_exec"), Some(3));
+        assert_eq!(tp_btf_args(&btf, "sched_process_fork"), Some(2));
+        assert_eq!(tp_btf_args(&btf, "inet_sock_set_state"), Some(3));
+        assert!(tp_btf_args(&btf, "sched_process_exit") >= Some(1));
+        assert_eq!(tp_btf_args(&btf, "no_such_tracepoint"), None);
+        // What `probe` demands of each hook is what the kernel offers, or the hook falls back.
+        for hook in HOOKS {
+            if let Some(Via::TpBtf(name, want)) = hook.alts[0].progs.first().map(|(_, v)| *v) {
+                let have = tp_btf_args(&btf, name);
+                let chosen = probe(true)[HOOKS.iter().position(|h| h.event == hook.event).unwrap()];
+                if have < Some(want) {
+                    assert_ne!(chosen, Some(0), "{name}: {have:?} < {want}");
+                }
+            }
+        }
     }
 
     /// Load-only smoke test: every program (tp_btf and tracepoint flavours) passes the verifier.
