@@ -74,6 +74,9 @@ pub struct Status {
     pub container_statuses: Vec<ContainerStatus>,
     #[serde(default)]
     pub init_container_statuses: Vec<ContainerStatus>,
+    /// `kubectl debug` containers: a shell an operator (or intruder) runs inside the pod.
+    #[serde(default)]
+    pub ephemeral_container_statuses: Vec<ContainerStatus>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -119,21 +122,27 @@ impl PodList {
 }
 
 impl Pod {
-    /// The status of the container with this bare ID, in `containerStatuses` then
-    /// `initContainerStatuses`, with whether it is an init container.
+    /// The status of the container with this bare ID, in `containerStatuses`, then
+    /// `initContainerStatuses`, then `ephemeralContainerStatuses`, with whether it is an init
+    /// container.
     pub fn container(&self, id: &str) -> Option<(&ContainerStatus, bool)> {
         let hit = |s: &&ContainerStatus| s.split_id().is_some_and(|(_, bare)| bare == id);
-        self.status
-            .container_statuses
+        let st = &self.status;
+        st.container_statuses
             .iter()
             .find(hit)
             .map(|s| (s, false))
             .or_else(|| {
-                self.status
-                    .init_container_statuses
+                st.init_container_statuses
                     .iter()
                     .find(hit)
                     .map(|s| (s, true))
+            })
+            .or_else(|| {
+                st.ephemeral_container_statuses
+                    .iter()
+                    .find(hit)
+                    .map(|s| (s, false))
             })
     }
 
@@ -156,7 +165,8 @@ mod tests {
        "spec":{"serviceAccountName":"web-sa","nodeName":"worker-1","containers":[{"name":"nginx","image":"nginx:1.25"}]},
        "status":{"phase":"Running","containerStatuses":[{"name":"nginx","image":"docker.io/library/nginx:1.25",
           "imageID":"docker.io/library/nginx@sha256:aa","containerID":"containerd://abc","ready":true}],
-        "initContainerStatuses":[{"name":"init","image":"busybox:1","imageID":"busybox@sha256:bb","containerID":"cri-o://def"}]}},
+        "initContainerStatuses":[{"name":"init","image":"busybox:1","imageID":"busybox@sha256:bb","containerID":"cri-o://def"}],
+        "ephemeralContainerStatuses":[{"name":"debugger-x7k","image":"busybox:1","containerID":"containerd://e1"}]}},
       {"metadata":{"name":"win","uid":"w"},"spec":{"os":{"name":"windows"}}},
       {"metadata":{"name":"pending","uid":"p"},"status":{"containerStatuses":[{"name":"c","image":"x"}]}}
     ]}"#;
@@ -171,6 +181,9 @@ mod tests {
         assert!(!p.container("abc").unwrap().1);
         assert!(p.container("def").unwrap().1);
         assert!(p.container("zzz").is_none());
+        // A `kubectl debug` shell is attributed to its ephemeral container.
+        assert_eq!(p.container("e1").unwrap().0.name, "debugger-x7k");
+        assert!(!p.container("e1").unwrap().1);
         // A status without containerID matches nothing.
         assert!(l.by_uid("p").unwrap().container("").is_none());
     }
