@@ -77,7 +77,7 @@ impl CgroupCache {
                 return p.clone();
             }
         }
-        match read_pid(&self.proc_root, pid) {
+        match read_pid(&self.proc_root, pid, self.cgroup2.as_deref(), id) {
             Some(r) => {
                 self.stats.from_pid += 1;
                 let (p, keyed) = match r {
@@ -133,7 +133,17 @@ impl CgroupCache {
 
 /// `None` if the process is gone; `Some(Err)` on conflicting answers. With the placement: whether
 /// the cgroup2 (`0::`) line alone gives the same answer, so the cgroup id may key it.
-fn read_pid(proc_root: &Path, pid: u32) -> Option<Result<(Placement, bool), cgroup::Conflict>> {
+///
+/// The file is read after the event: the process may have moved since (runc moves its init
+/// into the container's cgroup; a pid may be reused). When the cgroup2 directory it names is
+/// visible under `cgroup2` and is not cgroup `id`, the answer describes another cgroup and must
+/// not key `id` (it would misattribute every later event of that cgroup).
+fn read_pid(
+    proc_root: &Path,
+    pid: u32,
+    cgroup2: Option<&Path>,
+    id: u64,
+) -> Option<Result<(Placement, bool), cgroup::Conflict>> {
     if pid == 0 {
         return None;
     }
@@ -145,8 +155,13 @@ fn read_pid(proc_root: &Path, pid: u32) -> Option<Result<(Placement, bool), cgro
     };
     let unified: Vec<&str> = text.lines().filter_map(|l| l.strip_prefix("0::")).collect();
     let only_v2 = unified.len() == 1 && text.lines().filter(|l| !l.is_empty()).count() == 1;
+    let moved = |path: &str| {
+        cgroup2
+            .and_then(|root| std::fs::metadata(root.join(path.trim_start_matches('/'))).ok())
+            .is_some_and(|md| md.ino() != id)
+    };
     let keyed = match unified.as_slice() {
-        [path] => cgroup::parse_path(path) == full && (only_v2 || !full.is_empty()),
+        [path] => cgroup::parse_path(path) == full && (only_v2 || !full.is_empty()) && !moved(path),
         _ => false,
     };
     if full.is_empty() {
@@ -295,6 +310,39 @@ mod tests {
         assert!(
             c.map.get(&555).is_none(),
             "a shared cgroup2 id must not key an answer"
+        );
+        let _ = std::fs::remove_dir_all(proc_root);
+        let _ = std::fs::remove_dir_all(cg);
+    }
+
+    /// The process moved (or its pid was reused) between the event and the /proc read: the
+    /// answer is given for that event but does not key the event's cgroup id.
+    #[test]
+    fn a_process_that_moved_does_not_key_the_old_cgroup_id() {
+        let proc_root = tmp("proc-moved");
+        std::fs::create_dir_all(proc_root.join("60")).unwrap();
+        std::fs::write(
+            proc_root.join("60/cgroup"),
+            format!("0::/kubepods/pod{UID}/{CID}\n"),
+        )
+        .unwrap();
+        let cg = tmp("cg2-moved");
+        let leaf = cg.join(format!("kubepods/pod{UID}/{CID}"));
+        std::fs::create_dir_all(&leaf).unwrap();
+        let now_in = std::fs::metadata(&leaf).unwrap().ino();
+        let was_in = now_in + 1_000_003;
+        let mut c = CgroupCache::with_root(&proc_root, Some(cg.clone()));
+        assert_eq!(c.lookup(was_in, 60).container_id.as_deref(), Some(CID));
+        assert!(
+            c.map.get(&was_in).is_none(),
+            "stale answer keyed the old id"
+        );
+        // A fresh cache (the first answer is cached by pid for PID_TTL).
+        let mut c = CgroupCache::with_root(&proc_root, Some(cg.clone()));
+        assert_eq!(c.lookup(now_in, 60).container_id.as_deref(), Some(CID));
+        assert!(
+            c.map.get(&now_in).is_some(),
+            "the current cgroup keys its answer"
         );
         let _ = std::fs::remove_dir_all(proc_root);
         let _ = std::fs::remove_dir_all(cg);
