@@ -381,14 +381,23 @@ impl Builder {
             Record::Sock(x) => {
                 let mut e = self.base(if x.inbound { "accept" } else { "connect" }, ts);
                 e.process = Some(self.process(t, procs));
-                e.source = Some(Endpoint {
+                // ECS: `source` is who started the connection. For connect that is this host,
+                // for accept it is the remote client (the kernel side reports local/remote).
+                let local = Endpoint {
                     ip: x.src.to_string(),
                     port: x.sport,
-                });
-                e.destination = Some(Endpoint {
+                };
+                let remote = Endpoint {
                     ip: x.dst.to_string(),
                     port: x.dport,
-                });
+                };
+                let (source, destination) = if x.inbound {
+                    (remote, local)
+                } else {
+                    (local, remote)
+                };
+                e.source = Some(source);
+                e.destination = Some(destination);
                 e.network = Some(Network {
                     transport: "tcp",
                     kind: if x.dst.is_ipv4() { "ipv4" } else { "ipv6" },

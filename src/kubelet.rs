@@ -294,7 +294,9 @@ impl Kubelet {
                 401 => {
                     ": the kubelet rejected our credentials (check --kubelet-token-path / --kubelet-cert)"
                 }
-                403 => ": not authorised (the service account needs `nodes/proxy` get)",
+                403 => {
+                    ": not authorised (the service account needs `get` on `nodes/pods` (Kubernetes 1.33+) or `nodes/proxy`; see deploy/kubernetes/rbac.yaml)"
+                }
                 _ => "",
             };
             return Err(Error::runtime(format!(

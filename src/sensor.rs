@@ -305,7 +305,7 @@ fn open(opts: &Options, wanted: &[&str]) -> Result<OpenSensorSkel<'static>> {
     rodata.agent_tgid = opts.own_tgid;
     rodata.wakeup_bytes = opts.wakeup_bytes;
     let bytes = u32::try_from(opts.ring_buffer_mb << 20)
-        .map_err(|_| Error::config("--ring-buffer-mb is too large (at most 2048)"))?;
+        .map_err(|_| Error::config("--ring-buffer-mb is too large (at most 1024)"))?;
     open.maps
         .events
         .set_max_entries(bytes)

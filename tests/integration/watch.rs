@@ -207,10 +207,11 @@ fn root_watch_reports_tcp_connect_and_accept_over_ipv4_and_ipv6() {
         assert_eq!(c["network"]["direction"], "egress");
         assert_eq!(c["network"]["result"], 0);
         let a = w.wait_for("accept", |v| {
-            v["type"] == "accept" && v["source"]["port"] == port && pid_of(v) == me
+            v["type"] == "accept" && v["destination"]["port"] == port && pid_of(v) == me
         });
-        assert_eq!(a["destination"]["port"], client_port);
-        assert_eq!(a["destination"]["ip"], ip);
+        // ECS: for an inbound connection the remote client is the source.
+        assert_eq!(a["source"]["port"], client_port);
+        assert_eq!(a["source"]["ip"], ip);
         assert_eq!(a["network"]["direction"], "ingress");
     }
     let (status, err) = w.stop();
