@@ -555,7 +555,10 @@ pub fn resolve(
             (None, Source::Unset)
         };
         let value = match raw {
-            Some(raw) => Some(validate(s, raw.trim(), source)?),
+            Some(raw) => Some(validate_identity_input(
+                s.key,
+                validate(s, raw.trim(), source)?,
+            )?),
             None => None,
         };
         values.insert(s.key, Resolved { value, source });
@@ -675,6 +678,18 @@ fn validate(s: &Setting, v: &str, source: Source) -> Result<String> {
             )),
         },
     }
+}
+
+/// Identity inputs are checked whenever they are set, whichever command reads them (the kubelet
+/// client puts the node name into a URL).
+fn validate_identity_input(key: Key, v: String) -> Result<String> {
+    match key {
+        Key::NodeName => crate::identity::validate_node_name(&v)?,
+        Key::PodUid => crate::identity::validate_pod_uid(&v)?,
+        Key::WorkloadId => crate::identity::validate_workload_id(&v)?,
+        _ => {}
+    }
+    Ok(v)
 }
 
 fn check_url(v: &str, schemes: &[&str]) -> std::result::Result<String, String> {
@@ -897,5 +912,23 @@ mod tests {
                 s.env
             );
         }
+    }
+
+    #[test]
+    fn identity_inputs_are_validated_for_every_command() {
+        let env = env_of(&[("LINUXGUARD_NODE_NAME", "Bad_Node")]);
+        let e = resolve(WATCH, &vec![], &env, Secrets::default())
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("DNS-1123"), "{e}");
+        let e = resolve(
+            START,
+            &vec![(Key::PodUid, Some("web-7d9f".into()))],
+            &|_| None,
+            Secrets::default(),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("use metadata.uid"), "{e}");
     }
 }
