@@ -9,7 +9,14 @@ mod identity;
 mod secret;
 mod show_config;
 // Enrolment, mTLS identity and the `start` command.
+mod backend;
+mod backoff;
+mod enroll;
 mod start;
+mod stop;
+mod tls;
+mod tls_cache;
+mod token;
 // The eBPF sensor and `watch`.
 mod watch;
 // Workload attestation, the Unix socket and `status`.
@@ -106,11 +113,39 @@ fn run(mut args: Vec<OsString>, secrets: secret::Secrets) -> Result<ExitCode> {
 }
 
 /// env_logger on stderr, `info` unless `--log-level`/`RUST_LOG` says otherwise; libbpf's own
-/// messages are routed through `log` by the sensor.
+/// messages are routed through `log` by the sensor. Wrapped so that no filter can enable the
+/// HTTP library's wire dumps (see [`is_wire_dump`]).
 fn init_logging(filter: &str) {
-    env_logger::Builder::new()
+    let inner = env_logger::Builder::new()
         .parse_filters(filter)
         .format_timestamp_micros()
         .target(env_logger::Target::Stderr)
-        .init();
+        .build();
+    let max = inner.filter();
+    if log::set_boxed_logger(Box::new(NoWireDumps(inner))).is_ok() {
+        log::set_max_level(max);
+    }
+}
+
+/// ureq-proto hex-dumps every byte it sends and receives at trace level: request headers
+/// (`Authorization: Bearer <api key>`) and bodies (`enrollCode`, CSRs, issued chains). Those
+/// records are dropped whatever `RUST_LOG` says, so secrets never reach a log line.
+fn is_wire_dump(meta: &log::Metadata<'_>) -> bool {
+    meta.level() == log::Level::Trace && meta.target().starts_with("ureq_proto")
+}
+
+struct NoWireDumps(env_logger::Logger);
+
+impl log::Log for NoWireDumps {
+    fn enabled(&self, meta: &log::Metadata<'_>) -> bool {
+        !is_wire_dump(meta) && self.0.enabled(meta)
+    }
+    fn log(&self, record: &log::Record<'_>) {
+        if !is_wire_dump(record.metadata()) {
+            self.0.log(record);
+        }
+    }
+    fn flush(&self) {
+        self.0.flush();
+    }
 }

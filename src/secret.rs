@@ -127,18 +127,25 @@ fn take_flag_values(args: &mut Vec<OsString>, out: &mut Secrets) -> [Option<Secr
         if args[i] == "--" {
             break;
         }
-        let arg = args[i].to_string_lossy().into_owned();
-        let hit = SECRET_FLAGS
-            .iter()
-            .position(|f| arg == *f || arg.starts_with(&format!("{f}=")));
+        // Compare bytes in place: a lossy String copy of `--enroll-token=VALUE` would leave an
+        // unzeroized copy of the value on the heap.
+        let hit = {
+            let arg = args[i].as_encoded_bytes();
+            SECRET_FLAGS.iter().position(|f| {
+                let f = f.as_bytes();
+                arg == f || (arg.len() > f.len() && arg.starts_with(f) && arg[f.len()] == b'=')
+            })
+        };
         let Some(which) = hit else {
             i += 1;
             continue;
         };
         let flag = SECRET_FLAGS[which];
-        let removed = args.remove(i);
-        let value = if arg.len() > flag.len() {
-            Some(removed.into_encoded_bytes()[flag.len() + 1..].to_vec())
+        let mut removed = args.remove(i).into_encoded_bytes();
+        let value = if removed.len() > flag.len() {
+            let v = removed[flag.len() + 1..].to_vec();
+            removed.zeroize();
+            Some(v)
         } else if i < args.len() {
             Some(args.remove(i).into_encoded_bytes())
         } else {
@@ -147,7 +154,6 @@ fn take_flag_values(args: &mut Vec<OsString>, out: &mut Secrets) -> [Option<Secr
             i += 1;
             None
         };
-        drop(arg);
         if let Some(mut bytes) = value {
             if !out.flags_used.contains(&flag) {
                 out.flags_used.push(flag);

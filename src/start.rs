@@ -1,9 +1,395 @@
-//! `start`: not built yet (placeholder until its issue lands; the command reports that it is missing).
+//! `start`: validates the settings before any network call, brings up the mTLS identity (TLS
+//! cache or enrolment), then heartbeats and renews on deadlines until SIGINT/SIGTERM or
+//! revocation. [`Agent`] is driven by `tick`/`next_deadline` so one poll loop can also serve
+//! the sensor and the uploader.
 
+use std::time::{Duration, Instant, SystemTime};
+
+use crate::backend::{Backend, Failure, Stats};
+use crate::backoff::{self, Backoff};
 use crate::cli::Args;
-use crate::config::Config;
-use crate::error::{Error, Result};
+use crate::config::{Config, Key};
+use crate::enroll::{self, Credential, Identity};
+use crate::error::{Error, Kind, Result};
+use crate::identity::{self, WorkloadId};
+use crate::stop::Stop;
+use crate::tls::{self, ServerTrust};
+use crate::tls_cache::{self, TlsCache};
+use crate::token;
 
-pub fn run(_cfg: Config, _args: &Args) -> Result<()> {
-    Err(Error::runtime("`start` is not part of this build yet"))
+/// Everything `start` needs, checked before the first network call.
+pub struct Plan {
+    pub server: String,
+    pub trust: ServerTrust,
+    pub credential: Credential,
+    pub tenant_id: Option<String>,
+    pub workload: WorkloadId,
+    pub node_name: Option<String>,
+    pub pod_uid: Option<String>,
+    pub hostname: String,
+    pub enroll_timeout: Duration,
+    pub cache: Option<TlsCache>,
+}
+
+impl Plan {
+    pub fn from_config(cfg: &Config) -> Result<Plan> {
+        let server = cfg.get(Key::Server).ok_or_else(|| {
+            Error::config(
+                "no backend URL: set LINUXGUARD_SERVER (or --server) to the LinuxGuard backend, \
+                 for example https://linuxguard.example.com",
+            )
+        })?;
+        if !server.starts_with("https://") {
+            return Err(Error::config(format!(
+                "--server {server:?} is not an https:// URL; the backend is only reached over https://"
+            )));
+        }
+        let credential = match (&cfg.enroll_token, &cfg.api_key) {
+            (Some(_), Some(_)) => {
+                return Err(Error::config(
+                    "both an enrolment token and an API key are set: give exactly one \
+                     (LINUXGUARD_ENROLL_TOKEN with LINUXGUARD_TENANT_ID, or LINUXGUARD_API_KEY)",
+                ));
+            }
+            (None, None) => {
+                return Err(Error::config(
+                    "no enrolment credential: set LINUXGUARD_ENROLL_TOKEN (a single-use token, with \
+                     LINUXGUARD_TENANT_ID) or LINUXGUARD_API_KEY, for example from a Kubernetes Secret",
+                ));
+            }
+            (Some(t), None) => Credential::Token(token::normalize_token(t)?),
+            (None, Some(k)) => Credential::ApiKey(token::normalize_api_key(k)?),
+        };
+        let tenant_id = cfg.get(Key::TenantId).map(str::to_string);
+        if let Some(t) = &tenant_id {
+            if t.len() > 256 || t.chars().any(|c| c.is_control() || c.is_whitespace()) {
+                return Err(Error::config(
+                    "invalid tenant id: it must be at most 256 characters without spaces or control characters \
+                     (LINUXGUARD_TENANT_ID / --tenant-id)",
+                ));
+            }
+        }
+        if matches!(credential, Credential::Token(_)) && tenant_id.is_none() {
+            return Err(Error::config(
+                "tenantId required for TOTP enrollment: set LINUXGUARD_TENANT_ID (or --tenant-id) to \
+                 your LinuxGuard tenant id, or enrol with LINUXGUARD_API_KEY instead of a token",
+            ));
+        }
+        let node_name = cfg.get(Key::NodeName).map(str::to_string);
+        let pod_uid = cfg.get(Key::PodUid).map(str::to_string);
+        let workload = identity::derive(
+            cfg.get(Key::WorkloadId),
+            node_name.as_deref(),
+            pod_uid.as_deref(),
+        )?;
+        let trust = ServerTrust::load(cfg.path(Key::ServerCa).as_deref())?;
+        let hostname = nix::unistd::gethostname()
+            .ok()
+            .and_then(|h| h.into_string().ok())
+            .unwrap_or_else(|| "unknown".into());
+        let cache = match cfg.path(Key::TlsCache) {
+            Some(dir) => Some(TlsCache::open(
+                &dir,
+                tls_cache::tag(credential.secret(), &workload.hex),
+            )?),
+            None => None,
+        };
+        Ok(Plan {
+            server: server.to_string(),
+            trust,
+            credential,
+            tenant_id,
+            workload,
+            node_name,
+            pod_uid,
+            hostname,
+            enroll_timeout: Duration::from_secs(cfg.num(Key::EnrollTimeout).max(1)),
+            cache,
+        })
+    }
+}
+
+/// The running identity: heartbeats and renewal on deadlines.
+pub struct Agent {
+    server: String,
+    trust: ServerTrust,
+    workload_id: String,
+    cache: Option<TlsCache>,
+    identity: Identity,
+    backend: Backend,
+    started: Instant,
+    /// Counters sent with each heartbeat (the sensor and uploader add to them).
+    pub stats: Stats,
+    next_heartbeat: Instant,
+    heartbeats_ok: u64,
+    hb_backoff: Backoff,
+    renew_at: Instant,
+    renew_backoff: Backoff,
+}
+
+impl Agent {
+    /// Reuses the cached identity or enrols. `Ok(None)`: a stop was requested meanwhile.
+    pub fn start(plan: Plan, stop: &Stop) -> Result<Option<Agent>> {
+        let started = Instant::now();
+        log::info!(
+            "workload id {} ({}); backend {}",
+            plan.workload.hex,
+            plan.workload.derivation.describe(),
+            plan.server
+        );
+        let cached = match &plan.cache {
+            Some(c) => c.load(),
+            None => {
+                log::info!(
+                    "TLS cache off (--tls-cache not set): the identity is kept in memory only"
+                );
+                None
+            }
+        };
+        let identity = match cached {
+            Some(id) => id,
+            None => {
+                let req = enroll::Request::new(&enroll::Params {
+                    tenant_id: plan.tenant_id.as_deref(),
+                    credential: &plan.credential,
+                    workload_id: &plan.workload.hex,
+                    node_name: plan.node_name.as_deref(),
+                    pod_uid: plan.pod_uid.as_deref(),
+                    hostname: &plan.hostname,
+                })?;
+                let agent = tls::agent(&plan.trust, None);
+                let Some(id) = enroll::enroll(
+                    &agent,
+                    &plan.server,
+                    &plan.trust,
+                    req,
+                    started + plan.enroll_timeout,
+                    plan.enroll_timeout.as_secs(),
+                    stop,
+                )?
+                else {
+                    return Ok(None);
+                };
+                log::info!(
+                    "enrolled as agent {} in {} ms (certificate valid until {})",
+                    id.agent_id,
+                    started.elapsed().as_millis(),
+                    humantime::format_rfc3339_seconds(id.not_after)
+                );
+                if let Some(c) = &plan.cache {
+                    if let Err(e) = c.store(&id) {
+                        log::warn!("{e}; the identity is kept in memory only");
+                    }
+                }
+                id
+            }
+        };
+        let backend = Backend::new(&plan.server, &plan.trust, &identity)?;
+        let renew_at = instant_at(identity.renew_at(backoff::random_unit()));
+        Ok(Some(Agent {
+            server: plan.server,
+            trust: plan.trust,
+            workload_id: plan.workload.hex,
+            cache: plan.cache,
+            identity,
+            backend,
+            started,
+            stats: Stats::default(),
+            next_heartbeat: Instant::now(),
+            heartbeats_ok: 0,
+            hb_backoff: Backoff::default(),
+            renew_at,
+            renew_backoff: Backoff::default(),
+        }))
+    }
+
+    pub fn agent_id(&self) -> &str {
+        &self.identity.agent_id
+    }
+
+    #[allow(dead_code)] // used by the uploader (issue 6)
+    /// The mTLS client (the uploader sends event batches through it).
+    pub fn backend(&self) -> &Backend {
+        &self.backend
+    }
+
+    /// When `tick` next has work to do.
+    pub fn next_deadline(&self) -> Instant {
+        self.next_heartbeat.min(self.renew_at)
+    }
+
+    /// Does whatever is due at `now`: renewal, then the heartbeat. Errors end the agent
+    /// (revocation: [`Kind::Revoked`]; a certificate that expired before renewal succeeded).
+    /// Network calls run on a helper thread so a stop request is not held up by a stalled
+    /// server (on a stop the call is abandoned and `tick` returns).
+    pub fn tick(&mut self, now: Instant, stop: &Stop) -> Result<()> {
+        if now >= self.renew_at {
+            self.renew(stop)?;
+        }
+        if now >= self.next_heartbeat && !stop.requested() {
+            self.heartbeat(stop)?;
+        }
+        Ok(())
+    }
+
+    fn heartbeat(&mut self, stop: &Stop) -> Result<()> {
+        let call = {
+            let backend = self.backend.clone();
+            let (agent_id, workload_id) =
+                (self.identity.agent_id.clone(), self.workload_id.clone());
+            let (uptime, stats) = (self.started.elapsed(), self.stats.clone());
+            move || backend.heartbeat(&agent_id, &workload_id, uptime, &stats)
+        };
+        let Some(res) = stop.interruptible(call) else {
+            return Ok(());
+        };
+        let interval = self.identity.heartbeat_interval;
+        match res {
+            Ok(asked) => {
+                if let Some(i) = asked.filter(|i| *i != interval) {
+                    log::info!(
+                        "heartbeat interval is now {} s (asked by the backend)",
+                        i.as_secs()
+                    );
+                    self.identity.heartbeat_interval = i;
+                }
+                let interval = self.identity.heartbeat_interval;
+                self.heartbeats_ok += 1;
+                if self.heartbeats_ok == 1 {
+                    log::info!(
+                        "first heartbeat accepted for agent {}; next every {} s",
+                        self.identity.agent_id,
+                        interval.as_secs()
+                    );
+                } else {
+                    log::debug!("heartbeat accepted");
+                }
+                self.hb_backoff.reset();
+                self.next_heartbeat = Instant::now() + interval;
+                Ok(())
+            }
+            Err(Failure::Revoked(why)) => Err(self.revoked("heartbeat", &why)),
+            Err(Failure::Retry { why, retry_after }) => {
+                let d = self.hb_backoff.next(retry_after).min(interval);
+                log::warn!(
+                    "heartbeat failed: {why}; retrying in {:.1} s",
+                    d.as_secs_f64()
+                );
+                self.next_heartbeat = Instant::now() + d;
+                Ok(())
+            }
+            Err(Failure::Rejected(why)) => {
+                log::warn!(
+                    "heartbeat rejected: {why}; next attempt in {} s",
+                    interval.as_secs()
+                );
+                self.next_heartbeat = Instant::now() + interval;
+                Ok(())
+            }
+        }
+    }
+
+    fn renew(&mut self, stop: &Stop) -> Result<()> {
+        let key = enroll::new_key()?;
+        let call = {
+            let (backend, workload_id) = (self.backend.clone(), self.workload_id.clone());
+            move || backend.renew(key, &workload_id)
+        };
+        let Some(res) = stop.interruptible(call) else {
+            return Ok(());
+        };
+        match res {
+            Ok(id) => {
+                if id.agent_id != self.identity.agent_id {
+                    log::warn!(
+                        "renewal changed the agent id from {} to {}",
+                        self.identity.agent_id,
+                        id.agent_id
+                    );
+                }
+                self.backend = Backend::new(&self.server, &self.trust, &id)?;
+                if let Some(c) = &self.cache {
+                    if let Err(e) = c.store(&id) {
+                        log::warn!("{e}; the renewed identity is kept in memory only");
+                    }
+                }
+                log::info!(
+                    "renewed the certificate of agent {} (valid until {})",
+                    id.agent_id,
+                    humantime::format_rfc3339_seconds(id.not_after)
+                );
+                self.identity = id;
+                self.renew_backoff.reset();
+                self.renew_at = instant_at(self.identity.renew_at(backoff::random_unit()));
+                Ok(())
+            }
+            Err(Failure::Revoked(why)) => Err(self.revoked("renewal", &why)),
+            Err(f) => {
+                if SystemTime::now() >= self.identity.not_after {
+                    return Err(Error::runtime(format!(
+                        "the certificate of agent {} expired before renewal succeeded (last error: {f}); \
+                         restart the agent to enrol again",
+                        self.identity.agent_id
+                    )));
+                }
+                let d = self.renew_backoff.next(None);
+                log::warn!(
+                    "certificate renewal failed: {f}; retrying in {:.1} s",
+                    d.as_secs_f64()
+                );
+                self.renew_at = Instant::now() + d;
+                Ok(())
+            }
+        }
+    }
+
+    /// 401/403 after enrolment: the identity is gone. Clears the cache and builds the error.
+    fn revoked(&self, what: &str, why: &str) -> Error {
+        let cleared = match &self.cache {
+            Some(c) => match c.clear() {
+                Ok(()) => format!("cleared the TLS cache `{}`", c.dir().display()),
+                Err(e) => format!("could not clear the TLS cache: {e}"),
+            },
+            None => "no TLS cache to clear".into(),
+        };
+        let msg = format!(
+            "the backend revoked the identity of agent {} ({what} answered {why}); {cleared}; \
+             enrol again with a fresh token or API key",
+            self.identity.agent_id
+        );
+        log::error!("{msg}");
+        Error::new(Kind::Revoked, msg)
+    }
+}
+
+/// The monotonic instant matching wall-clock time `t` (now if `t` has passed).
+fn instant_at(t: SystemTime) -> Instant {
+    let now = Instant::now();
+    match t.duration_since(SystemTime::now()) {
+        Ok(d) => now + d,
+        Err(_) => now,
+    }
+}
+
+pub fn run(cfg: Config, _args: &Args) -> Result<()> {
+    let plan = Plan::from_config(&cfg)?;
+    drop(cfg);
+    let stop = Stop::install()?;
+    let Some(mut agent) = Agent::start(plan, &stop)? else {
+        log::info!("stopping on {} during enrolment", stop.signal_name());
+        return Ok(());
+    };
+    loop {
+        if stop.requested() {
+            break;
+        }
+        agent.tick(Instant::now(), &stop)?;
+        stop.wait_until(agent.next_deadline());
+    }
+    log::info!(
+        "stopping on {} (agent {})",
+        stop.signal_name(),
+        agent.agent_id()
+    );
+    Ok(())
 }

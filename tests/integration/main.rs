@@ -6,3 +6,4 @@ mod common;
 mod backend;
 mod cli;
 mod manifest;
+mod enroll;
