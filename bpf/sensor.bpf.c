@@ -1,12 +1,745 @@
 // SPDX-License-Identifier: GPL-2.0
-/* sensor.bpf.c: placeholder program; replaced by the sensor issue. */
+/*
+ * sensor.bpf.c: the linuxguard sensor's kernel side. Every program turns one kernel event into
+ * one record (bpf/events.h) in the `events` ring buffer. Hooks come in pairs where the kernel
+ * offers two: a BTF-enabled raw tracepoint (`tp_btf/`, typed arguments, cheapest) and the
+ * classic tracepoint (`tracepoint/`) as fallback; user space (src/sensor.rs) decides which one
+ * of each pair is loaded. Only stable hooks: no kprobes, no fentry, no LSM.
+ *
+ * Kernel memory is read with BPF_CORE_READ everywhere (also in tp_btf programs, where direct
+ * dereference would work) so that one helper serves both flavours of a hook.
+ */
 #include "vmlinux.h"
 #include <bpf/bpf_helpers.h>
+#include <bpf/bpf_tracing.h>
+#include <bpf/bpf_core_read.h>
+#include <bpf/bpf_endian.h>
+#include "events.h"
 
 char LICENSE[] SEC("license") = "GPL";
 
-SEC("tracepoint/sched/sched_process_exec")
-int handle_exec(void *ctx)
+/* Knobs, set by user space through .rodata before load. */
+const volatile __u32 agent_tgid = 0; /* the agent's own process: never reported */
+
+/* Dummy instances: make the skeleton emit `types::*` for every record. */
+struct lg_exec _lg_exec = {};
+struct lg_exit _lg_exit = {};
+struct lg_fork _lg_fork = {};
+struct lg_sock _lg_sock = {};
+struct lg_creds_event _lg_creds_event = {};
+struct lg_ptrace _lg_ptrace = {};
+struct lg_bpf_load _lg_bpf_load = {};
+struct lg_memfd _lg_memfd = {};
+
+#define AF_INET 2
+#define AF_INET6 10
+#define IPPROTO_TCP 6
+#define TCP_SYN_SENT 2
+#define PTRACE_ATTACH 16
+#define PTRACE_SEIZE 0x4206
+#define BPF_PROG_LOAD_CMD 5
+
+/* The ring buffer; its size is replaced by --ring-buffer-mb before load. */
+struct {
+	__uint(type, BPF_MAP_TYPE_RINGBUF);
+	__uint(max_entries, 8 << 20);
+} events SEC(".maps");
+
+/*
+ * Failed ring-buffer reservations, per record type, per CPU (no atomics on the hot path).
+ * User space sums the CPUs: kernel-side loss is counted, never silent.
+ */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, LG_TYPE_MAX);
+	__type(key, __u32);
+	__type(value, __u64);
+} drops SEC(".maps");
+
+/* Syscall arguments and credentials saved at sys_enter for the matching sys_exit (by thread). */
+struct pending {
+	__u64 args[2];
+	struct lg_creds creds;
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 8192);
+	__type(key, __u32);
+	__type(value, struct pending);
+} pending SEC(".maps");
+
+static __always_inline int is_agent(void)
 {
+	return agent_tgid && (bpf_get_current_pid_tgid() >> 32) == agent_tgid;
+}
+
+static __always_inline void count_drop(__u32 type)
+{
+	__u64 *n = bpf_map_lookup_elem(&drops, &type);
+
+	if (n)
+		*n += 1;
+}
+
+/* Reserve a record of `size` bytes, counting the failure. */
+static __always_inline void *reserve(__u64 size, __u32 type)
+{
+	void *e = bpf_ringbuf_reserve(&events, size, 0);
+
+	if (!e)
+		count_drop(type);
+	return e;
+}
+
+static __always_inline void fill_task(struct lg_task *t, struct task_struct *task)
+{
+	const struct cred *c = BPF_CORE_READ(task, real_cred);
+	struct pid *tp = BPF_CORE_READ(task, thread_pid);
+	unsigned int level = BPF_CORE_READ(tp, level);
+	struct upid up = {};
+
+	t->ts_boot_ns = bpf_ktime_get_boot_ns();
+	t->start_boot_ns = BPF_CORE_READ(task, group_leader, start_boottime);
+	t->cgroup_id = bpf_get_current_cgroup_id();
+	t->pid = BPF_CORE_READ(task, tgid);
+	t->tid = BPF_CORE_READ(task, pid);
+	t->ppid = BPF_CORE_READ(task, real_parent, tgid);
+	t->uid = BPF_CORE_READ(c, uid.val);
+	t->gid = BPF_CORE_READ(c, gid.val);
+	t->euid = BPF_CORE_READ(c, euid.val);
+	t->egid = BPF_CORE_READ(c, egid.val);
+	/* loginuid only exists with CONFIG_AUDIT: CO-RE drops the read where it is missing. */
+	if (bpf_core_field_exists(task->loginuid))
+		t->auid = BPF_CORE_READ(task, loginuid.val);
+	else
+		t->auid = 0xffffffff;
+	/*
+	 * The pid namespace the task lives in is the one at its pid's deepest level
+	 * (nsproxy->pid_ns_for_children is where its children go, which differs after unshare).
+	 * `level` is a plain value read from the kernel: reading numbers[level] through
+	 * bpf_probe_read_kernel keeps the verifier out of the unbounded index.
+	 */
+	bpf_probe_read_kernel(&up, sizeof(up), &tp->numbers[level]);
+	t->pidns = BPF_CORE_READ(up.ns, ns.inum);
+	t->mntns = BPF_CORE_READ(task, nsproxy, mnt_ns, ns.inum);
+	bpf_get_current_comm(t->comm, sizeof(t->comm));
+}
+
+static __always_inline struct task_struct *current_task(void)
+{
+	return (struct task_struct *)bpf_get_current_task();
+}
+
+static __always_inline void read_creds(struct lg_creds *o, struct task_struct *task)
+{
+	const struct cred *c = BPF_CORE_READ(task, real_cred);
+
+	o->uid = BPF_CORE_READ(c, uid.val);
+	o->euid = BPF_CORE_READ(c, euid.val);
+	o->suid = BPF_CORE_READ(c, suid.val);
+	o->fsuid = BPF_CORE_READ(c, fsuid.val);
+	o->gid = BPF_CORE_READ(c, gid.val);
+	o->egid = BPF_CORE_READ(c, egid.val);
+	o->sgid = BPF_CORE_READ(c, sgid.val);
+	o->fsgid = BPF_CORE_READ(c, fsgid.val);
+	o->cap_effective = BPF_CORE_READ(c, cap_effective.val);
+	o->cap_permitted = BPF_CORE_READ(c, cap_permitted.val);
+	o->cap_inheritable = BPF_CORE_READ(c, cap_inheritable.val);
+}
+
+/* ---------------------------------------------------------------- exec */
+
+/*
+ * Executable path: walk the exe file's dentries up to the root, crossing mounts, writing each
+ * name (NUL-terminated) leaf first. bpf_d_path() is not allowed in tracepoints, so we walk.
+ *
+ * Verifier workaround: an open-coded `for` loop over 24 components made the verifier explore
+ * every combination of "crossed a mount" / "read a name" with a precise write offset (over a
+ * million instructions, -E2BIG). bpf_loop() verifies the step callback once. The callback
+ * writes into a per-CPU scratch buffer (it cannot safely hold the ring-buffer pointer), with
+ * offsets masked to half the buffer and reads of at most half the buffer so every write is
+ * provably in bounds; the result is copied into the record afterwards.
+ */
+struct path_walk {
+	struct dentry *d;
+	struct mount *mnt;
+	__u32 off;
+	__u32 depth;
+	__u32 complete;
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, char[LG_PATH_LEN]);
+} path_scratch SEC(".maps");
+
+static long walk_step(__u64 index, void *arg)
+{
+	struct path_walk *w = arg;
+	__u32 zero = 0;
+	char *buf = bpf_map_lookup_elem(&path_scratch, &zero);
+	struct dentry *d = w->d;
+	struct mount *mnt = w->mnt;
+	struct dentry *parent, *root;
+	const unsigned char *name;
+	__u32 off = w->off;
+	long n;
+
+	if (!buf)
+		return 1;
+	parent = BPF_CORE_READ(d, d_parent);
+	root = BPF_CORE_READ(mnt, mnt.mnt_root);
+	if (d == root) {
+		struct mount *up = BPF_CORE_READ(mnt, mnt_parent);
+
+		/* The root of the mount tree: done. */
+		if (up == mnt) {
+			w->complete = 1;
+			return 1;
+		}
+		w->d = BPF_CORE_READ(mnt, mnt_mountpoint);
+		w->mnt = up;
+		return 0;
+	}
+	if (off >= LG_PATH_LEN / 2)
+		return 1;
+	name = BPF_CORE_READ(d, d_name.name);
+	n = bpf_probe_read_kernel_str(&buf[off & (LG_PATH_LEN / 2 - 1)], LG_PATH_LEN / 2, name);
+	if (n <= 0)
+		return 1;
+	w->off = off + n;
+	w->depth++;
+	/* A dentry that is its own parent is an anonymous file (memfd, deleted...): its name alone. */
+	if (parent == d) {
+		w->complete = 1;
+		return 1;
+	}
+	w->d = parent;
+	return 0;
+}
+
+static __always_inline void read_exe_path(struct lg_exec *e, struct file *f)
+{
+	struct vfsmount *vmnt = BPF_CORE_READ(f, f_path.mnt);
+	struct path_walk w = {
+		.d = BPF_CORE_READ(f, f_path.dentry),
+		.mnt = container_of(vmnt, struct mount, mnt),
+	};
+	__u32 zero = 0;
+	char *buf;
+
+	bpf_loop(LG_PATH_DEPTH, walk_step, &w, 0);
+	buf = bpf_map_lookup_elem(&path_scratch, &zero);
+	if (buf)
+		bpf_probe_read_kernel(e->path, sizeof(e->path), buf);
+	e->path_depth = w.depth;
+	e->path_truncated = !w.complete;
+}
+
+static __always_inline int do_exec(void *ctx, struct task_struct *task, __u32 old_pid,
+				   const char *filename)
+{
+	struct lg_exec *e;
+	struct mm_struct *mm;
+	struct file *exe;
+	unsigned long start, end, len;
+	char prefix[6] = {};
+
+	if (is_agent())
+		return 0;
+	e = reserve(sizeof(*e), LG_EXEC);
+	if (!e)
+		return 0;
+	e->type = LG_EXEC;
+	e->old_pid = old_pid;
+	e->args_truncated = 0;
+	e->memfd = 0;
+	e->_pad = 0;
+	fill_task(&e->task, task);
+	if (bpf_probe_read_kernel_str(e->filename, sizeof(e->filename), filename) < 0)
+		e->filename[0] = 0;
+
+	/* The new image is in place at this tracepoint: mm and exe_file are the new program's. */
+	mm = BPF_CORE_READ(task, mm);
+	exe = BPF_CORE_READ(mm, exe_file);
+	e->path[0] = 0;
+	e->path_depth = 0;
+	e->path_truncated = 0;
+	e->exe_nlink = 0;
+	if (exe) {
+		read_exe_path(e, exe);
+		e->exe_nlink = BPF_CORE_READ(exe, f_inode, __i_nlink);
+		/* memfd files are named "memfd:<name>" on an internal shmem mount. */
+		bpf_probe_read_kernel(prefix, sizeof(prefix),
+				      BPF_CORE_READ(exe, f_path.dentry, d_name.name));
+		if (prefix[0] == 'm' && prefix[1] == 'e' && prefix[2] == 'm' && prefix[3] == 'f' &&
+		    prefix[4] == 'd' && prefix[5] == ':')
+			e->memfd = 1;
+	}
+
+	/* argv: one user read of [arg_start, arg_end), cut at LG_ARGS_LEN. */
+	start = BPF_CORE_READ(mm, arg_start);
+	end = BPF_CORE_READ(mm, arg_end);
+	len = end > start ? end - start : 0;
+	if (len > LG_ARGS_LEN) {
+		len = LG_ARGS_LEN;
+		e->args_truncated = 1;
+	}
+	/*
+	 * Clang may reload `len` from a spilled register and lose the bound: the mask restates it
+	 * for the verifier (LG_ARGS_LEN is a power of two, and len <= LG_ARGS_LEN here, so masking
+	 * with 2*LG_ARGS_LEN-1 would not be enough; test the bound again instead).
+	 */
+	if (len > LG_ARGS_LEN)
+		len = 0;
+	if (len && bpf_probe_read_user(e->args, len, (void *)start) < 0)
+		len = 0;
+	e->args_len = len;
+	bpf_ringbuf_submit(e, 0);
+	return 0;
+}
+
+SEC("tp_btf/sched_process_exec")
+int BPF_PROG(exec_btf, struct task_struct *p, pid_t old_pid, struct linux_binprm *bprm)
+{
+	return do_exec(ctx, p, old_pid, BPF_CORE_READ(bprm, filename));
+}
+
+SEC("tracepoint/sched/sched_process_exec")
+int exec_tp(struct trace_event_raw_sched_process_exec *ctx)
+{
+	/* __data_loc: the low 16 bits are the string's offset from the record start. */
+	unsigned int off = ctx->__data_loc_filename & 0xFFFF;
+
+	return do_exec(ctx, current_task(), ctx->old_pid, (const char *)ctx + off);
+}
+
+/* ---------------------------------------------------------------- exit */
+
+static __always_inline int do_exit(struct task_struct *task)
+{
+	struct lg_exit *e;
+	int code;
+
+	e = reserve(sizeof(*e), LG_EXIT);
+	if (!e)
+		return 0;
+	e->type = LG_EXIT;
+	fill_task(&e->task, task);
+	code = BPF_CORE_READ(task, exit_code);
+	e->exit_code = (code >> 8) & 0xff;
+	e->signal = code & 0x7f;
+	e->core_dumped = (code & 0x80) ? 1 : 0;
+	bpf_ringbuf_submit(e, 0);
+	return 0;
+}
+
+/*
+ * One record per process, when its last thread leaves: the tracepoint passes `group_dead`
+ * (kernel 6.16+). Reading signal->live here instead would race: two threads exiting together
+ * can both see 0 after their decrements and report the process twice.
+ */
+SEC("tp_btf/sched_process_exit")
+int BPF_PROG(exit_btf, struct task_struct *p, bool group_dead)
+{
+	if (!group_dead || is_agent())
+		return 0;
+	return do_exit(p);
+}
+
+/*
+ * Fallback (kernels whose tracepoint has no group_dead): the thread-group leader's exit
+ * stands for the process, as exitsnoop does. A leader that exits before its other threads is
+ * reported early; its exit code is then the leader's own.
+ */
+SEC("tracepoint/sched/sched_process_exit")
+int exit_tp(void *ctx)
+{
+	__u64 id = bpf_get_current_pid_tgid();
+
+	if ((__u32)id != (id >> 32) || is_agent())
+		return 0;
+	return do_exit(current_task());
+}
+
+/* ---------------------------------------------------------------- fork */
+
+SEC("tp_btf/sched_process_fork")
+int BPF_PROG(fork_btf, struct task_struct *parent, struct task_struct *child)
+{
+	struct lg_fork *e;
+	__u32 child_tgid = BPF_CORE_READ(child, tgid);
+
+	if (is_agent())
+		return 0;
+	/* New threads share the parent's tgid: only new processes are reported. */
+	if (child_tgid == BPF_CORE_READ(parent, tgid))
+		return 0;
+	e = reserve(sizeof(*e), LG_FORK);
+	if (!e)
+		return 0;
+	e->type = LG_FORK;
+	fill_task(&e->task, current_task());
+	e->child_pid = child_tgid;
+	e->child_start_boot_ns = BPF_CORE_READ(child, start_boottime);
+	bpf_ringbuf_submit(e, 0);
+	return 0;
+}
+
+/*
+ * Fallback: the classic tracepoint only carries the child's thread id, so it cannot tell a new
+ * thread from a new process; user space drops children it later sees as threads (they never
+ * exec or exit as processes), and docs/events.md says so.
+ */
+SEC("tracepoint/sched/sched_process_fork")
+int fork_tp(struct trace_event_raw_sched_process_fork *ctx)
+{
+	struct lg_fork *e;
+
+	if (is_agent())
+		return 0;
+	e = reserve(sizeof(*e), LG_FORK);
+	if (!e)
+		return 0;
+	e->type = LG_FORK;
+	fill_task(&e->task, current_task());
+	e->child_pid = ctx->child_pid;
+	e->child_start_boot_ns = 0;
+	bpf_ringbuf_submit(e, 0);
+	return 0;
+}
+
+/* ---------------------------------------------------------------- connect / accept */
+
+static __always_inline void fill_sock(struct lg_sock *e, const struct sock *sk, __u16 family)
+{
+	e->family = family;
+	e->_pad = 0;
+	e->sport = BPF_CORE_READ(sk, __sk_common.skc_num);
+	e->dport = bpf_ntohs(BPF_CORE_READ(sk, __sk_common.skc_dport));
+	__builtin_memset(e->saddr, 0, sizeof(e->saddr));
+	__builtin_memset(e->daddr, 0, sizeof(e->daddr));
+	/* Sized reads: BPF_CORE_READ_INTO on an array would copy sizeof(element), one byte. */
+	if (family == AF_INET) {
+		bpf_core_read(e->saddr, 4, &sk->__sk_common.skc_rcv_saddr);
+		bpf_core_read(e->daddr, 4, &sk->__sk_common.skc_daddr);
+	} else {
+		bpf_core_read(e->saddr, 16, &sk->__sk_common.skc_v6_rcv_saddr);
+		bpf_core_read(e->daddr, 16, &sk->__sk_common.skc_v6_daddr);
+	}
+}
+
+/*
+ * Outbound connects take two hooks. CLOSE -> SYN_SENT (inet_sock_set_state) runs in the
+ * connecting task inside connect(), but before the kernel picks the local port: we only note
+ * the socket there (by thread), and report at the connect() return, when the source port is
+ * known and the result too (0, or -EINPROGRESS for a non-blocking connect, or an error).
+ */
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 4096);
+	__type(key, __u32);
+	__type(value, __u64);
+} connecting SEC(".maps");
+
+static __always_inline void note_connect(const void *sk)
+{
+	__u32 key = (__u32)bpf_get_current_pid_tgid();
+	__u64 v = (__u64)sk;
+
+	bpf_map_update_elem(&connecting, &key, &v, BPF_ANY);
+}
+
+SEC("tp_btf/inet_sock_set_state")
+int BPF_PROG(connect_btf, const struct sock *sk, const int oldstate, const int newstate)
+{
+	__u16 family;
+
+	if (newstate != TCP_SYN_SENT || is_agent())
+		return 0;
+	if (BPF_CORE_READ(sk, sk_protocol) != IPPROTO_TCP)
+		return 0;
+	family = BPF_CORE_READ(sk, __sk_common.skc_family);
+	if (family != AF_INET && family != AF_INET6)
+		return 0;
+	note_connect(sk);
+	return 0;
+}
+
+SEC("tracepoint/sock/inet_sock_set_state")
+int connect_tp(struct trace_event_raw_inet_sock_set_state *ctx)
+{
+	if (ctx->newstate != TCP_SYN_SENT || ctx->protocol != IPPROTO_TCP || is_agent())
+		return 0;
+	if (ctx->family != AF_INET && ctx->family != AF_INET6)
+		return 0;
+	note_connect(ctx->skaddr);
+	return 0;
+}
+
+SEC("tracepoint/syscalls/sys_exit_connect")
+int connect_exit(struct trace_event_raw_sys_exit *ctx)
+{
+	__u32 key = (__u32)bpf_get_current_pid_tgid();
+	__u64 *v = bpf_map_lookup_elem(&connecting, &key);
+	const struct sock *sk;
+	struct lg_sock *e;
+
+	if (!v)
+		return 0;
+	/* The socket stays alive here: the caller's fd holds it until connect() returns. */
+	sk = (const struct sock *)*v;
+	bpf_map_delete_elem(&connecting, &key);
+	e = reserve(sizeof(*e), LG_CONNECT);
+	if (!e)
+		return 0;
+	e->type = LG_CONNECT;
+	fill_task(&e->task, current_task());
+	fill_sock(e, sk, BPF_CORE_READ(sk, __sk_common.skc_family));
+	e->ret = ctx->ret;
+	bpf_ringbuf_submit(e, 0);
+	return 0;
+}
+
+/*
+ * Inbound: the handshake completes in softirq context (no owning process), so accept is seen at
+ * the accept()/accept4() return instead, in the accepting task: the returned fd is looked up in
+ * its file table (files->fdt->fd[ret]->private_data is the struct socket).
+ */
+static __always_inline int do_accept(long ret)
+{
+	struct task_struct *task = current_task();
+	struct file **fds;
+	struct file *f = NULL;
+	struct socket *sock;
+	const struct sock *sk;
+	struct lg_sock *e;
+	__u16 family;
+
+	if (ret < 0 || is_agent())
+		return 0;
+	fds = BPF_CORE_READ(task, files, fdt, fd);
+	if (bpf_probe_read_kernel(&f, sizeof(f), &fds[ret]) < 0 || !f)
+		return 0;
+	sock = BPF_CORE_READ(f, private_data);
+	sk = BPF_CORE_READ(sock, sk);
+	if (!sk || BPF_CORE_READ(sk, sk_protocol) != IPPROTO_TCP)
+		return 0;
+	family = BPF_CORE_READ(sk, __sk_common.skc_family);
+	if (family != AF_INET && family != AF_INET6)
+		return 0;
+	e = reserve(sizeof(*e), LG_ACCEPT);
+	if (!e)
+		return 0;
+	e->type = LG_ACCEPT;
+	fill_task(&e->task, task);
+	fill_sock(e, sk, family);
+	e->ret = ret;
+	bpf_ringbuf_submit(e, 0);
+	return 0;
+}
+
+SEC("tracepoint/syscalls/sys_exit_accept4")
+int accept4_exit(struct trace_event_raw_sys_exit *ctx)
+{
+	return do_accept(ctx->ret);
+}
+
+SEC("tracepoint/syscalls/sys_exit_accept")
+int accept_exit(struct trace_event_raw_sys_exit *ctx)
+{
+	return do_accept(ctx->ret);
+}
+
+/* ---------------------------------------------------------------- credentials */
+
+static __always_inline __u32 tid(void)
+{
+	return (__u32)bpf_get_current_pid_tgid();
+}
+
+static __always_inline int stash(__u64 a0, __u64 a1, int with_creds)
+{
+	struct pending p = {};
+	__u32 key = tid();
+
+	if (is_agent())
+		return 0;
+	p.args[0] = a0;
+	p.args[1] = a1;
+	if (with_creds)
+		read_creds(&p.creds, current_task());
+	bpf_map_update_elem(&pending, &key, &p, BPF_ANY);
+	return 0;
+}
+
+/* Field by field: __builtin_memcmp is not inlined for BPF and there is no memcmp to call. */
+static __always_inline int creds_equal(const struct lg_creds *a, const struct lg_creds *b)
+{
+	return a->uid == b->uid && a->euid == b->euid && a->suid == b->suid &&
+	       a->fsuid == b->fsuid && a->gid == b->gid && a->egid == b->egid &&
+	       a->sgid == b->sgid && a->fsgid == b->fsgid && a->cap_effective == b->cap_effective &&
+	       a->cap_permitted == b->cap_permitted && a->cap_inheritable == b->cap_inheritable;
+}
+
+/* Report a credential syscall only when it succeeded AND changed something. */
+static __always_inline int creds_exit(long ret, __u32 call)
+{
+	__u32 key = tid();
+	struct pending *p = bpf_map_lookup_elem(&pending, &key);
+	struct lg_creds now = {};
+	struct lg_creds_event *e;
+
+	if (!p)
+		return 0;
+	if (ret < 0 && call != LG_SETFSUID && call != LG_SETFSGID)
+		goto out;
+	read_creds(&now, current_task());
+	if (creds_equal(&now, &p->creds))
+		goto out;
+	e = reserve(sizeof(*e), LG_CREDS);
+	if (!e)
+		goto out;
+	e->type = LG_CREDS;
+	e->syscall = call;
+	fill_task(&e->task, current_task());
+	e->old = p->creds;
+	e->new = now;
+	bpf_ringbuf_submit(e, 0);
+out:
+	bpf_map_delete_elem(&pending, &key);
+	return 0;
+}
+
+#define CRED_HOOKS(name, call)                                                   \
+	SEC("tracepoint/syscalls/sys_enter_" #name)                              \
+	int name##_enter(struct trace_event_raw_sys_enter *ctx)                  \
+	{                                                                        \
+		return stash(0, 0, 1);                                           \
+	}                                                                        \
+	SEC("tracepoint/syscalls/sys_exit_" #name)                               \
+	int name##_exit(struct trace_event_raw_sys_exit *ctx)                    \
+	{                                                                        \
+		return creds_exit(ctx->ret, call);                               \
+	}
+
+CRED_HOOKS(setuid, LG_SETUID)
+CRED_HOOKS(setgid, LG_SETGID)
+CRED_HOOKS(setreuid, LG_SETREUID)
+CRED_HOOKS(setregid, LG_SETREGID)
+CRED_HOOKS(setresuid, LG_SETRESUID)
+CRED_HOOKS(setresgid, LG_SETRESGID)
+CRED_HOOKS(setfsuid, LG_SETFSUID)
+CRED_HOOKS(setfsgid, LG_SETFSGID)
+CRED_HOOKS(capset, LG_CAPSET)
+
+/* ---------------------------------------------------------------- ptrace */
+
+SEC("tracepoint/syscalls/sys_enter_ptrace")
+int ptrace_enter(struct trace_event_raw_sys_enter *ctx)
+{
+	__u64 req = ctx->args[0];
+
+	if (req != PTRACE_ATTACH && req != PTRACE_SEIZE)
+		return 0;
+	return stash(req, ctx->args[1], 0);
+}
+
+SEC("tracepoint/syscalls/sys_exit_ptrace")
+int ptrace_exit(struct trace_event_raw_sys_exit *ctx)
+{
+	__u32 key = tid();
+	struct pending *p = bpf_map_lookup_elem(&pending, &key);
+	struct lg_ptrace *e;
+
+	if (!p)
+		return 0;
+	e = reserve(sizeof(*e), LG_PTRACE);
+	if (e) {
+		e->type = LG_PTRACE;
+		e->request = p->args[0];
+		e->target_pid = p->args[1];
+		e->ret = ctx->ret;
+		fill_task(&e->task, current_task());
+		bpf_ringbuf_submit(e, 0);
+	}
+	bpf_map_delete_elem(&pending, &key);
+	return 0;
+}
+
+/* ---------------------------------------------------------------- bpf program loads */
+
+SEC("tracepoint/syscalls/sys_enter_bpf")
+int bpf_enter(struct trace_event_raw_sys_enter *ctx)
+{
+	if (ctx->args[0] != BPF_PROG_LOAD_CMD)
+		return 0;
+	return stash(ctx->args[1], 0, 0);
+}
+
+SEC("tracepoint/syscalls/sys_exit_bpf")
+int bpf_exit(struct trace_event_raw_sys_exit *ctx)
+{
+	__u32 key = tid();
+	struct pending *p = bpf_map_lookup_elem(&pending, &key);
+	struct lg_bpf_load *e;
+	void *attr;
+
+	if (!p)
+		return 0;
+	attr = (void *)p->args[0];
+	e = reserve(sizeof(*e), LG_BPF_LOAD);
+	if (e) {
+		e->type = LG_BPF_LOAD;
+		e->ret = ctx->ret;
+		e->prog_type = 0;
+		e->insn_cnt = 0;
+		__builtin_memset(e->prog_name, 0, sizeof(e->prog_name));
+		/* The attr is the caller's memory: read the fields we report, nothing else. */
+		bpf_probe_read_user(&e->prog_type, sizeof(e->prog_type),
+				    attr + __builtin_offsetof(union bpf_attr, prog_type));
+		bpf_probe_read_user(&e->insn_cnt, sizeof(e->insn_cnt),
+				    attr + __builtin_offsetof(union bpf_attr, insn_cnt));
+		bpf_probe_read_user(e->prog_name, sizeof(e->prog_name),
+				    attr + __builtin_offsetof(union bpf_attr, prog_name));
+		fill_task(&e->task, current_task());
+		bpf_ringbuf_submit(e, 0);
+	}
+	bpf_map_delete_elem(&pending, &key);
+	return 0;
+}
+
+/* ---------------------------------------------------------------- memfd_create */
+
+SEC("tracepoint/syscalls/sys_enter_memfd_create")
+int memfd_enter(struct trace_event_raw_sys_enter *ctx)
+{
+	return stash(ctx->args[0], ctx->args[1], 0);
+}
+
+SEC("tracepoint/syscalls/sys_exit_memfd_create")
+int memfd_exit(struct trace_event_raw_sys_exit *ctx)
+{
+	__u32 key = tid();
+	struct pending *p = bpf_map_lookup_elem(&pending, &key);
+	struct lg_memfd *e;
+
+	if (!p)
+		return 0;
+	e = reserve(sizeof(*e), LG_MEMFD);
+	if (e) {
+		e->type = LG_MEMFD;
+		e->flags = p->args[1];
+		e->ret = ctx->ret;
+		e->_pad = 0;
+		if (bpf_probe_read_user_str(e->name, sizeof(e->name), (void *)p->args[0]) < 0)
+			e->name[0] = 0;
+		fill_task(&e->task, current_task());
+		bpf_ringbuf_submit(e, 0);
+	}
+	bpf_map_delete_elem(&pending, &key);
 	return 0;
 }

@@ -18,6 +18,11 @@ mod tls;
 mod tls_cache;
 mod token;
 // The eBPF sensor and `watch`.
+mod decode;
+mod event;
+mod proctable;
+mod sensor;
+mod stats;
 mod watch;
 // Workload attestation, the Unix socket and `status`.
 mod attest;

@@ -1,9 +1,303 @@
-//! `watch`: not built yet (placeholder until its issue lands; the command reports that it is missing).
+//! `watch`: the sensor's events as JSON lines on stdout. Also home of the reusable pipeline
+//! (kernel → decode → enrich → sink) that `start` drives with its own sink and outer poll loop.
+
+use std::cell::RefCell;
+use std::collections::VecDeque;
+use std::io::{self, BufWriter, Write};
+use std::os::fd::BorrowedFd;
+use std::rc::Rc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use libbpf_rs::{AsRawLibbpf, RingBuffer, RingBufferBuilder};
+use nix::poll::{PollFd, PollFlags, PollTimeout};
 
 use crate::cli::Args;
-use crate::config::Config;
+use crate::config::{Config, Key};
+use crate::decode::{self, DecodeError, Record};
 use crate::error::{Error, Result};
+use crate::event::{Builder, Event};
+use crate::proctable::{self, ProcTable};
+use crate::sensor::{Options, Sensor};
+use crate::stats::Stats;
 
-pub fn run(_cfg: Config, _args: &Args) -> Result<()> {
-    Err(Error::runtime("`watch` is not part of this build yet"))
+/// Records consumed from the ring buffer per batch (bounds user-space memory).
+const BATCH: usize = 512;
+/// Stats on stderr this often when `--stats-interval` is 0.
+const DEFAULT_STATS_EVERY: Duration = Duration::from_secs(60);
+
+/// Where events go. `watch` writes JSON lines to stdout; `start` queues them for upload.
+pub trait Sink {
+    /// Takes one event. `Ok(false)`: the sink is closed (a reader went away); stop cleanly.
+    fn send(&mut self, ev: &Event) -> Result<bool>;
+    /// End of a poll batch: push buffered events out. `Ok(false)`: closed.
+    fn flush(&mut self) -> Result<bool>;
+}
+
+/// JSON lines on a buffered writer (stdout for `watch`).
+pub struct JsonLines<W: Write> {
+    out: BufWriter<W>,
+}
+
+impl<W: Write> JsonLines<W> {
+    pub fn new(w: W) -> Self {
+        JsonLines {
+            out: BufWriter::with_capacity(64 * 1024, w),
+        }
+    }
+}
+
+fn closed_or_err(e: io::Error) -> Result<bool> {
+    if e.kind() == io::ErrorKind::BrokenPipe {
+        Ok(false)
+    } else {
+        Err(Error::runtime(format!(
+            "failed to write events to stdout: {e}"
+        )))
+    }
+}
+
+impl<W: Write> Sink for JsonLines<W> {
+    fn send(&mut self, ev: &Event) -> Result<bool> {
+        let res = serde_json::to_writer(&mut self.out, ev)
+            .map_err(io::Error::from)
+            .and_then(|()| self.out.write_all(b"\n"));
+        match res {
+            Ok(()) => Ok(true),
+            Err(e) => closed_or_err(e),
+        }
+    }
+    fn flush(&mut self) -> Result<bool> {
+        match self.out.flush() {
+            Ok(()) => Ok(true),
+            Err(e) => closed_or_err(e),
+        }
+    }
+}
+
+/// The sensor plus everything between the ring buffer and a sink.
+pub struct Pipeline {
+    // Field order matters for drop: the ring buffer goes before the sensor that owns its map.
+    ring: RingBuffer<'static>,
+    queue: Rc<RefCell<VecDeque<std::result::Result<Record, DecodeError>>>>,
+    sensor: Sensor,
+    procs: ProcTable,
+    builder: Builder,
+    pub stats: Stats,
+}
+
+impl Pipeline {
+    /// Seeds the process table, loads and attaches the sensor, and sets up the ring buffer.
+    pub fn new(cfg: &Config) -> Result<Pipeline> {
+        let ring_buffer_mb = cfg.num(Key::RingBufferMb);
+        let proc_root = cfg
+            .path(Key::ProcRoot)
+            .unwrap_or_else(|| std::path::PathBuf::from("/proc"));
+        let mut procs = ProcTable::new(proctable::CAPACITY);
+        match procs.seed(&proc_root) {
+            Ok(n) => log::debug!(
+                "process table seeded with {n} processes from {}",
+                proc_root.display()
+            ),
+            Err(e) => log::warn!(
+                "could not read {} to seed the process table ({e}): parents of processes started \
+                 before the agent will have no executable",
+                proc_root.display()
+            ),
+        }
+        let sensor = Sensor::start(&Options {
+            ring_buffer_mb,
+            own_tgid: std::process::id(),
+        })?;
+        let missing: Vec<&str> = sensor
+            .hooks
+            .iter()
+            .filter(|h| h.attached.is_none())
+            .map(|h| h.event)
+            .collect();
+        if missing.is_empty() {
+            log::debug!("sensor ready: all {} event types attached", sensor.hooks.len());
+        } else {
+            log::warn!(
+                "sensor ready without: {} (those events will not be reported)",
+                missing.join(", ")
+            );
+        }
+        let queue: Rc<RefCell<VecDeque<_>>> = Rc::new(RefCell::new(VecDeque::with_capacity(BATCH)));
+        let q = queue.clone();
+        let mut rb = RingBufferBuilder::new();
+        rb.add(sensor.events_map(), move |bytes: &[u8]| {
+            q.borrow_mut().push_back(decode::decode(bytes));
+            0
+        })
+        .map_err(|e| Error::runtime(format!("failed to set up ring buffer `events`: {e}")))?;
+        let ring = rb
+            .build()
+            .map_err(|e| Error::runtime(format!("failed to open ring buffer `events`: {e}")))?;
+        let host = nix::unistd::gethostname()
+            .map(|h| h.to_string_lossy().into_owned())
+            .unwrap_or_else(|_| "unknown".into());
+        let stats = Stats {
+            ring_size: ring_buffer_mb << 20,
+            ..Stats::default()
+        };
+        Ok(Pipeline {
+            ring,
+            queue,
+            sensor,
+            procs,
+            builder: Builder::new(&host),
+            stats,
+        })
+    }
+
+    /// The ring buffer's epoll fd: readable when records are waiting (for an outer poll loop).
+    pub fn fd(&self) -> BorrowedFd<'_> {
+        // SAFETY: the epoll fd is owned by `self.ring` and stays open as long as it lives,
+        // which the returned borrow cannot outlive.
+        unsafe { BorrowedFd::borrow_raw(self.ring.epoll_fd()) }
+    }
+
+    /// Moves every waiting record to `sink`, in batches, flushing after each batch.
+    /// Returns `Ok(false)` when the sink closed.
+    pub fn drain(&mut self, sink: &mut dyn Sink) -> Result<bool> {
+        loop {
+            let n = self.ring.consume_raw_n(BATCH);
+            if n < 0 {
+                return Err(Error::runtime(format!(
+                    "failed to read ring buffer `events`: {}",
+                    io::Error::from_raw_os_error(-n)
+                )));
+            }
+            let mut open = true;
+            while let Some(item) = self.queue.borrow_mut().pop_front() {
+                match item {
+                    Ok(rec) => {
+                        let ev = self.builder.build(&rec, &mut self.procs);
+                        self.stats.count(ev.kind);
+                        if open && !sink.send(&ev)? {
+                            open = false;
+                        }
+                    }
+                    Err(e) => {
+                        self.stats.user_drops += 1;
+                        log::debug!("dropped an undecodable record: {e}");
+                    }
+                }
+            }
+            if !open || !sink.flush()? {
+                return Ok(false);
+            }
+            if (n as usize) < BATCH {
+                return Ok(true);
+            }
+        }
+    }
+
+    /// Refreshes the kernel counters and ring-buffer fill, and re-syncs the clock.
+    pub fn refresh_stats(&mut self) {
+        self.stats.kernel_drops = self.sensor.kernel_drops();
+        self.stats.observe_fill(self.ring_fill());
+        self.builder.clock = crate::event::Clock::now();
+    }
+
+    fn ring_fill(&self) -> u64 {
+        let rb = self.ring.as_libbpf_object().as_ptr();
+        // SAFETY: `rb` is the live ring_buffer owned by `self.ring`; ring index 0 exists (one
+        // map was added); both calls only read the producer/consumer positions.
+        unsafe {
+            let r = libbpf_rs::libbpf_sys::ring_buffer__ring(rb, 0);
+            if r.is_null() {
+                0
+            } else {
+                libbpf_rs::libbpf_sys::ring__avail_data_size(r) as u64
+            }
+        }
+    }
+
+    pub fn stats_event(&mut self) -> Event {
+        let snap = self.stats.snapshot();
+        self.builder.stats(snap)
+    }
+}
+
+static STOP: AtomicBool = AtomicBool::new(false);
+
+extern "C" fn on_signal(_: nix::libc::c_int) {
+    STOP.store(true, Ordering::SeqCst);
+}
+
+/// SIGINT/SIGTERM only set a flag; without SA_RESTART, poll(2) returns EINTR right away.
+fn install_signal_handlers() -> Result<()> {
+    use nix::sys::signal::{SaFlags, SigAction, SigHandler, SigSet, Signal, sigaction};
+    let act = SigAction::new(
+        SigHandler::Handler(on_signal),
+        SaFlags::empty(),
+        SigSet::empty(),
+    );
+    for sig in [Signal::SIGINT, Signal::SIGTERM] {
+        // SAFETY: the handler only stores to an atomic, which is async-signal-safe.
+        unsafe { sigaction(sig, &act) }
+            .map_err(|e| Error::runtime(format!("failed to install the {sig} handler: {e}")))?;
+    }
+    Ok(())
+}
+
+pub fn run(cfg: Config, _args: &Args) -> Result<()> {
+    install_signal_handlers()?;
+    let mut p = Pipeline::new(&cfg)?;
+    let interval = cfg.num(Key::StatsInterval);
+    let (every, as_events) = if interval == 0 {
+        (DEFAULT_STATS_EVERY, false)
+    } else {
+        (Duration::from_secs(interval), true)
+    };
+    let stdout = io::stdout().lock();
+    let mut sink = JsonLines::new(stdout);
+    log::info!("watching: events on stdout as JSON lines; Ctrl-C to stop");
+    let mut next_stats = Instant::now() + every;
+    let mut open = true;
+    while open && !STOP.load(Ordering::SeqCst) {
+        let wait = next_stats.saturating_duration_since(Instant::now());
+        let timeout = PollTimeout::try_from(wait.min(Duration::from_secs(1)))
+            .unwrap_or(PollTimeout::from(1000u16));
+        let mut fds = [PollFd::new(p.fd(), PollFlags::POLLIN)];
+        match nix::poll::poll(&mut fds, timeout) {
+            Ok(_) => {}
+            Err(nix::errno::Errno::EINTR) => continue,
+            Err(e) => {
+                return Err(Error::runtime(format!(
+                    "failed to poll the ring buffer: {e}"
+                )));
+            }
+        }
+        open = p.drain(&mut sink)?;
+        if Instant::now() >= next_stats {
+            p.refresh_stats();
+            if as_events {
+                let ev = p.stats_event();
+                open = open && sink.send(&ev)? && sink.flush()?;
+            } else {
+                log::info!("{}", p.stats.line());
+            }
+            // The next deadline counts from the previous one, not from when this body ended.
+            next_stats += every;
+            if next_stats < Instant::now() {
+                next_stats = Instant::now() + every;
+            }
+        }
+    }
+    if open {
+        open = p.drain(&mut sink)?;
+    } else {
+        log::info!("stdout was closed: stopping");
+    }
+    p.refresh_stats();
+    if as_events && open {
+        let ev = p.stats_event();
+        let _ = sink.send(&ev)? && sink.flush()?;
+    }
+    // Final counters always go to stderr.
+    let _ = writeln!(io::stderr(), "linuxguard-agent: final {}", p.stats.line());
+    Ok(())
 }

@@ -7,3 +7,4 @@ mod backend;
 mod cli;
 mod manifest;
 mod enroll;
+mod watch;

@@ -1,0 +1,144 @@
+/* SPDX-License-Identifier: GPL-2.0 */
+/*
+ * events.h: the ONE definition of every record the sensor sends through the ring buffer.
+ *
+ * Shared by the BPF programs and (through the skeleton's generated `types::*`) by Rust: never
+ * mirror these structs by hand on the Rust side. Only fixed-width integers and byte arrays, so
+ * every bit pattern is a valid value (the Rust side copies records out of the ring buffer).
+ * Every record starts with `u32 type` (enum lg_type).
+ */
+#ifndef LG_EVENTS_H
+#define LG_EVENTS_H
+
+#define LG_COMM_LEN 16
+#define LG_FILENAME_LEN 256 /* the path as given to execve(), truncated */
+#define LG_PATH_LEN 512	    /* executable path components, see lg_exec.path */
+#define LG_PATH_DEPTH 24    /* max path components walked */
+#define LG_ARGS_LEN 1024    /* argv bytes (NUL separated); a power of two */
+#define LG_NAME_LEN 64	    /* memfd names, bpf program names */
+
+enum lg_type {
+	LG_EXEC = 1,
+	LG_EXIT = 2,
+	LG_FORK = 3,
+	LG_CONNECT = 4,
+	LG_ACCEPT = 5,
+	LG_CREDS = 6,
+	LG_PTRACE = 7,
+	LG_BPF_LOAD = 8,
+	LG_MEMFD = 9,
+	LG_TYPE_MAX = 10,
+};
+
+/* Which syscall changed credentials (lg_creds_event.syscall). */
+enum lg_cred_call {
+	LG_SETUID = 1,
+	LG_SETGID = 2,
+	LG_SETREUID = 3,
+	LG_SETREGID = 4,
+	LG_SETRESUID = 5,
+	LG_SETRESGID = 6,
+	LG_SETFSUID = 7,
+	LG_SETFSGID = 8,
+	LG_CAPSET = 9,
+};
+
+/* The task an event belongs to (the current task unless the record says otherwise). */
+struct lg_task {
+	__u64 ts_boot_ns;	 /* bpf_ktime_get_boot_ns() at the event */
+	__u64 start_boot_ns;	 /* task->group_leader->start_boottime */
+	__u64 cgroup_id;	 /* bpf_get_current_cgroup_id() (cgroup v2) */
+	__u32 pid;		 /* tgid as seen from the initial pid namespace */
+	__u32 tid;		 /* thread id */
+	__u32 ppid;		 /* real_parent's tgid */
+	__u32 uid, gid, euid, egid;
+	__u32 auid;		 /* login uid (loginuid; 4294967295 = unset) */
+	__u32 pidns, mntns;	 /* namespace inode numbers */
+	char comm[LG_COMM_LEN];
+};
+
+struct lg_creds {
+	__u32 uid, euid, suid, fsuid;
+	__u32 gid, egid, sgid, fsgid;
+	__u64 cap_effective, cap_permitted, cap_inheritable;
+};
+
+struct lg_exec {
+	__u32 type;
+	__u32 args_len;		/* bytes used in args */
+	struct lg_task task;
+	__u8 args_truncated;	/* argv was longer than LG_ARGS_LEN */
+	__u8 path_truncated;	/* deeper than LG_PATH_DEPTH or longer than LG_PATH_LEN */
+	__u8 memfd;		/* the executable is a memfd (fileless execution) */
+	__u8 path_depth;	/* components in path */
+	__u32 exe_nlink;	/* link count of the executable's inode (0: deleted/anonymous) */
+	__u32 old_pid;		/* pid before exec (differs when a thread exec'd) */
+	__u32 _pad;
+	char filename[LG_FILENAME_LEN];
+	/* The executable's path as NUL-terminated components, LEAF FIRST (reversed) up to the root. */
+	char path[LG_PATH_LEN];
+	char args[LG_ARGS_LEN];
+};
+
+struct lg_exit {
+	__u32 type;
+	__s32 exit_code;	/* status >> 8 */
+	struct lg_task task;
+	__u32 signal;		/* terminating signal, 0 if it exited */
+	__u32 core_dumped;
+};
+
+struct lg_fork {
+	__u32 type;
+	__u32 child_pid;
+	struct lg_task task;	/* the parent */
+	__u64 child_start_boot_ns;
+};
+
+/* connect (outbound, LG_CONNECT) and accept (inbound, LG_ACCEPT) of TCP sockets. */
+struct lg_sock {
+	__u32 type;
+	__u16 family;		/* AF_INET / AF_INET6 */
+	__u16 _pad;
+	struct lg_task task;
+	__u16 sport, dport;	/* host byte order; s = local, d = remote */
+	__u8 saddr[16];		/* IPv4 uses the first 4 bytes */
+	__u8 daddr[16];
+	__s32 ret;		/* connect(): 0, or -errno (-EINPROGRESS for non-blocking); accept: the fd */
+};
+
+struct lg_creds_event {
+	__u32 type;
+	__u32 syscall;		/* enum lg_cred_call */
+	struct lg_task task;
+	struct lg_creds old;
+	struct lg_creds new;
+};
+
+struct lg_ptrace {
+	__u32 type;
+	__u32 request;		/* PTRACE_ATTACH (16) or PTRACE_SEIZE (0x4206) */
+	struct lg_task task;
+	__u32 target_pid;
+	__s32 ret;		/* syscall result: 0 or -errno */
+};
+
+struct lg_bpf_load {
+	__u32 type;
+	__u32 prog_type;	/* enum bpf_prog_type */
+	struct lg_task task;
+	__s32 ret;		/* the program fd, or -errno */
+	__u32 insn_cnt;
+	char prog_name[16];	/* BPF_OBJ_NAME_LEN */
+};
+
+struct lg_memfd {
+	__u32 type;
+	__u32 flags;
+	struct lg_task task;
+	__s32 ret;		/* the fd, or -errno */
+	__u32 _pad;
+	char name[LG_NAME_LEN];
+};
+
+#endif /* LG_EVENTS_H */

@@ -1,0 +1,657 @@
+//! Decoding: ring-buffer records (bytes laid out as bpf/events.h) into owned, typed Rust values.
+//!
+//! Records are read only through the skeleton's generated `types::*` (never a hand-written
+//! mirror of a C struct): the size is checked, then the bytes are copied into the generated type.
+
+use std::net::IpAddr;
+
+use crate::sensor::types;
+
+/// Record type numbers (`enum lg_type` in bpf/events.h).
+pub const LG_EXEC: u32 = 1;
+pub const LG_EXIT: u32 = 2;
+pub const LG_FORK: u32 = 3;
+pub const LG_CONNECT: u32 = 4;
+pub const LG_ACCEPT: u32 = 5;
+pub const LG_CREDS: u32 = 6;
+pub const LG_PTRACE: u32 = 7;
+pub const LG_BPF_LOAD: u32 = 8;
+pub const LG_MEMFD: u32 = 9;
+/// One past the largest record type: the length of per-type counter arrays.
+pub const LG_TYPE_MAX: usize = 10;
+
+/// The `"type"` name of each record type, indexed by type number (0 is unused).
+pub const TYPE_NAMES: [&str; LG_TYPE_MAX] = [
+    "", "exec", "exit", "fork", "connect", "accept", "setuid", "ptrace", "bpf_load", "memfd",
+];
+
+/// Why a record could not be decoded (counted as a user-space drop).
+#[derive(Debug, PartialEq, Eq)]
+pub enum DecodeError {
+    Short { len: usize },
+    UnknownType(u32),
+    WrongSize { ty: u32, len: usize, want: usize },
+}
+
+impl std::fmt::Display for DecodeError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            DecodeError::Short { len } => write!(f, "record of {len} bytes is too short"),
+            DecodeError::UnknownType(t) => write!(f, "unknown record type {t}"),
+            DecodeError::WrongSize { ty, len, want } => {
+                write!(f, "record type {ty} has {len} bytes, expected {want}")
+            }
+        }
+    }
+}
+
+/// The task a record belongs to (from `struct lg_task`).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Task {
+    pub ts_boot_ns: u64,
+    pub start_boot_ns: u64,
+    pub cgroup_id: u64,
+    pub pid: u32,
+    pub tid: u32,
+    pub ppid: u32,
+    pub uid: u32,
+    pub gid: u32,
+    pub euid: u32,
+    pub egid: u32,
+    pub auid: u32,
+    pub pidns: u32,
+    pub mntns: u32,
+    pub comm: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Exec {
+    pub task: Task,
+    pub old_pid: u32,
+    /// The path as given to execve().
+    pub filename: String,
+    /// The executable's absolute path from the kernel's dentry walk ("" if unknown).
+    pub path: String,
+    pub path_truncated: bool,
+    pub args: Vec<String>,
+    pub args_truncated: bool,
+    pub memfd: bool,
+    pub exe_nlink: u32,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Exit {
+    pub task: Task,
+    pub exit_code: i32,
+    pub signal: u32,
+    pub core_dumped: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Fork {
+    pub task: Task,
+    pub child_pid: u32,
+    pub child_start_boot_ns: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Sock {
+    pub task: Task,
+    /// true: inbound (accept); false: outbound (connect).
+    pub inbound: bool,
+    pub src: IpAddr,
+    pub sport: u16,
+    pub dst: IpAddr,
+    pub dport: u16,
+    /// connect: 0 or -errno; accept: the new fd.
+    pub ret: i32,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Creds {
+    pub uid: u32,
+    pub euid: u32,
+    pub suid: u32,
+    pub fsuid: u32,
+    pub gid: u32,
+    pub egid: u32,
+    pub sgid: u32,
+    pub fsgid: u32,
+    pub cap_effective: u64,
+    pub cap_permitted: u64,
+    pub cap_inheritable: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CredChange {
+    pub task: Task,
+    pub syscall: &'static str,
+    pub old: Creds,
+    pub new: Creds,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Ptrace {
+    pub task: Task,
+    pub request: &'static str,
+    pub target_pid: u32,
+    pub ret: i32,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BpfLoad {
+    pub task: Task,
+    pub prog_type: u32,
+    pub prog_name: String,
+    pub insn_cnt: u32,
+    pub ret: i32,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Memfd {
+    pub task: Task,
+    pub name: String,
+    pub flags: u32,
+    pub ret: i32,
+}
+
+/// One decoded kernel record.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Record {
+    Exec(Exec),
+    Exit(Exit),
+    Fork(Fork),
+    Sock(Sock),
+    Creds(CredChange),
+    Ptrace(Ptrace),
+    BpfLoad(BpfLoad),
+    Memfd(Memfd),
+}
+
+impl Record {
+    pub fn task(&self) -> &Task {
+        match self {
+            Record::Exec(e) => &e.task,
+            Record::Exit(e) => &e.task,
+            Record::Fork(e) => &e.task,
+            Record::Sock(e) => &e.task,
+            Record::Creds(e) => &e.task,
+            Record::Ptrace(e) => &e.task,
+            Record::BpfLoad(e) => &e.task,
+            Record::Memfd(e) => &e.task,
+        }
+    }
+}
+
+/// Marker for the generated record types: plain old data (integers and arrays only, see
+/// bpf/events.h), so any byte pattern of the right size is a valid value.
+///
+/// # Safety
+/// Implement only for generated `types::*` structs that hold nothing but integers and arrays.
+unsafe trait Pod: Default {}
+// SAFETY: bpf/events.h declares these with fixed-width integers and arrays only.
+unsafe impl Pod for types::lg_exec {}
+// SAFETY: as above.
+unsafe impl Pod for types::lg_exit {}
+// SAFETY: as above.
+unsafe impl Pod for types::lg_fork {}
+// SAFETY: as above.
+unsafe impl Pod for types::lg_sock {}
+// SAFETY: as above.
+unsafe impl Pod for types::lg_creds_event {}
+// SAFETY: as above.
+unsafe impl Pod for types::lg_ptrace {}
+// SAFETY: as above.
+unsafe impl Pod for types::lg_bpf_load {}
+// SAFETY: as above.
+unsafe impl Pod for types::lg_memfd {}
+
+/// Copies `bytes` into a `T` when the length is exactly `size_of::<T>()`.
+fn read<T: Pod>(ty: u32, bytes: &[u8]) -> Result<T, DecodeError> {
+    let want = std::mem::size_of::<T>();
+    // The ring buffer rounds records up to 8 bytes; libbpf reports the reserved size.
+    if bytes.len() != want {
+        return Err(DecodeError::WrongSize {
+            ty,
+            len: bytes.len(),
+            want,
+        });
+    }
+    let mut out = T::default();
+    // SAFETY: `T: Pod` accepts any bit pattern, the destination is a valid, aligned `T`, and
+    // exactly size_of::<T>() bytes are copied from a slice of that length (checked above);
+    // the regions cannot overlap (`out` is a fresh local).
+    unsafe {
+        std::ptr::copy_nonoverlapping(bytes.as_ptr(), (&mut out as *mut T).cast::<u8>(), want);
+    }
+    Ok(out)
+}
+
+/// A NUL-terminated C string in a fixed array, lossily as UTF-8.
+fn cstr(a: &[i8]) -> String {
+    let bytes: Vec<u8> = a.iter().map(|&c| c as u8).take_while(|&b| b != 0).collect();
+    String::from_utf8_lossy(&bytes).into_owned()
+}
+
+fn bytes_of(a: &[i8]) -> Vec<u8> {
+    a.iter().map(|&c| c as u8).collect()
+}
+
+fn task(t: &types::lg_task) -> Task {
+    Task {
+        ts_boot_ns: t.ts_boot_ns,
+        start_boot_ns: t.start_boot_ns,
+        cgroup_id: t.cgroup_id,
+        pid: t.pid,
+        tid: t.tid,
+        ppid: t.ppid,
+        uid: t.uid,
+        gid: t.gid,
+        euid: t.euid,
+        egid: t.egid,
+        auid: t.auid,
+        pidns: t.pidns,
+        mntns: t.mntns,
+        comm: cstr(&t.comm),
+    }
+}
+
+/// argv: NUL-separated strings in the first `len` bytes. A cut-off last argument is kept.
+fn split_args(buf: &[u8], len: usize) -> Vec<String> {
+    let len = len.min(buf.len());
+    let mut used = &buf[..len];
+    if let [rest @ .., 0] = used {
+        used = rest;
+    }
+    if used.is_empty() {
+        return Vec::new();
+    }
+    used.split(|&b| b == 0)
+        .map(|a| String::from_utf8_lossy(a).into_owned())
+        .collect()
+}
+
+/// The kernel writes path components leaf first, NUL-terminated, `depth` of them.
+fn join_path(buf: &[u8], depth: usize) -> String {
+    let mut parts: Vec<&[u8]> = buf.split(|&b| b == 0).take(depth).collect();
+    if parts.is_empty() {
+        return String::new();
+    }
+    parts.reverse();
+    let mut out = String::new();
+    for p in parts {
+        out.push('/');
+        out.push_str(&String::from_utf8_lossy(p));
+    }
+    out
+}
+
+fn ip(family: u16, a: &[u8; 16]) -> IpAddr {
+    if family == 2 {
+        IpAddr::from([a[0], a[1], a[2], a[3]])
+    } else {
+        IpAddr::from(*a)
+    }
+}
+
+fn creds(c: &types::lg_creds) -> Creds {
+    Creds {
+        uid: c.uid,
+        euid: c.euid,
+        suid: c.suid,
+        fsuid: c.fsuid,
+        gid: c.gid,
+        egid: c.egid,
+        sgid: c.sgid,
+        fsgid: c.fsgid,
+        cap_effective: c.cap_effective,
+        cap_permitted: c.cap_permitted,
+        cap_inheritable: c.cap_inheritable,
+    }
+}
+
+fn cred_call(n: u32) -> &'static str {
+    match n {
+        1 => "setuid",
+        2 => "setgid",
+        3 => "setreuid",
+        4 => "setregid",
+        5 => "setresuid",
+        6 => "setresgid",
+        7 => "setfsuid",
+        8 => "setfsgid",
+        9 => "capset",
+        _ => "unknown",
+    }
+}
+
+/// Decodes one ring-buffer record.
+pub fn decode(bytes: &[u8]) -> Result<Record, DecodeError> {
+    let Some(head) = bytes.get(..4) else {
+        return Err(DecodeError::Short { len: bytes.len() });
+    };
+    let ty = u32::from_ne_bytes([head[0], head[1], head[2], head[3]]);
+    Ok(match ty {
+        LG_EXEC => {
+            let e: types::lg_exec = read(ty, bytes)?;
+            let path = bytes_of(&e.path);
+            let args = bytes_of(&e.args);
+            Record::Exec(Exec {
+                task: task(&e.task),
+                old_pid: e.old_pid,
+                filename: cstr(&e.filename),
+                path: join_path(&path, e.path_depth as usize),
+                path_truncated: e.path_truncated != 0,
+                args: split_args(&args, e.args_len as usize),
+                args_truncated: e.args_truncated != 0,
+                memfd: e.memfd != 0,
+                exe_nlink: e.exe_nlink,
+            })
+        }
+        LG_EXIT => {
+            let e: types::lg_exit = read(ty, bytes)?;
+            Record::Exit(Exit {
+                task: task(&e.task),
+                exit_code: e.exit_code,
+                signal: e.signal,
+                core_dumped: e.core_dumped != 0,
+            })
+        }
+        LG_FORK => {
+            let e: types::lg_fork = read(ty, bytes)?;
+            Record::Fork(Fork {
+                task: task(&e.task),
+                child_pid: e.child_pid,
+                child_start_boot_ns: e.child_start_boot_ns,
+            })
+        }
+        LG_CONNECT | LG_ACCEPT => {
+            let e: types::lg_sock = read(ty, bytes)?;
+            Record::Sock(Sock {
+                task: task(&e.task),
+                inbound: ty == LG_ACCEPT,
+                src: ip(e.family, &e.saddr),
+                sport: e.sport,
+                dst: ip(e.family, &e.daddr),
+                dport: e.dport,
+                ret: e.ret,
+            })
+        }
+        LG_CREDS => {
+            let e: types::lg_creds_event = read(ty, bytes)?;
+            Record::Creds(CredChange {
+                task: task(&e.task),
+                syscall: cred_call(e.syscall),
+                old: creds(&e.old),
+                new: creds(&e.new),
+            })
+        }
+        LG_PTRACE => {
+            let e: types::lg_ptrace = read(ty, bytes)?;
+            Record::Ptrace(Ptrace {
+                task: task(&e.task),
+                request: if e.request == 0x4206 {
+                    "seize"
+                } else {
+                    "attach"
+                },
+                target_pid: e.target_pid,
+                ret: e.ret,
+            })
+        }
+        LG_BPF_LOAD => {
+            let e: types::lg_bpf_load = read(ty, bytes)?;
+            Record::BpfLoad(BpfLoad {
+                task: task(&e.task),
+                prog_type: e.prog_type,
+                prog_name: cstr(&e.prog_name),
+                insn_cnt: e.insn_cnt,
+                ret: e.ret,
+            })
+        }
+        LG_MEMFD => {
+            let e: types::lg_memfd = read(ty, bytes)?;
+            Record::Memfd(Memfd {
+                task: task(&e.task),
+                name: cstr(&e.name),
+                flags: e.flags,
+                ret: e.ret,
+            })
+        }
+        other => return Err(DecodeError::UnknownType(other)),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The record's bytes exactly as the ring buffer would hand them over.
+    fn bytes_of_record<T: Pod>(v: &T) -> Vec<u8> {
+        let n = std::mem::size_of::<T>();
+        let mut out = vec![0u8; n];
+        // SAFETY: `v` is a valid `T` of `n` bytes (POD, see `Pod`); `out` has room for `n` bytes
+        // and does not overlap it.
+        unsafe { std::ptr::copy_nonoverlapping((v as *const T).cast::<u8>(), out.as_mut_ptr(), n) };
+        out
+    }
+
+    fn put(dst: &mut [i8], s: &[u8]) {
+        for (d, b) in dst.iter_mut().zip(s) {
+            *d = *b as i8;
+        }
+    }
+
+    fn task() -> types::lg_task {
+        let mut t = types::lg_task {
+            ts_boot_ns: 5_000,
+            start_boot_ns: 1_000,
+            cgroup_id: 1,
+            pid: 42,
+            tid: 43,
+            ppid: 1,
+            uid: 1000,
+            gid: 1001,
+            euid: 0,
+            egid: 0,
+            auid: 1000,
+            pidns: 4026531836,
+            mntns: 4026531832,
+            ..Default::default()
+        };
+        put(&mut t.comm, b"sh\0");
+        t
+    }
+
+    #[test]
+    fn exec_record_decodes_path_and_args() {
+        let mut e = types::lg_exec {
+            r#type: LG_EXEC,
+            task: task(),
+            path_depth: 3,
+            old_pid: 42,
+            exe_nlink: 1,
+            ..Default::default()
+        };
+        put(&mut e.filename, b"/bin/sh\0");
+        // Leaf first: "dash", "bin", "usr".
+        put(&mut e.path, b"dash\0bin\0usr\0");
+        let args = b"/bin/sh\0-c\0exit 7\0";
+        put(&mut e.args, args);
+        e.args_len = args.len() as u32;
+        let Record::Exec(x) = decode(&bytes_of_record(&e)).expect("decode") else {
+            panic!("not an exec")
+        };
+        assert_eq!(x.path, "/usr/bin/dash");
+        assert_eq!(x.filename, "/bin/sh");
+        assert_eq!(x.args, vec!["/bin/sh", "-c", "exit 7"]);
+        assert!(!x.args_truncated && !x.memfd && !x.path_truncated);
+        assert_eq!(x.task.pid, 42);
+        assert_eq!(x.task.comm, "sh");
+        assert_eq!(x.task.auid, 1000);
+    }
+
+    #[test]
+    fn truncated_args_keep_the_cut_argument() {
+        let mut e = types::lg_exec {
+            r#type: LG_EXEC,
+            args_truncated: 1,
+            ..Default::default()
+        };
+        put(&mut e.args, b"a\0bcd");
+        e.args_len = 5;
+        let Record::Exec(x) = decode(&bytes_of_record(&e)).expect("decode") else {
+            panic!("not an exec")
+        };
+        assert_eq!(x.args, vec!["a", "bcd"]);
+        assert!(x.args_truncated);
+        assert_eq!(x.path, "");
+    }
+
+    #[test]
+    fn exit_fork_and_sockets_decode() {
+        let e = types::lg_exit {
+            r#type: LG_EXIT,
+            exit_code: 7,
+            task: task(),
+            signal: 0,
+            core_dumped: 0,
+        };
+        let Record::Exit(x) = decode(&bytes_of_record(&e)).expect("decode") else {
+            panic!("not an exit")
+        };
+        assert_eq!((x.exit_code, x.signal, x.core_dumped), (7, 0, false));
+
+        let f = types::lg_fork {
+            r#type: LG_FORK,
+            child_pid: 77,
+            task: task(),
+            child_start_boot_ns: 9,
+        };
+        assert!(matches!(
+            decode(&bytes_of_record(&f)),
+            Ok(Record::Fork(Fork { child_pid: 77, .. }))
+        ));
+
+        let mut s = types::lg_sock {
+            r#type: LG_CONNECT,
+            family: 2,
+            task: task(),
+            sport: 40000,
+            dport: 443,
+            ..Default::default()
+        };
+        s.saddr[..4].copy_from_slice(&[127, 0, 0, 1]);
+        s.daddr[..4].copy_from_slice(&[10, 1, 2, 3]);
+        let Record::Sock(x) = decode(&bytes_of_record(&s)).expect("decode") else {
+            panic!("not a socket")
+        };
+        assert!(!x.inbound);
+        assert_eq!(x.dst.to_string(), "10.1.2.3");
+        assert_eq!((x.sport, x.dport), (40000, 443));
+
+        s.r#type = LG_ACCEPT;
+        s.family = 10;
+        s.daddr = [0; 16];
+        s.daddr[15] = 1;
+        let Record::Sock(x) = decode(&bytes_of_record(&s)).expect("decode") else {
+            panic!("not a socket")
+        };
+        assert!(x.inbound);
+        assert_eq!(x.dst.to_string(), "::1");
+    }
+
+    #[test]
+    fn creds_ptrace_bpf_memfd_decode() {
+        let c = types::lg_creds_event {
+            r#type: LG_CREDS,
+            syscall: 5,
+            task: task(),
+            old: types::lg_creds {
+                uid: 0,
+                ..Default::default()
+            },
+            new: types::lg_creds {
+                uid: 65534,
+                ..Default::default()
+            },
+        };
+        let Record::Creds(x) = decode(&bytes_of_record(&c)).expect("decode") else {
+            panic!("not creds")
+        };
+        assert_eq!(x.syscall, "setresuid");
+        assert_eq!(x.new.uid, 65534);
+
+        let p = types::lg_ptrace {
+            r#type: LG_PTRACE,
+            request: 0x4206,
+            task: task(),
+            target_pid: 9,
+            ret: 0,
+        };
+        assert!(matches!(
+            decode(&bytes_of_record(&p)),
+            Ok(Record::Ptrace(Ptrace {
+                request: "seize",
+                target_pid: 9,
+                ..
+            }))
+        ));
+
+        let mut b = types::lg_bpf_load {
+            r#type: LG_BPF_LOAD,
+            prog_type: 26,
+            task: task(),
+            ret: 5,
+            insn_cnt: 12,
+            ..Default::default()
+        };
+        put(&mut b.prog_name, b"evil\0");
+        let Record::BpfLoad(x) = decode(&bytes_of_record(&b)).expect("decode") else {
+            panic!("not bpf")
+        };
+        assert_eq!(
+            (x.prog_name.as_str(), x.prog_type, x.insn_cnt),
+            ("evil", 26, 12)
+        );
+
+        let mut m = types::lg_memfd {
+            r#type: LG_MEMFD,
+            flags: 1,
+            task: task(),
+            ret: 3,
+            ..Default::default()
+        };
+        put(&mut m.name, b"payload\0");
+        let Record::Memfd(x) = decode(&bytes_of_record(&m)).expect("decode") else {
+            panic!("not memfd")
+        };
+        assert_eq!((x.name.as_str(), x.flags, x.ret), ("payload", 1, 3));
+    }
+
+    #[test]
+    fn malformed_records_are_errors_not_panics() {
+        assert_eq!(decode(&[]), Err(DecodeError::Short { len: 0 }));
+        assert_eq!(decode(&[1, 0]), Err(DecodeError::Short { len: 2 }));
+        assert_eq!(decode(&[99, 0, 0, 0]), Err(DecodeError::UnknownType(99)));
+        let want = std::mem::size_of::<types::lg_exit>();
+        assert_eq!(
+            decode(&[2, 0, 0, 0, 0, 0, 0, 0]),
+            Err(DecodeError::WrongSize {
+                ty: 2,
+                len: 8,
+                want
+            })
+        );
+        // Names that are not UTF-8 come out lossily, never as a panic.
+        let mut m = types::lg_memfd {
+            r#type: LG_MEMFD,
+            ..Default::default()
+        };
+        put(&mut m.name, &[0xff, 0xfe, b'x', 0]);
+        let Record::Memfd(x) = decode(&bytes_of_record(&m)).expect("decode") else {
+            panic!("not memfd")
+        };
+        assert!(x.name.ends_with('x'));
+    }
+}

@@ -1,0 +1,750 @@
+//! The JSON event object (schema in docs/events.md): `"type"` first, then schema version, RFC 3339
+//! nanosecond timestamp, per-agent `seq`, host, the process (ECS field names), then the
+//! type-specific sections. `container`/`orchestrator` are reserved for workload attribution.
+
+use std::rc::Rc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use serde::Serialize;
+
+use crate::decode::{Creds, Record, Task};
+use crate::proctable::ProcTable;
+
+/// Bumped on any incompatible change to the event format (docs/events.md).
+pub const SCHEMA_VERSION: u32 = 1;
+
+#[derive(Serialize, Debug)]
+pub struct Event {
+    #[serde(rename = "type")]
+    pub kind: &'static str,
+    pub schema_version: u32,
+    #[serde(rename = "@timestamp")]
+    pub timestamp: String,
+    pub seq: u64,
+    pub host: Host,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub process: Option<Process>,
+    /// Filled by workload attribution (container runtime, image, ...); absent until then.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub container: Option<serde_json::Value>,
+    /// Filled by workload attribution (Kubernetes pod, namespace, ...); absent until then.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub orchestrator: Option<serde_json::Value>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub source: Option<Endpoint>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub destination: Option<Endpoint>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub network: Option<Network>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub credentials: Option<Credentials>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ptrace: Option<PtraceInfo>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub bpf: Option<BpfInfo>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub memfd: Option<MemfdInfo>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub stats: Option<crate::stats::Snapshot>,
+}
+
+#[derive(Serialize, Debug, Clone)]
+pub struct Host {
+    pub name: Rc<str>,
+}
+
+#[derive(Serialize, Debug, Default)]
+pub struct Id {
+    pub id: u32,
+}
+
+#[derive(Serialize, Debug, Default)]
+pub struct Ancestor {
+    pub pid: u32,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub executable: Option<Rc<str>>,
+}
+
+#[derive(Serialize, Debug, Default)]
+pub struct Namespaces {
+    pub pid: u32,
+    pub mnt: u32,
+}
+
+#[derive(Serialize, Debug, Default)]
+pub struct Cgroup {
+    pub id: u64,
+}
+
+#[derive(Serialize, Debug, Default)]
+pub struct Process {
+    pub pid: u32,
+    pub thread: Id,
+    pub name: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub executable: Option<Rc<str>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub args: Option<Vec<String>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub args_count: Option<usize>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub args_truncated: Option<bool>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub fileless: Option<bool>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub start: Option<String>,
+    pub user: Id,
+    pub real_user: Id,
+    pub group: Id,
+    pub real_group: Id,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub login_user: Option<Id>,
+    pub parent: Ancestor,
+    pub ancestry: Vec<Ancestor>,
+    pub cgroup: Cgroup,
+    pub namespaces: Namespaces,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub exit_code: Option<i32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub exit_signal: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub core_dumped: Option<bool>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub end: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub lifetime_ns: Option<u64>,
+}
+
+#[derive(Serialize, Debug)]
+pub struct Endpoint {
+    pub ip: String,
+    pub port: u16,
+}
+
+#[derive(Serialize, Debug)]
+pub struct Network {
+    pub transport: &'static str,
+    #[serde(rename = "type")]
+    pub kind: &'static str,
+    pub direction: &'static str,
+    /// connect(): 0, or -errno (-115 EINPROGRESS: non-blocking, still connecting); accept: the fd.
+    pub result: i32,
+}
+
+#[derive(Serialize, Debug)]
+pub struct CredSet {
+    pub uid: u32,
+    pub euid: u32,
+    pub suid: u32,
+    pub fsuid: u32,
+    pub gid: u32,
+    pub egid: u32,
+    pub sgid: u32,
+    pub fsgid: u32,
+    pub cap_effective: String,
+    pub cap_permitted: String,
+    pub cap_inheritable: String,
+}
+
+impl From<&Creds> for CredSet {
+    fn from(c: &Creds) -> CredSet {
+        CredSet {
+            uid: c.uid,
+            euid: c.euid,
+            suid: c.suid,
+            fsuid: c.fsuid,
+            gid: c.gid,
+            egid: c.egid,
+            sgid: c.sgid,
+            fsgid: c.fsgid,
+            cap_effective: format!("{:#x}", c.cap_effective),
+            cap_permitted: format!("{:#x}", c.cap_permitted),
+            cap_inheritable: format!("{:#x}", c.cap_inheritable),
+        }
+    }
+}
+
+#[derive(Serialize, Debug)]
+pub struct Credentials {
+    pub syscall: &'static str,
+    pub old: CredSet,
+    pub new: CredSet,
+}
+
+#[derive(Serialize, Debug)]
+pub struct PtraceInfo {
+    pub request: &'static str,
+    pub target: Ancestor,
+    pub result: i32,
+}
+
+#[derive(Serialize, Debug)]
+pub struct BpfInfo {
+    pub prog_type: u32,
+    pub prog_name: String,
+    pub insn_count: u32,
+    pub result: i32,
+}
+
+#[derive(Serialize, Debug)]
+pub struct MemfdInfo {
+    pub name: String,
+    pub flags: u32,
+    pub result: i32,
+}
+
+/// Converts kernel boot-clock times into wall-clock times.
+#[derive(Debug, Clone, Copy)]
+pub struct Clock {
+    /// realtime - boottime, in ns.
+    offset_ns: i128,
+}
+
+impl Clock {
+    pub fn now() -> Clock {
+        let boot = nix::time::clock_gettime(nix::time::ClockId::CLOCK_BOOTTIME)
+            .map(|t| t.tv_sec() as i128 * 1_000_000_000 + t.tv_nsec() as i128)
+            .unwrap_or(0);
+        let real = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_nanos() as i128)
+            .unwrap_or(0);
+        Clock {
+            offset_ns: real - boot,
+        }
+    }
+
+    pub fn wall(&self, boot_ns: u64) -> SystemTime {
+        let ns = (self.offset_ns + boot_ns as i128).max(0) as u64;
+        UNIX_EPOCH + Duration::from_nanos(ns)
+    }
+
+    pub fn rfc3339(&self, boot_ns: u64) -> String {
+        humantime::format_rfc3339_nanos(self.wall(boot_ns)).to_string()
+    }
+}
+
+pub fn rfc3339_now() -> String {
+    humantime::format_rfc3339_nanos(SystemTime::now()).to_string()
+}
+
+/// Builds events: owns the sequence counter, the host name and the clock.
+pub struct Builder {
+    pub host: Host,
+    pub clock: Clock,
+    seq: u64,
+}
+
+impl Builder {
+    pub fn new(host_name: &str) -> Builder {
+        Builder {
+            host: Host {
+                name: Rc::from(host_name),
+            },
+            clock: Clock::now(),
+            seq: 0,
+        }
+    }
+
+    fn next_seq(&mut self) -> u64 {
+        self.seq += 1;
+        self.seq
+    }
+
+    fn base(&mut self, kind: &'static str, timestamp: String) -> Event {
+        Event {
+            kind,
+            schema_version: SCHEMA_VERSION,
+            timestamp,
+            seq: self.next_seq(),
+            host: self.host.clone(),
+            process: None,
+            container: None,
+            orchestrator: None,
+            source: None,
+            destination: None,
+            network: None,
+            credentials: None,
+            ptrace: None,
+            bpf: None,
+            memfd: None,
+            stats: None,
+        }
+    }
+
+    pub fn stats(&mut self, snapshot: crate::stats::Snapshot) -> Event {
+        let mut e = self.base("stats", rfc3339_now());
+        e.stats = Some(snapshot);
+        e
+    }
+
+    fn process(&self, t: &Task, procs: &mut ProcTable) -> Process {
+        let parent_exe = procs.executable(t.ppid);
+        let ancestry = procs
+            .ancestry(t.ppid)
+            .into_iter()
+            .map(|(pid, exe)| Ancestor {
+                pid,
+                executable: Some(exe).filter(|e| !e.is_empty()),
+            })
+            .collect();
+        Process {
+            pid: t.pid,
+            thread: Id { id: t.tid },
+            name: t.comm.clone(),
+            executable: procs.executable(t.pid),
+            start: (t.start_boot_ns != 0).then(|| self.clock.rfc3339(t.start_boot_ns)),
+            user: Id { id: t.euid },
+            real_user: Id { id: t.uid },
+            group: Id { id: t.egid },
+            real_group: Id { id: t.gid },
+            login_user: (t.auid != u32::MAX).then_some(Id { id: t.auid }),
+            parent: Ancestor {
+                pid: t.ppid,
+                executable: parent_exe,
+            },
+            ancestry,
+            cgroup: Cgroup { id: t.cgroup_id },
+            namespaces: Namespaces {
+                pid: t.pidns,
+                mnt: t.mntns,
+            },
+            ..Process::default()
+        }
+    }
+
+    /// Enriches one record with the process table into an event, and keeps the table current.
+    pub fn build(&mut self, rec: &Record, procs: &mut ProcTable) -> Event {
+        let t = rec.task();
+        let ts = self.clock.rfc3339(t.ts_boot_ns);
+        match rec {
+            Record::Exec(x) => {
+                let exe = if !x.path.is_empty() && !x.memfd {
+                    x.path.clone()
+                } else if x.memfd {
+                    // Anonymous file: keep the kernel's name ("memfd:<name>").
+                    x.path.trim_start_matches('/').to_string()
+                } else {
+                    x.filename.clone()
+                };
+                procs.exec(t.pid, t.ppid, &exe);
+                if x.old_pid != t.pid {
+                    procs.exit(x.old_pid);
+                }
+                let mut e = self.base("exec", ts);
+                let mut p = self.process(t, procs);
+                p.args_count = Some(x.args.len());
+                p.args = Some(x.args.clone());
+                p.args_truncated = Some(x.args_truncated || x.path_truncated);
+                p.fileless = Some(x.memfd);
+                e.process = Some(p);
+                e
+            }
+            Record::Exit(x) => {
+                let mut e = self.base("exit", ts.clone());
+                let mut p = self.process(t, procs);
+                p.exit_code = Some(x.exit_code);
+                p.exit_signal = Some(x.signal);
+                p.core_dumped = Some(x.core_dumped);
+                p.end = Some(ts);
+                p.lifetime_ns =
+                    (t.start_boot_ns != 0).then(|| t.ts_boot_ns.saturating_sub(t.start_boot_ns));
+                e.process = Some(p);
+                procs.exit(t.pid);
+                e
+            }
+            Record::Fork(x) => {
+                // The event's process is the new child; its parent is the forking process.
+                procs.fork(t.pid, x.child_pid);
+                let mut e = self.base("fork", ts);
+                let mut p = self.process(t, procs);
+                p.pid = x.child_pid;
+                p.thread = Id { id: x.child_pid };
+                p.executable = procs.executable(x.child_pid);
+                p.start =
+                    (x.child_start_boot_ns != 0).then(|| self.clock.rfc3339(x.child_start_boot_ns));
+                p.parent = Ancestor {
+                    pid: t.pid,
+                    executable: procs.executable(t.pid),
+                };
+                p.ancestry = procs
+                    .ancestry(t.pid)
+                    .into_iter()
+                    .map(|(pid, exe)| Ancestor {
+                        pid,
+                        executable: Some(exe).filter(|e| !e.is_empty()),
+                    })
+                    .collect();
+                e.process = Some(p);
+                e
+            }
+            Record::Sock(x) => {
+                let mut e = self.base(if x.inbound { "accept" } else { "connect" }, ts);
+                e.process = Some(self.process(t, procs));
+                e.source = Some(Endpoint {
+                    ip: x.src.to_string(),
+                    port: x.sport,
+                });
+                e.destination = Some(Endpoint {
+                    ip: x.dst.to_string(),
+                    port: x.dport,
+                });
+                e.network = Some(Network {
+                    transport: "tcp",
+                    kind: if x.dst.is_ipv4() { "ipv4" } else { "ipv6" },
+                    direction: if x.inbound { "ingress" } else { "egress" },
+                    result: x.ret,
+                });
+                e
+            }
+            Record::Creds(x) => {
+                let kind = if x.syscall == "capset" {
+                    "capset"
+                } else {
+                    "setuid"
+                };
+                let mut e = self.base(kind, ts);
+                e.process = Some(self.process(t, procs));
+                e.credentials = Some(Credentials {
+                    syscall: x.syscall,
+                    old: CredSet::from(&x.old),
+                    new: CredSet::from(&x.new),
+                });
+                e
+            }
+            Record::Ptrace(x) => {
+                let mut e = self.base("ptrace", ts);
+                e.process = Some(self.process(t, procs));
+                e.ptrace = Some(PtraceInfo {
+                    request: x.request,
+                    target: Ancestor {
+                        pid: x.target_pid,
+                        executable: procs.executable(x.target_pid),
+                    },
+                    result: x.ret,
+                });
+                e
+            }
+            Record::BpfLoad(x) => {
+                let mut e = self.base("bpf_load", ts);
+                e.process = Some(self.process(t, procs));
+                e.bpf = Some(BpfInfo {
+                    prog_type: x.prog_type,
+                    prog_name: x.prog_name.clone(),
+                    insn_count: x.insn_cnt,
+                    result: x.ret,
+                });
+                e
+            }
+            Record::Memfd(x) => {
+                let mut e = self.base("memfd", ts);
+                e.process = Some(self.process(t, procs));
+                e.memfd = Some(MemfdInfo {
+                    name: x.name.clone(),
+                    flags: x.flags,
+                    result: x.ret,
+                });
+                e
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::{BTreeMap, BTreeSet};
+    use std::net::IpAddr;
+
+    use serde_json::Value;
+
+    use super::*;
+    use crate::decode::*;
+
+    const DOC: &str = include_str!("../docs/events.md");
+    const KERNEL_TYPES: [&str; 10] = [
+        "exec", "exit", "fork", "connect", "accept", "setuid", "capset", "ptrace", "bpf_load",
+        "memfd",
+    ];
+
+    struct Row {
+        ty: String,
+        optional: bool,
+        events: Vec<String>,
+    }
+
+    fn documented() -> BTreeMap<String, Row> {
+        let mut rows = BTreeMap::new();
+        for line in DOC.lines().filter(|l| l.starts_with("| `")) {
+            let cells: Vec<&str> = line.split('|').map(str::trim).collect();
+            let field = cells[1].trim_matches('`').to_string();
+            let (ty, optional) = match cells[2].strip_suffix('?') {
+                Some(t) => (t.to_string(), true),
+                None => (cells[2].to_string(), false),
+            };
+            let events = match cells[3] {
+                "all" => KERNEL_TYPES
+                    .iter()
+                    .map(|s| s.to_string())
+                    .chain(["stats".into()])
+                    .collect(),
+                "kernel" => KERNEL_TYPES.iter().map(|s| s.to_string()).collect(),
+                list => list.split(',').map(|s| s.trim().to_string()).collect(),
+            };
+            assert!(
+                rows.insert(
+                    field.clone(),
+                    Row {
+                        ty,
+                        optional,
+                        events
+                    }
+                )
+                .is_none(),
+                "{field} documented twice"
+            );
+        }
+        rows
+    }
+
+    fn json_type(v: &Value) -> &'static str {
+        match v {
+            Value::String(_) => "string",
+            Value::Number(n) if n.is_i64() || n.is_u64() => "integer",
+            Value::Number(_) => "number",
+            Value::Bool(_) => "boolean",
+            Value::Array(_) => "array",
+            Value::Object(_) => "object",
+            Value::Null => "null",
+        }
+    }
+
+    /// Every field path with its JSON type; documented `object` fields are not descended into,
+    /// arrays of objects are descended into as `path[]`.
+    fn flatten(
+        v: &Value,
+        prefix: &str,
+        docs: &BTreeMap<String, Row>,
+        out: &mut BTreeMap<String, &'static str>,
+    ) {
+        if let Value::Object(m) = v {
+            for (k, x) in m {
+                let path = if prefix.is_empty() {
+                    k.clone()
+                } else {
+                    format!("{prefix}.{k}")
+                };
+                let doc_obj = docs.get(&path).is_some_and(|r| r.ty == "object");
+                match x {
+                    Value::Object(_) if !doc_obj => flatten(x, &path, docs, out),
+                    Value::Array(items) => {
+                        out.insert(path.clone(), "array");
+                        for it in items.iter().filter(|i| i.is_object()) {
+                            flatten(it, &format!("{path}[]"), docs, out);
+                        }
+                    }
+                    _ => {
+                        out.insert(path, json_type(x));
+                    }
+                }
+            }
+        }
+    }
+
+    fn task() -> Task {
+        Task {
+            ts_boot_ns: 2_000_000_000,
+            start_boot_ns: 1_000_000_000,
+            cgroup_id: 1,
+            pid: 300,
+            tid: 300,
+            ppid: 200,
+            uid: 1000,
+            gid: 1000,
+            euid: 1000,
+            egid: 1000,
+            auid: 1000,
+            pidns: 4026531836,
+            mntns: 4026531832,
+            comm: "tool".into(),
+        }
+    }
+
+    fn every_event() -> Vec<Value> {
+        every_event_text()
+            .iter()
+            .map(|t| serde_json::from_str(t).expect("parse"))
+            .collect()
+    }
+
+    /// One event of every type, built the way the pipeline builds them, as printed.
+    fn every_event_text() -> Vec<String> {
+        let mut procs = ProcTable::new(64);
+        procs.exec(1, 0, "/sbin/init");
+        procs.exec(100, 1, "/usr/sbin/sshd");
+        procs.exec(200, 100, "/usr/bin/bash");
+        procs.exec(300, 200, "/usr/bin/tool");
+        procs.exec(9, 1, "/usr/bin/victim");
+        let mut b = Builder::new("testhost");
+        let sock = |inbound| Sock {
+            task: task(),
+            inbound,
+            src: IpAddr::from([127, 0, 0, 1]),
+            sport: 4000,
+            dst: IpAddr::from([127, 0, 0, 1]),
+            dport: 80,
+            ret: 0,
+        };
+        let recs = vec![
+            Record::Exec(Exec {
+                task: task(),
+                old_pid: 300,
+                filename: "tool".into(),
+                path: "/usr/bin/tool".into(),
+                path_truncated: false,
+                args: vec!["tool".into(), "-x".into()],
+                args_truncated: false,
+                memfd: false,
+                exe_nlink: 1,
+            }),
+            Record::Fork(Fork {
+                task: task(),
+                child_pid: 301,
+                child_start_boot_ns: 1_500_000_000,
+            }),
+            Record::Sock(sock(false)),
+            Record::Sock(sock(true)),
+            Record::Creds(CredChange {
+                task: task(),
+                syscall: "setuid",
+                old: Creds::default(),
+                new: Creds {
+                    uid: 65534,
+                    ..Creds::default()
+                },
+            }),
+            Record::Creds(CredChange {
+                task: task(),
+                syscall: "capset",
+                old: Creds::default(),
+                new: Creds {
+                    cap_effective: 1,
+                    ..Creds::default()
+                },
+            }),
+            Record::Ptrace(Ptrace {
+                task: task(),
+                request: "attach",
+                target_pid: 9,
+                ret: 0,
+            }),
+            Record::BpfLoad(BpfLoad {
+                task: task(),
+                prog_type: 1,
+                prog_name: "p".into(),
+                insn_cnt: 2,
+                ret: 5,
+            }),
+            Record::Memfd(Memfd {
+                task: task(),
+                name: "m".into(),
+                flags: 1,
+                ret: 3,
+            }),
+            Record::Exit(Exit {
+                task: task(),
+                exit_code: 7,
+                signal: 0,
+                core_dumped: false,
+            }),
+        ];
+        let mut out: Vec<String> = recs
+            .iter()
+            .map(|r| serde_json::to_string(&b.build(r, &mut procs)).expect("serialize"))
+            .collect();
+        let stats = crate::stats::Stats::default().snapshot();
+        out.push(serde_json::to_string(&b.stats(stats)).expect("serialize"));
+        out
+    }
+
+    #[test]
+    fn every_documented_field_is_emitted_as_documented() {
+        let docs = documented();
+        assert!(docs.len() > 80, "docs/events.md table not found");
+        let events = every_event();
+        let mut types_seen = BTreeSet::new();
+        for ev in &events {
+            let ty = ev["type"].as_str().expect("type").to_string();
+            types_seen.insert(ty.clone());
+            let mut fields = BTreeMap::new();
+            flatten(ev, "", &docs, &mut fields);
+            for (path, jt) in &fields {
+                let row = docs.get(path).unwrap_or_else(|| {
+                    panic!("{ty}: `{path}` is emitted but not in docs/events.md")
+                });
+                assert!(
+                    row.events.contains(&ty),
+                    "{ty}: `{path}` is emitted but documented only for {:?}",
+                    row.events
+                );
+                assert_eq!(
+                    &row.ty, jt,
+                    "{ty}: `{path}` has type {jt}, documented {}",
+                    row.ty
+                );
+            }
+            for (path, row) in &docs {
+                if row.events.contains(&ty) && !row.optional {
+                    assert!(
+                        fields.contains_key(path),
+                        "{ty}: documented `{path}` is missing"
+                    );
+                }
+            }
+        }
+        let expected: BTreeSet<String> = KERNEL_TYPES
+            .iter()
+            .map(|s| s.to_string())
+            .chain(["stats".to_string()])
+            .collect();
+        assert_eq!(types_seen, expected);
+    }
+
+    #[test]
+    fn type_comes_first_and_seq_increases() {
+        let mut last = 0;
+        for text in every_event_text() {
+            assert!(text.starts_with("{\"type\":"), "{text}");
+            let ev: Value = serde_json::from_str(&text).expect("parse");
+            let seq = ev["seq"].as_u64().expect("seq");
+            assert_eq!(seq, last + 1);
+            last = seq;
+        }
+    }
+
+    #[test]
+    fn timestamps_are_rfc3339_with_nanoseconds() {
+        let c = Clock {
+            offset_ns: 1_700_000_000_000_000_000,
+        };
+        assert_eq!(c.rfc3339(123), "2023-11-14T22:13:20.000000123Z");
+    }
+
+    #[test]
+    fn fork_describes_the_child_and_exit_the_lifetime() {
+        let events = every_event();
+        let fork = events.iter().find(|e| e["type"] == "fork").expect("fork");
+        assert_eq!(fork["process"]["pid"], 301);
+        assert_eq!(fork["process"]["parent"]["pid"], 300);
+        assert_eq!(fork["process"]["executable"], "/usr/bin/tool");
+        let exit = events.iter().find(|e| e["type"] == "exit").expect("exit");
+        assert_eq!(exit["process"]["lifetime_ns"], 1_000_000_000u64);
+        assert_eq!(exit["process"]["parent"]["executable"], "/usr/bin/bash");
+        let anc: Vec<u64> = exit["process"]["ancestry"]
+            .as_array()
+            .expect("ancestry")
+            .iter()
+            .map(|a| a["pid"].as_u64().expect("pid"))
+            .collect();
+        assert_eq!(anc, vec![200, 100, 1]);
+    }
+}

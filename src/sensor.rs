@@ -1,0 +1,461 @@
+//! The kernel side's user half: checks, opens, probes, loads and attaches the BPF programs of
+//! bpf/sensor.bpf.c, and reads the kernel's loss counters.
+//!
+//! Each event has one or more hooks in priority order (tp_btf before the classic tracepoint);
+//! the best one the running kernel offers is loaded and attached, and one log line per event
+//! says which (or that none could be).
+
+use std::mem::MaybeUninit;
+use std::path::Path;
+
+use libbpf_rs::skel::{OpenSkel, Skel, SkelBuilder};
+use libbpf_rs::{Link, MapCore, MapFlags, OpenObject, PrintLevel};
+
+use crate::error::{Error, Result};
+
+mod skel {
+    #![allow(clippy::all, clippy::pedantic, clippy::undocumented_unsafe_blocks)]
+    #![allow(dead_code, non_camel_case_types, unsafe_op_in_unsafe_fn)]
+    include!(concat!(env!("OUT_DIR"), "/sensor.skel.rs"));
+}
+pub use skel::types;
+use skel::{OpenSensorSkel, SensorSkel, SensorSkelBuilder};
+
+const TRACEFS: &str = "/sys/kernel/tracing";
+const VMLINUX_BTF: &str = "/sys/kernel/btf/vmlinux";
+
+/// How a program is attached.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Via {
+    /// BTF-enabled raw tracepoint: needs `btf_trace_<name>` in the kernel's BTF.
+    TpBtf(&'static str),
+    /// Classic tracepoint `<category>/<name>`: needs tracefs.
+    Tracepoint(&'static str, &'static str),
+}
+
+/// One way to observe an event: a set of programs that all load and attach together.
+struct Alt {
+    progs: &'static [(&'static str, Via)],
+}
+
+/// One event the sensor reports and its hooks, best first.
+struct Hook {
+    event: &'static str,
+    alts: &'static [Alt],
+}
+
+macro_rules! sys {
+    ($($prog:literal => $tp:literal),* $(,)?) => {
+        &[Alt { progs: &[$(($prog, Via::Tracepoint("syscalls", $tp))),*] }]
+    };
+}
+
+/// Every event and its hooks, best first (bpf/sensor.bpf.c has the programs).
+const HOOKS: &[Hook] = &[
+    Hook {
+        event: "exec",
+        alts: &[
+            Alt {
+                progs: &[("exec_btf", Via::TpBtf("sched_process_exec"))],
+            },
+            Alt {
+                progs: &[("exec_tp", Via::Tracepoint("sched", "sched_process_exec"))],
+            },
+        ],
+    },
+    Hook {
+        event: "exit",
+        alts: &[
+            Alt {
+                progs: &[("exit_btf", Via::TpBtf("sched_process_exit"))],
+            },
+            Alt {
+                progs: &[("exit_tp", Via::Tracepoint("sched", "sched_process_exit"))],
+            },
+        ],
+    },
+    Hook {
+        event: "fork",
+        alts: &[
+            Alt {
+                progs: &[("fork_btf", Via::TpBtf("sched_process_fork"))],
+            },
+            Alt {
+                progs: &[("fork_tp", Via::Tracepoint("sched", "sched_process_fork"))],
+            },
+        ],
+    },
+    Hook {
+        event: "connect",
+        alts: &[
+            Alt {
+                progs: &[
+                    ("connect_btf", Via::TpBtf("inet_sock_set_state")),
+                    (
+                        "connect_exit",
+                        Via::Tracepoint("syscalls", "sys_exit_connect"),
+                    ),
+                ],
+            },
+            Alt {
+                progs: &[
+                    ("connect_tp", Via::Tracepoint("sock", "inet_sock_set_state")),
+                    (
+                        "connect_exit",
+                        Via::Tracepoint("syscalls", "sys_exit_connect"),
+                    ),
+                ],
+            },
+        ],
+    },
+    Hook {
+        event: "accept",
+        alts: sys!("accept4_exit" => "sys_exit_accept4", "accept_exit" => "sys_exit_accept"),
+    },
+    Hook {
+        event: "setuid",
+        alts: sys!(
+            "setuid_enter" => "sys_enter_setuid", "setuid_exit" => "sys_exit_setuid",
+            "setgid_enter" => "sys_enter_setgid", "setgid_exit" => "sys_exit_setgid",
+            "setreuid_enter" => "sys_enter_setreuid", "setreuid_exit" => "sys_exit_setreuid",
+            "setregid_enter" => "sys_enter_setregid", "setregid_exit" => "sys_exit_setregid",
+            "setresuid_enter" => "sys_enter_setresuid", "setresuid_exit" => "sys_exit_setresuid",
+            "setresgid_enter" => "sys_enter_setresgid", "setresgid_exit" => "sys_exit_setresgid",
+            "setfsuid_enter" => "sys_enter_setfsuid", "setfsuid_exit" => "sys_exit_setfsuid",
+            "setfsgid_enter" => "sys_enter_setfsgid", "setfsgid_exit" => "sys_exit_setfsgid",
+        ),
+    },
+    Hook {
+        event: "capset",
+        alts: sys!("capset_enter" => "sys_enter_capset", "capset_exit" => "sys_exit_capset"),
+    },
+    Hook {
+        event: "ptrace",
+        alts: sys!("ptrace_enter" => "sys_enter_ptrace", "ptrace_exit" => "sys_exit_ptrace"),
+    },
+    Hook {
+        event: "bpf_load",
+        alts: sys!("bpf_enter" => "sys_enter_bpf", "bpf_exit" => "sys_exit_bpf"),
+    },
+    Hook {
+        event: "memfd",
+        alts: sys!("memfd_enter" => "sys_enter_memfd_create", "memfd_exit" => "sys_exit_memfd_create"),
+    },
+];
+
+/// Sensor knobs, set before load.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// Ring-buffer size in MiB (a power of two).
+    pub ring_buffer_mb: u64,
+    /// Process whose events the kernel drops (the agent itself); 0 = none.
+    pub own_tgid: u32,
+}
+
+/// What happened to one event's hook at start-up.
+#[derive(Debug, Clone)]
+pub struct HookStatus {
+    pub event: &'static str,
+    /// The attached hook ("tp_btf/sched_process_exec"), or None.
+    pub attached: Option<String>,
+}
+
+/// The loaded, attached sensor. Dropping it detaches everything.
+pub struct Sensor {
+    skel: SensorSkel<'static>,
+    _links: Vec<Link>,
+    pub hooks: Vec<HookStatus>,
+}
+
+/// libbpf's own messages (including the verifier log) go to `log` at debug level: quiet by
+/// default, complete with `--log-level debug`.
+fn libbpf_print(_level: PrintLevel, msg: String) {
+    log::debug!(target: "libbpf", "{}", msg.trim_end());
+}
+
+/// CAP_PERFMON (38) and CAP_BPF (39), or CAP_SYS_ADMIN (21), from /proc/self/status.
+fn has_bpf_caps() -> bool {
+    let Ok(status) = std::fs::read_to_string("/proc/self/status") else {
+        return false;
+    };
+    let Some(eff) = status
+        .lines()
+        .find_map(|l| l.strip_prefix("CapEff:"))
+        .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
+    else {
+        return false;
+    };
+    let has = |bit: u32| eff & (1u64 << bit) != 0;
+    has(21) || (has(38) && has(39))
+}
+
+/// Makes sure tracefs is mounted at /sys/kernel/tracing (mounting it when missing).
+fn ensure_tracefs() -> Result<()> {
+    if Path::new(TRACEFS).join("events").is_dir() {
+        return Ok(());
+    }
+    log::info!("tracefs is not mounted at {TRACEFS}: mounting it");
+    nix::mount::mount(
+        Some("tracefs"),
+        TRACEFS,
+        Some("tracefs"),
+        nix::mount::MsFlags::MS_NOSUID | nix::mount::MsFlags::MS_NODEV | nix::mount::MsFlags::MS_NOEXEC,
+        None::<&str>,
+    )
+    .map_err(|e| {
+        Error::runtime(format!(
+            "tracefs is not mounted and mounting it failed ({e}): run `mount -t tracefs tracefs {TRACEFS}` \
+             (in a container: bind-mount the host's {TRACEFS})"
+        ))
+    })
+}
+
+/// Checks that run before anything is loaded, with errors that say what to do.
+pub fn preflight() -> Result<()> {
+    if !has_bpf_caps() {
+        return Err(Error::runtime(
+            "loading the eBPF sensor needs root, or CAP_BPF and CAP_PERFMON: run with sudo",
+        ));
+    }
+    if !Path::new(VMLINUX_BTF).exists() {
+        return Err(Error::runtime(format!(
+            "the kernel has no BTF ({VMLINUX_BTF} is missing): the sensor needs a kernel built with \
+             CONFIG_DEBUG_INFO_BTF=y"
+        )));
+    }
+    ensure_tracefs()
+}
+
+/// Which alternative each hook will use, from what the kernel offers (`None`: nothing usable).
+fn probe(allow_btf: bool) -> Vec<Option<usize>> {
+    let btf = libbpf_rs::Btf::from_vmlinux().ok();
+    let available = |via: &Via| match via {
+        Via::TpBtf(name) => {
+            allow_btf
+                && btf.as_ref().is_some_and(|b| {
+                    b.type_by_name::<libbpf_rs::btf::BtfType<'_>>(&format!("btf_trace_{name}"))
+                        .is_some()
+                })
+        }
+        Via::Tracepoint(cat, name) => Path::new(TRACEFS)
+            .join("events")
+            .join(cat)
+            .join(name)
+            .is_dir(),
+    };
+    HOOKS
+        .iter()
+        .map(|h| {
+            h.alts
+                .iter()
+                .position(|a| a.progs.iter().all(|(_, v)| available(v)))
+        })
+        .collect()
+}
+
+fn via_name(via: &Via) -> String {
+    match via {
+        Via::TpBtf(n) => format!("tp_btf/{n}"),
+        Via::Tracepoint(c, n) => format!("tracepoint/{c}/{n}"),
+    }
+}
+
+/// Opens the skeleton and sets the knobs; `wanted` names the programs to load.
+fn open(opts: &Options, wanted: &[&str]) -> Result<OpenSensorSkel<'static>> {
+    // The open object must outlive the skeleton, which lives as long as the process needs the
+    // sensor: leaking one small allocation per load is the simplest correct owner.
+    let storage: &'static mut MaybeUninit<OpenObject> = Box::leak(Box::new(MaybeUninit::uninit()));
+    let mut open = SensorSkelBuilder::default()
+        .open(storage)
+        .map_err(|e| Error::runtime(format!("failed to open the BPF object: {e}")))?;
+    let rodata = open
+        .maps
+        .rodata_data
+        .as_deref_mut()
+        .ok_or_else(|| Error::runtime("the BPF object has no .rodata section"))?;
+    rodata.agent_tgid = opts.own_tgid;
+    let bytes = u32::try_from(opts.ring_buffer_mb << 20)
+        .map_err(|_| Error::config("--ring-buffer-mb is too large (at most 2048)"))?;
+    open.maps
+        .events
+        .set_max_entries(bytes)
+        .map_err(|e| Error::runtime(format!("failed to size the ring buffer: {e}")))?;
+    for mut prog in open.open_object_mut().progs_mut() {
+        let name = prog.name().to_string_lossy().into_owned();
+        prog.set_autoload(wanted.contains(&name.as_str()));
+    }
+    Ok(open)
+}
+
+impl Sensor {
+    /// Checks privileges, BTF and tracefs, loads the best available hooks and attaches them.
+    pub fn start(opts: &Options) -> Result<Sensor> {
+        preflight()?;
+        libbpf_rs::set_print(Some((PrintLevel::Debug, libbpf_print)));
+        let (mut skel, choice) = match Self::load(opts, true) {
+            Ok(ok) => ok,
+            Err(e) => {
+                // A tp_btf program can be refused even when its BTF is present (older verifiers):
+                // retry with classic tracepoints only before giving up.
+                log::debug!(
+                    "loading with tp_btf hooks failed ({e}); retrying with tracepoints only"
+                );
+                Self::load(opts, false)?
+            }
+        };
+        let mut links = Vec::new();
+        let mut hooks = Vec::new();
+        for (hook, alt) in HOOKS.iter().zip(&choice) {
+            let mut attached = None;
+            if let Some(i) = alt {
+                let alt = &hook.alts[*i];
+                let mut these = Vec::new();
+                let mut failed = None;
+                for (name, _) in alt.progs {
+                    let prog = skel
+                        .object()
+                        .progs_mut()
+                        .find(|p| p.name() == *name)
+                        .map(|p| p.attach());
+                    match prog {
+                        Some(Ok(link)) => these.push(link),
+                        Some(Err(e)) => failed = Some(format!("{name}: {e}")),
+                        None => failed = Some(format!("{name}: not in the object")),
+                    }
+                }
+                match failed {
+                    None => {
+                        links.extend(these);
+                        let vias: Vec<String> =
+                            alt.progs.iter().map(|(_, v)| via_name(v)).collect();
+                        let shown = if vias.len() > 2 {
+                            format!("{} (+{} more)", vias[0], vias.len() - 1)
+                        } else {
+                            vias.join(", ")
+                        };
+                        log::info!("sensor: {:<8} attached via {shown}", hook.event);
+                        attached = Some(shown);
+                    }
+                    Some(why) => log::warn!("sensor: {:<8} NOT attached: {why}", hook.event),
+                }
+            } else {
+                log::warn!(
+                    "sensor: {:<8} NOT attached: no usable hook on this kernel",
+                    hook.event
+                );
+            }
+            hooks.push(HookStatus {
+                event: hook.event,
+                attached,
+            });
+        }
+        if hooks.iter().all(|h| h.attached.is_none()) {
+            return Err(Error::runtime(
+                "no BPF program could be attached (see the warnings above)",
+            ));
+        }
+        // The skeleton keeps its own (empty) links; ours live in `links`.
+        let _ = &mut skel;
+        Ok(Sensor {
+            skel,
+            _links: links,
+            hooks,
+        })
+    }
+
+    fn load(opts: &Options, allow_btf: bool) -> Result<(SensorSkel<'static>, Vec<Option<usize>>)> {
+        let choice = probe(allow_btf);
+        let wanted: Vec<&str> = HOOKS
+            .iter()
+            .zip(&choice)
+            .filter_map(|(h, c)| c.map(|i| &h.alts[i]))
+            .flat_map(|a| a.progs.iter().map(|(n, _)| *n))
+            .collect();
+        let open = open(opts, &wanted)?;
+        let skel = open.load().map_err(|e| {
+            Error::runtime(format!(
+                "the kernel refused to load the BPF programs ({e}); the verifier's log is shown with \
+                 --log-level debug"
+            ))
+        })?;
+        Ok((skel, choice))
+    }
+
+    /// The `events` ring buffer map, for a `RingBufferBuilder`.
+    pub fn events_map(&self) -> &libbpf_rs::MapMut<'static> {
+        &self.skel.maps.events
+    }
+
+    /// Failed ring-buffer reservations per record type, summed over CPUs.
+    pub fn kernel_drops(&self) -> [u64; crate::decode::LG_TYPE_MAX] {
+        let mut out = [0u64; crate::decode::LG_TYPE_MAX];
+        for (i, slot) in out.iter_mut().enumerate() {
+            let key = (i as u32).to_ne_bytes();
+            if let Ok(Some(cpus)) = self.skel.maps.drops.lookup_percpu(&key, MapFlags::ANY) {
+                *slot = cpus
+                    .iter()
+                    .filter_map(|v| v.get(..8).and_then(|b| b.try_into().ok()))
+                    .map(u64::from_ne_bytes)
+                    .sum();
+            }
+        }
+        out
+    }
+}
+
+/// Loads every program of the object (both flavours of each hook) without attaching: the
+/// load-only smoke test that catches verifier regressions.
+#[cfg(test)]
+pub fn load_all_for_test(opts: &Options) -> Result<usize> {
+    preflight()?;
+    libbpf_rs::set_print(Some((PrintLevel::Debug, libbpf_print)));
+    let mut all: Vec<&str> = HOOKS
+        .iter()
+        .flat_map(|h| h.alts.iter())
+        .flat_map(|a| a.progs.iter().map(|(n, _)| *n))
+        .collect();
+    all.sort_unstable();
+    all.dedup();
+    let open = open(opts, &all)?;
+    let skel = open
+        .load()
+        .map_err(|e| Error::runtime(format!("load failed: {e}")))?;
+    Ok(skel.object().progs().count())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_program_in_the_object_has_a_hook() {
+        let names: Vec<&str> = HOOKS
+            .iter()
+            .flat_map(|h| h.alts.iter())
+            .flat_map(|a| a.progs.iter().map(|(n, _)| *n))
+            .collect();
+        let mut uniq = names.clone();
+        uniq.sort();
+        uniq.dedup();
+        // connect_exit serves both connect alternatives.
+        assert_eq!(uniq.len(), names.len() - 1, "a program is listed twice");
+        // 2 exec + 2 exit + 2 fork + 3 connect + 2 accept + 16 setuid-family + 2 capset
+        // + 2 ptrace + 2 bpf + 2 memfd
+        assert_eq!(uniq.len(), 35);
+    }
+
+    /// Load-only smoke test: every program (tp_btf and tracepoint flavours) passes the verifier.
+    #[test]
+    fn root_every_bpf_program_loads() {
+        if !nix::unistd::geteuid().is_root() {
+            eprintln!("skipped: needs root");
+            return;
+        }
+        let n = load_all_for_test(&Options {
+            ring_buffer_mb: 1,
+            own_tgid: 0,
+        })
+        .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(n, 35);
+    }
+}

@@ -1,0 +1,375 @@
+//! `watch` against the real kernel: starts the real binary, causes real events (a child process,
+//! TCP connections over IPv4 and IPv6, setuid, memfd) and asserts them with their fields.
+//! Needs root and BPF (`root_*`); CI runs as root on a BTF kernel.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::os::unix::process::CommandExt;
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+use crate::common::{agent, is_root};
+
+/// A running `watch` whose stdout lines are collected in the background.
+struct Watch {
+    child: Child,
+    events: Arc<Mutex<Vec<Value>>>,
+    stderr: Arc<Mutex<String>>,
+}
+
+impl Watch {
+    fn start(extra: &[&str]) -> Watch {
+        let mut child = agent()
+            .arg("watch")
+            .args(extra)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn watch");
+        let events = Arc::new(Mutex::new(Vec::new()));
+        let stderr = Arc::new(Mutex::new(String::new()));
+        let out = child.stdout.take().expect("piped stdout");
+        let ev = events.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(out).lines() {
+                let Ok(line) = line else { break };
+                let v: Value = serde_json::from_str(&line).unwrap_or_else(|e| {
+                    panic!("watch printed a line that is not JSON ({e}): {line}")
+                });
+                ev.lock().expect("lock").push(v);
+            }
+        });
+        let err = child.stderr.take().expect("piped stderr");
+        let (ready_tx, ready_rx) = mpsc::channel();
+        let se = stderr.clone();
+        std::thread::spawn(move || {
+            let mut r = BufReader::new(err);
+            let mut line = String::new();
+            while r.read_line(&mut line).unwrap_or(0) > 0 {
+                if line.contains("watching:") {
+                    let _ = ready_tx.send(());
+                }
+                se.lock().expect("lock").push_str(&line);
+                line.clear();
+            }
+        });
+        if ready_rx.recv_timeout(Duration::from_secs(30)).is_err() {
+            let _ = child.kill();
+            panic!(
+                "watch did not become ready: {}",
+                stderr.lock().expect("lock")
+            );
+        }
+        Watch {
+            child,
+            events,
+            stderr,
+        }
+    }
+
+    /// Waits up to 10 s for an event matching `pred`.
+    fn wait_for(&self, what: &str, pred: impl Fn(&Value) -> bool) -> Value {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Some(v) = self.events.lock().expect("lock").iter().find(|v| pred(v)) {
+                return v.clone();
+            }
+            if Instant::now() > deadline {
+                panic!(
+                    "no {what} event within 10 s; stderr: {}",
+                    self.stderr.lock().expect("lock")
+                );
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// SIGINT, then the exit status and stderr.
+    fn stop(mut self) -> (std::process::ExitStatus, String) {
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(self.child.id() as i32),
+            nix::sys::signal::Signal::SIGINT,
+        )
+        .expect("signal watch");
+        let status = self.child.wait().expect("wait watch");
+        std::thread::sleep(Duration::from_millis(100));
+        let err = self.stderr.lock().expect("lock").clone();
+        (status, err)
+    }
+}
+
+fn marker(tag: &str) -> String {
+    format!(
+        "lg-{tag}-{}-{}",
+        std::process::id(),
+        Instant::now().elapsed().as_nanos()
+    )
+}
+
+fn pid_of(v: &Value) -> u64 {
+    v["process"]["pid"].as_u64().unwrap_or(0)
+}
+
+#[test]
+fn root_watch_reports_exec_fork_exit_of_a_child() {
+    if !is_root() {
+        eprintln!("skipped: needs root");
+        return;
+    }
+    let w = Watch::start(&[]);
+    let mark = marker("exit7");
+    let status = Command::new("/bin/sh")
+        .args(["-c", "exit 7", &mark])
+        .status()
+        .expect("run sh");
+    assert_eq!(status.code(), Some(7));
+    let sh = std::fs::canonicalize("/bin/sh").expect("resolve /bin/sh");
+    let exec = w.wait_for("exec", |v| {
+        v["type"] == "exec"
+            && v["process"]["args"]
+                .as_array()
+                .is_some_and(|a| a.iter().any(|x| x == mark.as_str()))
+    });
+    let pid = pid_of(&exec);
+    assert!(pid > 0);
+    assert_eq!(exec["process"]["executable"], sh.to_string_lossy().as_ref());
+    assert_eq!(
+        exec["process"]["args"],
+        serde_json::json!(["/bin/sh", "-c", "exit 7", mark])
+    );
+    assert_eq!(exec["process"]["args_count"], 4);
+    assert_eq!(exec["process"]["args_truncated"], false);
+    assert_eq!(exec["process"]["parent"]["pid"], std::process::id());
+    assert_eq!(exec["process"]["user"]["id"], 0);
+    assert_eq!(exec["process"]["fileless"], false);
+    assert!(exec["process"]["namespaces"]["pid"].as_u64().unwrap_or(0) > 0);
+    assert!(
+        exec["@timestamp"]
+            .as_str()
+            .is_some_and(|t| t.ends_with('Z') && t.len() == 30)
+    );
+    let exit = w.wait_for("exit", |v| v["type"] == "exit" && pid_of(v) == pid);
+    assert_eq!(exit["process"]["exit_code"], 7);
+    assert_eq!(exit["process"]["exit_signal"], 0);
+    assert_eq!(exit["process"]["executable"], sh.to_string_lossy().as_ref());
+    assert!(
+        exit["process"]["lifetime_ns"]
+            .as_u64()
+            .is_some_and(|n| n > 0)
+    );
+    let fork = w.wait_for("fork", |v| v["type"] == "fork" && pid_of(v) == pid);
+    assert_eq!(fork["process"]["parent"]["pid"], std::process::id());
+    assert!(fork["seq"].as_u64() < exec["seq"].as_u64());
+    assert!(exec["seq"].as_u64() < exit["seq"].as_u64());
+    let (status, err) = w.stop();
+    assert!(status.success(), "watch failed: {err}");
+    assert!(err.contains("final stats:"), "no final stats: {err}");
+    assert!(err.contains("dropped_kernel=0"), "{err}");
+}
+
+fn tcp_roundtrip(addr: &str) -> (u16, u16) {
+    let l = TcpListener::bind(addr).expect("bind loopback listener");
+    let port = l.local_addr().expect("addr").port();
+    let mut c = TcpStream::connect(l.local_addr().expect("addr")).expect("connect");
+    let (mut s, _) = l.accept().expect("accept");
+    c.write_all(b"x").expect("write");
+    let mut b = [0u8; 1];
+    s.read_exact(&mut b).expect("read");
+    let client_port = c.local_addr().expect("addr").port();
+    (port, client_port)
+}
+
+#[test]
+fn root_watch_reports_tcp_connect_and_accept_over_ipv4_and_ipv6() {
+    if !is_root() {
+        eprintln!("skipped: needs root");
+        return;
+    }
+    let w = Watch::start(&[]);
+    let me = u64::from(std::process::id());
+    for (bind, ip, kind) in [
+        ("127.0.0.1:0", "127.0.0.1", "ipv4"),
+        ("[::1]:0", "::1", "ipv6"),
+    ] {
+        let (port, client_port) = tcp_roundtrip(bind);
+        let c = w.wait_for("connect", |v| {
+            v["type"] == "connect" && v["destination"]["port"] == port && pid_of(v) == me
+        });
+        assert_eq!(c["destination"]["ip"], ip);
+        assert_eq!(c["source"]["port"], client_port);
+        assert_eq!(c["network"]["transport"], "tcp");
+        assert_eq!(c["network"]["type"], kind);
+        assert_eq!(c["network"]["direction"], "egress");
+        assert_eq!(c["network"]["result"], 0);
+        let a = w.wait_for("accept", |v| {
+            v["type"] == "accept" && v["source"]["port"] == port && pid_of(v) == me
+        });
+        assert_eq!(a["destination"]["port"], client_port);
+        assert_eq!(a["destination"]["ip"], ip);
+        assert_eq!(a["network"]["direction"], "ingress");
+    }
+    let (status, err) = w.stop();
+    assert!(status.success(), "watch failed: {err}");
+}
+
+#[test]
+fn root_watch_reports_setuid_in_a_child() {
+    if !is_root() {
+        eprintln!("skipped: needs root");
+        return;
+    }
+    let w = Watch::start(&[]);
+    let child = Command::new("/bin/true")
+        .uid(65534)
+        .gid(65534)
+        .spawn()
+        .expect("spawn as nobody");
+    let pid = u64::from(child.id());
+    let mut child = child;
+    child.wait().expect("wait");
+    let ev = w.wait_for("setuid", |v| {
+        v["type"] == "setuid" && pid_of(v) == pid && v["credentials"]["syscall"] == "setuid"
+    });
+    assert_eq!(ev["credentials"]["old"]["uid"], 0);
+    assert_eq!(ev["credentials"]["new"]["uid"], 65534);
+    assert_eq!(ev["credentials"]["new"]["euid"], 65534);
+    let g = w.wait_for("setgid", |v| {
+        v["type"] == "setuid" && pid_of(v) == pid && v["credentials"]["syscall"] == "setgid"
+    });
+    assert_eq!(g["credentials"]["new"]["gid"], 65534);
+    // The exec that follows runs with the new credentials.
+    let exec = w.wait_for("exec", |v| v["type"] == "exec" && pid_of(v) == pid);
+    assert_eq!(exec["process"]["user"]["id"], 65534);
+    let (status, err) = w.stop();
+    assert!(status.success(), "watch failed: {err}");
+}
+
+#[test]
+fn root_watch_reports_memfd_create_and_fileless_exec() {
+    if !is_root() {
+        eprintln!("skipped: needs root");
+        return;
+    }
+    let w = Watch::start(&[]);
+    let name = marker("memfd");
+    let fd = nix::sys::memfd::memfd_create(name.as_str(), nix::sys::memfd::MFdFlags::empty())
+        .expect("memfd_create");
+    let mut f = std::fs::File::from(fd);
+    f.write_all(&std::fs::read("/bin/true").expect("read /bin/true"))
+        .expect("fill memfd");
+    use std::os::fd::AsRawFd;
+    let path = format!("/proc/{}/fd/{}", std::process::id(), f.as_raw_fd());
+    let status = Command::new(&path).status().expect("exec the memfd");
+    assert!(status.success());
+    let m = w.wait_for("memfd", |v| {
+        v["type"] == "memfd" && v["memfd"]["name"] == name.as_str()
+    });
+    assert_eq!(pid_of(&m), u64::from(std::process::id()));
+    assert!(m["memfd"]["result"].as_i64().is_some_and(|r| r >= 0));
+    let exec = w.wait_for("fileless exec", |v| {
+        v["type"] == "exec"
+            && v["process"]["fileless"] == true
+            && v["process"]["executable"]
+                .as_str()
+                .is_some_and(|e| e.contains(name.as_str()))
+    });
+    assert_eq!(exec["process"]["parent"]["pid"], std::process::id());
+    let (status, err) = w.stop();
+    assert!(status.success(), "watch failed: {err}");
+}
+
+#[test]
+fn root_watch_stats_events_and_closed_stdout_end_cleanly() {
+    if !is_root() {
+        eprintln!("skipped: needs root");
+        return;
+    }
+    // --stats-interval: {"type":"stats"} events on stdout.
+    let w = Watch::start(&["--stats-interval", "1"]);
+    let s = w.wait_for("stats", |v| v["type"] == "stats");
+    assert_eq!(s["schema_version"], 1);
+    assert!(s["stats"]["seen"]["exec"].is_u64());
+    assert!(s["stats"]["dropped_kernel"].is_u64());
+    assert!(s["stats"]["dropped_user"].is_u64());
+    assert!(s["stats"]["ring_buffer"]["size_bytes"] == 8 << 20);
+    let (status, _) = w.stop();
+    assert!(status.success());
+
+    // A reader that goes away: watch stops by itself, successfully.
+    let mut child = agent()
+        .arg("watch")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn watch");
+    let out = child.stdout.take().expect("stdout");
+    let mut lines = BufReader::new(out).lines();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    // Make sure at least one event comes.
+    let mut first = None;
+    while first.is_none() && Instant::now() < deadline {
+        let _ = Command::new("/bin/true").status();
+        first = lines.next();
+    }
+    assert!(first.is_some(), "no event at all");
+    drop(lines);
+    for _ in 0..50 {
+        let _ = Command::new("/bin/true").status();
+        if let Ok(Some(st)) = child.try_wait() {
+            assert!(st.success(), "watch exited with {st} after its reader left");
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let _ = child.kill();
+    panic!("watch kept running after stdout was closed");
+}
+
+#[test]
+fn root_watch_reports_bpf_loads_and_ptrace_by_other_processes() {
+    if !is_root() {
+        eprintln!("skipped: needs root");
+        return;
+    }
+    let w = Watch::start(&[]);
+    // A second agent loading its programs is "another process loading BPF".
+    let second = Watch::start(&[]);
+    let spid = u64::from(second.child.id());
+    let b = w.wait_for("bpf_load", |v| v["type"] == "bpf_load" && pid_of(v) == spid);
+    assert!(b["bpf"]["prog_type"].is_u64());
+    assert!(b["bpf"]["insn_count"].as_u64().is_some_and(|n| n > 0));
+    let _ = second.stop();
+    // The first agent's own loads are filtered in the kernel: none come from its pid.
+    let me = u64::from(w.child.id());
+    assert!(
+        !w.events
+            .lock()
+            .expect("lock")
+            .iter()
+            .any(|v| pid_of(v) == me)
+    );
+
+    // ptrace: attach to a sleeping child.
+    let mut victim = Command::new("/bin/sleep")
+        .arg("5")
+        .spawn()
+        .expect("spawn sleep");
+    let vpid = nix::unistd::Pid::from_raw(victim.id() as i32);
+    nix::sys::ptrace::attach(vpid).expect("PTRACE_ATTACH");
+    let _ = nix::sys::wait::waitpid(vpid, None);
+    let _ = nix::sys::ptrace::detach(vpid, None);
+    let _ = victim.kill();
+    let _ = victim.wait();
+    let p = w.wait_for("ptrace", |v| {
+        v["type"] == "ptrace" && v["ptrace"]["target"]["pid"] == u64::from(victim.id())
+    });
+    assert_eq!(p["ptrace"]["request"], "attach");
+    assert_eq!(p["ptrace"]["result"], 0);
+    assert_eq!(pid_of(&p), u64::from(std::process::id()));
+    let (status, err) = w.stop();
+    assert!(status.success(), "watch failed: {err}");
+}
