@@ -1,9 +1,859 @@
-//! `attest`: not built yet (placeholder until its issue lands; the command reports that it is missing).
+//! Workload attestation: `attest --pid`/`--self`, and the [`Attestor`] the event pipeline and
+//! the socket server call to attribute a process to its container and pod (never blocking on
+//! the kubelet: a background thread refreshes the pod list).
 
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+use serde_json::{Value, json};
+
+use crate::cgroup::{self, Placement, Runtime};
+use crate::cgroup_cache::{self, CgroupCache};
 use crate::cli::Args;
-use crate::config::Config;
-use crate::error::{Error, Result};
+use crate::config::{Config, Key};
+use crate::error::{Error, Kind, Result};
+use crate::kubelet::{Kubelet, Options};
+use crate::pods::{ContainerStatus, Pod, PodList};
+use crate::selectors;
+use crate::socket;
 
-pub fn run(_cfg: Config, _args: &Args) -> Result<()> {
-    Err(Error::runtime("`attest` is not part of this build yet"))
+/// The answer for one process.
+#[derive(Debug, Clone, Default)]
+pub struct Attestation {
+    pub placement: Placement,
+    pub pod: Option<Pod>,
+    pub container: Option<ContainerStatus>,
+    pub selectors: Vec<String>,
+    /// Why the answer is incomplete (not in a pod, kubelet down, ...); None when complete.
+    pub problem: Option<String>,
+}
+
+impl Attestation {
+    /// The runtime from the cgroup path, else from the `containerID` scheme in the pod status.
+    pub fn runtime(&self) -> Option<&'static str> {
+        self.placement.runtime.map(Runtime::name).or_else(|| {
+            let (scheme, _) = self.container.as_ref()?.split_id()?;
+            Runtime::from_scheme(scheme).map(Runtime::name)
+        })
+    }
+
+    /// The same object as one line, keys in the documented order.
+    pub fn to_line(&self) -> String {
+        #[derive(Serialize)]
+        #[serde(rename_all = "camelCase")]
+        struct Line<'a> {
+            pod_uid: Option<&'a str>,
+            container_id: Option<&'a str>,
+            runtime: Option<&'static str>,
+            selectors: &'a [String],
+        }
+        let line = Line {
+            pod_uid: self.placement.pod_uid.as_deref(),
+            container_id: self.placement.container_id.as_deref(),
+            runtime: self.runtime(),
+            selectors: &self.selectors,
+        };
+        serde_json::to_string(&line).unwrap_or_else(|_| self.to_json().to_string())
+    }
+
+    /// `{"podUid", "containerId", "runtime", "selectors"}` with null for what is unknown.
+    pub fn to_json(&self) -> Value {
+        json!({
+            "podUid": self.placement.pod_uid,
+            "containerId": self.placement.container_id,
+            "runtime": self.runtime(),
+            "selectors": self.selectors,
+        })
+    }
+
+    /// The event fields: `container` and `kubernetes`, where known.
+    pub fn enrichment(&self) -> Enrichment {
+        let container = self
+            .placement
+            .container_id
+            .as_ref()
+            .map(|id| ContainerField {
+                id: id.clone(),
+                runtime: self.runtime(),
+            });
+        let kubernetes = self.placement.pod_uid.as_ref().map(|uid| {
+            let pod = self.pod.as_ref();
+            KubeField {
+                pod_uid: uid.clone(),
+                namespace: pod.map(|p| p.metadata.namespace.clone()),
+                pod_name: pod.map(|p| p.metadata.name.clone()),
+                container_name: self.container.as_ref().map(|c| c.name.clone()),
+                image: self.container.as_ref().map(|c| c.image.clone()),
+                labels: pod.map(|p| p.metadata.labels.clone()),
+                service_account: pod.map(|p| p.spec.service_account_name.clone()),
+                owner: pod.and_then(Pod::owner).map(|o| Owner {
+                    kind: o.kind.clone(),
+                    name: o.name.clone(),
+                    uid: o.uid.clone(),
+                }),
+            }
+        });
+        Enrichment {
+            container,
+            kubernetes,
+        }
+    }
+}
+
+/// What an event gains: `"container": {...}` and `"kubernetes": {...}` (each absent if unknown).
+#[derive(Debug, Clone, Default, Serialize, PartialEq)]
+pub struct Enrichment {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub container: Option<ContainerField>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub kubernetes: Option<KubeField>,
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct ContainerField {
+    pub id: String,
+    pub runtime: Option<&'static str>,
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct KubeField {
+    pub pod_uid: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub namespace: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pod_name: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub container_name: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub image: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub labels: Option<BTreeMap<String, String>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub service_account: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub owner: Option<Owner>,
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct Owner {
+    pub kind: String,
+    pub name: String,
+    pub uid: String,
+}
+
+/// Reads where `pid` sits: `cgroup`, then `mountinfo` when the cgroup file names nothing.
+pub fn placement_of(proc_root: &Path, pid: u32) -> Result<Placement> {
+    let dir = proc_root.join(pid.to_string());
+    let text = cgroup_cache::read_small(&dir.join("cgroup")).ok_or_else(|| {
+        Error::runtime(format!(
+            "process {pid} not found: cannot read `{}` (wrong --proc-root, or the process exited)",
+            dir.join("cgroup").display()
+        ))
+    })?;
+    let conflict = |e: cgroup::Conflict| Error::new(Kind::Findings, format!("process {pid}: {e}"));
+    let p = cgroup::parse_cgroup(&text).map_err(conflict)?;
+    if !p.is_empty() {
+        return Ok(p);
+    }
+    match cgroup_cache::read_small(&dir.join("mountinfo")) {
+        Some(mi) => cgroup::parse_mountinfo(&mi).map_err(conflict),
+        None => Ok(p),
+    }
+}
+
+/// Completes an attestation from a pod list; sets `problem` when the list cannot answer.
+fn fill_from_list(a: &mut Attestation, list: &PodList, container_selectors: bool) {
+    let Some(uid) = a.placement.pod_uid.clone() else {
+        return;
+    };
+    let Some(pod) = list.by_uid(&uid) else {
+        a.problem = Some(format!("pod {uid} is not in the kubelet's pod list"));
+        return;
+    };
+    let status = a
+        .placement
+        .container_id
+        .as_deref()
+        .and_then(|id| pod.container(id))
+        .map(|(s, _)| s.clone());
+    a.problem = match (&a.placement.container_id, &status) {
+        (Some(id), None) if a.placement.conmon => Some(format!(
+            "the process is conmon, the runtime monitor of container {id}, not a workload container"
+        )),
+        (Some(id), None) => Some(format!(
+            "container {id} is not among pod {uid}'s container statuses: it is the pod's sandbox (pause) container or has not started yet"
+        )),
+        _ => None,
+    };
+    let for_selectors = if container_selectors {
+        status.as_ref()
+    } else {
+        None
+    };
+    a.selectors = selectors::for_pod(pod, for_selectors);
+    a.container = status;
+    a.pod = Some(pod.clone());
+}
+
+fn complete(a: &Attestation) -> bool {
+    a.pod.is_some() && (a.placement.container_id.is_none() || a.container.is_some())
+}
+
+/// `attest --pid PID` (blocking, with the kubelet's retry budget) or `attest --self`.
+pub fn run(cfg: Config, args: &Args) -> Result<()> {
+    if args.attest_self {
+        let path = cfg
+            .path(Key::Socket)
+            .expect("invariant: --socket has a default");
+        // The agent answers from its cached pod list; a new pod may need a refresh or two.
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            match socket::request(&path, socket::Request::AttestSelf, Duration::from_secs(5)) {
+                Ok(v) => {
+                    println!("{v}");
+                    return Ok(());
+                }
+                Err(e) if e.to_string().contains("retry shortly") && Instant::now() < deadline => {
+                    log::debug!("{e}");
+                    std::thread::sleep(Duration::from_millis(500));
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+    let pid = args
+        .pid
+        .ok_or_else(|| Error::usage("`attest` takes --pid PID or --self"))?;
+    let proc_root = cfg
+        .path(Key::ProcRoot)
+        .unwrap_or_else(|| PathBuf::from("/proc"));
+    let a = attest_pid_blocking(&cfg, &proc_root, pid);
+    match a {
+        Ok(a) => {
+            println!("{}", a.to_line());
+            match a.problem {
+                Some(p) => Err(Error::new(Kind::Findings, format!("process {pid}: {p}"))),
+                None => Ok(()),
+            }
+        }
+        Err(e) => {
+            if e.kind() == Kind::Findings {
+                println!("{}", Attestation::default().to_line());
+            }
+            Err(e)
+        }
+    }
+}
+
+fn attest_pid_blocking(cfg: &Config, proc_root: &Path, pid: u32) -> Result<Attestation> {
+    let placement = placement_of(proc_root, pid)?;
+    let mut a = Attestation {
+        placement,
+        ..Default::default()
+    };
+    if a.placement.pod_uid.is_none() {
+        a.problem = Some(match (&a.placement.container_id, a.runtime()) {
+            (Some(id), rt) => format!(
+                "not in a Kubernetes pod (container {id}, runtime {})",
+                rt.unwrap_or("unknown")
+            ),
+            (None, _) => "not in a Kubernetes pod or a container".into(),
+        });
+        return Ok(a);
+    }
+    let opts = Options::from_config(cfg);
+    let kube = match Kubelet::new(opts) {
+        Ok(k) => k,
+        Err(e) => {
+            a.problem = Some(format!("the kubelet cannot answer: {e}"));
+            return Ok(a);
+        }
+    };
+    let container_selectors = !cfg.flag(Key::DisableContainerSelectors);
+    let attempts = kube.options().max_attempts;
+    let interval = kube.options().min_interval;
+    for attempt in 0..attempts {
+        if attempt > 0 {
+            std::thread::sleep(interval);
+        }
+        match kube.refresh() {
+            Ok(list) => {
+                fill_from_list(&mut a, &list, container_selectors);
+                if complete(&a) || a.placement.conmon {
+                    break;
+                }
+            }
+            Err(e) => a.problem = Some(format!("the kubelet cannot answer: {e}")),
+        }
+    }
+    Ok(a)
+}
+
+/// Pod lookups the refresher still has to satisfy.
+#[derive(Default)]
+struct Wants {
+    /// (pod UID, container ID) → fetches tried.
+    pending: HashMap<(String, Option<String>), u32>,
+    /// Given up after the attempts ran out, until this time.
+    given_up: HashMap<(String, Option<String>), Instant>,
+    stop: bool,
+}
+
+struct Shared {
+    wants: Mutex<Wants>,
+    wake: Condvar,
+}
+
+impl Shared {
+    fn lock(&self) -> MutexGuard<'_, Wants> {
+        self.wants.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// Counters of the attestor.
+#[derive(Debug, Default, Clone, Copy, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct AttestStats {
+    /// Events whose pod was not (yet) in the cached pod list: they went out without pod fields.
+    pub kubelet_misses: u64,
+    pub enriched: u64,
+}
+
+/// How long a lookup that ran out of attempts is not retried.
+const GIVE_UP_FOR: Duration = Duration::from_secs(300);
+/// Bound of the pending lookups (one per new pod/container; a node has a few hundred).
+const MAX_PENDING: usize = 4096;
+
+/// Attributes processes to containers and pods for the event pipeline and the socket server.
+/// `enrich` and `attest_cached` never block on the network.
+pub struct Attestor {
+    cache: CgroupCache,
+    proc_root: PathBuf,
+    kube: Option<Arc<Kubelet>>,
+    shared: Arc<Shared>,
+    refresher: Option<std::thread::JoinHandle<()>>,
+    container_selectors: bool,
+    pub stats: AttestStats,
+}
+
+impl Attestor {
+    /// Sets up the cgroup cache and, in Kubernetes (node name, kubelet URL/read-only port given,
+    /// or a service-account token present), the kubelet client and its refresher thread.
+    pub fn new(cfg: &Config) -> Result<Attestor> {
+        let proc_root = cfg
+            .path(Key::ProcRoot)
+            .unwrap_or_else(|| PathBuf::from("/proc"));
+        let in_k8s = cfg.is_set(Key::NodeName)
+            || cfg.is_set(Key::KubeletUrl)
+            || cfg.is_set(Key::KubeletReadOnlyPort)
+            || cfg.path(Key::KubeletTokenPath).is_some_and(|p| p.exists());
+        let kube = if in_k8s {
+            match Kubelet::new(Options::from_config(cfg)) {
+                Ok(k) => Some(Arc::new(k)),
+                Err(e) => {
+                    log::warn!("events will carry no pod fields: kubelet client not set up: {e}");
+                    None
+                }
+            }
+        } else {
+            None
+        };
+        let shared = Arc::new(Shared {
+            wants: Mutex::new(Wants::default()),
+            wake: Condvar::new(),
+        });
+        let refresher = match &kube {
+            Some(k) => {
+                let (k, s) = (k.clone(), shared.clone());
+                Some(
+                    std::thread::Builder::new()
+                        .name("kubelet".into())
+                        .spawn(move || refresher(&k, &s))
+                        .map_err(|e| {
+                            Error::runtime(format!("failed to start the kubelet thread: {e}"))
+                        })?,
+                )
+            }
+            None => None,
+        };
+        Ok(Attestor {
+            cache: CgroupCache::new(&proc_root),
+            proc_root,
+            kube,
+            shared,
+            refresher,
+            container_selectors: !cfg.flag(Key::DisableContainerSelectors),
+            stats: AttestStats::default(),
+        })
+    }
+
+    /// The `container`/`kubernetes` fields for an event from `pid` in BPF cgroup `cgroup_id`.
+    pub fn enrich(&mut self, pid: u32, cgroup_id: u64) -> Enrichment {
+        let placement = self.cache.lookup(cgroup_id, pid);
+        if placement.is_empty() {
+            return Enrichment::default();
+        }
+        let a = self.attest_placement(placement);
+        self.stats.enriched += 1;
+        a.enrichment()
+    }
+
+    /// The attestation of `pid` from the cached pod list (for the socket server).
+    pub fn attest_cached(&mut self, pid: u32) -> Result<Attestation> {
+        let placement = placement_of(&self.proc_root, pid)?;
+        Ok(self.attest_placement(placement))
+    }
+
+    fn attest_placement(&mut self, placement: Placement) -> Attestation {
+        let mut a = Attestation {
+            placement,
+            ..Default::default()
+        };
+        let (Some(uid), Some(kube)) = (a.placement.pod_uid.clone(), &self.kube) else {
+            if a.placement.pod_uid.is_some() {
+                a.problem = Some("no kubelet configured".into());
+            }
+            return a;
+        };
+        fill_from_list(&mut a, &kube.cached(), self.container_selectors);
+        if !complete(&a) && !a.placement.conmon {
+            self.stats.kubelet_misses += 1;
+            self.want(uid, a.placement.container_id.clone());
+        }
+        a
+    }
+
+    fn want(&self, uid: String, cid: Option<String>) {
+        let key = (uid, cid);
+        let mut w = self.shared.lock();
+        if w.given_up
+            .get(&key)
+            .is_some_and(|until| Instant::now() < *until)
+        {
+            return;
+        }
+        if w.pending.len() < MAX_PENDING && !w.pending.contains_key(&key) {
+            w.pending.insert(key, 0);
+            self.shared.wake.notify_one();
+        }
+    }
+
+    /// Counters for `status`.
+    pub fn status_json(&self) -> Value {
+        let c = &self.cache.stats;
+        let mut v = json!({
+            "kubeletMisses": self.stats.kubelet_misses,
+            "enriched": self.stats.enriched,
+            "cgroupCache": {"entries": self.cache.len(), "hits": c.hits, "fromPid": c.from_pid,
+                            "fromWalk": c.from_walk, "unresolved": c.unresolved, "conflicts": c.conflicts},
+        });
+        if let Some(k) = &self.kube {
+            v["kubelet"] = json!({
+                "url": k.options().base,
+                "fetches": k.counters.fetches.load(Ordering::Relaxed),
+                "fetchErrors": k.counters.fetch_errors.load(Ordering::Relaxed),
+                "lastError": k.last_error(),
+                "pods": k.cached().items.len(),
+            });
+        }
+        v
+    }
+
+    /// The socket server's answer for a peer: its own attestation, nothing else.
+    pub fn answer(&mut self, req: socket::Request, peer: &socket::Peer) -> Value {
+        match req {
+            socket::Request::Status => {
+                socket::ok_reply(json!({"healthy": true, "attestor": self.status_json()}))
+            }
+            socket::Request::AttestSelf if peer.pid == 0 => socket::error_reply(
+                "the caller's pid is not visible in the agent's pid namespace (run the agent with hostPID)",
+            ),
+            socket::Request::AttestSelf => match self.attest_cached(peer.pid) {
+                // The pid must still be the caller: a reused pid would leak someone else's data.
+                Ok(_) if !peer.still_alive() => {
+                    socket::error_reply("caller exited before the answer")
+                }
+                Ok(a) => match &a.problem {
+                    Some(p)
+                        if self.kube.is_some()
+                            && a.pod.is_none()
+                            && a.placement.pod_uid.is_some() =>
+                    {
+                        socket::error_reply(&format!(
+                            "{p}; retry shortly (the pod list is being refreshed)"
+                        ))
+                    }
+                    _ => socket::ok_reply(a.to_json()),
+                },
+                Err(e) => socket::error_reply(&e.to_string()),
+            },
+        }
+    }
+}
+
+impl Drop for Attestor {
+    fn drop(&mut self) {
+        self.shared.lock().stop = true;
+        self.shared.wake.notify_all();
+        if let Some(t) = self.refresher.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// The kubelet thread: waits for wanted pods, fetches at most once per minimum interval,
+/// gives a lookup up after the configured attempts.
+fn refresher(kube: &Kubelet, shared: &Shared) {
+    let max = kube.options().max_attempts;
+    let interval = kube.options().min_interval;
+    loop {
+        {
+            let mut w = shared.lock();
+            while w.pending.is_empty() && !w.stop {
+                w = shared.wake.wait(w).unwrap_or_else(|p| p.into_inner());
+            }
+            if w.stop {
+                return;
+            }
+        }
+        let list = kube.refresh();
+        {
+            let mut w = shared.lock();
+            if w.stop {
+                return;
+            }
+            let now = Instant::now();
+            w.given_up.retain(|_, until| now < *until);
+            let keys: Vec<_> = w.pending.keys().cloned().collect();
+            for key in keys {
+                let found = list.as_ref().ok().is_some_and(|l| {
+                    l.by_uid(&key.0)
+                        .is_some_and(|p| key.1.as_deref().is_none_or(|c| p.container(c).is_some()))
+                });
+                if found {
+                    w.pending.remove(&key);
+                    continue;
+                }
+                let n = w.pending.get(&key).copied().unwrap_or(0) + 1;
+                if n >= max {
+                    w.pending.remove(&key);
+                    w.given_up.insert(key, now + GIVE_UP_FOR);
+                } else {
+                    w.pending.insert(key, n);
+                }
+            }
+            if let Err(e) = &list {
+                log::debug!("kubelet refresh failed: {e}");
+            }
+        }
+        // Sleep the minimum interval, waking early only to stop.
+        let w = shared.lock();
+        let _ = shared
+            .wake
+            .wait_timeout_while(w, interval, |w| !w.stop)
+            .map(|(w, _)| w.stop);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::pods;
+
+    const UID: &str = "2c48913c-b29f-11e7-9350-020968147796";
+    const CID: &str = "9bca8d63d5fa610783847915bcff0ecac1273e5b4bed3f6fa1b07350e0135961";
+
+    fn list() -> PodList {
+        pods::parse(
+            format!(
+                r#"{{"items":[{{"metadata":{{"name":"web","namespace":"shop","uid":"{UID}","labels":{{"app":"web"}},
+                "ownerReferences":[{{"kind":"ReplicaSet","name":"web-1","uid":"rs","controller":true}}]}},
+                "spec":{{"serviceAccountName":"sa1","nodeName":"n1"}},
+                "status":{{"containerStatuses":[{{"name":"app","image":"nginx:1","imageID":"nginx@sha256:aa","containerID":"cri-o://{CID}"}}]}}}}]}}"#
+            )
+            .as_bytes(),
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn fills_and_enriches() {
+        let mut a = Attestation {
+            placement: Placement {
+                pod_uid: Some(UID.into()),
+                container_id: Some(CID.into()),
+                runtime: None,
+                conmon: false,
+            },
+            ..Default::default()
+        };
+        fill_from_list(&mut a, &list(), true);
+        assert!(a.problem.is_none() && complete(&a));
+        assert_eq!(a.runtime(), Some("cri-o"));
+        let j = a.to_json();
+        assert_eq!(j["podUid"], UID);
+        assert!(
+            j["selectors"]
+                .as_array()
+                .unwrap()
+                .contains(&json!("k8s:container-name:app"))
+        );
+        let e = serde_json::to_value(a.enrichment()).unwrap();
+        assert_eq!(e["container"]["runtime"], "cri-o");
+        assert_eq!(e["kubernetes"]["namespace"], "shop");
+        assert_eq!(e["kubernetes"]["owner"]["kind"], "ReplicaSet");
+        assert_eq!(e["kubernetes"]["serviceAccount"], "sa1");
+        // Pause container: pod selectors, with a reason.
+        let mut a = Attestation {
+            placement: Placement {
+                pod_uid: Some(UID.into()),
+                container_id: Some("f".repeat(64)),
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        fill_from_list(&mut a, &list(), true);
+        assert!(a.problem.as_deref().unwrap().contains("pause"));
+        assert!(!a.selectors.is_empty());
+        assert!(a.selectors.iter().all(|s| !s.starts_with("k8s:container-")));
+    }
+
+    /// A real child process connects; the server answers with that child's pid-derived data.
+    #[test]
+    fn socket_answers_a_child_process_with_its_own_attestation() {
+        use crate::config::{START, resolve};
+        use crate::secret::Secrets;
+        use nix::poll::{PollFd, PollFlags, PollTimeout};
+        use std::process::{Command, Stdio};
+
+        let dir = std::env::temp_dir().join(format!("lg-attest-sock-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let proc_root = dir.join("proc");
+        std::fs::create_dir_all(&proc_root).unwrap();
+        let sock = dir.join("agent.sock");
+        let cfg = resolve(
+            START,
+            &vec![
+                (
+                    Key::ProcRoot,
+                    Some(proc_root.to_string_lossy().into_owned()),
+                ),
+                (
+                    Key::KubeletTokenPath,
+                    Some(dir.join("no-token").to_string_lossy().into_owned()),
+                ),
+            ],
+            &|_| None,
+            Secrets::default(),
+        )
+        .unwrap();
+        let mut attestor = Attestor::new(&cfg).unwrap();
+        let mut srv = socket::Server::bind(&sock, 0o666).unwrap();
+        // The child: the agent binary's `attest --self` when built, else this test binary
+        // running the client test below.
+        let exe = std::env::current_exe().unwrap();
+        let agent = exe
+            .parent()
+            .and_then(|d| d.parent())
+            .map(|d| d.join("linuxguard-agent"));
+        let mut cmd = match agent.filter(|a| a.exists()) {
+            Some(a) => {
+                let mut c = Command::new(a);
+                c.args(["attest", "--self", "--socket"]).arg(&sock);
+                c
+            }
+            None => {
+                let mut c = Command::new(&exe);
+                c.args([
+                    "--exact",
+                    "attest::tests::socket_child_client",
+                    "--ignored",
+                    "--nocapture",
+                ])
+                .env("LG_TEST_SOCKET", &sock);
+                c
+            }
+        };
+        let child = cmd
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        // The child's cgroup, derived from its pid, in the fixture /proc.
+        let pid = child.id();
+        let cid = format!("{pid:064x}");
+        let uid = format!("{:08x}-0000-4000-8000-{:012x}", pid, pid);
+        std::fs::create_dir_all(proc_root.join(pid.to_string())).unwrap();
+        std::fs::write(
+            proc_root.join(pid.to_string()).join("cgroup"),
+            format!("0::/kubepods/besteffort/pod{uid}/{cid}\n"),
+        )
+        .unwrap();
+        let start = Instant::now();
+        while srv.stats.answered == 0 && start.elapsed() < Duration::from_secs(10) {
+            let mut fds = [PollFd::new(srv.fd(), PollFlags::POLLIN)];
+            let _ = nix::poll::poll(&mut fds, PollTimeout::from(100u16));
+            srv.handle_ready(&mut |req, peer| attestor.answer(req, peer));
+        }
+        // Let the answer drain.
+        for _ in 0..10 {
+            srv.handle_ready(&mut |req, peer| attestor.answer(req, peer));
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let out = child.wait_with_output().unwrap();
+        let text = String::from_utf8_lossy(&out.stdout);
+        let line = text
+            .lines()
+            .find(|l| l.starts_with('{'))
+            .unwrap_or_else(|| {
+                panic!(
+                    "no JSON from the child: {text} / {}",
+                    String::from_utf8_lossy(&out.stderr)
+                )
+            });
+        let v: Value = serde_json::from_str(line).unwrap();
+        assert_eq!(v["containerId"], cid.as_str());
+        assert_eq!(v["podUid"], uid.as_str());
+        // `status` as a real child too (the Kubernetes exec probe), when the binary is built.
+        let agent = exe
+            .parent()
+            .and_then(|d| d.parent())
+            .map(|d| d.join("linuxguard-agent"));
+        if let Some(agent) = agent.filter(|a| a.exists()) {
+            let child = Command::new(agent)
+                .args(["status", "--json", "--socket"])
+                .arg(&sock)
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .unwrap();
+            let before = srv.stats.answered;
+            let start = Instant::now();
+            while srv.stats.answered == before && start.elapsed() < Duration::from_secs(10) {
+                let mut fds = [PollFd::new(srv.fd(), PollFlags::POLLIN)];
+                let _ = nix::poll::poll(&mut fds, PollTimeout::from(100u16));
+                srv.handle_ready(&mut |req, peer| attestor.answer(req, peer));
+            }
+            for _ in 0..10 {
+                srv.handle_ready(&mut |req, peer| attestor.answer(req, peer));
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            let out = child.wait_with_output().unwrap();
+            assert!(
+                out.status.success(),
+                "{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+            assert_eq!(v["healthy"], true);
+            assert!(v["attestor"]["cgroupCache"].is_object());
+        }
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// Client half of the test above (run only as its child).
+    #[test]
+    #[ignore]
+    fn socket_child_client() {
+        let Some(path) = std::env::var_os("LG_TEST_SOCKET") else {
+            return;
+        };
+        let v = socket::request(
+            Path::new(&path),
+            socket::Request::AttestSelf,
+            Duration::from_secs(10),
+        )
+        .unwrap();
+        println!("{v}");
+    }
+
+    /// `enrich` never waits for the kubelet: the first event goes out with the pod UID only and
+    /// counts a miss; the refresher fetches the pod and later events carry the pod fields.
+    #[test]
+    fn enrich_does_not_block_and_counts_misses() {
+        use crate::config::{START, resolve};
+        use crate::secret::Secrets;
+        use std::io::{Read, Write};
+
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let body = String::from_utf8(
+            format!(
+                r#"{{"items":[{{"metadata":{{"name":"web","namespace":"shop","uid":"{UID}"}},
+                "status":{{"containerStatuses":[{{"name":"app","image":"nginx:1","containerID":"containerd://{CID}"}}]}}}}]}}"#
+            )
+            .into_bytes(),
+        )
+        .unwrap();
+        std::thread::spawn(move || {
+            for s in listener.incoming() {
+                let Ok(mut s) = s else { continue };
+                let mut buf = [0u8; 4096];
+                let _ = s.read(&mut buf);
+                // A slow kubelet: the event path must not notice.
+                std::thread::sleep(Duration::from_millis(300));
+                let _ = write!(
+                    s,
+                    "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                    body.len()
+                );
+            }
+        });
+        let dir = std::env::temp_dir().join(format!("lg-attest-enrich-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(dir.join("4242")).unwrap();
+        std::fs::write(
+            dir.join("4242/cgroup"),
+            format!("0::/kubepods/burstable/pod{UID}/{CID}\n"),
+        )
+        .unwrap();
+        let cfg = resolve(
+            START,
+            &vec![
+                (Key::ProcRoot, Some(dir.to_string_lossy().into_owned())),
+                (Key::KubeletUrl, Some(format!("http://127.0.0.1:{port}"))),
+                (Key::KubeletPollInterval, Some("20".into())),
+            ],
+            &|_| None,
+            Secrets::default(),
+        )
+        .unwrap();
+        let mut a = Attestor::new(&cfg).unwrap();
+        let t = Instant::now();
+        let e = a.enrich(4242, 9999);
+        assert!(
+            t.elapsed() < Duration::from_millis(100),
+            "{:?}",
+            t.elapsed()
+        );
+        assert_eq!(e.container.as_ref().unwrap().id, CID);
+        let k = e.kubernetes.unwrap();
+        assert_eq!(k.pod_uid, UID);
+        assert!(k.namespace.is_none());
+        assert_eq!(a.stats.kubelet_misses, 1);
+        let start = Instant::now();
+        let mut got = None;
+        while start.elapsed() < Duration::from_secs(5) {
+            let e = a.enrich(4242, 9999);
+            if e.kubernetes.as_ref().is_some_and(|k| k.namespace.is_some()) {
+                got = Some(e);
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let e = got.expect("pod fields after the refresh");
+        let k = e.kubernetes.unwrap();
+        assert_eq!(k.namespace.as_deref(), Some("shop"));
+        assert_eq!(k.container_name.as_deref(), Some("app"));
+        assert_eq!(e.container.unwrap().runtime, Some("containerd"));
+        let st = a.status_json();
+        assert!(st["kubelet"]["fetches"].as_u64().unwrap() >= 1);
+        drop(a); // joins the refresher thread
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 }

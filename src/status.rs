@@ -1,9 +1,69 @@
-//! `status`: not built yet (placeholder until its issue lands; the command reports that it is missing).
+//! `status`: asks the running agent over its Unix socket for health and counters; exit 0 when
+//! healthy, non-zero with a clear message otherwise (usable as a Kubernetes exec probe).
+
+use std::time::Duration;
+
+use serde_json::Value;
 
 use crate::cli::Args;
-use crate::config::Config;
+use crate::config::{Config, Key};
 use crate::error::{Error, Result};
+use crate::socket;
 
-pub fn run(_cfg: Config, _args: &Args) -> Result<()> {
-    Err(Error::runtime("`status` is not part of this build yet"))
+pub fn run(cfg: Config, args: &Args) -> Result<()> {
+    let path = cfg
+        .path(Key::Socket)
+        .expect("invariant: --socket has a default");
+    let v = socket::request(&path, socket::Request::Status, Duration::from_secs(5))?;
+    if args.json {
+        println!("{v}");
+    } else {
+        print!("{}", human(&v));
+    }
+    if v.get("healthy") == Some(&Value::Bool(true)) {
+        Ok(())
+    } else {
+        let why = v
+            .get("reason")
+            .and_then(Value::as_str)
+            .unwrap_or("the agent reports it is not healthy");
+        Err(Error::runtime(format!("unhealthy: {why}")))
+    }
+}
+
+/// `key: value` lines, nested objects flattened with dots.
+fn human(v: &Value) -> String {
+    fn walk(prefix: &str, v: &Value, out: &mut String) {
+        match v {
+            Value::Object(m) => {
+                for (k, v) in m {
+                    let p = if prefix.is_empty() {
+                        k.clone()
+                    } else {
+                        format!("{prefix}.{k}")
+                    };
+                    walk(&p, v, out);
+                }
+            }
+            other => out.push_str(&format!("{prefix}: {other}\n")),
+        }
+    }
+    let mut s = String::new();
+    walk("", v, &mut s);
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn human_flattens() {
+        let v = serde_json::json!({"healthy": true, "attestor": {"kubeletMisses": 3}});
+        let h = human(&v);
+        assert!(
+            h.contains("healthy: true\n") && h.contains("attestor.kubeletMisses: 3\n"),
+            "{h}"
+        );
+    }
 }

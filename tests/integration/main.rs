@@ -8,3 +8,6 @@ mod cli;
 mod manifest;
 mod enroll;
 mod watch;
+mod attest;
+mod cli;
+mod kubelet_server;

@@ -1,0 +1,457 @@
+//! `attest --pid` end to end: the real binary, a fixture `--proc-root`, and a real test kubelet
+//! over HTTP and HTTPS (bearer token, client certificate, wrong CA, slow and down kubelets).
+
+use std::path::Path;
+use std::process::Output;
+use std::time::{Duration, Instant};
+
+use crate::common::{TempDir, agent, run, stderr, stdout};
+use crate::kubelet_server::{Behaviour, Pki, TestKubelet, Tls};
+
+const UID: &str = "2c48913c-b29f-11e7-9350-020968147796";
+const CID: &str = "9bca8d63d5fa610783847915bcff0ecac1273e5b4bed3f6fa1b07350e0135961";
+const PID: u32 = 4242;
+
+fn pod_list() -> String {
+    format!(
+        r#"{{"kind":"PodList","items":[
+      {{"metadata":{{"name":"web-7d4b9c","namespace":"shop","uid":"{UID}","labels":{{"app":"web"}},
+        "ownerReferences":[{{"kind":"ReplicaSet","name":"web-7d4b","uid":"rs-1","controller":true}}]}},
+       "spec":{{"serviceAccountName":"web-sa","nodeName":"worker-1"}},
+       "status":{{"containerStatuses":[{{"name":"nginx","image":"docker.io/library/nginx:1.25",
+          "imageID":"docker.io/library/nginx@sha256:0123","containerID":"containerd://{CID}"}}],
+        "initContainerStatuses":[]}}}},
+      {{"metadata":{{"name":"win","namespace":"shop","uid":"ffffffff-b29f-11e7-9350-020968147796"}},"spec":{{"os":{{"name":"windows"}}}}}}
+    ]}}"#
+    )
+}
+
+const SELECTORS: &[&str] = &[
+    "k8s:container-image:docker.io/library/nginx:1.25",
+    "k8s:container-image:docker.io/library/nginx@sha256:0123",
+    "k8s:container-name:nginx",
+    "k8s:node-name:worker-1",
+    "k8s:ns:shop",
+    "k8s:pod-image-count:1",
+    "k8s:pod-image:docker.io/library/nginx:1.25",
+    "k8s:pod-image:docker.io/library/nginx@sha256:0123",
+    "k8s:pod-init-image-count:0",
+    "k8s:pod-label:app:web",
+    "k8s:pod-name:web-7d4b9c",
+    "k8s:pod-owner-uid:ReplicaSet:rs-1",
+    "k8s:pod-owner:ReplicaSet:web-7d4b",
+    "k8s:pod-uid:2c48913c-b29f-11e7-9350-020968147796",
+    "k8s:sa:web-sa",
+];
+
+fn behaviour() -> Behaviour {
+    Behaviour {
+        body: pod_list(),
+        status: 200,
+        token: None,
+        delay: Duration::ZERO,
+        later_body: None,
+    }
+}
+
+/// A fixture /proc with PID in a containerd pod (systemd driver, cgroup v2).
+fn proc_root(cgroup: &str) -> TempDir {
+    let d = TempDir::new("attest-proc");
+    let p = d.path().join(PID.to_string());
+    std::fs::create_dir_all(&p).expect("fixture dir");
+    std::fs::write(p.join("cgroup"), cgroup).expect("fixture cgroup");
+    std::fs::write(p.join("mountinfo"), "").expect("fixture mountinfo");
+    d
+}
+
+fn pod_cgroup() -> String {
+    let u = UID.replace('-', "_");
+    format!(
+        "0::/kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod{u}.slice/cri-containerd-{CID}.scope\n"
+    )
+}
+
+fn attest(root: &Path, extra: &[&str]) -> Output {
+    let mut c = agent();
+    c.args(["attest", "--pid", &PID.to_string(), "--proc-root"])
+        .arg(root)
+        .args([
+            "--kubelet-poll-retry-interval-ms",
+            "20",
+            "--kubelet-max-poll-attempts",
+            "3",
+        ])
+        .args(extra);
+    run(&mut c)
+}
+
+fn json(o: &Output) -> serde_json::Value {
+    serde_json::from_str(stdout(o).trim())
+        .unwrap_or_else(|e| panic!("stdout is not one JSON object ({e}): {}", stdout(o)))
+}
+
+fn write(dir: &TempDir, name: &str, content: &str) -> String {
+    let p = dir.path().join(name);
+    std::fs::write(&p, content).expect("fixture file");
+    p.to_string_lossy().into_owned()
+}
+
+#[test]
+fn attest_read_only_port_prints_spire_selectors() {
+    let k = TestKubelet::start(Tls::Plain, behaviour());
+    let root = proc_root(&pod_cgroup());
+    let o = attest(
+        root.path(),
+        &["--kubelet-read-only-port", &k.port().to_string()],
+    );
+    assert!(o.status.success(), "stderr: {}", stderr(&o));
+    let v = json(&o);
+    assert_eq!(v["podUid"], UID);
+    assert_eq!(v["containerId"], CID);
+    assert_eq!(v["runtime"], "containerd");
+    let sel: Vec<&str> = v["selectors"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s.as_str().unwrap())
+        .collect();
+    assert_eq!(sel, SELECTORS);
+    // Pod selectors only.
+    let o = attest(
+        root.path(),
+        &[
+            "--kubelet-read-only-port",
+            &k.port().to_string(),
+            "--disable-container-selectors",
+        ],
+    );
+    assert!(o.status.success(), "stderr: {}", stderr(&o));
+    let n = json(&o)["selectors"].as_array().unwrap().len();
+    assert_eq!(n, SELECTORS.len() - 3);
+}
+
+#[test]
+fn attest_https_bearer_token_rotates_and_wrong_token_fails() {
+    let pki = Pki::new(&["localhost", "127.0.0.1"]);
+    let mut b = behaviour();
+    b.token = Some("token-one".into());
+    let k = TestKubelet::start(
+        Tls::Https {
+            server: &pki,
+            client_ca: None,
+        },
+        b,
+    );
+    let dir = TempDir::new("attest-tok");
+    let ca = write(&dir, "ca.crt", &pki.ca_pem);
+    let tok = write(&dir, "token", "token-one\n");
+    let root = proc_root(&pod_cgroup());
+    let url = format!("https://localhost:{}", k.port());
+    let args = [
+        "--kubelet-url",
+        &url,
+        "--kubelet-ca",
+        &ca,
+        "--kubelet-token-path",
+        &tok,
+    ];
+    let o = attest(root.path(), &args);
+    assert!(o.status.success(), "stderr: {}", stderr(&o));
+    assert_eq!(
+        json(&o)["selectors"].as_array().unwrap().len(),
+        SELECTORS.len()
+    );
+    // The token rotates on disk and at the kubelet: the new one is read.
+    k.behaviour.lock().unwrap().token = Some("token-two".into());
+    std::fs::write(&tok, "token-two").unwrap();
+    let o = attest(root.path(), &args);
+    assert!(o.status.success(), "stderr: {}", stderr(&o));
+    // A wrong token: exit 6, the container ID still printed, the reason says 401; the token
+    // itself never appears in the output.
+    std::fs::write(&tok, "token-wrong").unwrap();
+    let o = attest(root.path(), &args);
+    assert_eq!(o.status.code(), Some(6), "stderr: {}", stderr(&o));
+    assert_eq!(json(&o)["containerId"], CID);
+    assert!(stderr(&o).contains("401"), "{}", stderr(&o));
+    assert!(!stderr(&o).contains("token-wrong") && !stdout(&o).contains("token-wrong"));
+}
+
+#[test]
+fn attest_https_client_certificate() {
+    let server = Pki::new(&["localhost"]);
+    let client = Pki::new(&["linuxguard-agent"]);
+    let k = TestKubelet::start(
+        Tls::Https {
+            server: &server,
+            client_ca: Some(&client),
+        },
+        behaviour(),
+    );
+    let dir = TempDir::new("attest-mtls");
+    let ca = write(&dir, "ca.crt", &server.ca_pem);
+    let cert = write(&dir, "client.crt", &client.leaf_pem);
+    let key = write(&dir, "client.key", &client.leaf_key_pem);
+    let root = proc_root(&pod_cgroup());
+    // Node name as host, secure port.
+    let port = k.port().to_string();
+    let o = attest(
+        root.path(),
+        &[
+            "--node-name",
+            "localhost",
+            "--kubelet-secure-port",
+            &port,
+            "--kubelet-ca",
+            &ca,
+            "--kubelet-cert",
+            &cert,
+            "--kubelet-key",
+            &key,
+        ],
+    );
+    assert!(o.status.success(), "stderr: {}", stderr(&o));
+    assert_eq!(json(&o)["podUid"], UID);
+    // Without the client certificate the handshake fails.
+    let o = attest(
+        root.path(),
+        &[
+            "--node-name",
+            "localhost",
+            "--kubelet-secure-port",
+            &port,
+            "--kubelet-ca",
+            &ca,
+            "--kubelet-anonymous",
+        ],
+    );
+    assert_eq!(o.status.code(), Some(6), "stderr: {}", stderr(&o));
+    assert!(
+        stderr(&o).contains("kubelet cannot answer"),
+        "{}",
+        stderr(&o)
+    );
+}
+
+#[test]
+fn attest_wrong_ca_is_rejected_and_skip_verification_works() {
+    let pki = Pki::new(&["localhost"]);
+    let other = Pki::new(&["localhost"]);
+    let k = TestKubelet::start(
+        Tls::Https {
+            server: &pki,
+            client_ca: None,
+        },
+        behaviour(),
+    );
+    let dir = TempDir::new("attest-ca");
+    let wrong = write(&dir, "wrong.crt", &other.ca_pem);
+    let root = proc_root(&pod_cgroup());
+    let url = format!("https://localhost:{}", k.port());
+    let o = attest(
+        root.path(),
+        &[
+            "--kubelet-url",
+            &url,
+            "--kubelet-ca",
+            &wrong,
+            "--kubelet-anonymous",
+        ],
+    );
+    assert_eq!(o.status.code(), Some(6), "stderr: {}", stderr(&o));
+    let e = stderr(&o).to_lowercase();
+    assert!(e.contains("certificate") || e.contains("issuer"), "{e}");
+    let o = attest(
+        root.path(),
+        &[
+            "--kubelet-url",
+            &url,
+            "--skip-kubelet-verification",
+            "--kubelet-anonymous",
+        ],
+    );
+    assert!(o.status.success(), "stderr: {}", stderr(&o));
+}
+
+#[test]
+fn attest_checks_certificate_against_host_name_when_no_node_name() {
+    let host = nix::unistd::gethostname().unwrap().into_string().unwrap();
+    // The certificate names only the host name, not 127.0.0.1: verification must use the name.
+    let pki = Pki::new(&[&host]);
+    let k = TestKubelet::start(
+        Tls::Https {
+            server: &pki,
+            client_ca: None,
+        },
+        behaviour(),
+    );
+    let dir = TempDir::new("attest-host");
+    let ca = write(&dir, "ca.crt", &pki.ca_pem);
+    let root = proc_root(&pod_cgroup());
+    let o = attest(
+        root.path(),
+        &[
+            "--kubelet-secure-port",
+            &k.port().to_string(),
+            "--kubelet-ca",
+            &ca,
+            "--kubelet-anonymous",
+        ],
+    );
+    assert!(o.status.success(), "stderr: {}", stderr(&o));
+}
+
+#[test]
+fn attest_refetches_until_a_new_pod_appears() {
+    let mut b = behaviour();
+    b.body = r#"{"items":[]}"#.into();
+    b.later_body = Some((2, pod_list()));
+    let k = TestKubelet::start(Tls::Plain, b);
+    let root = proc_root(&pod_cgroup());
+    let o = attest(
+        root.path(),
+        &[
+            "--kubelet-read-only-port",
+            &k.port().to_string(),
+            "--kubelet-max-poll-attempts",
+            "5",
+        ],
+    );
+    assert!(o.status.success(), "stderr: {}", stderr(&o));
+    assert_eq!(k.requests(), 3);
+    // Never there: bounded attempts, then exit 6 with the reason.
+    let mut b = behaviour();
+    b.body = r#"{"items":[]}"#.into();
+    let k = TestKubelet::start(Tls::Plain, b);
+    let o = attest(
+        root.path(),
+        &["--kubelet-read-only-port", &k.port().to_string()],
+    );
+    assert_eq!(o.status.code(), Some(6));
+    assert_eq!(k.requests(), 3);
+    assert!(
+        stderr(&o).contains("not in the kubelet's pod list"),
+        "{}",
+        stderr(&o)
+    );
+}
+
+#[test]
+fn attest_slow_and_down_kubelet_fail_in_bounded_time() {
+    let mut b = behaviour();
+    b.delay = Duration::from_secs(30);
+    let k = TestKubelet::start(Tls::Plain, b);
+    let root = proc_root(&pod_cgroup());
+    let t = Instant::now();
+    let o = attest(
+        root.path(),
+        &[
+            "--kubelet-read-only-port",
+            &k.port().to_string(),
+            "--kubelet-max-poll-attempts",
+            "1",
+        ],
+    );
+    assert!(t.elapsed() < Duration::from_secs(15), "{:?}", t.elapsed());
+    assert_eq!(o.status.code(), Some(6));
+    assert_eq!(json(&o)["containerId"], CID);
+    assert!(
+        stderr(&o).contains("kubelet cannot answer"),
+        "{}",
+        stderr(&o)
+    );
+    // Down: nothing listens on the port.
+    let port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    let t = Instant::now();
+    let o = attest(
+        root.path(),
+        &["--kubelet-read-only-port", &port.to_string()],
+    );
+    assert!(t.elapsed() < Duration::from_secs(10));
+    assert_eq!(o.status.code(), Some(6));
+    assert!(
+        stderr(&o).contains("kubelet cannot answer"),
+        "{}",
+        stderr(&o)
+    );
+}
+
+#[test]
+fn attest_outside_a_pod_and_conflicts() {
+    // Plain docker container: container ID printed, exit 6.
+    let root = proc_root(&format!("0::/system.slice/docker-{CID}.scope\n"));
+    let o = attest(root.path(), &[]);
+    assert_eq!(o.status.code(), Some(6));
+    let v = json(&o);
+    assert_eq!(v["containerId"], CID);
+    assert_eq!(v["runtime"], "docker");
+    assert!(v["podUid"].is_null());
+    assert!(
+        stderr(&o).contains("not in a Kubernetes pod"),
+        "{}",
+        stderr(&o)
+    );
+    // Host process.
+    let root = proc_root("0::/system.slice/sshd.service\n");
+    let o = attest(root.path(), &[]);
+    assert_eq!(o.status.code(), Some(6));
+    assert!(json(&o)["containerId"].is_null());
+    // Conflicting lines.
+    let root = proc_root(&format!(
+        "4:memory:/kubepods/pod{UID}/{CID}\n0::/kubepods/pod11111111-2222-3333-4444-555555555555/{CID}\n"
+    ));
+    let o = attest(root.path(), &[]);
+    assert_eq!(o.status.code(), Some(6));
+    assert!(stderr(&o).contains("refusing to guess"), "{}", stderr(&o));
+    // Missing process.
+    let o = run(agent()
+        .args(["attest", "--pid", "99999", "--proc-root"])
+        .arg(root.path()));
+    assert_eq!(o.status.code(), Some(1));
+    assert!(
+        stderr(&o).contains("process 99999 not found"),
+        "{}",
+        stderr(&o)
+    );
+}
+
+#[test]
+fn attest_mountinfo_fallback() {
+    let root = proc_root("0::/\n");
+    let mi = format!(
+        "35 24 0:30 / /sys/fs/cgroup rw shared:9 - cgroup2 cgroup2 rw\n\
+         36 24 8:1 /var/lib/kubelet/pods/{UID}/etc-hosts /etc/hosts rw - ext4 /dev/sda1 rw\n"
+    );
+    std::fs::write(root.path().join(PID.to_string()).join("mountinfo"), mi).unwrap();
+    let k = TestKubelet::start(Tls::Plain, behaviour());
+    let o = attest(
+        root.path(),
+        &["--kubelet-read-only-port", &k.port().to_string()],
+    );
+    assert!(o.status.success(), "stderr: {}", stderr(&o));
+    let v = json(&o);
+    assert_eq!(v["podUid"], UID);
+    assert!(v["containerId"].is_null());
+}
+
+#[test]
+fn status_and_attest_self_without_agent_say_so() {
+    let dir = TempDir::new("status-none");
+    let sock = dir.path().join("none.sock");
+    let o = run(agent().args(["status", "--socket"]).arg(&sock));
+    assert_eq!(o.status.code(), Some(1));
+    assert!(
+        stderr(&o).contains("agent is not running"),
+        "{}",
+        stderr(&o)
+    );
+    let o = run(agent().args(["attest", "--self", "--socket"]).arg(&sock));
+    assert_eq!(o.status.code(), Some(1));
+    assert!(
+        stderr(&o).contains("agent is not running"),
+        "{}",
+        stderr(&o)
+    );
+}
