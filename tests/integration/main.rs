@@ -9,5 +9,4 @@ mod manifest;
 mod enroll;
 mod watch;
 mod attest;
-mod cli;
 mod kubelet_server;
