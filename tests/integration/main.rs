@@ -3,10 +3,10 @@
 
 mod common;
 
+mod attest;
 mod backend;
 mod cli;
-mod manifest;
 mod enroll;
-mod watch;
-mod attest;
 mod kubelet_server;
+mod manifest;
+mod watch;
