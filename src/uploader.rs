@@ -206,7 +206,10 @@ impl Uplink {
             }
             if self.retry_at.is_none_or(|t| now >= t) {
                 if self.pending.is_empty() {
-                    if let Some(b) = self.shared.queue().take_batch(now, false) {
+                    // The first batch goes out at once (start-up proof that events arrive);
+                    // later ones wait for their size or age.
+                    let force = !self.first_upload_logged;
+                    if let Some(b) = self.shared.queue().take_batch(now, force) {
                         self.pending.push_back(b);
                     }
                 }
@@ -222,7 +225,7 @@ impl Uplink {
                 Some(t) if !self.pending.is_empty() => wake = wake.min(t),
                 _ => {
                     if let Some(d) = q.due() {
-                        wake = wake.min(d);
+                        wake = wake.min(if self.first_upload_logged { d } else { now });
                     }
                 }
             }
@@ -241,7 +244,16 @@ impl Uplink {
         let Some(b) = self.pending.pop_front() else {
             return Ok(());
         };
+        let t = Instant::now();
         let answer = self.agent.backend().post_events(&b.key, &b.body);
+        if t.elapsed() > Duration::from_secs(1) {
+            // Only this thread waited: the poll loop kept draining the ring buffer meanwhile.
+            log::info!(
+                "event upload of batch {} took {:.1} s",
+                b.key,
+                t.elapsed().as_secs_f64()
+            );
+        }
         match answer {
             Events::Accepted => {
                 self.shared
