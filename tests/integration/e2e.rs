@@ -460,6 +460,9 @@ fn root_e2e_sigterm_flushes_sends_final_heartbeat_and_exits_0() {
     ]);
     let mut a = run.spawn(c);
     a.wait_log("startup: socket", 30);
+    // The first batch goes out at once; the marked events come after it.
+    Command::new("/bin/true").status().expect("run /bin/true");
+    a.wait_log("startup: first upload accepted", 10);
     let m = marker("term");
     exec_marked(&m, 20);
     wait_for("the marked execs on stdout", 10, || {
