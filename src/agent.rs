@@ -170,7 +170,7 @@ impl Agent {
         let agent_id = identity.agent_id().to_string();
         let (done_tx, uplink_done) = std::sync::mpsc::sync_channel(1);
         let uplink = {
-            let up = Uplink::new(shared.clone(), identity, stop.clone(), workload_id, t0);
+            let up = Uplink::new(shared.clone(), identity, workload_id, t0);
             std::thread::Builder::new()
                 .name("lg-uplink".into())
                 .spawn(move || {

@@ -1,8 +1,9 @@
 //! `start`: validates the settings before any network call, brings up the mTLS identity (TLS
 //! cache or enrolment), then heartbeats and renews on deadlines until SIGINT/SIGTERM or
-//! revocation. [`Agent`] is driven by `tick`/`next_deadline` so one poll loop can also serve
-//! the sensor and the uploader.
+//! revocation. [`Agent`] is driven by a non-blocking `tick` and `next_deadline`, so one poll
+//! loop can also serve the sensor and the uploader (issue 6).
 
+use std::sync::mpsc::{self, Receiver, TryRecvError};
 use std::time::{Duration, Instant, SystemTime};
 
 use crate::backend::{Backend, Failure, Stats};
@@ -10,7 +11,7 @@ use crate::backoff::{self, Backoff};
 use crate::cli::Args;
 use crate::config::{Config, Key};
 use crate::enroll::{self, Credential, Identity};
-use crate::error::{Error, Kind, Result};
+use crate::error::{Context, Error, Kind, Result};
 use crate::identity::{self, WorkloadId};
 use crate::stop::Stop;
 use crate::tls::{self, ServerTrust};
@@ -125,6 +126,8 @@ pub struct Agent {
     hb_backoff: Backoff,
     renew_at: Instant,
     renew_backoff: Backoff,
+    /// The heartbeat or renewal call in flight, if any.
+    pending: Option<Pending>,
 }
 
 impl Agent {
@@ -170,17 +173,18 @@ impl Agent {
                 else {
                     return Ok(None);
                 };
+                // Persist first, so "enrolled" means the cache (if any) holds the identity.
+                if let Some(c) = &plan.cache {
+                    if let Err(e) = c.store(&id) {
+                        log::warn!("{e}; the identity is kept in memory only");
+                    }
+                }
                 log::info!(
                     "enrolled as agent {} in {} ms (certificate valid until {})",
                     id.agent_id,
                     started.elapsed().as_millis(),
                     humantime::format_rfc3339_seconds(id.not_after)
                 );
-                if let Some(c) = &plan.cache {
-                    if let Err(e) = c.store(&id) {
-                        log::warn!("{e}; the identity is kept in memory only");
-                    }
-                }
                 id
             }
         };
@@ -200,6 +204,7 @@ impl Agent {
             hb_backoff: Backoff::default(),
             renew_at,
             renew_backoff: Backoff::default(),
+            pending: None,
         }))
     }
 
@@ -213,36 +218,62 @@ impl Agent {
         &self.backend
     }
 
-    /// When `tick` next has work to do.
+    /// When `tick` next has work to do (soon while a call is in flight, to collect its answer).
     pub fn next_deadline(&self) -> Instant {
+        if self.pending.is_some() {
+            return Instant::now() + PENDING_POLL;
+        }
         self.next_heartbeat.min(self.renew_at)
     }
 
-    /// Does whatever is due at `now`: renewal, then the heartbeat. Errors end the agent
-    /// (revocation: [`Kind::Revoked`]; a certificate that expired before renewal succeeded).
-    /// Network calls run on a helper thread so a stop request is not held up by a stalled
-    /// server (on a stop the call is abandoned and `tick` returns).
-    pub fn tick(&mut self, now: Instant, stop: &Stop) -> Result<()> {
+    /// Never blocks: collects the answer of the call in flight, if any, and starts whatever is
+    /// due at `now` (renewal first, then the heartbeat; one call at a time, each on a helper
+    /// thread, so a stalled server holds up neither the caller's loop nor a stop request).
+    /// Errors end the agent (revocation: [`Kind::Revoked`]; a certificate that expired before
+    /// renewal succeeded).
+    pub fn tick(&mut self, now: Instant) -> Result<()> {
+        if let Some(p) = self.pending.take() {
+            match p {
+                Pending::Heartbeat(rx) => match rx.try_recv() {
+                    Ok(res) => self.heartbeat_done(res)?,
+                    Err(TryRecvError::Empty) => {
+                        self.pending = Some(Pending::Heartbeat(rx));
+                        return Ok(());
+                    }
+                    Err(TryRecvError::Disconnected) => self.heartbeat_done(Err(helper_died()))?,
+                },
+                Pending::Renew(rx) => match rx.try_recv() {
+                    Ok(res) => self.renew_done(res)?,
+                    Err(TryRecvError::Empty) => {
+                        self.pending = Some(Pending::Renew(rx));
+                        return Ok(());
+                    }
+                    Err(TryRecvError::Disconnected) => self.renew_done(Err(helper_died()))?,
+                },
+            }
+        }
         if now >= self.renew_at {
-            self.renew(stop)?;
-        }
-        if now >= self.next_heartbeat && !stop.requested() {
-            self.heartbeat(stop)?;
-        }
-        Ok(())
-    }
-
-    fn heartbeat(&mut self, stop: &Stop) -> Result<()> {
-        let call = {
+            let key = enroll::new_key()?;
+            let (backend, workload_id) = (self.backend.clone(), self.workload_id.clone());
+            self.pending = Some(Pending::Renew(spawn_call(move || {
+                backend.renew(key, &workload_id)
+            })?));
+        } else if now >= self.next_heartbeat {
             let backend = self.backend.clone();
             let (agent_id, workload_id) =
                 (self.identity.agent_id.clone(), self.workload_id.clone());
             let (uptime, stats) = (self.started.elapsed(), self.stats.clone());
-            move || backend.heartbeat(&agent_id, &workload_id, uptime, &stats)
-        };
-        let Some(res) = stop.interruptible(call) else {
-            return Ok(());
-        };
+            self.pending = Some(Pending::Heartbeat(spawn_call(move || {
+                backend.heartbeat(&agent_id, &workload_id, uptime, &stats)
+            })?));
+        }
+        Ok(())
+    }
+
+    fn heartbeat_done(
+        &mut self,
+        res: std::result::Result<Option<Duration>, Failure>,
+    ) -> Result<()> {
         let interval = self.identity.heartbeat_interval;
         match res {
             Ok(asked) => {
@@ -289,15 +320,7 @@ impl Agent {
         }
     }
 
-    fn renew(&mut self, stop: &Stop) -> Result<()> {
-        let key = enroll::new_key()?;
-        let call = {
-            let (backend, workload_id) = (self.backend.clone(), self.workload_id.clone());
-            move || backend.renew(key, &workload_id)
-        };
-        let Some(res) = stop.interruptible(call) else {
-            return Ok(());
-        };
+    fn renew_done(&mut self, res: std::result::Result<Identity, Failure>) -> Result<()> {
         match res {
             Ok(id) => {
                 if id.agent_id != self.identity.agent_id {
@@ -359,6 +382,34 @@ impl Agent {
         );
         log::error!("{msg}");
         Error::new(Kind::Revoked, msg)
+    }
+}
+
+/// How often `tick` looks for the answer of a call in flight.
+const PENDING_POLL: Duration = Duration::from_millis(20);
+
+/// The call in flight and where its answer arrives.
+enum Pending {
+    Heartbeat(Receiver<std::result::Result<Option<Duration>, Failure>>),
+    Renew(Receiver<std::result::Result<Identity, Failure>>),
+}
+
+/// Runs `f` on a helper thread; its result arrives on the returned channel.
+fn spawn_call<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> Result<Receiver<T>> {
+    let (tx, rx) = mpsc::sync_channel(1);
+    std::thread::Builder::new()
+        .name("lg-call".into())
+        .spawn(move || {
+            let _ = tx.send(f());
+        })
+        .context(Kind::Runtime, "failed to start a network helper thread")?;
+    Ok(rx)
+}
+
+fn helper_died() -> Failure {
+    Failure::Retry {
+        why: "the network helper thread ended without an answer".into(),
+        retry_after: None,
     }
 }
 

@@ -13,7 +13,6 @@ use crate::backoff::Backoff;
 use crate::counters::Counters;
 use crate::error::{Error, Result};
 use crate::start;
-use crate::stop::Stop;
 use crate::upload_queue::{Batch, Limits, Queue};
 
 /// First retry of a failed batch after up to this long (full jitter), doubling per attempt.
@@ -153,7 +152,6 @@ pub fn heartbeat_stats(c: &Counters) -> backend::Stats {
 pub struct Uplink {
     shared: Arc<Shared>,
     agent: start::Agent,
-    stop: Arc<Stop>,
     workload_id: String,
     started: Instant,
     /// Batches taken from the queue and not yet accepted (the one being retried, split halves).
@@ -167,14 +165,12 @@ impl Uplink {
     pub fn new(
         shared: Arc<Shared>,
         agent: start::Agent,
-        stop: Arc<Stop>,
-        workload_id: String,
+            workload_id: String,
         started: Instant,
     ) -> Uplink {
         Uplink {
             shared,
             agent,
-            stop,
             workload_id,
             started,
             pending: VecDeque::new(),
@@ -201,7 +197,7 @@ impl Uplink {
             let now = Instant::now();
             if now >= self.agent.next_deadline() {
                 self.agent.stats = heartbeat_stats(&self.shared.counters());
-                self.agent.tick(now, &self.stop)?;
+                self.agent.tick(now)?;
                 continue;
             }
             if self.retry_at.is_none_or(|t| now >= t) {
