@@ -20,7 +20,7 @@ use crate::start::{self, Plan};
 use crate::stop::Stop;
 use crate::upload_queue::Limits;
 use crate::uploader::{Shared, Uplink};
-use crate::watch::{JsonLines, Pipeline, Sink};
+use crate::watch::{JsonLines, POLL_INTERVAL, Pipeline, Sink};
 
 /// Kernel counters, ring fill and the socket's connection timeouts are refreshed this often.
 const HOUSEKEEPING: Duration = Duration::from_secs(1);
@@ -206,6 +206,8 @@ impl Agent {
     /// The poll loop. Returns on SIGINT/SIGTERM (after the flush) or with the uplink's error.
     pub fn run(&mut self) -> Result<()> {
         let mut next_housekeeping = Instant::now();
+        // The ring buffer wakes us only when it is partly full: drain at least this often.
+        let mut next_drain = Instant::now() + POLL_INTERVAL;
         loop {
             if self.shared.failed.load(Ordering::SeqCst) {
                 return Err(self.fatal());
@@ -213,9 +215,11 @@ impl Agent {
             if self.stop.requested() {
                 break;
             }
-            let wait = next_housekeeping.saturating_duration_since(Instant::now());
-            let timeout = PollTimeout::try_from(wait.min(Duration::from_millis(250)))
-                .unwrap_or(PollTimeout::from(250u16));
+            let wait = next_housekeeping
+                .min(next_drain)
+                .saturating_duration_since(Instant::now());
+            let timeout = PollTimeout::try_from(wait.min(POLL_INTERVAL))
+                .unwrap_or(PollTimeout::from(100u16));
             let (ring_ready, socket_ready, metrics_ready) = {
                 let mut fds = vec![
                     PollFd::new(self.pipeline.fd(), PollFlags::POLLIN),
@@ -243,8 +247,9 @@ impl Agent {
                 (ready(Some(0)), ready(si), ready(mi))
             };
             let body = Instant::now();
-            if ring_ready {
+            if ring_ready || body >= next_drain {
                 self.drain()?;
+                next_drain = Instant::now() + POLL_INTERVAL;
             }
             let now = Instant::now();
             if socket_ready || now >= next_housekeeping {

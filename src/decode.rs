@@ -7,18 +7,18 @@ use std::net::IpAddr;
 
 use crate::sensor::types;
 
-/// Record type numbers (`enum lg_type` in bpf/events.h).
-pub const LG_EXEC: u32 = 1;
-pub const LG_EXIT: u32 = 2;
-pub const LG_FORK: u32 = 3;
-pub const LG_CONNECT: u32 = 4;
-pub const LG_ACCEPT: u32 = 5;
-pub const LG_CREDS: u32 = 6;
-pub const LG_PTRACE: u32 = 7;
-pub const LG_BPF_LOAD: u32 = 8;
-pub const LG_MEMFD: u32 = 9;
+/// Record type numbers: `enum lg_type` in bpf/events.h, through the generated type.
+pub const LG_EXEC: u32 = types::lg_type::LG_EXEC.0;
+pub const LG_EXIT: u32 = types::lg_type::LG_EXIT.0;
+pub const LG_FORK: u32 = types::lg_type::LG_FORK.0;
+pub const LG_CONNECT: u32 = types::lg_type::LG_CONNECT.0;
+pub const LG_ACCEPT: u32 = types::lg_type::LG_ACCEPT.0;
+pub const LG_CREDS: u32 = types::lg_type::LG_CREDS.0;
+pub const LG_PTRACE: u32 = types::lg_type::LG_PTRACE.0;
+pub const LG_BPF_LOAD: u32 = types::lg_type::LG_BPF_LOAD.0;
+pub const LG_MEMFD: u32 = types::lg_type::LG_MEMFD.0;
 /// One past the largest record type: the length of per-type counter arrays.
-pub const LG_TYPE_MAX: usize = 10;
+pub const LG_TYPE_MAX: usize = types::lg_type::LG_TYPE_MAX.0 as usize;
 
 /// The `"type"` name of each record type, indexed by type number (0 is unused).
 pub const TYPE_NAMES: [&str; LG_TYPE_MAX] = [
@@ -311,16 +311,17 @@ fn creds(c: &types::lg_creds) -> Creds {
 }
 
 fn cred_call(n: u32) -> &'static str {
-    match n {
-        1 => "setuid",
-        2 => "setgid",
-        3 => "setreuid",
-        4 => "setregid",
-        5 => "setresuid",
-        6 => "setresgid",
-        7 => "setfsuid",
-        8 => "setfsgid",
-        9 => "capset",
+    use types::lg_cred_call as C;
+    match C(n) {
+        C::LG_SETUID => "setuid",
+        C::LG_SETGID => "setgid",
+        C::LG_SETREUID => "setreuid",
+        C::LG_SETREGID => "setregid",
+        C::LG_SETRESUID => "setresuid",
+        C::LG_SETRESGID => "setresgid",
+        C::LG_SETFSUID => "setfsuid",
+        C::LG_SETFSGID => "setfsgid",
+        C::LG_CAPSET => "capset",
         _ => "unknown",
     }
 }

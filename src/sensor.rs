@@ -150,6 +150,9 @@ pub struct Options {
     pub ring_buffer_mb: u64,
     /// Process whose events the kernel drops (the agent itself); 0 = none.
     pub own_tgid: u32,
+    /// Wake the reader only when this many bytes wait (0: every record); the reader must then
+    /// poll with a timeout.
+    pub wakeup_bytes: u64,
 }
 
 /// What happened to one event's hook at start-up.
@@ -274,6 +277,7 @@ fn open(opts: &Options, wanted: &[&str]) -> Result<OpenSensorSkel<'static>> {
         .as_deref_mut()
         .ok_or_else(|| Error::runtime("the BPF object has no .rodata section"))?;
     rodata.agent_tgid = opts.own_tgid;
+    rodata.wakeup_bytes = opts.wakeup_bytes;
     let bytes = u32::try_from(opts.ring_buffer_mb << 20)
         .map_err(|_| Error::config("--ring-buffer-mb is too large (at most 2048)"))?;
     open.maps
@@ -290,10 +294,16 @@ fn open(opts: &Options, wanted: &[&str]) -> Result<OpenSensorSkel<'static>> {
 impl Sensor {
     /// Checks privileges, BTF and tracefs, loads the best available hooks and attaches them.
     pub fn start(opts: &Options) -> Result<Sensor> {
+        Self::start_with(opts, true)
+    }
+
+    /// `allow_btf: false` uses the classic-tracepoint fallbacks only (also how they are tested).
+    fn start_with(opts: &Options, allow_btf: bool) -> Result<Sensor> {
         preflight()?;
         libbpf_rs::set_print(Some((PrintLevel::Debug, libbpf_print)));
-        let (mut skel, choice) = match Self::load(opts, true) {
+        let (mut skel, choice) = match Self::load(opts, allow_btf) {
             Ok(ok) => ok,
+            Err(e) if !allow_btf => return Err(e),
             Err(e) => {
                 // A tp_btf program can be refused even when its BTF is present (older verifiers):
                 // retry with classic tracepoints only before giving up.
@@ -454,8 +464,84 @@ mod tests {
         let n = load_all_for_test(&Options {
             ring_buffer_mb: 1,
             own_tgid: 0,
+            wakeup_bytes: 0,
         })
         .unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(n, 35);
+    }
+
+    /// The classic-tracepoint fallbacks (used where tp_btf is missing) attach and deliver
+    /// exec, exit, fork and connect records with the right fields.
+    #[test]
+    fn root_tracepoint_fallbacks_deliver_exec_exit_fork_connect() {
+        use crate::decode::{Record, decode};
+        use std::cell::RefCell;
+        use std::rc::Rc;
+        use std::time::{Duration, Instant};
+
+        if !nix::unistd::geteuid().is_root() {
+            eprintln!("skipped: needs root");
+            return;
+        }
+        let opts = Options {
+            ring_buffer_mb: 1,
+            own_tgid: 0,
+            wakeup_bytes: 0,
+        };
+        let s = Sensor::start_with(&opts, false).unwrap_or_else(|e| panic!("{e}"));
+        for h in &s.hooks {
+            let via = h.attached.as_deref().unwrap_or("none");
+            assert!(via.starts_with("tracepoint/"), "{}: {via}", h.event);
+        }
+        let got: Rc<RefCell<Vec<Record>>> = Rc::default();
+        let g = got.clone();
+        let mut rb = libbpf_rs::RingBufferBuilder::new();
+        rb.add(s.events_map(), move |b: &[u8]| {
+            if let Ok(r) = decode(b) {
+                g.borrow_mut().push(r);
+            }
+            0
+        })
+        .expect("ring buffer");
+        let rb = rb.build().expect("ring buffer");
+
+        let mut child = std::process::Command::new("/bin/sh")
+            .args(["-c", "exit 3"])
+            .spawn()
+            .expect("spawn sh");
+        let pid = child.id();
+        child.wait().expect("wait");
+        let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let port = l.local_addr().expect("addr").port();
+        let _c = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect");
+
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let (mut exec, mut exit, mut fork, mut connect) = (false, false, false, false);
+        while !(exec && exit && fork && connect) && Instant::now() < deadline {
+            let _ = rb.poll(Duration::from_millis(100));
+            for r in got.borrow().iter() {
+                match r {
+                    Record::Exec(e) if e.task.pid == pid => {
+                        exec = e.path.ends_with("dash") || e.path.ends_with("sh");
+                        assert_eq!(e.args, vec!["/bin/sh", "-c", "exit 3"]);
+                    }
+                    Record::Exit(e) if e.task.pid == pid => {
+                        assert_eq!(e.exit_code, 3);
+                        exit = true;
+                    }
+                    Record::Fork(f) if f.child_pid == pid => fork = true,
+                    Record::Sock(c) if !c.inbound && c.dport == port => {
+                        assert_eq!(c.dst.to_string(), "127.0.0.1");
+                        assert_ne!(c.sport, 0);
+                        connect = true;
+                    }
+                    _ => {}
+                }
+            }
+        }
+        assert!(
+            exec && exit && fork && connect,
+            "exec {exec} exit {exit} fork {fork} connect {connect}"
+        );
     }
 }

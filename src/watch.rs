@@ -23,6 +23,9 @@ use crate::stats::Stats;
 
 /// Records consumed from the ring buffer per batch (bounds user-space memory).
 const BATCH: usize = 512;
+/// The longest a record waits in the ring buffer before it is read: the kernel wakes the reader
+/// only once an eighth of the ring is full, so the loop polls at least this often.
+pub const POLL_INTERVAL: Duration = Duration::from_millis(100);
 /// Stats on stderr this often when `--stats-interval` is 0.
 const DEFAULT_STATS_EVERY: Duration = Duration::from_secs(60);
 
@@ -110,6 +113,8 @@ impl Pipeline {
         let sensor = Sensor::start(&Options {
             ring_buffer_mb,
             own_tgid: std::process::id(),
+            // An eighth of the ring: batches under load, far from filling it.
+            wakeup_bytes: (ring_buffer_mb << 20) / 8,
         })?;
         let missing: Vec<&str> = sensor
             .hooks
@@ -167,7 +172,8 @@ impl Pipeline {
         self.attestor.as_mut()
     }
 
-    /// The ring buffer's epoll fd: readable when records are waiting (for an outer poll loop).
+    /// The ring buffer's epoll fd, for an outer poll loop: readable when enough records are
+    /// waiting; the loop must also call [`Pipeline::drain`] at least every [`POLL_INTERVAL`].
     pub fn fd(&self) -> BorrowedFd<'_> {
         // SAFETY: the epoll fd is owned by `self.ring` and stays open as long as it lives,
         // which the returned borrow cannot outlive.
@@ -177,6 +183,8 @@ impl Pipeline {
     /// Moves every waiting record to `sink`, in batches, flushing after each batch.
     /// Returns `Ok(false)` when the sink closed.
     pub fn drain(&mut self, sink: &mut dyn Sink) -> Result<bool> {
+        let fill = self.ring_fill();
+        self.stats.observe_fill(fill);
         loop {
             let n = self.ring.consume_raw_n(BATCH);
             if n < 0 {
@@ -290,8 +298,8 @@ pub fn run(cfg: Config, _args: &Args) -> Result<()> {
     let mut open = true;
     while open && !STOP.load(Ordering::SeqCst) {
         let wait = next_stats.saturating_duration_since(Instant::now());
-        let timeout = PollTimeout::try_from(wait.min(Duration::from_secs(1)))
-            .unwrap_or(PollTimeout::from(1000u16));
+        let timeout =
+            PollTimeout::try_from(wait.min(POLL_INTERVAL)).unwrap_or(PollTimeout::from(100u16));
         let mut fds = [PollFd::new(p.fd(), PollFlags::POLLIN)];
         match nix::poll::poll(&mut fds, timeout) {
             Ok(_) => {}

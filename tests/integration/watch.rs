@@ -89,12 +89,13 @@ impl Watch {
     }
 
     /// SIGINT, then the exit status and stderr.
-    fn stop(mut self) -> (std::process::ExitStatus, String) {
-        nix::sys::signal::kill(
-            nix::unistd::Pid::from_raw(self.child.id() as i32),
-            nix::sys::signal::Signal::SIGINT,
-        )
-        .expect("signal watch");
+    fn stop(self) -> (std::process::ExitStatus, String) {
+        self.stop_with(nix::sys::signal::Signal::SIGINT)
+    }
+
+    fn stop_with(mut self, sig: nix::sys::signal::Signal) -> (std::process::ExitStatus, String) {
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.child.id() as i32), sig)
+            .expect("signal watch");
         let status = self.child.wait().expect("wait watch");
         std::thread::sleep(Duration::from_millis(100));
         let err = self.stderr.lock().expect("lock").clone();
@@ -296,8 +297,10 @@ fn root_watch_stats_events_and_closed_stdout_end_cleanly() {
     assert!(s["stats"]["dropped_kernel"].is_u64());
     assert!(s["stats"]["dropped_user"].is_u64());
     assert!(s["stats"]["ring_buffer"]["size_bytes"] == 8 << 20);
-    let (status, _) = w.stop();
-    assert!(status.success());
+    // SIGTERM stops as cleanly as SIGINT: exit 0, a last stats event, final counters.
+    let (status, err) = w.stop_with(nix::sys::signal::Signal::SIGTERM);
+    assert!(status.success(), "{err}");
+    assert!(err.contains("final stats:"), "{err}");
 
     // A reader that goes away: watch stops by itself, successfully.
     let mut child = agent()
@@ -370,6 +373,89 @@ fn root_watch_reports_bpf_loads_and_ptrace_by_other_processes() {
     assert_eq!(p["ptrace"]["request"], "attach");
     assert_eq!(p["ptrace"]["result"], 0);
     assert_eq!(pid_of(&p), u64::from(std::process::id()));
+    let (status, err) = w.stop();
+    assert!(status.success(), "watch failed: {err}");
+}
+
+#[test]
+fn root_watch_without_privileges_says_what_is_missing() {
+    if !is_root() {
+        eprintln!("skipped: needs root (to drop to an unprivileged user)");
+        return;
+    }
+    let out = agent()
+        .arg("watch")
+        .uid(65534)
+        .gid(65534)
+        .output()
+        .expect("run watch as nobody");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("needs root, or CAP_BPF and CAP_PERFMON"),
+        "{err}"
+    );
+}
+
+#[test]
+fn root_watch_counts_kernel_drops_when_the_reader_stalls() {
+    if !is_root() {
+        eprintln!("skipped: needs root");
+        return;
+    }
+    // A 1 MiB ring and a stopped reader: exec records (about 2 KiB each) fill it quickly.
+    let w = Watch::start(&["--ring-buffer-mb", "1"]);
+    let pid = nix::unistd::Pid::from_raw(w.child.id() as i32);
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGSTOP).expect("SIGSTOP");
+    for _ in 0..1500 {
+        let _ = Command::new("/bin/true").status();
+    }
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGCONT).expect("SIGCONT");
+    std::thread::sleep(Duration::from_millis(500));
+    let events = w.events.clone();
+    let (status, err) = w.stop();
+    assert!(status.success(), "{err}");
+    let line = err
+        .lines()
+        .find(|l| l.contains("final stats:"))
+        .unwrap_or_else(|| panic!("no final stats: {err}"));
+    let dropped: u64 = line
+        .split_whitespace()
+        .find_map(|w| w.strip_prefix("dropped_kernel="))
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no dropped_kernel in {line}"));
+    assert!(dropped > 0, "a full ring buffer must be counted: {line}");
+    // What did arrive is numbered without gaps: loss is only ever in the kernel counter.
+    let seqs: Vec<u64> = events
+        .lock()
+        .expect("lock")
+        .iter()
+        .filter_map(|v| v["seq"].as_u64())
+        .collect();
+    assert!(!seqs.is_empty());
+    for (i, s) in seqs.iter().enumerate() {
+        assert_eq!(*s, i as u64 + 1);
+    }
+}
+
+#[test]
+fn root_watch_reports_capset_that_changes_capabilities() {
+    if !is_root() {
+        eprintln!("skipped: needs root");
+        return;
+    }
+    let w = Watch::start(&[]);
+    // setpriv (util-linux) calls capset() to add CAP_NET_RAW (bit 13) to the inheritable set.
+    let mut child = Command::new("setpriv")
+        .args(["--inh-caps=+net_raw", "/bin/true"])
+        .spawn()
+        .expect("spawn setpriv");
+    let pid = u64::from(child.id());
+    assert!(child.wait().expect("wait").success());
+    let ev = w.wait_for("capset", |v| v["type"] == "capset" && pid_of(v) == pid);
+    assert_eq!(ev["credentials"]["syscall"], "capset");
+    assert_eq!(ev["credentials"]["old"]["cap_inheritable"], "0x0");
+    assert_eq!(ev["credentials"]["new"]["cap_inheritable"], "0x2000");
     let (status, err) = w.stop();
     assert!(status.success(), "watch failed: {err}");
 }
