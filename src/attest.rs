@@ -181,6 +181,8 @@ fn fill_from_list(a: &mut Attestation, list: &PodList, container_selectors: bool
         .as_deref()
         .and_then(|id| pod.container(id))
         .map(|(s, _)| s.clone());
+    // conmon shares its container's ID but is the runtime's monitor, not the workload.
+    let status = status.filter(|_| !a.placement.conmon);
     a.problem = match (&a.placement.container_id, &status) {
         (Some(id), None) if a.placement.conmon => Some(format!(
             "the process is conmon, the runtime monitor of container {id}, not a workload container"

@@ -455,3 +455,33 @@ fn status_and_attest_self_without_agent_say_so() {
         stderr(&o)
     );
 }
+
+#[test]
+fn attest_conmon_and_pause_are_named() {
+    let k = TestKubelet::start(Tls::Plain, behaviour());
+    let port = k.port().to_string();
+    let u = UID.replace('-', "_");
+    // CRI-O's conmon for the container: not the workload.
+    let root = proc_root(&format!(
+        "0::/kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod{u}.slice/crio-conmon-{CID}.scope\n"
+    ));
+    let o = attest(root.path(), &["--kubelet-read-only-port", &port]);
+    assert_eq!(o.status.code(), Some(6));
+    assert!(stderr(&o).contains("conmon"), "{}", stderr(&o));
+    // The pod's sandbox (pause) container: not among the statuses; pod selectors are printed.
+    let pause = "f".repeat(64);
+    let root = proc_root(&format!(
+        "0::/kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod{u}.slice/cri-containerd-{pause}.scope\n"
+    ));
+    let o = attest(root.path(), &["--kubelet-read-only-port", &port]);
+    assert_eq!(o.status.code(), Some(6));
+    assert!(stderr(&o).contains("pause"), "{}", stderr(&o));
+    let v = json(&o);
+    assert_eq!(v["containerId"], pause.as_str());
+    assert!(
+        v["selectors"]
+            .as_array()
+            .unwrap()
+            .contains(&serde_json::json!("k8s:ns:shop"))
+    );
+}
