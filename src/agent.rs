@@ -218,8 +218,8 @@ impl Agent {
             let wait = next_housekeeping
                 .min(next_drain)
                 .saturating_duration_since(Instant::now());
-            let timeout = PollTimeout::try_from(wait.min(POLL_INTERVAL))
-                .unwrap_or(PollTimeout::from(100u16));
+            let timeout =
+                PollTimeout::try_from(wait.min(POLL_INTERVAL)).unwrap_or(PollTimeout::from(100u16));
             let (ring_ready, socket_ready, metrics_ready) = {
                 let mut fds = vec![
                     PollFd::new(self.pipeline.fd(), PollFlags::POLLIN),

@@ -165,7 +165,7 @@ impl Uplink {
     pub fn new(
         shared: Arc<Shared>,
         agent: start::Agent,
-            workload_id: String,
+        workload_id: String,
         started: Instant,
     ) -> Uplink {
         Uplink {
