@@ -400,6 +400,7 @@ impl Agent {
             self.stop.signal_name(),
             self.cfg_grace.as_secs()
         );
+        let t = Instant::now();
         self.drain()?;
         self.pipeline.refresh_stats();
         self.publish_counters();
@@ -417,6 +418,10 @@ impl Agent {
         if let Some(e) = self.shared.take_fatal() {
             return Err(e);
         }
+        log::debug!(
+            "shutdown: uplink done {} ms after the signal was seen",
+            t.elapsed().as_millis()
+        );
         let c = self.shared.counters();
         let _ = writeln!(
             io::stderr(),

@@ -159,6 +159,8 @@ pub struct Uplink {
     retry_at: Option<Instant>,
     backoff: Backoff,
     first_upload_logged: bool,
+    /// When `start::Agent::tick` is next due.
+    next_tick: Instant,
 }
 
 impl Uplink {
@@ -177,6 +179,7 @@ impl Uplink {
             retry_at: None,
             backoff: Backoff::new(RETRY_BASE, RETRY_CAP),
             first_upload_logged: false,
+            next_tick: Instant::now(),
         }
     }
 
@@ -195,10 +198,12 @@ impl Uplink {
                 return self.flush(deadline);
             }
             let now = Instant::now();
-            if now >= self.agent.next_deadline() {
+            if now >= self.next_tick {
+                // Never blocks: heartbeat/renewal calls run on a helper thread and are collected
+                // by later ticks (`next_deadline` is then a short poll interval away).
                 self.agent.stats = heartbeat_stats(&self.shared.counters());
                 self.agent.tick(now)?;
-                continue;
+                self.next_tick = self.agent.next_deadline();
             }
             if self.retry_at.is_none_or(|t| now >= t) {
                 if self.pending.is_empty() {
@@ -216,7 +221,7 @@ impl Uplink {
             }
             // Nothing to do now: sleep until the next deadline or a push.
             let q = self.shared.queue();
-            let mut wake = self.agent.next_deadline();
+            let mut wake = self.next_tick;
             match self.retry_at {
                 Some(t) if !self.pending.is_empty() => wake = wake.min(t),
                 _ => {

@@ -597,3 +597,156 @@ fn root_e2e_full_disk_for_the_cache_is_a_warning_not_a_crash() {
     a.signal_term();
     assert_eq!(a.wait_exit(15).code(), Some(0), "{}", a.log());
 }
+
+const POD_UID: &str = "2c48913c-b29f-11e7-9350-020968147796";
+const CONTAINER_ID: &str = "9bca8d63d5fa610783847915bcff0ecac1273e5b4bed3f6fa1b07350e0135961";
+
+fn pod_list() -> String {
+    format!(
+        r#"{{"kind":"PodList","items":[
+      {{"metadata":{{"name":"web-7d4b9c","namespace":"shop","uid":"{POD_UID}","labels":{{"app":"web"}}}},
+       "spec":{{"serviceAccountName":"web-sa","nodeName":"worker-1"}},
+       "status":{{"containerStatuses":[{{"name":"nginx","image":"docker.io/library/nginx:1.25",
+          "imageID":"docker.io/library/nginx@sha256:0123","containerID":"containerd://{CONTAINER_ID}"}}]}}}}
+    ]}}"#
+    )
+}
+
+/// A cgroup2 directory named like a Kubernetes pod's container, removed on drop.
+struct PodCgroup {
+    top: PathBuf,
+    leaf: PathBuf,
+}
+
+impl PodCgroup {
+    fn new() -> Option<PodCgroup> {
+        let root = ["/sys/fs/cgroup/unified", "/sys/fs/cgroup"]
+            .into_iter()
+            .map(PathBuf::from)
+            .find(|p| p.join("cgroup.procs").exists() && p.join("cgroup.controllers").exists())?;
+        let top = root.join(format!("lg-e2e-{}", std::process::id()));
+        let leaf = top.join(format!("kubepods/burstable/pod{POD_UID}/{CONTAINER_ID}"));
+        fs::create_dir_all(&leaf).ok()?;
+        Some(PodCgroup { top, leaf })
+    }
+    /// Runs `sh -c script` inside the cgroup (moved in before the script's first command runs).
+    fn run(&self, script: &str) {
+        let mut child = Command::new("/bin/sh")
+            .args(["-c", &format!("read _; {script}")])
+            .stdin(Stdio::piped())
+            .spawn()
+            .expect("spawn sh");
+        fs::write(self.leaf.join("cgroup.procs"), child.id().to_string())
+            .expect("move into the pod cgroup");
+        if let Some(mut stdin) = child.stdin.take() {
+            let _ = stdin.write_all(b"go\n");
+        }
+        assert!(child.wait().expect("wait sh").success());
+    }
+}
+
+impl Drop for PodCgroup {
+    fn drop(&mut self) {
+        let mut dir = self.leaf.clone();
+        while dir.starts_with(&self.top) {
+            let _ = fs::remove_dir(&dir);
+            if !dir.pop() {
+                break;
+            }
+        }
+    }
+}
+
+/// The exec event of `arg` at the backend, if delivered.
+fn exec_event(be: &Backend, arg: &str) -> Option<Value> {
+    let Value::Array(evs) = admin_events(be) else {
+        return None;
+    };
+    evs.into_iter().find(|ev| {
+        ev["type"] == "exec"
+            && ev["process"]["args"]
+                .as_array()
+                .is_some_and(|a| a.iter().any(|x| x == arg))
+    })
+}
+
+/// Kubelet down: events from a pod's process still flow, with the container and pod UID from the
+/// cgroup but without pod fields, and the misses are counted (status and heartbeat). When the
+/// kubelet answers again, the pod fields return.
+#[test]
+fn root_e2e_kubelet_down_events_flow_without_pod_fields() {
+    use crate::kubelet_server::{Behaviour, TestKubelet, Tls};
+    let Some(_serial) = serial() else { return };
+    let Some(cg) = PodCgroup::new() else {
+        eprintln!("skipped: no writable cgroup2 hierarchy");
+        return;
+    };
+    let k = TestKubelet::start(
+        Tls::Plain,
+        Behaviour {
+            body: pod_list(),
+            status: 503,
+            token: None,
+            delay: Duration::ZERO,
+            later_body: None,
+        },
+    );
+    let be = start_backend(&["--token", TOKEN, "--heartbeat-interval-secs", "1"]);
+    let run = Run::new();
+    let url = format!("http://127.0.0.1:{}", k.port());
+    let mut a = run.spawn(run.cmd(
+        &be,
+        &be.url,
+        &[
+            "--node-name",
+            "worker-1",
+            "--kubelet-url",
+            &url,
+            "--kubelet-poll-retry-interval-ms",
+            "100",
+            "--kubelet-max-poll-attempts",
+            "1000",
+        ],
+    ));
+    a.wait_log("startup: socket", 30);
+    let m = marker("kube");
+    let down = format!("{m}-down");
+    cg.run(&format!("/bin/true {down}"));
+    let mut ev = None;
+    wait_for("the pod's exec event", 20, || {
+        ev = exec_event(&be, &down);
+        ev.is_some()
+    });
+    let ev = ev.expect("event");
+    assert_eq!(ev["container"]["id"], CONTAINER_ID, "{ev}");
+    assert_eq!(ev["orchestrator"]["podUid"], POD_UID, "{ev}");
+    assert!(ev["orchestrator"].get("podName").is_none(), "{ev}");
+    let s = status(&run);
+    assert!(s["stats"]["kubeletMisses"].as_u64().unwrap_or(0) > 0, "{s}");
+    wait_for("kubelet misses in a heartbeat", 10, || {
+        be.admin_get("/admin/stats")["lastHeartbeat"]["stats"]["kubeletMisses"]
+            .as_u64()
+            .unwrap_or(0)
+            > 0
+    });
+    assert!(k.requests() > 0, "the kubelet was never asked");
+
+    // The kubelet comes back: the pod fields return.
+    k.behaviour.lock().expect("behaviour").status = 200;
+    let mut named = None;
+    for i in 0..40 {
+        let arg = format!("{m}-up-{i}");
+        cg.run(&format!("/bin/true {arg}"));
+        std::thread::sleep(Duration::from_millis(500));
+        if let Some(ev) = exec_event(&be, &arg) {
+            if ev["orchestrator"]["podName"] == "web-7d4b9c" {
+                named = Some(ev);
+                break;
+            }
+        }
+    }
+    let ev = named.unwrap_or_else(|| panic!("pod fields never returned:\n{}", a.log()));
+    assert_eq!(ev["orchestrator"]["namespace"], "shop", "{ev}");
+    assert_eq!(ev["orchestrator"]["containerName"], "nginx", "{ev}");
+    assert!(a.alive());
+}
