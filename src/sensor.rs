@@ -14,7 +14,12 @@ use libbpf_rs::{Link, MapCore, MapFlags, OpenObject, PrintLevel};
 use crate::error::{Error, Result};
 
 mod skel {
-    #![allow(clippy::all, clippy::pedantic, clippy::undocumented_unsafe_blocks)]
+    #![allow(
+        clippy::all,
+        clippy::pedantic,
+        clippy::undocumented_unsafe_blocks,
+        clippy::unwrap_used
+    )]
     #![allow(dead_code, non_camel_case_types, unsafe_op_in_unsafe_fn)]
     include!(concat!(env!("OUT_DIR"), "/sensor.skel.rs"));
 }
