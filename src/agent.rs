@@ -88,6 +88,10 @@ pub struct Agent {
     agent_id: String,
     started: Instant,
     pub loop_stats: LoopStats,
+    /// `--stats-interval`: a `{"type":"stats"}` event this often (None: off).
+    stats_every: Option<Duration>,
+    /// Stats events emitted (counted as observed, so sent + dropped still adds up).
+    stats_events: u64,
 }
 
 /// `start` after the plan is checked: identity, sensor, socket, uplink, loop.
@@ -200,6 +204,11 @@ impl Agent {
             agent_id,
             started: t0,
             loop_stats: LoopStats::default(),
+            stats_every: match cfg.num(Key::StatsInterval) {
+                0 => None,
+                n => Some(Duration::from_secs(n)),
+            },
+            stats_events: 0,
         })
     }
 
@@ -208,6 +217,7 @@ impl Agent {
         let mut next_housekeeping = Instant::now();
         // The ring buffer wakes us only when it is partly full: drain at least this often.
         let mut next_drain = Instant::now() + POLL_INTERVAL;
+        let mut next_stats = self.stats_every.map(|d| Instant::now() + d);
         loop {
             if self.shared.failed.load(Ordering::SeqCst) {
                 return Err(self.fatal());
@@ -261,6 +271,13 @@ impl Agent {
                     m.serve(&text);
                 }
             }
+            if let (Some(at), Some(every)) = (next_stats, self.stats_every) {
+                if now >= at {
+                    self.pipeline.refresh_stats();
+                    self.send_stats_event()?;
+                    next_stats = Some(at.max(now - every) + every);
+                }
+            }
             if now >= next_housekeeping {
                 self.pipeline.refresh_stats();
                 self.publish_counters();
@@ -294,12 +311,28 @@ impl Agent {
         res.map(|_| ())
     }
 
+    /// A `{"type":"stats"}` event into the same outputs as the kernel's events.
+    fn send_stats_event(&mut self) -> Result<()> {
+        let ev = self.pipeline.stats_event();
+        self.stats_events += 1;
+        let mut sink = LoopSink {
+            shared: &self.shared,
+            stdout: self.sink_stdout.take(),
+            lines: Vec::new(),
+            stdout_sent: 0,
+        };
+        let res = sink.send(&ev).and_then(|_| sink.flush());
+        self.sink_stdout = sink.stdout.take();
+        res.map(|_| ())
+    }
+
     /// Copies the pipeline's and attestor's counters where the uplink reads them.
     fn publish_counters(&mut self) {
         let s = &self.pipeline.stats;
         let c = &self.shared.loop_counters;
         let seen: u64 = s.seen.iter().sum();
-        c.observed.store(seen + s.user_drops, Ordering::Relaxed);
+        c.observed
+            .store(seen + s.user_drops + self.stats_events, Ordering::Relaxed);
         c.dropped_kernel
             .store(s.kernel_drops_total(), Ordering::Relaxed);
         c.dropped_decode.store(s.user_drops, Ordering::Relaxed);
