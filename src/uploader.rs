@@ -371,3 +371,59 @@ impl Uplink {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn limits() -> Limits {
+        Limits {
+            queue_bytes: 64,
+            batch_events: 10,
+            batch_bytes: 1024,
+            batch_age: Duration::from_millis(100),
+        }
+    }
+
+    #[test]
+    fn counters_add_up_and_map_to_the_heartbeat() {
+        let sh = Shared::new(limits(), "k".into(), true);
+        sh.loop_counters.observed.store(30, Ordering::Relaxed);
+        sh.loop_counters.dropped_decode.store(1, Ordering::Relaxed);
+        sh.loop_counters.dropped_kernel.store(4, Ordering::Relaxed);
+        // 20 lines of 9 bytes (with the newline) into a 64-byte queue: 7 stay, 13 dropped.
+        let mut lines: Vec<Vec<u8>> = (0..20)
+            .map(|i| format!("{{\"n\":{i:02}}}").into_bytes())
+            .collect();
+        sh.push_all(&mut lines);
+        assert!(lines.is_empty());
+        sh.sent.store(9, Ordering::Relaxed);
+        let c = sh.counters();
+        assert_eq!(c.queued, 7);
+        assert_eq!(c.dropped_queue, 13);
+        let hb = heartbeat_stats(&c);
+        assert_eq!(hb.events_observed, 30);
+        assert_eq!(hb.events_sent, 9);
+        assert_eq!(hb.events_dropped.queue, 14, "queue + decode drops");
+        assert_eq!(hb.events_dropped.kernel, 4);
+        assert!(sh.queued_bytes() <= 64);
+    }
+
+    #[test]
+    fn stdout_mode_counts_stdout_writes_as_sent() {
+        let sh = Shared::new(limits(), "k".into(), false);
+        sh.loop_counters.stdout_sent.store(5, Ordering::Relaxed);
+        sh.sent.store(99, Ordering::Relaxed);
+        assert_eq!(sh.counters().events_sent, 5);
+    }
+
+    #[test]
+    fn flush_deadline_is_visible_to_the_uplink() {
+        let sh = Shared::new(limits(), "k".into(), true);
+        assert!(sh.flush_deadline().is_none());
+        let t = Instant::now();
+        sh.begin_flush(t);
+        assert_eq!(sh.flush_deadline(), Some(t));
+        assert!(sh.take_fatal().is_none());
+    }
+}

@@ -457,6 +457,8 @@ fn root_e2e_sigterm_flushes_sends_final_heartbeat_and_exits_0() {
         "64",
         "--shutdown-grace",
         "5",
+        "--stats-interval",
+        "1",
     ]);
     let mut a = run.spawn(c);
     a.wait_log("startup: socket", 30);
@@ -467,6 +469,9 @@ fn root_e2e_sigterm_flushes_sends_final_heartbeat_and_exits_0() {
     exec_marked(&m, 20);
     wait_for("the marked execs on stdout", 10, || {
         (0..20).all(|i| a.stdout().contains(&format!("{m}-{i}\"")))
+    });
+    wait_for("a stats event on stdout", 10, || {
+        a.stdout().contains("{\"type\":\"stats\"")
     });
     let mut metrics = String::new();
     std::net::TcpStream::connect(&maddr)
