@@ -92,6 +92,8 @@ pub struct Agent {
     stats_every: Option<Duration>,
     /// Stats events emitted (counted as observed, so sent + dropped still adds up).
     stats_events: u64,
+    /// Open socket connections, as of the last socket pass (for the `status` answer).
+    socket_conns: usize,
 }
 
 /// `start` after the plan is checked: identity, sensor, socket, uplink, loop.
@@ -209,6 +211,7 @@ impl Agent {
                 n => Some(Duration::from_secs(n)),
             },
             stats_events: 0,
+            socket_conns: 0,
         })
     }
 
@@ -365,7 +368,7 @@ impl Agent {
                 "droppedDecode": c.dropped_decode,
                 "queuedEvents": c.queued,
                 "queuedBytes": self.shared.queued_bytes(),
-                "socketConnections": self.socket.as_ref().map_or(0, |s| s.connections()),
+                "socketConnections": self.socket_conns,
                 "batchesAccepted": self.shared.batches_ok.load(Ordering::Relaxed),
                 "uploadFailures": self.shared.upload_failures.load(Ordering::Relaxed),
                 "ringBuffer": {
@@ -384,10 +387,10 @@ impl Agent {
         let Some(mut server) = self.socket.take() else {
             return;
         };
-        let status = self.status_json();
+        self.socket_conns = server.connections();
         let mut answer = |req: socket::Request, peer: &socket::Peer| -> Value {
             match req {
-                socket::Request::Status => socket::ok_reply(status.clone()),
+                socket::Request::Status => socket::ok_reply(self.status_json()),
                 _ => match self.pipeline.attestor_mut() {
                     Some(a) => a.answer(req, peer),
                     None => socket::error_reply("workload attestation is not available"),
