@@ -751,3 +751,40 @@ fn root_e2e_kubelet_down_events_flow_without_pod_fields() {
     assert_eq!(ev["orchestrator"]["containerName"], "nginx", "{ev}");
     assert!(a.alive());
 }
+
+/// A lost response (the backend processes the batch, then closes the connection without an
+/// answer): the agent retries the same batch under the same key, the backend counts it once.
+#[test]
+fn root_e2e_lost_upload_response_is_retried_under_the_same_key() {
+    let Some(_serial) = serial() else { return };
+    let be = start_backend(&["--token", TOKEN]);
+    let run = Run::new();
+    let mut a = run.spawn(run.cmd(&be, &be.url, &[]));
+    a.wait_log("startup: first upload accepted", 30);
+    be.admin_post(
+        "/admin/faults",
+        json!({"path": "/agent/events", "dropResponse": true, "count": 1}),
+    );
+    let m = marker("lost");
+    exec_marked(&m, 10);
+    wait_for("the retried batch", 30, || {
+        be.admin_get("/admin/stats")["duplicateBatches"]
+            .as_u64()
+            .unwrap_or(0)
+            >= 1
+    });
+    wait_for("the marked execs", 20, || marked_execs(&be, &m).len() == 10);
+    assert_exactly_once(&be, &m, 10);
+    let reqs = be.requests_to("/agent/events");
+    let mut keys: HashMap<String, usize> = HashMap::new();
+    for r in &reqs {
+        if let Some(k) = r["headers"]["idempotency-key"].as_str() {
+            *keys.entry(k.to_string()).or_insert(0) += 1;
+        }
+    }
+    assert!(
+        keys.values().any(|n| *n >= 2),
+        "no key was sent twice: {keys:?}"
+    );
+    assert!(a.alive());
+}
