@@ -348,8 +348,15 @@ impl Uplink {
         let left: u64 = self.pending.iter().map(|b| b.events as u64).sum::<u64>()
             + self.shared.queue().len() as u64;
         if left > 0 {
+            // Counted as queue drops, so the final heartbeat still adds up.
+            let mut q = self.shared.queue();
+            while q.take_batch(Instant::now(), true).is_some() {}
+            q.dropped += left;
+            drop(q);
+            self.pending.clear();
             log::warn!(
-                "shutdown: {left} queued events could not be delivered within --shutdown-grace"
+                "shutdown: {left} queued events could not be delivered within --shutdown-grace; \
+                 counted as dropped"
             );
         }
         let stats = heartbeat_stats(&self.shared.counters());

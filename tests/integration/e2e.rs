@@ -788,3 +788,35 @@ fn root_e2e_lost_upload_response_is_retried_under_the_same_key() {
     );
     assert!(a.alive());
 }
+
+/// SIGTERM while uploads fail: after --shutdown-grace the agent exits 0, and what could not be
+/// delivered is counted as dropped in the final heartbeat (nothing is lost silently).
+#[test]
+fn root_e2e_sigterm_during_an_outage_counts_what_was_not_delivered() {
+    let Some(_serial) = serial() else { return };
+    let be = start_backend(&["--token", TOKEN, "--heartbeat-interval-secs", "300"]);
+    let run = Run::new();
+    let mut a = run.spawn(run.cmd(&be, &be.url, &["--shutdown-grace", "1"]));
+    a.wait_log("startup: first upload accepted", 30);
+    be.admin_post(
+        "/admin/faults",
+        json!({"path": "/agent/events", "status": 503, "seconds": 60}),
+    );
+    exec_marked(&marker("grace"), 20);
+    a.wait_log("event upload failed: 503", 10);
+    let t = Instant::now();
+    a.signal_term();
+    assert_eq!(a.wait_exit(15).code(), Some(0), "{}", a.log());
+    assert!(t.elapsed() < Duration::from_secs(6), "{:?}", t.elapsed());
+    assert!(a.log().contains("counted as dropped"), "{}", a.log());
+    let st = be.admin_get("/admin/stats");
+    let hb = &st["lastHeartbeat"]["stats"];
+    assert_eq!(hb["eventsSent"], st["eventsReceived"], "{st}");
+    let dropped = hb["eventsDropped"]["queue"].as_u64().unwrap_or(0);
+    assert!(dropped >= 60, "{st}");
+    assert_eq!(
+        hb["eventsObserved"].as_u64().unwrap_or(0),
+        hb["eventsSent"].as_u64().unwrap_or(0) + dropped,
+        "{st}"
+    );
+}
