@@ -1,9 +1,6 @@
 //! Stage counters of the whole pipeline (kernel → decode → enrich → queue → upload), in one
 //! snapshot shared by heartbeats, the `status` answer and the Prometheus endpoint.
 
-// Wired into the `start` loop by the end-to-end issue; tested on their own until then.
-#![allow(dead_code)]
-
 use serde_json::{Value, json};
 
 /// Every event the kernel produced is in exactly one of: sent, or dropped at one stage.

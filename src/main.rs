@@ -25,24 +25,22 @@ mod sensor;
 mod stats;
 mod watch;
 // Workload attestation, the Unix socket and `status`.
-// `Attestor`, `socket::Server` and the cgroup-id cache wait for `start`/`watch` to call them:
-// drop these three `allow`s when wiring them in.
-#[allow(dead_code)]
 mod attest;
 mod cgroup;
-#[allow(dead_code)]
 mod cgroup_cache;
 mod kubelet;
 mod pods;
 mod selectors;
-#[allow(dead_code)]
 mod socket;
 mod status;
 // Shipping: the manifest checker.
 mod check_manifest;
-// The production loop: counters, upload queue.
+// The production loop: counters, upload queue, uplink thread, metrics, the agent loop.
+mod agent;
 mod counters;
+mod metrics;
 mod upload_queue;
+mod uploader;
 
 use std::ffi::OsString;
 use std::io::Write;

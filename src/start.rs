@@ -367,7 +367,7 @@ impl Agent {
     }
 
     /// 401/403 after enrolment: the identity is gone. Clears the cache and builds the error.
-    fn revoked(&self, what: &str, why: &str) -> Error {
+    pub fn revoked(&self, what: &str, why: &str) -> Error {
         let cleared = match &self.cache {
             Some(c) => match c.clear() {
                 Ok(()) => format!("cleared the TLS cache `{}`", c.dir().display()),
@@ -422,25 +422,11 @@ fn instant_at(t: SystemTime) -> Instant {
     }
 }
 
-pub fn run(cfg: Config, _args: &Args) -> Result<()> {
+pub fn run(mut cfg: Config, _args: &Args) -> Result<()> {
+    let t0 = Instant::now();
     let plan = Plan::from_config(&cfg)?;
-    drop(cfg);
-    let stop = Stop::install()?;
-    let Some(mut agent) = Agent::start(plan, &stop)? else {
-        log::info!("stopping on {} during enrolment", stop.signal_name());
-        return Ok(());
-    };
-    loop {
-        if stop.requested() {
-            break;
-        }
-        agent.tick(Instant::now())?;
-        stop.wait_until(agent.next_deadline());
-    }
-    log::info!(
-        "stopping on {} (agent {})",
-        stop.signal_name(),
-        agent.agent_id()
-    );
-    Ok(())
+    // The plan holds the only copy of the credential from here on (zeroized with it).
+    cfg.enroll_token = None;
+    cfg.api_key = None;
+    crate::agent::run(cfg, plan, t0)
 }

@@ -1,9 +1,6 @@
 //! Upload queue: a byte-bounded FIFO of serialized events that drops the oldest when full (and
 //! counts it), cut into NDJSON batches that keep one idempotency key across retries.
 
-// Wired into the `start` loop by the end-to-end issue; tested on their own until then.
-#![allow(dead_code)]
-
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 

@@ -86,6 +86,8 @@ pub struct Pipeline {
     sensor: Sensor,
     procs: ProcTable,
     builder: Builder,
+    /// Workload attribution (container + pod fields); `None` when it could not be set up.
+    attestor: Option<crate::attest::Attestor>,
     pub stats: Stats,
 }
 
@@ -155,8 +157,19 @@ impl Pipeline {
             sensor,
             procs,
             builder: Builder::new(&host),
+            attestor: None,
             stats,
         })
+    }
+
+    /// Adds workload attribution: every event then carries `container`/`orchestrator` where known.
+    pub fn set_attestor(&mut self, a: crate::attest::Attestor) {
+        self.attestor = Some(a);
+    }
+
+    /// The attestor (the socket server answers through it).
+    pub fn attestor_mut(&mut self) -> Option<&mut crate::attest::Attestor> {
+        self.attestor.as_mut()
     }
 
     /// The ring buffer's epoll fd, for an outer poll loop: readable when enough records are
@@ -184,7 +197,10 @@ impl Pipeline {
             while let Some(item) = self.queue.borrow_mut().pop_front() {
                 match item {
                     Ok(rec) => {
-                        let ev = self.builder.build(&rec, &mut self.procs);
+                        let mut ev = self.builder.build(&rec, &mut self.procs);
+                        if let Some(a) = &mut self.attestor {
+                            enrich(&mut ev, a);
+                        }
                         self.stats.count(ev.kind);
                         if open && !sink.send(&ev)? {
                             open = false;
@@ -232,6 +248,14 @@ impl Pipeline {
     }
 }
 
+/// Fills the event's `container`/`orchestrator` from the attestor (never blocks on the kubelet).
+fn enrich(ev: &mut Event, a: &mut crate::attest::Attestor) {
+    let Some(p) = &ev.process else { return };
+    let e = a.enrich(p.pid, p.cgroup.id);
+    ev.container = e.container.and_then(|c| serde_json::to_value(c).ok());
+    ev.orchestrator = e.kubernetes.and_then(|k| serde_json::to_value(k).ok());
+}
+
 static STOP: AtomicBool = AtomicBool::new(false);
 
 extern "C" fn on_signal(_: nix::libc::c_int) {
@@ -257,6 +281,10 @@ fn install_signal_handlers() -> Result<()> {
 pub fn run(cfg: Config, _args: &Args) -> Result<()> {
     install_signal_handlers()?;
     let mut p = Pipeline::new(&cfg)?;
+    match crate::attest::Attestor::new(&cfg) {
+        Ok(a) => p.set_attestor(a),
+        Err(e) => log::warn!("events will carry no container or pod fields: {e}"),
+    }
     let interval = cfg.num(Key::StatsInterval);
     let (every, as_events) = if interval == 0 {
         (DEFAULT_STATS_EVERY, false)

@@ -963,8 +963,10 @@ fn sigterm_during_a_stalled_heartbeat_stops_promptly() {
     });
     let t = Instant::now();
     assert_eq!(a.term().code(), Some(0), "{}", a.log());
+    // `start` now also detaches the sensor on the way out: the kernel serializes the ~30 link
+    // releases (~35 ms each here), ~1.2 s in all. The bound is far below the 30 s stall.
     assert!(
-        t.elapsed() < Duration::from_secs(1),
+        t.elapsed() < Duration::from_secs(3),
         "stop took {:?}",
         t.elapsed()
     );

@@ -6,6 +6,7 @@ mod common;
 mod attest;
 mod backend;
 mod cli;
+mod e2e;
 mod enroll;
 mod kubelet_server;
 mod manifest;

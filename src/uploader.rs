@@ -1,0 +1,436 @@
+//! The uplink thread: takes NDJSON batches from the shared byte-bounded queue and posts them
+//! (same key on every retry, 413 split, backoff on 429/5xx/transport), heartbeats and renews on
+//! their deadlines, and on shutdown flushes within the grace period then sends a final
+//! heartbeat. The poll loop only ever pushes into the queue, so a slow backend never stalls it.
+
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use crate::backend::{self, Events, Failure};
+use crate::backoff::Backoff;
+use crate::counters::Counters;
+use crate::error::{Error, Result};
+use crate::start;
+use crate::upload_queue::{Batch, Limits, Queue};
+
+/// First retry of a failed batch after up to this long (full jitter), doubling per attempt.
+const RETRY_BASE: Duration = Duration::from_millis(500);
+/// Retries of a batch never wait longer than this, so delivery resumes promptly after an outage.
+const RETRY_CAP: Duration = Duration::from_secs(10);
+
+/// Counters written by the poll loop (the uplink reads them for heartbeats).
+#[derive(Default)]
+pub struct LoopCounters {
+    pub observed: AtomicU64,
+    pub dropped_kernel: AtomicU64,
+    pub dropped_decode: AtomicU64,
+    pub kubelet_misses: AtomicU64,
+    /// Events written to stdout (`--output stdout`).
+    pub stdout_sent: AtomicU64,
+}
+
+/// What the poll loop and the uplink thread share.
+pub struct Shared {
+    queue: Mutex<Queue>,
+    wake: Condvar,
+    /// Shutdown requested: flush until this deadline, then the final heartbeat.
+    flush_until: Mutex<Option<Instant>>,
+    pub loop_counters: LoopCounters,
+    /// Events accepted by the backend.
+    pub sent: AtomicU64,
+    /// Events given up on (rejected batch, or a single event over the server's size limit).
+    pub dropped_upload: AtomicU64,
+    /// Batches accepted / upload attempts that failed and will be retried.
+    pub batches_ok: AtomicU64,
+    pub upload_failures: AtomicU64,
+    /// Set when the uplink thread ended with an error (revocation): the loop must stop.
+    pub failed: AtomicBool,
+    fatal: Mutex<Option<Error>>,
+    /// Whether events go to the backend at all (`--output backend|both`).
+    pub to_backend: bool,
+}
+
+impl Shared {
+    pub fn new(limits: Limits, key_prefix: String, to_backend: bool) -> Shared {
+        Shared {
+            queue: Mutex::new(Queue::new(limits, key_prefix)),
+            wake: Condvar::new(),
+            flush_until: Mutex::new(None),
+            loop_counters: LoopCounters::default(),
+            sent: AtomicU64::new(0),
+            dropped_upload: AtomicU64::new(0),
+            batches_ok: AtomicU64::new(0),
+            upload_failures: AtomicU64::new(0),
+            failed: AtomicBool::new(false),
+            fatal: Mutex::new(None),
+            to_backend,
+        }
+    }
+
+    fn queue(&self) -> MutexGuard<'_, Queue> {
+        self.queue.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Appends serialized events (the poll loop, once per drained batch); wakes the uplink.
+    pub fn push_all(&self, lines: &mut Vec<Vec<u8>>) {
+        if lines.is_empty() {
+            return;
+        }
+        let now = Instant::now();
+        let mut q = self.queue();
+        for l in lines.drain(..) {
+            q.push(l, now);
+        }
+        drop(q);
+        self.wake.notify_one();
+    }
+
+    /// Asks the uplink to flush what is queued until `deadline`, then send a final heartbeat.
+    pub fn begin_flush(&self, deadline: Instant) {
+        *self.flush_until.lock().unwrap_or_else(|p| p.into_inner()) = Some(deadline);
+        let _q = self.queue();
+        self.wake.notify_all();
+    }
+
+    fn flush_deadline(&self) -> Option<Instant> {
+        *self.flush_until.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Bytes waiting in the queue (0 when it is empty).
+    pub fn queued_bytes(&self) -> usize {
+        let q = self.queue();
+        if q.is_empty() { 0 } else { q.bytes() }
+    }
+
+    /// The error that ended the uplink, if any (taken once).
+    pub fn take_fatal(&self) -> Option<Error> {
+        self.fatal.lock().unwrap_or_else(|p| p.into_inner()).take()
+    }
+
+    /// One snapshot of every stage counter.
+    pub fn counters(&self) -> Counters {
+        let (dropped_queue, queued) = {
+            let q = self.queue();
+            (q.dropped, q.len() as u64)
+        };
+        let l = &self.loop_counters;
+        let sent = if self.to_backend {
+            self.sent.load(Ordering::Relaxed)
+        } else {
+            l.stdout_sent.load(Ordering::Relaxed)
+        };
+        Counters {
+            events_observed: l.observed.load(Ordering::Relaxed),
+            events_sent: sent,
+            dropped_kernel: l.dropped_kernel.load(Ordering::Relaxed),
+            dropped_decode: l.dropped_decode.load(Ordering::Relaxed),
+            dropped_queue,
+            dropped_upload: self.dropped_upload.load(Ordering::Relaxed),
+            kubelet_misses: l.kubelet_misses.load(Ordering::Relaxed),
+            queued,
+        }
+    }
+}
+
+/// The heartbeat's `stats` from the stage counters (decode drops count as queue-side drops).
+pub fn heartbeat_stats(c: &Counters) -> backend::Stats {
+    backend::Stats {
+        events_observed: c.events_observed,
+        events_sent: c.events_sent,
+        events_dropped: backend::Dropped {
+            kernel: c.dropped_kernel,
+            queue: c.dropped_queue + c.dropped_decode,
+            upload: c.dropped_upload,
+        },
+        kubelet_misses: c.kubelet_misses,
+    }
+}
+
+/// The uplink thread's state.
+pub struct Uplink {
+    shared: Arc<Shared>,
+    agent: start::Agent,
+    workload_id: String,
+    started: Instant,
+    /// Batches taken from the queue and not yet accepted (the one being retried, split halves).
+    pending: VecDeque<Batch>,
+    retry_at: Option<Instant>,
+    backoff: Backoff,
+    first_upload_logged: bool,
+    /// When `start::Agent::tick` is next due.
+    next_tick: Instant,
+}
+
+impl Uplink {
+    pub fn new(
+        shared: Arc<Shared>,
+        agent: start::Agent,
+        workload_id: String,
+        started: Instant,
+    ) -> Uplink {
+        Uplink {
+            shared,
+            agent,
+            workload_id,
+            started,
+            pending: VecDeque::new(),
+            retry_at: None,
+            backoff: Backoff::new(RETRY_BASE, RETRY_CAP),
+            first_upload_logged: false,
+            next_tick: Instant::now(),
+        }
+    }
+
+    /// Runs until shutdown (after the flush and final heartbeat) or a fatal error, which is
+    /// stored in `Shared` for the loop to return.
+    pub fn run(mut self) {
+        if let Err(e) = self.serve() {
+            *self.shared.fatal.lock().unwrap_or_else(|p| p.into_inner()) = Some(e);
+            self.shared.failed.store(true, Ordering::SeqCst);
+        }
+    }
+
+    fn serve(&mut self) -> Result<()> {
+        loop {
+            if let Some(deadline) = self.shared.flush_deadline() {
+                return self.flush(deadline);
+            }
+            let now = Instant::now();
+            if now >= self.next_tick {
+                // Never blocks: heartbeat/renewal calls run on a helper thread and are collected
+                // by later ticks (`next_deadline` is then a short poll interval away).
+                self.agent.stats = heartbeat_stats(&self.shared.counters());
+                self.agent.tick(now)?;
+                self.next_tick = self.agent.next_deadline();
+            }
+            if self.retry_at.is_none_or(|t| now >= t) {
+                if self.pending.is_empty() {
+                    // The first batch goes out at once (start-up proof that events arrive);
+                    // later ones wait for their size or age.
+                    let force = !self.first_upload_logged;
+                    if let Some(b) = self.shared.queue().take_batch(now, force) {
+                        self.pending.push_back(b);
+                    }
+                }
+                if !self.pending.is_empty() {
+                    self.send_front()?;
+                    continue;
+                }
+            }
+            // Nothing to do now: sleep until the next deadline or a push.
+            let q = self.shared.queue();
+            let mut wake = self.next_tick;
+            match self.retry_at {
+                Some(t) if !self.pending.is_empty() => wake = wake.min(t),
+                _ => {
+                    if let Some(d) = q.due() {
+                        wake = wake.min(if self.first_upload_logged { d } else { now });
+                    }
+                }
+            }
+            let left = wake.saturating_duration_since(Instant::now());
+            if !left.is_zero() && self.shared.flush_deadline().is_none() {
+                let _ = self
+                    .shared
+                    .wake
+                    .wait_timeout(q, left.min(Duration::from_secs(1)));
+            }
+        }
+    }
+
+    /// Posts the front pending batch once and handles the answer.
+    fn send_front(&mut self) -> Result<()> {
+        let Some(b) = self.pending.pop_front() else {
+            return Ok(());
+        };
+        let t = Instant::now();
+        let answer = self.agent.backend().post_events(&b.key, &b.body);
+        if t.elapsed() > Duration::from_secs(1) {
+            // Only this thread waited: the poll loop kept draining the ring buffer meanwhile.
+            log::info!(
+                "event upload of batch {} took {:.1} s",
+                b.key,
+                t.elapsed().as_secs_f64()
+            );
+        }
+        match answer {
+            Events::Accepted => {
+                self.shared
+                    .sent
+                    .fetch_add(b.events as u64, Ordering::Relaxed);
+                self.shared.batches_ok.fetch_add(1, Ordering::Relaxed);
+                self.backoff.reset();
+                self.retry_at = None;
+                if !self.first_upload_logged {
+                    self.first_upload_logged = true;
+                    log::info!(
+                        "startup: first upload accepted ({} events) {} ms after start",
+                        b.events,
+                        self.started.elapsed().as_millis()
+                    );
+                }
+                log::debug!("batch {} accepted ({} events)", b.key, b.events);
+            }
+            Events::Split => {
+                if b.events < 2 {
+                    self.shared.dropped_upload.fetch_add(1, Ordering::Relaxed);
+                    log::warn!(
+                        "the backend refused a single event of {} bytes as too large (413); dropped and counted",
+                        b.body.len()
+                    );
+                } else {
+                    let halves = self.shared.queue().split(b);
+                    if let Some((x, y)) = halves {
+                        log::debug!("413: split into {} + {} events", x.events, y.events);
+                        self.pending.push_front(y);
+                        self.pending.push_front(x);
+                    }
+                }
+            }
+            Events::Failed(Failure::Revoked(why)) => {
+                return Err(self.agent.revoked("event upload", &why));
+            }
+            Events::Failed(Failure::Retry { why, retry_after }) => {
+                let mut b = b;
+                b.attempts += 1;
+                self.shared.upload_failures.fetch_add(1, Ordering::Relaxed);
+                let d = self.backoff.next(retry_after);
+                if b.attempts == 1 || b.attempts % 10 == 0 {
+                    log::warn!(
+                        "event upload failed: {why}; retrying batch {} ({} events) in {:.1} s \
+                         (attempt {}); new events queue up to --queue-mb",
+                        b.key,
+                        b.events,
+                        d.as_secs_f64(),
+                        b.attempts
+                    );
+                }
+                self.retry_at = Some(Instant::now() + d);
+                self.pending.push_front(b);
+            }
+            Events::Failed(Failure::Rejected(why)) => {
+                self.shared
+                    .dropped_upload
+                    .fetch_add(b.events as u64, Ordering::Relaxed);
+                log::warn!(
+                    "the backend rejected batch {} ({} events): {why}; dropped and counted",
+                    b.key,
+                    b.events
+                );
+            }
+        }
+        Ok(())
+    }
+
+    /// Shutdown: post everything queued until `deadline` (no backoff waits past it), then one
+    /// final heartbeat with the final counters.
+    fn flush(&mut self, deadline: Instant) -> Result<()> {
+        loop {
+            let now = Instant::now();
+            if now >= deadline {
+                break;
+            }
+            if self.pending.is_empty() {
+                match self.shared.queue().take_batch(now, true) {
+                    Some(b) => self.pending.push_back(b),
+                    None => break,
+                }
+            }
+            if let Some(t) = self.retry_at.filter(|t| *t > now) {
+                std::thread::sleep(t.min(deadline).saturating_duration_since(now));
+                self.retry_at = None;
+                continue;
+            }
+            self.send_front()?;
+        }
+        let left: u64 = self.pending.iter().map(|b| b.events as u64).sum::<u64>()
+            + self.shared.queue().len() as u64;
+        if left > 0 {
+            // Counted as queue drops, so the final heartbeat still adds up.
+            let mut q = self.shared.queue();
+            while q.take_batch(Instant::now(), true).is_some() {}
+            q.dropped += left;
+            drop(q);
+            self.pending.clear();
+            log::warn!(
+                "shutdown: {left} queued events could not be delivered within --shutdown-grace; \
+                 counted as dropped"
+            );
+        }
+        let stats = heartbeat_stats(&self.shared.counters());
+        match self.agent.backend().heartbeat(
+            self.agent.agent_id(),
+            &self.workload_id,
+            self.started.elapsed(),
+            &stats,
+        ) {
+            Ok(_) => log::info!(
+                "final heartbeat sent ({} events sent, {} dropped)",
+                stats.events_sent,
+                stats.events_dropped.kernel
+                    + stats.events_dropped.queue
+                    + stats.events_dropped.upload
+            ),
+            Err(e) => log::warn!("final heartbeat failed: {e}"),
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn limits() -> Limits {
+        Limits {
+            queue_bytes: 64,
+            batch_events: 10,
+            batch_bytes: 1024,
+            batch_age: Duration::from_millis(100),
+        }
+    }
+
+    #[test]
+    fn counters_add_up_and_map_to_the_heartbeat() {
+        let sh = Shared::new(limits(), "k".into(), true);
+        sh.loop_counters.observed.store(30, Ordering::Relaxed);
+        sh.loop_counters.dropped_decode.store(1, Ordering::Relaxed);
+        sh.loop_counters.dropped_kernel.store(4, Ordering::Relaxed);
+        // 20 lines of 9 bytes (with the newline) into a 64-byte queue: 7 stay, 13 dropped.
+        let mut lines: Vec<Vec<u8>> = (0..20)
+            .map(|i| format!("{{\"n\":{i:02}}}").into_bytes())
+            .collect();
+        sh.push_all(&mut lines);
+        assert!(lines.is_empty());
+        sh.sent.store(9, Ordering::Relaxed);
+        let c = sh.counters();
+        assert_eq!(c.queued, 7);
+        assert_eq!(c.dropped_queue, 13);
+        let hb = heartbeat_stats(&c);
+        assert_eq!(hb.events_observed, 30);
+        assert_eq!(hb.events_sent, 9);
+        assert_eq!(hb.events_dropped.queue, 14, "queue + decode drops");
+        assert_eq!(hb.events_dropped.kernel, 4);
+        assert!(sh.queued_bytes() <= 64);
+    }
+
+    #[test]
+    fn stdout_mode_counts_stdout_writes_as_sent() {
+        let sh = Shared::new(limits(), "k".into(), false);
+        sh.loop_counters.stdout_sent.store(5, Ordering::Relaxed);
+        sh.sent.store(99, Ordering::Relaxed);
+        assert_eq!(sh.counters().events_sent, 5);
+    }
+
+    #[test]
+    fn flush_deadline_is_visible_to_the_uplink() {
+        let sh = Shared::new(limits(), "k".into(), true);
+        assert!(sh.flush_deadline().is_none());
+        let t = Instant::now();
+        sh.begin_flush(t);
+        assert_eq!(sh.flush_deadline(), Some(t));
+        assert!(sh.take_fatal().is_none());
+    }
+}
