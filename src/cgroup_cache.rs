@@ -113,11 +113,6 @@ impl CgroupCache {
         }
     }
 
-    /// Forgets a cgroup (on cgroup removal, if the sensor reports it).
-    pub fn forget(&mut self, id: u64) {
-        self.map.pop(&id);
-    }
-
     pub fn len(&self) -> usize {
         self.map.len() + self.by_pid.len()
     }
