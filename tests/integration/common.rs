@@ -247,3 +247,49 @@ impl Drop for Backend {
         let _ = self.child.wait();
     }
 }
+
+/// A running agent process whose stderr goes to a log file: shared waits for the tests.
+pub trait AgentProcess {
+    fn child(&mut self) -> &mut std::process::Child;
+    fn log_path(&self) -> &Path;
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.log_path()).unwrap_or_default()
+    }
+
+    /// Waits for a log line containing `needle`; panics with the log after `secs`.
+    fn wait_log(&mut self, needle: &str, secs: u64) {
+        let end = std::time::Instant::now() + std::time::Duration::from_secs(secs);
+        while std::time::Instant::now() < end {
+            if self.log().contains(needle) {
+                return;
+            }
+            if let Ok(Some(st)) = self.child().try_wait() {
+                panic!(
+                    "agent exited ({st}) before logging {needle:?}:\n{}",
+                    self.log()
+                );
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        panic!(
+            "no {needle:?} in the agent log within {secs} s:\n{}",
+            self.log()
+        );
+    }
+
+    /// Waits for the process to exit; kills it and panics after `secs`.
+    fn wait_exit(&mut self, secs: u64) -> std::process::ExitStatus {
+        let end = std::time::Instant::now() + std::time::Duration::from_secs(secs);
+        loop {
+            if let Some(st) = self.child().try_wait().expect("wait") {
+                return st;
+            }
+            if std::time::Instant::now() > end {
+                let _ = self.child().kill();
+                panic!("agent still running after {secs} s:\n{}", self.log());
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+    }
+}

@@ -7,13 +7,13 @@
 use std::collections::HashMap;
 use std::fs;
 use std::io::{Read, Write};
-use std::path::PathBuf;
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
-use crate::common::{self, Backend, TempDir, start_backend, start_backend_in};
+use crate::common::{self, AgentProcess, Backend, TempDir, start_backend, start_backend_in};
 
 const TOKEN: &str = "ABCDEFGHIJKLMNOPQRSTUVWX";
 
@@ -69,44 +69,18 @@ struct Agent {
     out: PathBuf,
 }
 
-impl Agent {
-    fn log(&self) -> String {
-        fs::read_to_string(&self.log).unwrap_or_default()
+impl AgentProcess for Agent {
+    fn child(&mut self) -> &mut Child {
+        &mut self.child
     }
+    fn log_path(&self) -> &Path {
+        &self.log
+    }
+}
+
+impl Agent {
     fn stdout(&self) -> String {
         fs::read_to_string(&self.out).unwrap_or_default()
-    }
-    fn wait_log(&mut self, needle: &str, secs: u64) {
-        let end = Instant::now() + Duration::from_secs(secs);
-        while Instant::now() < end {
-            if self.log().contains(needle) {
-                return;
-            }
-            if let Ok(Some(st)) = self.child.try_wait() {
-                panic!(
-                    "agent exited ({st}) before logging {needle:?}:\n{}",
-                    self.log()
-                );
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        panic!(
-            "no {needle:?} in the agent log within {secs} s:\n{}",
-            self.log()
-        );
-    }
-    fn wait_exit(&mut self, secs: u64) -> ExitStatus {
-        let end = Instant::now() + Duration::from_secs(secs);
-        loop {
-            if let Some(st) = self.child.try_wait().expect("wait") {
-                return st;
-            }
-            if Instant::now() > end {
-                let _ = self.child.kill();
-                panic!("agent still running after {secs} s:\n{}", self.log());
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
     }
     fn signal_term(&self) {
         let pid = nix::unistd::Pid::from_raw(self.child.id() as i32);

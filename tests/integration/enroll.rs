@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
-use crate::common::{self, Backend, TempDir, start_backend};
+use crate::common::{self, AgentProcess, Backend, TempDir, start_backend};
 
 const TOKEN: &str = "ABCDEFGHIJKLMNOPQRSTUVWX";
 /// The same token as a user might paste it: lower case with dashes.
@@ -187,43 +187,16 @@ struct Agent {
     log: PathBuf,
 }
 
+impl AgentProcess for Agent {
+    fn child(&mut self) -> &mut Child {
+        &mut self.child
+    }
+    fn log_path(&self) -> &Path {
+        &self.log
+    }
+}
+
 impl Agent {
-    fn log(&self) -> String {
-        fs::read_to_string(&self.log).unwrap_or_default()
-    }
-    /// Waits for a log line containing `needle`; panics with the log after `secs`.
-    fn wait_log(&mut self, needle: &str, secs: u64) {
-        let end = Instant::now() + Duration::from_secs(secs);
-        while Instant::now() < end {
-            if self.log().contains(needle) {
-                return;
-            }
-            if let Ok(Some(st)) = self.child.try_wait() {
-                panic!(
-                    "agent exited ({st}) before logging {needle:?}:\n{}",
-                    self.log()
-                );
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        panic!(
-            "no {needle:?} in the agent log within {secs} s:\n{}",
-            self.log()
-        );
-    }
-    fn wait_exit(&mut self, secs: u64) -> ExitStatus {
-        let end = Instant::now() + Duration::from_secs(secs);
-        loop {
-            if let Some(st) = self.child.try_wait().expect("wait") {
-                return st;
-            }
-            if Instant::now() > end {
-                let _ = self.child.kill();
-                panic!("agent still running after {secs} s:\n{}", self.log());
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
     fn term(&mut self) -> ExitStatus {
         let pid = nix::unistd::Pid::from_raw(self.child.id() as i32);
         let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
