@@ -792,13 +792,15 @@ mod tests {
             .into_bytes(),
         )
         .unwrap();
+        // A kubelet that answers only once the test lets it (or after 20 s): an event path that
+        // waited for it would take 20 s, one that does not returns at once.
+        let (release, gate) = std::sync::mpsc::channel::<()>();
         std::thread::spawn(move || {
             for s in listener.incoming() {
                 let Ok(mut s) = s else { continue };
                 let mut buf = [0u8; 4096];
                 let _ = s.read(&mut buf);
-                // A slow kubelet: the event path must not notice.
-                std::thread::sleep(Duration::from_millis(300));
+                let _ = gate.recv_timeout(Duration::from_secs(20));
                 let _ = write!(
                     s,
                     "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
@@ -829,8 +831,8 @@ mod tests {
         let t = Instant::now();
         let e = a.enrich(4242, 9999);
         assert!(
-            t.elapsed() < Duration::from_millis(100),
-            "{:?}",
+            t.elapsed() < Duration::from_secs(10),
+            "the event path waited for the kubelet: {:?}",
             t.elapsed()
         );
         assert_eq!(e.container.as_ref().unwrap().id, CID);
@@ -838,6 +840,7 @@ mod tests {
         assert_eq!(k.pod_uid, UID);
         assert!(k.namespace.is_none());
         assert_eq!(a.stats.kubelet_misses, 1);
+        drop(release);
         let start = Instant::now();
         let mut got = None;
         while start.elapsed() < Duration::from_secs(5) {

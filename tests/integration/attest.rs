@@ -351,7 +351,8 @@ fn attest_slow_and_down_kubelet_fail_in_bounded_time() {
             "1",
         ],
     );
-    assert!(t.elapsed() < Duration::from_secs(15), "{:?}", t.elapsed());
+    // The kubelet answers after 30 s: ending well before proves the request timeout ended it.
+    assert!(t.elapsed() < Duration::from_secs(25), "{:?}", t.elapsed());
     assert_eq!(o.status.code(), Some(6));
     assert_eq!(json(&o)["containerId"], CID);
     assert!(
@@ -369,7 +370,7 @@ fn attest_slow_and_down_kubelet_fail_in_bounded_time() {
         root.path(),
         &["--kubelet-read-only-port", &port.to_string()],
     );
-    assert!(t.elapsed() < Duration::from_secs(10));
+    assert!(t.elapsed() < Duration::from_secs(25), "{:?}", t.elapsed());
     assert_eq!(o.status.code(), Some(6));
     assert!(
         stderr(&o).contains("kubelet cannot answer"),

