@@ -48,6 +48,9 @@ struct lg_task {
 	__u64 ts_boot_ns;	 /* bpf_ktime_get_boot_ns() at the event */
 	__u64 start_boot_ns;	 /* task->group_leader->start_boottime */
 	__u64 cgroup_id;	 /* bpf_get_current_cgroup_id() (cgroup v2) */
+	__u64 memcg_v1_id;	 /* the memory controller's cgroup id when it is mounted as cgroup v1
+				    (hybrid and legacy hosts), else 0: with cgroup_id it keys the
+				    user-space cgroup cache where cgroup v2 alone cannot */
 	__u32 pid;		 /* tgid as seen from the initial pid namespace */
 	__u32 tid;		 /* thread id */
 	__u32 ppid;		 /* real_parent's tgid */

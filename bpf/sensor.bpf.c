@@ -109,6 +109,33 @@ static __always_inline __u64 wakeup_flags(void)
 									    : BPF_RB_NO_WAKEUP;
 }
 
+/*
+ * The id of the task's memory cgroup when the memory controller sits on a cgroup v1 hierarchy
+ * (hierarchy 0 is cgroup v2), else 0. Container runtimes give every container its own cgroup in
+ * each v1 hierarchy, so on hybrid hosts, where containers may share a cgroup v2 cgroup, this id
+ * tells them apart. Compiled out (0) on kernels without the memory controller.
+ */
+static __always_inline __u64 memcg_v1_id(struct task_struct *task)
+{
+	struct cgroup_subsys_state *css = NULL;
+	struct css_set *cs;
+	struct cgroup *cg;
+	int i;
+
+	if (!bpf_core_enum_value_exists(enum cgroup_subsys_id, memory_cgrp_id))
+		return 0;
+	i = bpf_core_enum_value(enum cgroup_subsys_id, memory_cgrp_id);
+	if (i < 0 || i >= CGROUP_SUBSYS_COUNT)
+		return 0;
+	cs = BPF_CORE_READ(task, cgroups);
+	if (bpf_core_read(&css, sizeof(css), &cs->subsys[i]) || !css)
+		return 0;
+	cg = BPF_CORE_READ(css, cgroup);
+	if (!cg || BPF_CORE_READ(cg, root, hierarchy_id) == 0)
+		return 0;
+	return BPF_CORE_READ(cg, kn, id);
+}
+
 static __always_inline void fill_task(struct lg_task *t, struct task_struct *task)
 {
 	const struct cred *c = BPF_CORE_READ(task, real_cred);
@@ -119,6 +146,7 @@ static __always_inline void fill_task(struct lg_task *t, struct task_struct *tas
 	t->ts_boot_ns = bpf_ktime_get_boot_ns();
 	t->start_boot_ns = BPF_CORE_READ(task, group_leader, start_boottime);
 	t->cgroup_id = bpf_get_current_cgroup_id();
+	t->memcg_v1_id = memcg_v1_id(task);
 	t->pid = BPF_CORE_READ(task, tgid);
 	t->tid = BPF_CORE_READ(task, pid);
 	t->ppid = BPF_CORE_READ(task, real_parent, tgid);

@@ -394,9 +394,10 @@ impl Attestor {
         })
     }
 
-    /// The `container`/`kubernetes` fields for an event from `pid` in BPF cgroup `cgroup_id`.
-    pub fn enrich(&mut self, pid: u32, cgroup_id: u64) -> Enrichment {
-        let placement = self.cache.lookup(cgroup_id, pid);
+    /// The `container`/`kubernetes` fields for an event from `pid` in BPF cgroup `cgroup_id`
+    /// (with `memcg_v1_id`, its memory cgroup on a v1 hierarchy, or 0).
+    pub fn enrich(&mut self, pid: u32, cgroup_id: u64, memcg_v1_id: u64) -> Enrichment {
+        let placement = self.cache.lookup(cgroup_id, memcg_v1_id, pid);
         if placement.is_empty() {
             return Enrichment::default();
         }
@@ -829,7 +830,7 @@ mod tests {
         .unwrap();
         let mut a = Attestor::new(&cfg).unwrap();
         let t = Instant::now();
-        let e = a.enrich(4242, 9999);
+        let e = a.enrich(4242, 9999, 0);
         assert!(
             t.elapsed() < Duration::from_secs(10),
             "the event path waited for the kubelet: {:?}",
@@ -844,7 +845,7 @@ mod tests {
         let start = Instant::now();
         let mut got = None;
         while start.elapsed() < Duration::from_secs(5) {
-            let e = a.enrich(4242, 9999);
+            let e = a.enrich(4242, 9999, 0);
             if e.kubernetes.as_ref().is_some_and(|k| k.namespace.is_some()) {
                 got = Some(e);
                 break;

@@ -1,5 +1,6 @@
-//! BPF cgroup id → (pod UID, container ID): a bounded LRU filled from the event's pid, or, when
-//! the process is already gone, by finding the cgroup2 directory whose inode is the id.
+//! BPF cgroup ids → (pod UID, container ID): a bounded LRU keyed by the event's cgroup v2 id and
+//! memory cgroup v1 id, filled from the event's pid, or, when the process is already gone, by
+//! finding the cgroup2 directory whose inode is the id.
 
 use std::num::NonZeroUsize;
 use std::os::unix::fs::MetadataExt;
@@ -12,6 +13,8 @@ use crate::cgroup::{self, Placement};
 
 /// Entries kept (a node has a few thousand cgroups at most; each entry is ~200 bytes).
 const CAPACITY: usize = 8192;
+/// Answers kept by pid (see [`CgroupCache::lookup`]); short-lived, so a small table.
+const PID_CAPACITY: usize = 1024;
 /// Directories a walk may visit before giving up.
 const WALK_BUDGET: usize = 50_000;
 const WALK_DEPTH: usize = 24;
@@ -28,23 +31,37 @@ pub struct CacheStats {
     pub conflicts: u64,
 }
 
+/// The cgroup ids an event carries: cgroup v2, and the memory controller's v1 cgroup (0 when
+/// the memory controller is not on a v1 hierarchy).
+type Key = (u64, u64);
+
 pub struct CgroupCache {
     proc_root: PathBuf,
-    /// Where cgroup2 is mounted (`/sys/fs/cgroup/unified` on hybrid hosts), if anywhere.
-    cgroup2: Option<PathBuf>,
-    map: LruCache<u64, Placement>,
-    /// Answers that the cgroup id cannot key (see [`CgroupCache::lookup`]), briefly, by pid.
+    mounts: Mounts,
+    map: LruCache<Key, Placement>,
+    /// Answers that the ids cannot key (see [`CgroupCache::lookup`]), briefly, by pid.
     by_pid: LruCache<u32, (Placement, Instant)>,
     pub stats: CacheStats,
+}
+
+/// Where the hierarchies the key names are mounted, if anywhere.
+#[derive(Debug, Default, Clone)]
+struct Mounts {
+    /// cgroup2 (`/sys/fs/cgroup/unified` on hybrid hosts).
+    v2: Option<PathBuf>,
+    /// The cgroup v1 hierarchy holding the memory controller.
+    memory_v1: Option<PathBuf>,
 }
 
 impl CgroupCache {
     pub fn new(proc_root: &Path) -> CgroupCache {
         CgroupCache {
             proc_root: proc_root.to_path_buf(),
-            cgroup2: find_cgroup2(proc_root),
+            mounts: find_mounts(proc_root),
             map: LruCache::new(NonZeroUsize::new(CAPACITY).expect("invariant: CAPACITY > 0")),
-            by_pid: LruCache::new(NonZeroUsize::new(CAPACITY).expect("invariant: CAPACITY > 0")),
+            by_pid: LruCache::new(
+                NonZeroUsize::new(PID_CAPACITY).expect("invariant: PID_CAPACITY > 0"),
+            ),
             stats: CacheStats::default(),
         }
     }
@@ -52,21 +69,28 @@ impl CgroupCache {
     #[cfg(test)]
     fn with_root(proc_root: &Path, cgroup2: Option<PathBuf>) -> CgroupCache {
         let mut c = CgroupCache::new(proc_root);
-        c.cgroup2 = cgroup2;
+        c.mounts = Mounts {
+            v2: cgroup2,
+            memory_v1: None,
+        };
         c
     }
 
-    /// The placement of cgroup `id` seen on an event from `pid`. Never fails: unknown parts are
-    /// None.
+    /// The placement of an event from `pid` in cgroup v2 `id` and memory cgroup v1 `memcg_v1`
+    /// (0: none). Never fails: unknown parts are None.
     ///
-    /// The cgroup id names a cgroup2 directory. It is a cache key only when the process's
-    /// cgroup2 path alone gives the whole answer: on hybrid hosts a container may be placed only
-    /// in the v1 hierarchies (cgroupfs driver), sharing its cgroup2 cgroup (often the root,
-    /// id 1) with other containers and the host. Such answers are cached by pid for
-    /// [`PID_TTL`] instead.
-    pub fn lookup(&mut self, id: u64, pid: u32) -> Placement {
-        if id > 1 {
-            if let Some(p) = self.map.get(&id) {
+    /// The ids key the cache when they alone give the whole answer: the process's `0::` line
+    /// (and, with `memcg_v1`, its memory line) of `/proc/<pid>/cgroup` must yield what all its
+    /// lines yield. On a hybrid host a container may be placed only in the v1 hierarchies
+    /// (cgroupfs driver), sharing its cgroup2 cgroup (often the root, id 1) with other
+    /// containers and the host: there the memory id tells them apart. Answers no key can hold
+    /// (a container without a memory cgroup of its own on a host without the v1 memory
+    /// controller) are cached by pid for [`PID_TTL`] instead.
+    pub fn lookup(&mut self, id: u64, memcg_v1: u64, pid: u32) -> Placement {
+        let key = (id, memcg_v1);
+        let keyable = id > 1 || memcg_v1 != 0;
+        if keyable {
+            if let Some(p) = self.map.get(&key) {
                 self.stats.hits += 1;
                 return p.clone();
             }
@@ -77,7 +101,7 @@ impl CgroupCache {
                 return p.clone();
             }
         }
-        match read_pid(&self.proc_root, pid, self.cgroup2.as_deref(), id) {
+        match read_pid(&self.proc_root, pid, &self.mounts, key) {
             Some(r) => {
                 self.stats.from_pid += 1;
                 let (p, keyed) = match r {
@@ -87,17 +111,17 @@ impl CgroupCache {
                         (Placement::default(), false)
                     }
                 };
-                if keyed && id > 1 {
-                    self.map.put(id, p.clone());
+                if keyed && keyable {
+                    self.map.put(key, p.clone());
                 } else {
                     self.by_pid.put(pid, (p.clone(), Instant::now()));
                 }
                 p
             }
-            None if id > 1 => match self.walk(id) {
+            None if keyable => match self.walk(key) {
                 Some(p) => {
                     self.stats.from_walk += 1;
-                    self.map.put(id, p.clone());
+                    self.map.put(key, p.clone());
                     p
                 }
                 None => {
@@ -117,27 +141,39 @@ impl CgroupCache {
         self.map.len() + self.by_pid.len()
     }
 
-    /// Finds the cgroup2 directory with inode `id` and parses its path.
-    fn walk(&self, id: u64) -> Option<Placement> {
-        let root = self.cgroup2.as_ref()?;
-        let mut budget = WALK_BUDGET;
-        let rel = find_inode(root, id, 0, &mut budget)?;
-        Some(cgroup::parse_path(&rel))
+    /// Finds the directories of the cgroups in `key` (the cgroup2 one unless it is the root,
+    /// the memory v1 one if any) by their inodes and parses their paths together.
+    fn walk(&self, (id, memcg_v1): Key) -> Option<Placement> {
+        let find = |mount: &Option<PathBuf>, ino: u64| {
+            let mut budget = WALK_BUDGET;
+            find_inode(mount.as_ref()?, ino, 0, &mut budget)
+        };
+        let v2 = if id > 1 {
+            find(&self.mounts.v2, id)?
+        } else {
+            "/".into()
+        };
+        let mem = if memcg_v1 != 0 {
+            find(&self.mounts.memory_v1, memcg_v1)?
+        } else {
+            "/".into()
+        };
+        cgroup::parse_cgroup(&keyed_lines(&v2, &mem)).ok()
     }
 }
 
 /// `None` if the process is gone; `Some(Err)` on conflicting answers. With the placement: whether
-/// the cgroup2 (`0::`) line alone gives the same answer, so the cgroup id may key it.
+/// the lines of the hierarchies in `key` alone give the same answer, so `key` may key it.
 ///
 /// The file is read after the event: the process may have moved since (runc moves its init
-/// into the container's cgroup; a pid may be reused). When the cgroup2 directory it names is
-/// visible under `cgroup2` and is not cgroup `id`, the answer describes another cgroup and must
-/// not key `id` (it would misattribute every later event of that cgroup).
+/// into the container's cgroup; a pid may be reused). When a directory a keyed line names is
+/// visible under its mount and is not the cgroup in `key`, the answer describes another cgroup
+/// and must not key `key` (it would misattribute every later event of that cgroup).
 fn read_pid(
     proc_root: &Path,
     pid: u32,
-    cgroup2: Option<&Path>,
-    id: u64,
+    mounts: &Mounts,
+    (id, memcg_v1): Key,
 ) -> Option<Result<(Placement, bool), cgroup::Conflict>> {
     if pid == 0 {
         return None;
@@ -148,15 +184,28 @@ fn read_pid(
         Ok(p) => p,
         Err(e) => return Some(Err(e)),
     };
-    let unified: Vec<&str> = text.lines().filter_map(|l| l.strip_prefix("0::")).collect();
-    let only_v2 = unified.len() == 1 && text.lines().filter(|l| !l.is_empty()).count() == 1;
-    let moved = |path: &str| {
-        cgroup2
+    let lines = || text.lines().filter(|l| !l.is_empty());
+    let unified: Vec<&str> = lines().filter_map(|l| l.strip_prefix("0::")).collect();
+    let memory: Vec<&str> = lines().filter_map(memory_v1_path).collect();
+    let only_v2 = unified.len() == 1 && lines().count() == 1;
+    // The directory `path` names under `mount` exists and is another cgroup than `want`.
+    let moved = |mount: &Option<PathBuf>, path: &str, want: u64| {
+        mount
+            .as_ref()
             .and_then(|root| std::fs::metadata(root.join(path.trim_start_matches('/'))).ok())
-            .is_some_and(|md| md.ino() != id)
+            .is_some_and(|md| md.ino() != want)
     };
-    let keyed = match unified.as_slice() {
-        [path] => cgroup::parse_path(path) == full && (only_v2 || !full.is_empty()) && !moved(path),
+    let keyed = match (unified.as_slice(), memory.as_slice(), memcg_v1) {
+        ([v2], _, 0) => {
+            cgroup::parse_path(v2) == full
+                && (only_v2 || !full.is_empty())
+                && !moved(&mounts.v2, v2, id)
+        }
+        ([v2], [mem], _) => {
+            cgroup::parse_cgroup(&keyed_lines(v2, mem)).is_ok_and(|p| p == full)
+                && !moved(&mounts.v2, v2, id)
+                && !moved(&mounts.memory_v1, mem, memcg_v1)
+        }
         _ => false,
     };
     if full.is_empty() {
@@ -168,6 +217,18 @@ fn read_pid(
         }
     }
     Some(Ok((full, keyed)))
+}
+
+/// The `/proc/<pid>/cgroup` lines of the hierarchies a key names.
+fn keyed_lines(v2: &str, memory_v1: &str) -> String {
+    format!("0::{v2}\n1:memory:{memory_v1}\n")
+}
+
+/// The path of a `/proc/<pid>/cgroup` line of the v1 hierarchy holding the memory controller.
+fn memory_v1_path(line: &str) -> Option<&str> {
+    let mut parts = line.splitn(3, ':');
+    let (id, controllers, path) = (parts.next()?, parts.next()?, parts.next()?);
+    (id != "0" && controllers.split(',').any(|c| c == "memory")).then_some(path)
 }
 
 /// Reads a /proc file with a bound (cgroup files are small; mountinfo can reach a few hundred KiB).
@@ -209,24 +270,38 @@ fn find_inode(dir: &Path, id: u64, depth: usize, budget: &mut usize) -> Option<S
     None
 }
 
-/// The cgroup2 mount point, from `<proc_root>/self/mountinfo`, else the usual places.
-fn find_cgroup2(proc_root: &Path) -> Option<PathBuf> {
+/// The cgroup2 and memory cgroup v1 mount points, from `<proc_root>/self/mountinfo`, else the
+/// usual places.
+fn find_mounts(proc_root: &Path) -> Mounts {
+    let mut m = Mounts::default();
     if let Some(mi) = read_small(&proc_root.join("self/mountinfo")) {
         for line in mi.lines() {
             let f: Vec<&str> = line.split(' ').collect();
-            if let Some(dash) = f.iter().position(|x| *x == "-") {
-                if f.get(dash + 1) == Some(&"cgroup2") {
-                    if let Some(mp) = f.get(4) {
-                        return Some(PathBuf::from(mp.replace("\\040", " ")));
-                    }
-                }
+            let Some(dash) = f.iter().position(|x| *x == "-") else {
+                continue;
+            };
+            let (Some(mp), Some(fstype)) = (f.get(4), f.get(dash + 1)) else {
+                continue;
+            };
+            let mp = PathBuf::from(mp.replace("\\040", " "));
+            let memory = || {
+                f.get(dash + 3)
+                    .is_some_and(|opts| opts.split(',').any(|o| o == "memory"))
+            };
+            if *fstype == "cgroup2" && m.v2.is_none() {
+                m.v2 = Some(mp);
+            } else if *fstype == "cgroup" && m.memory_v1.is_none() && memory() {
+                m.memory_v1 = Some(mp);
             }
         }
     }
-    ["/sys/fs/cgroup/unified", "/sys/fs/cgroup"]
-        .into_iter()
-        .map(PathBuf::from)
-        .find(|p| p.join("cgroup.procs").exists())
+    if m.v2.is_none() {
+        m.v2 = ["/sys/fs/cgroup/unified", "/sys/fs/cgroup"]
+            .into_iter()
+            .map(PathBuf::from)
+            .find(|p| p.join("cgroup.procs").exists());
+    }
+    m
 }
 
 #[cfg(test)]
@@ -258,21 +333,21 @@ mod tests {
         std::fs::create_dir_all(&leaf).unwrap();
         let leaf_id = std::fs::metadata(&leaf).unwrap().ino();
         let mut c = CgroupCache::with_root(&proc_root, Some(cg.clone()));
-        let p = c.lookup(777, 42);
+        let p = c.lookup(777, 0, 42);
         assert_eq!(p.pod_uid.as_deref(), Some(UID));
         assert_eq!(c.stats.from_pid, 1);
         // The pid is gone now; the cached answer stays.
         std::fs::remove_dir_all(proc_root.join("42")).unwrap();
-        assert_eq!(c.lookup(777, 42).container_id.as_deref(), Some(CID));
+        assert_eq!(c.lookup(777, 0, 42).container_id.as_deref(), Some(CID));
         assert_eq!(c.stats.hits, 1);
         // Unknown id, dead pid: found by walking.
-        let p = c.lookup(leaf_id, 43);
+        let p = c.lookup(leaf_id, 0, 43);
         assert_eq!(p.container_id.as_deref(), Some(CID));
         assert_eq!(c.stats.from_walk, 1);
         // Unknown everywhere: empty, not cached.
-        assert!(c.lookup(1 << 60, 44).is_empty());
+        assert!(c.lookup(1 << 60, 0, 44).is_empty());
         assert_eq!(c.stats.unresolved, 1);
-        assert!(c.lookup(1, 1).is_empty());
+        assert!(c.lookup(1, 0, 1).is_empty());
         // Hybrid host, cgroupfs driver: the container is only in the v1 hierarchies and shares
         // the cgroup2 root (id 1) with everyone: answered per pid, never keyed by the id.
         let cid2 = "e".repeat(64);
@@ -284,8 +359,11 @@ mod tests {
             )
             .unwrap();
         }
-        assert_eq!(c.lookup(1, 50).container_id.as_deref(), Some(CID));
-        assert_eq!(c.lookup(1, 51).container_id.as_deref(), Some(cid2.as_str()));
+        assert_eq!(c.lookup(1, 0, 50).container_id.as_deref(), Some(CID));
+        assert_eq!(
+            c.lookup(1, 0, 51).container_id.as_deref(),
+            Some(cid2.as_str())
+        );
         // Same for a shared non-root cgroup2 cgroup (containerd.service).
         std::fs::write(
             proc_root.join("50/cgroup"),
@@ -299,11 +377,11 @@ mod tests {
         )
         .unwrap();
         assert_eq!(
-            c.lookup(555, 52).container_id.as_deref(),
+            c.lookup(555, 0, 52).container_id.as_deref(),
             Some(cid2.as_str())
         );
         assert!(
-            c.map.get(&555).is_none(),
+            c.map.get(&(555, 0)).is_none(),
             "a shared cgroup2 id must not key an answer"
         );
         let _ = std::fs::remove_dir_all(proc_root);
@@ -327,27 +405,115 @@ mod tests {
         let now_in = std::fs::metadata(&leaf).unwrap().ino();
         let was_in = now_in + 1_000_003;
         let mut c = CgroupCache::with_root(&proc_root, Some(cg.clone()));
-        assert_eq!(c.lookup(was_in, 60).container_id.as_deref(), Some(CID));
+        assert_eq!(c.lookup(was_in, 0, 60).container_id.as_deref(), Some(CID));
         assert!(
-            c.map.get(&was_in).is_none(),
+            c.map.get(&(was_in, 0)).is_none(),
             "stale answer keyed the old id"
         );
         // A fresh cache (the first answer is cached by pid for PID_TTL).
         let mut c = CgroupCache::with_root(&proc_root, Some(cg.clone()));
-        assert_eq!(c.lookup(now_in, 60).container_id.as_deref(), Some(CID));
+        assert_eq!(c.lookup(now_in, 0, 60).container_id.as_deref(), Some(CID));
         assert!(
-            c.map.get(&now_in).is_some(),
+            c.map.get(&(now_in, 0)).is_some(),
             "the current cgroup keys its answer"
         );
         let _ = std::fs::remove_dir_all(proc_root);
         let _ = std::fs::remove_dir_all(cg);
     }
 
+    /// Hybrid host: everyone shares the cgroup2 root (id 1); the memory cgroup v1 id tells the
+    /// containers and the host apart, so /proc is read once per (v2, v1) pair, not per process.
+    #[test]
+    fn memory_v1_id_keys_answers_on_hybrid_hosts() {
+        let proc_root = tmp("proc-hybrid");
+        let cid2 = "e".repeat(64);
+        let host = "/process_api/b4f460f7e6ef28394fbc5a89304af878".to_string();
+        let placements = [
+            (50, format!("/kubepods/burstable/pod{UID}/{CID}")),
+            (51, format!("/kubepods/burstable/pod{UID}/{cid2}")),
+            (52, host.clone()),
+        ];
+        for (pid, path) in &placements {
+            std::fs::create_dir_all(proc_root.join(pid.to_string())).unwrap();
+            std::fs::write(
+                proc_root.join(format!("{pid}/cgroup")),
+                format!("5:devices:/\n4:memory:{path}\n1:cpu:/\n0::/\n"),
+            )
+            .unwrap();
+        }
+        let mut c = CgroupCache::with_root(&proc_root, None);
+        assert_eq!(c.lookup(1, 1001, 50).container_id.as_deref(), Some(CID));
+        assert_eq!(
+            c.lookup(1, 1002, 51).container_id.as_deref(),
+            Some(cid2.as_str())
+        );
+        assert!(c.lookup(1, 1003, 52).is_empty());
+        assert_eq!(c.stats.from_pid, 3);
+        // Later processes of the same cgroups (even gone ones) are answered from the cache.
+        for pid in 1000..1100 {
+            assert_eq!(c.lookup(1, 1001, pid).container_id.as_deref(), Some(CID));
+            assert!(c.lookup(1, 1003, pid).is_empty());
+        }
+        assert_eq!(c.stats.from_pid, 3, "no /proc read per process");
+        assert_eq!(c.by_pid.len(), 0);
+
+        // A container placed in another v1 hierarchy than memory: the pair does not give the
+        // whole answer, so it is answered per pid.
+        std::fs::write(
+            proc_root.join("52/cgroup"),
+            format!("5:devices:/docker/{CID}\n4:memory:{host}\n0::/\n"),
+        )
+        .unwrap();
+        assert_eq!(c.lookup(1, 1004, 52).container_id.as_deref(), Some(CID));
+        assert!(c.map.get(&(1, 1004)).is_none());
+
+        // The memory cgroup the file names is not the event's: moved, not keyed.
+        let mem = tmp("memv1");
+        let leaf = mem.join(format!("kubepods/burstable/pod{UID}/{CID}"));
+        std::fs::create_dir_all(&leaf).unwrap();
+        let now_in = std::fs::metadata(&leaf).unwrap().ino();
+        c.mounts.memory_v1 = Some(mem.clone());
+        assert_eq!(
+            c.lookup(1, now_in + 7, 50).container_id.as_deref(),
+            Some(CID)
+        );
+        assert!(c.map.get(&(1, now_in + 7)).is_none(), "stale answer keyed");
+        c.by_pid.clear();
+        assert_eq!(c.lookup(1, now_in, 50).container_id.as_deref(), Some(CID));
+        assert!(c.map.get(&(1, now_in)).is_some());
+        // The process is gone before the read: the memory hierarchy is walked for the id.
+        let mut c = CgroupCache::with_root(&proc_root, None);
+        c.mounts.memory_v1 = Some(mem.clone());
+        assert_eq!(c.lookup(1, now_in, 9999).container_id.as_deref(), Some(CID));
+        assert_eq!(c.stats.from_walk, 1);
+        assert!(c.lookup(1, now_in + 7, 9999).is_empty());
+        assert_eq!(c.stats.unresolved, 1);
+        let _ = std::fs::remove_dir_all(proc_root);
+        let _ = std::fs::remove_dir_all(mem);
+    }
+
+    #[test]
+    fn mounts_are_found_from_mountinfo() {
+        let root = tmp("mounts");
+        std::fs::create_dir_all(root.join("self")).unwrap();
+        std::fs::write(
+            root.join("self/mountinfo"),
+            "30 25 0:26 / /sys/fs/cgroup/cpu rw,relatime shared:9 - cgroup cgroup rw,cpu\n\
+             31 25 0:27 / /sys/fs/cgroup/memory rw,relatime shared:10 - cgroup cgroup rw,memory\n\
+             32 25 0:28 / /sys/fs/cgroup/my\\040unified rw - cgroup2 cgroup2 rw\n",
+        )
+        .unwrap();
+        let m = find_mounts(&root);
+        assert_eq!(m.v2, Some(PathBuf::from("/sys/fs/cgroup/my unified")));
+        assert_eq!(m.memory_v1, Some(PathBuf::from("/sys/fs/cgroup/memory")));
+        let _ = std::fs::remove_dir_all(root);
+    }
+
     #[test]
     fn real_host_cgroup2_root_resolves_to_nothing() {
         let mut c = CgroupCache::new(Path::new("/proc"));
         // Our own process: on this host it sits in the root cgroup, not in a container.
-        let p = c.lookup(2, std::process::id());
+        let p = c.lookup(2, 0, std::process::id());
         assert!(p.pod_uid.is_none());
     }
 
@@ -360,7 +526,7 @@ mod tests {
             eprintln!("skipped: needs root");
             return;
         }
-        let Some(root) = find_cgroup2(Path::new("/proc")) else {
+        let Some(root) = find_mounts(Path::new("/proc")).v2 else {
             eprintln!("skipped: no cgroup2 mount");
             return;
         };
@@ -374,14 +540,14 @@ mod tests {
             .unwrap();
         std::fs::write(leaf.join("cgroup.procs"), child.id().to_string()).unwrap();
         let mut c = CgroupCache::new(Path::new("/proc"));
-        let p = c.lookup(id, child.id());
+        let p = c.lookup(id, 0, child.id());
         assert_eq!(p.pod_uid.as_deref(), Some(UID));
         assert_eq!(p.container_id.as_deref(), Some(CID));
         assert_eq!(c.stats.from_pid, 1);
         let _ = child.kill();
         let _ = child.wait();
         let mut c = CgroupCache::new(Path::new("/proc"));
-        let p = c.lookup(id, child.id());
+        let p = c.lookup(id, 0, child.id());
         assert_eq!(p.container_id.as_deref(), Some(CID));
         assert_eq!(c.stats.from_walk, 1);
         // Remove the test cgroups, leaf first.

@@ -51,6 +51,8 @@ pub struct Task {
     pub ts_boot_ns: u64,
     pub start_boot_ns: u64,
     pub cgroup_id: u64,
+    /// The memory controller's cgroup v1 id (hybrid/legacy hosts), else 0.
+    pub memcg_v1_id: u64,
     pub pid: u32,
     pub tid: u32,
     pub ppid: u32,
@@ -242,6 +244,7 @@ fn task(t: &types::lg_task) -> Task {
         ts_boot_ns: t.ts_boot_ns,
         start_boot_ns: t.start_boot_ns,
         cgroup_id: t.cgroup_id,
+        memcg_v1_id: t.memcg_v1_id,
         pid: t.pid,
         tid: t.tid,
         ppid: t.ppid,
@@ -448,6 +451,7 @@ mod tests {
             ts_boot_ns: 5_000,
             start_boot_ns: 1_000,
             cgroup_id: 1,
+            memcg_v1_id: 9,
             pid: 42,
             tid: 43,
             ppid: 1,
@@ -488,6 +492,7 @@ mod tests {
         assert_eq!(x.args, vec!["/bin/sh", "-c", "exit 7"]);
         assert!(!x.args_truncated && !x.memfd && !x.path_truncated);
         assert_eq!(x.task.pid, 42);
+        assert_eq!(x.task.memcg_v1_id, 9);
         assert_eq!(x.task.comm, "sh");
         assert_eq!(x.task.auid, 1000);
     }

@@ -74,6 +74,9 @@ pub struct Namespaces {
 #[derive(Serialize, Debug, Default)]
 pub struct Cgroup {
     pub id: u64,
+    /// Attestation's cache key on hybrid hosts; not part of the schema.
+    #[serde(skip)]
+    pub memcg_v1_id: u64,
 }
 
 #[derive(Serialize, Debug, Default)]
@@ -304,7 +307,10 @@ impl Builder {
                 executable: parent_exe,
             },
             ancestry,
-            cgroup: Cgroup { id: t.cgroup_id },
+            cgroup: Cgroup {
+                id: t.cgroup_id,
+                memcg_v1_id: t.memcg_v1_id,
+            },
             namespaces: Namespaces {
                 pid: t.pidns,
                 mnt: t.mntns,
@@ -564,6 +570,7 @@ mod tests {
             ts_boot_ns: 2_000_000_000,
             start_boot_ns: 1_000_000_000,
             cgroup_id: 1,
+            memcg_v1_id: 0,
             pid: 300,
             tid: 300,
             ppid: 200,

@@ -251,7 +251,7 @@ impl Pipeline {
 /// Fills the event's `container`/`orchestrator` from the attestor (never blocks on the kubelet).
 fn enrich(ev: &mut Event, a: &mut crate::attest::Attestor) {
     let Some(p) = &ev.process else { return };
-    let e = a.enrich(p.pid, p.cgroup.id);
+    let e = a.enrich(p.pid, p.cgroup.id, p.cgroup.memcg_v1_id);
     ev.container = e.container.and_then(|c| serde_json::to_value(c).ok());
     ev.orchestrator = e.kubernetes.and_then(|k| serde_json::to_value(k).ok());
 }

@@ -460,3 +460,105 @@ fn root_watch_reports_capset_that_changes_capabilities() {
     let (status, err) = w.stop();
     assert!(status.success(), "watch failed: {err}");
 }
+
+/// The cgroup v1 hierarchy holding the memory controller, if this host has one.
+fn memory_v1_mount() -> Option<std::path::PathBuf> {
+    let mi = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
+    mi.lines().find_map(|l| {
+        let f: Vec<&str> = l.split(' ').collect();
+        let dash = f.iter().position(|x| *x == "-")?;
+        let memory = f.get(dash + 1) == Some(&"cgroup")
+            && f.get(dash + 3)?.split(',').any(|o| o == "memory");
+        memory.then(|| std::path::PathBuf::from(f[4]))
+    })
+}
+
+/// Test cgroups under a v1 hierarchy, removed (leaves first) on drop.
+struct V1Cgroups(std::path::PathBuf);
+
+impl Drop for V1Cgroups {
+    fn drop(&mut self) {
+        fn rm(dir: &std::path::Path) {
+            if let Ok(rd) = std::fs::read_dir(dir) {
+                for e in rd.flatten() {
+                    if e.file_type().is_ok_and(|t| t.is_dir()) {
+                        rm(&e.path());
+                    }
+                }
+            }
+            let _ = std::fs::remove_dir(dir);
+        }
+        rm(&self.0);
+    }
+}
+
+/// A hybrid host where containers live only in cgroup v1 hierarchies (cgroupfs driver) and all
+/// share the cgroup2 root: the sensor's memory cgroup id tells two containers and the host
+/// apart, for every one of their short-lived processes.
+#[test]
+fn root_watch_attributes_v1_only_containers_by_memory_cgroup() {
+    if !is_root() {
+        eprintln!("skipped: needs root");
+        return;
+    }
+    let Some(mem) = memory_v1_mount() else {
+        eprintln!("skipped: this host has no cgroup v1 memory hierarchy");
+        return;
+    };
+    const UID: &str = "7b8f0a5c-3c1e-4d2a-9f6b-1e2d3c4b5d6e";
+    let cids = ["a1".repeat(32), "b2".repeat(32)];
+    let top = V1Cgroups(mem.join(format!("lg-watch-{}", std::process::id())));
+    let leaves: Vec<_> = cids
+        .iter()
+        .map(|cid| {
+            let leaf = top.0.join(format!("kubepods/pod{UID}/{cid}"));
+            std::fs::create_dir_all(&leaf).expect("create a v1 memory cgroup");
+            leaf
+        })
+        .collect();
+    let w = Watch::start(&[]);
+    let m = marker("v1");
+    const RUNS: usize = 20;
+    for (i, leaf) in leaves.iter().enumerate() {
+        let mut sh = Command::new("/bin/sh")
+            .args([
+                "-c",
+                &format!("read _; i=0; while [ $i -lt {RUNS} ]; do /bin/true {m}-{i}-$i; i=$((i+1)); done"),
+            ])
+            .stdin(Stdio::piped())
+            .spawn()
+            .expect("spawn sh");
+        std::fs::write(leaf.join("cgroup.procs"), sh.id().to_string())
+            .expect("move into the v1 cgroup");
+        sh.stdin
+            .take()
+            .expect("stdin")
+            .write_all(b"go\n")
+            .expect("go");
+        assert!(sh.wait().expect("wait sh").success());
+    }
+    let host = format!("{m}-host");
+    assert!(
+        Command::new("/bin/true")
+            .arg(&host)
+            .status()
+            .expect("true")
+            .success()
+    );
+    let exec_of = |arg: String| {
+        w.wait_for(&format!("exec of {arg}"), move |v| {
+            v["type"] == "exec" && v["process"]["args"][1] == arg.as_str()
+        })
+    };
+    for (i, cid) in cids.iter().enumerate() {
+        for run in 0..RUNS {
+            let ev = exec_of(format!("{m}-{i}-{run}"));
+            assert_eq!(ev["container"]["id"], cid.as_str(), "{ev}");
+            assert_eq!(ev["orchestrator"]["podUid"], UID, "{ev}");
+        }
+    }
+    let ev = exec_of(host);
+    assert!(ev.get("container").is_none_or(|c| c.is_null()), "{ev}");
+    let (st, _) = w.stop();
+    assert!(st.success());
+}
