@@ -241,7 +241,7 @@ pub static SETTINGS: &[Setting] = &[
         RingBufferMb,
         "ring-buffer-mb",
         "LINUXGUARD_RING_BUFFER_MB",
-        Some("4"),
+        Some("2"),
         Ty::Num { min: 1, max: 1024 },
         "MB",
         SENSOR,
