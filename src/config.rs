@@ -448,12 +448,12 @@ pub static SETTINGS: &[Setting] = &[
         "LINUXGUARD_BATCH_MAX_BYTES",
         Some("1048576"),
         Ty::Num {
-            min: 1024,
+            min: 64 << 10,
             max: 64 << 20
         },
         "BYTES",
         START | SHOW,
-        "bytes per upload batch at most"
+        "bytes per upload batch at most (an event larger than a batch is dropped and counted)"
     ),
     setting!(
         BatchMaxAgeMs,
