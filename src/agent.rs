@@ -369,6 +369,7 @@ impl Agent {
                 "queuedEvents": c.queued,
                 "queuedBytes": self.shared.queued_bytes(),
                 "socketConnections": self.socket_conns,
+                "processTable": self.pipeline.processes(),
                 "batchesAccepted": self.shared.batches_ok.load(Ordering::Relaxed),
                 "uploadFailures": self.shared.upload_failures.load(Ordering::Relaxed),
                 "ringBuffer": {

@@ -65,7 +65,6 @@ impl ProcTable {
         Ok(n)
     }
 
-    #[cfg(test)]
     pub fn len(&self) -> usize {
         self.lru.len()
     }

@@ -242,6 +242,11 @@ impl Pipeline {
         }
     }
 
+    /// Processes in the process table.
+    pub fn processes(&self) -> usize {
+        self.procs.len()
+    }
+
     pub fn stats_event(&mut self) -> Event {
         let snap = self.stats.snapshot();
         self.builder.stats(snap)
