@@ -228,13 +228,15 @@ fn read<T: Pod>(ty: u32, bytes: &[u8]) -> Result<T, DecodeError> {
 }
 
 /// A NUL-terminated C string in a fixed array, lossily as UTF-8.
-fn cstr(a: &[i8]) -> String {
-    let bytes: Vec<u8> = a.iter().map(|&c| c as u8).take_while(|&b| b != 0).collect();
-    String::from_utf8_lossy(&bytes).into_owned()
+fn cstr<const N: usize>(a: &[i8; N]) -> String {
+    let bytes = bytes_of(a);
+    let len = bytes.iter().position(|&b| b == 0).unwrap_or(N);
+    String::from_utf8_lossy(&bytes[..len]).into_owned()
 }
 
-fn bytes_of(a: &[i8]) -> Vec<u8> {
-    a.iter().map(|&c| c as u8).collect()
+/// A C `char` array as bytes (a copy on the stack: no allocation).
+fn bytes_of<const N: usize>(a: &[i8; N]) -> [u8; N] {
+    a.map(|c| c as u8)
 }
 
 fn task(t: &types::lg_task) -> Task {
@@ -274,11 +276,8 @@ fn split_args(buf: &[u8], len: usize) -> Vec<String> {
 /// The kernel writes path components leaf first, NUL-terminated, `depth` of them.
 fn join_path(buf: &[u8], depth: usize) -> String {
     let mut parts: Vec<&[u8]> = buf.split(|&b| b == 0).take(depth).collect();
-    if parts.is_empty() {
-        return String::new();
-    }
     parts.reverse();
-    let mut out = String::new();
+    let mut out = String::with_capacity(parts.iter().map(|p| p.len() + 1).sum());
     for p in parts {
         out.push('/');
         out.push_str(&String::from_utf8_lossy(p));
