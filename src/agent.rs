@@ -60,7 +60,7 @@ impl<'a> LoopSink<'a> {
 impl Sink for LoopSink<'_> {
     fn send(&mut self, ev: &Event) -> Result<bool> {
         self.line.clear();
-        if let Err(e) = serde_json::to_writer(&mut self.line, ev) {
+        if let Err(e) = ev.write_json(&mut self.line) {
             log::debug!("dropped an event that does not serialize: {e}");
             return Ok(true);
         }

@@ -3,7 +3,7 @@
 //! type-specific sections. `container`/`orchestrator` are reserved for workload attribution.
 
 use std::rc::Rc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde::{Serialize, Serializer};
 
@@ -227,20 +227,64 @@ pub struct MemfdInfo {
     pub result: i32,
 }
 
-/// A wall-clock time, serialized as RFC 3339 UTC with nanoseconds
-/// (`2023-11-14T22:13:20.000000123Z`): formatted straight into the JSON output, no `String`.
+/// A wall-clock time in ns since the Unix epoch (a `u64` reaches the year 2554), serialized as
+/// RFC 3339 UTC with nanoseconds (`2023-11-14T22:13:20.000000123Z`) from a stack buffer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Timestamp(pub SystemTime);
+pub struct Timestamp(pub u64);
 
 impl Timestamp {
     pub fn now() -> Timestamp {
-        Timestamp(SystemTime::now())
+        let ns = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX));
+        Timestamp(ns)
     }
+
+    /// `YYYY-MM-DDTHH:MM:SS.nnnnnnnnnZ`, always 30 ASCII bytes.
+    pub fn rfc3339(self) -> [u8; 30] {
+        let secs = self.0 / 1_000_000_000;
+        let nanos = self.0 % 1_000_000_000;
+        let (year, month, day) = civil_from_days(secs / 86_400);
+        let sod = secs % 86_400;
+        let mut b = *b"0000-00-00T00:00:00.000000000Z";
+        digits(&mut b[0..4], year);
+        digits(&mut b[5..7], month);
+        digits(&mut b[8..10], day);
+        digits(&mut b[11..13], sod / 3600);
+        digits(&mut b[14..16], sod / 60 % 60);
+        digits(&mut b[17..19], sod % 60);
+        digits(&mut b[20..29], nanos);
+        b
+    }
+}
+
+/// Writes the low `out.len()` decimal digits of `n`, zero-padded.
+fn digits(out: &mut [u8], mut n: u64) {
+    for d in out.iter_mut().rev() {
+        *d = b'0' + (n % 10) as u8;
+        n /= 10;
+    }
+}
+
+/// (year, month, day) of a day count since 1970-01-01 in the proleptic Gregorian calendar:
+/// the well-known era arithmetic (400-year cycles of 146,097 days, years counted from March so
+/// that the leap day comes last).
+fn civil_from_days(days: u64) -> (u64, u64, u64) {
+    let z = days + 719_468; // days since 0000-03-01
+    let era = z / 146_097;
+    let doe = z % 146_097; // day of the era, 0..=146_096
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365; // 0..=399
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100); // day of the March-based year
+    let mp = (5 * doy + 2) / 153; // March = 0
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    (era * 400 + yoe + u64::from(month <= 2), month, day)
 }
 
 impl std::fmt::Display for Timestamp {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        humantime::format_rfc3339_nanos(self.0).fmt(f)
+        let b = self.rfc3339();
+        f.write_str(std::str::from_utf8(&b).map_err(|_| std::fmt::Error)?)
     }
 }
 
@@ -273,8 +317,8 @@ impl Clock {
 
     /// The wall-clock time of a boot-clock time (ns since boot).
     pub fn at(&self, boot_ns: u64) -> Timestamp {
-        let ns = (self.offset_ns + boot_ns as i128).max(0) as u64;
-        Timestamp(UNIX_EPOCH + Duration::from_nanos(ns))
+        let ns = (self.offset_ns + boot_ns as i128).clamp(0, u64::MAX as i128);
+        Timestamp(ns as u64)
     }
 }
 
@@ -499,6 +543,7 @@ impl Builder {
 mod tests {
     use std::collections::{BTreeMap, BTreeSet};
     use std::net::IpAddr;
+    use std::time::Duration;
 
     use serde_json::Value;
 
@@ -614,6 +659,70 @@ mod tests {
         }
     }
 
+    /// The event as the sinks write it (`write_json`), checked byte for byte against what
+    /// serde_json makes of the derived `Serialize`.
+    fn text(ev: &Event) -> String {
+        let mut fast = Vec::new();
+        ev.write_json(&mut fast).expect("write_json");
+        let fast = String::from_utf8(fast).expect("utf-8");
+        assert_eq!(fast, serde_json::to_string(ev).expect("serialize"));
+        fast
+    }
+
+    #[test]
+    fn hand_written_json_matches_serde_for_odd_strings_and_every_option() {
+        let odd = "q\"b\\s\u{1}\n\t\u{7f}é€😀/x";
+        let mut procs = ProcTable::new(64);
+        procs.exec(200, 1, odd);
+        procs.exec(300, 200, "");
+        let mut b = Builder::new(odd);
+        let t = Task {
+            comm: odd.into(),
+            auid: u32::MAX,
+            start_boot_ns: 0,
+            ..task()
+        };
+        let recs = vec![
+            Record::Exec(Exec {
+                task: t.clone(),
+                old_pid: 299,
+                filename: odd.into(),
+                path: String::new(),
+                path_truncated: true,
+                args: vec![odd.into(), String::new(), "\0".into()],
+                args_truncated: false,
+                memfd: false,
+                exe_nlink: 0,
+            }),
+            Record::Exec(Exec {
+                task: task(),
+                old_pid: 300,
+                filename: "x".into(),
+                path: "/memfd:\"y\" (deleted)".into(),
+                path_truncated: false,
+                args: Vec::new(),
+                args_truncated: true,
+                memfd: true,
+                exe_nlink: 0,
+            }),
+            Record::Exit(Exit {
+                task: t,
+                exit_code: -1,
+                signal: u32::MAX,
+                core_dumped: true,
+            }),
+        ];
+        for r in recs {
+            let mut ev = b.build(r, &mut procs);
+            text(&ev);
+            ev.container = Some(serde_json::json!({"id": odd, "runtime": "cri-o"}));
+            ev.orchestrator = Some(serde_json::json!({"pod": {"uid": "u"}}));
+            text(&ev);
+            ev.process = None;
+            text(&ev);
+        }
+    }
+
     fn every_event() -> Vec<Value> {
         every_event_text()
             .iter()
@@ -704,10 +813,10 @@ mod tests {
         ];
         let mut out: Vec<String> = recs
             .into_iter()
-            .map(|r| serde_json::to_string(&b.build(r, &mut procs)).expect("serialize"))
+            .map(|r| text(&b.build(r, &mut procs)))
             .collect();
         let stats = crate::stats::Stats::default().snapshot();
-        out.push(serde_json::to_string(&b.stats(stats)).expect("serialize"));
+        out.push(text(&b.stats(stats)));
         out
     }
 
@@ -786,12 +895,34 @@ mod tests {
             (1_700_000_000, 123_456, "2023-11-14T22:13:20.000123456Z"),
         ];
         for (secs, nanos, want) in vectors {
-            let t = Timestamp(UNIX_EPOCH + Duration::new(secs, nanos));
+            let t = Timestamp(secs * 1_000_000_000 + nanos);
             assert_eq!(t.to_string(), want);
             assert_eq!(
                 serde_json::to_string(&t).expect("serialize"),
                 format!("\"{want}\"")
             );
+        }
+    }
+
+    /// The hand-written formatter against humantime's, over five centuries of pseudo-random
+    /// instants (every day of many leap and century years included).
+    #[test]
+    fn timestamps_agree_with_humantime() {
+        let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+        let max = 16_725_225_600u64 * 1_000_000_000; // 2500-01-01
+        for i in 0..200_000u64 {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            // Alternate random instants and consecutive days (hitting every leap day).
+            let ns = if i % 2 == 0 {
+                x % max
+            } else {
+                (i / 2) * 86_400_000_000_000 + x % 1_000_000_000
+            };
+            let want =
+                humantime::format_rfc3339_nanos(UNIX_EPOCH + Duration::from_nanos(ns)).to_string();
+            assert_eq!(Timestamp(ns).to_string(), want, "{ns}");
         }
     }
 
@@ -825,7 +956,7 @@ mod tests {
             &mut procs,
         );
         assert_eq!(
-            serde_json::to_string(&fork).expect("serialize"),
+            text(&fork),
             r#"{"type":"fork","schema_version":1,"@timestamp":"2023-11-14T22:13:22.000000000Z","seq":1,"host":{"name":"h"},"process":{"pid":8,"thread":{"id":8},"name":"w\"q","executable":"/bin/w","start":"2023-11-14T22:13:20.000000005Z","user":{"id":1000},"real_user":{"id":1000},"group":{"id":1000},"real_group":{"id":1000},"parent":{"pid":7,"executable":"/bin/w"},"ancestry":[{"pid":7,"executable":"/bin/w"},{"pid":6,"executable":"/bin/p6"},{"pid":5,"executable":"/bin/p5"},{"pid":4,"executable":"/bin/p4"}],"cgroup":{"id":1},"namespaces":{"pid":4026531836,"mnt":4026531832}}}"#
         );
         let exit = b.build(
@@ -838,7 +969,7 @@ mod tests {
             &mut procs,
         );
         assert_eq!(
-            serde_json::to_string(&exit).expect("serialize"),
+            text(&exit),
             r#"{"type":"exit","schema_version":1,"@timestamp":"2023-11-14T22:13:22.000000000Z","seq":2,"host":{"name":"h"},"process":{"pid":7,"thread":{"id":7},"name":"w\"q","executable":"/bin/w","start":"2023-11-14T22:13:21.000000000Z","user":{"id":1000},"real_user":{"id":1000},"group":{"id":1000},"real_group":{"id":1000},"parent":{"pid":99},"ancestry":[],"cgroup":{"id":1},"namespaces":{"pid":4026531836,"mnt":4026531832},"exit_code":0,"exit_signal":9,"core_dumped":true,"end":"2023-11-14T22:13:22.000000000Z","lifetime_ns":1000000000}}"#
         );
         assert!(procs.executable(7).is_none(), "exit removes the process");

@@ -89,7 +89,7 @@ fn closed_or_err(e: io::Error) -> Result<bool> {
 impl<W: Write> Sink for JsonLines<W> {
     fn send(&mut self, ev: &Event) -> Result<bool> {
         let start = self.buf.len();
-        if let Err(e) = serde_json::to_writer(&mut self.buf, ev) {
+        if let Err(e) = ev.write_json(&mut self.buf) {
             self.buf.truncate(start);
             return Err(Error::runtime(format!("failed to serialize an event: {e}")));
         }
