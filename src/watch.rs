@@ -51,7 +51,8 @@ impl<W: Write> JsonLines<W> {
     pub fn new(w: W) -> Self {
         JsonLines {
             out: w,
-            buf: Vec::with_capacity(WRITE_AT),
+            // Room for the threshold plus one large event, so the buffer never regrows.
+            buf: Vec::with_capacity(WRITE_AT + 16 * 1024),
         }
     }
 
