@@ -3,6 +3,7 @@
 //! Records are read only through the skeleton's generated `types::*` (never a hand-written
 //! mirror of a C struct): the size is checked, then the bytes are copied into the generated type.
 
+use std::borrow::Cow;
 use std::net::IpAddr;
 
 use crate::sensor::types;
@@ -61,7 +62,54 @@ pub struct Task {
     pub auid: u32,
     pub pidns: u32,
     pub mntns: u32,
-    pub comm: String,
+    pub comm: Comm,
+}
+
+/// Bytes of a task's `comm` (`TASK_COMM_LEN`, NUL included).
+const COMM_LEN: usize = 16;
+
+/// A task's `comm`, kept inline as the kernel's bytes: no allocation per record.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Comm {
+    bytes: [u8; COMM_LEN],
+    len: u8,
+}
+
+impl Comm {
+    /// Up to the first NUL of `raw` (at most `COMM_LEN` bytes).
+    pub fn new(raw: &[u8]) -> Comm {
+        let raw = &raw[..raw.len().min(COMM_LEN)];
+        let len = raw.iter().position(|&b| b == 0).unwrap_or(raw.len());
+        let mut bytes = [0; COMM_LEN];
+        bytes[..len].copy_from_slice(&raw[..len]);
+        Comm {
+            bytes,
+            len: len as u8,
+        }
+    }
+
+    /// As UTF-8, lossily (borrowed unless the name holds invalid bytes).
+    pub fn as_str(&self) -> Cow<'_, str> {
+        String::from_utf8_lossy(&self.bytes[..usize::from(self.len)])
+    }
+}
+
+impl From<&str> for Comm {
+    fn from(s: &str) -> Comm {
+        Comm::new(s.as_bytes())
+    }
+}
+
+impl PartialEq<&str> for Comm {
+    fn eq(&self, other: &&str) -> bool {
+        self.as_str() == *other
+    }
+}
+
+impl serde::Serialize for Comm {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.as_str())
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -254,7 +302,7 @@ fn task(t: &types::lg_task) -> Task {
         auid: t.auid,
         pidns: t.pidns,
         mntns: t.mntns,
-        comm: cstr(&t.comm),
+        comm: Comm::new(&bytes_of(&t.comm)),
     }
 }
 
@@ -627,6 +675,18 @@ mod tests {
             panic!("not memfd")
         };
         assert_eq!((x.name.as_str(), x.flags, x.ret), ("payload", 1, 3));
+    }
+
+    #[test]
+    fn comm_stops_at_nul_fills_sixteen_bytes_and_is_lossy() {
+        assert_eq!(Comm::new(b"sh\0junk"), "sh");
+        assert_eq!(Comm::new(b""), "");
+        assert_eq!(Comm::new(b"0123456789abcdefXYZ"), "0123456789abcdef");
+        assert_eq!(Comm::new(&[b'a', 0xff, b'b', 0]).as_str(), "a\u{fffd}b");
+        assert_eq!(
+            serde_json::to_string(&Comm::from("q\"")).expect("serialize"),
+            "\"q\\\"\""
+        );
     }
 
     #[test]

@@ -7,7 +7,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde::{Serialize, Serializer};
 
-use crate::decode::{Creds, Record, Task};
+use crate::decode::{Comm, Creds, Record, Task};
 use crate::proctable::{ANCESTRY_DEPTH, ProcTable};
 
 /// Bumped on any incompatible change to the event format (docs/events.md).
@@ -114,7 +114,7 @@ pub struct Cgroup {
 pub struct Process {
     pub pid: u32,
     pub thread: Id,
-    pub name: String,
+    pub name: Comm,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub executable: Option<Rc<str>>,
     #[serde(skip_serializing_if = "Option::is_none")]
