@@ -51,7 +51,7 @@ impl<W: Write> JsonLines<W> {
     pub fn new(w: W) -> Self {
         JsonLines {
             out: w,
-            // Room for the threshold plus one large event, so the buffer never regrows.
+            // Room for the threshold plus one large event: the buffer rarely regrows.
             buf: Vec::with_capacity(WRITE_AT + 16 * 1024),
         }
     }
