@@ -35,18 +35,37 @@ pub struct LoopStats {
     pub total_body: Duration,
 }
 
-/// Serializes drained events for the queue and/or stdout; the poll loop's sink.
+/// Serializes drained events (once each) for the queue and/or stdout; the poll loop's sink.
 struct LoopSink<'a> {
     shared: &'a Shared,
     stdout: Option<JsonLines<io::StdoutLock<'static>>>,
+    /// The event being sent, serialized (reused from event to event).
+    line: Vec<u8>,
     lines: Vec<Vec<u8>>,
     stdout_sent: u64,
 }
 
+impl<'a> LoopSink<'a> {
+    fn new(shared: &'a Shared, stdout: Option<JsonLines<io::StdoutLock<'static>>>) -> Self {
+        LoopSink {
+            shared,
+            stdout,
+            line: Vec::with_capacity(4096),
+            lines: Vec::new(),
+            stdout_sent: 0,
+        }
+    }
+}
+
 impl Sink for LoopSink<'_> {
     fn send(&mut self, ev: &Event) -> Result<bool> {
+        self.line.clear();
+        if let Err(e) = ev.write_json(&mut self.line) {
+            log::debug!("dropped an event that does not serialize: {e}");
+            return Ok(true);
+        }
         if let Some(out) = &mut self.stdout {
-            if !out.send(ev)? {
+            if !out.send_line(&self.line)? {
                 log::warn!("stdout was closed: events now go to the backend only");
                 self.stdout = None;
             } else {
@@ -54,10 +73,8 @@ impl Sink for LoopSink<'_> {
             }
         }
         if self.shared.to_backend {
-            match serde_json::to_vec(ev) {
-                Ok(l) => self.lines.push(l),
-                Err(e) => log::debug!("dropped an event that does not serialize: {e}"),
-            }
+            // An exact-size copy for the queue; `line` keeps its capacity for the next event.
+            self.lines.push(self.line.clone());
         }
         Ok(true)
     }
@@ -298,12 +315,7 @@ impl Agent {
     }
 
     fn drain(&mut self) -> Result<()> {
-        let mut sink = LoopSink {
-            shared: &self.shared,
-            stdout: self.sink_stdout.take(),
-            lines: Vec::new(),
-            stdout_sent: 0,
-        };
+        let mut sink = LoopSink::new(&self.shared, self.sink_stdout.take());
         let res = self.pipeline.drain(&mut sink);
         self.sink_stdout = sink.stdout.take();
         self.shared
@@ -318,12 +330,7 @@ impl Agent {
     fn send_stats_event(&mut self) -> Result<()> {
         let ev = self.pipeline.stats_event();
         self.stats_events += 1;
-        let mut sink = LoopSink {
-            shared: &self.shared,
-            stdout: self.sink_stdout.take(),
-            lines: Vec::new(),
-            stdout_sent: 0,
-        };
+        let mut sink = LoopSink::new(&self.shared, self.sink_stdout.take());
         let res = sink.send(&ev).and_then(|_| sink.flush());
         self.sink_stdout = sink.stdout.take();
         res.map(|_| ())

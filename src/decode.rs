@@ -3,6 +3,7 @@
 //! Records are read only through the skeleton's generated `types::*` (never a hand-written
 //! mirror of a C struct): the size is checked, then the bytes are copied into the generated type.
 
+use std::borrow::Cow;
 use std::net::IpAddr;
 
 use crate::sensor::types;
@@ -63,7 +64,54 @@ pub struct Task {
     pub auid: u32,
     pub pidns: u32,
     pub mntns: u32,
-    pub comm: String,
+    pub comm: Comm,
+}
+
+/// Bytes of a task's `comm` (`TASK_COMM_LEN`, NUL included).
+const COMM_LEN: usize = 16;
+
+/// A task's `comm`, kept inline as the kernel's bytes: no allocation per record.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Comm {
+    bytes: [u8; COMM_LEN],
+    len: u8,
+}
+
+impl Comm {
+    /// Up to the first NUL of `raw` (at most `COMM_LEN` bytes).
+    pub fn new(raw: &[u8]) -> Comm {
+        let raw = &raw[..raw.len().min(COMM_LEN)];
+        let len = raw.iter().position(|&b| b == 0).unwrap_or(raw.len());
+        let mut bytes = [0; COMM_LEN];
+        bytes[..len].copy_from_slice(&raw[..len]);
+        Comm {
+            bytes,
+            len: len as u8,
+        }
+    }
+
+    /// As UTF-8, lossily (borrowed unless the name holds invalid bytes).
+    pub fn as_str(&self) -> Cow<'_, str> {
+        String::from_utf8_lossy(&self.bytes[..usize::from(self.len)])
+    }
+}
+
+impl From<&str> for Comm {
+    fn from(s: &str) -> Comm {
+        Comm::new(s.as_bytes())
+    }
+}
+
+impl PartialEq<&str> for Comm {
+    fn eq(&self, other: &&str) -> bool {
+        self.as_str() == *other
+    }
+}
+
+impl serde::Serialize for Comm {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.as_str())
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -230,13 +278,15 @@ fn read<T: Pod>(ty: u32, bytes: &[u8]) -> Result<T, DecodeError> {
 }
 
 /// A NUL-terminated C string in a fixed array, lossily as UTF-8.
-fn cstr(a: &[i8]) -> String {
-    let bytes: Vec<u8> = a.iter().map(|&c| c as u8).take_while(|&b| b != 0).collect();
-    String::from_utf8_lossy(&bytes).into_owned()
+fn cstr<const N: usize>(a: &[i8; N]) -> String {
+    let bytes = bytes_of(a);
+    let len = bytes.iter().position(|&b| b == 0).unwrap_or(N);
+    String::from_utf8_lossy(&bytes[..len]).into_owned()
 }
 
-fn bytes_of(a: &[i8]) -> Vec<u8> {
-    a.iter().map(|&c| c as u8).collect()
+/// A C `char` array as bytes (a copy on the stack: no allocation).
+fn bytes_of<const N: usize>(a: &[i8; N]) -> [u8; N] {
+    a.map(|c| c as u8)
 }
 
 fn task(t: &types::lg_task) -> Task {
@@ -255,7 +305,7 @@ fn task(t: &types::lg_task) -> Task {
         auid: t.auid,
         pidns: t.pidns,
         mntns: t.mntns,
-        comm: cstr(&t.comm),
+        comm: Comm::new(&bytes_of(&t.comm)),
     }
 }
 
@@ -277,11 +327,8 @@ fn split_args(buf: &[u8], len: usize) -> Vec<String> {
 /// The kernel writes path components leaf first, NUL-terminated, `depth` of them.
 fn join_path(buf: &[u8], depth: usize) -> String {
     let mut parts: Vec<&[u8]> = buf.split(|&b| b == 0).take(depth).collect();
-    if parts.is_empty() {
-        return String::new();
-    }
     parts.reverse();
-    let mut out = String::new();
+    let mut out = String::with_capacity(parts.iter().map(|p| p.len() + 1).sum());
     for p in parts {
         out.push('/');
         out.push_str(&String::from_utf8_lossy(p));
@@ -633,6 +680,18 @@ mod tests {
             panic!("not memfd")
         };
         assert_eq!((x.name.as_str(), x.flags, x.ret), ("payload", 1, 3));
+    }
+
+    #[test]
+    fn comm_stops_at_nul_fills_sixteen_bytes_and_is_lossy() {
+        assert_eq!(Comm::new(b"sh\0junk"), "sh");
+        assert_eq!(Comm::new(b""), "");
+        assert_eq!(Comm::new(b"0123456789abcdefXYZ"), "0123456789abcdef");
+        assert_eq!(Comm::new(&[b'a', 0xff, b'b', 0]).as_str(), "a\u{fffd}b");
+        assert_eq!(
+            serde_json::to_string(&Comm::from("q\"")).expect("serialize"),
+            "\"q\\\"\""
+        );
     }
 
     #[test]

@@ -3,12 +3,12 @@
 //! type-specific sections. `container`/`orchestrator` are reserved for workload attribution.
 
 use std::rc::Rc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{SystemTime, UNIX_EPOCH};
 
-use serde::Serialize;
+use serde::{Serialize, Serializer};
 
-use crate::decode::{Creds, Record, Task};
-use crate::proctable::ProcTable;
+use crate::decode::{Comm, Creds, Record, Task};
+use crate::proctable::{ANCESTRY_DEPTH, ProcTable};
 
 /// Bumped on any incompatible change to the event format (docs/events.md).
 pub const SCHEMA_VERSION: u32 = 1;
@@ -19,7 +19,7 @@ pub struct Event {
     pub kind: &'static str,
     pub schema_version: u32,
     #[serde(rename = "@timestamp")]
-    pub timestamp: String,
+    pub timestamp: Timestamp,
     pub seq: u64,
     pub host: Host,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -65,6 +65,40 @@ pub struct Ancestor {
     pub executable: Option<Rc<str>>,
 }
 
+/// The ancestry chain, parent first: a fixed array, so building an event allocates no list.
+#[derive(Debug, Default)]
+pub struct Ancestry {
+    items: [Ancestor; ANCESTRY_DEPTH],
+    len: usize,
+}
+
+impl Ancestry {
+    pub fn as_slice(&self) -> &[Ancestor] {
+        &self.items[..self.len]
+    }
+}
+
+/// From [`ProcTable::ancestry`]: (pid, executable) pairs, "" for an unknown executable.
+impl FromIterator<(u32, Rc<str>)> for Ancestry {
+    fn from_iter<I: IntoIterator<Item = (u32, Rc<str>)>>(iter: I) -> Ancestry {
+        let mut a = Ancestry::default();
+        for (slot, (pid, exe)) in a.items.iter_mut().zip(iter) {
+            *slot = Ancestor {
+                pid,
+                executable: Some(exe).filter(|e| !e.is_empty()),
+            };
+            a.len += 1;
+        }
+        a
+    }
+}
+
+impl Serialize for Ancestry {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_seq(self.as_slice())
+    }
+}
+
 #[derive(Serialize, Debug, Default)]
 pub struct Namespaces {
     pub pid: u32,
@@ -83,7 +117,7 @@ pub struct Cgroup {
 pub struct Process {
     pub pid: u32,
     pub thread: Id,
-    pub name: String,
+    pub name: Comm,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub executable: Option<Rc<str>>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -95,7 +129,7 @@ pub struct Process {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub fileless: Option<bool>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub start: Option<String>,
+    pub start: Option<Timestamp>,
     pub user: Id,
     pub real_user: Id,
     pub group: Id,
@@ -103,7 +137,7 @@ pub struct Process {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub login_user: Option<Id>,
     pub parent: Ancestor,
-    pub ancestry: Vec<Ancestor>,
+    pub ancestry: Ancestry,
     pub cgroup: Cgroup,
     pub namespaces: Namespaces,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -113,7 +147,7 @@ pub struct Process {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub core_dumped: Option<bool>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub end: Option<String>,
+    pub end: Option<Timestamp>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub lifetime_ns: Option<u64>,
 }
@@ -196,6 +230,73 @@ pub struct MemfdInfo {
     pub result: i32,
 }
 
+/// A wall-clock time in ns since the Unix epoch (a `u64` reaches the year 2554), serialized as
+/// RFC 3339 UTC with nanoseconds (`2023-11-14T22:13:20.000000123Z`) from a stack buffer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Timestamp(pub u64);
+
+impl Timestamp {
+    pub fn now() -> Timestamp {
+        let ns = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX));
+        Timestamp(ns)
+    }
+
+    /// `YYYY-MM-DDTHH:MM:SS.nnnnnnnnnZ`, always 30 ASCII bytes.
+    pub fn rfc3339(self) -> [u8; 30] {
+        let secs = self.0 / 1_000_000_000;
+        let nanos = self.0 % 1_000_000_000;
+        let (year, month, day) = civil_from_days(secs / 86_400);
+        let sod = secs % 86_400;
+        let mut b = *b"0000-00-00T00:00:00.000000000Z";
+        digits(&mut b[0..4], year);
+        digits(&mut b[5..7], month);
+        digits(&mut b[8..10], day);
+        digits(&mut b[11..13], sod / 3600);
+        digits(&mut b[14..16], sod / 60 % 60);
+        digits(&mut b[17..19], sod % 60);
+        digits(&mut b[20..29], nanos);
+        b
+    }
+}
+
+/// Writes the low `out.len()` decimal digits of `n`, zero-padded.
+fn digits(out: &mut [u8], mut n: u64) {
+    for d in out.iter_mut().rev() {
+        *d = b'0' + (n % 10) as u8;
+        n /= 10;
+    }
+}
+
+/// (year, month, day) of a day count since 1970-01-01 in the proleptic Gregorian calendar:
+/// the well-known era arithmetic (400-year cycles of 146,097 days, years counted from March so
+/// that the leap day comes last).
+fn civil_from_days(days: u64) -> (u64, u64, u64) {
+    let z = days + 719_468; // days since 0000-03-01
+    let era = z / 146_097;
+    let doe = z % 146_097; // day of the era, 0..=146_096
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365; // 0..=399
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100); // day of the March-based year
+    let mp = (5 * doy + 2) / 153; // March = 0
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    (era * 400 + yoe + u64::from(month <= 2), month, day)
+}
+
+impl std::fmt::Display for Timestamp {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let b = self.rfc3339();
+        f.write_str(std::str::from_utf8(&b).map_err(|_| std::fmt::Error)?)
+    }
+}
+
+impl Serialize for Timestamp {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
 /// Converts kernel boot-clock times into wall-clock times.
 #[derive(Debug, Clone, Copy)]
 pub struct Clock {
@@ -217,18 +318,11 @@ impl Clock {
         }
     }
 
-    pub fn wall(&self, boot_ns: u64) -> SystemTime {
-        let ns = (self.offset_ns + boot_ns as i128).max(0) as u64;
-        UNIX_EPOCH + Duration::from_nanos(ns)
+    /// The wall-clock time of a boot-clock time (ns since boot).
+    pub fn at(&self, boot_ns: u64) -> Timestamp {
+        let ns = (self.offset_ns + boot_ns as i128).clamp(0, u64::MAX as i128);
+        Timestamp(ns as u64)
     }
-
-    pub fn rfc3339(&self, boot_ns: u64) -> String {
-        humantime::format_rfc3339_nanos(self.wall(boot_ns)).to_string()
-    }
-}
-
-pub fn rfc3339_now() -> String {
-    humantime::format_rfc3339_nanos(SystemTime::now()).to_string()
 }
 
 /// Builds events: owns the sequence counter, the host name and the clock.
@@ -254,7 +348,7 @@ impl Builder {
         self.seq
     }
 
-    fn base(&mut self, kind: &'static str, timestamp: String) -> Event {
+    fn base(&mut self, kind: &'static str, timestamp: Timestamp) -> Event {
         Event {
             kind,
             schema_version: SCHEMA_VERSION,
@@ -276,27 +370,19 @@ impl Builder {
     }
 
     pub fn stats(&mut self, snapshot: crate::stats::Snapshot) -> Event {
-        let mut e = self.base("stats", rfc3339_now());
+        let mut e = self.base("stats", Timestamp::now());
         e.stats = Some(snapshot);
         e
     }
 
-    fn process(&self, t: &Task, procs: &mut ProcTable) -> Process {
-        let parent_exe = procs.executable(t.ppid);
-        let ancestry = procs
-            .ancestry(t.ppid)
-            .into_iter()
-            .map(|(pid, exe)| Ancestor {
-                pid,
-                executable: Some(exe).filter(|e| !e.is_empty()),
-            })
-            .collect();
+    /// The process object of task `t`: its parent is `t.ppid`, executables and ancestry come
+    /// from the table.
+    fn process(&self, t: Task, procs: &mut ProcTable) -> Process {
         Process {
             pid: t.pid,
             thread: Id { id: t.tid },
-            name: t.comm.clone(),
             executable: procs.executable(t.pid),
-            start: (t.start_boot_ns != 0).then(|| self.clock.rfc3339(t.start_boot_ns)),
+            start: (t.start_boot_ns != 0).then(|| self.clock.at(t.start_boot_ns)),
             user: Id { id: t.euid },
             real_user: Id { id: t.uid },
             group: Id { id: t.egid },
@@ -304,9 +390,9 @@ impl Builder {
             login_user: (t.auid != u32::MAX).then_some(Id { id: t.auid }),
             parent: Ancestor {
                 pid: t.ppid,
-                executable: parent_exe,
+                executable: procs.executable(t.ppid),
             },
-            ancestry,
+            ancestry: procs.ancestry(t.ppid).collect(),
             cgroup: Cgroup {
                 id: t.cgroup_id,
                 memcg_v1_id: t.memcg_v1_id,
@@ -315,78 +401,72 @@ impl Builder {
                 pid: t.pidns,
                 mnt: t.mntns,
             },
+            name: t.comm,
             ..Process::default()
         }
     }
 
     /// Enriches one record with the process table into an event, and keeps the table current.
-    pub fn build(&mut self, rec: &Record, procs: &mut ProcTable) -> Event {
-        let t = rec.task();
-        let ts = self.clock.rfc3339(t.ts_boot_ns);
+    /// The record's strings move into the event.
+    pub fn build(&mut self, rec: Record, procs: &mut ProcTable) -> Event {
+        let ts = self.clock.at(rec.task().ts_boot_ns);
         match rec {
             Record::Exec(x) => {
-                let exe = if !x.path.is_empty() && !x.memfd {
-                    x.path.clone()
-                } else if x.memfd {
+                let t = x.task;
+                let exe: Rc<str> = if x.memfd {
                     // Anonymous file: keep the kernel's name ("memfd:<name>").
-                    x.path.trim_start_matches('/').to_string()
+                    Rc::from(x.path.trim_start_matches('/'))
+                } else if !x.path.is_empty() {
+                    Rc::from(x.path)
                 } else {
-                    x.filename.clone()
+                    Rc::from(x.filename)
                 };
-                procs.exec(t.pid, t.ppid, &exe);
+                procs.exec(t.pid, t.ppid, exe);
                 if x.old_pid != t.pid {
                     procs.exit(x.old_pid);
                 }
                 let mut e = self.base("exec", ts);
                 let mut p = self.process(t, procs);
                 p.args_count = Some(x.args.len());
-                p.args = Some(x.args.clone());
+                p.args = Some(x.args);
                 p.args_truncated = Some(x.args_truncated || x.path_truncated);
                 p.fileless = Some(x.memfd);
                 e.process = Some(p);
                 e
             }
             Record::Exit(x) => {
-                let mut e = self.base("exit", ts.clone());
+                let t = x.task;
+                let mut e = self.base("exit", ts);
+                let pid = t.pid;
+                let lifetime =
+                    (t.start_boot_ns != 0).then(|| t.ts_boot_ns.saturating_sub(t.start_boot_ns));
                 let mut p = self.process(t, procs);
                 p.exit_code = Some(x.exit_code);
                 p.exit_signal = Some(x.signal);
                 p.core_dumped = Some(x.core_dumped);
                 p.end = Some(ts);
-                p.lifetime_ns =
-                    (t.start_boot_ns != 0).then(|| t.ts_boot_ns.saturating_sub(t.start_boot_ns));
+                p.lifetime_ns = lifetime;
                 e.process = Some(p);
-                procs.exit(t.pid);
+                procs.exit(pid);
                 e
             }
             Record::Fork(x) => {
                 // The event's process is the new child; its parent is the forking process.
-                procs.fork(t.pid, x.child_pid);
-                let mut e = self.base("fork", ts);
-                let mut p = self.process(t, procs);
-                p.pid = x.child_pid;
-                p.thread = Id { id: x.child_pid };
-                p.executable = procs.executable(x.child_pid);
-                p.start =
-                    (x.child_start_boot_ns != 0).then(|| self.clock.rfc3339(x.child_start_boot_ns));
-                p.parent = Ancestor {
-                    pid: t.pid,
-                    executable: procs.executable(t.pid),
+                procs.fork(x.task.pid, x.child_pid);
+                let child = Task {
+                    pid: x.child_pid,
+                    tid: x.child_pid,
+                    ppid: x.task.pid,
+                    start_boot_ns: x.child_start_boot_ns,
+                    ..x.task
                 };
-                p.ancestry = procs
-                    .ancestry(t.pid)
-                    .into_iter()
-                    .map(|(pid, exe)| Ancestor {
-                        pid,
-                        executable: Some(exe).filter(|e| !e.is_empty()),
-                    })
-                    .collect();
-                e.process = Some(p);
+                let mut e = self.base("fork", ts);
+                e.process = Some(self.process(child, procs));
                 e
             }
             Record::Sock(x) => {
                 let mut e = self.base(if x.inbound { "accept" } else { "connect" }, ts);
-                e.process = Some(self.process(t, procs));
+                e.process = Some(self.process(x.task, procs));
                 // ECS: `source` is who started the connection. For connect that is this host,
                 // for accept it is the remote client (the kernel side reports local/remote).
                 let local = Endpoint {
@@ -419,7 +499,7 @@ impl Builder {
                     "setuid"
                 };
                 let mut e = self.base(kind, ts);
-                e.process = Some(self.process(t, procs));
+                e.process = Some(self.process(x.task, procs));
                 e.credentials = Some(Credentials {
                     syscall: x.syscall,
                     old: CredSet::from(&x.old),
@@ -429,7 +509,7 @@ impl Builder {
             }
             Record::Ptrace(x) => {
                 let mut e = self.base("ptrace", ts);
-                e.process = Some(self.process(t, procs));
+                e.process = Some(self.process(x.task, procs));
                 e.ptrace = Some(PtraceInfo {
                     request: x.request,
                     target: Ancestor {
@@ -442,10 +522,10 @@ impl Builder {
             }
             Record::BpfLoad(x) => {
                 let mut e = self.base("bpf_load", ts);
-                e.process = Some(self.process(t, procs));
+                e.process = Some(self.process(x.task, procs));
                 e.bpf = Some(BpfInfo {
                     prog_type: x.prog_type,
-                    prog_name: x.prog_name.clone(),
+                    prog_name: x.prog_name,
                     insn_count: x.insn_cnt,
                     result: x.ret,
                 });
@@ -453,9 +533,9 @@ impl Builder {
             }
             Record::Memfd(x) => {
                 let mut e = self.base("memfd", ts);
-                e.process = Some(self.process(t, procs));
+                e.process = Some(self.process(x.task, procs));
                 e.memfd = Some(MemfdInfo {
-                    name: x.name.clone(),
+                    name: x.name,
                     flags: x.flags,
                     result: x.ret,
                 });
@@ -469,6 +549,7 @@ impl Builder {
 mod tests {
     use std::collections::{BTreeMap, BTreeSet};
     use std::net::IpAddr;
+    use std::time::Duration;
 
     use serde_json::Value;
 
@@ -585,6 +666,70 @@ mod tests {
         }
     }
 
+    /// The event as the sinks write it (`write_json`), checked byte for byte against what
+    /// serde_json makes of the derived `Serialize`.
+    fn text(ev: &Event) -> String {
+        let mut fast = Vec::new();
+        ev.write_json(&mut fast).expect("write_json");
+        let fast = String::from_utf8(fast).expect("utf-8");
+        assert_eq!(fast, serde_json::to_string(ev).expect("serialize"));
+        fast
+    }
+
+    #[test]
+    fn hand_written_json_matches_serde_for_odd_strings_and_every_option() {
+        let odd = "q\"b\\s\u{1}\n\t\u{7f}é€😀/x";
+        let mut procs = ProcTable::new(64);
+        procs.exec(200, 1, odd);
+        procs.exec(300, 200, "");
+        let mut b = Builder::new(odd);
+        let t = Task {
+            comm: odd.into(),
+            auid: u32::MAX,
+            start_boot_ns: 0,
+            ..task()
+        };
+        let recs = vec![
+            Record::Exec(Exec {
+                task: t.clone(),
+                old_pid: 299,
+                filename: odd.into(),
+                path: String::new(),
+                path_truncated: true,
+                args: vec![odd.into(), String::new(), "\0".into()],
+                args_truncated: false,
+                memfd: false,
+                exe_nlink: 0,
+            }),
+            Record::Exec(Exec {
+                task: task(),
+                old_pid: 300,
+                filename: "x".into(),
+                path: "/memfd:\"y\" (deleted)".into(),
+                path_truncated: false,
+                args: Vec::new(),
+                args_truncated: true,
+                memfd: true,
+                exe_nlink: 0,
+            }),
+            Record::Exit(Exit {
+                task: t,
+                exit_code: -1,
+                signal: u32::MAX,
+                core_dumped: true,
+            }),
+        ];
+        for r in recs {
+            let mut ev = b.build(r, &mut procs);
+            text(&ev);
+            ev.container = Some(serde_json::json!({"id": odd, "runtime": "cri-o"}));
+            ev.orchestrator = Some(serde_json::json!({"pod": {"uid": "u"}}));
+            text(&ev);
+            ev.process = None;
+            text(&ev);
+        }
+    }
+
     fn every_event() -> Vec<Value> {
         every_event_text()
             .iter()
@@ -674,11 +819,11 @@ mod tests {
             }),
         ];
         let mut out: Vec<String> = recs
-            .iter()
-            .map(|r| serde_json::to_string(&b.build(r, &mut procs)).expect("serialize"))
+            .into_iter()
+            .map(|r| text(&b.build(r, &mut procs)))
             .collect();
         let stats = crate::stats::Stats::default().snapshot();
-        out.push(serde_json::to_string(&b.stats(stats)).expect("serialize"));
+        out.push(text(&b.stats(stats)));
         out
     }
 
@@ -742,7 +887,99 @@ mod tests {
         let c = Clock {
             offset_ns: 1_700_000_000_000_000_000,
         };
-        assert_eq!(c.rfc3339(123), "2023-11-14T22:13:20.000000123Z");
+        assert_eq!(c.at(123).to_string(), "2023-11-14T22:13:20.000000123Z");
+    }
+
+    #[test]
+    fn timestamps_serialize_as_rfc3339_nanos_without_a_string() {
+        // (seconds, nanoseconds since the epoch, expected): padding, leap days, century rules.
+        let vectors = [
+            (0, 0, "1970-01-01T00:00:00.000000000Z"),
+            (951_782_400, 1, "2000-02-29T00:00:00.000000001Z"),
+            (1_709_251_199, 999_999_999, "2024-02-29T23:59:59.999999999Z"),
+            (1_709_251_200, 10, "2024-03-01T00:00:00.000000010Z"),
+            (4_107_542_400, 120_000_000, "2100-03-01T00:00:00.120000000Z"),
+            (1_700_000_000, 123_456, "2023-11-14T22:13:20.000123456Z"),
+        ];
+        for (secs, nanos, want) in vectors {
+            let t = Timestamp(secs * 1_000_000_000 + nanos);
+            assert_eq!(t.to_string(), want);
+            assert_eq!(
+                serde_json::to_string(&t).expect("serialize"),
+                format!("\"{want}\"")
+            );
+        }
+    }
+
+    /// The hand-written formatter against humantime's, over five centuries of pseudo-random
+    /// instants (every day of many leap and century years included).
+    #[test]
+    fn timestamps_agree_with_humantime() {
+        let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+        let max = 16_725_225_600u64 * 1_000_000_000; // 2500-01-01
+        for i in 0..200_000u64 {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            // Alternate random instants and consecutive days (hitting every leap day).
+            let ns = if i % 2 == 0 {
+                x % max
+            } else {
+                (i / 2) * 86_400_000_000_000 + x % 1_000_000_000
+            };
+            let want =
+                humantime::format_rfc3339_nanos(UNIX_EPOCH + Duration::from_nanos(ns)).to_string();
+            assert_eq!(Timestamp(ns).to_string(), want, "{ns}");
+        }
+    }
+
+    /// The exact bytes of two events (the fast path must not change a field, its order or its
+    /// formatting): timestamps from a fixed clock, ancestry cut at its depth.
+    #[test]
+    fn exact_text_of_fork_and_exit_events() {
+        let mut procs = ProcTable::new(64);
+        for pid in 1..=6 {
+            procs.exec(pid, pid - 1, format!("/bin/p{pid}"));
+        }
+        let mut b = Builder::new("h");
+        b.clock = Clock {
+            offset_ns: 1_700_000_000_000_000_000,
+        };
+        let t = Task {
+            ppid: 6,
+            pid: 7,
+            tid: 7,
+            auid: u32::MAX,
+            comm: "w\"q".into(),
+            ..task()
+        };
+        procs.exec(7, 6, "/bin/w");
+        let fork = b.build(
+            Record::Fork(Fork {
+                task: t.clone(),
+                child_pid: 8,
+                child_start_boot_ns: 5,
+            }),
+            &mut procs,
+        );
+        assert_eq!(
+            text(&fork),
+            r#"{"type":"fork","schema_version":1,"@timestamp":"2023-11-14T22:13:22.000000000Z","seq":1,"host":{"name":"h"},"process":{"pid":8,"thread":{"id":8},"name":"w\"q","executable":"/bin/w","start":"2023-11-14T22:13:20.000000005Z","user":{"id":1000},"real_user":{"id":1000},"group":{"id":1000},"real_group":{"id":1000},"parent":{"pid":7,"executable":"/bin/w"},"ancestry":[{"pid":7,"executable":"/bin/w"},{"pid":6,"executable":"/bin/p6"},{"pid":5,"executable":"/bin/p5"},{"pid":4,"executable":"/bin/p4"}],"cgroup":{"id":1},"namespaces":{"pid":4026531836,"mnt":4026531832}}}"#
+        );
+        let exit = b.build(
+            Record::Exit(Exit {
+                task: Task { ppid: 99, ..t },
+                exit_code: 0,
+                signal: 9,
+                core_dumped: true,
+            }),
+            &mut procs,
+        );
+        assert_eq!(
+            text(&exit),
+            r#"{"type":"exit","schema_version":1,"@timestamp":"2023-11-14T22:13:22.000000000Z","seq":2,"host":{"name":"h"},"process":{"pid":7,"thread":{"id":7},"name":"w\"q","executable":"/bin/w","start":"2023-11-14T22:13:21.000000000Z","user":{"id":1000},"real_user":{"id":1000},"group":{"id":1000},"real_group":{"id":1000},"parent":{"pid":99},"ancestry":[],"cgroup":{"id":1},"namespaces":{"pid":4026531836,"mnt":4026531832},"exit_code":0,"exit_signal":9,"core_dumped":true,"end":"2023-11-14T22:13:22.000000000Z","lifetime_ns":1000000000}}"#
+        );
+        assert!(procs.executable(7).is_none(), "exit removes the process");
     }
 
     #[test]

@@ -70,12 +70,12 @@ impl ProcTable {
     }
 
     /// A process exec'd: its executable changed.
-    pub fn exec(&mut self, pid: u32, ppid: u32, executable: &str) {
+    pub fn exec(&mut self, pid: u32, ppid: u32, executable: impl Into<Rc<str>>) {
         self.lru.put(
             pid,
             Proc {
                 ppid,
-                executable: Rc::from(executable),
+                executable: executable.into(),
             },
         );
     }
@@ -114,19 +114,18 @@ impl ProcTable {
             .filter(|e| !e.is_empty())
     }
 
-    /// Up to `ANCESTRY_DEPTH` ancestors starting at `ppid` (the parent first), while known.
-    pub fn ancestry(&mut self, ppid: u32) -> Vec<(u32, Rc<str>)> {
-        let mut out = Vec::with_capacity(ANCESTRY_DEPTH);
-        let mut pid = ppid;
-        while out.len() < ANCESTRY_DEPTH && pid != 0 {
-            let Some(p) = self.lru.peek(&pid) else { break };
-            out.push((pid, p.executable.clone()));
-            if p.ppid == pid {
-                break;
-            }
-            pid = p.ppid;
-        }
-        out
+    /// Up to `ANCESTRY_DEPTH` ancestors starting at `ppid` (the parent first), while known:
+    /// (pid, executable) pairs, the executable "" when unknown.
+    pub fn ancestry(&self, ppid: u32) -> impl Iterator<Item = (u32, Rc<str>)> + '_ {
+        let mut next = Some(ppid);
+        std::iter::from_fn(move || {
+            let pid = next.filter(|&p| p != 0)?;
+            let p = self.lru.peek(&pid)?;
+            // A process that is its own parent ends the chain.
+            next = (p.ppid != pid).then_some(p.ppid);
+            Some((pid, p.executable.clone()))
+        })
+        .take(ANCESTRY_DEPTH)
     }
 }
 
@@ -158,8 +157,15 @@ mod tests {
         t.exec(10, 1, "/bin/sh");
         t.fork(10, 11);
         t.exec(11, 10, "/bin/true");
-        let chain: Vec<u32> = t.ancestry(11).iter().map(|(p, _)| *p).collect();
+        let chain: Vec<u32> = t.ancestry(11).map(|(p, _)| p).collect();
         assert_eq!(chain, vec![11, 10, 1]);
+        t.exec(2, 2, "/self-parent");
+        let chain: Vec<u32> = t.ancestry(2).map(|(p, _)| p).collect();
+        assert_eq!(
+            chain,
+            vec![2],
+            "a process that is its own parent ends the chain"
+        );
         t.exit(11);
         assert!(t.get(11).is_none());
     }

@@ -3,7 +3,7 @@
 
 use std::cell::RefCell;
 use std::collections::VecDeque;
-use std::io::{self, BufWriter, Write};
+use std::io::{self, Write};
 use std::os::fd::BorrowedFd;
 use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -37,16 +37,43 @@ pub trait Sink {
     fn flush(&mut self) -> Result<bool>;
 }
 
-/// JSON lines on a buffered writer (stdout for `watch`).
+/// Lines are written out once this many bytes are waiting, else at the end of a poll batch.
+const WRITE_AT: usize = 64 * 1024;
+
+/// JSON lines serialized into one reused buffer and written with one `write` per poll batch
+/// (stdout for `watch`).
 pub struct JsonLines<W: Write> {
-    out: BufWriter<W>,
+    out: W,
+    buf: Vec<u8>,
 }
 
 impl<W: Write> JsonLines<W> {
     pub fn new(w: W) -> Self {
         JsonLines {
-            out: BufWriter::with_capacity(64 * 1024, w),
+            out: w,
+            // Room for the threshold plus one large event: the buffer rarely regrows.
+            buf: Vec::with_capacity(WRITE_AT + 16 * 1024),
         }
+    }
+
+    /// Takes one already serialized event (without its newline).
+    pub fn send_line(&mut self, line: &[u8]) -> Result<bool> {
+        self.buf.extend_from_slice(line);
+        self.buf.push(b'\n');
+        self.write_if_full()
+    }
+
+    fn write_if_full(&mut self) -> Result<bool> {
+        if self.buf.len() < WRITE_AT {
+            return Ok(true);
+        }
+        self.write_out()
+    }
+
+    fn write_out(&mut self) -> Result<bool> {
+        let res = self.out.write_all(&self.buf);
+        self.buf.clear();
+        res.map_or_else(closed_or_err, |()| Ok(true))
     }
 }
 
@@ -62,19 +89,19 @@ fn closed_or_err(e: io::Error) -> Result<bool> {
 
 impl<W: Write> Sink for JsonLines<W> {
     fn send(&mut self, ev: &Event) -> Result<bool> {
-        let res = serde_json::to_writer(&mut self.out, ev)
-            .map_err(io::Error::from)
-            .and_then(|()| self.out.write_all(b"\n"));
-        match res {
-            Ok(()) => Ok(true),
-            Err(e) => closed_or_err(e),
+        let start = self.buf.len();
+        if let Err(e) = ev.write_json(&mut self.buf) {
+            self.buf.truncate(start);
+            return Err(Error::runtime(format!("failed to serialize an event: {e}")));
         }
+        self.buf.push(b'\n');
+        self.write_if_full()
     }
     fn flush(&mut self) -> Result<bool> {
-        match self.out.flush() {
-            Ok(()) => Ok(true),
-            Err(e) => closed_or_err(e),
+        if !self.buf.is_empty() && !self.write_out()? {
+            return Ok(false);
         }
+        self.out.flush().map_or_else(closed_or_err, |()| Ok(true))
     }
 }
 
@@ -197,7 +224,7 @@ impl Pipeline {
             while let Some(item) = self.queue.borrow_mut().pop_front() {
                 match item {
                     Ok(rec) => {
-                        let mut ev = self.builder.build(&rec, &mut self.procs);
+                        let mut ev = self.builder.build(rec, &mut self.procs);
                         if let Some(a) = &mut self.attestor {
                             enrich(&mut ev, a);
                         }
@@ -344,4 +371,96 @@ pub fn run(cfg: Config, _args: &Args) -> Result<()> {
     // Final counters always go to stderr.
     let _ = writeln!(io::stderr(), "linuxguard-agent: final {}", p.stats.line());
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Records each `write` call.
+    #[derive(Default)]
+    struct Writes(Vec<Vec<u8>>);
+
+    impl Write for Writes {
+        fn write(&mut self, b: &[u8]) -> io::Result<usize> {
+            self.0.push(b.to_vec());
+            Ok(b.len())
+        }
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
+    struct Closed;
+
+    impl Write for Closed {
+        fn write(&mut self, _: &[u8]) -> io::Result<usize> {
+            Err(io::ErrorKind::BrokenPipe.into())
+        }
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
+    fn event(b: &mut Builder) -> Event {
+        b.stats(Stats::default().snapshot())
+    }
+
+    #[test]
+    fn lines_go_out_in_one_write_per_batch() {
+        let mut b = Builder::new("h");
+        let mut sink = JsonLines::new(Writes::default());
+        for _ in 0..3 {
+            assert!(sink.send(&event(&mut b)).expect("send"));
+        }
+        assert!(sink.send_line(b"{\"x\":1}").expect("send"));
+        assert!(
+            sink.out.0.is_empty(),
+            "nothing written before the batch ends"
+        );
+        assert!(sink.flush().expect("flush"));
+        assert_eq!(sink.out.0.len(), 1, "one write for the whole batch");
+        let text = String::from_utf8(sink.out.0[0].clone()).expect("utf-8");
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines.len(), 4);
+        assert!(text.ends_with("{\"x\":1}\n"));
+        for (i, l) in lines[..3].iter().enumerate() {
+            let v: serde_json::Value = serde_json::from_str(l).expect("a JSON line");
+            assert_eq!(v["seq"], i as u64 + 1);
+        }
+        assert!(sink.flush().expect("flush"));
+        assert_eq!(sink.out.0.len(), 1, "an empty batch writes nothing");
+    }
+
+    #[test]
+    fn a_full_buffer_is_written_before_the_batch_ends() {
+        let mut b = Builder::new("h");
+        let mut sink = JsonLines::new(Writes::default());
+        let mut sent = 0;
+        while sink.out.0.is_empty() {
+            assert!(sink.send(&event(&mut b)).expect("send"));
+            sent += 1;
+        }
+        assert!(sink.out.0[0].len() >= WRITE_AT);
+        assert!(
+            sink.out.0[0].ends_with(b"\n"),
+            "only whole lines are written"
+        );
+        assert!(sink.flush().expect("flush"));
+        let lines: usize = sink
+            .out
+            .0
+            .iter()
+            .map(|w| w.split(|&c| c == b'\n').count() - 1)
+            .sum();
+        assert_eq!(lines, sent);
+    }
+
+    #[test]
+    fn a_closed_reader_stops_the_sink_without_an_error() {
+        let mut b = Builder::new("h");
+        let mut sink = JsonLines::new(Closed);
+        assert!(sink.send(&event(&mut b)).expect("send"));
+        assert!(!sink.flush().expect("flush"));
+    }
 }
