@@ -20,7 +20,6 @@ mod token;
 // The eBPF sensor and `watch`.
 mod decode;
 mod event;
-mod event_json;
 mod proctable;
 mod sensor;
 mod stats;
