@@ -517,7 +517,6 @@ impl Builder {
 mod tests {
     use std::collections::{BTreeMap, BTreeSet};
     use std::net::IpAddr;
-    use std::time::Duration;
 
     use serde_json::Value;
 
