@@ -6,7 +6,6 @@ use std::collections::VecDeque;
 use std::io::{self, Write};
 use std::os::fd::BorrowedFd;
 use std::rc::Rc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use libbpf_rs::{AsRawLibbpf, RingBuffer, RingBufferBuilder};
@@ -288,30 +287,8 @@ fn enrich(ev: &mut Event, a: &mut crate::attest::Attestor) {
     ev.orchestrator = e.kubernetes.and_then(|k| serde_json::to_value(k).ok());
 }
 
-static STOP: AtomicBool = AtomicBool::new(false);
-
-extern "C" fn on_signal(_: nix::libc::c_int) {
-    STOP.store(true, Ordering::SeqCst);
-}
-
-/// SIGINT/SIGTERM only set a flag; without SA_RESTART, poll(2) returns EINTR right away.
-fn install_signal_handlers() -> Result<()> {
-    use nix::sys::signal::{SaFlags, SigAction, SigHandler, SigSet, Signal, sigaction};
-    let act = SigAction::new(
-        SigHandler::Handler(on_signal),
-        SaFlags::empty(),
-        SigSet::empty(),
-    );
-    for sig in [Signal::SIGINT, Signal::SIGTERM] {
-        // SAFETY: the handler only stores to an atomic, which is async-signal-safe.
-        unsafe { sigaction(sig, &act) }
-            .map_err(|e| Error::runtime(format!("failed to install the {sig} handler: {e}")))?;
-    }
-    Ok(())
-}
-
 pub fn run(cfg: Config, _args: &Args) -> Result<()> {
-    install_signal_handlers()?;
+    let stop = crate::stop::Stop::install()?;
     let mut p = Pipeline::new(&cfg)?;
     match crate::attest::Attestor::new(&cfg) {
         Ok(a) => p.set_attestor(a),
@@ -328,11 +305,14 @@ pub fn run(cfg: Config, _args: &Args) -> Result<()> {
     log::info!("watching: events on stdout as JSON lines; Ctrl-C to stop");
     let mut next_stats = Instant::now() + every;
     let mut open = true;
-    while open && !STOP.load(Ordering::SeqCst) {
+    while open && !stop.requested() {
         let wait = next_stats.saturating_duration_since(Instant::now());
         let timeout =
             PollTimeout::try_from(wait.min(POLL_INTERVAL)).unwrap_or(PollTimeout::from(100u16));
-        let mut fds = [PollFd::new(p.fd(), PollFlags::POLLIN)];
+        let mut fds = [
+            PollFd::new(p.fd(), PollFlags::POLLIN),
+            PollFd::new(stop.fd(), PollFlags::POLLIN),
+        ];
         match nix::poll::poll(&mut fds, timeout) {
             Ok(_) => {}
             Err(nix::errno::Errno::EINTR) => continue,
@@ -357,6 +337,9 @@ pub fn run(cfg: Config, _args: &Args) -> Result<()> {
                 next_stats = Instant::now() + every;
             }
         }
+    }
+    if stop.requested() {
+        log::info!("stopping on {}", stop.signal_name());
     }
     if open {
         open = p.drain(&mut sink)?;
