@@ -198,7 +198,13 @@ impl Backend {
             .call()
             .expect("admin GET");
         let status = resp.status().as_u16();
-        let body = resp.body_mut().read_to_string().expect("admin body");
+        // Large when the machine is busy (every agent sees every process on the host).
+        let body = resp
+            .body_mut()
+            .with_config()
+            .limit(256 << 20)
+            .read_to_string()
+            .expect("admin body");
         assert!((200..300).contains(&status), "GET {path}: {status} {body}");
         serde_json::from_str(&body).expect("admin JSON")
     }
@@ -213,7 +219,13 @@ impl Backend {
             .send(json.to_string().as_bytes())
             .expect("admin POST");
         let status = resp.status().as_u16();
-        let body = resp.body_mut().read_to_string().expect("admin body");
+        // Large when the machine is busy (every agent sees every process on the host).
+        let body = resp
+            .body_mut()
+            .with_config()
+            .limit(256 << 20)
+            .read_to_string()
+            .expect("admin body");
         assert!((200..300).contains(&status), "POST {path}: {status} {body}");
         serde_json::from_str(&body).expect("admin JSON")
     }

@@ -906,7 +906,8 @@ fn heartbeat_503_is_retried_and_sigint_stops() {
     a.wait_log("first heartbeat accepted", 15);
     let pid = nix::unistd::Pid::from_raw(a.child.id() as i32);
     nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGINT).expect("SIGINT");
-    let st = a.wait_exit(5);
+    // Within the 5 s --shutdown-grace plus the sensor's detach, with room for a busy machine.
+    let st = a.wait_exit(STALL.as_secs() / 2);
     assert_eq!(st.code(), Some(0), "{}", a.log());
     assert!(a.log().contains("stopping on SIGINT"), "{}", a.log());
     run.assert_no_secrets(&[]);
