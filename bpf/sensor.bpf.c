@@ -848,16 +848,20 @@ SYSCALL_HOOKS(memfd, memfd_create)
  * per-syscall `syscalls:sys_enter_*`/`sys_exit_*` tracepoints: the kernel's syscall tracing
  * skips every compat syscall (arch_trace_is_compat_syscall). Without this section an attacker
  * could setuid, capset, ptrace, load BPF, memfd_create, accept and connect unseen through
- * `int $0x80`. The raw `sys_enter`/`sys_exit` tracepoints fire for every syscall; the two
- * programs below leave at once unless the current syscall is a compat one, and then hand the
- * syscalls the sensor reports to the SAME helpers the native tracepoints use (creds_begin/
- * creds_end, ptrace_begin/ptrace_end, ...): one code path per event type.
+ * `int $0x80`. The raw `sys_enter`/`sys_exit` tracepoints fire for every syscall; the programs
+ * below leave at once unless the current syscall is a compat one the sensor reports, and then
+ * hand it to the SAME helpers the native tracepoints use (creds_begin/creds_end,
+ * ptrace_begin/ptrace_end, ...): one code path per event type.
  *
- * The compat state: the 32-bit entry sets TS_COMPAT in current->thread_info.status before the
- * syscall is traced and the kernel clears it on every return to user space, after the
- * sys_exit tracepoint (arch/x86: syscall_32_enter(), arch_exit_to_user_mode_prepare()). Its
- * value, 0x0002, is a #define (not in BTF), unchanged since it was introduced. The field is
- * read through CO-RE and the check compiles to "not compat" where it does not exist.
+ * They run on EVERY syscall of every task, so the order of the tests is the cost:
+ *  1. the syscall number, from the context (sys_enter) or regs->orig_ax (sys_exit): a few
+ *     compares, no helper call; almost every native syscall number fails it;
+ *  2. the task's compat state: the 32-bit entry sets TS_COMPAT in current->thread_info.status
+ *     before the syscall is traced and the kernel clears it on every return to user space,
+ *     after the sys_exit tracepoint (arch/x86: syscall_32_enter(),
+ *     arch_exit_to_user_mode_prepare()). Its value, 0x0002, is a #define (not in BTF),
+ *     unchanged since it was introduced. The field is read through CO-RE and the test compiles
+ *     to "not compat" where it does not exist.
  */
 #define LG_TS_COMPAT 0x0002
 
@@ -890,27 +894,20 @@ SYSCALL_HOOKS(memfd, memfd_create)
 #define SYS_ACCEPT 5
 #define SYS_ACCEPT4 18
 
-/* With a BTF task pointer (tp_btf): one direct load, no helper call. */
-static __always_inline int in_compat_syscall_btf(struct task_struct *t)
-{
-	if (!bpf_core_field_exists(t->thread_info.status))
-		return 0;
-	return t->thread_info.status & LG_TS_COMPAT;
-}
-
-/* With a plain pointer (raw_tp): a probe read. */
-static __always_inline int in_compat_syscall(struct task_struct *t)
-{
-	if (!bpf_core_field_exists(t->thread_info.status))
-		return 0;
-	return BPF_CORE_READ(t, thread_info.status) & LG_TS_COMPAT;
-}
-
 /*
- * The credential call a compat syscall number stands for (the 16-bit uid/gid variants and the
- * 32-bit ones report alike), or 0.
+ * What a compat syscall number stands for: a credential call (enum lg_cred_call, 1..LG_CAPSET;
+ * the 16-bit uid/gid variants and the 32-bit ones report alike), one of the kinds below, or 0.
  */
-static __always_inline __u32 ia32_cred_call(long nr)
+enum ia32_kind {
+	IA32_K_PTRACE = 16,
+	IA32_K_BPF,
+	IA32_K_MEMFD,
+	IA32_K_CONNECT,
+	IA32_K_ACCEPT4,
+	IA32_K_SOCKETCALL,
+};
+
+static __always_inline __u32 ia32_kind(long nr)
 {
 	switch (nr) {
 	case IA32_SETUID16:
@@ -939,13 +936,52 @@ static __always_inline __u32 ia32_cred_call(long nr)
 		return LG_SETFSGID;
 	case IA32_CAPSET:
 		return LG_CAPSET;
+	case IA32_PTRACE:
+		return IA32_K_PTRACE;
+	case IA32_BPF:
+		return IA32_K_BPF;
+	case IA32_MEMFD_CREATE:
+		return IA32_K_MEMFD;
+	case IA32_CONNECT:
+		return IA32_K_CONNECT;
+	case IA32_ACCEPT4:
+		return IA32_K_ACCEPT4;
+	case IA32_SOCKETCALL:
+		return IA32_K_SOCKETCALL;
 	}
 	return 0;
 }
 
 /*
+ * The hook flavours differ only in how they read the kernel: tp_btf through BTF pointers
+ * (direct loads, the current task without a probe read), raw_tp through probe reads. `btf` is
+ * a constant in each program, so only one branch is compiled into it.
+ */
+static __always_inline int in_compat_syscall(int btf)
+{
+	struct task_struct *t;
+
+	if (btf) {
+		t = bpf_get_current_task_btf();
+		if (!bpf_core_field_exists(t->thread_info.status))
+			return 0;
+		return t->thread_info.status & LG_TS_COMPAT;
+	}
+	t = current_task();
+	if (!bpf_core_field_exists(t->thread_info.status))
+		return 0;
+	return BPF_CORE_READ(t, thread_info.status) & LG_TS_COMPAT;
+}
+
+static __always_inline long syscall_nr(struct pt_regs *regs, int btf)
+{
+	return btf ? regs->orig_ax : BPF_CORE_READ(regs, orig_ax);
+}
+
+/*
  * Compat syscall arguments are the low 32 bits of ebx, ecx, ... (the kernel's ia32 wrappers
  * truncate them too): a 64-bit caller's garbage in the upper halves must not reach us either.
+ * Read only after both tests passed, so always through CO-RE probe reads.
  */
 static __always_inline __u64 ia32_arg0(struct pt_regs *regs)
 {
@@ -957,23 +993,27 @@ static __always_inline __u64 ia32_arg1(struct pt_regs *regs)
 	return (__u32)BPF_CORE_READ(regs, cx);
 }
 
-/* At a compat sys_enter: the native programs' enter halves, by syscall number. */
-static __always_inline int compat_enter(struct pt_regs *regs, long nr)
+/* At a compat sys_enter: the native programs' enter halves. */
+static __always_inline int compat_enter(struct pt_regs *regs, long nr, int btf)
 {
-	if (ia32_cred_call(nr))
+	__u32 kind = ia32_kind(nr);
+
+	if (!kind || !in_compat_syscall(btf))
+		return 0;
+	if (kind <= LG_CAPSET)
 		return creds_begin();
-	switch (nr) {
-	case IA32_PTRACE:
+	switch (kind) {
+	case IA32_K_PTRACE:
 		/* compat_long_t request and pid: sign-extend as the kernel does. */
 		return ptrace_begin((__u64)(__s64)(__s32)ia32_arg0(regs),
 				    (__u64)(__s64)(__s32)ia32_arg1(regs));
-	case IA32_BPF:
+	case IA32_K_BPF:
 		return bpf_begin(ia32_arg0(regs), ia32_arg1(regs));
-	case IA32_MEMFD_CREATE:
+	case IA32_K_MEMFD:
 		return memfd_begin(ia32_arg0(regs), ia32_arg1(regs));
-	case IA32_CONNECT:
+	case IA32_K_CONNECT:
 		return connect_begin();
-	case IA32_SOCKETCALL:
+	case IA32_K_SOCKETCALL:
 		if (ia32_arg0(regs) == SYS_CONNECT)
 			return connect_begin();
 		return 0;
@@ -982,29 +1022,29 @@ static __always_inline int compat_enter(struct pt_regs *regs, long nr)
 }
 
 /*
- * At a compat sys_exit: the exit halves. The syscall number is regs->orig_ax; the user
- * registers holding the arguments are intact (a syscall returns in eax only), so socketcall's
- * call number is read again from ebx.
+ * At a compat sys_exit: the exit halves. The user registers holding the arguments are intact
+ * (a syscall returns in eax only), so socketcall's call number is read again from ebx.
  */
-static __always_inline int compat_exit(struct pt_regs *regs, long ret)
+static __always_inline int compat_exit(struct pt_regs *regs, long ret, int btf)
 {
-	long nr = BPF_CORE_READ(regs, orig_ax);
-	__u32 call = ia32_cred_call(nr);
+	__u32 kind = ia32_kind(syscall_nr(regs, btf));
 
-	if (call)
-		return creds_end(ret, call);
-	switch (nr) {
-	case IA32_PTRACE:
+	if (!kind || !in_compat_syscall(btf))
+		return 0;
+	if (kind <= LG_CAPSET)
+		return creds_end(ret, kind);
+	switch (kind) {
+	case IA32_K_PTRACE:
 		return ptrace_end(ret);
-	case IA32_BPF:
+	case IA32_K_BPF:
 		return bpf_end(ret);
-	case IA32_MEMFD_CREATE:
+	case IA32_K_MEMFD:
 		return memfd_end(ret);
-	case IA32_CONNECT:
+	case IA32_K_CONNECT:
 		return connect_end(ret);
-	case IA32_ACCEPT4:
+	case IA32_K_ACCEPT4:
 		return do_accept(ret);
-	case IA32_SOCKETCALL:
+	case IA32_K_SOCKETCALL:
 		switch (ia32_arg0(regs)) {
 		case SYS_CONNECT:
 			return connect_end(ret);
@@ -1017,39 +1057,27 @@ static __always_inline int compat_exit(struct pt_regs *regs, long ret)
 	return 0;
 }
 
-/*
- * These run on EVERY syscall of every task: the first test must be the cheapest possible
- * exit. tp_btf gets the current task as a BTF pointer and reads the status word with one load.
- */
 SEC("tp_btf/sys_enter")
 int BPF_PROG(compat_enter_btf, struct pt_regs *regs, long id)
 {
-	if (!in_compat_syscall_btf(bpf_get_current_task_btf()))
-		return 0;
-	return compat_enter(regs, id);
+	return compat_enter(regs, id, 1);
 }
 
 SEC("tp_btf/sys_exit")
 int BPF_PROG(compat_exit_btf, struct pt_regs *regs, long ret)
 {
-	if (!in_compat_syscall_btf(bpf_get_current_task_btf()))
-		return 0;
-	return compat_exit(regs, ret);
+	return compat_exit(regs, ret, 1);
 }
 
-/* Fallback: raw tracepoints (untyped arguments; the status word through a probe read). */
+/* Fallback: raw tracepoints (untyped arguments, probe reads). */
 SEC("raw_tp/sys_enter")
 int compat_enter_raw(struct bpf_raw_tracepoint_args *ctx)
 {
-	if (!in_compat_syscall(current_task()))
-		return 0;
-	return compat_enter((struct pt_regs *)ctx->args[0], ctx->args[1]);
+	return compat_enter((struct pt_regs *)ctx->args[0], ctx->args[1], 0);
 }
 
 SEC("raw_tp/sys_exit")
 int compat_exit_raw(struct bpf_raw_tracepoint_args *ctx)
 {
-	if (!in_compat_syscall(current_task()))
-		return 0;
-	return compat_exit((struct pt_regs *)ctx->args[0], ctx->args[1]);
+	return compat_exit((struct pt_regs *)ctx->args[0], ctx->args[1], 0);
 }
