@@ -231,6 +231,8 @@ pub struct Options {
     /// Wake the reader only when this many bytes wait (0: every record); the reader must then
     /// poll with a timeout.
     pub wakeup_bytes: u64,
+    /// Watch 32-bit syscalls too (`--compat-syscalls`): two more programs run on every syscall.
+    pub compat_syscalls: bool,
 }
 
 /// What happened to one event's hook at start-up.
@@ -307,13 +309,18 @@ pub fn preflight() -> Result<()> {
     ensure_tracefs()
 }
 
-/// Per hook: why it is not wanted on this kernel (nothing it could see), or None.
-fn unneeded(btf: Option<&libbpf_rs::btf::Btf<'_>>) -> Vec<Option<&'static str>> {
+/// Per hook: why it is not wanted (nothing it could see on this kernel, or turned off), or None.
+fn unneeded(opts: &Options, btf: Option<&libbpf_rs::btf::Btf<'_>>) -> Vec<Option<&'static str>> {
     let cmdline = std::fs::read_to_string("/proc/cmdline").unwrap_or_default();
     HOOKS
         .iter()
         .map(|h| match h.event {
-            COMPAT => compat_impossible(btf, &cmdline),
+            COMPAT => compat_impossible(btf, &cmdline).or_else(|| {
+                (!opts.compat_syscalls).then_some(
+                    "turned off (--compat-syscalls=false): 32-bit (int $0x80) setuid, capset, \
+                     ptrace, bpf, memfd_create, connect and accept are NOT reported",
+                )
+            }),
             _ => None,
         })
         .collect()
@@ -411,7 +418,7 @@ impl Sensor {
         preflight()?;
         libbpf_rs::set_print(Some((PrintLevel::Debug, libbpf_print)));
         let btf = libbpf_rs::Btf::from_vmlinux().ok();
-        let skip = unneeded(btf.as_ref());
+        let skip = unneeded(opts, btf.as_ref());
         let (mut skel, choice) = match Self::load(opts, btf.as_ref(), allow_btf, &skip) {
             Ok(ok) => ok,
             Err(e) if !allow_btf => return Err(e),
@@ -428,8 +435,12 @@ impl Sensor {
         let mut hooks = Vec::new();
         for ((hook, alt), skip) in HOOKS.iter().zip(&choice).zip(&skip) {
             if let Some(why) = skip {
-                // Not a loss: there is nothing for this hook to see here.
-                log::info!("sensor: {:<8} not attached: {why}", hook.event);
+                // Not a loss where there is nothing for this hook to see; a chosen one otherwise.
+                if opts.compat_syscalls {
+                    log::info!("sensor: {:<8} not attached: {why}", hook.event);
+                } else {
+                    log::warn!("sensor: {:<8} not attached: {why}", hook.event);
+                }
                 continue;
             }
             let mut attached = None;
@@ -659,6 +670,7 @@ mod tests {
             ring_buffer_mb: 1,
             own_tgid: 0,
             wakeup_bytes: 0,
+            compat_syscalls: true,
         })
         .unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(n, 40);
@@ -720,6 +732,7 @@ mod tests {
             ring_buffer_mb: 1,
             own_tgid: 0,
             wakeup_bytes: 0,
+            compat_syscalls: true,
         };
         let s = Sensor::start(&opts).unwrap_or_else(|e| panic!("{e}"));
         let (rb, got) = collect(&s);
@@ -814,6 +827,7 @@ mod tests {
             ring_buffer_mb: 1,
             own_tgid: 0,
             wakeup_bytes: 0,
+            compat_syscalls: true,
         };
         let s = Sensor::start_with(&opts, false).unwrap_or_else(|e| panic!("{e}"));
         let compat = s
@@ -861,6 +875,7 @@ mod tests {
             ring_buffer_mb: 1,
             own_tgid: 0,
             wakeup_bytes: 0,
+            compat_syscalls: true,
         };
         let s = Sensor::start_with(&opts, false).unwrap_or_else(|e| panic!("{e}"));
         for h in &s.hooks {

@@ -217,3 +217,38 @@ fn root_compat_int80_connect_accept4_and_socketcall_are_reported_like_native_one
     let (status, err) = w.stop();
     assert!(status.success(), "watch failed: {err}");
 }
+
+/// `--compat-syscalls=false` (the opt-out for syscall-heavy hosts) leaves the hook out, says so
+/// at start-up, and the blind spot is really there: an `int $0x80` memfd_create goes unseen
+/// while a native one is reported.
+#[test]
+fn root_compat_syscalls_false_leaves_the_hook_out_and_says_so() {
+    if !is_root() {
+        eprintln!("skipped: needs root");
+        return;
+    }
+    let dir = TempDir::new("compat");
+    let bin = build_helper(dir.path());
+    let w = Watch::start(&["--compat-syscalls=false"]);
+    let name = marker("compat-off");
+    helper(&bin, &["memfd", &name]);
+    let native = marker("native-on");
+    let _fd = nix::sys::memfd::memfd_create(native.as_str(), nix::sys::memfd::MFdFlags::empty())
+        .expect("memfd_create");
+    w.wait_for("native memfd", |v| {
+        v["type"] == "memfd" && v["memfd"]["name"] == native.as_str()
+    });
+    assert_eq!(
+        count(&w, |v| v["type"] == "memfd"
+            && v["memfd"]["name"] == name.as_str()),
+        0
+    );
+    let (status, err) = w.stop();
+    assert!(status.success(), "watch failed: {err}");
+    assert!(
+        err.lines().any(|l| l.contains("WARN")
+            && l.contains("sensor: compat")
+            && l.contains("not attached: turned off (--compat-syscalls=false)")),
+        "{err}"
+    );
+}
