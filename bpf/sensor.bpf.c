@@ -3,8 +3,10 @@
  * sensor.bpf.c: the linuxguard sensor's kernel side. Every program turns one kernel event into
  * one record (bpf/events.h) in the `events` ring buffer. Hooks come in pairs where the kernel
  * offers two: a BTF-enabled raw tracepoint (`tp_btf/`, typed arguments, cheapest) and the
- * classic tracepoint (`tracepoint/`) as fallback; user space (src/sensor.rs) decides which one
- * of each pair is loaded. Only stable hooks: no kprobes, no fentry, no LSM.
+ * classic tracepoint (`tracepoint/`, or the untyped raw one, `raw_tp/`) as fallback; user space
+ * (src/sensor.rs) decides which one of each pair is loaded. Only stable hooks: no kprobes, no
+ * fentry, no LSM. The last section watches 32-bit syscalls, which the `syscalls:*` tracepoints
+ * never see, and feeds them to the same code as the native hooks.
  *
  * Kernel memory is read with BPF_CORE_READ everywhere (also in tp_btf programs, where direct
  * dereference would work) so that one helper serves both flavours of a hook.

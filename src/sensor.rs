@@ -309,18 +309,29 @@ pub fn preflight() -> Result<()> {
     ensure_tracefs()
 }
 
-/// Per hook: why it is not wanted (nothing it could see on this kernel, or turned off), or None.
-fn unneeded(opts: &Options, btf: Option<&libbpf_rs::btf::Btf<'_>>) -> Vec<Option<&'static str>> {
+/// A hook left out on purpose, and how loud to say so: `Info` when there is nothing for it to
+/// see on this kernel, `Warn` when it was turned off and events go unreported.
+type Skip = Option<(log::Level, &'static str)>;
+
+/// Per hook: why it is left out, or None.
+fn unneeded(opts: &Options, btf: Option<&libbpf_rs::btf::Btf<'_>>) -> Vec<Skip> {
     let cmdline = std::fs::read_to_string("/proc/cmdline").unwrap_or_default();
     HOOKS
         .iter()
         .map(|h| match h.event {
-            COMPAT => compat_impossible(btf, &cmdline).or_else(|| {
-                (!opts.compat_syscalls).then_some(
-                    "turned off (--compat-syscalls=false): 32-bit (int $0x80) setuid, capset, \
-                     ptrace, bpf, memfd_create, connect and accept are NOT reported",
-                )
-            }),
+            COMPAT => {
+                if let Some(why) = compat_impossible(btf, &cmdline) {
+                    Some((log::Level::Info, why))
+                } else if !opts.compat_syscalls {
+                    Some((
+                        log::Level::Warn,
+                        "turned off (--compat-syscalls=false): 32-bit (int $0x80) setuid, capset, \
+                         ptrace, bpf, memfd_create, connect and accept are NOT reported",
+                    ))
+                } else {
+                    None
+                }
+            }
             _ => None,
         })
         .collect()
@@ -331,7 +342,7 @@ fn unneeded(opts: &Options, btf: Option<&libbpf_rs::btf::Btf<'_>>) -> Vec<Option
 fn probe(
     btf: Option<&libbpf_rs::btf::Btf<'_>>,
     allow_btf: bool,
-    skip: &[Option<&'static str>],
+    skip: &[Skip],
 ) -> Vec<Option<usize>> {
     let available = |via: &Via| match via {
         Via::TpBtf(name, args) => {
@@ -434,13 +445,8 @@ impl Sensor {
         let mut links = Vec::new();
         let mut hooks = Vec::new();
         for ((hook, alt), skip) in HOOKS.iter().zip(&choice).zip(&skip) {
-            if let Some(why) = skip {
-                // Not a loss where there is nothing for this hook to see; a chosen one otherwise.
-                if opts.compat_syscalls {
-                    log::info!("sensor: {:<8} not attached: {why}", hook.event);
-                } else {
-                    log::warn!("sensor: {:<8} not attached: {why}", hook.event);
-                }
+            if let Some((level, why)) = skip {
+                log::log!(*level, "sensor: {:<8} not attached: {why}", hook.event);
                 continue;
             }
             let mut attached = None;
@@ -504,7 +510,7 @@ impl Sensor {
         opts: &Options,
         btf: Option<&libbpf_rs::btf::Btf<'_>>,
         allow_btf: bool,
-        skip: &[Option<&'static str>],
+        skip: &[Skip],
     ) -> Result<(SensorSkel<'static>, Vec<Option<usize>>)> {
         let choice = probe(btf, allow_btf, skip);
         let wanted: Vec<&str> = HOOKS
@@ -700,14 +706,25 @@ mod tests {
             .is_ok_and(|k| k.lines().any(|l| l.ends_with(" do_fast_syscall_32")));
         let why = compat_impossible(Some(&btf), "");
         assert_eq!(why.is_none(), has_ia32, "{why:?}");
+        let idx = HOOKS.iter().position(|h| h.event == COMPAT).unwrap();
         if has_ia32 {
             let why = compat_impossible(Some(&btf), "ia32_emulation=0").unwrap_or_default();
             assert!(why.contains("ia32_emulation off"), "{why}");
+            // Turned off where it could see something: a warning, since events go unreported.
+            let off = Options {
+                ring_buffer_mb: 1,
+                own_tgid: 0,
+                wakeup_bytes: 0,
+                compat_syscalls: false,
+            };
+            assert!(matches!(
+                unneeded(&off, Some(&btf))[idx],
+                Some((log::Level::Warn, why)) if why.contains("--compat-syscalls=false")
+            ));
         }
-        // Where compat syscalls are impossible the hook is neither loaded nor attached.
-        let idx = HOOKS.iter().position(|h| h.event == COMPAT).unwrap();
+        // A hook left out is neither loaded nor attached.
         let mut skip = vec![None; HOOKS.len()];
-        skip[idx] = Some("no 32-bit syscalls");
+        skip[idx] = Some((log::Level::Info, "no 32-bit syscalls"));
         assert_eq!(probe(Some(&btf), true, &skip)[idx], None);
         assert_eq!(
             probe(Some(&btf), true, &vec![None; HOOKS.len()])[idx],
