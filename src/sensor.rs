@@ -606,6 +606,16 @@ mod tests {
     use std::cell::RefCell;
     use std::rc::Rc;
 
+    /// Options for a sensor of the tests' own: a 1 MiB ring, nothing filtered, every hook.
+    fn test_opts() -> Options {
+        Options {
+            ring_buffer_mb: 1,
+            own_tgid: 0,
+            wakeup_bytes: 0,
+            compat_syscalls: true,
+        }
+    }
+
     /// A ring-buffer reader that decodes every record of `s` into the returned list.
     fn collect(s: &Sensor) -> (libbpf_rs::RingBuffer<'static>, Rc<RefCell<Vec<Record>>>) {
         let got: Rc<RefCell<Vec<Record>>> = Rc::default();
@@ -672,13 +682,7 @@ mod tests {
             eprintln!("skipped: needs root");
             return;
         }
-        let n = load_all_for_test(&Options {
-            ring_buffer_mb: 1,
-            own_tgid: 0,
-            wakeup_bytes: 0,
-            compat_syscalls: true,
-        })
-        .unwrap_or_else(|e| panic!("{e}"));
+        let n = load_all_for_test(&test_opts()).unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(n, 40);
     }
 
@@ -712,10 +716,8 @@ mod tests {
             assert!(why.contains("ia32_emulation off"), "{why}");
             // Turned off where it could see something: a warning, since events go unreported.
             let off = Options {
-                ring_buffer_mb: 1,
-                own_tgid: 0,
-                wakeup_bytes: 0,
                 compat_syscalls: false,
+                ..test_opts()
             };
             assert!(matches!(
                 unneeded(&off, Some(&btf))[idx],
@@ -745,12 +747,7 @@ mod tests {
             eprintln!("skipped: needs root");
             return;
         }
-        let opts = Options {
-            ring_buffer_mb: 1,
-            own_tgid: 0,
-            wakeup_bytes: 0,
-            compat_syscalls: true,
-        };
+        let opts = test_opts();
         let s = Sensor::start(&opts).unwrap_or_else(|e| panic!("{e}"));
         let (rb, got) = collect(&s);
 
@@ -840,12 +837,7 @@ mod tests {
             .status()
             .expect("run cc");
         assert!(built.success(), "cc {src}");
-        let opts = Options {
-            ring_buffer_mb: 1,
-            own_tgid: 0,
-            wakeup_bytes: 0,
-            compat_syscalls: true,
-        };
+        let opts = test_opts();
         let s = Sensor::start_with(&opts, false).unwrap_or_else(|e| panic!("{e}"));
         let compat = s
             .hooks
@@ -888,12 +880,7 @@ mod tests {
             eprintln!("skipped: needs root");
             return;
         }
-        let opts = Options {
-            ring_buffer_mb: 1,
-            own_tgid: 0,
-            wakeup_bytes: 0,
-            compat_syscalls: true,
-        };
+        let opts = test_opts();
         let s = Sensor::start_with(&opts, false).unwrap_or_else(|e| panic!("{e}"));
         for h in &s.hooks {
             let via = h.attached.as_deref().unwrap_or("none");

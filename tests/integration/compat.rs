@@ -65,6 +65,16 @@ fn hex(v: &Value) -> u64 {
         .unwrap_or_else(|| panic!("not a hex string: {v}"))
 }
 
+/// A native memfd_create from the test process: reported, exactly once.
+fn native_memfd_is_reported_once(w: &Watch) {
+    let native = marker("native-memfd");
+    let _fd = nix::sys::memfd::memfd_create(native.as_str(), nix::sys::memfd::MFdFlags::empty())
+        .expect("memfd_create");
+    let is_it = |v: &Value| v["type"] == "memfd" && v["memfd"]["name"] == native.as_str();
+    w.wait_for("native memfd", is_it);
+    assert_eq!(count(w, is_it), 1);
+}
+
 /// Events matching `pred` after a short settle: each syscall must be reported once, not by both
 /// the native and the compat path.
 fn count(w: &Watch, pred: impl Fn(&Value) -> bool) -> usize {
@@ -102,17 +112,7 @@ fn root_compat_int80_memfd_setuid_capset_ptrace_bpf_are_reported_like_native_one
         1
     );
     // A native memfd_create right after is reported once too (no compat state left behind).
-    let native = marker("native-memfd");
-    let _fd = nix::sys::memfd::memfd_create(native.as_str(), nix::sys::memfd::MFdFlags::empty())
-        .expect("memfd_create");
-    w.wait_for("native memfd", |v| {
-        v["type"] == "memfd" && v["memfd"]["name"] == native.as_str()
-    });
-    assert_eq!(
-        count(&w, |v| v["type"] == "memfd"
-            && v["memfd"]["name"] == native.as_str()),
-        1
-    );
+    native_memfd_is_reported_once(&w);
 
     // setgid (46, the 16-bit call) then setuid32 (213) to nobody, as root.
     let r = helper(&bin, &["setuid"]);
@@ -232,12 +232,7 @@ fn root_compat_syscalls_false_leaves_the_hook_out_and_says_so() {
     let w = Watch::start(&["--compat-syscalls=false"]);
     let name = marker("compat-off");
     helper(&bin, &["memfd", &name]);
-    let native = marker("native-on");
-    let _fd = nix::sys::memfd::memfd_create(native.as_str(), nix::sys::memfd::MFdFlags::empty())
-        .expect("memfd_create");
-    w.wait_for("native memfd", |v| {
-        v["type"] == "memfd" && v["memfd"]["name"] == native.as_str()
-    });
+    native_memfd_is_reported_once(&w);
     assert_eq!(
         count(&w, |v| v["type"] == "memfd"
             && v["memfd"]["name"] == name.as_str()),
