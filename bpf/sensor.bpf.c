@@ -3,8 +3,10 @@
  * sensor.bpf.c: the linuxguard sensor's kernel side. Every program turns one kernel event into
  * one record (bpf/events.h) in the `events` ring buffer. Hooks come in pairs where the kernel
  * offers two: a BTF-enabled raw tracepoint (`tp_btf/`, typed arguments, cheapest) and the
- * classic tracepoint (`tracepoint/`) as fallback; user space (src/sensor.rs) decides which one
- * of each pair is loaded. Only stable hooks: no kprobes, no fentry, no LSM.
+ * classic tracepoint (`tracepoint/`, or the untyped raw one, `raw_tp/`) as fallback; user space
+ * (src/sensor.rs) decides which one of each pair is loaded. Only stable hooks: no kprobes, no
+ * fentry, no LSM. The last section watches 32-bit syscalls, which the `syscalls:*` tracepoints
+ * never see, and feeds them to the same code as the native hooks.
  *
  * Kernel memory is read with BPF_CORE_READ everywhere (also in tp_btf programs, where direct
  * dereference would work) so that one helper serves both flavours of a hook.
@@ -531,8 +533,7 @@ int connect_tp(struct trace_event_raw_inet_sock_set_state *ctx)
  * possibly freed socket, at the thread's next connect() that does not reach SYN_SENT (a UDP
  * connect() in every DNS lookup). Every connect() starts from a clean slate.
  */
-SEC("tracepoint/syscalls/sys_enter_connect")
-int connect_enter(struct trace_event_raw_sys_enter *ctx)
+static __always_inline int connect_begin(void)
 {
 	__u32 key = (__u32)bpf_get_current_pid_tgid();
 
@@ -540,8 +541,7 @@ int connect_enter(struct trace_event_raw_sys_enter *ctx)
 	return 0;
 }
 
-SEC("tracepoint/syscalls/sys_exit_connect")
-int connect_exit(struct trace_event_raw_sys_exit *ctx)
+static __always_inline int connect_end(long ret)
 {
 	__u32 key = (__u32)bpf_get_current_pid_tgid();
 	__u64 *v = bpf_map_lookup_elem(&connecting, &key);
@@ -559,9 +559,21 @@ int connect_exit(struct trace_event_raw_sys_exit *ctx)
 	e->type = LG_CONNECT;
 	fill_task(&e->task, current_task());
 	fill_sock(e, sk, BPF_CORE_READ(sk, __sk_common.skc_family));
-	e->ret = ctx->ret;
+	e->ret = ret;
 	bpf_ringbuf_submit(e, wakeup_flags());
 	return 0;
+}
+
+SEC("tracepoint/syscalls/sys_enter_connect")
+int connect_enter(struct trace_event_raw_sys_enter *ctx)
+{
+	return connect_begin();
+}
+
+SEC("tracepoint/syscalls/sys_exit_connect")
+int connect_exit(struct trace_event_raw_sys_exit *ctx)
+{
+	return connect_end(ctx->ret);
 }
 
 /*
@@ -643,6 +655,12 @@ static __always_inline int stash(__u64 a0, __u64 a1, int with_creds)
 }
 
 /* Field by field: __builtin_memcmp is not inlined for BPF and there is no memcmp to call. */
+/* Before a credential syscall: the credentials as they were. */
+static __always_inline int creds_begin(void)
+{
+	return stash(0, 0, 1);
+}
+
 static __always_inline int creds_equal(const struct lg_creds *a, const struct lg_creds *b)
 {
 	return a->uid == b->uid && a->euid == b->euid && a->suid == b->suid &&
@@ -652,7 +670,7 @@ static __always_inline int creds_equal(const struct lg_creds *a, const struct lg
 }
 
 /* Report a credential syscall only when it succeeded AND changed something. */
-static __always_inline int creds_exit(long ret, __u32 call)
+static __always_inline int creds_end(long ret, __u32 call)
 {
 	__u32 key = tid();
 	struct pending *p = bpf_map_lookup_elem(&pending, &key);
@@ -684,12 +702,12 @@ out:
 	SEC("tracepoint/syscalls/sys_enter_" #name)                              \
 	int name##_enter(struct trace_event_raw_sys_enter *ctx)                  \
 	{                                                                        \
-		return stash(0, 0, 1);                                           \
+		return creds_begin();                                            \
 	}                                                                        \
 	SEC("tracepoint/syscalls/sys_exit_" #name)                               \
 	int name##_exit(struct trace_event_raw_sys_exit *ctx)                    \
 	{                                                                        \
-		return creds_exit(ctx->ret, call);                               \
+		return creds_end(ctx->ret, call);                                \
 	}
 
 CRED_HOOKS(setuid, LG_SETUID)
@@ -702,20 +720,32 @@ CRED_HOOKS(setfsuid, LG_SETFSUID)
 CRED_HOOKS(setfsgid, LG_SETFSGID)
 CRED_HOOKS(capset, LG_CAPSET)
 
+/*
+ * The native tracepoint pair of a syscall whose event code is <name>_begin(arg0, arg1) at entry
+ * and <name>_end(ret) at exit; the compat hook below calls the same two.
+ */
+#define SYSCALL_HOOKS(name, sys)                                         \
+	SEC("tracepoint/syscalls/sys_enter_" #sys)                       \
+	int name##_enter(struct trace_event_raw_sys_enter *ctx)          \
+	{                                                                \
+		return name##_begin(ctx->args[0], ctx->args[1]);         \
+	}                                                                \
+	SEC("tracepoint/syscalls/sys_exit_" #sys)                        \
+	int name##_exit(struct trace_event_raw_sys_exit *ctx)            \
+	{                                                                \
+		return name##_end(ctx->ret);                             \
+	}
+
 /* ---------------------------------------------------------------- ptrace */
 
-SEC("tracepoint/syscalls/sys_enter_ptrace")
-int ptrace_enter(struct trace_event_raw_sys_enter *ctx)
+static __always_inline int ptrace_begin(__u64 req, __u64 pid)
 {
-	__u64 req = ctx->args[0];
-
 	if (req != PTRACE_ATTACH && req != PTRACE_SEIZE)
 		return 0;
-	return stash(req, ctx->args[1], 0);
+	return stash(req, pid, 0);
 }
 
-SEC("tracepoint/syscalls/sys_exit_ptrace")
-int ptrace_exit(struct trace_event_raw_sys_exit *ctx)
+static __always_inline int ptrace_end(long ret)
 {
 	__u32 key = tid();
 	struct pending *p = bpf_map_lookup_elem(&pending, &key);
@@ -728,7 +758,7 @@ int ptrace_exit(struct trace_event_raw_sys_exit *ctx)
 		e->type = LG_PTRACE;
 		e->request = p->args[0];
 		e->target_pid = p->args[1];
-		e->ret = ctx->ret;
+		e->ret = ret;
 		fill_task(&e->task, current_task());
 		bpf_ringbuf_submit(e, wakeup_flags());
 	}
@@ -736,18 +766,18 @@ int ptrace_exit(struct trace_event_raw_sys_exit *ctx)
 	return 0;
 }
 
+SYSCALL_HOOKS(ptrace, ptrace)
+
 /* ---------------------------------------------------------------- bpf program loads */
 
-SEC("tracepoint/syscalls/sys_enter_bpf")
-int bpf_enter(struct trace_event_raw_sys_enter *ctx)
+static __always_inline int bpf_begin(__u64 cmd, __u64 attr)
 {
-	if (ctx->args[0] != BPF_PROG_LOAD_CMD)
+	if (cmd != BPF_PROG_LOAD_CMD)
 		return 0;
-	return stash(ctx->args[1], 0, 0);
+	return stash(attr, 0, 0);
 }
 
-SEC("tracepoint/syscalls/sys_exit_bpf")
-int bpf_exit(struct trace_event_raw_sys_exit *ctx)
+static __always_inline int bpf_end(long ret)
 {
 	__u32 key = tid();
 	struct pending *p = bpf_map_lookup_elem(&pending, &key);
@@ -760,7 +790,7 @@ int bpf_exit(struct trace_event_raw_sys_exit *ctx)
 	e = reserve(sizeof(*e), LG_BPF_LOAD);
 	if (e) {
 		e->type = LG_BPF_LOAD;
-		e->ret = ctx->ret;
+		e->ret = ret;
 		e->prog_type = 0;
 		e->insn_cnt = 0;
 		__builtin_memset(e->prog_name, 0, sizeof(e->prog_name));
@@ -778,16 +808,16 @@ int bpf_exit(struct trace_event_raw_sys_exit *ctx)
 	return 0;
 }
 
+SYSCALL_HOOKS(bpf, bpf)
+
 /* ---------------------------------------------------------------- memfd_create */
 
-SEC("tracepoint/syscalls/sys_enter_memfd_create")
-int memfd_enter(struct trace_event_raw_sys_enter *ctx)
+static __always_inline int memfd_begin(__u64 name, __u64 flags)
 {
-	return stash(ctx->args[0], ctx->args[1], 0);
+	return stash(name, flags, 0);
 }
 
-SEC("tracepoint/syscalls/sys_exit_memfd_create")
-int memfd_exit(struct trace_event_raw_sys_exit *ctx)
+static __always_inline int memfd_end(long ret)
 {
 	__u32 key = tid();
 	struct pending *p = bpf_map_lookup_elem(&pending, &key);
@@ -799,7 +829,7 @@ int memfd_exit(struct trace_event_raw_sys_exit *ctx)
 	if (e) {
 		e->type = LG_MEMFD;
 		e->flags = p->args[1];
-		e->ret = ctx->ret;
+		e->ret = ret;
 		e->_pad = 0;
 		if (bpf_probe_read_user_str(e->name, sizeof(e->name), (void *)p->args[0]) < 0)
 			e->name[0] = 0;
@@ -808,4 +838,248 @@ int memfd_exit(struct trace_event_raw_sys_exit *ctx)
 	}
 	bpf_map_delete_elem(&pending, &key);
 	return 0;
+}
+
+SYSCALL_HOOKS(memfd, memfd_create)
+
+/* ---------------------------------------------------------------- 32-bit (compat) syscalls */
+
+/*
+ * On x86_64 a syscall made through the 32-bit entries (`int $0x80`, sysenter, or syscall from
+ * a 32-bit code segment; from a 32-bit process or from a 64-bit one) does not fire the
+ * per-syscall `syscalls:sys_enter_*`/`sys_exit_*` tracepoints: the kernel's syscall tracing
+ * skips every compat syscall (arch_trace_is_compat_syscall). Without this section an attacker
+ * could setuid, capset, ptrace, load BPF, memfd_create, accept and connect unseen through
+ * `int $0x80`. The raw `sys_enter`/`sys_exit` tracepoints fire for every syscall; the programs
+ * below leave at once unless the current syscall is a compat one the sensor reports, and then
+ * hand it to the SAME helpers the native tracepoints use (creds_begin/creds_end,
+ * ptrace_begin/ptrace_end, ...): one code path per event type.
+ *
+ * They run on EVERY syscall of every task, so the order of the tests is the cost:
+ *  1. the syscall number, from the context (sys_enter) or regs->orig_ax (sys_exit): a few
+ *     compares, no helper call; almost every native syscall number fails it;
+ *  2. the task's compat state: the 32-bit entry sets TS_COMPAT in current->thread_info.status
+ *     before the syscall is traced and the kernel clears it on every return to user space,
+ *     after the sys_exit tracepoint (arch/x86: syscall_32_enter(),
+ *     arch_exit_to_user_mode_prepare()). Its value, 0x0002, is a #define (not in BTF),
+ *     unchanged since it was introduced. The field is read through CO-RE and the test compiles
+ *     to "not compat" where it does not exist.
+ */
+#define LG_TS_COMPAT 0x0002
+
+/* i386 syscall numbers (arch/x86/entry/syscalls/syscall_32.tbl): a fixed ABI. */
+#define IA32_SETUID16 23
+#define IA32_PTRACE 26
+#define IA32_SETGID16 46
+#define IA32_SETREUID16 70
+#define IA32_SETREGID16 71
+#define IA32_SOCKETCALL 102
+#define IA32_SETFSUID16 138
+#define IA32_SETFSGID16 139
+#define IA32_SETRESUID16 164
+#define IA32_SETRESGID16 170
+#define IA32_CAPSET 185
+#define IA32_SETREUID 203
+#define IA32_SETREGID 204
+#define IA32_SETRESUID 208
+#define IA32_SETRESGID 210
+#define IA32_SETUID 213
+#define IA32_SETGID 214
+#define IA32_SETFSUID 215
+#define IA32_SETFSGID 216
+#define IA32_MEMFD_CREATE 356
+#define IA32_BPF 357
+#define IA32_CONNECT 362
+#define IA32_ACCEPT4 364
+/* socketcall(call, args) multiplexer calls (include/uapi/linux/net.h). */
+#define SYS_CONNECT 3
+#define SYS_ACCEPT 5
+#define SYS_ACCEPT4 18
+
+/*
+ * What a compat syscall number stands for: a credential call (enum lg_cred_call, 1..LG_CAPSET;
+ * the 16-bit uid/gid variants and the 32-bit ones report alike), one of the kinds below, or 0.
+ */
+enum ia32_kind {
+	IA32_K_PTRACE = 16,
+	IA32_K_BPF,
+	IA32_K_MEMFD,
+	IA32_K_CONNECT,
+	IA32_K_ACCEPT4,
+	IA32_K_SOCKETCALL,
+};
+
+static __always_inline __u32 ia32_kind(long nr)
+{
+	switch (nr) {
+	case IA32_SETUID16:
+	case IA32_SETUID:
+		return LG_SETUID;
+	case IA32_SETGID16:
+	case IA32_SETGID:
+		return LG_SETGID;
+	case IA32_SETREUID16:
+	case IA32_SETREUID:
+		return LG_SETREUID;
+	case IA32_SETREGID16:
+	case IA32_SETREGID:
+		return LG_SETREGID;
+	case IA32_SETRESUID16:
+	case IA32_SETRESUID:
+		return LG_SETRESUID;
+	case IA32_SETRESGID16:
+	case IA32_SETRESGID:
+		return LG_SETRESGID;
+	case IA32_SETFSUID16:
+	case IA32_SETFSUID:
+		return LG_SETFSUID;
+	case IA32_SETFSGID16:
+	case IA32_SETFSGID:
+		return LG_SETFSGID;
+	case IA32_CAPSET:
+		return LG_CAPSET;
+	case IA32_PTRACE:
+		return IA32_K_PTRACE;
+	case IA32_BPF:
+		return IA32_K_BPF;
+	case IA32_MEMFD_CREATE:
+		return IA32_K_MEMFD;
+	case IA32_CONNECT:
+		return IA32_K_CONNECT;
+	case IA32_ACCEPT4:
+		return IA32_K_ACCEPT4;
+	case IA32_SOCKETCALL:
+		return IA32_K_SOCKETCALL;
+	}
+	return 0;
+}
+
+/*
+ * The hook flavours differ only in how they read the kernel: tp_btf through BTF pointers
+ * (direct loads, the current task without a probe read), raw_tp through probe reads. `btf` is
+ * a constant in each program, so only one branch is compiled into it.
+ */
+static __always_inline int in_compat_syscall(int btf)
+{
+	struct task_struct *t;
+
+	if (btf) {
+		t = bpf_get_current_task_btf();
+		if (!bpf_core_field_exists(t->thread_info.status))
+			return 0;
+		return t->thread_info.status & LG_TS_COMPAT;
+	}
+	t = current_task();
+	if (!bpf_core_field_exists(t->thread_info.status))
+		return 0;
+	return BPF_CORE_READ(t, thread_info.status) & LG_TS_COMPAT;
+}
+
+static __always_inline long syscall_nr(struct pt_regs *regs, int btf)
+{
+	return btf ? regs->orig_ax : BPF_CORE_READ(regs, orig_ax);
+}
+
+/*
+ * Compat syscall arguments are the low 32 bits of ebx, ecx, ... (the kernel's ia32 wrappers
+ * truncate them too): a 64-bit caller's garbage in the upper halves must not reach us either.
+ * Read only after both tests passed, so always through CO-RE probe reads.
+ */
+static __always_inline __u64 ia32_arg0(struct pt_regs *regs)
+{
+	return (__u32)BPF_CORE_READ(regs, bx);
+}
+
+static __always_inline __u64 ia32_arg1(struct pt_regs *regs)
+{
+	return (__u32)BPF_CORE_READ(regs, cx);
+}
+
+/* At a compat sys_enter: the native programs' enter halves. */
+static __always_inline int compat_enter(struct pt_regs *regs, long nr, int btf)
+{
+	__u32 kind = ia32_kind(nr);
+
+	if (!kind || !in_compat_syscall(btf))
+		return 0;
+	if (kind <= LG_CAPSET)
+		return creds_begin();
+	switch (kind) {
+	case IA32_K_PTRACE:
+		/* compat_long_t request and pid: sign-extend as the kernel does. */
+		return ptrace_begin((__u64)(__s64)(__s32)ia32_arg0(regs),
+				    (__u64)(__s64)(__s32)ia32_arg1(regs));
+	case IA32_K_BPF:
+		return bpf_begin(ia32_arg0(regs), ia32_arg1(regs));
+	case IA32_K_MEMFD:
+		return memfd_begin(ia32_arg0(regs), ia32_arg1(regs));
+	case IA32_K_CONNECT:
+		return connect_begin();
+	case IA32_K_SOCKETCALL:
+		if (ia32_arg0(regs) == SYS_CONNECT)
+			return connect_begin();
+		return 0;
+	}
+	return 0;
+}
+
+/*
+ * At a compat sys_exit: the exit halves. The user registers holding the arguments are intact
+ * (a syscall returns in eax only), so socketcall's call number is read again from ebx.
+ */
+static __always_inline int compat_exit(struct pt_regs *regs, long ret, int btf)
+{
+	__u32 kind = ia32_kind(syscall_nr(regs, btf));
+
+	if (!kind || !in_compat_syscall(btf))
+		return 0;
+	if (kind <= LG_CAPSET)
+		return creds_end(ret, kind);
+	switch (kind) {
+	case IA32_K_PTRACE:
+		return ptrace_end(ret);
+	case IA32_K_BPF:
+		return bpf_end(ret);
+	case IA32_K_MEMFD:
+		return memfd_end(ret);
+	case IA32_K_CONNECT:
+		return connect_end(ret);
+	case IA32_K_ACCEPT4:
+		return do_accept(ret);
+	case IA32_K_SOCKETCALL:
+		switch (ia32_arg0(regs)) {
+		case SYS_CONNECT:
+			return connect_end(ret);
+		case SYS_ACCEPT:
+		case SYS_ACCEPT4:
+			return do_accept(ret);
+		}
+		return 0;
+	}
+	return 0;
+}
+
+SEC("tp_btf/sys_enter")
+int BPF_PROG(compat_enter_btf, struct pt_regs *regs, long id)
+{
+	return compat_enter(regs, id, 1);
+}
+
+SEC("tp_btf/sys_exit")
+int BPF_PROG(compat_exit_btf, struct pt_regs *regs, long ret)
+{
+	return compat_exit(regs, ret, 1);
+}
+
+/* Fallback: raw tracepoints (untyped arguments, probe reads). */
+SEC("raw_tp/sys_enter")
+int compat_enter_raw(struct bpf_raw_tracepoint_args *ctx)
+{
+	return compat_enter((struct pt_regs *)ctx->args[0], ctx->args[1], 0);
+}
+
+SEC("raw_tp/sys_exit")
+int compat_exit_raw(struct bpf_raw_tracepoint_args *ctx)
+{
+	return compat_exit((struct pt_regs *)ctx->args[0], ctx->args[1], 0);
 }

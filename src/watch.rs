@@ -141,6 +141,7 @@ impl Pipeline {
             own_tgid: std::process::id(),
             // An eighth of the ring: batches under load, far from filling it.
             wakeup_bytes: (ring_buffer_mb << 20) / 8,
+            compat_syscalls: cfg.flag(Key::CompatSyscalls),
         })?;
         let missing: Vec<&str> = sensor
             .hooks

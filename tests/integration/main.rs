@@ -6,6 +6,7 @@ mod common;
 mod attest;
 mod backend;
 mod cli;
+mod compat;
 mod e2e;
 mod enroll;
 mod kubelet_server;

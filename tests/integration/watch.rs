@@ -15,14 +15,14 @@ use serde_json::Value;
 use crate::common::{agent, is_root};
 
 /// A running `watch` whose stdout lines are collected in the background.
-struct Watch {
+pub(crate) struct Watch {
     child: Child,
-    events: Arc<Mutex<Vec<Value>>>,
+    pub(crate) events: Arc<Mutex<Vec<Value>>>,
     stderr: Arc<Mutex<String>>,
 }
 
 impl Watch {
-    fn start(extra: &[&str]) -> Watch {
+    pub(crate) fn start(extra: &[&str]) -> Watch {
         let mut child = agent()
             .arg("watch")
             .args(extra)
@@ -72,7 +72,7 @@ impl Watch {
     }
 
     /// Waits up to 10 s for an event matching `pred`.
-    fn wait_for(&self, what: &str, pred: impl Fn(&Value) -> bool) -> Value {
+    pub(crate) fn wait_for(&self, what: &str, pred: impl Fn(&Value) -> bool) -> Value {
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
             if let Some(v) = self.events.lock().expect("lock").iter().find(|v| pred(v)) {
@@ -89,7 +89,7 @@ impl Watch {
     }
 
     /// SIGINT, then the exit status and stderr.
-    fn stop(self) -> (std::process::ExitStatus, String) {
+    pub(crate) fn stop(self) -> (std::process::ExitStatus, String) {
         self.stop_with(nix::sys::signal::Signal::SIGINT)
     }
 
@@ -103,7 +103,7 @@ impl Watch {
     }
 }
 
-fn marker(tag: &str) -> String {
+pub(crate) fn marker(tag: &str) -> String {
     format!(
         "lg-{tag}-{}-{}",
         std::process::id(),
@@ -111,7 +111,7 @@ fn marker(tag: &str) -> String {
     )
 }
 
-fn pid_of(v: &Value) -> u64 {
+pub(crate) fn pid_of(v: &Value) -> u64 {
     v["process"]["pid"].as_u64().unwrap_or(0)
 }
 
@@ -297,7 +297,7 @@ fn root_watch_stats_events_and_closed_stdout_end_cleanly() {
     assert!(s["stats"]["seen"]["exec"].is_u64());
     assert!(s["stats"]["dropped_kernel"].is_u64());
     assert!(s["stats"]["dropped_user"].is_u64());
-    assert!(s["stats"]["ring_buffer"]["size_bytes"] == 2 << 20);
+    assert!(s["stats"]["ring_buffer"]["size_bytes"] == 2 << 20); // the default --ring-buffer-mb
     // SIGTERM stops as cleanly as SIGINT: exit 0, a last stats event, final counters.
     let (status, err) = w.stop_with(nix::sys::signal::Signal::SIGTERM);
     assert!(status.success(), "{err}");
