@@ -192,42 +192,24 @@ impl Backend {
 
     /// GET an admin endpoint (e.g. `/admin/stats`) and return its JSON body. Panics on non-2xx.
     pub fn admin_get(&self, path: &str) -> serde_json::Value {
-        let mut resp = self
+        let resp = self
             .client(None)
             .get(format!("{}{path}", self.url))
             .call()
             .expect("admin GET");
-        let status = resp.status().as_u16();
-        // Large when the machine is busy (every agent sees every process on the host).
-        let body = resp
-            .body_mut()
-            .with_config()
-            .limit(256 << 20)
-            .read_to_string()
-            .expect("admin body");
-        assert!((200..300).contains(&status), "GET {path}: {status} {body}");
-        serde_json::from_str(&body).expect("admin JSON")
+        admin_json(&format!("GET {path}"), resp)
     }
 
     /// POST JSON to an admin endpoint (e.g. `/admin/faults`) and return its JSON body.
     /// Panics on non-2xx.
     pub fn admin_post(&self, path: &str, json: serde_json::Value) -> serde_json::Value {
-        let mut resp = self
+        let resp = self
             .client(None)
             .post(format!("{}{path}", self.url))
             .header("Content-Type", "application/json")
             .send(json.to_string().as_bytes())
             .expect("admin POST");
-        let status = resp.status().as_u16();
-        // Large when the machine is busy (every agent sees every process on the host).
-        let body = resp
-            .body_mut()
-            .with_config()
-            .limit(256 << 20)
-            .read_to_string()
-            .expect("admin body");
-        assert!((200..300).contains(&status), "POST {path}: {status} {body}");
-        serde_json::from_str(&body).expect("admin JSON")
+        admin_json(&format!("POST {path}"), resp)
     }
 
     /// DELETE an admin endpoint (e.g. `/admin/faults`). Panics on non-2xx.
@@ -304,4 +286,18 @@ pub trait AgentProcess {
             std::thread::sleep(std::time::Duration::from_millis(20));
         }
     }
+}
+
+/// An admin answer's JSON body; panics on non-2xx. Large when the machine is busy (every agent
+/// sees every process on the host), hence the generous limit.
+fn admin_json(what: &str, mut resp: ureq::http::Response<ureq::Body>) -> serde_json::Value {
+    let status = resp.status().as_u16();
+    let body = resp
+        .body_mut()
+        .with_config()
+        .limit(256 << 20)
+        .read_to_string()
+        .expect("admin body");
+    assert!((200..300).contains(&status), "{what}: {status} {body}");
+    serde_json::from_str(&body).expect("admin JSON")
 }
