@@ -272,7 +272,6 @@ fn rejected(reply: &Reply) -> Error {
     } else {
         format!("enrolment failed: {} {msg}", reply.status)
     };
-    log::error!("{line}");
     let hint = match reply.status {
         409 => {
             "the token is single-use and was already used by another workload: rotate the Secret \
@@ -284,7 +283,7 @@ fn rejected(reply: &Reply) -> Error {
         }
         _ => "fix the request as the message says; retrying will not help",
     };
-    log::error!("hint: {hint}");
+    // Printed once, by main, as the exit error.
     Error::new(Kind::EnrollRejected, format!("{line} ({hint})"))
 }
 

@@ -380,7 +380,6 @@ impl Agent {
              enrol again with a fresh token or API key",
             self.identity.agent_id
         );
-        log::error!("{msg}");
         Error::new(Kind::Revoked, msg)
     }
 }

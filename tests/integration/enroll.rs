@@ -528,6 +528,11 @@ fn conflict_expired_unknown_token_and_key_are_rejected_with_code_4() {
         "enrolment failed: 409 conflict: token already consumed by another workload",
     );
     assert!(log.contains("rotate the Secret"), "{log}");
+    let said = log
+        .lines()
+        .filter(|l| l.contains("enrolment failed") && !l.contains(" DEBUG "))
+        .count();
+    assert_eq!(said, 1, "said once, as the exit error: {log}");
     // Expired token: 400.
     let mut c = run.cmd(&be);
     c.env("LINUXGUARD_ENROLL_TOKEN", TOKEN2);
@@ -783,7 +788,11 @@ fn revoke_exits_5_and_clears_the_cache() {
     let st = a.wait_exit(10);
     let log = a.log();
     assert_eq!(st.code(), Some(5), "{log}");
-    assert!(log.contains("revoked"), "{log}");
+    let said = log
+        .lines()
+        .filter(|l| l.contains("revoked the identity") && !l.contains(" DEBUG "))
+        .count();
+    assert_eq!(said, 1, "said once, as the exit error: {log}");
     assert!(!run.cache().join("identity.json").exists());
     assert!(!run.cache().join(".tag").exists());
     for f in key_forms(&key) {
