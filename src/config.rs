@@ -851,6 +851,21 @@ mod tests {
             e.contains("--queue-mb") && e.contains("whole number"),
             "{e}"
         );
+        // A batch must hold an ordinary event: 64 KiB at least.
+        let batch = |v: &str| {
+            resolve(
+                START,
+                &vec![(Key::BatchMaxBytes, Some(v.into()))],
+                &|_| None,
+                Secrets::default(),
+            )
+        };
+        let e = batch("1024").unwrap_err().to_string();
+        assert!(
+            e.contains("--batch-max-bytes") && e.contains("65536"),
+            "{e}"
+        );
+        assert!(batch("65536").is_ok());
     }
 
     #[test]

@@ -696,6 +696,11 @@ fn root_e2e_kubelet_down_events_flow_without_pod_fields() {
     assert!(ev["orchestrator"].get("podName").is_none(), "{ev}");
     let s = status(&run);
     assert!(s["stats"]["kubeletMisses"].as_u64().unwrap_or(0) > 0, "{s}");
+    // Seeded from /proc at start: the host's processes are in the table.
+    assert!(
+        s["pipeline"]["processTable"].as_u64().unwrap_or(0) > 0,
+        "{s}"
+    );
     wait_for("kubelet misses in a heartbeat", 10, || {
         be.admin_get("/admin/stats")["lastHeartbeat"]["stats"]["kubeletMisses"]
             .as_u64()
