@@ -405,6 +405,9 @@ fn open(opts: &Options, wanted: &[&str]) -> Result<OpenSensorSkel<'static>> {
         .ok_or_else(|| Error::runtime("the BPF object has no .rodata section"))?;
     rodata.agent_tgid = opts.own_tgid;
     rodata.wakeup_bytes = opts.wakeup_bytes;
+    // Each CPU looks at the ring's fill after its share of wakeup_bytes (bpf/sensor.bpf.c).
+    let cpus = libbpf_rs::num_possible_cpus().map_or(1, |n| n.max(1)) as u64;
+    rodata.wakeup_check_bytes = opts.wakeup_bytes / cpus;
     let bytes = u32::try_from(opts.ring_buffer_mb << 20)
         .map_err(|_| Error::config("--ring-buffer-mb is too large (at most 1024)"))?;
     open.maps
