@@ -8,7 +8,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use serde::{Serialize, Serializer};
 
 use crate::decode::{Comm, Creds, Record, Task};
-use crate::proctable::{ANCESTRY_DEPTH, ProcTable};
+use crate::proctable::{ANCESTRY_DEPTH, Ancestor, ProcTable};
 
 /// Bumped on any incompatible change to the event format (docs/events.md).
 pub const SCHEMA_VERSION: u32 = 1;
@@ -58,36 +58,24 @@ pub struct Id {
     pub id: u32,
 }
 
-#[derive(Serialize, Debug, Default)]
-pub struct Ancestor {
-    pub pid: u32,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub executable: Option<Rc<str>>,
-}
-
 /// The ancestry chain, parent first: a fixed array, so building an event allocates no list.
 #[derive(Debug, Default)]
 pub struct Ancestry {
-    items: [Ancestor; ANCESTRY_DEPTH],
-    len: usize,
+    items: [Option<Ancestor>; ANCESTRY_DEPTH],
 }
 
 impl Ancestry {
-    pub fn as_slice(&self) -> &[Ancestor] {
-        &self.items[..self.len]
+    pub fn iter(&self) -> impl Iterator<Item = &Ancestor> {
+        self.items.iter().map_while(Option::as_ref)
     }
 }
 
-/// From [`ProcTable::ancestry`]: (pid, executable) pairs, "" for an unknown executable.
-impl FromIterator<(u32, Rc<str>)> for Ancestry {
-    fn from_iter<I: IntoIterator<Item = (u32, Rc<str>)>>(iter: I) -> Ancestry {
+/// From [`ProcTable::ancestry`].
+impl FromIterator<Ancestor> for Ancestry {
+    fn from_iter<I: IntoIterator<Item = Ancestor>>(iter: I) -> Ancestry {
         let mut a = Ancestry::default();
-        for (slot, (pid, exe)) in a.items.iter_mut().zip(iter) {
-            *slot = Ancestor {
-                pid,
-                executable: Some(exe).filter(|e| !e.is_empty()),
-            };
-            a.len += 1;
+        for (slot, anc) in a.items.iter_mut().zip(iter) {
+            *slot = Some(anc);
         }
         a
     }
@@ -95,7 +83,7 @@ impl FromIterator<(u32, Rc<str>)> for Ancestry {
 
 impl Serialize for Ancestry {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.collect_seq(self.as_slice())
+        s.collect_seq(self.iter())
     }
 }
 
@@ -113,7 +101,7 @@ pub struct Cgroup {
     pub memcg_v1_id: u64,
 }
 
-#[derive(Serialize, Debug, Default)]
+#[derive(Serialize, Debug)]
 pub struct Process {
     pub pid: u32,
     pub thread: Id,
@@ -356,10 +344,7 @@ impl Builder {
             group: Id { id: t.egid },
             real_group: Id { id: t.gid },
             login_user: (t.auid != u32::MAX).then_some(Id { id: t.auid }),
-            parent: Ancestor {
-                pid: t.ppid,
-                executable: procs.executable(t.ppid),
-            },
+            parent: procs.ancestor(t.ppid),
             ancestry: procs.ancestry(t.ppid).collect(),
             cgroup: Cgroup {
                 id: t.cgroup_id,
@@ -370,7 +355,15 @@ impl Builder {
                 mnt: t.mntns,
             },
             name: t.comm,
-            ..Process::default()
+            args: None,
+            args_count: None,
+            args_truncated: None,
+            fileless: None,
+            exit_code: None,
+            exit_signal: None,
+            core_dumped: None,
+            end: None,
+            lifetime_ns: None,
         }
     }
 
@@ -480,10 +473,7 @@ impl Builder {
                 e.process = Some(self.process(x.task, procs));
                 e.ptrace = Some(PtraceInfo {
                     request: x.request,
-                    target: Ancestor {
-                        pid: x.target_pid,
-                        executable: procs.executable(x.target_pid),
-                    },
+                    target: procs.ancestor(x.target_pid),
                     result: x.ret,
                 });
                 e

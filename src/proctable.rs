@@ -7,17 +7,78 @@ use std::path::Path;
 use std::rc::Rc;
 
 use lru::LruCache;
+use serde::{Serialize, Serializer};
+use serde_json::value::RawValue;
 
 /// Processes remembered at most (about 150 bytes each plus the shared executable strings).
 pub const CAPACITY: usize = 16_384;
 /// Ancestors reported on each event (the parent first).
 pub const ANCESTRY_DEPTH: usize = 4;
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub struct Proc {
     pub ppid: u32,
     /// Absolute path of the executable ("" for kernel threads or when unknown).
     pub executable: Rc<str>,
+    /// The process as its descendants' events name it.
+    pub as_ancestor: Ancestor,
+}
+
+impl Proc {
+    fn new(pid: u32, ppid: u32, executable: Rc<str>) -> Proc {
+        Proc {
+            ppid,
+            as_ancestor: Ancestor::new(pid, &executable),
+            executable,
+        }
+    }
+}
+
+/// A process as an event's `parent`, `ancestry[]` or `ptrace.target` shows it:
+/// `{"pid":..,"executable":..}` (no executable when unknown). Serialized once, when the table
+/// learns the process, and copied verbatim into every event that names it: an exec storm's
+/// events each name five ancestors, and serializing them anew was a fifth of the agent's CPU.
+#[derive(Debug, Clone)]
+pub struct Ancestor {
+    json: Rc<RawValue>,
+}
+
+impl Ancestor {
+    pub fn new(pid: u32, executable: &str) -> Ancestor {
+        #[derive(Serialize)]
+        struct Fields<'a> {
+            pid: u32,
+            #[serde(skip_serializing_if = "str::is_empty")]
+            executable: &'a str,
+        }
+        let json = serde_json::value::to_raw_value(&Fields { pid, executable })
+            // Unreachable (a number and a string always serialize); never lose the pid.
+            .unwrap_or_else(|_| {
+                serde_json::value::to_raw_value(&pid).expect("invariant: a u32 serializes")
+            });
+        Ancestor {
+            json: Rc::from(json),
+        }
+    }
+
+    /// The JSON text (tests).
+    #[cfg(test)]
+    pub fn json(&self) -> &str {
+        self.json.get()
+    }
+
+    /// The pid (tests).
+    #[cfg(test)]
+    pub fn pid(&self) -> u64 {
+        let v: serde_json::Value = serde_json::from_str(self.json()).expect("ancestor JSON");
+        v["pid"].as_u64().expect("pid")
+    }
+}
+
+impl Serialize for Ancestor {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        self.json.serialize(s)
+    }
 }
 
 pub struct ProcTable {
@@ -53,13 +114,7 @@ impl ProcTable {
             let exe = std::fs::read_link(entry.path().join("exe"))
                 .map(|p| p.to_string_lossy().into_owned())
                 .unwrap_or_default();
-            self.lru.put(
-                pid,
-                Proc {
-                    ppid,
-                    executable: Rc::from(exe.as_str()),
-                },
-            );
+            self.lru.put(pid, Proc::new(pid, ppid, Rc::from(exe.as_str())));
             n += 1;
         }
         Ok(n)
@@ -71,13 +126,7 @@ impl ProcTable {
 
     /// A process exec'd: its executable changed.
     pub fn exec(&mut self, pid: u32, ppid: u32, executable: impl Into<Rc<str>>) {
-        self.lru.put(
-            pid,
-            Proc {
-                ppid,
-                executable: executable.into(),
-            },
-        );
+        self.lru.put(pid, Proc::new(pid, ppid, executable.into()));
     }
 
     /// A process forked: the child runs the parent's executable until it execs.
@@ -87,13 +136,7 @@ impl ProcTable {
             .get(&parent)
             .map(|p| p.executable.clone())
             .unwrap_or_else(|| Rc::from(""));
-        self.lru.put(
-            child,
-            Proc {
-                ppid: parent,
-                executable,
-            },
-        );
+        self.lru.put(child, Proc::new(child, parent, executable));
     }
 
     /// A process exited (call after its event was built: the event still needs the entry).
@@ -114,16 +157,23 @@ impl ProcTable {
             .filter(|e| !e.is_empty())
     }
 
-    /// Up to `ANCESTRY_DEPTH` ancestors starting at `ppid` (the parent first), while known:
-    /// (pid, executable) pairs, the executable "" when unknown.
-    pub fn ancestry(&self, ppid: u32) -> impl Iterator<Item = (u32, Rc<str>)> + '_ {
+    /// `pid` as an ancestor: from the table, else with its pid alone.
+    pub fn ancestor(&mut self, pid: u32) -> Ancestor {
+        match self.lru.get(&pid) {
+            Some(p) => p.as_ancestor.clone(),
+            None => Ancestor::new(pid, ""),
+        }
+    }
+
+    /// Up to `ANCESTRY_DEPTH` ancestors starting at `ppid` (the parent first), while known.
+    pub fn ancestry(&self, ppid: u32) -> impl Iterator<Item = Ancestor> + '_ {
         let mut next = Some(ppid);
         std::iter::from_fn(move || {
             let pid = next.filter(|&p| p != 0)?;
             let p = self.lru.peek(&pid)?;
             // A process that is its own parent ends the chain.
             next = (p.ppid != pid).then_some(p.ppid);
-            Some((pid, p.executable.clone()))
+            Some(p.as_ancestor.clone())
         })
         .take(ANCESTRY_DEPTH)
     }
@@ -157,15 +207,20 @@ mod tests {
         t.exec(10, 1, "/bin/sh");
         t.fork(10, 11);
         t.exec(11, 10, "/bin/true");
-        let chain: Vec<u32> = t.ancestry(11).map(|(p, _)| p).collect();
+        let chain: Vec<u64> = t.ancestry(11).map(|a| a.pid()).collect();
         assert_eq!(chain, vec![11, 10, 1]);
         t.exec(2, 2, "/self-parent");
-        let chain: Vec<u32> = t.ancestry(2).map(|(p, _)| p).collect();
+        let chain: Vec<u64> = t.ancestry(2).map(|a| a.pid()).collect();
         assert_eq!(
             chain,
             vec![2],
             "a process that is its own parent ends the chain"
         );
+        assert_eq!(
+            t.ancestor(10).json(),
+            r#"{"pid":10,"executable":"/bin/sh"}"#
+        );
+        assert_eq!(t.ancestor(99).json(), r#"{"pid":99}"#, "unknown: the pid alone");
         t.exit(11);
         assert!(t.get(11).is_none());
     }
