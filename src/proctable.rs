@@ -114,7 +114,8 @@ impl ProcTable {
             let exe = std::fs::read_link(entry.path().join("exe"))
                 .map(|p| p.to_string_lossy().into_owned())
                 .unwrap_or_default();
-            self.lru.put(pid, Proc::new(pid, ppid, Rc::from(exe.as_str())));
+            self.lru
+                .put(pid, Proc::new(pid, ppid, Rc::from(exe.as_str())));
             n += 1;
         }
         Ok(n)
@@ -220,7 +221,11 @@ mod tests {
             t.ancestor(10).json(),
             r#"{"pid":10,"executable":"/bin/sh"}"#
         );
-        assert_eq!(t.ancestor(99).json(), r#"{"pid":99}"#, "unknown: the pid alone");
+        assert_eq!(
+            t.ancestor(99).json(),
+            r#"{"pid":99}"#,
+            "unknown: the pid alone"
+        );
         t.exit(11);
         assert!(t.get(11).is_none());
     }
