@@ -8,8 +8,10 @@
  * fentry, no LSM. The last section watches 32-bit syscalls, which the `syscalls:*` tracepoints
  * never see, and feeds them to the same code as the native hooks.
  *
- * Kernel memory is read with BPF_CORE_READ everywhere (also in tp_btf programs, where direct
- * dereference would work) so that one helper serves both flavours of a hook.
+ * Every record describes the current task, which every program reads through its BTF pointer
+ * (bpf_get_current_task_btf(), Linux 5.11+) with plain CO-RE loads: one probe read per field
+ * made a fork or exit record cost twice as much. Other kernel memory (sockets, dentries, the
+ * compat registers) is read with BPF_CORE_READ, so one helper serves both flavours of a hook.
  */
 #include "vmlinux.h"
 #include <bpf/bpf_helpers.h>
