@@ -171,9 +171,18 @@ static __always_inline __u64 memcg_v1_id(struct task_struct *task)
  * like probe reads) instead of one bpf_probe_read_kernel() call per field, which was most of
  * the cost of a fork or exit record. Every record describes the current task, so this serves
  * every program, whatever its hook flavour.
+ *
+ * The pointer is made untrusted (bpf_rdonly_cast, Linux 6.2+) where the kernel has it: for each
+ * pointer loaded through a trusted one (what bpf_get_current_task_btf() returns) the verifier
+ * looks up whether the field keeps the trust, by name, in the kernel's whole BTF. That made
+ * loading the sensor take 330-400 ms instead of 95 ms here; through the untrusted pointer the
+ * loads are the same at run time and the lookups are skipped. Older kernels take the trusted
+ * pointer and the slower load.
  */
 static __always_inline struct task_struct *current_btf(void)
 {
+	if (bpf_ksym_exists(bpf_rdonly_cast))
+		return bpf_core_cast((void *)bpf_get_current_task(), struct task_struct);
 	return bpf_get_current_task_btf();
 }
 
