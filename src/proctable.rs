@@ -39,45 +39,56 @@ impl Proc {
 /// learns the process, and copied verbatim into every event that names it: an exec storm's
 /// events each name five ancestors, and serializing them anew was a fifth of the agent's CPU.
 #[derive(Debug, Clone)]
-pub struct Ancestor {
-    json: Rc<RawValue>,
+pub struct Ancestor(Form);
+
+#[derive(Debug, Clone)]
+enum Form {
+    Json(Rc<RawValue>),
+    /// Only if serializing failed, which a number and a string cannot: the pid alone.
+    Pid(u32),
+}
+
+#[derive(Serialize)]
+struct Fields<'a> {
+    pid: u32,
+    #[serde(skip_serializing_if = "str::is_empty")]
+    executable: &'a str,
 }
 
 impl Ancestor {
     pub fn new(pid: u32, executable: &str) -> Ancestor {
-        #[derive(Serialize)]
-        struct Fields<'a> {
-            pid: u32,
-            #[serde(skip_serializing_if = "str::is_empty")]
-            executable: &'a str,
-        }
-        let json = serde_json::value::to_raw_value(&Fields { pid, executable })
-            // Unreachable (a number and a string always serialize); never lose the pid.
-            .unwrap_or_else(|_| {
-                serde_json::value::to_raw_value(&pid).expect("invariant: a u32 serializes")
-            });
-        Ancestor {
-            json: Rc::from(json),
-        }
+        Ancestor(
+            match serde_json::value::to_raw_value(&Fields { pid, executable }) {
+                Ok(json) => Form::Json(Rc::from(json)),
+                Err(_) => Form::Pid(pid),
+            },
+        )
     }
 
     /// The JSON text (tests).
     #[cfg(test)]
-    pub fn json(&self) -> &str {
-        self.json.get()
+    pub fn json(&self) -> String {
+        serde_json::to_string(self).expect("ancestor JSON")
     }
 
     /// The pid (tests).
     #[cfg(test)]
     pub fn pid(&self) -> u64 {
-        let v: serde_json::Value = serde_json::from_str(self.json()).expect("ancestor JSON");
+        let v: serde_json::Value = serde_json::from_str(&self.json()).expect("ancestor JSON");
         v["pid"].as_u64().expect("pid")
     }
 }
 
 impl Serialize for Ancestor {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        self.json.serialize(s)
+        match &self.0 {
+            Form::Json(json) => json.serialize(s),
+            Form::Pid(pid) => Fields {
+                pid: *pid,
+                executable: "",
+            }
+            .serialize(s),
+        }
     }
 }
 
@@ -225,6 +236,11 @@ mod tests {
             t.ancestor(99).json(),
             r#"{"pid":99}"#,
             "unknown: the pid alone"
+        );
+        assert_eq!(
+            serde_json::to_string(&Ancestor(Form::Pid(7))).expect("serialize"),
+            r#"{"pid":7}"#,
+            "the fallback form has the same shape"
         );
         t.exit(11);
         assert!(t.get(11).is_none());
