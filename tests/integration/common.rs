@@ -36,6 +36,22 @@ impl Drop for TempDir {
     }
 }
 
+/// A name no other test, thread or run uses at the same time: the pid, a per-process counter and
+/// the wall clock's nanoseconds. Every `watch` sees every process's events, so tests running
+/// side by side must never pick the same marker.
+pub fn marker(tag: &str) -> String {
+    static N: AtomicU32 = AtomicU32::new(0);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default()
+        .subsec_nanos();
+    format!(
+        "lg-{tag}-{}-{}-{nanos}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::SeqCst)
+    )
+}
+
 /// The agent with a clean environment: no LINUXGUARD_* or RUST_LOG inherited from the caller.
 pub fn agent() -> Command {
     let mut c = Command::new(AGENT);

@@ -10,8 +10,8 @@ use std::time::Duration;
 
 use serde_json::Value;
 
-use crate::common::{TempDir, is_root};
-use crate::watch::{Watch, marker, pid_of};
+use crate::common::{TempDir, is_root, marker};
+use crate::watch::{Watch, pid_of};
 
 /// Builds the helper into `dir`.
 fn build_helper(dir: &Path) -> PathBuf {

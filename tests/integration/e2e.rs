@@ -123,18 +123,7 @@ fn serial() -> Option<std::sync::MutexGuard<'static, ()>> {
 
 /// A marker unique to this test run.
 fn marker(tag: &str) -> String {
-    format!(
-        "lg-e2e-{tag}-{}-{}",
-        std::process::id(),
-        Instant::now().elapsed().as_nanos() ^ u128::from(rand_u32())
-    )
-}
-
-fn rand_u32() -> u32 {
-    let t = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap_or_default();
-    t.subsec_nanos()
+    crate::common::marker(&format!("e2e-{tag}"))
 }
 
 /// Runs `/bin/true <marker>-<i>` for i in 0..n (each a distinct exec the sensor reports).

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-use crate::common::{agent, is_root};
+use crate::common::{agent, is_root, marker};
 
 /// A running `watch` whose stdout lines are collected in the background.
 pub(crate) struct Watch {
@@ -101,14 +101,6 @@ impl Watch {
         let err = self.stderr.lock().expect("lock").clone();
         (status, err)
     }
-}
-
-pub(crate) fn marker(tag: &str) -> String {
-    format!(
-        "lg-{tag}-{}-{}",
-        std::process::id(),
-        Instant::now().elapsed().as_nanos()
-    )
 }
 
 pub(crate) fn pid_of(v: &Value) -> u64 {
