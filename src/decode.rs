@@ -256,8 +256,10 @@ unsafe impl Pod for types::lg_bpf_load {}
 // SAFETY: as above.
 unsafe impl Pod for types::lg_memfd {}
 
-/// Copies `bytes` into a `T` when the length is exactly `size_of::<T>()`.
-fn read<T: Pod>(ty: u32, bytes: &[u8]) -> Result<T, DecodeError> {
+/// `bytes` as a `T` when the length is exactly `size_of::<T>()`: borrowed in place when the
+/// bytes are aligned for `T` (ring-buffer records always are: libbpf hands out 8-byte aligned
+/// samples), copied otherwise.
+fn read<T: Pod + Clone>(ty: u32, bytes: &[u8]) -> Result<Cow<'_, T>, DecodeError> {
     let want = std::mem::size_of::<T>();
     // The ring buffer rounds records up to 8 bytes; libbpf reports the reserved size.
     if bytes.len() != want {
@@ -267,6 +269,13 @@ fn read<T: Pod>(ty: u32, bytes: &[u8]) -> Result<T, DecodeError> {
             want,
         });
     }
+    let ptr = bytes.as_ptr().cast::<T>();
+    if ptr.is_aligned() {
+        // SAFETY: `T: Pod` accepts any bit pattern; `ptr` is aligned for `T` (checked) and
+        // points at exactly size_of::<T>() initialized bytes (checked above) that live, unchanged,
+        // as long as the borrow of `bytes` the result carries.
+        return Ok(Cow::Borrowed(unsafe { &*ptr }));
+    }
     let mut out = T::default();
     // SAFETY: `T: Pod` accepts any bit pattern, the destination is a valid, aligned `T`, and
     // exactly size_of::<T>() bytes are copied from a slice of that length (checked above);
@@ -274,7 +283,7 @@ fn read<T: Pod>(ty: u32, bytes: &[u8]) -> Result<T, DecodeError> {
     unsafe {
         std::ptr::copy_nonoverlapping(bytes.as_ptr(), (&mut out as *mut T).cast::<u8>(), want);
     }
-    Ok(out)
+    Ok(Cow::Owned(out))
 }
 
 /// A NUL-terminated C string in a fixed array, lossily as UTF-8.
@@ -284,9 +293,11 @@ fn cstr<const N: usize>(a: &[i8; N]) -> String {
     String::from_utf8_lossy(&bytes[..len]).into_owned()
 }
 
-/// A C `char` array as bytes (a copy on the stack: no allocation).
-fn bytes_of<const N: usize>(a: &[i8; N]) -> [u8; N] {
-    a.map(|c| c as u8)
+/// A C `char` array as bytes, in place.
+fn bytes_of<const N: usize>(a: &[i8; N]) -> &[u8; N] {
+    // SAFETY: i8 and u8 have the same size and alignment and share every bit pattern, so the
+    // array may be viewed as bytes for the same lifetime.
+    unsafe { &*(a as *const [i8; N]).cast::<[u8; N]>() }
 }
 
 fn task(t: &types::lg_task) -> Task {
@@ -305,7 +316,7 @@ fn task(t: &types::lg_task) -> Task {
         auid: t.auid,
         pidns: t.pidns,
         mntns: t.mntns,
-        comm: Comm::new(&bytes_of(&t.comm)),
+        comm: Comm::new(bytes_of(&t.comm)),
     }
 }
 
@@ -384,23 +395,23 @@ pub fn decode(bytes: &[u8]) -> Result<Record, DecodeError> {
     let ty = u32::from_ne_bytes([head[0], head[1], head[2], head[3]]);
     Ok(match ty {
         LG_EXEC => {
-            let e: types::lg_exec = read(ty, bytes)?;
+            let e = read::<types::lg_exec>(ty, bytes)?;
             let path = bytes_of(&e.path);
             let args = bytes_of(&e.args);
             Record::Exec(Exec {
                 task: task(&e.task),
                 old_pid: e.old_pid,
                 filename: cstr(&e.filename),
-                path: join_path(&path, e.path_depth as usize),
+                path: join_path(path, e.path_depth as usize),
                 path_truncated: e.path_truncated != 0,
-                args: split_args(&args, e.args_len as usize),
+                args: split_args(args, e.args_len as usize),
                 args_truncated: e.args_truncated != 0,
                 memfd: e.memfd != 0,
                 exe_nlink: e.exe_nlink,
             })
         }
         LG_EXIT => {
-            let e: types::lg_exit = read(ty, bytes)?;
+            let e = read::<types::lg_exit>(ty, bytes)?;
             Record::Exit(Exit {
                 task: task(&e.task),
                 exit_code: e.exit_code,
@@ -409,7 +420,7 @@ pub fn decode(bytes: &[u8]) -> Result<Record, DecodeError> {
             })
         }
         LG_FORK => {
-            let e: types::lg_fork = read(ty, bytes)?;
+            let e = read::<types::lg_fork>(ty, bytes)?;
             Record::Fork(Fork {
                 task: task(&e.task),
                 child_pid: e.child_pid,
@@ -417,7 +428,7 @@ pub fn decode(bytes: &[u8]) -> Result<Record, DecodeError> {
             })
         }
         LG_CONNECT | LG_ACCEPT => {
-            let e: types::lg_sock = read(ty, bytes)?;
+            let e = read::<types::lg_sock>(ty, bytes)?;
             Record::Sock(Sock {
                 task: task(&e.task),
                 inbound: ty == LG_ACCEPT,
@@ -429,7 +440,7 @@ pub fn decode(bytes: &[u8]) -> Result<Record, DecodeError> {
             })
         }
         LG_CREDS => {
-            let e: types::lg_creds_event = read(ty, bytes)?;
+            let e = read::<types::lg_creds_event>(ty, bytes)?;
             Record::Creds(CredChange {
                 task: task(&e.task),
                 syscall: cred_call(e.syscall),
@@ -438,7 +449,7 @@ pub fn decode(bytes: &[u8]) -> Result<Record, DecodeError> {
             })
         }
         LG_PTRACE => {
-            let e: types::lg_ptrace = read(ty, bytes)?;
+            let e = read::<types::lg_ptrace>(ty, bytes)?;
             Record::Ptrace(Ptrace {
                 task: task(&e.task),
                 request: if e.request == 0x4206 {
@@ -451,7 +462,7 @@ pub fn decode(bytes: &[u8]) -> Result<Record, DecodeError> {
             })
         }
         LG_BPF_LOAD => {
-            let e: types::lg_bpf_load = read(ty, bytes)?;
+            let e = read::<types::lg_bpf_load>(ty, bytes)?;
             Record::BpfLoad(BpfLoad {
                 task: task(&e.task),
                 prog_type: e.prog_type,
@@ -461,7 +472,7 @@ pub fn decode(bytes: &[u8]) -> Result<Record, DecodeError> {
             })
         }
         LG_MEMFD => {
-            let e: types::lg_memfd = read(ty, bytes)?;
+            let e = read::<types::lg_memfd>(ty, bytes)?;
             Record::Memfd(Memfd {
                 task: task(&e.task),
                 name: cstr(&e.name),
@@ -542,6 +553,28 @@ mod tests {
         assert_eq!(x.task.memcg_v1_id, 9);
         assert_eq!(x.task.comm, "sh");
         assert_eq!(x.task.auid, 1000);
+
+        // Records are read in place when aligned and copied when not: both decode alike.
+        let bytes = bytes_of_record(&e);
+        let mut shifted = vec![0u8; bytes.len() + 1];
+        shifted[1..].copy_from_slice(&bytes);
+        let (aligned, misaligned) = (&bytes[..], &shifted[1..]);
+        assert!(
+            aligned.as_ptr().cast::<types::lg_exec>().is_aligned()
+                && !misaligned.as_ptr().cast::<types::lg_exec>().is_aligned()
+        );
+        assert!(matches!(
+            read::<types::lg_exec>(LG_EXEC, aligned),
+            Ok(Cow::Borrowed(_))
+        ));
+        assert!(matches!(
+            read::<types::lg_exec>(LG_EXEC, misaligned),
+            Ok(Cow::Owned(_))
+        ));
+        assert_eq!(
+            decode(misaligned).expect("decode"),
+            decode(aligned).expect("decode")
+        );
     }
 
     #[test]

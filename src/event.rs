@@ -8,6 +8,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use serde::{Serialize, Serializer};
 
 use crate::decode::{Comm, Creds, Record, Task};
+use crate::json::{self, key};
 use crate::proctable::{ANCESTRY_DEPTH, Ancestor, ProcTable};
 
 /// Bumped on any incompatible change to the event format (docs/events.md).
@@ -220,8 +221,243 @@ pub struct MemfdInfo {
 
 impl Event {
     /// Appends the event as one JSON object (no newline) to `out`, a buffer the sink reuses.
+    ///
+    /// Written field by field with literal keys: serde_json spent half the agent's CPU in an
+    /// exec storm on keys, escaping and small writes. The output is byte for byte what
+    /// `serde_json::to_writer(out, self)` (the derive above, the schema's reference) writes;
+    /// `fast_writer_matches_serde_byte_for_byte` checks every event type and every option.
     pub fn write_json(&self, out: &mut Vec<u8>) -> serde_json::Result<()> {
-        serde_json::to_writer(out, self)
+        key!(out, open "type");
+        json::str(out, self.kind);
+        key!(out, "schema_version");
+        json::uint(out, SCHEMA_VERSION.into());
+        key!(out, "@timestamp");
+        json::timestamp(out, self.timestamp.0);
+        key!(out, "seq");
+        json::uint(out, self.seq);
+        key!(out, "host");
+        key!(out, open "name");
+        json::str(out, &self.host.name);
+        out.push(b'}');
+        if let Some(p) = &self.process {
+            key!(out, "process");
+            p.write_json(out);
+        }
+        if let Some(c) = &self.container {
+            key!(out, "container");
+            serde_json::to_writer(&mut *out, c)?;
+        }
+        if let Some(o) = &self.orchestrator {
+            key!(out, "orchestrator");
+            serde_json::to_writer(&mut *out, o)?;
+        }
+        if let Some(s) = &self.source {
+            key!(out, "source");
+            s.write_json(out);
+        }
+        if let Some(d) = &self.destination {
+            key!(out, "destination");
+            d.write_json(out);
+        }
+        if let Some(n) = &self.network {
+            key!(out, "network");
+            key!(out, open "transport");
+            json::str(out, n.transport);
+            key!(out, "type");
+            json::str(out, n.kind);
+            key!(out, "direction");
+            json::str(out, n.direction);
+            key!(out, "result");
+            json::int(out, n.result.into());
+            out.push(b'}');
+        }
+        if let Some(c) = &self.credentials {
+            key!(out, "credentials");
+            key!(out, open "syscall");
+            json::str(out, c.syscall);
+            key!(out, "old");
+            c.old.write_json(out);
+            key!(out, "new");
+            c.new.write_json(out);
+            out.push(b'}');
+        }
+        if let Some(p) = &self.ptrace {
+            key!(out, "ptrace");
+            key!(out, open "request");
+            json::str(out, p.request);
+            key!(out, "target");
+            out.extend_from_slice(p.target.json().as_bytes());
+            key!(out, "result");
+            json::int(out, p.result.into());
+            out.push(b'}');
+        }
+        if let Some(b) = &self.bpf {
+            key!(out, "bpf");
+            key!(out, open "prog_type");
+            json::uint(out, b.prog_type.into());
+            key!(out, "prog_name");
+            json::str(out, &b.prog_name);
+            key!(out, "insn_count");
+            json::uint(out, b.insn_count.into());
+            key!(out, "result");
+            json::int(out, b.result.into());
+            out.push(b'}');
+        }
+        if let Some(m) = &self.memfd {
+            key!(out, "memfd");
+            key!(out, open "name");
+            json::str(out, &m.name);
+            key!(out, "flags");
+            json::uint(out, m.flags.into());
+            key!(out, "result");
+            json::int(out, m.result.into());
+            out.push(b'}');
+        }
+        if let Some(s) = &self.stats {
+            key!(out, "stats");
+            serde_json::to_writer(&mut *out, s)?;
+        }
+        out.push(b'}');
+        Ok(())
+    }
+}
+
+/// `{"id":N}`.
+fn write_id(out: &mut Vec<u8>, id: u32) {
+    key!(out, open "id");
+    json::uint(out, id.into());
+    out.push(b'}');
+}
+
+impl Process {
+    fn write_json(&self, out: &mut Vec<u8>) {
+        key!(out, open "pid");
+        json::uint(out, self.pid.into());
+        key!(out, "thread");
+        write_id(out, self.thread.id);
+        key!(out, "name");
+        json::str(out, &self.name.as_str());
+        if let Some(x) = &self.executable {
+            key!(out, "executable");
+            json::str(out, x);
+        }
+        if let Some(args) = &self.args {
+            key!(out, "args");
+            out.push(b'[');
+            for (i, a) in args.iter().enumerate() {
+                if i > 0 {
+                    out.push(b',');
+                }
+                json::str(out, a);
+            }
+            out.push(b']');
+        }
+        if let Some(n) = self.args_count {
+            key!(out, "args_count");
+            json::uint(out, n as u64);
+        }
+        if let Some(b) = self.args_truncated {
+            key!(out, "args_truncated");
+            json::bool(out, b);
+        }
+        if let Some(b) = self.fileless {
+            key!(out, "fileless");
+            json::bool(out, b);
+        }
+        if let Some(t) = self.start {
+            key!(out, "start");
+            json::timestamp(out, t.0);
+        }
+        key!(out, "user");
+        write_id(out, self.user.id);
+        key!(out, "real_user");
+        write_id(out, self.real_user.id);
+        key!(out, "group");
+        write_id(out, self.group.id);
+        key!(out, "real_group");
+        write_id(out, self.real_group.id);
+        if let Some(l) = &self.login_user {
+            key!(out, "login_user");
+            write_id(out, l.id);
+        }
+        key!(out, "parent");
+        out.extend_from_slice(self.parent.json().as_bytes());
+        key!(out, "ancestry");
+        out.push(b'[');
+        for (i, a) in self.ancestry.iter().enumerate() {
+            if i > 0 {
+                out.push(b',');
+            }
+            out.extend_from_slice(a.json().as_bytes());
+        }
+        out.push(b']');
+        key!(out, "cgroup");
+        key!(out, open "id");
+        json::uint(out, self.cgroup.id);
+        out.push(b'}');
+        key!(out, "namespaces");
+        key!(out, open "pid");
+        json::uint(out, self.namespaces.pid.into());
+        key!(out, "mnt");
+        json::uint(out, self.namespaces.mnt.into());
+        out.push(b'}');
+        if let Some(c) = self.exit_code {
+            key!(out, "exit_code");
+            json::int(out, c.into());
+        }
+        if let Some(s) = self.exit_signal {
+            key!(out, "exit_signal");
+            json::uint(out, s.into());
+        }
+        if let Some(b) = self.core_dumped {
+            key!(out, "core_dumped");
+            json::bool(out, b);
+        }
+        if let Some(t) = self.end {
+            key!(out, "end");
+            json::timestamp(out, t.0);
+        }
+        if let Some(n) = self.lifetime_ns {
+            key!(out, "lifetime_ns");
+            json::uint(out, n);
+        }
+        out.push(b'}');
+    }
+}
+
+impl Endpoint {
+    fn write_json(&self, out: &mut Vec<u8>) {
+        key!(out, open "ip");
+        json::str(out, &self.ip);
+        key!(out, "port");
+        json::uint(out, self.port.into());
+        out.push(b'}');
+    }
+}
+
+impl CredSet {
+    fn write_json(&self, out: &mut Vec<u8>) {
+        key!(out, open "uid");
+        json::uint(out, self.uid.into());
+        for (k, v) in [
+            (&b",\"euid\":"[..], self.euid),
+            (b",\"suid\":", self.suid),
+            (b",\"fsuid\":", self.fsuid),
+            (b",\"gid\":", self.gid),
+            (b",\"egid\":", self.egid),
+            (b",\"sgid\":", self.sgid),
+            (b",\"fsgid\":", self.fsgid),
+        ] {
+            out.extend_from_slice(k);
+            json::uint(out, v.into());
+        }
+        key!(out, "cap_effective");
+        json::str(out, &self.cap_effective);
+        key!(out, "cap_permitted");
+        json::str(out, &self.cap_permitted);
+        key!(out, "cap_inheritable");
+        json::str(out, &self.cap_inheritable);
+        out.push(b'}');
     }
 }
 
@@ -623,13 +859,16 @@ mod tests {
         }
     }
 
-    /// The event as the sinks write it (`write_json`): one valid JSON object.
+    /// The event as the sinks write it (`write_json`): one valid JSON object, byte for byte
+    /// what serde_json writes from the derive (the schema's reference).
     fn text(ev: &Event) -> String {
         let mut out = Vec::new();
         ev.write_json(&mut out).expect("write_json");
         let text = String::from_utf8(out).expect("utf-8");
         let v: Value = serde_json::from_str(&text).expect("valid JSON");
         assert!(v.is_object() && !text.contains('\n'), "{text}");
+        let reference = serde_json::to_string(ev).expect("serde_json");
+        assert_eq!(text, reference, "the fast writer differs from serde_json");
         text
     }
 
@@ -670,10 +909,53 @@ mod tests {
                 exe_nlink: 0,
             }),
             Record::Exit(Exit {
-                task: t,
+                task: t.clone(),
                 exit_code: -1,
                 signal: u32::MAX,
                 core_dumped: true,
+            }),
+            Record::Fork(Fork {
+                task: task(),
+                child_pid: u32::MAX,
+                child_start_boot_ns: u64::MAX,
+            }),
+            Record::Sock(Sock {
+                task: t.clone(),
+                inbound: true,
+                src: "::1".parse().expect("ip"),
+                sport: u16::MAX,
+                dst: "fe80::1".parse().expect("ip"),
+                dport: 0,
+                ret: i32::MIN,
+            }),
+            Record::Creds(CredChange {
+                task: task(),
+                syscall: "setresgid",
+                old: Creds::default(),
+                new: Creds {
+                    uid: u32::MAX,
+                    cap_effective: u64::MAX,
+                    ..Creds::default()
+                },
+            }),
+            Record::Ptrace(Ptrace {
+                task: t.clone(),
+                request: "seize",
+                target_pid: 200,
+                ret: -1,
+            }),
+            Record::BpfLoad(BpfLoad {
+                task: t.clone(),
+                prog_type: u32::MAX,
+                prog_name: odd.into(),
+                insn_cnt: 0,
+                ret: -13,
+            }),
+            Record::Memfd(Memfd {
+                task: t,
+                name: odd.into(),
+                flags: u32::MAX,
+                ret: -24,
             }),
         ];
         for r in recs {

@@ -20,6 +20,7 @@ mod token;
 // The eBPF sensor and `watch`.
 mod decode;
 mod event;
+mod json;
 mod proctable;
 mod sensor;
 mod stats;

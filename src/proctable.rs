@@ -2,6 +2,7 @@
 //! start and kept current by exec/fork/exit events. Bounded (LRU) so memory stays flat under
 //! process churn; a process evicted or never seen simply has no parent executable/ancestry.
 
+use std::cell::OnceCell;
 use std::num::NonZeroUsize;
 use std::path::Path;
 use std::rc::Rc;
@@ -9,6 +10,8 @@ use std::rc::Rc;
 use lru::LruCache;
 use serde::{Serialize, Serializer};
 use serde_json::value::RawValue;
+
+use crate::json::{self, key};
 
 /// Processes remembered at most (about 150 bytes each plus the shared executable strings).
 pub const CAPACITY: usize = 16_384;
@@ -20,75 +23,69 @@ pub struct Proc {
     pub ppid: u32,
     /// Absolute path of the executable ("" for kernel threads or when unknown).
     pub executable: Rc<str>,
-    /// The process as its descendants' events name it.
-    pub as_ancestor: Ancestor,
+    pid: u32,
+    /// The process as its descendants' events name it; made when first needed (most
+    /// processes in a churn never have a child that reports).
+    as_ancestor: OnceCell<Ancestor>,
 }
 
 impl Proc {
     fn new(pid: u32, ppid: u32, executable: Rc<str>) -> Proc {
         Proc {
             ppid,
-            as_ancestor: Ancestor::new(pid, &executable),
             executable,
+            pid,
+            as_ancestor: OnceCell::new(),
         }
+    }
+
+    fn as_ancestor(&self) -> Ancestor {
+        self.as_ancestor
+            .get_or_init(|| Ancestor::new(self.pid, &self.executable))
+            .clone()
     }
 }
 
 /// A process as an event's `parent`, `ancestry[]` or `ptrace.target` shows it:
-/// `{"pid":..,"executable":..}` (no executable when unknown). Serialized once, when the table
-/// learns the process, and copied verbatim into every event that names it: an exec storm's
-/// events each name five ancestors, and serializing them anew was a fifth of the agent's CPU.
+/// `{"pid":..,"executable":..}` (no executable when unknown). Written once per process and
+/// copied verbatim into every event that names it: an exec storm's events each name five
+/// ancestors, and serializing them anew was a fifth of the agent's CPU.
 #[derive(Debug, Clone)]
-pub struct Ancestor(Form);
-
-#[derive(Debug, Clone)]
-enum Form {
-    Json(Rc<RawValue>),
-    /// Only if serializing failed, which a number and a string cannot: the pid alone.
-    Pid(u32),
-}
-
-#[derive(Serialize)]
-struct Fields<'a> {
-    pid: u32,
-    #[serde(skip_serializing_if = "str::is_empty")]
-    executable: &'a str,
-}
+pub struct Ancestor(Rc<str>);
 
 impl Ancestor {
     pub fn new(pid: u32, executable: &str) -> Ancestor {
-        Ancestor(
-            match serde_json::value::to_raw_value(&Fields { pid, executable }) {
-                Ok(json) => Form::Json(Rc::from(json)),
-                Err(_) => Form::Pid(pid),
-            },
-        )
+        let mut out = Vec::with_capacity(executable.len() + 32);
+        key!(out, open "pid");
+        json::uint(&mut out, pid.into());
+        if !executable.is_empty() {
+            key!(out, "executable");
+            json::str(&mut out, executable);
+        }
+        out.push(b'}');
+        // The writer emits UTF-8 only (str input, ASCII escapes): the lossy path never runs.
+        Ancestor(Rc::from(String::from_utf8_lossy(&out)))
     }
 
-    /// The JSON text (tests).
-    #[cfg(test)]
-    pub fn json(&self) -> String {
-        serde_json::to_string(self).expect("ancestor JSON")
+    /// The JSON object text.
+    pub fn json(&self) -> &str {
+        &self.0
     }
 
     /// The pid (tests).
     #[cfg(test)]
     pub fn pid(&self) -> u64 {
-        let v: serde_json::Value = serde_json::from_str(&self.json()).expect("ancestor JSON");
+        let v: serde_json::Value = serde_json::from_str(self.json()).expect("ancestor JSON");
         v["pid"].as_u64().expect("pid")
     }
 }
 
+/// Verbatim, as its JSON text (the derive-based reference serialization of events).
 impl Serialize for Ancestor {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        match &self.0 {
-            Form::Json(json) => json.serialize(s),
-            Form::Pid(pid) => Fields {
-                pid: *pid,
-                executable: "",
-            }
-            .serialize(s),
-        }
+        let raw: Box<RawValue> =
+            RawValue::from_string(self.0.to_string()).map_err(serde::ser::Error::custom)?;
+        raw.serialize(s)
     }
 }
 
@@ -172,7 +169,7 @@ impl ProcTable {
     /// `pid` as an ancestor: from the table, else with its pid alone.
     pub fn ancestor(&mut self, pid: u32) -> Ancestor {
         match self.lru.get(&pid) {
-            Some(p) => p.as_ancestor.clone(),
+            Some(p) => p.as_ancestor(),
             None => Ancestor::new(pid, ""),
         }
     }
@@ -185,7 +182,7 @@ impl ProcTable {
             let p = self.lru.peek(&pid)?;
             // A process that is its own parent ends the chain.
             next = (p.ppid != pid).then_some(p.ppid);
-            Some(p.as_ancestor.clone())
+            Some(p.as_ancestor())
         })
         .take(ANCESTRY_DEPTH)
     }
@@ -236,11 +233,6 @@ mod tests {
             t.ancestor(99).json(),
             r#"{"pid":99}"#,
             "unknown: the pid alone"
-        );
-        assert_eq!(
-            serde_json::to_string(&Ancestor(Form::Pid(7))).expect("serialize"),
-            r#"{"pid":7}"#,
-            "the fallback form has the same shape"
         );
         t.exit(11);
         assert!(t.get(11).is_none());
