@@ -38,7 +38,7 @@ pub struct Event {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub network: Option<Network>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub credentials: Option<Credentials>,
+    pub credentials: Option<Box<Credentials>>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub ptrace: Option<PtraceInfo>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -46,7 +46,7 @@ pub struct Event {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub memfd: Option<MemfdInfo>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub stats: Option<crate::stats::Snapshot>,
+    pub stats: Option<Box<crate::stats::Snapshot>>,
 }
 
 #[derive(Serialize, Debug, Clone)]
@@ -563,7 +563,7 @@ impl Builder {
 
     pub fn stats(&mut self, snapshot: crate::stats::Snapshot) -> Event {
         let mut e = self.base("stats", Timestamp::now());
-        e.stats = Some(snapshot);
+        e.stats = Some(Box::new(snapshot));
         e
     }
 
@@ -697,11 +697,11 @@ impl Builder {
                 };
                 let mut e = self.base(kind, ts);
                 e.process = Some(self.process(x.task, procs));
-                e.credentials = Some(Credentials {
+                e.credentials = Some(Box::new(Credentials {
                     syscall: x.syscall,
                     old: CredSet::from(&x.old),
                     new: CredSet::from(&x.new),
-                });
+                }));
                 e
             }
             Record::Ptrace(x) => {
