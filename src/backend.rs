@@ -94,18 +94,18 @@ impl Backend {
         body: &[u8],
     ) -> std::result::Result<tls::Reply, Failure> {
         let url = format!("{}{path}", self.base);
-        match tls::post(&self.agent, &url, headers, body, tls::CALL_TIMEOUT) {
-            Ok(r) => Ok(r),
-            Err(CallError::Transport(why)) => Err(Failure::Retry {
-                why,
-                retry_after: None,
-            }),
-            Err(e @ CallError::TooLarge) => Err(Failure::Retry {
-                why: e.to_string(),
-                retry_after: None,
-            }),
-            Err(e @ CallError::Certificate(_)) => Err(Failure::Rejected(e.to_string())),
-        }
+        // Every failure to get an answer is retried with backoff, the batch kept. That includes
+        // a server certificate that does not verify: for an enrolled agent it is a transport
+        // failure that ends (the backend's certificate expired or was rotated, this node's
+        // clock is not set yet), and dropping batches would throw away the whole queue at
+        // handshake speed. Only enrolment, with a user watching, treats it as fatal.
+        tls::post(&self.agent, &url, headers, body, tls::CALL_TIMEOUT).map_err(|e| Failure::Retry {
+            why: match e {
+                CallError::Transport(why) => why,
+                e => e.to_string(),
+            },
+            retry_after: None,
+        })
     }
 
     /// Sends a heartbeat; returns the interval the server asks for, if any.

@@ -246,6 +246,47 @@ fn root_e2e_backend_down_at_start_then_enrols_and_runs() {
     assert_eq!(a.wait_exit(15).code(), Some(0), "{}", a.log());
 }
 
+/// The backend's certificate stops verifying after enrolment (here: another backend, with
+/// another CA, takes over the address): uploads fail and are retried, the batches stay queued
+/// (none is dropped), and once the real backend is back every marked exec arrives exactly once.
+#[test]
+fn root_e2e_untrusted_server_certificate_keeps_the_batches_queued() {
+    let Some(_serial) = serial() else { return };
+    let addr = format!("127.0.0.1:{}", free_port());
+    let be = start_backend(&["--token", TOKEN, "--listen", &addr]);
+    let url = be.url.clone();
+    let run = Run::new();
+    let mut a = run.spawn(run.cmd(&be, &url, &["--queue-mb", "64"]));
+    a.wait_log("startup: first upload accepted", 90);
+    let state = be.stop();
+    let other = start_backend(&["--token", TOKEN, "--listen", &addr]);
+    let m = marker("cert");
+    exec_marked(&m, 20);
+    a.wait_log("did not verify", 30);
+    let s = status(&run);
+    assert_eq!(s["stats"]["eventsDropped"]["upload"], 0, "{s}\n{}", a.log());
+    drop(other);
+    let be = start_backend_in(state, &["--token", TOKEN, "--listen", &addr]);
+    // The backoff may have grown to its 60 s cap while the certificate did not verify.
+    let end = Instant::now() + Duration::from_secs(90);
+    while marked_execs(&be, &m).len() < 20 {
+        assert!(
+            Instant::now() < end,
+            "only {} of 20 marked execs arrived after the certificate verified again; \
+             status {}\n{}",
+            marked_execs(&be, &m).len(),
+            status(&run),
+            a.log()
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    assert_exactly_once(&be, &m, 20);
+    let s = status(&run);
+    assert_eq!(s["stats"]["eventsDropped"]["upload"], 0, "{s}");
+    a.signal_term();
+    assert_eq!(a.wait_exit(20).code(), Some(0), "{}", a.log());
+}
+
 /// 503 for 30 s on uploads while marked processes run: after the outage every marked exec is at
 /// the backend exactly once; the agent's counters agree with the backend's.
 #[test]
