@@ -1,18 +1,19 @@
 //! The Prometheus text endpoint on `--metrics-addr` (loopback only; the setting refuses other
-//! addresses): a non-blocking listener polled by the agent loop; each scrape is answered with
-//! short socket timeouts so a slow client cannot hold the loop for long.
+//! addresses): a non-blocking listener polled by the agent loop; the scrapes answered in one
+//! call share one deadline, so a slow client cannot hold the loop for long.
 
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::os::fd::{AsFd, BorrowedFd};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crate::error::{Context, Error, Kind, Result};
 
 /// Scrapes answered per readiness (a flood cannot hold the loop).
 const ACCEPTS_PER_CALL: usize = 4;
-/// A client must send its request head within this time, and take the answer within it.
-const IO_TIMEOUT: Duration = Duration::from_millis(100);
+/// The longest one `serve` call may take: the scrapes it answers must send their request heads
+/// and take their answers within it, however they trickle their bytes.
+const SERVE_BUDGET: Duration = Duration::from_millis(200);
 /// Request heads larger than this are refused.
 const MAX_HEAD: usize = 8192;
 
@@ -52,10 +53,11 @@ impl Metrics {
 
     /// Answers the waiting scrapes with `text`.
     pub fn serve(&mut self, text: &str) {
+        let deadline = Instant::now() + SERVE_BUDGET;
         for _ in 0..ACCEPTS_PER_CALL {
             match self.listener.accept() {
                 Ok((s, _)) => {
-                    if let Err(e) = answer(s, text) {
+                    if let Err(e) = answer(s, text, deadline) {
                         log::debug!("metrics: scrape failed: {e}");
                     } else {
                         self.scrapes += 1;
@@ -71,13 +73,21 @@ impl Metrics {
     }
 }
 
-fn answer(mut s: TcpStream, text: &str) -> std::io::Result<()> {
+/// The time left until `deadline`, or a timeout error once it has passed.
+fn left(deadline: Instant) -> std::io::Result<Duration> {
+    deadline
+        .checked_duration_since(Instant::now())
+        .filter(|d| !d.is_zero())
+        .ok_or_else(|| std::io::Error::new(std::io::ErrorKind::TimedOut, "scrape took too long"))
+}
+
+fn answer(mut s: TcpStream, text: &str, deadline: Instant) -> std::io::Result<()> {
     s.set_nonblocking(false)?;
-    s.set_read_timeout(Some(IO_TIMEOUT))?;
-    s.set_write_timeout(Some(IO_TIMEOUT))?;
     let mut buf = vec![0u8; MAX_HEAD];
     let mut n = 0;
     let path = loop {
+        // The timeout is per read: renewing it with what is left bounds the whole head.
+        s.set_read_timeout(Some(left(deadline)?))?;
         let got = s.read(&mut buf[n..])?;
         if got == 0 {
             return Ok(());
@@ -106,8 +116,10 @@ fn answer(mut s: TcpStream, text: &str) -> std::io::Result<()> {
         "HTTP/1.1 {status}\r\nContent-Type: {ctype}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
         body.len()
     );
-    s.write_all(head.as_bytes())?;
-    s.write_all(body.as_bytes())?;
+    for part in [head.as_bytes(), body.as_bytes()] {
+        s.set_write_timeout(Some(left(deadline)?))?;
+        s.write_all(part)?;
+    }
     s.flush()
 }
 
@@ -136,5 +148,28 @@ mod tests {
         let out = client.join().unwrap();
         assert!(out.starts_with("HTTP/1.1 200 OK\r\n"), "{out}");
         assert!(out.ends_with("linuxguard_x 1\n"));
+    }
+
+    #[test]
+    fn a_trickling_client_cannot_hold_the_loop() {
+        let mut m = Metrics::bind("127.0.0.1:0").unwrap();
+        let addr = m.listener.local_addr().unwrap();
+        // One byte every 20 ms: each read would finish within a per-read timeout.
+        let client = std::thread::spawn(move || {
+            let mut c = TcpStream::connect(addr).unwrap();
+            for b in b"GET /metrics HTTP/1.1\r\nHost: a-very-slow-client\r\n\r\n" {
+                if c.write_all(&[*b]).is_err() {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        });
+        std::thread::sleep(Duration::from_millis(50));
+        let t = Instant::now();
+        m.serve("linuxguard_x 1\n");
+        let took = t.elapsed();
+        assert!(took < Duration::from_millis(400), "serve took {took:?}");
+        assert_eq!(m.scrapes, 0);
+        client.join().unwrap();
     }
 }
