@@ -350,6 +350,7 @@ static __always_inline int do_exec(__u32 old_pid, const char *filename)
 	struct lg_exec *e;
 	struct mm_struct *mm;
 	struct file *exe;
+	struct dentry *dentry;
 	unsigned long start, end, len;
 	char prefix[6] = {};
 
@@ -377,10 +378,15 @@ static __always_inline int do_exec(__u32 old_pid, const char *filename)
 	if (exe) {
 		read_exe_path(e, exe);
 		e->exe_nlink = exe->f_inode->__i_nlink;
-		/* memfd files are named "memfd:<name>" on an internal shmem mount. */
-		bpf_probe_read_kernel(prefix, sizeof(prefix), exe->f_path.dentry->d_name.name);
+		/*
+		 * memfd files are named "memfd:<name>" on an internal shmem mount, where the
+		 * dentry has no directory: it is its own parent. A file on disk named "memfd:x"
+		 * has a parent, and is not fileless.
+		 */
+		dentry = exe->f_path.dentry;
+		bpf_probe_read_kernel(prefix, sizeof(prefix), dentry->d_name.name);
 		if (prefix[0] == 'm' && prefix[1] == 'e' && prefix[2] == 'm' && prefix[3] == 'f' &&
-		    prefix[4] == 'd' && prefix[5] == ':')
+		    prefix[4] == 'd' && prefix[5] == ':' && dentry->d_parent == dentry)
 			e->memfd = 1;
 	}
 

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-use crate::common::{agent, is_root, marker};
+use crate::common::{TempDir, agent, is_root, marker};
 
 /// A running `watch` whose stdout lines are collected in the background.
 pub(crate) struct Watch {
@@ -272,6 +272,17 @@ fn root_watch_reports_memfd_create_and_fileless_exec() {
                 .is_some_and(|e| e.contains(name.as_str()))
     });
     assert_eq!(exec["process"]["parent"]["pid"], std::process::id());
+    // A file on disk merely named like one is not fileless, and keeps its absolute path.
+    let dir = TempDir::new("memfd-name");
+    let fake = dir.path().join(format!("memfd:{}", marker("ondisk")));
+    std::fs::copy("/bin/true", &fake).expect("copy /bin/true");
+    assert!(Command::new(&fake).status().expect("exec").success());
+    let fake = std::fs::canonicalize(&fake).expect("canonical path");
+    let fake = fake.to_str().expect("utf-8 path");
+    let exec = w.wait_for("exec of a file named memfd:", |v| {
+        v["type"] == "exec" && v["process"]["executable"] == fake
+    });
+    assert_eq!(exec["process"]["fileless"], false, "{exec}");
     let (status, err) = w.stop();
     assert!(status.success(), "watch failed: {err}");
 }
