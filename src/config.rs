@@ -259,7 +259,7 @@ pub static SETTINGS: &[Setting] = &[
         },
         "SECS",
         SENSOR,
-        "emit a {\"type\":\"stats\"} event every SECS seconds (0: stats on stderr every 60 s and at exit)"
+        "emit a {\"type\":\"stats\"} event every SECS seconds (0: none; watch then prints stats on stderr every 60 s and at exit, start reports them in heartbeats and status)"
     ),
     setting!(
         CompatSyscalls,
