@@ -24,8 +24,10 @@ use crate::watch::{JsonLines, POLL_INTERVAL, Pipeline, Sink};
 
 /// Kernel counters, ring fill and the socket's connection timeouts are refreshed this often.
 const HOUSEKEEPING: Duration = Duration::from_secs(1);
-/// After the grace period, the final heartbeat may take this much longer before we exit anyway.
-const FINAL_HEARTBEAT_ALLOWANCE: Duration = Duration::from_secs(5);
+/// After the grace period, the final heartbeat may take this much longer before we exit anyway
+/// (its own timeout plus a second): the uplink has counted everything by then.
+const FINAL_HEARTBEAT_ALLOWANCE: Duration =
+    Duration::from_secs(crate::uploader::FINAL_HEARTBEAT_TIMEOUT.as_secs() + 1);
 
 /// Loop health: how long one pass of the loop body took (poll wake-up to the next poll).
 #[derive(Debug, Default, Clone, Copy)]
@@ -457,7 +459,13 @@ impl Agent {
                     let _ = t.join();
                 }
             }
-            Err(_) => log::warn!("the backend did not answer in time: exiting without waiting"),
+            Err(_) => {
+                let left = self.shared.count_undelivered_as_dropped();
+                log::warn!(
+                    "the backend did not answer in time: exiting without waiting and without a \
+                     final heartbeat; {left} events not delivered are counted as dropped"
+                );
+            }
         }
         if let Some(e) = self.shared.take_fatal() {
             return Err(e);

@@ -87,11 +87,13 @@ impl Backend {
         })
     }
 
+    /// One POST, given at most `timeout` in all (capped at `tls::CALL_TIMEOUT`).
     fn call(
         &self,
         path: &str,
         headers: &[(&str, &str)],
         body: &[u8],
+        timeout: Duration,
     ) -> std::result::Result<tls::Reply, Failure> {
         let url = format!("{}{path}", self.base);
         // Every failure to get an answer is retried with backoff, the batch kept. That includes
@@ -99,7 +101,7 @@ impl Backend {
         // failure that ends (the backend's certificate expired or was rotated, this node's
         // clock is not set yet), and dropping batches would throw away the whole queue at
         // handshake speed. Only enrolment, with a user watching, treats it as fatal.
-        tls::post(&self.agent, &url, headers, body, tls::CALL_TIMEOUT).map_err(|e| Failure::Retry {
+        tls::post(&self.agent, &url, headers, body, timeout).map_err(|e| Failure::Retry {
             why: match e {
                 CallError::Transport(why) => why,
                 e => e.to_string(),
@@ -108,13 +110,14 @@ impl Backend {
         })
     }
 
-    /// Sends a heartbeat; returns the interval the server asks for, if any.
+    /// Sends a heartbeat within `timeout`; returns the interval the server asks for, if any.
     pub fn heartbeat(
         &self,
         agent_id: &str,
         workload_id: &str,
         uptime: Duration,
         stats: &Stats,
+        timeout: Duration,
     ) -> std::result::Result<Option<Duration>, Failure> {
         let body = serde_json::to_vec(&Heartbeat {
             agent_id,
@@ -128,6 +131,7 @@ impl Backend {
             "/agent/heartbeat",
             &[("Content-Type", "application/json")],
             &body,
+            timeout,
         )?;
         match r.status {
             200..=299 => {
@@ -156,6 +160,7 @@ impl Backend {
             "/agent/renew",
             &[("Content-Type", "application/json")],
             &body,
+            tls::CALL_TIMEOUT,
         )?;
         match r.status {
             200 | 201 => Identity::from_success(&r.body, key)
@@ -165,8 +170,9 @@ impl Backend {
     }
 
     #[allow(dead_code)] // used by the uploader (issue 6)
-    /// Sends one batch of NDJSON events under `batch_key` (stable across retries of the batch).
-    pub fn post_events(&self, batch_key: &str, ndjson: &[u8]) -> Events {
+    /// Sends one batch of NDJSON events under `batch_key` (stable across retries of the batch)
+    /// within `timeout`.
+    pub fn post_events(&self, batch_key: &str, ndjson: &[u8], timeout: Duration) -> Events {
         let r = match self.call(
             "/agent/events",
             &[
@@ -174,6 +180,7 @@ impl Backend {
                 ("Idempotency-Key", batch_key),
             ],
             ndjson,
+            timeout,
         ) {
             Ok(r) => r,
             Err(f) => return Events::Failed(f),

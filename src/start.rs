@@ -264,7 +264,7 @@ impl Agent {
                 (self.identity.agent_id.clone(), self.workload_id.clone());
             let (uptime, stats) = (self.started.elapsed(), self.stats.clone());
             self.pending = Some(Pending::Heartbeat(spawn_call(move || {
-                backend.heartbeat(&agent_id, &workload_id, uptime, &stats)
+                backend.heartbeat(&agent_id, &workload_id, uptime, &stats, tls::CALL_TIMEOUT)
             })?));
         }
         Ok(())

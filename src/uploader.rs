@@ -19,6 +19,8 @@ use crate::upload_queue::{Batch, Limits, Queue};
 const RETRY_BASE: Duration = Duration::from_millis(500);
 /// Retries of a batch never wait longer than this, so delivery resumes promptly after an outage.
 const RETRY_CAP: Duration = Duration::from_secs(10);
+/// At shutdown the final heartbeat gets this long (the loop waits a second more for it).
+pub const FINAL_HEARTBEAT_TIMEOUT: Duration = Duration::from_secs(4);
 
 /// Counters written by the poll loop (the uplink reads them for heartbeats).
 #[derive(Default)]
@@ -96,6 +98,18 @@ impl Shared {
 
     fn flush_deadline(&self) -> Option<Instant> {
         *self.flush_until.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// At an exit that cannot wait for the uplink (a call still hanging after the grace period):
+    /// every event observed but neither sent nor dropped — queued, or in the hanging batch — is
+    /// counted as a queue drop, so the final counters still add up. Returns how many.
+    pub fn count_undelivered_as_dropped(&self) -> u64 {
+        let c = self.counters();
+        let left = c
+            .events_observed
+            .saturating_sub(c.events_sent + c.dropped_decode + c.dropped_queue + c.dropped_upload);
+        self.queue().dropped += left;
+        left
     }
 
     /// Bytes waiting in the queue (0 when it is empty).
@@ -215,7 +229,7 @@ impl Uplink {
                     }
                 }
                 if !self.pending.is_empty() {
-                    self.send_front()?;
+                    self.send_front(crate::tls::CALL_TIMEOUT)?;
                     continue;
                 }
             }
@@ -241,12 +255,13 @@ impl Uplink {
     }
 
     /// Posts the front pending batch once and handles the answer.
-    fn send_front(&mut self) -> Result<()> {
+    /// Posts the oldest batch, given at most `timeout` (a failure past it is retried later).
+    fn send_front(&mut self, timeout: Duration) -> Result<()> {
         let Some(b) = self.pending.pop_front() else {
             return Ok(());
         };
         let t = Instant::now();
-        let answer = self.agent.backend().post_events(&b.key, &b.body);
+        let answer = self.agent.backend().post_events(&b.key, &b.body, timeout);
         if t.elapsed() > Duration::from_secs(1) {
             // Only this thread waited: the poll loop kept draining the ring buffer meanwhile.
             log::info!(
@@ -343,7 +358,9 @@ impl Uplink {
                 self.retry_at = None;
                 continue;
             }
-            self.send_front()?;
+            // A post that would run past the deadline is cut off there: the batch is then
+            // counted below with the rest, and the final heartbeat still goes out in time.
+            self.send_front(deadline - now)?;
         }
         let left: u64 = self.pending.iter().map(|b| b.events as u64).sum::<u64>()
             + self.shared.queue().len() as u64;
@@ -365,6 +382,7 @@ impl Uplink {
             &self.workload_id,
             self.started.elapsed(),
             &stats,
+            FINAL_HEARTBEAT_TIMEOUT,
         ) {
             Ok(_) => log::info!(
                 "final heartbeat sent ({} events sent, {} dropped)",

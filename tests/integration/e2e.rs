@@ -828,3 +828,94 @@ fn root_e2e_sigterm_during_an_outage_counts_what_was_not_delivered() {
         "{st}"
     );
 }
+
+/// The final counters an agent printed on stderr (`final counters: {...}`).
+fn final_counters(a: &Agent) -> Value {
+    let log = a.log();
+    let line = log
+        .lines()
+        .find_map(|l| l.split_once("final counters: ").map(|(_, j)| j.to_string()))
+        .unwrap_or_else(|| panic!("no final counters line:\n{log}"));
+    serde_json::from_str(&line).unwrap_or_else(|e| panic!("final counters {line:?}: {e}"))
+}
+
+/// Heartbeat-form counters add up: observed = sent + every drop (decode drops are in `queue`).
+fn assert_adds_up(stats: &Value, ctx: &str) -> u64 {
+    let n = |v: &Value| v.as_u64().unwrap_or(0);
+    let dropped = n(&stats["eventsDropped"]["queue"]) + n(&stats["eventsDropped"]["upload"]);
+    assert_eq!(
+        n(&stats["eventsObserved"]),
+        n(&stats["eventsSent"]) + dropped,
+        "{stats}\n{ctx}"
+    );
+    dropped
+}
+
+/// SIGTERM while an upload hangs (the backend took the request and never answers): the agent
+/// exits after --shutdown-grace and the final heartbeat's allowance, not after the 60 s call
+/// timeout, and counts the hanging batch and the queue as dropped.
+#[test]
+fn root_e2e_sigterm_during_a_hanging_upload_exits_in_time_and_counts_it() {
+    let Some(_serial) = serial() else { return };
+    let be = start_backend(&["--token", TOKEN, "--heartbeat-interval-secs", "300"]);
+    let run = Run::new();
+    let mut a = run.spawn(run.cmd(&be, &be.url, &["--shutdown-grace", "2"]));
+    a.wait_log("startup: first upload accepted", 30);
+    be.admin_post(
+        "/admin/faults",
+        json!({"path": "/agent/events", "stallSeconds": 120}),
+    );
+    exec_marked(&marker("hang"), 20);
+    wait_for("a hanging upload", 20, || {
+        be.requests_to("/agent/events")
+            .iter()
+            .any(|r| r["fault"] == "stall")
+    });
+    let t = Instant::now();
+    a.signal_term();
+    assert_eq!(a.wait_exit(40).code(), Some(0), "{}", a.log());
+    assert!(t.elapsed() < Duration::from_secs(15), "{:?}", t.elapsed());
+    let log = a.log();
+    assert!(log.contains("counted as dropped"), "{log}");
+    assert!(assert_adds_up(&final_counters(&a), &log) >= 60);
+}
+
+/// SIGTERM during a retry wait, and the flush's post then hangs: it is cut off at
+/// --shutdown-grace, the batch counted as dropped, and the final heartbeat still goes out and
+/// adds up.
+#[test]
+fn root_e2e_a_post_hanging_in_the_shutdown_flush_is_cut_off_at_the_grace() {
+    let Some(_serial) = serial() else { return };
+    let be = start_backend(&["--token", TOKEN, "--heartbeat-interval-secs", "300"]);
+    let run = Run::new();
+    let mut a = run.spawn(run.cmd(&be, &be.url, &["--shutdown-grace", "4"]));
+    a.wait_log("startup: first upload accepted", 30);
+    // One 503 that asks for a 2 s wait, then every post hangs.
+    be.admin_post(
+        "/admin/faults",
+        json!({"path": "/agent/events", "status": 503, "retryAfter": 2}),
+    );
+    be.admin_post(
+        "/admin/faults",
+        json!({"path": "/agent/events", "stallSeconds": 120, "count": 10}),
+    );
+    exec_marked(&marker("flushhang"), 20);
+    a.wait_log("event upload failed: 503", 20);
+    let t = Instant::now();
+    a.signal_term();
+    assert_eq!(a.wait_exit(40).code(), Some(0), "{}", a.log());
+    assert!(t.elapsed() < Duration::from_secs(12), "{:?}", t.elapsed());
+    let log = a.log();
+    assert!(log.contains("final heartbeat sent"), "{log}");
+    assert!(
+        be.requests_to("/agent/events")
+            .iter()
+            .any(|r| r["fault"] == "stall"),
+        "the flush did not post: {log}"
+    );
+    let st = be.admin_get("/admin/stats");
+    assert!(
+        assert_adds_up(&st["lastHeartbeat"]["stats"], &log) >= 60,
+        "{st}"
+    );
+}
