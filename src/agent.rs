@@ -44,7 +44,11 @@ struct LoopSink<'a> {
     /// The event being sent, serialized (reused from event to event).
     line: Vec<u8>,
     lines: Vec<Vec<u8>>,
+    /// Lines written to stdout, and lines that could not be (stdout closed or failed).
     stdout_sent: u64,
+    stdout_lost: u64,
+    /// Stdout ended during this pass: it was closed (`Ok`), or a write failed (`Err`).
+    stdout_ended: Option<std::result::Result<(), String>>,
 }
 
 impl<'a> LoopSink<'a> {
@@ -55,7 +59,24 @@ impl<'a> LoopSink<'a> {
             line: Vec::with_capacity(4096),
             lines: Vec::new(),
             stdout_sent: 0,
+            stdout_lost: 0,
+            stdout_ended: None,
         }
+    }
+
+    /// Takes stdout's counts after a write or flush, and lets stdout go if it ended.
+    fn settle_stdout(&mut self, res: Result<bool>) {
+        let Some(out) = &mut self.stdout else { return };
+        let (written, lost) = out.take_counts();
+        self.stdout_sent += written;
+        self.stdout_lost += lost;
+        let ended = match res {
+            Ok(true) => return,
+            Ok(false) => Ok(()),
+            Err(e) => Err(e.to_string()),
+        };
+        self.stdout = None;
+        self.stdout_ended = Some(ended);
     }
 }
 
@@ -66,13 +87,14 @@ impl Sink for LoopSink<'_> {
             log::debug!("dropped an event that does not serialize: {e}");
             return Ok(true);
         }
-        if let Some(out) = &mut self.stdout {
-            if !out.send_line(&self.line)? {
-                log::warn!("stdout was closed: events now go to the backend only");
-                self.stdout = None;
-            } else {
-                self.stdout_sent += 1;
+        match &mut self.stdout {
+            Some(out) => {
+                let res = out.send_line(&self.line);
+                self.settle_stdout(res);
             }
+            // `--output stdout` and stdout is gone: this event has nowhere to go.
+            None if !self.shared.to_backend => self.stdout_lost += 1,
+            None => {}
         }
         if self.shared.to_backend {
             // An exact-size copy for the queue; `line` keeps its capacity for the next event.
@@ -84,9 +106,8 @@ impl Sink for LoopSink<'_> {
     fn flush(&mut self) -> Result<bool> {
         self.shared.push_all(&mut self.lines);
         if let Some(out) = &mut self.stdout {
-            if !out.flush()? {
-                self.stdout = None;
-            }
+            let res = out.flush();
+            self.settle_stdout(res);
         }
         Ok(true)
     }
@@ -104,6 +125,8 @@ pub struct Agent {
     metrics: Option<Metrics>,
     pipeline: Pipeline,
     sink_stdout: Option<JsonLines<io::StdoutLock<'static>>>,
+    /// `--output stdout` and stdout ended (closed, or the write error): the loop stops.
+    output_ended: Option<std::result::Result<(), String>>,
     agent_id: String,
     started: Instant,
     pub loop_stats: LoopStats,
@@ -222,6 +245,7 @@ impl Agent {
             metrics,
             pipeline,
             sink_stdout,
+            output_ended: None,
             agent_id,
             started: t0,
             loop_stats: LoopStats::default(),
@@ -244,7 +268,7 @@ impl Agent {
             if self.shared.failed.load(Ordering::SeqCst) {
                 return Err(self.fatal());
             }
-            if self.stop.requested() {
+            if self.stop.requested() || self.output_ended.is_some() {
                 break;
             }
             let wait = next_housekeeping
@@ -313,28 +337,61 @@ impl Agent {
             self.loop_stats.total_body += took;
             self.loop_stats.max_body = self.loop_stats.max_body.max(took);
         }
-        self.shutdown()
+        self.shutdown()?;
+        match self.output_ended.take() {
+            Some(Err(e)) => Err(Error::runtime(format!(
+                "failed to write events to stdout ({e}); it was the only output (--output stdout)"
+            ))),
+            _ => Ok(()),
+        }
     }
 
     fn drain(&mut self) -> Result<()> {
-        let mut sink = LoopSink::new(&self.shared, self.sink_stdout.take());
+        let shared = self.shared.clone();
+        let mut sink = LoopSink::new(&shared, self.sink_stdout.take());
         let res = self.pipeline.drain(&mut sink);
-        self.sink_stdout = sink.stdout.take();
-        self.shared
-            .loop_counters
-            .stdout_sent
-            .fetch_add(sink.stdout_sent, Ordering::Relaxed);
+        self.settle_sink(sink);
         self.publish_counters();
         res.map(|_| ())
+    }
+
+    /// Takes back stdout and its counts after a pass. With `--output stdout` a line that could
+    /// not be written is a drop at the output stage (`upload`); when stdout ends there, the agent
+    /// stops, as `watch` does. With `--output both` the backend still gets every event.
+    fn settle_sink(&mut self, mut sink: LoopSink<'_>) {
+        self.sink_stdout = sink.stdout.take();
+        let c = &self.shared.loop_counters;
+        c.stdout_sent.fetch_add(sink.stdout_sent, Ordering::Relaxed);
+        if !self.shared.to_backend {
+            self.shared
+                .dropped_upload
+                .fetch_add(sink.stdout_lost, Ordering::Relaxed);
+        }
+        if let Some(ended) = sink.stdout_ended {
+            let why = match &ended {
+                Ok(()) => "was closed".to_string(),
+                Err(e) => format!("failed ({e})"),
+            };
+            if self.shared.to_backend {
+                log::warn!("stdout {why}: events now go to the backend only");
+            } else {
+                log::warn!(
+                    "stdout {why}, and it is the only output (--output stdout): stopping; \
+                     events it could not take are counted as dropped"
+                );
+                self.output_ended = Some(ended);
+            }
+        }
     }
 
     /// A `{"type":"stats"}` event into the same outputs as the kernel's events.
     fn send_stats_event(&mut self) -> Result<()> {
         let ev = self.pipeline.stats_event();
         self.stats_events += 1;
-        let mut sink = LoopSink::new(&self.shared, self.sink_stdout.take());
+        let shared = self.shared.clone();
+        let mut sink = LoopSink::new(&shared, self.sink_stdout.take());
         let res = sink.send(&ev).and_then(|_| sink.flush());
-        self.sink_stdout = sink.stdout.take();
+        self.settle_sink(sink);
         res.map(|_| ())
     }
 
@@ -441,9 +498,13 @@ impl Agent {
     /// SIGTERM: stop reading (after taking what the kernel already handed over), flush within
     /// the grace period, final heartbeat, exit 0.
     fn shutdown(&mut self) -> Result<()> {
+        let why = if self.output_ended.is_some() {
+            "the end of stdout".to_string()
+        } else {
+            self.stop.signal_name()
+        };
         log::info!(
-            "stopping on {}: flushing queued events (up to {} s), then a final heartbeat",
-            self.stop.signal_name(),
+            "stopping on {why}: flushing queued events (up to {} s), then a final heartbeat",
             self.cfg_grace.as_secs()
         );
         let t = Instant::now();

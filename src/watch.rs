@@ -44,6 +44,11 @@ const WRITE_AT: usize = 64 * 1024;
 pub struct JsonLines<W: Write> {
     out: W,
     buf: Vec<u8>,
+    /// Lines in `buf`, not written yet.
+    pending: u64,
+    /// Lines written, and lines lost in a failed write, since the last [`JsonLines::take_counts`].
+    written: u64,
+    lost: u64,
 }
 
 impl<W: Write> JsonLines<W> {
@@ -52,13 +57,25 @@ impl<W: Write> JsonLines<W> {
             out: w,
             // Room for the threshold plus one large event: the buffer rarely regrows.
             buf: Vec::with_capacity(WRITE_AT + 16 * 1024),
+            pending: 0,
+            written: 0,
+            lost: 0,
         }
+    }
+
+    /// Lines written out and lines lost (in a write that failed) since the last call.
+    pub fn take_counts(&mut self) -> (u64, u64) {
+        (
+            std::mem::take(&mut self.written),
+            std::mem::take(&mut self.lost),
+        )
     }
 
     /// Takes one already serialized event (without its newline).
     pub fn send_line(&mut self, line: &[u8]) -> Result<bool> {
         self.buf.extend_from_slice(line);
         self.buf.push(b'\n');
+        self.pending += 1;
         self.write_if_full()
     }
 
@@ -72,7 +89,17 @@ impl<W: Write> JsonLines<W> {
     fn write_out(&mut self) -> Result<bool> {
         let res = self.out.write_all(&self.buf);
         self.buf.clear();
-        res.map_or_else(closed_or_err, |()| Ok(true))
+        let lines = std::mem::take(&mut self.pending);
+        match res {
+            Ok(()) => {
+                self.written += lines;
+                Ok(true)
+            }
+            Err(e) => {
+                self.lost += lines;
+                closed_or_err(e)
+            }
+        }
     }
 }
 
@@ -94,6 +121,7 @@ impl<W: Write> Sink for JsonLines<W> {
             return Err(Error::runtime(format!("failed to serialize an event: {e}")));
         }
         self.buf.push(b'\n');
+        self.pending += 1;
         self.write_if_full()
     }
     fn flush(&mut self) -> Result<bool> {

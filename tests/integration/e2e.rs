@@ -919,3 +919,109 @@ fn root_e2e_a_post_hanging_in_the_shutdown_flush_is_cut_off_at_the_grace() {
         "{st}"
     );
 }
+
+/// `--output stdout` and the reader goes away: stdout was the only output, so the agent stops
+/// (as `watch` does) and exits 0; what it could not write is counted as dropped, so the final
+/// counters add up.
+#[test]
+fn root_e2e_closed_stdout_as_the_only_output_stops_the_agent_and_counts_the_rest() {
+    use std::io::BufRead;
+    let Some(_serial) = serial() else { return };
+    let be = start_backend(&["--token", TOKEN, "--heartbeat-interval-secs", "300"]);
+    let run = Run::new();
+    let mut c = run.cmd(&be, &be.url, &["--output", "stdout"]);
+    let log = run.dir.path().join("agent.log");
+    let mut child = c
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(fs::File::create(&log).expect("log file"))
+        .spawn()
+        .expect("spawn agent");
+    let mut reader = std::io::BufReader::new(child.stdout.take().expect("stdout pipe"));
+    let mut a = Agent {
+        child,
+        log,
+        out: run.dir.path().join("agent.out"),
+    };
+    a.wait_log("startup: sensors attached", 60);
+    Command::new("/bin/true").status().expect("run /bin/true");
+    let mut first = String::new();
+    reader.read_line(&mut first).expect("read the first event");
+    assert!(first.starts_with('{'), "{first}");
+    drop(reader);
+    let end = Instant::now() + Duration::from_secs(20);
+    let status = loop {
+        exec_marked(&marker("closed"), 5);
+        if let Some(s) = a.child.try_wait().expect("wait") {
+            break s;
+        }
+        assert!(Instant::now() < end, "still running:\n{}", a.log());
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    assert_eq!(status.code(), Some(0), "{}", a.log());
+    let log = a.log();
+    assert!(log.contains("it is the only output"), "{log}");
+    let fc = final_counters(&a);
+    assert!(
+        fc["eventsDropped"]["upload"].as_u64().unwrap_or(0) > 0,
+        "{fc}\n{log}"
+    );
+    assert_adds_up(&fc, &log);
+}
+
+/// A stdout that fails every write (/dev/full: ENOSPC). With `--output both` the backend still
+/// gets every event and the agent keeps running; with `--output stdout` the agent stops with an
+/// error that names stdout, its counters adding up.
+#[test]
+fn root_e2e_failing_stdout_is_an_error_only_when_it_is_the_only_output() {
+    let Some(_serial) = serial() else { return };
+    let be = start_backend(&["--token", TOKEN, "--heartbeat-interval-secs", "300"]);
+    let spawn = |run: &Run, output: &str| {
+        let mut c = run.cmd(&be, &be.url, &["--output", output]);
+        let log = run.dir.path().join("agent.log");
+        let child = c
+            .stdin(Stdio::null())
+            .stdout(fs::File::create("/dev/full").expect("open /dev/full"))
+            .stderr(fs::File::create(&log).expect("log file"))
+            .spawn()
+            .expect("spawn agent");
+        Agent {
+            child,
+            log,
+            out: run.dir.path().join("agent.out"),
+        }
+    };
+    let run = Run::new();
+    let mut a = spawn(&run, "both");
+    a.wait_log("startup: first upload accepted", 60);
+    let m = marker("devfull");
+    exec_marked(&m, 5);
+    wait_for("the marked execs at the backend", 20, || {
+        marked_execs(&be, &m).len() == 5
+    });
+    assert!(a.alive(), "{}", a.log());
+    assert!(
+        a.log().contains("events now go to the backend only"),
+        "{}",
+        a.log()
+    );
+    a.signal_term();
+    assert_eq!(a.wait_exit(20).code(), Some(0), "{}", a.log());
+
+    let run = Run::new();
+    let mut a = spawn(&run, "stdout");
+    a.wait_log("startup: sensors attached", 60);
+    let end = Instant::now() + Duration::from_secs(20);
+    let status = loop {
+        exec_marked(&marker("devfull-only"), 5);
+        if let Some(s) = a.child.try_wait().expect("wait") {
+            break s;
+        }
+        assert!(Instant::now() < end, "still running:\n{}", a.log());
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    let log = a.log();
+    assert_eq!(status.code(), Some(1), "{log}");
+    assert!(log.contains("failed to write events to stdout"), "{log}");
+    assert_adds_up(&final_counters(&a), &log);
+}
