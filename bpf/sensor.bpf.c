@@ -344,6 +344,13 @@ static __always_inline void read_exe_path(struct lg_exec *e, struct file *f)
 	e->path_truncated = !w.complete;
 }
 
+/* A memfd's file is named "memfd:<name>" (the kernel's prefix; hugetlb memfds too). */
+static __always_inline int is_memfd_prefix(const char p[6])
+{
+	return p[0] == 'm' && p[1] == 'e' && p[2] == 'm' && p[3] == 'f' && p[4] == 'd' &&
+	       p[5] == ':';
+}
+
 static __always_inline int do_exec(__u32 old_pid, const char *filename)
 {
 	struct task_struct *task = current_btf();
@@ -385,8 +392,7 @@ static __always_inline int do_exec(__u32 old_pid, const char *filename)
 		 */
 		dentry = exe->f_path.dentry;
 		bpf_probe_read_kernel(prefix, sizeof(prefix), dentry->d_name.name);
-		if (prefix[0] == 'm' && prefix[1] == 'e' && prefix[2] == 'm' && prefix[3] == 'f' &&
-		    prefix[4] == 'd' && prefix[5] == ':' && dentry->d_parent == dentry)
+		if (is_memfd_prefix(prefix) && dentry->d_parent == dentry)
 			e->memfd = 1;
 	}
 
@@ -645,11 +651,29 @@ int connect_exit(struct trace_event_raw_sys_exit *ctx)
  * the accept()/accept4() return instead, in the accepting task: the returned fd is looked up in
  * its file table (files->fdt->fd[ret]->private_data is the struct socket).
  */
-static __always_inline int do_accept(long ret)
+/*
+ * The file behind the current task's descriptor `fd` (one a syscall just returned), or NULL.
+ * Another thread may close the descriptor and reuse the number at any time: callers check
+ * that the file is of the kind they expect.
+ */
+static __always_inline struct file *fd_file(long fd)
 {
 	struct task_struct *task = current_task();
+	struct fdtable *fdt = BPF_CORE_READ(task, files, fdt);
 	struct file **fds;
 	struct file *f = NULL;
+
+	if (fd < 0 || !fdt || fd >= BPF_CORE_READ(fdt, max_fds))
+		return NULL;
+	fds = BPF_CORE_READ(fdt, fd);
+	if (bpf_probe_read_kernel(&f, sizeof(f), &fds[fd]) < 0)
+		return NULL;
+	return f;
+}
+
+static __always_inline int do_accept(long ret)
+{
+	struct file *f;
 	struct socket *sock;
 	const struct sock *sk;
 	struct lg_sock *e;
@@ -657,8 +681,8 @@ static __always_inline int do_accept(long ret)
 
 	if (ret < 0 || is_agent())
 		return 0;
-	fds = BPF_CORE_READ(task, files, fdt, fd);
-	if (bpf_probe_read_kernel(&f, sizeof(f), &fds[ret]) < 0 || !f)
+	f = fd_file(ret);
+	if (!f)
 		return 0;
 	sock = BPF_CORE_READ(f, private_data);
 	/*
@@ -841,6 +865,42 @@ static __always_inline int bpf_begin(__u64 cmd, __u64 attr)
 	return stash(attr, 0, 0);
 }
 
+/* The start of a file's dentry name: at most 15 bytes of it, NUL-terminated and padded. */
+static __always_inline void file_name16(struct file *f, char name[16])
+{
+	const unsigned char *n = BPF_CORE_READ(f, f_path.dentry, d_name.name);
+
+	__builtin_memset(name, 0, 16);
+	bpf_probe_read_kernel_str(name, 16, n);
+}
+
+/*
+ * The loaded program, read from the kernel through the returned fd: the caller's attr is its
+ * own memory, which another thread may rewrite while the verifier runs, so after a successful
+ * load only the kernel's copy is believed. Program fds are anonymous-inode files named
+ * "bpf-prog" whose private_data is the struct bpf_prog. Returns 0 when it could not.
+ */
+static __always_inline int loaded_prog(struct lg_bpf_load *e, long fd)
+{
+	struct file *f = fd_file(fd);
+	struct bpf_prog *prog;
+	char name[16];
+
+	if (!f)
+		return 0;
+	file_name16(f, name);
+	if (name[0] != 'b' || name[1] != 'p' || name[2] != 'f' || name[3] != '-' ||
+	    name[4] != 'p' || name[5] != 'r' || name[6] != 'o' || name[7] != 'g' || name[8] != 0)
+		return 0;
+	prog = BPF_CORE_READ(f, private_data);
+	if (!prog)
+		return 0;
+	e->prog_type = BPF_CORE_READ(prog, type);
+	e->insn_cnt = BPF_CORE_READ(prog, len);
+	BPF_CORE_READ_STR_INTO(&e->prog_name, prog, aux, name);
+	return 1;
+}
+
 static __always_inline int bpf_end(long ret)
 {
 	__u32 key = tid();
@@ -858,13 +918,15 @@ static __always_inline int bpf_end(long ret)
 		e->prog_type = 0;
 		e->insn_cnt = 0;
 		__builtin_memset(e->prog_name, 0, sizeof(e->prog_name));
-		/* The attr is the caller's memory: read the fields we report, nothing else. */
-		bpf_probe_read_user(&e->prog_type, sizeof(e->prog_type),
-				    attr + __builtin_offsetof(union bpf_attr, prog_type));
-		bpf_probe_read_user(&e->insn_cnt, sizeof(e->insn_cnt),
-				    attr + __builtin_offsetof(union bpf_attr, insn_cnt));
-		bpf_probe_read_user(e->prog_name, sizeof(e->prog_name),
-				    attr + __builtin_offsetof(union bpf_attr, prog_name));
+		/* A failed load has no kernel copy: what the caller asked for, from its memory. */
+		if (ret < 0 || !loaded_prog(e, ret)) {
+			bpf_probe_read_user(&e->prog_type, sizeof(e->prog_type),
+					    attr + __builtin_offsetof(union bpf_attr, prog_type));
+			bpf_probe_read_user(&e->insn_cnt, sizeof(e->insn_cnt),
+					    attr + __builtin_offsetof(union bpf_attr, insn_cnt));
+			bpf_probe_read_user(e->prog_name, sizeof(e->prog_name),
+					    attr + __builtin_offsetof(union bpf_attr, prog_name));
+		}
 		fill_task(&e->task);
 		submit(e, sizeof(*e));
 	}
@@ -881,6 +943,30 @@ static __always_inline int memfd_begin(__u64 name, __u64 flags)
 	return stash(name, flags, 0);
 }
 
+/*
+ * The memfd's name as the kernel keeps it, through the returned fd: the caller's string is its
+ * own memory, which another thread may rewrite before the exit, so after a successful call
+ * only the kernel's copy is believed. The file is "memfd:<name>", with no directory (its
+ * dentry is its own parent). Returns 0 when it could not.
+ */
+static __always_inline int memfd_name(struct lg_memfd *e, long fd)
+{
+	struct file *f = fd_file(fd);
+	struct dentry *d;
+	const unsigned char *n;
+	char prefix[6];
+
+	if (!f)
+		return 0;
+	d = BPF_CORE_READ(f, f_path.dentry);
+	if (!d || BPF_CORE_READ(d, d_parent) != d)
+		return 0;
+	n = BPF_CORE_READ(d, d_name.name);
+	if (bpf_probe_read_kernel(prefix, sizeof(prefix), n) < 0 || !is_memfd_prefix(prefix))
+		return 0;
+	return bpf_probe_read_kernel_str(e->name, sizeof(e->name), n + sizeof(prefix)) > 0;
+}
+
 static __always_inline int memfd_end(long ret)
 {
 	__u32 key = tid();
@@ -895,7 +981,9 @@ static __always_inline int memfd_end(long ret)
 		e->flags = p->args[1];
 		e->ret = ret;
 		e->_pad = 0;
-		if (bpf_probe_read_user_str(e->name, sizeof(e->name), (void *)p->args[0]) < 0)
+		/* A failed call has no file: the name the caller asked for, from its memory. */
+		if ((ret < 0 || !memfd_name(e, ret)) &&
+		    bpf_probe_read_user_str(e->name, sizeof(e->name), (void *)p->args[0]) < 0)
 			e->name[0] = 0;
 		fill_task(&e->task);
 		submit(e, sizeof(*e));

@@ -317,3 +317,27 @@ fn admin_json(what: &str, mut resp: ureq::http::Response<ureq::Body>) -> serde_j
     assert!((200..300).contains(&status), "{what}: {status} {body}");
     serde_json::from_str(&body).expect("admin JSON")
 }
+
+/// Builds the C helper `tests/integration/<name>` into `dir` (static, `-Wall -Werror`, plus
+/// `flags`); returns the binary's path.
+pub fn build_c_helper(dir: &Path, name: &str, flags: &[&str]) -> PathBuf {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/integration")
+        .join(name);
+    let bin = dir.join(name.trim_end_matches(".c"));
+    let out = Command::new("cc")
+        .args(["-static", "-O1", "-Wall", "-Werror"])
+        .args(flags)
+        .arg("-o")
+        .arg(&bin)
+        .arg(&src)
+        .output()
+        .expect("run cc (scripts/setup installs gcc and libc6-dev)");
+    assert!(
+        out.status.success(),
+        "cc failed to build {}: {}",
+        src.display(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    bin
+}

@@ -10,27 +10,8 @@ use std::time::Duration;
 
 use serde_json::Value;
 
-use crate::common::{TempDir, is_root, marker};
+use crate::common::{TempDir, build_c_helper, is_root, marker};
 use crate::watch::{Watch, pid_of};
-
-/// Builds the helper into `dir`.
-fn build_helper(dir: &Path) -> PathBuf {
-    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/integration/compat32.c");
-    let bin = dir.join("compat32");
-    let out = Command::new("cc")
-        .args(["-no-pie", "-static", "-O1", "-Wall", "-Werror", "-o"])
-        .arg(&bin)
-        .arg(&src)
-        .output()
-        .expect("run cc (scripts/setup installs gcc and libc6-dev)");
-    assert!(
-        out.status.success(),
-        "cc failed to build {}: {}",
-        src.display(),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    bin
-}
 
 /// The helper, built in a fresh directory (kept alive by the caller), and a running `watch`;
 /// None when not root.
@@ -39,7 +20,7 @@ fn start() -> Option<(TempDir, PathBuf, Watch)> {
         return None;
     }
     let dir = TempDir::new("compat");
-    let bin = build_helper(dir.path());
+    let bin = build_c_helper(dir.path(), "compat32.c", &["-no-pie"]);
     Some((dir, bin, Watch::start(&[])))
 }
 
@@ -228,7 +209,7 @@ fn root_compat_syscalls_false_leaves_the_hook_out_and_says_so() {
         return;
     }
     let dir = TempDir::new("compat");
-    let bin = build_helper(dir.path());
+    let bin = build_c_helper(dir.path(), "compat32.c", &["-no-pie"]);
     let w = Watch::start(&["--compat-syscalls=false"]);
     let name = marker("compat-off");
     helper(&bin, &["memfd", &name]);

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-use crate::common::{TempDir, agent, is_root, marker};
+use crate::common::{TempDir, agent, build_c_helper, is_root, marker};
 
 /// A running `watch` whose stdout lines are collected in the background.
 pub(crate) struct Watch {
@@ -377,6 +377,63 @@ fn root_watch_reports_bpf_loads_and_ptrace_by_other_processes() {
     assert_eq!(p["ptrace"]["request"], "attach");
     assert_eq!(p["ptrace"]["result"], 0);
     assert_eq!(pid_of(&p), u64::from(std::process::id()));
+    let (status, err) = w.stop();
+    assert!(status.success(), "watch failed: {err}");
+}
+
+/// A loader whose second thread keeps rewriting the attr's prog_name during BPF_PROG_LOAD
+/// (tests/integration/bpfrace.c): every bpf_load event must name the program the kernel
+/// actually loaded, and give its size, not whatever the caller's memory held at the exit.
+#[test]
+fn root_watch_bpf_load_reports_the_kernel_copy_not_the_callers_memory() {
+    if !is_root() {
+        eprintln!("skipped: needs root");
+        return;
+    }
+    let dir = TempDir::new("bpfrace");
+    let bin = build_c_helper(dir.path(), "bpfrace.c", &["-pthread"]);
+    let w = Watch::start(&[]);
+    let n = 20;
+    let out = Command::new(&bin)
+        .arg(n.to_string())
+        .output()
+        .expect("run bpfrace");
+    assert!(
+        out.status.success(),
+        "bpfrace: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let r: Value = serde_json::from_slice(&out.stdout).expect("bpfrace JSON");
+    let pid = r["pid"].as_u64().expect("pid");
+    let loads = r["loads"].as_array().expect("loads");
+    assert_eq!(loads.len(), n);
+    let loaded = || -> Vec<Value> {
+        w.events
+            .lock()
+            .expect("lock")
+            .iter()
+            .filter(|v| v["type"] == "bpf_load" && pid_of(v) == pid)
+            .cloned()
+            .collect()
+    };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while loaded().len() < n {
+        assert!(
+            Instant::now() < deadline,
+            "only {} of {n} loads seen",
+            loaded().len()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let events = loaded();
+    for (i, (ev, load)) in events.iter().zip(loads).enumerate() {
+        assert_eq!(ev["bpf"]["prog_name"], load["name"], "load {i}: {ev}");
+        assert_eq!(ev["bpf"]["insn_count"], load["insns"], "load {i}: {ev}");
+        assert_eq!(
+            ev["bpf"]["prog_type"], 1,
+            "BPF_PROG_TYPE_SOCKET_FILTER: {ev}"
+        );
+    }
     let (status, err) = w.stop();
     assert!(status.success(), "watch failed: {err}");
 }
