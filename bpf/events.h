@@ -122,8 +122,10 @@ struct lg_ptrace {
 	__u32 type;
 	__u32 request;		/* PTRACE_ATTACH (16) or PTRACE_SEIZE (0x4206) */
 	struct lg_task task;
-	__u32 target_pid;
+	__u32 target_pid;	/* a host pid when target_host, else as the tracer numbered it */
 	__s32 ret;		/* syscall result: 0 or -errno */
+	__u32 target_host;
+	__u32 _pad;
 };
 
 struct lg_bpf_load {

@@ -833,6 +833,31 @@ static __always_inline int ptrace_begin(__u64 req, __u64 pid)
 	return stash(req, pid, 0);
 }
 
+/*
+ * The tracee as the host sees it. The pid the caller passed is a number in ITS pid namespace
+ * (inside a container, 1 is the container's init, not the host's). After a successful attach,
+ * __ptrace_link() has put the tracee at the head of the tracer's `ptraced` list, so its
+ * thread-group id is read from there. After a failed one there is no tracee: the number is a
+ * host pid only when the tracer lives in the initial pid namespace.
+ */
+static __always_inline void tracee_host_pid(struct lg_ptrace *e)
+{
+	struct task_struct *task = current_task();
+	struct list_head *head = &task->ptraced;
+	struct list_head *first = BPF_CORE_READ(task, ptraced.next);
+
+	if (e->ret == 0) {
+		if (first && first != head) {
+			struct task_struct *t = container_of(first, struct task_struct, ptrace_entry);
+
+			e->target_pid = BPF_CORE_READ(t, tgid);
+			e->target_host = 1;
+		}
+		return;
+	}
+	e->target_host = BPF_CORE_READ(task, thread_pid, level) == 0;
+}
+
 static __always_inline int ptrace_end(long ret)
 {
 	__u32 key = tid();
@@ -846,7 +871,10 @@ static __always_inline int ptrace_end(long ret)
 		e->type = LG_PTRACE;
 		e->request = p->args[0];
 		e->target_pid = p->args[1];
+		e->target_host = 0;
+		e->_pad = 0;
 		e->ret = ret;
+		tracee_host_pid(e);
 		fill_task(&e->task);
 		submit(e, sizeof(*e));
 	}

@@ -184,7 +184,10 @@ pub struct CredChange {
 pub struct Ptrace {
     pub task: Task,
     pub request: &'static str,
+    /// A host pid when `target_host`, else the number the tracer passed in its own pid
+    /// namespace (a failed attach from inside a container).
     pub target_pid: u32,
+    pub target_host: bool,
     pub ret: i32,
 }
 
@@ -458,6 +461,7 @@ pub fn decode(bytes: &[u8]) -> Result<Record, DecodeError> {
                     "attach"
                 },
                 target_pid: e.target_pid,
+                target_host: e.target_host != 0,
                 ret: e.ret,
             })
         }
@@ -674,12 +678,15 @@ mod tests {
             task: task(),
             target_pid: 9,
             ret: 0,
+            target_host: 1,
+            ..Default::default()
         };
         assert!(matches!(
             decode(&bytes_of_record(&p)),
             Ok(Record::Ptrace(Ptrace {
                 request: "seize",
                 target_pid: 9,
+                target_host: true,
                 ..
             }))
         ));

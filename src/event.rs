@@ -202,6 +202,10 @@ pub struct PtraceInfo {
     pub request: &'static str,
     pub target: Ancestor,
     pub result: i32,
+    /// A failed attach from inside a pid namespace: `target.pid` is the tracer's own number for
+    /// it, not a host pid, and is not looked up.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub target_pid_in_tracer_ns: bool,
 }
 
 #[derive(Serialize, Debug)]
@@ -289,6 +293,10 @@ impl Event {
             out.extend_from_slice(p.target.json().as_bytes());
             key!(out, "result");
             json::int(out, p.result.into());
+            if p.target_pid_in_tracer_ns {
+                key!(out, "target_pid_in_tracer_ns");
+                json::bool(out, true);
+            }
             out.push(b'}');
         }
         if let Some(b) = &self.bpf {
@@ -709,7 +717,12 @@ impl Builder {
                 e.process = Some(self.process(x.task, procs));
                 e.ptrace = Some(PtraceInfo {
                     request: x.request,
-                    target: procs.ancestor(x.target_pid),
+                    target: if x.target_host {
+                        procs.ancestor(x.target_pid)
+                    } else {
+                        Ancestor::new(x.target_pid, "")
+                    },
+                    target_pid_in_tracer_ns: !x.target_host,
                     result: x.ret,
                 });
                 e
@@ -942,6 +955,7 @@ mod tests {
                 task: t.clone(),
                 request: "seize",
                 target_pid: 200,
+                target_host: false,
                 ret: -1,
             }),
             Record::BpfLoad(BpfLoad {
@@ -1035,6 +1049,7 @@ mod tests {
                 task: task(),
                 request: "attach",
                 target_pid: 9,
+                target_host: true,
                 ret: 0,
             }),
             Record::BpfLoad(BpfLoad {

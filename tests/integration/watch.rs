@@ -438,6 +438,53 @@ fn root_watch_bpf_load_reports_the_kernel_copy_not_the_callers_memory() {
     assert!(status.success(), "watch failed: {err}");
 }
 
+/// ptrace from inside a pid namespace (tests/integration/ptracens.c): the namespace's init
+/// attaches to its child, pid 2 in there. The event names the tracee by its host pid (pid 2 on
+/// the host is kthreadd), and a failed attach says its pid is the tracer's own number for it.
+#[test]
+fn root_watch_ptrace_inside_a_pid_namespace_names_the_host_pid() {
+    if !is_root() {
+        eprintln!("skipped: needs root");
+        return;
+    }
+    let dir = TempDir::new("ptracens");
+    let bin = build_c_helper(dir.path(), "ptracens.c", &[]);
+    let w = Watch::start(&[]);
+    let out = Command::new(&bin).output().expect("run ptracens");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "ptracens: {text} {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(text.contains("ns_child=2 attach=0 bad=-3"), "{text}");
+    let exe = bin.to_str().expect("utf-8 path");
+    let ok = w.wait_for("the attach inside the namespace", |v| {
+        v["type"] == "ptrace" && v["ptrace"]["result"] == 0 && v["process"]["executable"] == exe
+    });
+    let tracer = pid_of(&ok);
+    let child = w.wait_for("the tracee's fork", |v| {
+        v["type"] == "fork" && v["process"]["parent"]["pid"] == tracer
+    });
+    assert_eq!(
+        ok["ptrace"]["target"]["pid"], child["process"]["pid"],
+        "{ok}"
+    );
+    assert_eq!(ok["ptrace"]["target"]["executable"], exe, "{ok}");
+    assert!(
+        ok["ptrace"].get("target_pid_in_tracer_ns").is_none(),
+        "{ok}"
+    );
+    let bad = w.wait_for("the failed attach", |v| {
+        v["type"] == "ptrace" && v["ptrace"]["result"] == -3 && pid_of(v) == tracer
+    });
+    assert_eq!(bad["ptrace"]["target"]["pid"], 4242, "{bad}");
+    assert_eq!(bad["ptrace"]["target_pid_in_tracer_ns"], true, "{bad}");
+    assert!(bad["ptrace"]["target"].get("executable").is_none(), "{bad}");
+    let (status, err) = w.stop();
+    assert!(status.success(), "watch failed: {err}");
+}
+
 #[test]
 fn root_watch_without_privileges_says_what_is_missing() {
     if !is_root() {
