@@ -835,27 +835,46 @@ static __always_inline int ptrace_begin(__u64 req, __u64 pid)
 
 /*
  * The tracee as the host sees it. The pid the caller passed is a number in ITS pid namespace
- * (inside a container, 1 is the container's init, not the host's). After a successful attach,
- * __ptrace_link() has put the tracee at the head of the tracer's `ptraced` list, so its
- * thread-group id is read from there. After a failed one there is no tracee: the number is a
- * host pid only when the tracer lives in the initial pid namespace.
+ * (inside a container, 1 is the container's init, not the host's).
+ * - A tracer in the initial pid namespace passed a host pid: kept as it is.
+ * - Otherwise, after a successful attach, __ptrace_link() has put the tracee at the head of the
+ *   tracer thread's `ptraced` list. Other tracees can be added there too (their CLONE_PTRACE
+ *   or traced forks), so the head is taken only when its number in the tracer's namespace is
+ *   the one the tracer passed; its thread-group id is then the host pid.
+ * - Else the number stays the tracer's own (target_host = 0).
  */
 static __always_inline void tracee_host_pid(struct lg_ptrace *e)
 {
 	struct task_struct *task = current_task();
 	struct list_head *head = &task->ptraced;
-	struct list_head *first = BPF_CORE_READ(task, ptraced.next);
+	struct list_head *first;
+	struct task_struct *t;
+	struct pid *tp, *mine = BPF_CORE_READ(task, thread_pid);
+	struct upid up = {}, me = {};
+	unsigned int level = BPF_CORE_READ(mine, level);
 
-	if (e->ret == 0) {
-		if (first && first != head) {
-			struct task_struct *t = container_of(first, struct task_struct, ptrace_entry);
-
-			e->target_pid = BPF_CORE_READ(t, tgid);
-			e->target_host = 1;
-		}
+	if (level == 0) {
+		e->target_host = 1;
 		return;
 	}
-	e->target_host = BPF_CORE_READ(task, thread_pid, level) == 0;
+	if (e->ret != 0)
+		return;
+	first = BPF_CORE_READ(task, ptraced.next);
+	if (!first || first == head)
+		return;
+	t = container_of(first, struct task_struct, ptrace_entry);
+	tp = BPF_CORE_READ(t, thread_pid);
+	/*
+	 * Its number in the tracer's pid namespace (a plain value as the index, as in
+	 * fill_task()): same namespace, same number.
+	 */
+	if (!tp || BPF_CORE_READ(tp, level) < level ||
+	    bpf_probe_read_kernel(&up, sizeof(up), &tp->numbers[level]) < 0 ||
+	    bpf_probe_read_kernel(&me, sizeof(me), &mine->numbers[level]) < 0 ||
+	    up.ns != me.ns || up.nr != (int)e->target_pid)
+		return;
+	e->target_pid = BPF_CORE_READ(t, tgid);
+	e->target_host = 1;
 }
 
 static __always_inline int ptrace_end(long ret)

@@ -340,7 +340,7 @@ impl Agent {
         self.shutdown()?;
         match self.output_ended.take() {
             Some(Err(e)) => Err(Error::runtime(format!(
-                "failed to write events to stdout ({e}); it was the only output (--output stdout)"
+                "{e}; it was the only output (--output stdout)"
             ))),
             _ => Ok(()),
         }

@@ -147,7 +147,9 @@ pub fn clean(s: &str) -> String {
 /// Why a call failed before a complete response arrived.
 #[derive(Debug)]
 pub enum CallError {
-    /// The server's certificate did not verify: retrying will not help.
+    /// The server's certificate did not verify: fatal at enrolment (a user is watching);
+    /// retried with backoff after it (the backend's certificate or this node's clock will be
+    /// fixed).
     Certificate(String),
     /// The response body was larger than [`MAX_RESPONSE`].
     TooLarge,

@@ -49,6 +49,9 @@ pub struct Shared {
     pub upload_failures: AtomicU64,
     /// Set when the uplink thread ended with an error (revocation): the loop must stop.
     pub failed: AtomicBool,
+    /// Set (under the queue lock) when the loop exits without waiting for the uplink (a call
+    /// still hanging): it counted everything undelivered, so the uplink counts nothing more.
+    abandoned: AtomicBool,
     fatal: Mutex<Option<Error>>,
     /// Whether events go to the backend at all (`--output backend|both`).
     pub to_backend: bool,
@@ -66,6 +69,7 @@ impl Shared {
             batches_ok: AtomicU64::new(0),
             upload_failures: AtomicU64::new(0),
             failed: AtomicBool::new(false),
+            abandoned: AtomicBool::new(false),
             fatal: Mutex::new(None),
             to_backend,
         }
@@ -104,11 +108,23 @@ impl Shared {
     /// every event observed but neither sent nor dropped — queued, or in the hanging batch — is
     /// counted as a queue drop, so the final counters still add up. Returns how many.
     pub fn count_undelivered_as_dropped(&self) -> u64 {
-        let c = self.counters();
-        let left = c
-            .events_observed
-            .saturating_sub(c.events_sent + c.dropped_decode + c.dropped_queue + c.dropped_upload);
-        self.queue().dropped += left;
+        // Under the queue lock, which the uplink also holds while it counts an answer: what it
+        // counted before is included here, and after the flag it counts nothing.
+        let mut q = self.queue();
+        self.abandoned.store(true, Ordering::SeqCst);
+        let l = &self.loop_counters;
+        let sent = if self.to_backend {
+            self.sent.load(Ordering::SeqCst)
+        } else {
+            l.stdout_sent.load(Ordering::SeqCst)
+        };
+        let accounted = sent
+            + l.dropped_decode.load(Ordering::SeqCst)
+            + q.dropped
+            + self.dropped_upload.load(Ordering::SeqCst);
+        let left = l.observed.load(Ordering::SeqCst).saturating_sub(accounted);
+        while q.take_batch(Instant::now(), true).is_some() {}
+        q.dropped += left;
         left
     }
 
@@ -262,6 +278,12 @@ impl Uplink {
         };
         let t = Instant::now();
         let answer = self.agent.backend().post_events(&b.key, &b.body, timeout);
+        // Counting happens under the queue lock, after a look at `abandoned` (see
+        // `count_undelivered_as_dropped`).
+        let mut q = self.shared.queue();
+        if self.shared.abandoned.load(Ordering::SeqCst) {
+            return Ok(());
+        }
         if t.elapsed() > Duration::from_secs(1) {
             // Only this thread waited: the poll loop kept draining the ring buffer meanwhile.
             log::info!(
@@ -296,7 +318,7 @@ impl Uplink {
                         b.body.len()
                     );
                 } else {
-                    let halves = self.shared.queue().split(b);
+                    let halves = q.split(b);
                     if let Some((x, y)) = halves {
                         log::debug!("413: split into {} + {} events", x.events, y.events);
                         self.pending.push_front(y);
@@ -362,15 +384,20 @@ impl Uplink {
             // counted below with the rest, and the final heartbeat still goes out in time.
             self.send_front(deadline - now)?;
         }
-        let left: u64 = self.pending.iter().map(|b| b.events as u64).sum::<u64>()
-            + self.shared.queue().len() as u64;
+        let mut q = self.shared.queue();
+        if self.shared.abandoned.load(Ordering::SeqCst) {
+            // The loop did not wait and counted what was left itself.
+            return Ok(());
+        }
+        let left: u64 = self.pending.iter().map(|b| b.events as u64).sum::<u64>() + q.len() as u64;
         if left > 0 {
             // Counted as queue drops, so the final heartbeat still adds up.
-            let mut q = self.shared.queue();
             while q.take_batch(Instant::now(), true).is_some() {}
             q.dropped += left;
-            drop(q);
             self.pending.clear();
+        }
+        drop(q);
+        if left > 0 {
             log::warn!(
                 "shutdown: {left} queued events could not be delivered within --shutdown-grace; \
                  counted as dropped"
@@ -432,6 +459,29 @@ mod tests {
         assert_eq!(hb.events_dropped.queue, 14, "queue + decode drops");
         assert_eq!(hb.events_dropped.kernel, 4);
         assert!(sh.queued_bytes() <= 64);
+    }
+
+    #[test]
+    fn an_abandoned_uplink_leaves_counters_that_add_up() {
+        let sh = Shared::new(limits(), "k".into(), true);
+        // 10 observed: 3 sent, 1 undecodable, 4 queued, and 2 in a batch hanging in a post.
+        sh.loop_counters.observed.store(10, Ordering::Relaxed);
+        sh.loop_counters.dropped_decode.store(1, Ordering::Relaxed);
+        sh.sent.store(3, Ordering::Relaxed);
+        let mut lines: Vec<Vec<u8>> = (0..4)
+            .map(|i| format!("{{\"n\":{i}}}").into_bytes())
+            .collect();
+        sh.push_all(&mut lines);
+        assert_eq!(sh.count_undelivered_as_dropped(), 6);
+        assert!(sh.abandoned.load(Ordering::SeqCst));
+        let c = sh.counters();
+        assert_eq!(c.queued, 0, "the queue is emptied");
+        assert_eq!(
+            c.events_observed,
+            c.events_sent + c.dropped_decode + c.dropped_queue + c.dropped_upload
+        );
+        // A second look (the loop's own final count) finds nothing left.
+        assert_eq!(sh.count_undelivered_as_dropped(), 0);
     }
 
     #[test]

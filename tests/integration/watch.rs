@@ -275,7 +275,11 @@ fn root_watch_reports_memfd_create_and_fileless_exec() {
     // A file on disk merely named like one is not fileless, and keeps its absolute path.
     let dir = TempDir::new("memfd-name");
     let fake = dir.path().join(format!("memfd:{}", marker("ondisk")));
-    std::fs::copy("/bin/true", &fake).expect("copy /bin/true");
+    // Copied by a child process: a file this (multi-threaded) test process had open for writing
+    // could be inherited by a process another test forks meanwhile, and the exec below would
+    // then fail with ETXTBSY.
+    let cp = Command::new("cp").arg("/bin/true").arg(&fake).status();
+    assert!(cp.expect("run cp").success(), "cp /bin/true");
     assert!(Command::new(&fake).status().expect("exec").success());
     let fake = std::fs::canonicalize(&fake).expect("canonical path");
     let fake = fake.to_str().expect("utf-8 path");
