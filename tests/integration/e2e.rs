@@ -50,12 +50,17 @@ impl Run {
             .args(extra);
         c
     }
-    fn spawn(&self, mut c: Command) -> Agent {
+    fn spawn(&self, c: Command) -> Agent {
+        let out = self.dir.path().join("agent.out");
+        self.spawn_with(c, fs::File::create(&out).expect("stdout file").into())
+    }
+    /// Like `spawn`, with the agent's stdout given (a pipe, /dev/full...).
+    fn spawn_with(&self, mut c: Command, stdout: Stdio) -> Agent {
         let log = self.dir.path().join("agent.log");
         let out = self.dir.path().join("agent.out");
         let child = c
             .stdin(Stdio::null())
-            .stdout(fs::File::create(&out).expect("stdout file"))
+            .stdout(stdout)
             .stderr(fs::File::create(&log).expect("log file"))
             .spawn()
             .expect("spawn agent");
@@ -920,6 +925,19 @@ fn root_e2e_a_post_hanging_in_the_shutdown_flush_is_cut_off_at_the_grace() {
     );
 }
 
+/// Runs marked execs (events for the agent to write) until the agent exits by itself (20 s).
+fn exec_until_exit(a: &mut Agent, tag: &str) -> std::process::ExitStatus {
+    let end = Instant::now() + Duration::from_secs(20);
+    loop {
+        exec_marked(&marker(tag), 5);
+        if let Some(s) = a.child.try_wait().expect("wait") {
+            return s;
+        }
+        assert!(Instant::now() < end, "still running:\n{}", a.log());
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
 /// `--output stdout` and the reader goes away: stdout was the only output, so the agent stops
 /// (as `watch` does) and exits 0; what it could not write is counted as dropped, so the final
 /// counters add up.
@@ -929,35 +947,16 @@ fn root_e2e_closed_stdout_as_the_only_output_stops_the_agent_and_counts_the_rest
     let Some(_serial) = serial() else { return };
     let be = start_backend(&["--token", TOKEN, "--heartbeat-interval-secs", "300"]);
     let run = Run::new();
-    let mut c = run.cmd(&be, &be.url, &["--output", "stdout"]);
-    let log = run.dir.path().join("agent.log");
-    let mut child = c
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(fs::File::create(&log).expect("log file"))
-        .spawn()
-        .expect("spawn agent");
-    let mut reader = std::io::BufReader::new(child.stdout.take().expect("stdout pipe"));
-    let mut a = Agent {
-        child,
-        log,
-        out: run.dir.path().join("agent.out"),
-    };
+    let c = run.cmd(&be, &be.url, &["--output", "stdout"]);
+    let mut a = run.spawn_with(c, Stdio::piped());
+    let mut reader = std::io::BufReader::new(a.child.stdout.take().expect("stdout pipe"));
     a.wait_log("startup: sensors attached", 60);
     Command::new("/bin/true").status().expect("run /bin/true");
     let mut first = String::new();
     reader.read_line(&mut first).expect("read the first event");
     assert!(first.starts_with('{'), "{first}");
     drop(reader);
-    let end = Instant::now() + Duration::from_secs(20);
-    let status = loop {
-        exec_marked(&marker("closed"), 5);
-        if let Some(s) = a.child.try_wait().expect("wait") {
-            break s;
-        }
-        assert!(Instant::now() < end, "still running:\n{}", a.log());
-        std::thread::sleep(Duration::from_millis(200));
-    };
+    let status = exec_until_exit(&mut a, "closed");
     assert_eq!(status.code(), Some(0), "{}", a.log());
     let log = a.log();
     assert!(log.contains("it is the only output"), "{log}");
@@ -977,19 +976,13 @@ fn root_e2e_failing_stdout_is_an_error_only_when_it_is_the_only_output() {
     let Some(_serial) = serial() else { return };
     let be = start_backend(&["--token", TOKEN, "--heartbeat-interval-secs", "300"]);
     let spawn = |run: &Run, output: &str| {
-        let mut c = run.cmd(&be, &be.url, &["--output", output]);
-        let log = run.dir.path().join("agent.log");
-        let child = c
-            .stdin(Stdio::null())
-            .stdout(fs::File::create("/dev/full").expect("open /dev/full"))
-            .stderr(fs::File::create(&log).expect("log file"))
-            .spawn()
-            .expect("spawn agent");
-        Agent {
-            child,
-            log,
-            out: run.dir.path().join("agent.out"),
-        }
+        let c = run.cmd(&be, &be.url, &["--output", output]);
+        run.spawn_with(
+            c,
+            fs::File::create("/dev/full")
+                .expect("open /dev/full")
+                .into(),
+        )
     };
     let run = Run::new();
     let mut a = spawn(&run, "both");
@@ -1011,15 +1004,7 @@ fn root_e2e_failing_stdout_is_an_error_only_when_it_is_the_only_output() {
     let run = Run::new();
     let mut a = spawn(&run, "stdout");
     a.wait_log("startup: sensors attached", 60);
-    let end = Instant::now() + Duration::from_secs(20);
-    let status = loop {
-        exec_marked(&marker("devfull-only"), 5);
-        if let Some(s) = a.child.try_wait().expect("wait") {
-            break s;
-        }
-        assert!(Instant::now() < end, "still running:\n{}", a.log());
-        std::thread::sleep(Duration::from_millis(200));
-    };
+    let status = exec_until_exit(&mut a, "devfull-only");
     let log = a.log();
     assert_eq!(status.code(), Some(1), "{log}");
     assert!(log.contains("failed to write events to stdout"), "{log}");
