@@ -5,6 +5,7 @@ use std::fmt;
 use std::io::Read;
 use std::path::Path;
 
+use yaml_rust2::parser::{Event, Parser};
 use yaml_rust2::{Yaml, YamlLoader};
 
 use crate::cli::Args;
@@ -119,13 +120,96 @@ fn read_bounded(path: &Path) -> Result<String> {
     })
 }
 
+/// More alias uses (`*name`) than any real manifest has.
+const MAX_ALIASES: u64 = 1_000;
+/// More nodes, once every alias is expanded, than any real manifest has (a big one is ~10^4).
+const MAX_EXPANDED_NODES: u64 = 1_000_000;
+
 /// Parses a (multi-document) YAML text; a syntax error is a configuration error naming the spot.
 pub fn parse(name: &str, text: &str) -> Result<Vec<Yaml>> {
+    // yaml-rust2's loader expands every alias by cloning the anchored node, with no limit:
+    // ten nested levels of ten aliases are a few hundred bytes and 10^10 nodes. Measure the
+    // expanded size on the event stream first (linear in the text) and refuse before loading.
+    let (aliases, nodes) = expanded_size(text);
+    if aliases > MAX_ALIASES || nodes > MAX_EXPANDED_NODES {
+        let what = if aliases > MAX_ALIASES {
+            format!("uses more than {MAX_ALIASES} YAML aliases (`*name`)")
+        } else {
+            format!(
+                "has YAML aliases (`*name`, {aliases} of them) that expand to more than {MAX_EXPANDED_NODES} nodes"
+            )
+        };
+        return Err(Error::config(format!(
+            "`{name}` {what}, more than any Kubernetes manifest needs; expand the anchors and aliases (kubectl apply --dry-run=client -o yaml -f {name} prints the expanded objects) and check that output"
+        )));
+    }
     YamlLoader::load_from_str(text).map_err(|e| {
         Error::config(format!(
             "`{name}` is not valid YAML: {e}; fix the syntax (kubectl apply --dry-run=client -f {name} shows the same spot)"
         ))
     })
+}
+
+/// Number of alias uses and of nodes once every alias is expanded (saturating), from the event
+/// stream; stops early once either is over its limit. A syntax error stops the count; the loader
+/// then reports it.
+fn expanded_size(text: &str) -> (u64, u64) {
+    let mut parser = Parser::new_from_str(text);
+    // Expanded size of each anchored node, by anchor id.
+    let mut anchors: std::collections::HashMap<usize, u64> = std::collections::HashMap::new();
+    // Open collections: (anchor id, expanded size so far, the collection node itself included).
+    let mut open: Vec<(usize, u64)> = Vec::new();
+    // `open_sum` is the sum of the open collections' sizes, kept so each check is O(1).
+    let (mut aliases, mut total, mut open_sum) = (0u64, 0u64, 0u64);
+    loop {
+        let Ok((event, _)) = parser.next_token() else {
+            break;
+        };
+        let done = match event {
+            Event::StreamEnd => break,
+            Event::Scalar(_, _, anchor, _) => {
+                if anchor != 0 {
+                    anchors.insert(anchor, 1);
+                }
+                Some(1)
+            }
+            Event::Alias(id) => {
+                aliases += 1;
+                Some(anchors.get(&id).copied().unwrap_or(1))
+            }
+            Event::SequenceStart(anchor, _) | Event::MappingStart(anchor, _) => {
+                open.push((anchor, 1));
+                open_sum = open_sum.saturating_add(1);
+                None
+            }
+            Event::SequenceEnd | Event::MappingEnd => match open.pop() {
+                Some((anchor, size)) => {
+                    open_sum = open_sum.saturating_sub(size);
+                    if anchor != 0 {
+                        anchors.insert(anchor, size);
+                    }
+                    Some(size)
+                }
+                None => None,
+            },
+            _ => None,
+        };
+        if let Some(size) = done {
+            match open.last_mut() {
+                Some((_, parent)) => {
+                    *parent = parent.saturating_add(size);
+                    open_sum = open_sum.saturating_add(size);
+                }
+                None => total = total.saturating_add(size),
+            }
+        }
+        // An open collection's running size counts too: a bomb inside one never closes early.
+        let nodes = total.saturating_add(open_sum);
+        if aliases > MAX_ALIASES || nodes > MAX_EXPANDED_NODES {
+            return (aliases, nodes);
+        }
+    }
+    (aliases, total)
 }
 
 /// Checks every document of one file.
@@ -754,6 +838,47 @@ spec:
         ] {
             let _ = findings(t);
         }
+    }
+
+    /// Ten levels of ten aliases: a few hundred bytes, 10^10 nodes once expanded.
+    fn alias_bomb() -> String {
+        let mut t = String::from(
+            "a: &a [\"x\", \"x\", \"x\", \"x\", \"x\", \"x\", \"x\", \"x\", \"x\", \"x\"]\n",
+        );
+        let mut prev = 'a';
+        for c in "bcdefghij".chars() {
+            t.push_str(&format!(
+                "{c}: &{c} [{}]\n",
+                vec![format!("*{prev}"); 10].join(",")
+            ));
+            prev = c;
+        }
+        t
+    }
+
+    #[test]
+    fn alias_bomb_is_refused_before_expansion() {
+        let text = alias_bomb();
+        assert!(text.len() < 1024, "{}", text.len());
+        let started = std::time::Instant::now();
+        let e = check_str("bomb.yaml", &text).expect_err("bomb");
+        assert!(started.elapsed() < std::time::Duration::from_secs(2));
+        assert_eq!(e.kind(), Kind::Config);
+        let msg = e.to_string();
+        assert!(msg.contains("`bomb.yaml`"), "{msg}");
+        assert!(msg.contains("alias"), "{msg}");
+        assert!(msg.contains("expand"), "{msg}");
+    }
+
+    #[test]
+    fn many_plain_aliases_are_refused_and_a_few_pass() {
+        let many = format!("a: &a x\nb: [{}]\n", vec!["*a"; 1001].join(","));
+        let e = check_str("many.yaml", &many).expect_err("too many aliases");
+        assert!(e.to_string().contains("more than 1000 YAML aliases"), "{e}");
+        // Ordinary anchor use (a shared env block) still loads and is checked.
+        let ok = "kind: Pod\nspec:\n  os: &os {name: linux}\n  containers:\n  - name: a\n    env: &env [{name: A, value: b}]\n  - name: b\n    env: *env\n";
+        assert!(check_str("ok.yaml", ok).is_ok());
+        assert_eq!(expanded_size(ok).0, 1);
     }
 
     #[test]
