@@ -161,10 +161,7 @@ fn expanded_size(text: &str) -> (u64, u64) {
     let mut open: Vec<(usize, u64)> = Vec::new();
     // `open_sum` is the sum of the open collections' sizes, kept so each check is O(1).
     let (mut aliases, mut total, mut open_sum) = (0u64, 0u64, 0u64);
-    loop {
-        let Ok((event, _)) = parser.next_token() else {
-            break;
-        };
+    while let Ok((event, _)) = parser.next_token() {
         let done = match event {
             Event::StreamEnd => break,
             Event::Scalar(_, _, anchor, _) => {

@@ -23,8 +23,20 @@ pub const MAX_REQUEST: usize = 4096;
 pub const MAX_RESPONSE: usize = 1 << 20;
 /// A connection must send its request (and take its answer) within this time.
 const CONN_DEADLINE: Duration = Duration::from_secs(2);
+/// A connection must send its whole request line within this time (our clients send it at
+/// once), so a silent connection holds a slot for a quarter second, not two.
+const FIRST_LINE_DEADLINE: Duration = Duration::from_millis(250);
 /// Connections served at once; more are answered "busy" and closed.
 const MAX_CONNS: usize = 64;
+/// Connections one caller (one uid in one pid namespace) may hold at once; more are "busy".
+const MAX_CONNS_PER_PEER: usize = 4;
+/// Extra slots, over `MAX_CONNS`, for callers with the agent's own uid and pid namespace (the
+/// `status` liveness probe runs in the agent's container), so workloads cannot starve them.
+const OWN_RESERVE: usize = MAX_CONNS_PER_PEER;
+/// How long the client keeps retrying a "busy" answer.
+const BUSY_RETRY_FOR: Duration = Duration::from_secs(2);
+/// The busy answer (the client matches it to retry).
+const BUSY: &str = "agent busy, retry";
 /// Accepts per `handle_ready` call, so a flood cannot hold the loop.
 const ACCEPTS_PER_CALL: usize = 64;
 
@@ -56,6 +68,21 @@ pub struct Peer {
     pidfd: Option<OwnedFd>,
 }
 
+/// Who a connection counts against for the per-caller limit: the peer's uid and the inode of
+/// its pid namespace (0 when it cannot be read, e.g. a pid not visible from the agent's
+/// namespace). Each pod has its own pid namespace, so one pod cannot use another's share; on
+/// the host, each uid has its own.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct PeerKey {
+    uid: u32,
+    pidns: u64,
+}
+
+fn pidns_of(pid: &str) -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata(format!("/proc/{pid}/ns/pid")).map_or(0, |m| m.ino())
+}
+
 impl Peer {
     /// False once the peer process has exited (its pid may then belong to someone else).
     /// Without a pidfd (older kernels) this cannot tell and returns true.
@@ -74,9 +101,12 @@ impl Peer {
 struct Conn {
     stream: UnixStream,
     peer: Peer,
+    key: PeerKey,
     inbuf: Vec<u8>,
     out: Vec<u8>,
     written: usize,
+    /// Until the request line is in; then `deadline`.
+    first_line_deadline: Instant,
     deadline: Instant,
 }
 
@@ -96,6 +126,8 @@ pub struct Server {
     epoll: Epoll,
     conns: HashMap<u64, Conn>,
     next_id: u64,
+    /// The agent's own uid and pid namespace (its probes' key).
+    own: PeerKey,
     pub stats: SocketStats,
 }
 
@@ -147,6 +179,10 @@ impl Server {
             epoll,
             conns: HashMap::new(),
             next_id: 1,
+            own: PeerKey {
+                uid: nix::unistd::geteuid().as_raw(),
+                pidns: pidns_of("self"),
+            },
             stats: SocketStats::default(),
         })
     }
@@ -187,7 +223,8 @@ impl Server {
         for id in ids {
             let done = match self.conns.get_mut(&id) {
                 Some(c) => {
-                    if now > c.deadline {
+                    let waiting = c.out.is_empty() && !c.inbuf.contains(&b'\n');
+                    if now > c.deadline || (waiting && now > c.first_line_deadline) {
                         self.stats.timed_out += 1;
                         true
                     } else {
@@ -228,15 +265,39 @@ impl Server {
             if stream.set_nonblocking(true).is_err() {
                 continue;
             }
-            if self.conns.len() >= MAX_CONNS {
+            if self.conns.len() >= MAX_CONNS + OWN_RESERVE {
                 self.stats.rejected += 1;
-                let _ = (&stream).write(&line(&error_reply("agent busy, retry")));
+                let _ = (&stream).write(&line(&error_reply(BUSY)));
                 continue;
             }
             let Ok(cred) = getsockopt(&stream, sockopt::PeerCredentials) else {
                 self.stats.rejected += 1;
                 continue;
             };
+            let key = PeerKey {
+                uid: cred.uid(),
+                pidns: match cred.pid() {
+                    pid if pid > 0 => pidns_of(&pid.to_string()),
+                    _ => 0,
+                },
+            };
+            let own = key == self.own && key.pidns != 0;
+            let (mine, others) = self.conns.values().fold((0, 0), |(m, o), c| {
+                (
+                    m + usize::from(c.key == key),
+                    o + usize::from(c.key != self.own),
+                )
+            });
+            if mine >= MAX_CONNS_PER_PEER || (!own && others >= MAX_CONNS) {
+                self.stats.rejected += 1;
+                log::debug!(
+                    "socket: busy for pid {} uid {} ({mine} of its connections open)",
+                    cred.pid(),
+                    cred.uid()
+                );
+                let _ = (&stream).write(&line(&error_reply(BUSY)));
+                continue;
+            }
             let pidfd = getsockopt(&stream, sockopt::PeerPidfd).ok();
             let peer = Peer {
                 pid: u32::try_from(cred.pid()).unwrap_or(0),
@@ -264,9 +325,11 @@ impl Server {
                 Conn {
                     stream,
                     peer,
+                    key,
                     inbuf: Vec::new(),
                     out: Vec::new(),
                     written: 0,
+                    first_line_deadline: Instant::now() + FIRST_LINE_DEADLINE,
                     deadline: Instant::now() + CONN_DEADLINE,
                 },
             );
@@ -373,8 +436,23 @@ fn line(v: &Value) -> Vec<u8> {
 }
 
 /// The client: sends one request and returns the `result` of an `ok` reply, or the agent's
-/// error as a runtime error.
+/// error as a runtime error. A "busy" answer is retried for up to two seconds.
 pub fn request(path: &Path, req: Request, timeout: Duration) -> Result<Value> {
+    let give_up = Instant::now() + BUSY_RETRY_FOR;
+    let mut pause = Duration::from_millis(20);
+    loop {
+        match request_once(path, req, timeout) {
+            Err(e) if e.to_string().ends_with(BUSY) && Instant::now() + pause < give_up => {
+                log::debug!("{e}; retrying in {pause:?}");
+                std::thread::sleep(pause);
+                pause = (pause * 2).min(Duration::from_millis(250));
+            }
+            other => return other,
+        }
+    }
+}
+
+fn request_once(path: &Path, req: Request, timeout: Duration) -> Result<Value> {
     let mut s = UnixStream::connect(path).with_context(Kind::Runtime, || {
         format!(
             "the agent is not running (cannot connect to `{}`; start it, or pass --socket)",
@@ -384,13 +462,28 @@ pub fn request(path: &Path, req: Request, timeout: Duration) -> Result<Value> {
     s.set_read_timeout(Some(timeout))
         .and_then(|_| s.set_write_timeout(Some(timeout)))
         .context(Kind::Runtime, "failed to set socket timeouts")?;
-    s.write_all(&line(&json!({"request": req.name()})))
-        .context(Kind::Runtime, "failed to send the request to the agent")?;
+    // A busy agent may answer and close before our request is sent: read its answer anyway.
+    let sent = s.write_all(&line(&json!({"request": req.name()})));
     let mut buf = Vec::new();
-    (&mut s)
-        .take(MAX_RESPONSE as u64 + 1)
-        .read_to_end(&mut buf)
-        .context(Kind::Runtime, "no answer from the agent in time")?;
+    let mut limited = (&mut s).take(MAX_RESPONSE as u64 + 1);
+    let mut chunk = [0u8; 4096];
+    loop {
+        match limited.read(&mut chunk) {
+            Ok(0) => break,
+            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+            Err(e) if e.kind() == ErrorKind::Interrupted => continue,
+            // A busy agent answers and closes without reading our request, which resets the
+            // connection after its answer: what was read is the whole answer.
+            Err(e) if e.kind() == ErrorKind::ConnectionReset && buf.ends_with(b"\n") => break,
+            Err(e) => {
+                sent.context(Kind::Runtime, "failed to send the request to the agent")?;
+                return Err(e).context(Kind::Runtime, "no answer from the agent in time");
+            }
+        }
+    }
+    if buf.is_empty() {
+        sent.context(Kind::Runtime, "failed to send the request to the agent")?;
+    }
     if buf.len() > MAX_RESPONSE {
         return Err(Error::runtime("the agent's answer is over 1 MiB"));
     }
@@ -468,6 +561,82 @@ mod tests {
         assert!(srv.stats.timed_out >= 1);
         drop(srv);
         assert!(!path.exists());
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    fn temp_socket(tag: &str) -> (PathBuf, PathBuf) {
+        let dir = std::env::temp_dir().join(format!("lg-sock-{tag}-{}", std::process::id()));
+        (dir.join("agent.sock"), dir)
+    }
+
+    #[test]
+    fn silent_connections_are_cut_at_the_first_line_deadline_and_busy_is_retried() {
+        let (path, dir) = temp_socket("busy");
+        let mut srv = Server::bind(&path, 0o660).unwrap();
+        // This process is the agent's own key: it gets its per-caller share and no more.
+        let silent: Vec<UnixStream> = (0..MAX_CONNS_PER_PEER)
+            .map(|_| UnixStream::connect(&path).unwrap())
+            .collect();
+        srv.handle_ready(&mut |_, _| Value::Null);
+        assert_eq!(srv.connections(), MAX_CONNS_PER_PEER);
+        let started = Instant::now();
+        let p2 = path.clone();
+        let t = std::thread::spawn(move || request(&p2, Request::Status, Duration::from_secs(5)));
+        serve_until(&mut srv, |s| s.stats.answered >= 1);
+        let v = t.join().unwrap().expect("answered after a busy retry");
+        assert_eq!(v["req"], "status");
+        let took = started.elapsed();
+        assert!(srv.stats.rejected >= 1, "the fifth connection was busy");
+        assert!(srv.stats.timed_out >= MAX_CONNS_PER_PEER as u64);
+        assert!(
+            took < Duration::from_secs(1),
+            "silent ones cut at 250 ms: {took:?}"
+        );
+        drop(silent);
+        drop(srv);
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    #[test]
+    fn one_caller_holding_many_silent_connections_does_not_starve_another() {
+        if !nix::unistd::geteuid().is_root() {
+            eprintln!("skipped: needs root (a second caller with another uid)");
+            return;
+        }
+        let (path, dir) = temp_socket("starve");
+        let mut srv = Server::bind(&path, 0o666).unwrap();
+        // Make this process an ordinary workload, not the agent's own probe.
+        srv.own = PeerKey {
+            uid: u32::MAX,
+            pidns: 1,
+        };
+        let mut silent: Vec<UnixStream> = (0..MAX_CONNS + 6)
+            .map(|_| UnixStream::connect(&path).unwrap())
+            .collect();
+        srv.handle_ready(&mut |_, _| Value::Null);
+        srv.handle_ready(&mut |_, _| Value::Null);
+        assert_eq!(srv.connections(), MAX_CONNS_PER_PEER);
+        // Another caller (this thread's uid only: raw setresuid changes one thread's creds,
+        // which SO_PEERCRED reports), asking once, without the client's busy retry.
+        let p2 = path.clone();
+        let t = std::thread::spawn(move || {
+            // SAFETY: a raw syscall changing only this thread's credentials; no memory passed.
+            let rc = unsafe { nix::libc::syscall(nix::libc::SYS_setresuid, 65534, 65534, 65534) };
+            assert_eq!(rc, 0);
+            request_once(&p2, Request::Status, Duration::from_secs(5))
+        });
+        serve_until(&mut srv, |s| s.stats.answered >= 1);
+        let v = t.join().unwrap().expect("the other caller is answered");
+        assert_eq!(v["req"], "status");
+        // The surplus of the first caller was told to retry.
+        let mut reply = String::new();
+        silent
+            .last_mut()
+            .unwrap()
+            .read_to_string(&mut reply)
+            .unwrap();
+        assert!(reply.contains(BUSY), "{reply}");
+        drop(srv);
         let _ = std::fs::remove_dir_all(dir);
     }
 }
