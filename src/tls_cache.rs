@@ -49,6 +49,22 @@ struct Stored {
     private_key: String,
 }
 
+/// `identity.json` as read: the same fields, but `privateKey` is borrowed raw from the
+/// (zeroizing) file buffer. Its JSON string has `\n` escapes, which serde_json would decode
+/// through an internal scratch buffer that is freed unwiped; [`unescape_key`] decodes it into a
+/// zeroizing buffer instead.
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct Loaded<'a> {
+    version: u32,
+    agent_id: String,
+    heartbeat_interval_seconds: u64,
+    certificate_chain: String,
+    ca_bundle: String,
+    #[serde(borrow)]
+    private_key: &'a serde_json::value::RawValue,
+}
+
 pub struct TlsCache {
     dir: PathBuf,
     tag: String,
@@ -231,10 +247,55 @@ fn read_small(path: &Path) -> std::io::Result<Zeroizing<Vec<u8>>> {
     Ok(buf)
 }
 
+/// Decodes a raw JSON string token (quotes included) into a zeroizing buffer sized up front, so
+/// the key is never copied anywhere that is freed unwiped. A PEM is ASCII: only the escapes
+/// JSON writers use for ASCII are accepted (`\n \r \t \" \\ \/ \b \f \u00XX`).
+fn unescape_key(raw: &str) -> std::result::Result<Zeroizing<String>, String> {
+    let inner = raw
+        .strip_prefix('"')
+        .and_then(|r| r.strip_suffix('"'))
+        .ok_or("privateKey is not a string")?;
+    let mut out = Zeroizing::new(String::with_capacity(inner.len()));
+    let mut bytes = inner.bytes();
+    while let Some(b) = bytes.next() {
+        let c = if b == b'\\' {
+            match bytes.next() {
+                Some(b'n') => b'\n',
+                Some(b'r') => b'\r',
+                Some(b't') => b'\t',
+                Some(b'b') => 0x08,
+                Some(b'f') => 0x0c,
+                Some(e @ (b'"' | b'\\' | b'/')) => e,
+                Some(b'u') => {
+                    let mut v = 0u32;
+                    for _ in 0..4 {
+                        let d = bytes
+                            .next()
+                            .and_then(|h| char::from(h).to_digit(16))
+                            .ok_or("privateKey has a bad \\u escape")?;
+                        v = v * 16 + d;
+                    }
+                    u8::try_from(v)
+                        .ok()
+                        .filter(u8::is_ascii)
+                        .ok_or("privateKey has a non-ASCII character; a PEM is ASCII")?
+                }
+                _ => return Err("privateKey has a bad escape".into()),
+            }
+        } else if b.is_ascii() {
+            b
+        } else {
+            return Err("privateKey has a non-ASCII character; a PEM is ASCII".into());
+        };
+        out.push(char::from(c));
+    }
+    Ok(out)
+}
+
 fn parse(bytes: &[u8]) -> std::result::Result<Identity, String> {
-    let s: Stored =
+    let s: Loaded =
         serde_json::from_slice(bytes).map_err(|e| format!("not the expected JSON: {e}"))?;
-    let pem = Zeroizing::new(s.private_key);
+    let pem = unescape_key(s.private_key.get())?;
     if s.version != 1 {
         return Err(format!("unknown version {}", s.version));
     }
@@ -280,5 +341,151 @@ mod tests {
         assert!(!dir.join(TAG_FILE).exists());
         assert!(dir.join("keep.txt").exists());
         fs::remove_dir_all(&base).unwrap();
+    }
+
+    fn identity() -> Identity {
+        let key = crate::enroll::new_key().unwrap();
+        let ca_key = crate::enroll::new_key().unwrap();
+        let mut ca_params = rcgen::CertificateParams::new(vec![]).unwrap();
+        ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        let ca = ca_params.self_signed(&ca_key).unwrap();
+        let issuer = rcgen::Issuer::new(ca_params, &ca_key);
+        let leaf = rcgen::CertificateParams::new(vec!["agent".into()])
+            .unwrap()
+            .signed_by(&key, &issuer)
+            .unwrap();
+        let chain = format!("{}{}", leaf.pem(), ca.pem());
+        Identity::assemble("a-1".into(), chain, ca.pem(), 30, key).unwrap()
+    }
+
+    #[test]
+    fn store_then_load_round_trips_the_key() {
+        let base = std::env::temp_dir().join(format!("lg-tlsround-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&base);
+        let c = TlsCache::open(&base.join("tls"), "v1 11".into()).unwrap();
+        let id = identity();
+        c.store(&id).unwrap();
+        let back = c.load().expect("reused");
+        assert_eq!(back.agent_id, "a-1");
+        assert_eq!(*back.key_pem(), *id.key_pem());
+        fs::remove_dir_all(&base).unwrap();
+    }
+
+    #[test]
+    fn other_json_escapes_of_the_key_are_read_and_bad_ones_refused() {
+        let id = identity();
+        let pem = id.key_pem();
+        let stored = Zeroizing::new(Stored {
+            version: 1,
+            agent_id: "a-1".into(),
+            heartbeat_interval_seconds: 30,
+            certificate_chain: id.chain_pem.clone(),
+            ca_bundle: id.ca_pem.clone(),
+            private_key: pem.to_string(),
+        });
+        let json = Zeroizing::new(serde_json::to_string(&*stored).unwrap());
+        assert!(json.contains(r"\n"), "the file format has escapes");
+        // Another writer's escapes for the same text.
+        let other = json
+            .replacen(r"\n", r"\u000a", 1)
+            .replacen(r"\n", r"\u000A", 1)
+            .replace('/', r"\/");
+        assert!(other.contains(r"\u000a") && other.contains(r"\/"));
+        for text in [json.as_str(), other.as_str()] {
+            let back = parse(text.as_bytes()).expect("parsed");
+            assert_eq!(*back.key_pem(), *pem);
+        }
+        assert_eq!(*unescape_key(r#""a\/b\"c\\d\tz""#).unwrap(), "a/b\"c\\d\tz");
+        for bad in [
+            r#""\u00e9""#,
+            r#""\x""#,
+            r#""\u12""#,
+            "\"\u{e9}\"",
+            "12",
+            r#""a"#,
+        ] {
+            assert!(unescape_key(bad).is_err(), "{bad}");
+        }
+    }
+
+    /// Counts freed heap blocks holding a marker, on the watching thread only.
+    mod freed {
+        use std::alloc::{GlobalAlloc, Layout, System};
+        use std::cell::Cell;
+
+        thread_local! {
+            static NEEDLE: Cell<Option<(*const u8, usize)>> = const { Cell::new(None) };
+            static HITS: Cell<usize> = const { Cell::new(0) };
+        }
+
+        pub struct Scanning;
+
+        // SAFETY: every call is forwarded to `System` unchanged; `dealloc` only reads the block
+        // it is given (valid for `layout.size()` bytes until it is freed) and the needle, which
+        // the watching thread keeps alive while it is set.
+        unsafe impl GlobalAlloc for Scanning {
+            unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+                // SAFETY: forwarded with the caller's layout.
+                unsafe { System.alloc(layout) }
+            }
+            unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+                if let Some((np, nl)) = NEEDLE.try_with(Cell::get).ok().flatten() {
+                    // SAFETY: see the impl's comment.
+                    let (block, needle) = unsafe {
+                        (
+                            std::slice::from_raw_parts(ptr, layout.size()),
+                            std::slice::from_raw_parts(np, nl),
+                        )
+                    };
+                    if block.windows(nl).any(|w| w == needle) {
+                        let _ = HITS.try_with(|h| h.set(h.get() + 1));
+                    }
+                }
+                // SAFETY: forwarded with the caller's pointer and layout.
+                unsafe { System.dealloc(ptr, layout) }
+            }
+        }
+
+        #[global_allocator]
+        static ALLOC: Scanning = Scanning;
+
+        /// Runs `f` and returns how many blocks it freed that still held `needle`.
+        pub fn count(needle: &[u8], f: impl FnOnce()) -> usize {
+            HITS.with(|h| h.set(0));
+            NEEDLE.with(|n| n.set(Some((needle.as_ptr(), needle.len()))));
+            f();
+            NEEDLE.with(|n| n.set(None));
+            HITS.with(Cell::get)
+        }
+    }
+
+    #[test]
+    fn reading_the_cache_frees_no_unwiped_copy_of_the_key() {
+        let id = identity();
+        let pem = id.key_pem();
+        let stored = Zeroizing::new(Stored {
+            version: 1,
+            agent_id: "a-1".into(),
+            heartbeat_interval_seconds: 30,
+            certificate_chain: id.chain_pem.clone(),
+            ca_bundle: id.ca_pem.clone(),
+            private_key: pem.to_string(),
+        });
+        let bytes = Zeroizing::new(serde_json::to_vec_pretty(&*stored).unwrap());
+        // The key's second PEM line (base64, 64 chars), which sits after the first `\n`.
+        let needle = Zeroizing::new(pem.lines().nth(2).unwrap().as_bytes().to_vec());
+        assert!(needle.len() >= 16);
+        // The old way (a `String` field): serde_json's scratch buffer keeps the key.
+        let old = freed::count(&needle, || {
+            let s: Stored = serde_json::from_slice(&bytes).unwrap();
+            drop(Zeroizing::new(s));
+        });
+        assert!(old > 0, "the check sees the scratch copy");
+        let new = freed::count(&needle, || {
+            let l: Loaded = serde_json::from_slice(&bytes).unwrap();
+            let key = unescape_key(l.private_key.get()).unwrap();
+            assert_eq!(*key, *pem);
+        });
+        assert_eq!(new, 0, "an unwiped copy of the key was freed");
     }
 }
