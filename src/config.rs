@@ -723,12 +723,14 @@ fn check_url(v: &str, schemes: &[&str]) -> std::result::Result<String, String> {
 
 impl Config {
     fn cross_check(&self) -> Result<()> {
-        if self.is_set(Key::KubeletReadOnlyPort)
-            && self.source(Key::KubeletSecurePort) == Source::Flag
-        {
-            return Err(Error::config(
-                "--kubelet-read-only-port and --kubelet-secure-port exclude each other: pick the plain-HTTP read-only port or the HTTPS port",
-            ));
+        // The secure port has a default; only one the user gave (flag or env) conflicts.
+        let secure = self.source(Key::KubeletSecurePort);
+        if self.is_set(Key::KubeletReadOnlyPort) && matches!(secure, Source::Flag | Source::Env) {
+            return Err(Error::config(format!(
+                "{} and {} exclude each other: pick the plain-HTTP read-only port or the HTTPS port, and remove the other",
+                self.origin_of(Key::KubeletReadOnlyPort),
+                self.origin_of(Key::KubeletSecurePort)
+            )));
         }
         if self.is_set(Key::KubeletCert) != self.is_set(Key::KubeletKey) {
             return Err(Error::config(
@@ -745,6 +747,14 @@ impl Config {
 
     pub fn get(&self, key: Key) -> Option<&str> {
         self.values.get(&key).and_then(|r| r.value.as_deref())
+    }
+    /// Where the user set `key`: `--flag` or the env variable's name.
+    fn origin_of(&self, key: Key) -> String {
+        let s = SETTINGS
+            .iter()
+            .find(|s| s.key == key)
+            .expect("invariant: every key has a setting");
+        origin(s, self.source(key))
     }
     pub fn is_set(&self, key: Key) -> bool {
         self.get(key).is_some()
@@ -906,7 +916,32 @@ mod tests {
             (Key::KubeletReadOnlyPort, Some("10255".into())),
             (Key::KubeletSecurePort, Some("10250".into())),
         ];
-        assert!(resolve(ATTEST, &flags, &|_| None, Secrets::default()).is_err());
+        let e = resolve(ATTEST, &flags, &|_| None, Secrets::default()).unwrap_err();
+        let msg = e.to_string();
+        assert!(
+            msg.contains("--kubelet-read-only-port and --kubelet-secure-port"),
+            "{e}"
+        );
+        // Either one from the environment conflicts too, and the message says where each was set.
+        let env = env_of(&[("LINUXGUARD_KUBELET_SECURE_PORT", "10250")]);
+        let flags = vec![(Key::KubeletReadOnlyPort, Some("10255".into()))];
+        let e = resolve(ATTEST, &flags, &env, Secrets::default()).unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("--kubelet-read-only-port and LINUXGUARD_KUBELET_SECURE_PORT exclude"),
+            "{e}"
+        );
+        let env = env_of(&[("LINUXGUARD_KUBELET_READ_ONLY_PORT", "10255")]);
+        let flags = vec![(Key::KubeletSecurePort, Some("10250".into()))];
+        let e = resolve(ATTEST, &flags, &env, Secrets::default()).unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("LINUXGUARD_KUBELET_READ_ONLY_PORT and --kubelet-secure-port exclude"),
+            "{e}"
+        );
+        // The read-only port alone (the secure port at its default) is fine.
+        let env = env_of(&[("LINUXGUARD_KUBELET_READ_ONLY_PORT", "10255")]);
+        assert!(resolve(ATTEST, &vec![], &env, Secrets::default()).is_ok());
         let flags = vec![(Key::KubeletCert, Some("/c".into()))];
         assert!(resolve(ATTEST, &flags, &|_| None, Secrets::default()).is_err());
     }
