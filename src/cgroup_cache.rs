@@ -209,14 +209,28 @@ fn read_pid(
         _ => false,
     };
     if full.is_empty() {
-        if let Some(mi) = read_small(&dir.join("mountinfo")) {
-            return Some(cgroup::parse_mountinfo(&mi).map(|p| {
+        if let Some(r) = from_mountinfo(proc_root, pid) {
+            return Some(r.map(|p| {
                 let keyed = keyed && p.is_empty();
                 (p, keyed)
             }));
         }
     }
     Some(Ok((full, keyed)))
+}
+
+/// The fallback when `/proc/<pid>/cgroup` names nothing (a private cgroup namespace): the
+/// process's `mountinfo`, read only when its mount namespace is not the host's (`<proc_root>/1`),
+/// since the host's mount table holds the kubelet's bind mounts of every pod's volumes. `None`
+/// when the namespaces are the same or cannot be compared, or the file cannot be read.
+pub fn from_mountinfo(proc_root: &Path, pid: u32) -> Option<Result<Placement, cgroup::Conflict>> {
+    let ns = |p: &str| std::fs::read_link(proc_root.join(p).join("ns/mnt")).ok();
+    let (host, own) = (ns("1")?, ns(&pid.to_string())?);
+    if host == own {
+        return None;
+    }
+    let mi = read_small(&proc_root.join(pid.to_string()).join("mountinfo"))?;
+    Some(cgroup::parse_mountinfo(&mi))
 }
 
 /// The `/proc/<pid>/cgroup` lines of the hierarchies a key names.
@@ -506,6 +520,46 @@ mod tests {
         let m = find_mounts(&root);
         assert_eq!(m.v2, Some(PathBuf::from("/sys/fs/cgroup/my unified")));
         assert_eq!(m.memory_v1, Some(PathBuf::from("/sys/fs/cgroup/memory")));
+        let _ = std::fs::remove_dir_all(root);
+    }
+
+    /// Finding 1 of review 7: the mountinfo fallback is read only for a process in another mount
+    /// namespace than pid 1's; in the host's (the kubelet's subPath binds live there) or when the
+    /// namespaces cannot be compared, the process stays unattributed.
+    #[test]
+    fn mountinfo_fallback_only_outside_the_host_mount_namespace() {
+        const UID: &str = "2c48913c-b29f-11e7-9350-020968147796";
+        let root = tmp("mntns");
+        for pid in ["1", "500", "501", "502"] {
+            std::fs::create_dir_all(root.join(pid).join("ns")).unwrap();
+            std::fs::write(root.join(pid).join("cgroup"), "0::/\n").unwrap();
+            std::fs::write(
+                root.join(pid).join("mountinfo"),
+                format!(
+                    "36 24 8:1 /var/lib/kubelet/pods/{UID}/etc-hosts /etc/hosts rw - ext4 /dev/sda1 rw\n\
+                     37 24 8:1 /var/lib/kubelet/pods/{UID}/volumes/kubernetes.io~configmap/c/f /var/lib/kubelet/pods/{UID}/volume-subpaths/c/app/0 rw - ext4 /dev/sda1 rw\n"
+                ),
+            )
+            .unwrap();
+        }
+        let link = |pid: &str, to: &str| {
+            std::os::unix::fs::symlink(to, root.join(pid).join("ns/mnt")).unwrap()
+        };
+        link("1", "mnt:[4026531841]");
+        link("500", "mnt:[4026531841]"); // host mount namespace
+        link("501", "mnt:[4026532999]"); // a container's
+        // 502: no ns/mnt (cannot be compared)
+        let got = |pid| from_mountinfo(&root, pid).map(|r| r.unwrap());
+        assert_eq!(got(500), None);
+        assert_eq!(got(502), None);
+        assert_eq!(got(501).and_then(|p| p.pod_uid).as_deref(), Some(UID));
+        let mut c = CgroupCache::with_root(&root, None);
+        assert!(c.lookup(7, 0, 500).is_empty());
+        assert!(c.lookup(8, 0, 502).is_empty());
+        assert_eq!(c.lookup(9, 0, 501).pod_uid.as_deref(), Some(UID));
+        // Without pid 1's namespace, nothing either.
+        std::fs::remove_file(root.join("1/ns/mnt")).unwrap();
+        assert_eq!(got(501), None);
         let _ = std::fs::remove_dir_all(root);
     }
 
