@@ -656,20 +656,35 @@ mod tests {
         // The pod's own container: ok, with selectors.
         let v = self_reply(&with(UID, Some(CID), false), true);
         assert_eq!(v["ok"], true, "{v}");
-        assert!(v["result"]["selectors"].as_array().is_some_and(|s| !s.is_empty()));
+        assert!(
+            v["result"]["selectors"]
+                .as_array()
+                .is_some_and(|s| !s.is_empty())
+        );
         // A container inside the pod's cgroup that is not one of its containers (DinD inner
         // job), and conmon: refused with the reason, no selectors, no retry.
         for a in [with(UID, Some(OTHER), false), with(UID, Some(CID), true)] {
             let v = self_reply(&a, true);
             assert_eq!(v["ok"], false, "{v}");
             let e = v["error"].as_str().unwrap();
-            assert!(!e.contains("retry shortly") && v.get("result").is_none(), "{v}");
+            assert!(
+                !e.contains("retry shortly") && v.get("result").is_none(),
+                "{v}"
+            );
             assert!(e.contains("not among") || e.contains("conmon"), "{e}");
         }
         // Pod not listed yet: refused, retry shortly.
-        let v = self_reply(&with("11111111-2222-3333-4444-555555555555", None, false), true);
+        let v = self_reply(
+            &with("11111111-2222-3333-4444-555555555555", None, false),
+            true,
+        );
         assert_eq!(v["ok"], false);
-        assert!(v["error"].as_str().unwrap().ends_with("retry shortly (the pod list is being refreshed)"));
+        assert!(
+            v["error"]
+                .as_str()
+                .unwrap()
+                .ends_with("retry shortly (the pod list is being refreshed)")
+        );
         // No kubelet: the placement only, no selectors.
         let a = Attestation {
             placement: Placement {
@@ -681,7 +696,12 @@ mod tests {
         };
         let v = self_reply(&a, false);
         assert_eq!(v["ok"], true);
-        assert!(v["result"]["selectors"].as_array().is_none_or(|s| s.is_empty()), "{v}");
+        assert!(
+            v["result"]["selectors"]
+                .as_array()
+                .is_none_or(|s| s.is_empty()),
+            "{v}"
+        );
     }
 
     /// A real child process connects; the server answers with that child's pid-derived data.

@@ -11,8 +11,10 @@
 //! - containerd's systemd cgroup paths in cgroup v1: `<slice>:cri-containerd:<id>`;
 //! - conmon (`crio-conmon-<id>.scope`, `libpod-conmon-<id>.scope`): the runtime monitor, not the
 //!   container;
-//! - nesting (kind nodes are docker/podman containers running a kubelet): the innermost answer
-//!   wins, and a container that encloses the pod (the kind node) is never taken for the pod's.
+//! - anchoring: a pod segment counts only where the kubelet makes pods (below a kubepods QoS root,
+//!   never in a delegated `user@<uid>.service` tree), the container is the pod's direct child,
+//!   and two pod segments name nothing; so a kind node (a docker/podman container running a
+//!   kubelet) is never taken for the pod's container.
 //!
 //! Different answers on different lines (hierarchies) are a conflict, reported as an error.
 
@@ -217,7 +219,10 @@ struct Segment {
 /// Two pod segments (a writable container cgroup, or a kubelet inside a pod) are ambiguous: the
 /// path then names nothing. Without a pod, the innermost container segment is taken.
 pub fn parse_path(path: &str) -> Placement {
-    let segs: Vec<&str> = path.split('/').filter(|s| !s.is_empty() && *s != ".").collect();
+    let segs: Vec<&str> = path
+        .split('/')
+        .filter(|s| !s.is_empty() && *s != ".")
+        .collect();
     let mut pods: Vec<(usize, String)> = Vec::new();
     let mut containers: Vec<(usize, String, Option<Runtime>, bool)> = Vec::new();
     let mut user = false;
@@ -277,7 +282,8 @@ fn kubelet_pod(above: &[&str], seg: &str) -> bool {
             || qos == "BestEffort"
             || qos == "Burstable";
     }
-    let root = |s: Option<&&str>| matches!(s, Some(&"kubepods") | Some(&"..") | Some(&"kubepods.slice"));
+    let root =
+        |s: Option<&&str>| matches!(s, Some(&"kubepods") | Some(&"..") | Some(&"kubepods.slice"));
     let mut it = above.iter().rev();
     match it.next() {
         p @ Some(_) if root(p) => true,
@@ -919,7 +925,10 @@ mod tests {
             "/etc/hosts",
             "xfs",
         );
-        assert_eq!(parse_mountinfo(&text).unwrap().pod_uid.as_deref(), Some(UID));
+        assert_eq!(
+            parse_mountinfo(&text).unwrap().pod_uid.as_deref(),
+            Some(UID)
+        );
         // Truncated lines are skipped.
         assert!(parse_mountinfo("35 24\n- -\n\n").unwrap().is_empty());
     }
@@ -953,10 +962,22 @@ mod tests {
             ),
             // userns spoofs: the right names at the wrong mount point, or pod dirs themselves.
             (format!("/tmp/x/kubelet/pods/{other}"), "/mnt".to_string()),
-            (format!("/tmp/x/kubelet/pods/{other}/etc-hosts"), "/mnt".to_string()),
-            (format!("/tmp/x/docker/containers/{CID}/y"), "/mnt/y".to_string()),
-            (format!("/var/lib/docker/containers/{CID}/hosts"), "/etc/resolv.conf".to_string()),
-            (format!("/var/lib/docker/containers/{CID}"), "/etc/hosts".to_string()),
+            (
+                format!("/tmp/x/kubelet/pods/{other}/etc-hosts"),
+                "/mnt".to_string(),
+            ),
+            (
+                format!("/tmp/x/docker/containers/{CID}/y"),
+                "/mnt/y".to_string(),
+            ),
+            (
+                format!("/var/lib/docker/containers/{CID}/hosts"),
+                "/etc/resolv.conf".to_string(),
+            ),
+            (
+                format!("/var/lib/docker/containers/{CID}"),
+                "/etc/hosts".to_string(),
+            ),
         ] {
             let p = parse_mountinfo(&mi(&root, &mp, "ext4")).unwrap();
             assert!(p.is_empty(), "{root} on {mp}: {p:?}");
@@ -989,7 +1010,9 @@ mod tests {
             format!(
                 "/kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod{u}.slice/crio-{CID}.scope/kubepods/pod{other}/{CID2}"
             ),
-            format!("/kubepods/burstable/pod{UID}/{CID}/kubepods-pod{other}.slice/crio-{CID2}.scope"),
+            format!(
+                "/kubepods/burstable/pod{UID}/{CID}/kubepods-pod{other}.slice/crio-{CID2}.scope"
+            ),
         ] {
             assert!(parse_path(&path).is_empty(), "{path}");
         }

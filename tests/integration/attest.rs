@@ -425,12 +425,30 @@ fn attest_mountinfo_fallback() {
         "35 24 0:30 / /sys/fs/cgroup rw shared:9 - cgroup2 cgroup2 rw\n\
          36 24 8:1 /var/lib/kubelet/pods/{UID}/etc-hosts /etc/hosts rw - ext4 /dev/sda1 rw\n"
     );
-    std::fs::write(root.path().join(PID.to_string()).join("mountinfo"), mi).unwrap();
+    let pid_dir = root.path().join(PID.to_string());
+    std::fs::write(pid_dir.join("mountinfo"), mi).unwrap();
     let k = TestKubelet::start(Tls::Plain, behaviour());
-    let o = attest(
-        root.path(),
-        &["--kubelet-read-only-port", &k.port().to_string()],
-    );
+    let port = k.port().to_string();
+    // Mount namespaces: pid 1's (the host's) and the process's, as `ns/mnt` links.
+    let ns = |dir: &Path, to: &str| {
+        let _ = std::fs::remove_file(dir.join("ns/mnt"));
+        std::fs::create_dir_all(dir.join("ns")).unwrap();
+        std::os::unix::fs::symlink(to, dir.join("ns/mnt")).unwrap();
+    };
+    let host = root.path().join("1");
+    // Without pid 1's namespace to compare with, mountinfo is not read: not in a pod.
+    let o = attest(root.path(), &["--kubelet-read-only-port", &port]);
+    assert_eq!(o.status.code(), Some(6), "stderr: {}", stderr(&o));
+    assert!(json(&o)["podUid"].is_null());
+    // In the host's mount namespace (where the kubelet's subPath binds live): not read either.
+    ns(&host, "mnt:[4026531841]");
+    ns(&pid_dir, "mnt:[4026531841]");
+    let o = attest(root.path(), &["--kubelet-read-only-port", &port]);
+    assert_eq!(o.status.code(), Some(6), "stderr: {}", stderr(&o));
+    assert!(json(&o)["podUid"].is_null());
+    // In a container's own mount namespace: the kubelet's etc-hosts bind names the pod.
+    ns(&pid_dir, "mnt:[4026532777]");
+    let o = attest(root.path(), &["--kubelet-read-only-port", &port]);
     assert!(o.status.success(), "stderr: {}", stderr(&o));
     let v = json(&o);
     assert_eq!(v["podUid"], UID);
