@@ -221,12 +221,14 @@ fn read_pid(
 
 /// The fallback when `/proc/<pid>/cgroup` names nothing (a private cgroup namespace): the
 /// process's `mountinfo`, read only when its mount namespace is not the host's (`<proc_root>/1`),
-/// since the host's mount table holds the kubelet's bind mounts of every pod's volumes. `None`
-/// when the namespaces are the same or cannot be compared, or the file cannot be read.
+/// since the host's mount table holds the kubelet's bind mounts of every pod's volumes, and its
+/// user namespace is the host's: in a user namespace of its own, any unprivileged user can make
+/// a mount namespace and bind mounts of look-alike paths. `None` when that does not hold or
+/// cannot be checked, or the file cannot be read.
 pub fn from_mountinfo(proc_root: &Path, pid: u32) -> Option<Result<Placement, cgroup::Conflict>> {
-    let ns = |p: &str| std::fs::read_link(proc_root.join(p).join("ns/mnt")).ok();
-    let (host, own) = (ns("1")?, ns(&pid.to_string())?);
-    if host == own {
+    let ns = |p: &str, kind: &str| std::fs::read_link(proc_root.join(p).join("ns").join(kind)).ok();
+    let pid_s = pid.to_string();
+    if ns("1", "mnt")? == ns(&pid_s, "mnt")? || ns("1", "user")? != ns(&pid_s, "user")? {
         return None;
     }
     let mi = read_small(&proc_root.join(pid.to_string()).join("mountinfo"))?;
@@ -530,7 +532,7 @@ mod tests {
     fn mountinfo_fallback_only_outside_the_host_mount_namespace() {
         const UID: &str = "2c48913c-b29f-11e7-9350-020968147796";
         let root = tmp("mntns");
-        for pid in ["1", "500", "501", "502"] {
+        for pid in ["1", "500", "501", "502", "503"] {
             std::fs::create_dir_all(root.join(pid).join("ns")).unwrap();
             std::fs::write(root.join(pid).join("cgroup"), "0::/\n").unwrap();
             std::fs::write(
@@ -542,20 +544,25 @@ mod tests {
             )
             .unwrap();
         }
-        let link = |pid: &str, to: &str| {
-            std::os::unix::fs::symlink(to, root.join(pid).join("ns/mnt")).unwrap()
+        let link = |pid: &str, mnt: &str, user: &str| {
+            std::os::unix::fs::symlink(mnt, root.join(pid).join("ns/mnt")).unwrap();
+            std::os::unix::fs::symlink(user, root.join(pid).join("ns/user")).unwrap();
         };
-        link("1", "mnt:[4026531841]");
-        link("500", "mnt:[4026531841]"); // host mount namespace
-        link("501", "mnt:[4026532999]"); // a container's
-        // 502: no ns/mnt (cannot be compared)
+        let (host_user, host_mnt) = ("user:[4026531837]", "mnt:[4026531841]");
+        link("1", host_mnt, host_user);
+        link("500", host_mnt, host_user); // host mount namespace
+        link("501", "mnt:[4026532999]", host_user); // a container's
+        link("503", "mnt:[4026533000]", "user:[4026533001]"); // `unshare -Urm`
+        // 502: no ns links (cannot be compared)
         let got = |pid| from_mountinfo(&root, pid).map(|r| r.unwrap());
         assert_eq!(got(500), None);
         assert_eq!(got(502), None);
+        assert_eq!(got(503), None);
         assert_eq!(got(501).and_then(|p| p.pod_uid).as_deref(), Some(UID));
         let mut c = CgroupCache::with_root(&root, None);
         assert!(c.lookup(7, 0, 500).is_empty());
         assert!(c.lookup(8, 0, 502).is_empty());
+        assert!(c.lookup(10, 0, 503).is_empty());
         assert_eq!(c.lookup(9, 0, 501).pod_uid.as_deref(), Some(UID));
         // Without pid 1's namespace, nothing either.
         std::fs::remove_file(root.join("1/ns/mnt")).unwrap();
