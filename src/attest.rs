@@ -146,8 +146,11 @@ pub struct Owner {
     pub uid: String,
 }
 
-/// Reads where `pid` sits: `cgroup`, then `mountinfo` when the cgroup file names nothing.
-pub fn placement_of(proc_root: &Path, pid: u32) -> Result<Placement> {
+/// Reads where `pid` sits from its `cgroup` file; with `mountinfo`, falls back to the process's
+/// `mountinfo` when that names nothing and the process is in another mount namespace than the
+/// host's (`cgroup_cache::from_mountinfo`). Socket callers never get the fallback: a caller can
+/// make its own mount namespace and bind mounts, and so choose what its mountinfo says.
+pub fn placement_of(proc_root: &Path, pid: u32, mountinfo: bool) -> Result<Placement> {
     let dir = proc_root.join(pid.to_string());
     let text = cgroup_cache::read_small(&dir.join("cgroup")).ok_or_else(|| {
         Error::runtime(format!(
@@ -160,8 +163,11 @@ pub fn placement_of(proc_root: &Path, pid: u32) -> Result<Placement> {
     if !p.is_empty() {
         return Ok(p);
     }
-    match cgroup_cache::read_small(&dir.join("mountinfo")) {
-        Some(mi) => cgroup::parse_mountinfo(&mi).map_err(conflict),
+    if !mountinfo {
+        return Ok(p);
+    }
+    match cgroup_cache::from_mountinfo(proc_root, pid) {
+        Some(r) => r.map_err(conflict),
         None => Ok(p),
     }
 }
@@ -253,7 +259,7 @@ pub fn run(cfg: Config, args: &Args) -> Result<()> {
 }
 
 fn attest_pid_blocking(cfg: &Config, proc_root: &Path, pid: u32) -> Result<Attestation> {
-    let placement = placement_of(proc_root, pid)?;
+    let placement = placement_of(proc_root, pid, true)?;
     let mut a = Attestation {
         placement,
         ..Default::default()
@@ -408,7 +414,7 @@ impl Attestor {
 
     /// The attestation of `pid` from the cached pod list (for the socket server).
     pub fn attest_cached(&mut self, pid: u32) -> Result<Attestation> {
-        let placement = placement_of(&self.proc_root, pid)?;
+        let placement = placement_of(&self.proc_root, pid, false)?;
         Ok(self.attest_placement(placement))
     }
 
@@ -481,21 +487,25 @@ impl Attestor {
                 Ok(_) if !peer.still_alive() => {
                     socket::error_reply("caller exited before the answer")
                 }
-                Ok(a) => match &a.problem {
-                    Some(p)
-                        if self.kube.is_some()
-                            && a.pod.is_none()
-                            && a.placement.pod_uid.is_some() =>
-                    {
-                        socket::error_reply(&format!(
-                            "{p}; retry shortly (the pod list is being refreshed)"
-                        ))
-                    }
-                    _ => socket::ok_reply(a.to_json()),
-                },
+                Ok(a) => self_reply(&a, self.kube.is_some()),
                 Err(e) => socket::error_reply(&e.to_string()),
             },
         }
+    }
+}
+
+/// The `attest-self` reply for an attestation. Any problem with a kubelet configured means pod
+/// selectors would overstate who the caller is (its container is not one of the pod's, it is
+/// conmon, or the pod is not listed yet): the reply is an error, and "retry shortly" only while
+/// the pod is missing from the list. Without a kubelet there are no selectors, only what the
+/// cgroup file says.
+fn self_reply(a: &Attestation, kubelet: bool) -> Value {
+    match &a.problem {
+        Some(p) if kubelet && a.pod.is_none() => socket::error_reply(&format!(
+            "{p}; retry shortly (the pod list is being refreshed)"
+        )),
+        Some(p) if kubelet => socket::error_reply(p),
+        _ => socket::ok_reply(a.to_json()),
     }
 }
 
@@ -624,6 +634,74 @@ mod tests {
         assert!(a.problem.as_deref().unwrap().contains("pause"));
         assert!(!a.selectors.is_empty());
         assert!(a.selectors.iter().all(|s| !s.starts_with("k8s:container-")));
+    }
+
+    /// `attest-self` refuses whenever the kubelet's list cannot vouch for the caller's container.
+    #[test]
+    fn self_reply_refuses_when_a_problem_is_recorded() {
+        const OTHER: &str = "e1b9c8e6b0a6f1c2d3e4f5a6b7c8d9e0f1a2b3c4d5e6f7a8b9c0d1e2f3a4b5c6";
+        let with = |uid: &str, cid: Option<&str>, conmon: bool| {
+            let mut a = Attestation {
+                placement: Placement {
+                    pod_uid: Some(uid.into()),
+                    container_id: cid.map(Into::into),
+                    runtime: None,
+                    conmon,
+                },
+                ..Default::default()
+            };
+            fill_from_list(&mut a, &list(), true);
+            a
+        };
+        // The pod's own container: ok, with selectors.
+        let v = self_reply(&with(UID, Some(CID), false), true);
+        assert_eq!(v["ok"], true, "{v}");
+        assert!(
+            v["result"]["selectors"]
+                .as_array()
+                .is_some_and(|s| !s.is_empty())
+        );
+        // A container inside the pod's cgroup that is not one of its containers (DinD inner
+        // job), and conmon: refused with the reason, no selectors, no retry.
+        for a in [with(UID, Some(OTHER), false), with(UID, Some(CID), true)] {
+            let v = self_reply(&a, true);
+            assert_eq!(v["ok"], false, "{v}");
+            let e = v["error"].as_str().unwrap();
+            assert!(
+                !e.contains("retry shortly") && v.get("result").is_none(),
+                "{v}"
+            );
+            assert!(e.contains("not among") || e.contains("conmon"), "{e}");
+        }
+        // Pod not listed yet: refused, retry shortly.
+        let v = self_reply(
+            &with("11111111-2222-3333-4444-555555555555", None, false),
+            true,
+        );
+        assert_eq!(v["ok"], false);
+        assert!(
+            v["error"]
+                .as_str()
+                .unwrap()
+                .ends_with("retry shortly (the pod list is being refreshed)")
+        );
+        // No kubelet: the placement only, no selectors.
+        let a = Attestation {
+            placement: Placement {
+                pod_uid: Some(UID.into()),
+                ..Default::default()
+            },
+            problem: Some("no kubelet configured".into()),
+            ..Default::default()
+        };
+        let v = self_reply(&a, false);
+        assert_eq!(v["ok"], true);
+        assert!(
+            v["result"]["selectors"]
+                .as_array()
+                .is_none_or(|s| s.is_empty()),
+            "{v}"
+        );
     }
 
     /// A real child process connects; the server answers with that child's pid-derived data.

@@ -11,8 +11,10 @@
 //! - containerd's systemd cgroup paths in cgroup v1: `<slice>:cri-containerd:<id>`;
 //! - conmon (`crio-conmon-<id>.scope`, `libpod-conmon-<id>.scope`): the runtime monitor, not the
 //!   container;
-//! - nesting (kind nodes are docker/podman containers running a kubelet): the innermost answer
-//!   wins, and a container that encloses the pod (the kind node) is never taken for the pod's.
+//! - anchoring: a pod segment counts only where the kubelet makes pods (below a kubepods QoS root,
+//!   never in a delegated `user@<uid>.service` tree), the container is the pod's direct child,
+//!   and two pod segments name nothing; so a kind node (a docker/podman container running a
+//!   kubelet) is never taken for the pod's container.
 //!
 //! Different answers on different lines (hierarchies) are a conflict, reported as an error.
 
@@ -131,15 +133,20 @@ pub fn parse_cgroup(text: &str) -> Result<Placement, Conflict> {
     Ok(out)
 }
 
-/// Parses `/proc/<pid>/mountinfo`: the roots of cgroup mounts are cgroup paths, and bind mounts
-/// from `/var/lib/kubelet/pods/<uid>/...` and `/var/lib/docker/containers/<id>/...` name the pod
-/// and the container.
+/// Parses `/proc/<pid>/mountinfo` of a process in a container's mount namespace (the caller
+/// checks that: the host's own mount table holds the kubelet's `volume-subpaths` binds, which
+/// name pods). The roots of cgroup mounts are cgroup paths; besides those, only the bind mounts
+/// a runtime makes for every container count: `/etc/hosts` from the kubelet's
+/// `…/kubelet/pods/<uid>/etc-hosts`, `/dev/termination-log` from
+/// `…/kubelet/pods/<uid>/containers/<name>/<id>`, and docker's `/etc/hosts` or `/etc/hostname`
+/// from `…/containers/<64 hex>/{hosts,hostname}`. Volume mounts (`volumes/`, `volume-subpaths/`)
+/// never count.
 pub fn parse_mountinfo(text: &str) -> Result<Placement, Conflict> {
     let mut out = Placement::default();
     for line in text.lines() {
         let fields: Vec<&str> = line.split(' ').collect();
         // id parent major:minor root mount-point options [optional...] - fstype source super
-        let Some(root) = fields.get(3) else {
+        let (Some(root), Some(mount_point)) = (fields.get(3), fields.get(4)) else {
             continue;
         };
         let Some(dash) = fields.iter().position(|f| *f == "-") else {
@@ -149,7 +156,7 @@ pub fn parse_mountinfo(text: &str) -> Result<Placement, Conflict> {
         let p = if fstype == "cgroup" || fstype == "cgroup2" {
             parse_path(root)
         } else {
-            from_bind_source(root)
+            from_bind_source(root, mount_point)
         };
         if !p.is_empty() {
             out.merge(p, line)?;
@@ -158,18 +165,40 @@ pub fn parse_mountinfo(text: &str) -> Result<Placement, Conflict> {
     Ok(out)
 }
 
-/// `/var/lib/kubelet/pods/<uid>/...` (pod) or `/var/lib/docker/containers/<id>/...` (container).
-fn from_bind_source(root: &str) -> Placement {
+/// A runtime's per-container bind mount (see [`parse_mountinfo`]): the pod or the container.
+fn from_bind_source(root: &str, mount_point: &str) -> Placement {
     let mut p = Placement::default();
-    let segs: Vec<&str> = root.split('/').collect();
-    for w in segs.windows(3) {
-        if w[0] == "kubelet" && w[1] == "pods" {
-            p.pod_uid = pod_uid(w[2]);
+    let segs: Vec<&str> = root.split('/').filter(|s| !s.is_empty()).collect();
+    let tail = |n: usize| segs.len().checked_sub(n).map(|at| &segs[at..]);
+    match mount_point {
+        "/etc/hosts" => {
+            if let Some(["kubelet", "pods", uid, "etc-hosts"]) = tail(4) {
+                p.pod_uid = pod_uid(uid);
+            } else if let Some(["containers", id, "hosts"]) = tail(3) {
+                p = docker(id);
+            }
         }
-        if w[0] == "docker" && w[1] == "containers" && is_container_id(w[2]) {
-            p.container_id = Some(w[2].to_string());
-            p.runtime = Some(Runtime::Docker);
+        "/etc/hostname" => {
+            if let Some(["containers", id, "hostname"]) = tail(3) {
+                p = docker(id);
+            }
         }
+        "/dev/termination-log" => {
+            if let Some(["kubelet", "pods", uid, "containers", _, _]) = tail(6) {
+                p.pod_uid = pod_uid(uid);
+            }
+        }
+        _ => {}
+    }
+    p
+}
+
+/// Docker's `containers/<id>/…` directory.
+fn docker(id: &str) -> Placement {
+    let mut p = Placement::default();
+    if is_container_id(id) {
+        p.container_id = Some(id.to_string());
+        p.runtime = Some(Runtime::Docker);
     }
     p
 }
@@ -182,33 +211,85 @@ struct Segment {
 }
 
 /// Parses one cgroup path such as `/kubepods/burstable/pod<uid>/<id>`.
+///
+/// A pod segment counts only where the kubelet puts pods (see [`kubelet_pod`]) and never below a
+/// systemd user instance (`user.slice`, `user@<uid>.service`: delegated to the user, who can create
+/// any cgroup name there). The container is the pod segment's direct child (or the pod segment
+/// itself in the `<slice>:cri-containerd:<id>` form); cgroups below it belong to that container.
+/// Two pod segments (a writable container cgroup, or a kubelet inside a pod) are ambiguous: the
+/// path then names nothing. Without a pod, the innermost container segment is taken.
 pub fn parse_path(path: &str) -> Placement {
-    let mut pod: Option<(usize, String)> = None;
+    let segs: Vec<&str> = path
+        .split('/')
+        .filter(|s| !s.is_empty() && *s != ".")
+        .collect();
+    let mut pods: Vec<(usize, String)> = Vec::new();
     let mut containers: Vec<(usize, String, Option<Runtime>, bool)> = Vec::new();
-    let mut prev = "";
-    for (i, seg) in path.split('/').enumerate() {
-        if seg.is_empty() || seg == ".." || seg == "." {
+    let mut user = false;
+    for (i, seg) in segs.iter().enumerate() {
+        if *seg == ".." {
             continue;
         }
+        if *seg == "user.slice" || (seg.starts_with("user@") && seg.ends_with(".service")) {
+            user = true;
+        }
+        let prev = if i > 0 { segs[i - 1] } else { "" };
         let s = segment(seg, prev);
         if let Some(uid) = s.pod_uid {
-            pod = Some((i, uid));
+            if !user && kubelet_pod(&segs[..i], seg) {
+                pods.push((i, uid));
+            }
         }
         if let Some((id, rt, conmon)) = s.container {
             containers.push((i, id, rt, conmon));
         }
-        prev = seg;
     }
     let mut out = Placement::default();
-    let floor = pod.as_ref().map_or(0, |(i, _)| *i);
-    // Innermost container at or below the pod: a container enclosing the pod is a kind node.
-    if let Some((_, id, rt, conmon)) = containers.into_iter().rev().find(|(i, ..)| *i >= floor) {
+    let container = match pods.as_slice() {
+        [] => containers.into_iter().next_back(),
+        [(at, uid)] => {
+            out.pod_uid = Some(uid.clone());
+            containers
+                .into_iter()
+                .find(|(i, ..)| *i == *at || *i == *at + 1)
+        }
+        _ => None,
+    };
+    if let Some((_, id, rt, conmon)) = container {
         out.container_id = Some(id);
         out.runtime = rt;
         out.conmon = conmon;
     }
-    out.pod_uid = pod.map(|(_, u)| u);
     out
+}
+
+/// Whether a pod segment sits where the kubelet creates pods, given the segments above it:
+/// systemd driver: `kubepods[-<qos>]-pod<uid>.slice` (kind: `kubelet-kubepods…`; Kubernetes
+/// 1.5: `BestEffort-`/`Burstable-pod<uid>.slice`), whose name encodes its parents; cgroupfs
+/// driver: `pod<uid>` directly below `kubepods` or `kubepods/{burstable,besteffort}`, or below
+/// `..` (the reader's cgroup namespace root lies inside that QoS tree).
+fn kubelet_pod(above: &[&str], seg: &str) -> bool {
+    let head = seg.split_once(':').map_or(seg, |(h, _)| h);
+    if let Some(base) = head.strip_suffix(".slice") {
+        let Some(at) = base.rfind("-pod") else {
+            return false;
+        };
+        let qos = &base[..at];
+        return qos == "kubepods"
+            || qos.starts_with("kubepods-")
+            || qos == "kubelet-kubepods"
+            || qos.starts_with("kubelet-kubepods-")
+            || qos == "BestEffort"
+            || qos == "Burstable";
+    }
+    let root =
+        |s: Option<&&str>| matches!(s, Some(&"kubepods") | Some(&"..") | Some(&"kubepods.slice"));
+    let mut it = above.iter().rev();
+    match it.next() {
+        p @ Some(_) if root(p) => true,
+        Some(&"burstable") | Some(&"besteffort") => root(it.next()),
+        _ => false,
+    }
 }
 
 /// Prefixes of `<prefix>-<id>[.scope]`, conmon ones before the plain ones they start with.
@@ -823,7 +904,7 @@ mod tests {
         let host = "22 1 259:1 / / rw,relatime shared:1 - ext4 /dev/vda1 rw\n\
                     30 22 0:26 / /sys/fs/cgroup/unified rw shared:10 - cgroup2 cgroup2 rw\n";
         assert!(parse_mountinfo(host).unwrap().is_empty());
-        // Two different pods' volumes: conflict.
+        // Runtime mounts of two different pods: conflict.
         let text = format!(
             "{}{}",
             mi(
@@ -832,14 +913,123 @@ mod tests {
                 "ext4"
             ),
             mi(
-                "/var/lib/kubelet/pods/11111111-2222-3333-4444-555555555555/volumes/x",
-                "/data",
+                "/var/lib/kubelet/pods/11111111-2222-3333-4444-555555555555/containers/app/0a1b",
+                "/dev/termination-log",
                 "ext4"
             ),
         );
         assert!(parse_mountinfo(&text).is_err());
+        // /var on its own partition: the root starts at `/lib/kubelet`.
+        let text = mi(
+            &format!("/lib/kubelet/pods/{UID}/etc-hosts"),
+            "/etc/hosts",
+            "xfs",
+        );
+        assert_eq!(
+            parse_mountinfo(&text).unwrap().pod_uid.as_deref(),
+            Some(UID)
+        );
         // Truncated lines are skipped.
         assert!(parse_mountinfo("35 24\n- -\n\n").unwrap().is_empty());
+    }
+
+    /// Bind mounts that are not the runtime's own per-container mounts name nothing: the
+    /// kubelet's subPath binds (which sit in the host's mount table), volumes, and binds from
+    /// look-alike paths at other mount points (a caller's own mount namespace).
+    #[test]
+    fn mountinfo_ignores_volumes_and_foreign_binds() {
+        let other = "11111111-2222-3333-4444-555555555555";
+        for (root, mp) in [
+            // subPath of a configMap: host mount table (source root, volume-subpaths target).
+            (
+                format!(
+                    "/var/lib/kubelet/pods/{UID}/volumes/kubernetes.io~configmap/cfg/..2025_01_01/nginx.conf"
+                ),
+                format!("/var/lib/kubelet/pods/{UID}/volume-subpaths/cfg/nginx/0"),
+            ),
+            (
+                format!("/lib/kubelet/pods/{UID}/volumes/kubernetes.io~empty-dir/data"),
+                "/data".to_string(),
+            ),
+            (
+                format!("/var/lib/kubelet/pods/{UID}/volume-subpaths/cfg/app/0"),
+                "/etc/app.conf".to_string(),
+            ),
+            // A volume mounted over /etc/hosts: not the kubelet's etc-hosts file.
+            (
+                format!("/var/lib/kubelet/pods/{UID}/volumes/kubernetes.io~configmap/h/hosts"),
+                "/etc/hosts".to_string(),
+            ),
+            // userns spoofs: the right names at the wrong mount point, or pod dirs themselves.
+            (format!("/tmp/x/kubelet/pods/{other}"), "/mnt".to_string()),
+            (
+                format!("/tmp/x/kubelet/pods/{other}/etc-hosts"),
+                "/mnt".to_string(),
+            ),
+            (
+                format!("/tmp/x/docker/containers/{CID}/y"),
+                "/mnt/y".to_string(),
+            ),
+            (
+                format!("/var/lib/docker/containers/{CID}/hosts"),
+                "/etc/resolv.conf".to_string(),
+            ),
+            (
+                format!("/var/lib/docker/containers/{CID}"),
+                "/etc/hosts".to_string(),
+            ),
+        ] {
+            let p = parse_mountinfo(&mi(&root, &mp, "ext4")).unwrap();
+            assert!(p.is_empty(), "{root} on {mp}: {p:?}");
+        }
+    }
+
+    /// Finding 3 of review 7: a pod segment counts only under a kubelet QoS root and never in a
+    /// systemd user instance; the container is the pod's direct child; two pods refuse.
+    #[test]
+    fn spoofed_cgroup_paths_name_no_pod() {
+        let u = UID.replace('-', "_");
+        let other = "11111111-2222-3333-4444-555555555555";
+        // (a) a delegated user@ tree (cgroup v2): any name can be created there.
+        for path in [
+            format!("/user.slice/user-1000.slice/user@1000.service/pod{UID}/{CID}"),
+            format!("/user.slice/user-1000.slice/user@1000.service/kubepods/pod{UID}/{CID}"),
+            format!(
+                "/user.slice/user-1000.slice/user@1000.service/app.slice/kubepods-burstable-pod{u}.slice/cri-containerd-{CID}.scope"
+            ),
+            // not under a kubelet root at all
+            format!("/system.slice/foo.service/pod{UID}/{CID}"),
+            format!("/mygroup/burstable/pod{UID}/{CID}"),
+            format!("/system.slice/evil-pod{u}.slice/cri-containerd-{CID}.scope"),
+        ] {
+            let p = parse_path(&path);
+            assert_eq!(p.pod_uid, None, "{path}");
+        }
+        // (b) a writable container cgroup nests a victim pod: two pods, refused.
+        for path in [
+            format!(
+                "/kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod{u}.slice/crio-{CID}.scope/kubepods/pod{other}/{CID2}"
+            ),
+            format!(
+                "/kubepods/burstable/pod{UID}/{CID}/kubepods-pod{other}.slice/crio-{CID2}.scope"
+            ),
+        ] {
+            assert!(parse_path(&path).is_empty(), "{path}");
+        }
+        // The container is the pod's direct child: a deeper 64-hex cgroup (created inside the
+        // container, or DinD's inner containers) is that container's.
+        let p = parse_path(&format!(
+            "/kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod{u}.slice/cri-containerd-{CID}.scope/docker/{CID2}"
+        ));
+        assert_eq!(p.pod_uid.as_deref(), Some(UID));
+        assert_eq!(p.container_id.as_deref(), Some(CID));
+        assert_eq!(p.runtime, Some(Runtime::Containerd));
+        let p = parse_path(&format!("/kubepods/burstable/pod{UID}/x/{CID2}"));
+        assert_eq!((p.pod_uid.as_deref(), p.container_id), (Some(UID), None));
+        // cgroupfs form seen from inside a cgroup namespace rooted in the QoS tree.
+        let p = parse_path(&format!("/../../besteffort/pod{UID}/{CID}"));
+        assert_eq!(p.pod_uid.as_deref(), Some(UID));
+        assert_eq!(p.container_id.as_deref(), Some(CID));
     }
 
     #[test]

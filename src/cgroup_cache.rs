@@ -51,6 +51,10 @@ struct Mounts {
     v2: Option<PathBuf>,
     /// The cgroup v1 hierarchy holding the memory controller.
     memory_v1: Option<PathBuf>,
+    /// Whether each mount shows the host's hierarchy (see [`host_view`]): only then can a
+    /// moved process be seen (`read_pid`) and an exited one's cgroup be found (`walk`).
+    v2_host: bool,
+    memory_v1_host: bool,
 }
 
 impl CgroupCache {
@@ -69,9 +73,12 @@ impl CgroupCache {
     #[cfg(test)]
     fn with_root(proc_root: &Path, cgroup2: Option<PathBuf>) -> CgroupCache {
         let mut c = CgroupCache::new(proc_root);
+        // Fixture trees stand for the host's.
         c.mounts = Mounts {
             v2: cgroup2,
             memory_v1: None,
+            v2_host: true,
+            memory_v1_host: true,
         };
         c
     }
@@ -144,17 +151,17 @@ impl CgroupCache {
     /// Finds the directories of the cgroups in `key` (the cgroup2 one unless it is the root,
     /// the memory v1 one if any) by their inodes and parses their paths together.
     fn walk(&self, (id, memcg_v1): Key) -> Option<Placement> {
-        let find = |mount: &Option<PathBuf>, ino: u64| {
+        let find = |mount: &Option<PathBuf>, host: bool, ino: u64| {
             let mut budget = WALK_BUDGET;
-            find_inode(mount.as_ref()?, ino, 0, &mut budget)
+            find_inode(mount.as_ref().filter(|_| host)?, ino, 0, &mut budget)
         };
         let v2 = if id > 1 {
-            find(&self.mounts.v2, id)?
+            find(&self.mounts.v2, self.mounts.v2_host, id)?
         } else {
             "/".into()
         };
         let mem = if memcg_v1 != 0 {
-            find(&self.mounts.memory_v1, memcg_v1)?
+            find(&self.mounts.memory_v1, self.mounts.memory_v1_host, memcg_v1)?
         } else {
             "/".into()
         };
@@ -195,28 +202,49 @@ fn read_pid(
             .and_then(|root| std::fs::metadata(root.join(path.trim_start_matches('/'))).ok())
             .is_some_and(|md| md.ino() != want)
     };
+    // A mount that does not show the host's hierarchy cannot tell a moved process: such
+    // answers are cached by pid only.
     let keyed = match (unified.as_slice(), memory.as_slice(), memcg_v1) {
         ([v2], _, 0) => {
             cgroup::parse_path(v2) == full
                 && (only_v2 || !full.is_empty())
+                && mounts.v2_host
                 && !moved(&mounts.v2, v2, id)
         }
         ([v2], [mem], _) => {
             cgroup::parse_cgroup(&keyed_lines(v2, mem)).is_ok_and(|p| p == full)
+                && mounts.v2_host
+                && mounts.memory_v1_host
                 && !moved(&mounts.v2, v2, id)
                 && !moved(&mounts.memory_v1, mem, memcg_v1)
         }
         _ => false,
     };
     if full.is_empty() {
-        if let Some(mi) = read_small(&dir.join("mountinfo")) {
-            return Some(cgroup::parse_mountinfo(&mi).map(|p| {
+        if let Some(r) = from_mountinfo(proc_root, pid) {
+            return Some(r.map(|p| {
                 let keyed = keyed && p.is_empty();
                 (p, keyed)
             }));
         }
     }
     Some(Ok((full, keyed)))
+}
+
+/// The fallback when `/proc/<pid>/cgroup` names nothing (a private cgroup namespace): the
+/// process's `mountinfo`, read only when its mount namespace is not the host's (`<proc_root>/1`),
+/// since the host's mount table holds the kubelet's bind mounts of every pod's volumes, and its
+/// user namespace is the host's: in a user namespace of its own, any unprivileged user can make
+/// a mount namespace and bind mounts of look-alike paths. `None` when that does not hold or
+/// cannot be checked, or the file cannot be read.
+pub fn from_mountinfo(proc_root: &Path, pid: u32) -> Option<Result<Placement, cgroup::Conflict>> {
+    let ns = |p: &str, kind: &str| std::fs::read_link(proc_root.join(p).join("ns").join(kind)).ok();
+    let pid_s = pid.to_string();
+    if ns("1", "mnt")? == ns(&pid_s, "mnt")? || ns("1", "user")? != ns(&pid_s, "user")? {
+        return None;
+    }
+    let mi = read_small(&proc_root.join(pid.to_string()).join("mountinfo"))?;
+    Some(cgroup::parse_mountinfo(&mi))
 }
 
 /// The `/proc/<pid>/cgroup` lines of the hierarchies a key names.
@@ -301,7 +329,46 @@ fn find_mounts(proc_root: &Path) -> Mounts {
             .map(PathBuf::from)
             .find(|p| p.join("cgroup.procs").exists());
     }
+    let pid1 = read_small(&proc_root.join("1/cgroup")).unwrap_or_default();
+    let lines = || pid1.lines().filter(|l| !l.is_empty());
+    let v2_path = lines().find_map(|l| l.strip_prefix("0::"));
+    let mem_path = lines().find_map(memory_v1_path);
+    m.v2_host = host_view(m.v2.as_deref(), v2_path);
+    m.memory_v1_host = host_view(m.memory_v1.as_deref(), mem_path);
+    for (what, mount, host) in [
+        ("cgroup2", &m.v2, m.v2_host),
+        ("memory cgroup v1", &m.memory_v1, m.memory_v1_host),
+    ] {
+        if let (Some(mount), false) = (mount, host) {
+            log::warn!(
+                "the {what} mount `{}` does not show the host's cgroup tree (pid 1 is not in it; \
+                 a private cgroup namespace or a bind of the agent's own cgroup): events are \
+                 attributed per process only, a process that changed cgroups cannot be detected \
+                 and exited processes' cgroups cannot be found; mount the host's /sys/fs/cgroup \
+                 read-only (hostPath) and run the agent in the host's cgroup namespace (on cgroup \
+                 v2, containerd and CRI-O give that to privileged containers only)",
+                mount.display()
+            );
+        }
+    }
     m
+}
+
+/// Whether `mount` shows the host's hierarchy: pid 1's path in it (as `<proc_root>/1/cgroup`
+/// gives it) lies inside the agent's cgroup namespace (no `..`) and that cgroup under the mount
+/// holds pid 1. A private cgroup namespace shows pid 1 at `/../…`; a bind mount of the agent's
+/// own cgroup has no such directory, or one without pid 1.
+fn host_view(mount: Option<&Path>, pid1_path: Option<&str>) -> bool {
+    let (Some(mount), Some(path)) = (mount, pid1_path) else {
+        return false;
+    };
+    !path.split('/').any(|s| s == "..")
+        && read_small(
+            &mount
+                .join(path.trim_start_matches('/'))
+                .join("cgroup.procs"),
+        )
+        .is_some_and(|t| t.lines().any(|l| l.trim() == "1"))
 }
 
 #[cfg(test)]
@@ -492,6 +559,59 @@ mod tests {
         let _ = std::fs::remove_dir_all(mem);
     }
 
+    /// Finding 2 of review 7: a cgroup mount that does not show the host's tree (private cgroup
+    /// namespace, or a bind of the agent's own cgroup) keys nothing and walks nothing.
+    #[test]
+    fn a_mount_without_the_host_tree_keys_nothing() {
+        let cg = tmp("hostview-cg");
+        std::fs::create_dir_all(cg.join("init.scope")).unwrap();
+        std::fs::write(cg.join("init.scope/cgroup.procs"), "1\n").unwrap();
+        std::fs::write(cg.join("cgroup.procs"), "7\n8\n").unwrap();
+        assert!(host_view(Some(&cg), Some("/init.scope")));
+        assert!(!host_view(Some(&cg), Some("/../../init.scope")));
+        assert!(!host_view(Some(&cg), Some("/"))); // a cgroup without pid 1
+        assert!(!host_view(Some(&cg), Some("/system.slice"))); // not there
+        assert!(!host_view(None, Some("/init.scope")));
+        assert!(!host_view(Some(&cg), None));
+
+        // A fixture /proc: the agent's cgroup2 mount is its own subtree, pid 1 is outside it.
+        let proc_root = tmp("hostview-proc");
+        std::fs::create_dir_all(proc_root.join("self")).unwrap();
+        std::fs::write(
+            proc_root.join("self/mountinfo"),
+            format!("32 25 0:28 / {} rw - cgroup2 cgroup2 rw\n", cg.display()),
+        )
+        .unwrap();
+        std::fs::create_dir_all(proc_root.join("1")).unwrap();
+        std::fs::write(proc_root.join("1/cgroup"), "0::/../../../init.scope\n").unwrap();
+        std::fs::create_dir_all(proc_root.join("42")).unwrap();
+        std::fs::write(
+            proc_root.join("42/cgroup"),
+            format!("0::/../../kubepods/burstable/pod{UID}/{CID}\n"),
+        )
+        .unwrap();
+        let leaf = cg.join(format!("kubepods/burstable/pod{UID}/{CID}"));
+        std::fs::create_dir_all(&leaf).unwrap();
+        let leaf_id = std::fs::metadata(&leaf).unwrap().ino();
+        let mut c = CgroupCache::new(&proc_root);
+        assert_eq!(c.mounts.v2.as_deref(), Some(cg.as_path()));
+        assert!(!c.mounts.v2_host);
+        // Answered from the pid, cached by pid only: another pid in the "same" id is read again.
+        assert_eq!(c.lookup(777, 0, 42).pod_uid.as_deref(), Some(UID));
+        assert_eq!(c.map.len(), 0);
+        assert!(c.lookup(777, 0, 43).is_empty());
+        // No walk through a tree that is not the host's.
+        assert!(c.lookup(leaf_id, 0, 44).is_empty());
+        assert_eq!(c.stats.from_walk, 0);
+        // Once pid 1 shows inside the mount, the same setup keys and walks.
+        std::fs::write(proc_root.join("1/cgroup"), "0::/init.scope\n").unwrap();
+        let mut c = CgroupCache::new(&proc_root);
+        assert!(c.mounts.v2_host);
+        assert!(!c.lookup(leaf_id, 0, 44).is_empty());
+        let _ = std::fs::remove_dir_all(proc_root);
+        let _ = std::fs::remove_dir_all(cg);
+    }
+
     #[test]
     fn mounts_are_found_from_mountinfo() {
         let root = tmp("mounts");
@@ -506,6 +626,51 @@ mod tests {
         let m = find_mounts(&root);
         assert_eq!(m.v2, Some(PathBuf::from("/sys/fs/cgroup/my unified")));
         assert_eq!(m.memory_v1, Some(PathBuf::from("/sys/fs/cgroup/memory")));
+        let _ = std::fs::remove_dir_all(root);
+    }
+
+    /// Finding 1 of review 7: the mountinfo fallback is read only for a process in another mount
+    /// namespace than pid 1's; in the host's (the kubelet's subPath binds live there) or when the
+    /// namespaces cannot be compared, the process stays unattributed.
+    #[test]
+    fn mountinfo_fallback_only_outside_the_host_mount_namespace() {
+        const UID: &str = "2c48913c-b29f-11e7-9350-020968147796";
+        let root = tmp("mntns");
+        for pid in ["1", "500", "501", "502", "503"] {
+            std::fs::create_dir_all(root.join(pid).join("ns")).unwrap();
+            std::fs::write(root.join(pid).join("cgroup"), "0::/\n").unwrap();
+            std::fs::write(
+                root.join(pid).join("mountinfo"),
+                format!(
+                    "36 24 8:1 /var/lib/kubelet/pods/{UID}/etc-hosts /etc/hosts rw - ext4 /dev/sda1 rw\n\
+                     37 24 8:1 /var/lib/kubelet/pods/{UID}/volumes/kubernetes.io~configmap/c/f /var/lib/kubelet/pods/{UID}/volume-subpaths/c/app/0 rw - ext4 /dev/sda1 rw\n"
+                ),
+            )
+            .unwrap();
+        }
+        let link = |pid: &str, mnt: &str, user: &str| {
+            std::os::unix::fs::symlink(mnt, root.join(pid).join("ns/mnt")).unwrap();
+            std::os::unix::fs::symlink(user, root.join(pid).join("ns/user")).unwrap();
+        };
+        let (host_user, host_mnt) = ("user:[4026531837]", "mnt:[4026531841]");
+        link("1", host_mnt, host_user);
+        link("500", host_mnt, host_user); // host mount namespace
+        link("501", "mnt:[4026532999]", host_user); // a container's
+        link("503", "mnt:[4026533000]", "user:[4026533001]"); // `unshare -Urm`
+        // 502: no ns links (cannot be compared)
+        let got = |pid| from_mountinfo(&root, pid).map(|r| r.unwrap());
+        assert_eq!(got(500), None);
+        assert_eq!(got(502), None);
+        assert_eq!(got(503), None);
+        assert_eq!(got(501).and_then(|p| p.pod_uid).as_deref(), Some(UID));
+        let mut c = CgroupCache::with_root(&root, None);
+        assert!(c.lookup(7, 0, 500).is_empty());
+        assert!(c.lookup(8, 0, 502).is_empty());
+        assert!(c.lookup(10, 0, 503).is_empty());
+        assert_eq!(c.lookup(9, 0, 501).pod_uid.as_deref(), Some(UID));
+        // Without pid 1's namespace, nothing either.
+        std::fs::remove_file(root.join("1/ns/mnt")).unwrap();
+        assert_eq!(got(501), None);
         let _ = std::fs::remove_dir_all(root);
     }
 

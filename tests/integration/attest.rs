@@ -425,12 +425,36 @@ fn attest_mountinfo_fallback() {
         "35 24 0:30 / /sys/fs/cgroup rw shared:9 - cgroup2 cgroup2 rw\n\
          36 24 8:1 /var/lib/kubelet/pods/{UID}/etc-hosts /etc/hosts rw - ext4 /dev/sda1 rw\n"
     );
-    std::fs::write(root.path().join(PID.to_string()).join("mountinfo"), mi).unwrap();
+    let pid_dir = root.path().join(PID.to_string());
+    std::fs::write(pid_dir.join("mountinfo"), mi).unwrap();
     let k = TestKubelet::start(Tls::Plain, behaviour());
-    let o = attest(
-        root.path(),
-        &["--kubelet-read-only-port", &k.port().to_string()],
-    );
+    let port = k.port().to_string();
+    // Mount namespaces: pid 1's (the host's) and the process's, as `ns/mnt` links.
+    let ns = |dir: &Path, mnt: &str, user: &str| {
+        std::fs::create_dir_all(dir.join("ns")).unwrap();
+        for (kind, to) in [("mnt", mnt), ("user", user)] {
+            let _ = std::fs::remove_file(dir.join("ns").join(kind));
+            std::os::unix::fs::symlink(to, dir.join("ns").join(kind)).unwrap();
+        }
+    };
+    let host = root.path().join("1");
+    let (host_mnt, host_user) = ("mnt:[4026531841]", "user:[4026531837]");
+    let not_in_a_pod = |o: &Output| {
+        assert_eq!(o.status.code(), Some(6), "stderr: {}", stderr(o));
+        assert!(json(o)["podUid"].is_null());
+    };
+    // Without pid 1's namespaces to compare with, mountinfo is not read: not in a pod.
+    not_in_a_pod(&attest(root.path(), &["--kubelet-read-only-port", &port]));
+    // In the host's mount namespace (where the kubelet's subPath binds live): not read either.
+    ns(&host, host_mnt, host_user);
+    ns(&pid_dir, host_mnt, host_user);
+    not_in_a_pod(&attest(root.path(), &["--kubelet-read-only-port", &port]));
+    // In a user namespace of its own (anyone can then make mounts): not read.
+    ns(&pid_dir, "mnt:[4026532777]", "user:[4026532778]");
+    not_in_a_pod(&attest(root.path(), &["--kubelet-read-only-port", &port]));
+    // In a container's own mount namespace: the kubelet's etc-hosts bind names the pod.
+    ns(&pid_dir, "mnt:[4026532777]", host_user);
+    let o = attest(root.path(), &["--kubelet-read-only-port", &port]);
     assert!(o.status.success(), "stderr: {}", stderr(&o));
     let v = json(&o);
     assert_eq!(v["podUid"], UID);
