@@ -371,18 +371,23 @@ mod tests {
         fs::remove_dir_all(&base).unwrap();
     }
 
-    #[test]
-    fn other_json_escapes_of_the_key_are_read_and_bad_ones_refused() {
-        let id = identity();
-        let pem = id.key_pem();
-        let stored = Zeroizing::new(Stored {
+    /// What `store` writes for `id`, as the file's struct.
+    fn stored_of(id: &Identity) -> Zeroizing<Stored> {
+        Zeroizing::new(Stored {
             version: 1,
             agent_id: "a-1".into(),
             heartbeat_interval_seconds: 30,
             certificate_chain: id.chain_pem.clone(),
             ca_bundle: id.ca_pem.clone(),
-            private_key: pem.to_string(),
-        });
+            private_key: id.key_pem().to_string(),
+        })
+    }
+
+    #[test]
+    fn other_json_escapes_of_the_key_are_read_and_bad_ones_refused() {
+        let id = identity();
+        let pem = id.key_pem();
+        let stored = stored_of(&id);
         let json = Zeroizing::new(serde_json::to_string(&*stored).unwrap());
         assert!(json.contains(r"\n"), "the file format has escapes");
         // Another writer's escapes for the same text.
@@ -463,14 +468,7 @@ mod tests {
     fn reading_the_cache_frees_no_unwiped_copy_of_the_key() {
         let id = identity();
         let pem = id.key_pem();
-        let stored = Zeroizing::new(Stored {
-            version: 1,
-            agent_id: "a-1".into(),
-            heartbeat_interval_seconds: 30,
-            certificate_chain: id.chain_pem.clone(),
-            ca_bundle: id.ca_pem.clone(),
-            private_key: pem.to_string(),
-        });
+        let stored = stored_of(&id);
         let bytes = Zeroizing::new(serde_json::to_vec_pretty(&*stored).unwrap());
         // The key's second PEM line (base64, 64 chars), which sits after the first `\n`.
         let needle = Zeroizing::new(pem.lines().nth(2).unwrap().as_bytes().to_vec());
