@@ -319,13 +319,22 @@ fn root_watch_stats_events_and_closed_stdout_end_cleanly() {
         .expect("spawn watch");
     let out = child.stdout.take().expect("stdout");
     let mut lines = BufReader::new(out).lines();
-    let deadline = Instant::now() + Duration::from_secs(20);
-    // Make sure at least one event comes.
-    let mut first = None;
-    while first.is_none() && Instant::now() < deadline {
-        let _ = Command::new("/bin/true").status();
-        first = lines.next();
-    }
+    // Make sure at least one event comes: the sensor attaches a moment after the spawn, and
+    // reading blocks until a line arrives, so processes keep starting until one has.
+    let got_one = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let busy = {
+        let got_one = got_one.clone();
+        std::thread::spawn(move || {
+            let deadline = Instant::now() + Duration::from_secs(20);
+            while !got_one.load(std::sync::atomic::Ordering::SeqCst) && Instant::now() < deadline {
+                let _ = Command::new("/bin/true").status();
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        })
+    };
+    let first = lines.next();
+    got_one.store(true, std::sync::atomic::Ordering::SeqCst);
+    busy.join().expect("process starter");
     assert!(first.is_some(), "no event at all");
     drop(lines);
     for _ in 0..50 {
