@@ -1,4 +1,5 @@
-//! Build script: compiles every `bpf/*.bpf.c` into a CO-RE object and a libbpf-rs skeleton in OUT_DIR.
+//! Build script: compiles every `bpf/*.bpf.c` into a CO-RE object and a libbpf-rs skeleton in OUT_DIR,
+//! and links the static musl build's memcpy (src/memcpy.rs).
 
 use std::env;
 use std::ffi::OsStr;
@@ -49,6 +50,15 @@ fn main() {
             .unwrap_or_else(|e| {
                 panic!("failed to build BPF skeleton for {}: {e:#}", src.display())
             });
+    }
+
+    // Optimized static musl x86_64 builds copy memory with src/memcpy.rs instead of musl's
+    // memcpy (see there for why). Unoptimized builds keep musl's: there a fixed-size copy in
+    // the replacement may itself become a memcpy call.
+    let musl = env::var("CARGO_CFG_TARGET_ENV").as_deref() == Ok("musl");
+    let optimized = env::var("OPT_LEVEL").is_ok_and(|o| o != "0");
+    if musl && arch == "x86_64" && optimized {
+        println!("cargo:rustc-link-arg-bin=linuxguard-agent=-Wl,--wrap=memcpy");
     }
 
     // Rebuild when anything under bpf/ changes (sources, the shared header, vmlinux).

@@ -42,6 +42,8 @@ mod counters;
 mod metrics;
 mod upload_queue;
 mod uploader;
+// The static musl build's memcpy (linked in by build.rs).
+mod memcpy;
 
 use std::ffi::OsString;
 use std::io::Write;
