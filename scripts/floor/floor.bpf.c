@@ -1,7 +1,6 @@
 // SPDX-License-Identifier: GPL-2.0
 /*
- * floor.bpf.c: the cost floor of the agent's hook set, for scripts/bench-floor (not part of the
- * agent). Every hook the agent attaches on this kernel (bpf/sensor.bpf.c, the tp_btf flavour
+ * floor.bpf.c: the cost floor of the agent's hook set, for scripts/bench (not part of the agent). Every hook the agent attaches on this kernel (bpf/sensor.bpf.c, the tp_btf flavour
  * where it has one) gets a program that does nothing, so a storm run under it measures what
  * the kernel charges for running a BPF program on those hooks at all: the syscall slow path
  * that any `syscalls:*` or raw syscall tracepoint turns on, and the dispatch of each program
@@ -17,25 +16,50 @@ char LICENSE[] SEC("license") = "GPL";
 #ifdef RECORDS
 #define EXEC_BYTES 1904 /* sizeof(struct lg_exec) */
 #define TASK_BYTES 104	/* sizeof(struct lg_exit), sizeof(struct lg_fork) */
-/* Wake the reader once this much is waiting (as the agent does: an eighth of its ring). */
-#define WAKE_AT (256 << 10)
+/*
+ * Wake the reader as the agent does (bpf/sensor.bpf.c, submit()): once an eighth of the ring is
+ * waiting, each CPU looking at the fill only after its share of that many bytes.
+ */
+const volatile struct {
+	__u64 wakeup_bytes;
+	__u64 check_bytes; /* floor.c sets wakeup_bytes / CPUs */
+} knobs = { 256 << 10, 128 << 10 };
 
 struct {
 	__uint(type, BPF_MAP_TYPE_RINGBUF);
 	__uint(max_entries, 2 << 20);
 } events SEC(".maps");
 
+/* Bytes this CPU submitted since it last looked at the fill; [1]: failed reservations. */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 2);
+	__type(key, __u32);
+	__type(value, __u64);
+} counts SEC(".maps");
+
 static __always_inline int record(__u64 size)
 {
+	__u32 key = 0;
+	__u64 *n = bpf_map_lookup_elem(&counts, &key);
+	__u64 flags = BPF_RB_NO_WAKEUP;
 	void *e = bpf_ringbuf_reserve(&events, size, 0);
 
-	if (!e)
+	if (!e) {
+		key = 1;
+		n = bpf_map_lookup_elem(&counts, &key);
+		if (n)
+			*n += 1;
 		return 0;
+	}
 	/* The first word only: the agent writes every byte it sends, the floor writes none. */
 	*(__u64 *)e = size;
-	bpf_ringbuf_submit(e, bpf_ringbuf_query(&events, BPF_RB_AVAIL_DATA) >= WAKE_AT ?
-				      BPF_RB_FORCE_WAKEUP :
-				      BPF_RB_NO_WAKEUP);
+	if (n && (*n += size) >= knobs.check_bytes) {
+		*n = 0;
+		if (bpf_ringbuf_query(&events, BPF_RB_AVAIL_DATA) >= knobs.wakeup_bytes)
+			flags = BPF_RB_FORCE_WAKEUP;
+	}
+	bpf_ringbuf_submit(e, flags);
 	return 0;
 }
 #else
