@@ -13,21 +13,23 @@ use serde_json::{Value, json};
 
 use crate::config::{Config, Key};
 use crate::error::{Error, Result};
-use crate::event::Event;
-use crate::metrics::Metrics;
-use crate::socket;
-use crate::start::{self, Plan};
+use crate::events::event::Event;
+use crate::identity::plan::Plan;
+use crate::identity::session::Session;
+use crate::pipeline::sink::{JsonLines, Sink};
+use crate::pipeline::{POLL_INTERVAL, Pipeline};
+use crate::serve::metrics::Metrics;
+use crate::serve::socket;
 use crate::stop::Stop;
-use crate::upload_queue::Limits;
-use crate::uploader::{Shared, Uplink};
-use crate::watch::{JsonLines, POLL_INTERVAL, Pipeline, Sink};
+use crate::uplink::queue::Limits;
+use crate::uplink::uploader::{Shared, Uplink};
 
 /// Kernel counters, ring fill and the socket's connection timeouts are refreshed this often.
 const HOUSEKEEPING: Duration = Duration::from_secs(1);
 /// After the grace period, the final heartbeat may take this much longer before we exit anyway
 /// (its own timeout plus a second): the uplink has counted everything by then.
 const FINAL_HEARTBEAT_ALLOWANCE: Duration =
-    Duration::from_secs(crate::uploader::FINAL_HEARTBEAT_TIMEOUT.as_secs() + 1);
+    Duration::from_secs(crate::uplink::uploader::FINAL_HEARTBEAT_TIMEOUT.as_secs() + 1);
 
 /// Loop health: how long one pass of the loop body took (poll wake-up to the next poll).
 #[derive(Debug, Default, Clone, Copy)]
@@ -147,7 +149,7 @@ pub fn run(cfg: Config, plan: Plan, t0: Instant) -> Result<()> {
     let stop = Arc::new(Stop::install()?);
     let workload_id = plan.workload.hex.clone();
     let t = Instant::now();
-    let Some(identity) = start::Agent::start(plan, &stop)? else {
+    let Some(identity) = Session::start(plan, &stop)? else {
         log::info!("stopping on {} during enrolment", stop.signal_name());
         return Ok(());
     };
@@ -164,7 +166,7 @@ pub fn run(cfg: Config, plan: Plan, t0: Instant) -> Result<()> {
 impl Agent {
     fn new(
         cfg: &Config,
-        identity: start::Agent,
+        identity: Session,
         stop: Arc<Stop>,
         workload_id: String,
         t0: Instant,
@@ -181,7 +183,7 @@ impl Agent {
 
         let t = Instant::now();
         let mut pipeline = Pipeline::new(cfg)?;
-        match crate::attest::Attestor::new(cfg) {
+        match crate::attest::attestor::Attestor::new(cfg) {
             Ok(a) => pipeline.set_attestor(a),
             Err(e) => log::warn!("events will carry no container or pod fields: {e}"),
         }

@@ -13,7 +13,7 @@ pub struct Stats {
     /// Events delivered to the sink, per `TYPES` index.
     pub seen: [u64; TYPES.len()],
     /// Failed reservations in the kernel, per kernel record type (`decode::TYPE_NAMES`).
-    pub kernel_drops: [u64; crate::decode::LG_TYPE_MAX],
+    pub kernel_drops: [u64; crate::sensor::decode::LG_TYPE_MAX],
     /// Records lost in user space (undecodable records).
     pub user_drops: u64,
     pub ring_size: u64,
@@ -61,7 +61,7 @@ impl Stats {
             .zip(self.seen)
             .map(|(t, n)| (t.to_string(), n.into()))
             .collect();
-        let dropped_kernel_by_type = crate::decode::TYPE_NAMES
+        let dropped_kernel_by_type = crate::sensor::decode::TYPE_NAMES
             .iter()
             .zip(self.kernel_drops)
             .skip(1)

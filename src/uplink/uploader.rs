@@ -8,12 +8,12 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use crate::backend::{self, Events, Failure};
-use crate::backoff::Backoff;
-use crate::counters::Counters;
 use crate::error::{Error, Result};
-use crate::start;
-use crate::upload_queue::{Batch, Limits, Queue};
+use crate::identity::session::Session;
+use crate::net::backend::{self, Events, Failure};
+use crate::net::backoff::Backoff;
+use crate::pipeline::counters::Counters;
+use crate::uplink::queue::{Batch, Limits, Queue};
 
 /// First retry of a failed batch after up to this long (full jitter), doubling per attempt.
 const RETRY_BASE: Duration = Duration::from_millis(500);
@@ -181,7 +181,7 @@ pub fn heartbeat_stats(c: &Counters) -> backend::Stats {
 /// The uplink thread's state.
 pub struct Uplink {
     shared: Arc<Shared>,
-    agent: start::Agent,
+    agent: Session,
     workload_id: String,
     started: Instant,
     /// Batches taken from the queue and not yet accepted (the one being retried, split halves).
@@ -189,14 +189,14 @@ pub struct Uplink {
     retry_at: Option<Instant>,
     backoff: Backoff,
     first_upload_logged: bool,
-    /// When `start::Agent::tick` is next due.
+    /// When `Session::tick` is next due.
     next_tick: Instant,
 }
 
 impl Uplink {
     pub fn new(
         shared: Arc<Shared>,
-        agent: start::Agent,
+        agent: Session,
         workload_id: String,
         started: Instant,
     ) -> Uplink {
@@ -245,7 +245,7 @@ impl Uplink {
                     }
                 }
                 if !self.pending.is_empty() {
-                    self.send_front(crate::tls::CALL_TIMEOUT)?;
+                    self.send_front(crate::net::tls::CALL_TIMEOUT)?;
                     continue;
                 }
             }

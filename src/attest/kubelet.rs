@@ -11,9 +11,9 @@ use ureq::tls::{Certificate, ClientCert, PemItem, PrivateKey, RootCerts, TlsConf
 use ureq::unversioned::resolver::{ResolvedSocketAddrs, Resolver};
 use ureq::unversioned::transport::{DefaultConnector, NextTimeout};
 
+use crate::attest::pods::{self, PodList};
 use crate::config::{Config, Key};
 use crate::error::{Context, Error, Kind, Result};
-use crate::pods::{self, PodList};
 use crate::secret::Secret;
 
 /// A pod list larger than this is refused (a node runs at most a few hundred pods).

@@ -5,9 +5,9 @@ use std::time::Duration;
 
 use serde::Serialize;
 
-use crate::enroll::{self, Identity};
 use crate::error::Result;
-use crate::tls::{self, CallError, ServerTrust};
+use crate::identity::enroll::{self, Identity};
+use crate::net::tls::{self, CallError, ServerTrust};
 
 /// Counters reported in every heartbeat (filled by the sensor and uploader, issue 6).
 #[derive(Debug, Default, Clone, Serialize)]

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use lru::LruCache;
 
-use crate::cgroup::{self, Placement};
+use crate::attest::cgroup::{self, Placement};
 
 /// Entries kept (a node has a few thousand cgroups at most; each entry is ~200 bytes).
 const CAPACITY: usize = 8192;
