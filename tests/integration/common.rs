@@ -79,6 +79,15 @@ pub fn is_root() -> bool {
     nix::unistd::geteuid().is_root()
 }
 
+/// Root-only tests call this first: as a normal user they fail loudly, never pass silently
+/// (`sudo scripts/test` runs them; CI runs as root).
+pub fn require_root(what: &str) {
+    assert!(
+        is_root(),
+        "this test needs {what}: run the tests as root (sudo scripts/test)"
+    );
+}
+
 /// A running reference backend (`linuxguard-backend`), killed on drop.
 ///
 /// Its state dir is a fresh `TempDir`; stdout and stderr go to `backend.stdout` and

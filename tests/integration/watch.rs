@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-use crate::common::{TempDir, agent, build_c_helper, is_root, marker};
+use crate::common::{TempDir, agent, build_c_helper, marker};
 
 /// A running `watch` whose stdout lines are collected in the background.
 pub(crate) struct Watch {
@@ -109,10 +109,7 @@ pub(crate) fn pid_of(v: &Value) -> u64 {
 
 #[test]
 fn root_watch_reports_exec_fork_exit_of_a_child() {
-    if !is_root() {
-        eprintln!("skipped: needs root");
-        return;
-    }
+    crate::common::require_root("root");
     let w = Watch::start(&[]);
     let mark = marker("exit7");
     let status = Command::new("/bin/sh")
@@ -178,10 +175,7 @@ fn tcp_roundtrip(addr: &str) -> (u16, u16) {
 
 #[test]
 fn root_watch_reports_tcp_connect_and_accept_over_ipv4_and_ipv6() {
-    if !is_root() {
-        eprintln!("skipped: needs root");
-        return;
-    }
+    crate::common::require_root("root");
     let w = Watch::start(&[]);
     let me = u64::from(std::process::id());
     for (bind, ip, kind) in [
@@ -212,10 +206,7 @@ fn root_watch_reports_tcp_connect_and_accept_over_ipv4_and_ipv6() {
 
 #[test]
 fn root_watch_reports_setuid_in_a_child() {
-    if !is_root() {
-        eprintln!("skipped: needs root");
-        return;
-    }
+    crate::common::require_root("root");
     let w = Watch::start(&[]);
     let child = Command::new("/bin/true")
         .uid(65534)
@@ -244,10 +235,7 @@ fn root_watch_reports_setuid_in_a_child() {
 
 #[test]
 fn root_watch_reports_memfd_create_and_fileless_exec() {
-    if !is_root() {
-        eprintln!("skipped: needs root");
-        return;
-    }
+    crate::common::require_root("root");
     let w = Watch::start(&[]);
     let name = marker("memfd");
     let fd = nix::sys::memfd::memfd_create(name.as_str(), nix::sys::memfd::MFdFlags::empty())
@@ -293,10 +281,7 @@ fn root_watch_reports_memfd_create_and_fileless_exec() {
 
 #[test]
 fn root_watch_stats_events_and_closed_stdout_end_cleanly() {
-    if !is_root() {
-        eprintln!("skipped: needs root");
-        return;
-    }
+    crate::common::require_root("root");
     // --stats-interval: {"type":"stats"} events on stdout.
     let w = Watch::start(&["--stats-interval", "1"]);
     let s = w.wait_for("stats", |v| v["type"] == "stats");
@@ -351,10 +336,7 @@ fn root_watch_stats_events_and_closed_stdout_end_cleanly() {
 
 #[test]
 fn root_watch_reports_bpf_loads_and_ptrace_by_other_processes() {
-    if !is_root() {
-        eprintln!("skipped: needs root");
-        return;
-    }
+    crate::common::require_root("root");
     let w = Watch::start(&[]);
     // A second agent loading its programs is "another process loading BPF".
     let second = Watch::start(&[]);
@@ -399,10 +381,7 @@ fn root_watch_reports_bpf_loads_and_ptrace_by_other_processes() {
 /// actually loaded, and give its size, not whatever the caller's memory held at the exit.
 #[test]
 fn root_watch_bpf_load_reports_the_kernel_copy_not_the_callers_memory() {
-    if !is_root() {
-        eprintln!("skipped: needs root");
-        return;
-    }
+    crate::common::require_root("root");
     let dir = TempDir::new("bpfrace");
     let bin = build_c_helper(dir.path(), "bpfrace.c", &["-pthread"]);
     let w = Watch::start(&[]);
@@ -456,10 +435,7 @@ fn root_watch_bpf_load_reports_the_kernel_copy_not_the_callers_memory() {
 /// the host is kthreadd), and a failed attach says its pid is the tracer's own number for it.
 #[test]
 fn root_watch_ptrace_inside_a_pid_namespace_names_the_host_pid() {
-    if !is_root() {
-        eprintln!("skipped: needs root");
-        return;
-    }
+    crate::common::require_root("root");
     let dir = TempDir::new("ptracens");
     let bin = build_c_helper(dir.path(), "ptracens.c", &[]);
     let w = Watch::start(&[]);
@@ -500,10 +476,7 @@ fn root_watch_ptrace_inside_a_pid_namespace_names_the_host_pid() {
 
 #[test]
 fn root_watch_without_privileges_says_what_is_missing() {
-    if !is_root() {
-        eprintln!("skipped: needs root (to drop to an unprivileged user)");
-        return;
-    }
+    crate::common::require_root("root (to drop to an unprivileged user)");
     let out = agent()
         .arg("watch")
         .uid(65534)
@@ -520,10 +493,7 @@ fn root_watch_without_privileges_says_what_is_missing() {
 
 #[test]
 fn root_watch_counts_kernel_drops_when_the_reader_stalls() {
-    if !is_root() {
-        eprintln!("skipped: needs root");
-        return;
-    }
+    crate::common::require_root("root");
     // A 1 MiB ring and a stopped reader: exec records (about 2 KiB each) fill it quickly.
     let w = Watch::start(&["--ring-buffer-mb", "1"]);
     let pid = nix::unistd::Pid::from_raw(w.child.id() as i32);
@@ -561,10 +531,7 @@ fn root_watch_counts_kernel_drops_when_the_reader_stalls() {
 
 #[test]
 fn root_watch_reports_capset_that_changes_capabilities() {
-    if !is_root() {
-        eprintln!("skipped: needs root");
-        return;
-    }
+    crate::common::require_root("root");
     let w = Watch::start(&[]);
     // setpriv (util-linux) calls capset() to add CAP_NET_RAW (bit 13) to the inheritable set.
     let mut child = Command::new("setpriv")
@@ -617,13 +584,11 @@ impl Drop for V1Cgroups {
 /// apart, for every one of their short-lived processes.
 #[test]
 fn root_watch_attributes_v1_only_containers_by_memory_cgroup() {
-    if !is_root() {
-        eprintln!("skipped: needs root");
-        return;
-    }
+    crate::common::require_root("root");
     let Some(mem) = memory_v1_mount() else {
-        eprintln!("skipped: this host has no cgroup v1 memory hierarchy");
-        return;
+        panic!(
+            "cannot run here: this host has no cgroup v1 memory hierarchy (CI runs as root on a kernel with BTF, where it can)"
+        );
     };
     const UID: &str = "7b8f0a5c-3c1e-4d2a-9f6b-1e2d3c4b5d6e";
     let cids = ["a1".repeat(32), "b2".repeat(32)];

@@ -6,7 +6,7 @@
 use std::borrow::Cow;
 use std::net::IpAddr;
 
-use crate::sensor::types;
+use crate::sensor::skel::types;
 
 /// Record type numbers: `enum lg_type` in bpf/events.h, through the generated type.
 pub const LG_EXEC: u32 = types::lg_type::LG_EXEC.0;

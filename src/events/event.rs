@@ -7,9 +7,9 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde::{Serialize, Serializer};
 
-use crate::decode::{Comm, Creds, Record, Task};
-use crate::json::{self, key};
-use crate::proctable::{ANCESTRY_DEPTH, Ancestor, ProcTable};
+use crate::events::json::{self, key};
+use crate::events::proctable::{ANCESTRY_DEPTH, Ancestor, ProcTable};
+use crate::sensor::decode::{Comm, Creds, Record, Task};
 
 /// Bumped on any incompatible change to the event format (docs/events.md).
 pub const SCHEMA_VERSION: u32 = 1;
@@ -46,7 +46,7 @@ pub struct Event {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub memfd: Option<MemfdInfo>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub stats: Option<Box<crate::stats::Snapshot>>,
+    pub stats: Option<Box<crate::counters::Snapshot>>,
 }
 
 #[derive(Serialize, Debug, Clone)]
@@ -569,7 +569,7 @@ impl Builder {
         }
     }
 
-    pub fn stats(&mut self, snapshot: crate::stats::Snapshot) -> Event {
+    pub fn stats(&mut self, snapshot: crate::counters::Snapshot) -> Event {
         let mut e = self.base("stats", Timestamp::now());
         e.stats = Some(Box::new(snapshot));
         e
@@ -760,9 +760,9 @@ mod tests {
     use serde_json::Value;
 
     use super::*;
-    use crate::decode::*;
+    use crate::sensor::decode::*;
 
-    const DOC: &str = include_str!("../docs/events.md");
+    const DOC: &str = include_str!("../../docs/events.md");
     const KERNEL_TYPES: [&str; 10] = [
         "exec", "exit", "fork", "connect", "accept", "setuid", "capset", "ptrace", "bpf_load",
         "memfd",
@@ -1076,7 +1076,7 @@ mod tests {
             .into_iter()
             .map(|r| text(&b.build(r, &mut procs)))
             .collect();
-        let stats = crate::stats::Stats::default().snapshot();
+        let stats = crate::counters::Stats::default().snapshot();
         out.push(text(&b.stats(stats)));
         out
     }

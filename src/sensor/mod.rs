@@ -13,17 +13,9 @@ use libbpf_rs::{Link, MapCore, MapFlags, OpenObject, PrintLevel};
 
 use crate::error::{Error, Result};
 
-mod skel {
-    #![allow(
-        clippy::all,
-        clippy::pedantic,
-        clippy::undocumented_unsafe_blocks,
-        clippy::unwrap_used
-    )]
-    #![allow(dead_code, non_camel_case_types, unsafe_op_in_unsafe_fn)]
-    include!(concat!(env!("OUT_DIR"), "/sensor.skel.rs"));
-}
-pub use skel::types;
+pub mod decode;
+pub mod skel;
+
 use skel::{OpenSensorSkel, SensorSkel, SensorSkelBuilder};
 
 const TRACEFS: &str = "/sys/kernel/tracing";
@@ -538,8 +530,8 @@ impl Sensor {
     }
 
     /// Failed ring-buffer reservations per record type, summed over CPUs.
-    pub fn kernel_drops(&self) -> [u64; crate::decode::LG_TYPE_MAX] {
-        let mut out = [0u64; crate::decode::LG_TYPE_MAX];
+    pub fn kernel_drops(&self) -> [u64; decode::LG_TYPE_MAX] {
+        let mut out = [0u64; decode::LG_TYPE_MAX];
         for (i, slot) in out.iter_mut().enumerate() {
             let key = (i as u32).to_ne_bytes();
             if let Ok(Some(cpus)) = self.skel.maps.drops.lookup_percpu(&key, MapFlags::ANY) {
@@ -605,7 +597,7 @@ pub fn load_all_for_test(opts: &Options) -> Result<usize> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::decode::{Record, decode};
+    use crate::sensor::decode::{Record, decode};
     use std::cell::RefCell;
     use std::rc::Rc;
 
