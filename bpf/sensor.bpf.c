@@ -12,6 +12,12 @@
  * (bpf_get_current_task_btf(), Linux 5.11+) with plain CO-RE loads: one probe read per field
  * made a fork or exit record cost twice as much. Other kernel memory (sockets, dentries, the
  * compat registers) is read with BPF_CORE_READ, so one helper serves both flavours of a hook.
+ *
+ * One object for every kernel from 5.10 to the newest (docs/kernels.md). What differs between
+ * kernels is decided when the object is loaded, never on the hot path: CO-RE tests
+ * (bpf_core_field_exists, bpf_core_enum_value_exists, bpf_ksym_exists) become constants at load
+ * and the verifier drops the branch not taken; where a program cannot be written for both (the
+ * bpf_loop() path walk), there are two and user space loads the one the kernel has helpers for.
  */
 #include "vmlinux.h"
 #include <bpf/bpf_helpers.h>
@@ -141,6 +147,20 @@ static __always_inline void submit(void *e, __u64 size)
 }
 
 /*
+ * 1 where the kernel hands out the current task as a BTF pointer (bpf_get_current_task_btf(),
+ * Linux 5.11+), so fields reached from it are plain loads; 0 before (5.10), where each is a CO-RE
+ * probe read. Resolved from the kernel's BTF when the object is loaded.
+ */
+#define HAVE_TASK_BTF bpf_core_enum_value_exists(enum bpf_func_id, BPF_FUNC_get_current_task_btf)
+
+/*
+ * A field reached from the current task (src->a->b..., as BPF_CORE_READ names it): a plain load
+ * where HAVE_TASK_BTF, else a probe read.
+ */
+#define TREAD(src, a, ...)                                                         \
+	(HAVE_TASK_BTF ? ___arrow(src, a, ##__VA_ARGS__) : BPF_CORE_READ(src, a, ##__VA_ARGS__))
+
+/*
  * The id of the task's memory cgroup when the memory controller sits on a cgroup v1 hierarchy
  * (hierarchy 0 is cgroup v2), else 0. Container runtimes give every container its own cgroup in
  * each v1 hierarchy, so on hybrid hosts, where containers may share a cgroup v2 cgroup, this id
@@ -148,7 +168,8 @@ static __always_inline void submit(void *e, __u64 size)
  */
 static __always_inline __u64 memcg_v1_id(struct task_struct *task)
 {
-	struct cgroup_subsys_state *css;
+	struct cgroup_subsys_state *css = NULL;
+	struct css_set *cs;
 	struct cgroup *cg;
 	int i;
 
@@ -157,13 +178,17 @@ static __always_inline __u64 memcg_v1_id(struct task_struct *task)
 	i = bpf_core_enum_value(enum cgroup_subsys_id, memory_cgrp_id);
 	if (i < 0 || i >= CGROUP_SUBSYS_COUNT)
 		return 0;
-	css = task->cgroups->subsys[i];
+	cs = TREAD(task, cgroups);
+	if (HAVE_TASK_BTF)
+		css = cs->subsys[i];
+	else
+		bpf_core_read(&css, sizeof(css), &cs->subsys[i]);
 	if (!css)
 		return 0;
-	cg = css->cgroup;
-	if (!cg || cg->root->hierarchy_id == 0)
+	cg = TREAD(css, cgroup);
+	if (!cg || TREAD(cg, root, hierarchy_id) == 0)
 		return 0;
-	return cg->kn->id;
+	return TREAD(cg, kn, id);
 }
 
 /*
@@ -177,13 +202,16 @@ static __always_inline __u64 memcg_v1_id(struct task_struct *task)
  * looks up whether the field keeps the trust, by name, in the kernel's whole BTF. That made
  * loading the sensor take 330-400 ms instead of 95 ms here; through the untrusted pointer the
  * loads are the same at run time and the lookups are skipped. Older kernels take the trusted
- * pointer and the slower load.
+ * pointer and the slower load; before 5.11 it is a plain address, read through TREAD's probe
+ * reads.
  */
 static __always_inline struct task_struct *current_btf(void)
 {
 	if (bpf_ksym_exists(bpf_rdonly_cast))
 		return bpf_core_cast((void *)bpf_get_current_task(), struct task_struct);
-	return bpf_get_current_task_btf();
+	if (HAVE_TASK_BTF)
+		return bpf_get_current_task_btf();
+	return (struct task_struct *)bpf_get_current_task();
 }
 
 /*
@@ -198,25 +226,25 @@ static __always_inline struct task_struct *current_btf(void)
 static __always_inline void fill_task(struct lg_task *t)
 {
 	struct task_struct *task = current_btf();
-	const struct cred *c = task->real_cred;
-	struct pid *tp = task->thread_pid;
-	unsigned int level = tp->level;
+	const struct cred *c = TREAD(task, real_cred);
+	struct pid *tp = TREAD(task, thread_pid);
+	unsigned int level = TREAD(tp, level);
 	struct upid up = {};
 
 	t->ts_boot_ns = bpf_ktime_get_boot_ns();
-	t->start_boot_ns = task->group_leader->start_boottime;
+	t->start_boot_ns = TREAD(task, group_leader, start_boottime);
 	t->cgroup_id = bpf_get_current_cgroup_id();
 	t->memcg_v1_id = memcg_v1_id(task);
-	t->pid = task->tgid;
-	t->tid = task->pid;
-	t->ppid = task->real_parent->tgid;
-	t->uid = c->uid.val;
-	t->gid = c->gid.val;
-	t->euid = c->euid.val;
-	t->egid = c->egid.val;
+	t->pid = TREAD(task, tgid);
+	t->tid = TREAD(task, pid);
+	t->ppid = TREAD(task, real_parent, tgid);
+	t->uid = TREAD(c, uid.val);
+	t->gid = TREAD(c, gid.val);
+	t->euid = TREAD(c, euid.val);
+	t->egid = TREAD(c, egid.val);
 	/* loginuid only exists with CONFIG_AUDIT: CO-RE drops the read where it is missing. */
 	if (bpf_core_field_exists(task->loginuid))
-		t->auid = task->loginuid.val;
+		t->auid = TREAD(task, loginuid.val);
 	else
 		t->auid = 0xffffffff;
 	/*
@@ -227,7 +255,7 @@ static __always_inline void fill_task(struct lg_task *t)
 	 */
 	bpf_probe_read_kernel(&up, sizeof(up), &tp->numbers[level]);
 	t->pidns = KREAD(struct pid_namespace, up.ns, ns.inum);
-	t->mntns = task->nsproxy->mnt_ns->ns.inum;
+	t->mntns = TREAD(task, nsproxy, mnt_ns, ns.inum);
 	bpf_get_current_comm(t->comm, sizeof(t->comm));
 }
 
@@ -236,21 +264,41 @@ static __always_inline struct task_struct *current_task(void)
 	return (struct task_struct *)bpf_get_current_task();
 }
 
+/*
+ * kernel_cap_t was `struct kernel_cap_struct { u32 cap[2]; }` before Linux 6.3 and is
+ * `struct { u64 val; }` since. The old shape, for CO-RE to match against the running kernel
+ * (the `___` suffix is dropped when matching: this is `struct cred` with the old members).
+ */
+struct kernel_cap_struct___lg_u32 {
+	__u32 cap[2];
+};
+
+struct cred___lg_u32 {
+	struct kernel_cap_struct___lg_u32 cap_effective, cap_permitted, cap_inheritable;
+} __attribute__((preserve_access_index));
+
+/* One capability set of credentials `c` (`old`: the same, in the old shape) as 64 bits. */
+#define CAPS(c, old, set)                                                       \
+	(bpf_core_field_exists((c)->set.val) ?                                  \
+		 (__u64)TREAD(c, set.val) :                                     \
+		 ((__u64)TREAD(old, set.cap[0]) | (__u64)TREAD(old, set.cap[1]) << 32))
+
 static __always_inline void read_creds(struct lg_creds *o)
 {
-	const struct cred *c = current_btf()->real_cred;
+	const struct cred *c = TREAD(current_btf(), real_cred);
+	const struct cred___lg_u32 *old = (const void *)c;
 
-	o->uid = c->uid.val;
-	o->euid = c->euid.val;
-	o->suid = c->suid.val;
-	o->fsuid = c->fsuid.val;
-	o->gid = c->gid.val;
-	o->egid = c->egid.val;
-	o->sgid = c->sgid.val;
-	o->fsgid = c->fsgid.val;
-	o->cap_effective = c->cap_effective.val;
-	o->cap_permitted = c->cap_permitted.val;
-	o->cap_inheritable = c->cap_inheritable.val;
+	o->uid = TREAD(c, uid.val);
+	o->euid = TREAD(c, euid.val);
+	o->suid = TREAD(c, suid.val);
+	o->fsuid = TREAD(c, fsuid.val);
+	o->gid = TREAD(c, gid.val);
+	o->egid = TREAD(c, egid.val);
+	o->sgid = TREAD(c, sgid.val);
+	o->fsgid = TREAD(c, fsgid.val);
+	o->cap_effective = CAPS(c, old, cap_effective);
+	o->cap_permitted = CAPS(c, old, cap_permitted);
+	o->cap_inheritable = CAPS(c, old, cap_inheritable);
 }
 
 /* ---------------------------------------------------------------- exec */
@@ -265,6 +313,12 @@ static __always_inline void read_creds(struct lg_creds *o)
  * writes into a per-CPU scratch buffer (it cannot safely hold the ring-buffer pointer), with
  * offsets masked to half the buffer and reads of at most half the buffer so every write is
  * provably in bounds; the result is copied into the record afterwards.
+ *
+ * Kernels before 5.17 have no bpf_loop() (and before 5.13 refuse a program that so much as
+ * names a callback): exec_*_unrolled run the same steps in an unrolled loop, as deep. There the
+ * walk's state lives in a per-CPU map value instead of the stack: loaded from a map, the offset
+ * is an unknown number masked into bounds at each step, so the verifier checks each step once
+ * instead of once per combination of earlier steps.
  */
 struct path_walk {
 	struct dentry *d;
@@ -326,6 +380,13 @@ static long walk_step(__u64 index, void *arg)
 	return 0;
 }
 
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct path_walk);
+} walk_state SEC(".maps");
+
 static __always_inline void read_exe_path(struct lg_exec *e, struct file *f)
 {
 	struct vfsmount *vmnt = BPF_CORE_READ(f, f_path.mnt);
@@ -344,6 +405,32 @@ static __always_inline void read_exe_path(struct lg_exec *e, struct file *f)
 	e->path_truncated = !w.complete;
 }
 
+static __always_inline void read_exe_path_unrolled(struct lg_exec *e, struct file *f)
+{
+	struct vfsmount *vmnt = BPF_CORE_READ(f, f_path.mnt);
+	__u32 zero = 0;
+	struct path_walk *w = bpf_map_lookup_elem(&walk_state, &zero);
+	char *buf;
+	int i;
+
+	if (!w)
+		return;
+	w->d = BPF_CORE_READ(f, f_path.dentry);
+	w->mnt = container_of(vmnt, struct mount, mnt);
+	w->off = 0;
+	w->depth = 0;
+	w->complete = 0;
+#pragma unroll
+	for (i = 0; i < LG_PATH_DEPTH; i++)
+		if (walk_step(i, w))
+			break;
+	buf = bpf_map_lookup_elem(&path_scratch, &zero);
+	if (buf)
+		bpf_probe_read_kernel(e->path, sizeof(e->path), buf);
+	e->path_depth = w->depth;
+	e->path_truncated = !w->complete;
+}
+
 /* A memfd's file is named "memfd:<name>" (the kernel's prefix; hugetlb memfds too). */
 static __always_inline int is_memfd_prefix(const char p[6])
 {
@@ -351,7 +438,7 @@ static __always_inline int is_memfd_prefix(const char p[6])
 	       p[5] == ':';
 }
 
-static __always_inline int do_exec(__u32 old_pid, const char *filename)
+static __always_inline int do_exec(__u32 old_pid, const char *filename, int loop)
 {
 	struct task_struct *task = current_btf();
 	struct lg_exec *e;
@@ -376,29 +463,32 @@ static __always_inline int do_exec(__u32 old_pid, const char *filename)
 		e->filename[0] = 0;
 
 	/* The new image is in place at this tracepoint: mm and exe_file are the new program's. */
-	mm = task->mm;
-	exe = mm->exe_file;
+	mm = TREAD(task, mm);
+	exe = TREAD(mm, exe_file);
 	e->path[0] = 0;
 	e->path_depth = 0;
 	e->path_truncated = 0;
 	e->exe_nlink = 0;
 	if (exe) {
-		read_exe_path(e, exe);
-		e->exe_nlink = exe->f_inode->__i_nlink;
+		if (loop)
+			read_exe_path(e, exe);
+		else
+			read_exe_path_unrolled(e, exe);
+		e->exe_nlink = TREAD(exe, f_inode, __i_nlink);
 		/*
 		 * memfd files are named "memfd:<name>" on an internal shmem mount, where the
 		 * dentry has no directory: it is its own parent. A file on disk named "memfd:x"
 		 * has a parent, and is not fileless.
 		 */
-		dentry = exe->f_path.dentry;
-		bpf_probe_read_kernel(prefix, sizeof(prefix), dentry->d_name.name);
-		if (is_memfd_prefix(prefix) && dentry->d_parent == dentry)
+		dentry = TREAD(exe, f_path.dentry);
+		bpf_probe_read_kernel(prefix, sizeof(prefix), TREAD(dentry, d_name.name));
+		if (is_memfd_prefix(prefix) && TREAD(dentry, d_parent) == dentry)
 			e->memfd = 1;
 	}
 
 	/* argv: one user read of [arg_start, arg_end), cut at LG_ARGS_LEN. */
-	start = mm->arg_start;
-	end = mm->arg_end;
+	start = TREAD(mm, arg_start);
+	end = TREAD(mm, arg_end);
 	len = end > start ? end - start : 0;
 	if (len > LG_ARGS_LEN) {
 		len = LG_ARGS_LEN;
@@ -421,16 +511,29 @@ static __always_inline int do_exec(__u32 old_pid, const char *filename)
 SEC("tp_btf/sched_process_exec")
 int BPF_PROG(exec_btf, struct task_struct *p, pid_t old_pid, struct linux_binprm *bprm)
 {
-	return do_exec(old_pid, bprm->filename);
+	return do_exec(old_pid, bprm->filename, 1);
 }
+
+/* __data_loc: the low 16 bits are the string's offset from the record start. */
+#define EXEC_TP_FILENAME(ctx) ((const char *)(ctx) + ((ctx)->__data_loc_filename & 0xFFFF))
 
 SEC("tracepoint/sched/sched_process_exec")
 int exec_tp(struct trace_event_raw_sched_process_exec *ctx)
 {
-	/* __data_loc: the low 16 bits are the string's offset from the record start. */
-	unsigned int off = ctx->__data_loc_filename & 0xFFFF;
+	return do_exec(ctx->old_pid, EXEC_TP_FILENAME(ctx), 1);
+}
 
-	return do_exec(ctx->old_pid, (const char *)ctx + off);
+/* Kernels without bpf_loop() (before 5.17): the unrolled path walk. */
+SEC("tp_btf/sched_process_exec")
+int BPF_PROG(exec_btf_unrolled, struct task_struct *p, pid_t old_pid, struct linux_binprm *bprm)
+{
+	return do_exec(old_pid, bprm->filename, 0);
+}
+
+SEC("tracepoint/sched/sched_process_exec")
+int exec_tp_unrolled(struct trace_event_raw_sched_process_exec *ctx)
+{
+	return do_exec(ctx->old_pid, EXEC_TP_FILENAME(ctx), 0);
 }
 
 /* ---------------------------------------------------------------- exit */
@@ -446,7 +549,7 @@ static __always_inline int do_exit(void)
 		return 0;
 	e->type = LG_EXIT;
 	fill_task(&e->task);
-	code = task->exit_code;
+	code = TREAD(task, exit_code);
 	e->exit_code = (code >> 8) & 0xff;
 	e->signal = code & 0x7f;
 	e->core_dumped = (code & 0x80) ? 1 : 0;
@@ -1163,10 +1266,10 @@ static __always_inline int in_compat_syscall(int btf)
 	struct task_struct *t;
 
 	if (btf) {
-		t = bpf_get_current_task_btf();
+		t = current_btf();
 		if (!bpf_core_field_exists(t->thread_info.status))
 			return 0;
-		return t->thread_info.status & LG_TS_COMPAT;
+		return TREAD(t, thread_info.status) & LG_TS_COMPAT;
 	}
 	t = current_task();
 	if (!bpf_core_field_exists(t->thread_info.status))

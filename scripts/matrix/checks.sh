@@ -30,7 +30,14 @@ has() {
 seen() { # seen TYPE CHECK DETAIL PATTERN...
 	t=$1 c=$2 d=$3
 	shift 3
-	if has "$@"; then check "$t" "$c" pass "$d"; else check "$t" "$c" fail "$d"; fi
+	if has "$@"; then
+		check "$t" "$c" pass "$d"
+	else
+		check "$t" "$c" fail "$d"
+		# What came closest: events matching the last pattern (the most specific one).
+		eval "last=\${$#}"
+		grep -F -e "$last" "$EV" | head -3 | cut -c1-700 | sed 's/^/LG-NEAR /'
+	fi
 }
 
 "$AGENT" watch --log-level "${LG_LOG_LEVEL:-info}" > "$EV" 2> "$ERR" &

@@ -210,6 +210,8 @@ impl Agent {
         };
 
         let shared = Arc::new(Shared::new(limits, batch_key_prefix(), to_backend));
+        let _ = shared.published.event_types.set(pipeline.event_types());
+        log::info!("sensor: {}", pipeline.event_types().line());
         let agent_id = identity.agent_id().to_string();
         let (done_tx, uplink_done) = std::sync::mpsc::sync_channel(1);
         let uplink = {
