@@ -50,7 +50,11 @@ fn is_statistics(line: &str) -> bool {
 /// telling line of that program's verifier log, else libbpf's own words.
 pub fn refusal(msgs: &[String]) -> Option<Refusal> {
     let named = |m: &str| -> Option<(String, String)> {
-        let rest = m.trim_start().strip_prefix("prog '")?;
+        let m = m.trim_start();
+        let rest = m
+            .strip_prefix("libbpf: ")
+            .unwrap_or(m)
+            .strip_prefix("prog '")?;
         let (name, what) = rest.split_once("': ")?;
         Some((name.to_string(), what.trim().to_string()))
     };
@@ -67,8 +71,7 @@ pub fn refusal(msgs: &[String]) -> Option<Refusal> {
         let log = what.strip_prefix("-- BEGIN PROG LOAD LOG --")?;
         log.lines()
             .map(str::trim)
-            .filter(|l| !l.is_empty() && !is_statistics(l))
-            .next_back()
+            .rfind(|l| !l.is_empty() && !is_statistics(l))
             .map(str::to_string)
     });
     let mut reason = verifier.unwrap_or(said);
@@ -98,13 +101,13 @@ mod tests {
         let m = msgs(&[
             "libbpf: prog 'fork_tp': skipped loading\n",
             "libbpf: map 'sensor_b.data': created successfully, fd=13\n",
-            "prog 'setuid_enter': BPF program load failed: -EINVAL\n",
-            "prog 'setuid_enter': -- BEGIN PROG LOAD LOG --\nreg type unsupported for arg#0 \
+            "libbpf: prog 'setuid_enter': BPF program load failed: -EINVAL\n",
+            "libbpf: prog 'setuid_enter': -- BEGIN PROG LOAD LOG --\nreg type unsupported for arg#0 \
              function setuid_enter#714\n0: R1=ctx(off=0,imm=0) R10=fp0\n40: <invalid CO-RE \
              relocation>\nfailed to resolve CO-RE relocation <byte_off> [431] struct \
              cred.cap_effective.val (0:12:0 @ offset 64)\nprocessed 33 insns (limit 1000000) \
              max_states_per_insn 0\n-- END PROG LOAD LOG --\n",
-            "prog 'setuid_enter': failed to load: -22\n",
+            "libbpf: prog 'setuid_enter': failed to load: -22\n",
             "failed to load object 'sensor_bpf'\n",
         ]);
         let r = refusal(&m).expect("a refusal");

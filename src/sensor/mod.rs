@@ -814,9 +814,14 @@ impl Sensor {
                     })
             });
             let Some((i, alt, r)) = culprit else {
+                let said = msgs
+                    .iter()
+                    .find(|m| m.contains("fail") && !m.contains("optional"))
+                    .map(|m| format!(": libbpf: {}", m.trim()))
+                    .unwrap_or_default();
                 return Err(Error::runtime(format!(
-                    "kernel {} refused the sensor's BPF object ({err}); the sensor needs Linux 5.10 \
-                     or newer with BTF (the kernel's log is shown with --log-level debug)",
+                    "kernel {} refused the sensor's BPF object ({err}{said}); the sensor needs \
+                     Linux 5.10 or newer with BTF (the kernel's log is shown with --log-level debug)",
                     kernel_release()
                 )));
             };
@@ -1104,7 +1109,11 @@ mod tests {
             "root_* tests load BPF programs: run them as root"
         );
         SABOTAGE.with(|s| *s.borrow_mut() = vec!["fork_btf", "memfd_enter"]);
-        let started = Sensor::start(&test_opts());
+        // A ring that the rest of a busy machine does not fill before it is read.
+        let started = Sensor::start(&Options {
+            ring_buffer_mb: 16,
+            ..test_opts()
+        });
         SABOTAGE.with(|s| s.borrow_mut().clear());
         let s = started.unwrap_or_else(|e| panic!("{e}"));
         let state = |e: &str| {
@@ -1156,7 +1165,12 @@ mod tests {
         while !seen() && std::time::Instant::now() < deadline {
             let _ = rb.poll(std::time::Duration::from_millis(100));
         }
-        assert!(seen(), "the exit of {pid} was not reported");
+        assert!(
+            seen(),
+            "the exit of {pid} was not reported ({} records, kernel drops {:?})",
+            got.borrow().len(),
+            s.kernel_drops()
+        );
     }
 
     /// A TCP connect that never returns through connect() (TCP Fast Open via sendto) must not be
