@@ -4,8 +4,8 @@
  * one record (bpf/events.h) in the `events` ring buffer. Hooks come in pairs where the kernel
  * offers two: a BTF-enabled raw tracepoint (`tp_btf/`, typed arguments, cheapest) and the
  * classic tracepoint (`tracepoint/`, or the untyped raw one, `raw_tp/`) as fallback; user space
- * (src/sensor.rs) decides which one of each pair is loaded. Only stable hooks: no kprobes, no
- * fentry, no LSM. The last section watches 32-bit syscalls, which the `syscalls:*` tracepoints
+ * (src/sensor/mod.rs) decides which one of each pair is loaded. Stable hooks, plus one fentry
+ * (exit before 6.16, where the kernel has trampolines); no kprobes, no LSM. The last section watches 32-bit syscalls, which the `syscalls:*` tracepoints
  * never see, and feeds them to the same code as the native hooks.
  *
  * Every record describes the current task, which every program reads through its BTF pointer
@@ -564,6 +564,19 @@ static __always_inline int do_exit(void)
  */
 SEC("tp_btf/sched_process_exit")
 int BPF_PROG(exit_btf, struct task_struct *p, bool group_dead)
+{
+	if (!group_dead || is_agent())
+		return 0;
+	return do_exit();
+}
+
+/*
+ * Kernels before 6.16 where BPF trampolines work (fentry: Debian's, not every kernel): every
+ * exiting thread calls taskstats_exit(tsk, group_dead) from do_exit(), after setting its exit
+ * code, with the same group_dead the 6.16 tracepoint passes. Nothing is lost against exit_btf.
+ */
+SEC("fentry/taskstats_exit")
+int BPF_PROG(exit_fentry, struct task_struct *tsk, int group_dead)
 {
 	if (!group_dead || is_agent())
 		return 0;

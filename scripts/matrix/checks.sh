@@ -91,8 +91,8 @@ wait $agent
 echo "LG-AGENT-EXIT $?"
 sed 's/^/LG-AGENT /' "$ERR"
 
-seen exec exec-argv "argv [$LGT exit 7 $word]" '"type":"exec"' "\"pid\":$exec_pid," \
-	"\"args\":[\"$LGT\",\"exit\",\"7\",\"$word\"]"
+seen exec exec-argv "$LGT (path walked) argv [$LGT exit 7 $word]" '"type":"exec"' \
+	"\"pid\":$exec_pid," "\"executable\":\"$LGT\"," "\"args\":[\"$LGT\",\"exit\",\"7\",\"$word\"]"
 seen exit exit-code "pid $exec_pid exit 7" '"type":"exit"' "\"process\":{\"pid\":$exec_pid," \
 	'"exit_code":7,'
 seen fork fork "child ${fork_child:-?}" '"type":"fork"' "\"process\":{\"pid\":${fork_child:-x},"

@@ -41,6 +41,9 @@ enum Via {
     Tracepoint(&'static str, &'static str),
     /// Raw tracepoint `<name>` (untyped arguments); probed through tracefs's `<category>/<name>`.
     RawTp(&'static str, &'static str),
+    /// fentry on kernel function `<name>`: needs the function in the kernel's BTF and BPF
+    /// trampolines (not every kernel lets them load: this machine's refuses them).
+    Fentry(&'static str),
 }
 
 /// One way to observe an event: a set of programs that all load and attach together.
@@ -117,6 +120,10 @@ const HOOKS: &[Hook] = &[
         alts: &[
             Alt {
                 progs: &[("exit_btf", Via::TpBtf("sched_process_exit", 2))],
+                ..ALT
+            },
+            Alt {
+                progs: &[("exit_fentry", Via::Fentry("taskstats_exit"))],
                 ..ALT
             },
             Alt {
@@ -535,16 +542,30 @@ impl Offer<'_> {
             match via {
                 Via::TpBtf(name, args) => {
                     if !self.allow_btf {
-                        return Some("tp_btf hooks not wanted".into());
+                        return Some("BTF hooks not wanted".into());
                     }
                     let have = self.btf.and_then(|b| tp_btf_args(b, name));
                     if have < Some(*args) {
                         return Some(match have {
                             None => format!("the kernel's BTF has no tracepoint {name}"),
                             Some(n) => format!(
-                                "the kernel's tracepoint {name} has {n} arguments, not {args}"
+                                "the kernel's tracepoint {name} passes {n} of the {args} \
+                                 arguments the program reads"
                             ),
                         });
+                    }
+                }
+                Via::Fentry(func) => {
+                    use libbpf_rs::btf::types::Func;
+                    if !self.allow_btf {
+                        return Some("BTF hooks not wanted".into());
+                    }
+                    if self
+                        .btf
+                        .and_then(|b| b.type_by_name::<Func<'_>>(func))
+                        .is_none()
+                    {
+                        return Some(format!("the kernel's BTF has no function {func}"));
                     }
                 }
                 Via::Tracepoint(cat, name) | Via::RawTp(cat, name) => {
@@ -607,6 +628,7 @@ fn via_name(via: &Via) -> String {
         Via::TpBtf(n, _) => format!("tp_btf/{n}"),
         Via::Tracepoint(c, n) => format!("tracepoint/{c}/{n}"),
         Via::RawTp(_, n) => format!("raw_tp/{n}"),
+        Via::Fentry(f) => format!("fentry/{f}"),
     }
 }
 
@@ -646,6 +668,133 @@ fn open(opts: &Options, wanted: &[&str]) -> Result<OpenSensorSkel<'static>> {
     Ok(open)
 }
 
+/// What the start-up has ruled out so far, per hook: the first alternative it may still take,
+/// and the kernel's refusals (to load or to attach) of the ones before.
+struct Tried {
+    from: Vec<usize>,
+    refused: Vec<Vec<String>>,
+}
+
+impl Tried {
+    fn new() -> Tried {
+        Tried {
+            from: vec![0; HOOKS.len()],
+            refused: vec![Vec::new(); HOOKS.len()],
+        }
+    }
+}
+
+/// Attaches every program of `alt`; an error names the program and the kernel's answer.
+fn attach(skel: &mut SensorSkel<'static>, alt: &Alt) -> std::result::Result<Vec<Link>, String> {
+    let mut links = Vec::new();
+    for (name, _) in alt.progs {
+        let prog = skel
+            .object()
+            .progs_mut()
+            .find(|p| p.name() == *name)
+            .map(|p| p.attach());
+        match prog {
+            Some(Ok(link)) => links.push(link),
+            Some(Err(e)) => return Err(format!("the kernel refused to attach {name}: {e}")),
+            None => return Err(format!("{name} is not in the object")),
+        }
+    }
+    Ok(links)
+}
+
+/// How `alt` is attached, for the log: "tp_btf/sched_process_exec", "a, b" or "a (+3 more)".
+fn shown_vias(alt: &Alt) -> String {
+    let vias: Vec<String> = alt.progs.iter().map(|(_, v)| via_name(v)).collect();
+    if vias.len() > 2 {
+        format!("{} (+{} more)", vias[0], vias.len() - 1)
+    } else {
+        vias.join(", ")
+    }
+}
+
+/// Each hook's state from what start-up decided, with its one log line: info when watched
+/// with nothing lost, a warning naming the loss and the kernel's reasons when reduced or absent.
+fn report(
+    choice: &[(Option<usize>, Vec<String>)],
+    skip: &[Skip],
+    refused: &[Vec<String>],
+    attached: &[std::result::Result<Option<String>, String>],
+) -> Vec<HookStatus> {
+    let mut hooks = Vec::new();
+    for ((((hook, (alt, lacks)), skip), refused), attached) in HOOKS
+        .iter()
+        .zip(choice)
+        .zip(skip)
+        .zip(refused)
+        .zip(attached)
+    {
+        let mut status = HookStatus {
+            event: hook.event,
+            state: HookState::Absent,
+            attached: None,
+            why: None,
+        };
+        if let Some((level, why)) = skip {
+            log::log!(*level, "sensor: {:<8} not watched: {why}", hook.event);
+            status.why = Some((*why).to_string());
+            hooks.push(status);
+            continue;
+        }
+        // The kernel's reasons for the hooks not taken: its refusals, then what it lacks.
+        let mut reasons: Vec<&str> = Vec::new();
+        for r in refused.iter().chain(lacks) {
+            if !reasons.contains(&r.as_str()) {
+                reasons.push(r);
+            }
+        }
+        let shown = match (alt, attached) {
+            (Some(i), Ok(Some(shown))) => (&hook.alts[*i], shown),
+            (_, Err(e)) => {
+                reasons.push(e);
+                let why = format!("{} ({})", hook.lost, reasons.join("; "));
+                log::warn!("sensor: {:<8} NOT watched: {why}", hook.event);
+                status.why = Some(why);
+                hooks.push(status);
+                continue;
+            }
+            _ => {
+                let why = format!("{} ({})", hook.lost, reasons.join("; "));
+                log::warn!("sensor: {:<8} NOT watched: {why}", hook.event);
+                status.why = Some(why);
+                hooks.push(status);
+                continue;
+            }
+        };
+        let (alt, shown) = shown;
+        status.attached = Some(shown.clone());
+        if let Some(loss) = alt.loss {
+            let why = if reasons.is_empty() {
+                loss.to_string()
+            } else {
+                format!("{loss} ({})", reasons.join("; "))
+            };
+            log::warn!("sensor: {:<8} reduced: {why}", hook.event);
+            status.state = HookState::Reduced;
+            status.why = Some(why);
+        } else {
+            status.state = HookState::Active;
+            if reasons.is_empty() {
+                log::info!("sensor: {:<8} attached via {shown}", hook.event);
+            } else {
+                log::info!(
+                    "sensor: {:<8} attached via {shown} (nothing lost; program {}; not the first \
+                     choice: {})",
+                    hook.event,
+                    alt.progs[0].0,
+                    reasons.join("; ")
+                );
+            }
+        }
+        hooks.push(status);
+    }
+    hooks
+}
+
 impl Sensor {
     /// Checks privileges, BTF and tracefs, loads the best available hooks and attaches them.
     pub fn start(opts: &Options) -> Result<Sensor> {
@@ -659,133 +808,83 @@ impl Sensor {
         let btf = libbpf_rs::Btf::from_vmlinux().ok();
         let skip = unneeded(opts, btf.as_ref());
         let offer = Offer::probe(btf.as_ref(), allow_btf);
-        let (mut skel, choice, refused) = Self::load(opts, &offer, &skip)?;
-        let mut links = Vec::new();
-        let mut hooks = Vec::new();
-        for (((hook, (alt, lacks)), skip), refused) in
-            HOOKS.iter().zip(&choice).zip(&skip).zip(&refused)
-        {
-            let mut status = HookStatus {
-                event: hook.event,
-                state: HookState::Absent,
-                attached: None,
-                why: None,
-            };
-            if let Some((level, why)) = skip {
-                log::log!(*level, "sensor: {:<8} not watched: {why}", hook.event);
-                status.why = Some((*why).to_string());
-                hooks.push(status);
-                continue;
-            }
-            // The kernel's reasons for the hooks not taken: its refusals, then what it lacks.
-            let mut reasons: Vec<&str> = Vec::new();
-            for r in refused.iter().chain(lacks) {
-                if !reasons.contains(&r.as_str()) {
-                    reasons.push(r);
-                }
-            }
-            let Some(i) = alt else {
-                let why = format!("{} ({})", hook.lost, reasons.join("; "));
-                log::warn!("sensor: {:<8} NOT watched: {why}", hook.event);
-                status.why = Some(why);
-                hooks.push(status);
-                continue;
-            };
-            let alt = &hook.alts[*i];
-            let mut these = Vec::new();
-            let mut failed = None;
-            for (name, _) in alt.progs {
-                let prog = skel
-                    .object()
-                    .progs_mut()
-                    .find(|p| p.name() == *name)
-                    .map(|p| p.attach());
-                match prog {
-                    Some(Ok(link)) => these.push(link),
-                    Some(Err(e)) => failed = Some(format!("attaching {name} failed: {e}")),
-                    None => failed = Some(format!("{name} is not in the object")),
-                }
-            }
-            if let Some(e) = failed {
-                let why = format!("{} ({e})", hook.lost);
-                log::warn!("sensor: {:<8} NOT watched: {why}", hook.event);
-                status.why = Some(why);
-                hooks.push(status);
-                continue;
-            }
-            links.extend(these);
-            let vias: Vec<String> = alt.progs.iter().map(|(_, v)| via_name(v)).collect();
-            let shown = if vias.len() > 2 {
-                format!("{} (+{} more)", vias[0], vias.len() - 1)
-            } else {
-                vias.join(", ")
-            };
-            status.attached = Some(shown.clone());
-            if let Some(loss) = alt.loss {
-                let why = if reasons.is_empty() {
-                    loss.to_string()
-                } else {
-                    format!("{loss} ({})", reasons.join("; "))
+        let mut tried = Tried::new();
+        // Each round that fails takes one alternative away: the rounds are bounded.
+        let rounds = HOOKS.iter().map(|h| h.alts.len()).sum::<usize>() + 1;
+        for _ in 0..rounds {
+            let (mut skel, choice) = Self::load(opts, &offer, &skip, &mut tried)?;
+            let mut links = Vec::new();
+            let mut attached: Vec<std::result::Result<Option<String>, String>> = Vec::new();
+            let mut retry = false;
+            for (i, (hook, (alt, _))) in HOOKS.iter().zip(&choice).enumerate() {
+                let Some(a) = alt else {
+                    attached.push(Ok(None));
+                    continue;
                 };
-                log::warn!("sensor: {:<8} reduced: {why}", hook.event);
-                status.state = HookState::Reduced;
-                status.why = Some(why);
-            } else {
-                status.state = HookState::Active;
-                if reasons.is_empty() {
-                    log::info!("sensor: {:<8} attached via {shown}", hook.event);
-                } else {
-                    log::info!(
-                        "sensor: {:<8} attached via {shown} (nothing lost; not the first choice: {})",
-                        hook.event,
-                        reasons.join("; ")
-                    );
+                match attach(&mut skel, &hook.alts[*a]) {
+                    Ok(these) => {
+                        links.extend(these);
+                        attached.push(Ok(Some(shown_vias(&hook.alts[*a]))));
+                    }
+                    Err(e) => {
+                        // Another alternative may attach where this one did not: load again.
+                        let later = hook
+                            .alts
+                            .iter()
+                            .skip(a + 1)
+                            .any(|x| offer.lacks(x).is_none());
+                        if later {
+                            log::debug!("sensor: {e}: {} tries its next hook", hook.event);
+                            tried.refused[i].push(e);
+                            tried.from[i] = a + 1;
+                            retry = true;
+                            break;
+                        }
+                        attached.push(Err(e));
+                    }
                 }
             }
-            hooks.push(status);
+            if retry {
+                continue;
+            }
+            let hooks = report(&choice, &skip, &tried.refused, &attached);
+            // Without process starts and ends the rest cannot be attributed: that is no sensor.
+            let missing: Vec<String> = hooks
+                .iter()
+                .filter(|h| matches!(h.event, "exec" | "exit") && h.state == HookState::Absent)
+                .map(|h| format!("{}: {}", h.event, h.why.as_deref().unwrap_or("not watched")))
+                .collect();
+            if !missing.is_empty() {
+                return Err(Error::runtime(format!(
+                    "cannot watch process executions and exits on kernel {}: {}",
+                    kernel_release(),
+                    missing.join("; ")
+                )));
+            }
+            return Ok(Sensor {
+                skel,
+                _links: links,
+                hooks,
+            });
         }
-        // Without process starts and ends the rest cannot be attributed: that is no sensor.
-        let missing: Vec<String> = hooks
-            .iter()
-            .filter(|h| matches!(h.event, "exec" | "exit") && h.state == HookState::Absent)
-            .map(|h| format!("{}: {}", h.event, h.why.as_deref().unwrap_or("not watched")))
-            .collect();
-        if !missing.is_empty() {
-            return Err(Error::runtime(format!(
-                "cannot watch process executions and exits on kernel {}: {}",
-                kernel_release(),
-                missing.join("; ")
-            )));
-        }
-        // The skeleton keeps its own (empty) links; ours live in `links`.
-        let _ = &mut skel;
-        Ok(Sensor {
-            skel,
-            _links: links,
-            hooks,
-        })
+        Err(Error::runtime(
+            "the sensor did not start after trying every hook (see --log-level debug)",
+        ))
     }
 
-    /// Loads the best alternative of every hook; a program the kernel refuses sends its hook to
-    /// its next alternative (or leaves it out) and the object is loaded again. Returns the
-    /// skeleton, each hook's choice (and what the kernel lacked for the earlier ones), and each
-    /// hook's refusals.
-    #[allow(clippy::type_complexity)]
+    /// Loads the best alternative of every hook that `tried` leaves; a program the kernel
+    /// refuses sends its hook to its next alternative (or leaves it out) and the object is
+    /// loaded again. Returns the skeleton and each hook's choice (with what the kernel lacked for
+    /// the alternatives before it).
     fn load(
         opts: &Options,
         offer: &Offer<'_>,
         skip: &[Skip],
-    ) -> Result<(
-        SensorSkel<'static>,
-        Vec<(Option<usize>, Vec<String>)>,
-        Vec<Vec<String>>,
-    )> {
-        let mut from = vec![0usize; HOOKS.len()];
-        let mut refused: Vec<Vec<String>> = vec![Vec::new(); HOOKS.len()];
-        // Each round removes at least one alternative: the rounds are bounded.
+        tried: &mut Tried,
+    ) -> Result<(SensorSkel<'static>, Vec<(Option<usize>, Vec<String>)>)> {
         let rounds = HOOKS.iter().map(|h| h.alts.len()).sum::<usize>() + 1;
         for _ in 0..rounds {
-            let choice = probe(offer, skip, &from);
+            let choice = probe(offer, skip, &tried.from);
             let wanted: Vec<&str> = HOOKS
                 .iter()
                 .zip(&choice)
@@ -795,7 +894,7 @@ impl Sensor {
             let open = open(opts, &wanted)?;
             let (res, msgs) = load_log::capture(|| open.load());
             let err = match res {
-                Ok(skel) => return Ok((skel, choice, refused)),
+                Ok(skel) => return Ok((skel, choice)),
                 Err(e) => e,
             };
             // Which hook's program was refused: that hook moves on, the others stay.
@@ -831,8 +930,8 @@ impl Sensor {
                 r.reason,
                 HOOKS[i].event
             );
-            refused[i].push(format!("the kernel refused {}: {}", r.prog, r.reason));
-            from[i] = alt + 1;
+            tried.refused[i].push(format!("the kernel refused {}: {}", r.prog, r.reason));
+            tried.from[i] = alt + 1;
         }
         Err(Error::runtime(
             "the sensor's BPF object did not load after trying every hook (see --log-level debug)",
@@ -900,18 +999,26 @@ impl Drop for Sensor {
 pub fn load_all_for_test(opts: &Options) -> Result<usize> {
     preflight()?;
     libbpf_rs::set_print(Some((PrintLevel::Debug, load_log::print)));
+    // fentry programs cannot load on this machine's kernel (it refuses trampolines): the kernel
+    // matrix (scripts/kernel-matrix) loads them on kernels that take them.
     let mut all: Vec<&str> = HOOKS
         .iter()
         .flat_map(|h| h.alts.iter())
-        .flat_map(|a| a.progs.iter().map(|(n, _)| *n))
+        .flat_map(|a| a.progs.iter())
+        .filter(|(_, v)| !matches!(v, Via::Fentry(_)))
+        .map(|(n, _)| *n)
         .collect();
     all.sort_unstable();
     all.dedup();
     let open = open(opts, &all)?;
-    let skel = open
-        .load()
-        .map_err(|e| Error::runtime(format!("load failed: {e}")))?;
-    Ok(skel.object().progs().count())
+    let (res, msgs) = load_log::capture(|| open.load());
+    res.map_err(|e| {
+        let why = load_log::refusal(&msgs)
+            .map(|r| format!(": {} refused: {}", r.prog, r.reason))
+            .unwrap_or_default();
+        Error::runtime(format!("load failed: {e}{why}"))
+    })?;
+    Ok(all.len())
 }
 
 #[cfg(test)]
@@ -964,9 +1071,9 @@ mod tests {
         uniq.dedup();
         // connect_enter and connect_exit serve both connect alternatives.
         assert_eq!(uniq.len(), names.len() - 2, "a program is listed twice");
-        // 4 exec + 2 exit + 2 fork + 4 connect + 2 accept + 16 setuid-family + 2 capset
+        // 4 exec + 3 exit + 2 fork + 4 connect + 2 accept + 16 setuid-family + 2 capset
         // + 2 ptrace + 2 bpf + 2 memfd + 4 compat
-        assert_eq!(uniq.len(), 42);
+        assert_eq!(uniq.len(), 43);
     }
 
     /// The tp_btf hooks are chosen only when the kernel's tracepoint has every argument the
@@ -1108,7 +1215,7 @@ mod tests {
             nix::unistd::geteuid().is_root(),
             "root_* tests load BPF programs: run them as root"
         );
-        SABOTAGE.with(|s| *s.borrow_mut() = vec!["fork_btf", "memfd_enter"]);
+        SABOTAGE.with(|s| *s.borrow_mut() = vec!["fork_btf", "memfd_enter", "exit_btf"]);
         // A ring that the rest of a busy machine does not fill before it is read.
         let started = Sensor::start(&Options {
             ring_buffer_mb: 16,
@@ -1134,6 +1241,22 @@ mod tests {
                 && why.contains("the kernel refused memfd_enter: "),
             "{why}"
         );
+        // exit: fentry where the kernel takes it (as good as exit_btf), else, as on this
+        // machine whose kernel refuses trampolines, the classic tracepoint.
+        let (exit, why) = state("exit");
+        let via = s
+            .hooks
+            .iter()
+            .find(|h| h.event == "exit")
+            .and_then(|h| h.attached.clone());
+        match exit {
+            HookState::Active => assert_eq!(via.as_deref(), Some("fentry/taskstats_exit")),
+            _ => {
+                assert_eq!(exit, HookState::Reduced);
+                assert_eq!(via.as_deref(), Some("tracepoint/sched/sched_process_exit"));
+                assert!(why.contains("the kernel refused exit_fentry: "), "{why}");
+            }
+        }
         for e in ["exec", "connect", "setuid", "ptrace", "bpf_load"] {
             assert_eq!(state(e).0, HookState::Active, "{e}: {}", state(e).1);
         }
