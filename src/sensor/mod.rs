@@ -588,7 +588,10 @@ impl Offer<'_> {
 /// or not wanted: `skip`). `from[i]`: the first alternative hook `i` may take (later ones once
 /// the kernel refused earlier ones). Also says, per hook, why the alternatives before the
 /// chosen one could not be used.
-fn probe(offer: &Offer<'_>, skip: &[Skip], from: &[usize]) -> Vec<(Option<usize>, Vec<String>)> {
+/// Per hook: the alternative chosen (None: none), and why the ones before it could not be used.
+type Choice = Vec<(Option<usize>, Vec<String>)>;
+
+fn probe(offer: &Offer<'_>, skip: &[Skip], from: &[usize]) -> Choice {
     HOOKS
         .iter()
         .zip(skip)
@@ -715,7 +718,7 @@ fn shown_vias(alt: &Alt) -> String {
 /// Each hook's state from what start-up decided, with its one log line: info when watched
 /// with nothing lost, a warning naming the loss and the kernel's reasons when reduced or absent.
 fn report(
-    choice: &[(Option<usize>, Vec<String>)],
+    choice: &Choice,
     skip: &[Skip],
     refused: &[Vec<String>],
     attached: &[std::result::Result<Option<String>, String>],
@@ -881,7 +884,7 @@ impl Sensor {
         offer: &Offer<'_>,
         skip: &[Skip],
         tried: &mut Tried,
-    ) -> Result<(SensorSkel<'static>, Vec<(Option<usize>, Vec<String>)>)> {
+    ) -> Result<(SensorSkel<'static>, Choice)> {
         let rounds = HOOKS.iter().map(|h| h.alts.len()).sum::<usize>() + 1;
         for _ in 0..rounds {
             let choice = probe(offer, skip, &tried.from);
