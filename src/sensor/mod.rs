@@ -584,12 +584,13 @@ impl Offer<'_> {
     }
 }
 
+/// Per hook: the alternative chosen (None: none), and why the ones before it could not be used.
+type Choice = Vec<(Option<usize>, Vec<String>)>;
+
 /// Which alternative each hook will use, from what the kernel offers (`None`: nothing usable,
 /// or not wanted: `skip`). `from[i]`: the first alternative hook `i` may take (later ones once
 /// the kernel refused earlier ones). Also says, per hook, why the alternatives before the
 /// chosen one could not be used.
-/// Per hook: the alternative chosen (None: none), and why the ones before it could not be used.
-type Choice = Vec<(Option<usize>, Vec<String>)>;
 
 fn probe(offer: &Offer<'_>, skip: &[Skip], from: &[usize]) -> Choice {
     HOOKS
