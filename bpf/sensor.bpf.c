@@ -155,10 +155,22 @@ static __always_inline void submit(void *e, __u64 size)
 
 /*
  * A field reached from the current task (src->a->b..., as BPF_CORE_READ names it): a plain load
- * where HAVE_TASK_BTF, else a probe read.
+ * where `btf`, else a probe read. `btf` is a constant in each inlined copy of the functions
+ * taking it, which are called as `if (HAVE_TASK_BTF) f(..., 1); else f(..., 0);`: each flavour
+ * is compiled straight, and the verifier drops the one the kernel cannot run, so the hot path
+ * carries no test (tests inside one body made clang keep both flavours' values on the stack).
  */
-#define TREAD(src, a, ...)                                                         \
-	(HAVE_TASK_BTF ? ___arrow(src, a, ##__VA_ARGS__) : BPF_CORE_READ(src, a, ##__VA_ARGS__))
+#define TREAD(btf, src, a, ...)                                                    \
+	((btf) ? ___arrow(src, a, ##__VA_ARGS__) : BPF_CORE_READ(src, a, ##__VA_ARGS__))
+
+/* Runs `call(args..., btf)` in the flavour the kernel has (see TREAD). */
+#define BY_TASK_FLAVOUR(call, ...)                                               \
+	do {                                                                     \
+		if (HAVE_TASK_BTF)                                               \
+			call(__VA_ARGS__, 1);                                    \
+		else                                                             \
+			call(__VA_ARGS__, 0);                                    \
+	} while (0)
 
 /*
  * The id of the task's memory cgroup when the memory controller sits on a cgroup v1 hierarchy
@@ -166,7 +178,7 @@ static __always_inline void submit(void *e, __u64 size)
  * each v1 hierarchy, so on hybrid hosts, where containers may share a cgroup v2 cgroup, this id
  * tells them apart. Compiled out (0) on kernels without the memory controller.
  */
-static __always_inline __u64 memcg_v1_id(struct task_struct *task)
+static __always_inline __u64 memcg_v1_id(struct task_struct *task, const int btf)
 {
 	struct cgroup_subsys_state *css = NULL;
 	struct css_set *cs;
@@ -178,17 +190,17 @@ static __always_inline __u64 memcg_v1_id(struct task_struct *task)
 	i = bpf_core_enum_value(enum cgroup_subsys_id, memory_cgrp_id);
 	if (i < 0 || i >= CGROUP_SUBSYS_COUNT)
 		return 0;
-	cs = TREAD(task, cgroups);
-	if (HAVE_TASK_BTF)
+	cs = TREAD(btf, task, cgroups);
+	if (btf)
 		css = cs->subsys[i];
 	else
 		bpf_core_read(&css, sizeof(css), &cs->subsys[i]);
 	if (!css)
 		return 0;
-	cg = TREAD(css, cgroup);
-	if (!cg || TREAD(cg, root, hierarchy_id) == 0)
+	cg = TREAD(btf, css, cgroup);
+	if (!cg || TREAD(btf, cg, root, hierarchy_id) == 0)
 		return 0;
-	return TREAD(cg, kn, id);
+	return TREAD(btf, cg, kn, id);
 }
 
 /*
@@ -223,28 +235,28 @@ static __always_inline struct task_struct *current_btf(void)
 	(bpf_ksym_exists(bpf_rdonly_cast) ? bpf_core_cast((p), type)->field :   \
 					    BPF_CORE_READ((type *)(p), field))
 
-static __always_inline void fill_task(struct lg_task *t)
+static __always_inline void fill_task_as(struct lg_task *t, const int btf)
 {
 	struct task_struct *task = current_btf();
-	const struct cred *c = TREAD(task, real_cred);
-	struct pid *tp = TREAD(task, thread_pid);
-	unsigned int level = TREAD(tp, level);
+	const struct cred *c = TREAD(btf, task, real_cred);
+	struct pid *tp = TREAD(btf, task, thread_pid);
+	unsigned int level = TREAD(btf, tp, level);
 	struct upid up = {};
 
 	t->ts_boot_ns = bpf_ktime_get_boot_ns();
-	t->start_boot_ns = TREAD(task, group_leader, start_boottime);
+	t->start_boot_ns = TREAD(btf, task, group_leader, start_boottime);
 	t->cgroup_id = bpf_get_current_cgroup_id();
-	t->memcg_v1_id = memcg_v1_id(task);
-	t->pid = TREAD(task, tgid);
-	t->tid = TREAD(task, pid);
-	t->ppid = TREAD(task, real_parent, tgid);
-	t->uid = TREAD(c, uid.val);
-	t->gid = TREAD(c, gid.val);
-	t->euid = TREAD(c, euid.val);
-	t->egid = TREAD(c, egid.val);
+	t->memcg_v1_id = memcg_v1_id(task, btf);
+	t->pid = TREAD(btf, task, tgid);
+	t->tid = TREAD(btf, task, pid);
+	t->ppid = TREAD(btf, task, real_parent, tgid);
+	t->uid = TREAD(btf, c, uid.val);
+	t->gid = TREAD(btf, c, gid.val);
+	t->euid = TREAD(btf, c, euid.val);
+	t->egid = TREAD(btf, c, egid.val);
 	/* loginuid only exists with CONFIG_AUDIT: CO-RE drops the read where it is missing. */
 	if (bpf_core_field_exists(task->loginuid))
-		t->auid = TREAD(task, loginuid.val);
+		t->auid = TREAD(btf, task, loginuid.val);
 	else
 		t->auid = 0xffffffff;
 	/*
@@ -255,8 +267,13 @@ static __always_inline void fill_task(struct lg_task *t)
 	 */
 	bpf_probe_read_kernel(&up, sizeof(up), &tp->numbers[level]);
 	t->pidns = KREAD(struct pid_namespace, up.ns, ns.inum);
-	t->mntns = TREAD(task, nsproxy, mnt_ns, ns.inum);
+	t->mntns = TREAD(btf, task, nsproxy, mnt_ns, ns.inum);
 	bpf_get_current_comm(t->comm, sizeof(t->comm));
+}
+
+static __always_inline void fill_task(struct lg_task *t)
+{
+	BY_TASK_FLAVOUR(fill_task_as, t);
 }
 
 static __always_inline struct task_struct *current_task(void)
@@ -278,27 +295,33 @@ struct cred___lg_u32 {
 } __attribute__((preserve_access_index));
 
 /* One capability set of credentials `c` (`old`: the same, in the old shape) as 64 bits. */
-#define CAPS(c, old, set)                                                       \
+#define CAPS(btf, c, old, set)                                                  \
 	(bpf_core_field_exists((c)->set.val) ?                                  \
-		 (__u64)TREAD(c, set.val) :                                     \
-		 ((__u64)TREAD(old, set.cap[0]) | (__u64)TREAD(old, set.cap[1]) << 32))
+		 (__u64)TREAD(btf, c, set.val) :                                \
+		 ((__u64)TREAD(btf, old, set.cap[0]) |                          \
+		  (__u64)TREAD(btf, old, set.cap[1]) << 32))
+
+static __always_inline void read_creds_as(struct lg_creds *o, const int btf)
+{
+	const struct cred *c = TREAD(btf, current_btf(), real_cred);
+	const struct cred___lg_u32 *old = (const void *)c;
+
+	o->uid = TREAD(btf, c, uid.val);
+	o->euid = TREAD(btf, c, euid.val);
+	o->suid = TREAD(btf, c, suid.val);
+	o->fsuid = TREAD(btf, c, fsuid.val);
+	o->gid = TREAD(btf, c, gid.val);
+	o->egid = TREAD(btf, c, egid.val);
+	o->sgid = TREAD(btf, c, sgid.val);
+	o->fsgid = TREAD(btf, c, fsgid.val);
+	o->cap_effective = CAPS(btf, c, old, cap_effective);
+	o->cap_permitted = CAPS(btf, c, old, cap_permitted);
+	o->cap_inheritable = CAPS(btf, c, old, cap_inheritable);
+}
 
 static __always_inline void read_creds(struct lg_creds *o)
 {
-	const struct cred *c = TREAD(current_btf(), real_cred);
-	const struct cred___lg_u32 *old = (const void *)c;
-
-	o->uid = TREAD(c, uid.val);
-	o->euid = TREAD(c, euid.val);
-	o->suid = TREAD(c, suid.val);
-	o->fsuid = TREAD(c, fsuid.val);
-	o->gid = TREAD(c, gid.val);
-	o->egid = TREAD(c, egid.val);
-	o->sgid = TREAD(c, sgid.val);
-	o->fsgid = TREAD(c, fsgid.val);
-	o->cap_effective = CAPS(c, old, cap_effective);
-	o->cap_permitted = CAPS(c, old, cap_permitted);
-	o->cap_inheritable = CAPS(c, old, cap_inheritable);
+	BY_TASK_FLAVOUR(read_creds_as, o);
 }
 
 /* ---------------------------------------------------------------- exec */
@@ -438,15 +461,40 @@ static __always_inline int is_memfd_prefix(const char p[6])
 	       p[5] == ':';
 }
 
+/*
+ * What exec reads from the new image (its mm and executable): the executable's link count and
+ * whether it is a memfd into `e`, its file (or NULL) and argv's bounds out.
+ */
+static __always_inline void exec_image_as(struct lg_exec *e, struct file **exe,
+					  unsigned long *start, unsigned long *end, const int btf)
+{
+	struct mm_struct *mm = TREAD(btf, current_btf(), mm);
+	struct file *f = TREAD(btf, mm, exe_file);
+	struct dentry *dentry;
+	char prefix[6] = {};
+
+	*exe = f;
+	*start = TREAD(btf, mm, arg_start);
+	*end = TREAD(btf, mm, arg_end);
+	if (!f)
+		return;
+	e->exe_nlink = TREAD(btf, f, f_inode, __i_nlink);
+	/*
+	 * memfd files are named "memfd:<name>" on an internal shmem mount, where the dentry has no
+	 * directory: it is its own parent. A file on disk named "memfd:x" has a parent, and is not
+	 * fileless.
+	 */
+	dentry = TREAD(btf, f, f_path.dentry);
+	bpf_probe_read_kernel(prefix, sizeof(prefix), TREAD(btf, dentry, d_name.name));
+	if (is_memfd_prefix(prefix) && TREAD(btf, dentry, d_parent) == dentry)
+		e->memfd = 1;
+}
+
 static __always_inline int do_exec(__u32 old_pid, const char *filename, int loop)
 {
-	struct task_struct *task = current_btf();
 	struct lg_exec *e;
-	struct mm_struct *mm;
 	struct file *exe;
-	struct dentry *dentry;
 	unsigned long start, end, len;
-	char prefix[6] = {};
 
 	if (is_agent())
 		return 0;
@@ -463,32 +511,19 @@ static __always_inline int do_exec(__u32 old_pid, const char *filename, int loop
 		e->filename[0] = 0;
 
 	/* The new image is in place at this tracepoint: mm and exe_file are the new program's. */
-	mm = TREAD(task, mm);
-	exe = TREAD(mm, exe_file);
 	e->path[0] = 0;
 	e->path_depth = 0;
 	e->path_truncated = 0;
 	e->exe_nlink = 0;
+	BY_TASK_FLAVOUR(exec_image_as, e, &exe, &start, &end);
 	if (exe) {
 		if (loop)
 			read_exe_path(e, exe);
 		else
 			read_exe_path_unrolled(e, exe);
-		e->exe_nlink = TREAD(exe, f_inode, __i_nlink);
-		/*
-		 * memfd files are named "memfd:<name>" on an internal shmem mount, where the
-		 * dentry has no directory: it is its own parent. A file on disk named "memfd:x"
-		 * has a parent, and is not fileless.
-		 */
-		dentry = TREAD(exe, f_path.dentry);
-		bpf_probe_read_kernel(prefix, sizeof(prefix), TREAD(dentry, d_name.name));
-		if (is_memfd_prefix(prefix) && TREAD(dentry, d_parent) == dentry)
-			e->memfd = 1;
 	}
 
 	/* argv: one user read of [arg_start, arg_end), cut at LG_ARGS_LEN. */
-	start = TREAD(mm, arg_start);
-	end = TREAD(mm, arg_end);
 	len = end > start ? end - start : 0;
 	if (len > LG_ARGS_LEN) {
 		len = LG_ARGS_LEN;
@@ -549,7 +584,7 @@ static __always_inline int do_exit(void)
 		return 0;
 	e->type = LG_EXIT;
 	fill_task(&e->task);
-	code = TREAD(task, exit_code);
+	code = TREAD(HAVE_TASK_BTF, task, exit_code);
 	e->exit_code = (code >> 8) & 0xff;
 	e->signal = code & 0x7f;
 	e->core_dumped = (code & 0x80) ? 1 : 0;
@@ -1282,7 +1317,7 @@ static __always_inline int in_compat_syscall(int btf)
 		t = current_btf();
 		if (!bpf_core_field_exists(t->thread_info.status))
 			return 0;
-		return TREAD(t, thread_info.status) & LG_TS_COMPAT;
+		return TREAD(HAVE_TASK_BTF, t, thread_info.status) & LG_TS_COMPAT;
 	}
 	t = current_task();
 	if (!bpf_core_field_exists(t->thread_info.status))
