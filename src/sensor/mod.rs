@@ -1300,6 +1300,35 @@ mod tests {
         );
     }
 
+    /// Without exec there is no sensor: start fails, naming the kernel and what it refused (to
+    /// load, or to attach: a socket filter loads but does not attach to a tracepoint).
+    #[test]
+    fn root_without_exec_the_sensor_refuses_to_start_and_says_why() {
+        assert!(
+            nix::unistd::geteuid().is_root(),
+            "root_* tests load BPF programs: run them as root"
+        );
+        let exec: Vec<&'static str> = HOOKS[0].alts.iter().map(|a| a.progs[0].0).collect();
+        assert_eq!(HOOKS[0].event, "exec");
+        SABOTAGE.with(|s| *s.borrow_mut() = exec);
+        let started = Sensor::start(&test_opts());
+        SABOTAGE.with(|s| s.borrow_mut().clear());
+        let Err(e) = started else {
+            panic!("the sensor started without exec");
+        };
+        let e = e.to_string();
+        assert!(
+            e.contains(&format!(
+                "cannot watch process executions and exits on kernel {}: exec: program \
+                 executions are NOT reported",
+                kernel_release()
+            )) && e.contains("the kernel refused exec_btf: ")
+                && e.contains("exec_tp_unrolled")
+                && !e.contains("exit:"),
+            "{e}"
+        );
+    }
+
     /// A TCP connect that never returns through connect() (TCP Fast Open via sendto) must not be
     /// reported, with its stale socket, at the thread's next connect() (here a UDP one, as in
     /// every DNS lookup).
