@@ -591,7 +591,6 @@ type Choice = Vec<(Option<usize>, Vec<String>)>;
 /// or not wanted: `skip`). `from[i]`: the first alternative hook `i` may take (later ones once
 /// the kernel refused earlier ones). Also says, per hook, why the alternatives before the
 /// chosen one could not be used.
-
 fn probe(offer: &Offer<'_>, skip: &[Skip], from: &[usize]) -> Choice {
     HOOKS
         .iter()
