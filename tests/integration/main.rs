@@ -11,4 +11,5 @@ mod e2e;
 mod enroll;
 mod kubelet_server;
 mod manifest;
+mod sa_issuer;
 mod watch;
