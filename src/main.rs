@@ -4,6 +4,7 @@
 // Entry: flags → configuration, errors and exit codes, signals.
 mod cli;
 mod config;
+mod counters;
 mod error;
 mod secret;
 mod stop;

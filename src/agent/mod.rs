@@ -12,6 +12,7 @@ use nix::poll::{PollFd, PollFlags, PollTimeout};
 use serde_json::{Value, json};
 
 use crate::config::{Config, Key};
+use crate::counters::LoopTimings;
 use crate::error::{Error, Result};
 use crate::events::event::Event;
 use crate::identity::plan::Plan;
@@ -30,14 +31,6 @@ const HOUSEKEEPING: Duration = Duration::from_secs(1);
 /// (its own timeout plus a second): the uplink has counted everything by then.
 const FINAL_HEARTBEAT_ALLOWANCE: Duration =
     Duration::from_secs(crate::uplink::uploader::FINAL_HEARTBEAT_TIMEOUT.as_secs() + 1);
-
-/// Loop health: how long one pass of the loop body took (poll wake-up to the next poll).
-#[derive(Debug, Default, Clone, Copy)]
-pub struct LoopStats {
-    pub iterations: u64,
-    pub max_body: Duration,
-    pub total_body: Duration,
-}
 
 /// Serializes drained events (once each) for the queue and/or stdout; the poll loop's sink.
 struct LoopSink<'a> {
@@ -131,7 +124,7 @@ pub struct Agent {
     output_ended: Option<std::result::Result<(), String>>,
     agent_id: String,
     started: Instant,
-    pub loop_stats: LoopStats,
+    pub loop_stats: LoopTimings,
     /// `--stats-interval`: a `{"type":"stats"}` event this often (None: off).
     stats_every: Option<Duration>,
     /// Stats events emitted (counted as observed, so sent + dropped still adds up).
@@ -250,7 +243,7 @@ impl Agent {
             output_ended: None,
             agent_id,
             started: t0,
-            loop_stats: LoopStats::default(),
+            loop_stats: LoopTimings::default(),
             stats_every: match cfg.num(Key::StatsInterval) {
                 0 => None,
                 n => Some(Duration::from_secs(n)),
@@ -335,9 +328,7 @@ impl Agent {
                 }
             }
             let took = body.elapsed();
-            self.loop_stats.iterations += 1;
-            self.loop_stats.total_body += took;
-            self.loop_stats.max_body = self.loop_stats.max_body.max(took);
+            self.loop_stats.record(took);
         }
         self.shutdown()?;
         match self.output_ended.take() {
@@ -362,7 +353,7 @@ impl Agent {
     /// stops, as `watch` does. With `--output both` the backend still gets every event.
     fn settle_sink(&mut self, mut sink: LoopSink<'_>) {
         self.sink_stdout = sink.stdout.take();
-        let c = &self.shared.loop_counters;
+        let c = &self.shared.published;
         c.stdout_sent.fetch_add(sink.stdout_sent, Ordering::Relaxed);
         if !self.shared.to_backend {
             self.shared
@@ -400,7 +391,7 @@ impl Agent {
     /// Copies the pipeline's and attestor's counters where the uplink reads them.
     fn publish_counters(&mut self) {
         let s = &self.pipeline.stats;
-        let c = &self.shared.loop_counters;
+        let c = &self.shared.published;
         let seen: u64 = s.seen.iter().sum();
         c.observed
             .store(seen + s.user_drops + self.stats_events, Ordering::Relaxed);
@@ -418,11 +409,7 @@ impl Agent {
     fn status_json(&mut self) -> Value {
         let c = self.shared.counters();
         let ls = self.loop_stats;
-        let mean_us = if ls.iterations == 0 {
-            0
-        } else {
-            (ls.total_body.as_micros() / u128::from(ls.iterations)) as u64
-        };
+        let mean_us = ls.mean_body().as_micros() as u64;
         let attestor = self
             .pipeline
             .attestor_mut()
@@ -471,24 +458,9 @@ impl Agent {
     }
 
     fn prometheus(&mut self) -> String {
-        let c = self.shared.counters();
-        let mut text = c.prometheus(self.started.elapsed().as_secs());
-        let ls = self.loop_stats;
-        text.push_str(&format!(
-            "# HELP linuxguard_upload_batches_total Event batches accepted by the backend.\n\
-             # TYPE linuxguard_upload_batches_total counter\n\
-             linuxguard_upload_batches_total {}\n\
-             # HELP linuxguard_upload_failures_total Upload attempts that failed and were retried.\n\
-             # TYPE linuxguard_upload_failures_total counter\n\
-             linuxguard_upload_failures_total {}\n\
-             # HELP linuxguard_loop_body_max_seconds Longest pass of the poll loop body.\n\
-             # TYPE linuxguard_loop_body_max_seconds gauge\n\
-             linuxguard_loop_body_max_seconds {:.6}\n",
-            self.shared.batches_ok.load(Ordering::Relaxed),
-            self.shared.upload_failures.load(Ordering::Relaxed),
-            ls.max_body.as_secs_f64()
-        ));
-        text
+        let mut c = self.shared.counters();
+        c.loop_body_max = self.loop_stats.max_body;
+        c.prometheus(self.started.elapsed().as_secs())
     }
 
     fn fatal(&self) -> Error {
@@ -541,7 +513,7 @@ impl Agent {
         let _ = writeln!(
             io::stderr(),
             "linuxguard-agent: final counters: {}",
-            c.heartbeat_stats()
+            serde_json::to_string(&c.heartbeat_stats()).unwrap_or_default()
         );
         Ok(())
     }

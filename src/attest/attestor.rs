@@ -16,6 +16,7 @@ use crate::attest::kubelet::{Kubelet, Options};
 use crate::attest::pods::{ContainerStatus, Pod, PodList};
 use crate::attest::selectors;
 use crate::config::{Config, Key};
+use crate::counters::AttestCounts;
 use crate::error::{Error, Kind, Result};
 use crate::serve::socket;
 
@@ -231,15 +232,6 @@ impl Shared {
     }
 }
 
-/// Counters of the attestor.
-#[derive(Debug, Default, Clone, Copy, Serialize)]
-#[serde(rename_all = "camelCase")]
-pub struct AttestStats {
-    /// Events whose pod was not (yet) in the cached pod list: they went out without pod fields.
-    pub kubelet_misses: u64,
-    pub enriched: u64,
-}
-
 /// How long a lookup that ran out of attempts is not retried.
 const GIVE_UP_FOR: Duration = Duration::from_secs(300);
 /// Bound of the pending lookups (one per new pod/container; a node has a few hundred).
@@ -254,7 +246,7 @@ pub struct Attestor {
     shared: Arc<Shared>,
     refresher: Option<std::thread::JoinHandle<()>>,
     container_selectors: bool,
-    pub stats: AttestStats,
+    pub stats: AttestCounts,
 }
 
 impl Attestor {
@@ -304,7 +296,7 @@ impl Attestor {
             shared,
             refresher,
             container_selectors: !cfg.flag(Key::DisableContainerSelectors),
-            stats: AttestStats::default(),
+            stats: AttestCounts::default(),
         })
     }
 

@@ -3,7 +3,7 @@
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -13,6 +13,7 @@ use ureq::unversioned::transport::{DefaultConnector, NextTimeout};
 
 use crate::attest::pods::{self, PodList};
 use crate::config::{Config, Key};
+use crate::counters::KubeletCounts;
 use crate::error::{Context, Error, Kind, Result};
 use crate::secret::Secret;
 
@@ -125,13 +126,6 @@ impl Resolver for FixedResolver {
     }
 }
 
-/// Counters, read by `status` and the stats line.
-#[derive(Debug, Default)]
-pub struct Counters {
-    pub fetches: AtomicU64,
-    pub fetch_errors: AtomicU64,
-}
-
 struct State {
     pods: Arc<PodList>,
     fetched_at: Option<Instant>,
@@ -146,7 +140,7 @@ pub struct Kubelet {
     agent: ureq::Agent,
     state: Mutex<State>,
     done: Condvar,
-    pub counters: Counters,
+    pub counters: KubeletCounts,
 }
 
 impl Kubelet {
@@ -193,7 +187,7 @@ impl Kubelet {
                 last_error: None,
             }),
             done: Condvar::new(),
-            counters: Counters::default(),
+            counters: KubeletCounts::default(),
         })
     }
 

@@ -46,7 +46,7 @@ pub struct Event {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub memfd: Option<MemfdInfo>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub stats: Option<Box<crate::pipeline::stats::Snapshot>>,
+    pub stats: Option<Box<crate::counters::Snapshot>>,
 }
 
 #[derive(Serialize, Debug, Clone)]
@@ -569,7 +569,7 @@ impl Builder {
         }
     }
 
-    pub fn stats(&mut self, snapshot: crate::pipeline::stats::Snapshot) -> Event {
+    pub fn stats(&mut self, snapshot: crate::counters::Snapshot) -> Event {
         let mut e = self.base("stats", Timestamp::now());
         e.stats = Some(Box::new(snapshot));
         e
@@ -1076,7 +1076,7 @@ mod tests {
             .into_iter()
             .map(|r| text(&b.build(r, &mut procs)))
             .collect();
-        let stats = crate::pipeline::stats::Stats::default().snapshot();
+        let stats = crate::counters::Stats::default().snapshot();
         out.push(text(&b.stats(stats)));
         out
     }

@@ -5,11 +5,12 @@
 use std::sync::mpsc::{self, Receiver, TryRecvError};
 use std::time::{Duration, Instant, SystemTime};
 
+use crate::counters::HeartbeatStats;
 use crate::error::{Context, Error, Kind, Result};
 use crate::identity::enroll::{self, Identity};
 use crate::identity::plan::Plan;
 use crate::identity::tls_cache::TlsCache;
-use crate::net::backend::{Backend, Failure, Stats};
+use crate::net::backend::{Backend, Failure};
 use crate::net::backoff::{self, Backoff};
 use crate::net::tls::{self, ServerTrust};
 use crate::stop::Stop;
@@ -24,7 +25,7 @@ pub struct Session {
     backend: Backend,
     started: Instant,
     /// Counters sent with each heartbeat (the sensor and uploader add to them).
-    pub stats: Stats,
+    pub stats: HeartbeatStats,
     next_heartbeat: Instant,
     heartbeats_ok: u64,
     hb_backoff: Backoff,
@@ -102,7 +103,7 @@ impl Session {
             identity,
             backend,
             started,
-            stats: Stats::default(),
+            stats: HeartbeatStats::default(),
             next_heartbeat: Instant::now(),
             heartbeats_ok: 0,
             hb_backoff: Backoff::default(),

@@ -2,9 +2,7 @@
 //! → build → enrich → sink). `watch` drives it with stdout as its sink; the agent loop with the
 //! upload queue.
 
-pub mod counters;
 pub mod sink;
-pub mod stats;
 
 use std::cell::RefCell;
 use std::collections::VecDeque;
@@ -16,10 +14,10 @@ use std::time::Duration;
 use libbpf_rs::{AsRawLibbpf, RingBuffer, RingBufferBuilder};
 
 use crate::config::{Config, Key};
+use crate::counters::Stats;
 use crate::error::{Error, Result};
 use crate::events::event::{Builder, Event};
 use crate::events::proctable::{self, ProcTable};
-use crate::pipeline::stats::Stats;
 use crate::sensor::decode::{self, DecodeError, Record};
 use crate::sensor::{Options, Sensor};
 use sink::Sink;

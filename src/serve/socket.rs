@@ -15,6 +15,7 @@ use nix::sys::epoll::{Epoll, EpollCreateFlags, EpollEvent, EpollFlags, EpollTime
 use nix::sys::socket::{getsockopt, sockopt};
 use serde_json::{Value, json};
 
+use crate::counters::SocketStats;
 use crate::error::{Context, Error, Kind, Result};
 
 /// A request line longer than this is refused.
@@ -108,15 +109,6 @@ struct Conn {
     /// Until the request line is in; then `deadline`.
     first_line_deadline: Instant,
     deadline: Instant,
-}
-
-/// Counters of the socket server.
-#[derive(Debug, Default, Clone, Copy)]
-pub struct SocketStats {
-    pub accepted: u64,
-    pub answered: u64,
-    pub rejected: u64,
-    pub timed_out: u64,
 }
 
 /// The listening socket and its connections.
