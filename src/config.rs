@@ -27,7 +27,10 @@ pub enum Key {
     ServerCa,
     TenantId,
     EnrollToken,
+    EnrollTokenFile,
     ApiKey,
+    ApiKeyFile,
+    SaTokenFile,
     WorkloadId,
     NodeName,
     PodUid,
@@ -156,6 +159,16 @@ pub static SETTINGS: &[Setting] = &[
         "single-use enrolment token; prefer the env var (the flag leaks via ps and shell history)"
     ),
     setting!(
+        EnrollTokenFile,
+        "enroll-token-file",
+        "LINUXGUARD_ENROLL_TOKEN_FILE",
+        None,
+        Ty::Path,
+        "FILE",
+        IDENT,
+        "read the single-use token from FILE (e.g. $CREDENTIALS_DIRECTORY/enroll-token); may be removed after enrolment, and a new token written there is picked up without a restart once the identity expires"
+    ),
+    setting!(
         ApiKey,
         "api-key",
         "LINUXGUARD_API_KEY",
@@ -164,6 +177,26 @@ pub static SETTINGS: &[Setting] = &[
         "KEY",
         IDENT,
         "long-lived API key, instead of a token; prefer the env var"
+    ),
+    setting!(
+        ApiKeyFile,
+        "api-key-file",
+        "LINUXGUARD_API_KEY_FILE",
+        None,
+        Ty::Path,
+        "FILE",
+        IDENT,
+        "read the API key from FILE at each enrolment"
+    ),
+    setting!(
+        SaTokenFile,
+        "sa-token-file",
+        "LINUXGUARD_SA_TOKEN_FILE",
+        None,
+        Ty::Path,
+        "FILE",
+        IDENT,
+        "enrol with the Kubernetes service-account token projected into FILE (k8s_psat, audience linuxguard; needs the node name, pod UID and tenant id); read at each enrolment attempt"
     ),
     setting!(
         WorkloadId,
@@ -216,7 +249,7 @@ pub static SETTINGS: &[Setting] = &[
         },
         "SECS",
         IDENT,
-        "give up enrolling after this many seconds of retries"
+        "give up the first enrolment after this many seconds of retries (exit 1); enrolling again after the identity expired never gives up"
     ),
     setting!(
         ProcRoot,
@@ -781,6 +814,18 @@ impl Config {
                 let shown = match s.key {
                     Key::EnrollToken => redact(self.enroll_token.as_ref()),
                     Key::ApiKey => redact(self.api_key.as_ref()),
+                    // The path is not secret; what it holds is shown as the other secrets.
+                    Key::EnrollTokenFile | Key::ApiKeyFile | Key::SaTokenFile => {
+                        self.get(s.key).map_or_else(
+                            || "<unset>".to_string(),
+                            |p| {
+                                format!(
+                                    "{p} {}",
+                                    crate::secret::describe_file(std::path::Path::new(p))
+                                )
+                            },
+                        )
+                    }
                     k => self
                         .get(k)
                         .map_or_else(|| "<unset>".to_string(), str::to_string),

@@ -1,6 +1,8 @@
-//! Identity: the workload id, the credentials that prove it (token, API key), enrolment, the TLS
-//! cache, the start plan and the running session (heartbeat, renewal).
+//! Identity: the workload id, the credentials that prove it (token, API key, service-account
+//! token), enrolment, the TLS cache, the start plan and the running session (enrolment in the
+//! background, heartbeat, renewal, enrolling again after expiry).
 
+pub mod credential;
 pub mod enroll;
 pub mod plan;
 pub mod session;
