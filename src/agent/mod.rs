@@ -157,6 +157,7 @@ fn serve_while_attaching(
     server: &mut socket::Server,
     mut attestor: Option<&mut crate::attest::attestor::Attestor>,
     identity: &SharedStatus,
+    shared: &Shared,
     done: &std::sync::atomic::AtomicBool,
     t0: Instant,
 ) {
@@ -170,6 +171,7 @@ fn serve_while_attaching(
             match req {
                 socket::Request::Status => {
                     let id = session::lock(identity).clone();
+                    let c = shared.counters();
                     socket::ok_reply(json!({
                         "healthy": true,
                         "enrolment": id.state.word(),
@@ -177,6 +179,8 @@ fn serve_while_attaching(
                         "identity": id.json(),
                         "sensor": "attaching",
                         "uptimeSeconds": t0.elapsed().as_secs(),
+                        "stats": c.heartbeat_stats(),
+                        "pipeline": {"queuedEvents": c.queued},
                     }))
                 }
                 _ => match attestor.as_deref_mut() {
@@ -201,6 +205,7 @@ impl Agent {
             batch_age: Duration::from_millis(cfg.num(Key::BatchMaxAgeMs).max(1)),
         };
         let identity = session.status();
+        let shared = Arc::new(Shared::new(limits, batch_key_prefix(), to_backend));
 
         // The socket first: `status` answers from the first second (issue: the workload
         // endpoint is up before anything else).
@@ -237,11 +242,11 @@ impl Agent {
             let done = std::sync::atomic::AtomicBool::new(false);
             std::thread::scope(|scope| {
                 let serving = socket.as_mut().map(|server| {
-                    let (a, id, done) = (attestor.as_mut(), &identity, &done);
+                    let (a, id, sh, done) = (attestor.as_mut(), &identity, &*shared, &done);
                     std::thread::Builder::new()
                         .name("lg-early-socket".into())
                         .spawn_scoped(scope, move || {
-                            serve_while_attaching(server, a, id, done, t0)
+                            serve_while_attaching(server, a, id, sh, done, t0)
                         })
                 });
                 let p = Pipeline::new(cfg);
@@ -266,7 +271,6 @@ impl Agent {
             None => None,
         };
 
-        let shared = Arc::new(Shared::new(limits, batch_key_prefix(), to_backend));
         let state = session.state();
         let (done_tx, uplink_done) = std::sync::mpsc::sync_channel(1);
         let uplink = {

@@ -9,6 +9,7 @@ mod cli;
 mod compat;
 mod e2e;
 mod enroll;
+mod fleet;
 mod kubelet_server;
 mod manifest;
 mod sa_issuer;
