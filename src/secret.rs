@@ -50,8 +50,8 @@ pub const MAX_SECRET_FILE: usize = 64 * 1024;
 /// Reads a secret file (`--enroll-token-file`, `--api-key-file`, `--sa-token-file`) into
 /// zeroizing memory, following symlinks (Kubernetes projected volumes are symlinks into a
 /// `..data` directory). The buffer is allocated once at its full size, so no growing copy is left
-/// behind; a file that is larger, empty after trimming, or not UTF-8 is refused. Errors name the
-/// rule that failed, never the content.
+/// behind; a file that is larger or not UTF-8 is refused (an empty one is for the caller to
+/// judge). Errors name the rule that failed, never the content.
 pub fn read_file(path: &Path) -> std::io::Result<Secret> {
     use std::io::{Error, ErrorKind};
     let mut f = fs::File::open(path)?;
@@ -77,16 +77,13 @@ pub fn read_file(path: &Path) -> std::io::Result<Secret> {
         e.into_bytes().zeroize();
         Error::new(ErrorKind::InvalidData, "not UTF-8 text")
     })?;
-    let secret = Secret::new(text);
-    if secret.expose().trim().is_empty() {
-        return Err(Error::new(ErrorKind::InvalidData, "empty"));
-    }
-    Ok(secret)
+    Ok(Secret::new(text))
 }
 
 /// `<set, N chars>` for a secret file that reads, else why it does not (for `show-config`).
 pub fn describe_file(path: &Path) -> String {
     match read_file(path) {
+        Ok(s) if s.expose().trim().is_empty() => "<empty>".into(),
         Ok(s) => Secret::new(s.expose().trim().to_string()).to_string(),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => "<missing>".into(),
         Err(e) => format!("<unreadable: {e}>"),
@@ -383,7 +380,7 @@ mod tests {
         std::os::unix::fs::symlink(&f, &link).unwrap();
         assert_eq!(read_file(&link).unwrap().chars(), 25);
         fs::write(&f, " \n").unwrap();
-        assert!(describe_file(&f).contains("empty"));
+        assert_eq!(describe_file(&f), "<empty>");
         fs::write(&f, vec![b'a'; MAX_SECRET_FILE + 1]).unwrap();
         assert!(read_file(&f).unwrap_err().to_string().contains("larger"));
         fs::write(&f, [0xff, 0xfe]).unwrap();

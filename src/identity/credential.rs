@@ -85,8 +85,8 @@ impl Source {
     }
 
     /// The credential as it is now: read from its file when it has one. `Ok(None)`: the file
-    /// does not exist (removed after enrolment, or not written yet). A file that exists but is
-    /// unreadable or malformed is an error (configuration: it will not fix itself).
+    /// does not exist or holds only whitespace (removed after enrolment, emptied, or not written
+    /// yet). A file that exists but is unreadable or malformed is an error (configuration).
     pub fn current(&self) -> Result<Option<Credential>> {
         Ok(Some(match self {
             Source::Token(t) => Credential::Token(t.clone()),
@@ -116,9 +116,11 @@ impl Source {
     }
 }
 
-/// A secret file, or `None` when it does not exist.
+/// A secret file, or `None` when it does not exist or holds only whitespace (systemd's
+/// `SetCredential=` default when the token file was removed).
 fn read(path: &Path, flag: &str) -> Result<Option<Secret>> {
     match secret::read_file(path) {
+        Ok(s) if s.expose().trim().is_empty() => Ok(None),
         Ok(s) => Ok(Some(s)),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
         Err(e) => Err(Error::config(format!(
@@ -140,6 +142,12 @@ pub fn read_sa_token(path: &Path) -> Result<Secret> {
         ))
     })?;
     let t = raw.expose().trim();
+    if t.is_empty() {
+        return Err(Error::config(format!(
+            "--sa-token-file `{}` is empty; {fix}",
+            path.display()
+        )));
+    }
     let parts = t.split('.').count();
     let charset = t
         .bytes()
@@ -172,6 +180,11 @@ mod tests {
         let f = dir.join("token");
         let src = Source::TokenFile(f.clone());
         assert!(src.current().unwrap().is_none());
+        std::fs::write(&f, "\n").unwrap();
+        assert!(
+            src.current().unwrap().is_none(),
+            "whitespace only: no token"
+        );
         std::fs::write(&f, "abcd-efgh-ijkl-mnop-qrst-uvwx\n").unwrap();
         match src.current().unwrap() {
             Some(Credential::Token(t)) => assert_eq!(t.expose(), "ABCDEFGHIJKLMNOPQRSTUVWX"),

@@ -636,6 +636,19 @@ fn root_fleet_first_boot_with_the_backend_down_delivers_what_it_saw() {
     };
     let status_after = t0.elapsed();
     assert_eq!(first_status["enrolment"], "enrolling", "{first_status}");
+    // Attestation is answered too, before enrolment (a host process: its cgroup placement).
+    let o = common::agent()
+        .args(["attest", "--self", "--socket"])
+        .arg(n.socket())
+        .output()
+        .expect("attest --self");
+    assert!(
+        o.status.success() && common::stdout(&o).contains("\"selectors\""),
+        "attest --self while enrolling: {:?} {} {}",
+        o.status.code(),
+        common::stdout(&o),
+        common::stderr(&o)
+    );
     n.wait_log("startup: sensors attached", 30);
     let attached_after = t0.elapsed();
     n.wait_log("startup: watching before the identity is ready", 5);
