@@ -49,7 +49,7 @@ impl Command {
                 "print kernel security events as JSON lines (no backend needed; needs root)"
             }
             Command::Start => {
-                "enrol, then stream events to the backend over mTLS (the production agent)"
+                "watch at once, enrol in the background, stream events to the backend over mTLS (the production agent)"
             }
             Command::Attest => "print the container, pod and selectors of a process",
             Command::Status => "ask the running agent for its health and counters",

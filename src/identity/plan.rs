@@ -133,7 +133,7 @@ fn source(cfg: &Config) -> Result<Source> {
     }
     if given.len() > 1 {
         return Err(Error::config(format!(
-            "{} are all set: give exactly one enrolment credential (a token with \
+            "{} are set: give exactly one enrolment credential (a token with \
              LINUXGUARD_TENANT_ID, an API key, or the service-account token file)",
             given.join(" and ")
         )));

@@ -217,7 +217,7 @@ impl Session {
         match found {
             Found::Valid(id) => {
                 log::info!(
-                    "startup: identity ready (TLS cache) {} ms since start",
+                    "startup: identity ready (TLS cache) ({} ms since start)",
                     started.elapsed().as_millis()
                 );
                 if kind == credential::Kind::Token {
@@ -415,7 +415,8 @@ impl Session {
         );
         if !self.had_identity {
             log::info!(
-                "startup: identity ready (enrolment) {} ms since start",
+                "startup: identity ready (enrolment) in {} ms ({} ms since start)",
+                took.as_millis(),
                 self.started.elapsed().as_millis()
             );
         }
