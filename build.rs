@@ -103,7 +103,10 @@ fn constants_from_header(path: &PathBuf) -> String {
     for member in body.split(',') {
         let member = member.split("/*").next().unwrap_or_default();
         if let Some((name, v)) = member.split_once('=') {
-            let (name, v) = (name.trim(), int(v).expect("enum lg_type values are integers"));
+            let (name, v) = (
+                name.trim(),
+                int(v).expect("enum lg_type values are integers"),
+            );
             if name != "LG_TYPE_MAX" {
                 let short = name.trim_start_matches("LG_").to_ascii_lowercase();
                 names.push((v, short));
