@@ -4,6 +4,7 @@
 //! revocation. Start-up phases are logged with their durations.
 
 use std::io::{self, Write};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
@@ -11,6 +12,7 @@ use std::time::{Duration, Instant};
 use nix::poll::{PollFd, PollFlags, PollTimeout};
 use serde_json::{Value, json};
 
+use crate::attest::attestor::{self, Attestor};
 use crate::config::{Config, Key};
 use crate::counters::LoopTimings;
 use crate::error::{Error, Result};
@@ -18,7 +20,7 @@ use crate::events::event::Event;
 use crate::identity::plan::Plan;
 use crate::identity::session::Session;
 use crate::pipeline::sink::{JsonLines, Sink};
-use crate::pipeline::{POLL_INTERVAL, Pipeline};
+use crate::pipeline::{self, POLL_INTERVAL, Pipeline};
 use crate::serve::metrics::Metrics;
 use crate::serve::socket;
 use crate::stop::Stop;
@@ -133,8 +135,16 @@ pub struct Agent {
     socket_conns: usize,
 }
 
+/// The components' options (the rest still comes from the configuration).
+pub struct Options {
+    pub pipeline: pipeline::Options,
+    pub attestor: attestor::Options,
+    /// `--socket` path and mode.
+    pub socket: Option<(PathBuf, u32)>,
+}
+
 /// `start` after the plan is checked: identity, sensor, socket, uplink, loop.
-pub fn run(cfg: Config, plan: Plan, t0: Instant) -> Result<()> {
+pub fn run(cfg: Config, opts: Options, plan: Plan, t0: Instant) -> Result<()> {
     log::info!(
         "startup: identity derived in {} ms",
         t0.elapsed().as_millis()
@@ -151,7 +161,7 @@ pub fn run(cfg: Config, plan: Plan, t0: Instant) -> Result<()> {
         t.elapsed().as_millis(),
         t0.elapsed().as_millis()
     );
-    let mut agent = Agent::new(&cfg, identity, stop, workload_id, t0)?;
+    let mut agent = Agent::new(&cfg, opts, identity, stop, workload_id, t0)?;
     drop(cfg);
     agent.run()
 }
@@ -159,6 +169,7 @@ pub fn run(cfg: Config, plan: Plan, t0: Instant) -> Result<()> {
 impl Agent {
     fn new(
         cfg: &Config,
+        opts: Options,
         identity: Session,
         stop: Arc<Stop>,
         workload_id: String,
@@ -175,8 +186,8 @@ impl Agent {
         };
 
         let t = Instant::now();
-        let mut pipeline = Pipeline::new(cfg)?;
-        match crate::attest::attestor::Attestor::new(cfg) {
+        let mut pipeline = Pipeline::new(&opts.pipeline)?;
+        match Attestor::new(opts.attestor) {
             Ok(a) => pipeline.set_attestor(a),
             Err(e) => log::warn!("events will carry no container or pod fields: {e}"),
         }
@@ -187,22 +198,25 @@ impl Agent {
         );
 
         let t = Instant::now();
-        let socket = match socket::Server::from_config(cfg) {
-            Ok(s) => {
-                log::info!(
-                    "startup: socket `{}` listening in {} ms ({} ms since start)",
-                    cfg.path(Key::Socket).unwrap_or_default().display(),
-                    t.elapsed().as_millis(),
-                    t0.elapsed().as_millis()
-                );
-                Some(s)
-            }
-            Err(e) => {
-                log::warn!(
-                    "running without the local socket (no `status`, no `attest --self`): {e}"
-                );
-                None
-            }
+        let socket = match &opts.socket {
+            None => None,
+            Some((path, mode)) => match socket::Server::bind(path, *mode) {
+                Ok(s) => {
+                    log::info!(
+                        "startup: socket `{}` listening in {} ms ({} ms since start)",
+                        path.display(),
+                        t.elapsed().as_millis(),
+                        t0.elapsed().as_millis()
+                    );
+                    Some(s)
+                }
+                Err(e) => {
+                    log::warn!(
+                        "running without the local socket (no `status`, no `attest --self`): {e}"
+                    );
+                    None
+                }
+            },
         };
         let metrics = match cfg.get(Key::MetricsAddr) {
             Some(addr) => Some(Metrics::bind(addr)?),

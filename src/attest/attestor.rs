@@ -12,10 +12,9 @@ use serde_json::{Value, json};
 
 use crate::attest::cgroup::{self, Placement, Runtime};
 use crate::attest::cgroup_cache::{self, CgroupCache};
-use crate::attest::kubelet::{Kubelet, Options};
+use crate::attest::kubelet::{self, Kubelet};
 use crate::attest::pods::{ContainerStatus, Pod, PodList};
 use crate::attest::selectors;
-use crate::config::{Config, Key};
 use crate::counters::AttestCounts;
 use crate::error::{Error, Kind, Result};
 use crate::serve::socket;
@@ -237,6 +236,17 @@ const GIVE_UP_FOR: Duration = Duration::from_secs(300);
 /// Bound of the pending lookups (one per new pod/container; a node has a few hundred).
 const MAX_PENDING: usize = 4096;
 
+/// What the attestor needs.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// `/proc` (or `--proc-root`).
+    pub proc_root: PathBuf,
+    /// The kubelet client's options; None outside Kubernetes (no pod lookups).
+    pub kubelet: Option<kubelet::Options>,
+    /// Container selectors too (off with `--disable-container-selectors`).
+    pub container_selectors: bool,
+}
+
 /// Attributes processes to containers and pods for the event pipeline and the socket server.
 /// `enrich` and `attest_cached` never block on the network.
 pub struct Attestor {
@@ -250,26 +260,21 @@ pub struct Attestor {
 }
 
 impl Attestor {
-    /// Sets up the cgroup cache and, in Kubernetes (node name, kubelet URL/read-only port given,
-    /// or a service-account token present), the kubelet client and its refresher thread.
-    pub fn new(cfg: &Config) -> Result<Attestor> {
-        let proc_root = cfg
-            .path(Key::ProcRoot)
-            .unwrap_or_else(|| PathBuf::from("/proc"));
-        let in_k8s = cfg.is_set(Key::NodeName)
-            || cfg.is_set(Key::KubeletUrl)
-            || cfg.is_set(Key::KubeletReadOnlyPort)
-            || cfg.path(Key::KubeletTokenPath).is_some_and(|p| p.exists());
-        let kube = if in_k8s {
-            match Kubelet::new(Options::from_config(cfg)) {
-                Ok(k) => Some(Arc::new(k)),
-                Err(e) => {
-                    log::warn!("events will carry no pod fields: kubelet client not set up: {e}");
-                    None
-                }
+    /// Sets up the cgroup cache and, with kubelet options (in Kubernetes), the kubelet client
+    /// and its refresher thread.
+    pub fn new(opts: Options) -> Result<Attestor> {
+        let Options {
+            proc_root,
+            kubelet,
+            container_selectors,
+        } = opts;
+        let kube = match kubelet.map(Kubelet::new) {
+            Some(Ok(k)) => Some(Arc::new(k)),
+            Some(Err(e)) => {
+                log::warn!("events will carry no pod fields: kubelet client not set up: {e}");
+                None
             }
-        } else {
-            None
+            None => None,
         };
         let shared = Arc::new(Shared {
             wants: Mutex::new(Wants::default()),
@@ -295,7 +300,7 @@ impl Attestor {
             kube,
             shared,
             refresher,
-            container_selectors: !cfg.flag(Key::DisableContainerSelectors),
+            container_selectors,
             stats: AttestCounts::default(),
         })
     }
@@ -607,8 +612,6 @@ mod tests {
     /// A real child process connects; the server answers with that child's pid-derived data.
     #[test]
     fn socket_answers_a_child_process_with_its_own_attestation() {
-        use crate::config::{START, resolve};
-        use crate::secret::Secrets;
         use nix::poll::{PollFd, PollFlags, PollTimeout};
         use std::process::{Command, Stdio};
 
@@ -617,23 +620,12 @@ mod tests {
         let proc_root = dir.join("proc");
         std::fs::create_dir_all(&proc_root).unwrap();
         let sock = dir.join("agent.sock");
-        let cfg = resolve(
-            START,
-            &vec![
-                (
-                    Key::ProcRoot,
-                    Some(proc_root.to_string_lossy().into_owned()),
-                ),
-                (
-                    Key::KubeletTokenPath,
-                    Some(dir.join("no-token").to_string_lossy().into_owned()),
-                ),
-            ],
-            &|_| None,
-            Secrets::default(),
-        )
+        let mut attestor = Attestor::new(Options {
+            proc_root: proc_root.clone(),
+            kubelet: None,
+            container_selectors: true,
+        })
         .unwrap();
-        let mut attestor = Attestor::new(&cfg).unwrap();
         let mut srv = socket::Server::bind(&sock, 0o666).unwrap();
         // The child: the agent binary's `attest --self` when built, else this test binary
         // running the client test below.
@@ -757,8 +749,6 @@ mod tests {
     /// counts a miss; the refresher fetches the pod and later events carry the pod fields.
     #[test]
     fn enrich_does_not_block_and_counts_misses() {
-        use crate::config::{START, resolve};
-        use crate::secret::Secrets;
         use std::io::{Read, Write};
 
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
@@ -795,18 +785,21 @@ mod tests {
             format!("0::/kubepods/burstable/pod{UID}/{CID}\n"),
         )
         .unwrap();
-        let cfg = resolve(
-            START,
-            &vec![
-                (Key::ProcRoot, Some(dir.to_string_lossy().into_owned())),
-                (Key::KubeletUrl, Some(format!("http://127.0.0.1:{port}"))),
-                (Key::KubeletPollInterval, Some("20".into())),
-            ],
-            &|_| None,
-            Secrets::default(),
-        )
+        let mut a = Attestor::new(Options {
+            proc_root: dir.clone(),
+            kubelet: Some(kubelet::Options {
+                base: format!("http://127.0.0.1:{port}"),
+                connect_to: None,
+                ca: None,
+                skip_verify: false,
+                auth: kubelet::Auth::Anonymous,
+                min_interval: Duration::from_millis(20),
+                max_attempts: 60,
+                timeout: kubelet::REQUEST_TIMEOUT,
+            }),
+            container_selectors: true,
+        })
         .unwrap();
-        let mut a = Attestor::new(&cfg).unwrap();
         let t = Instant::now();
         let e = a.enrich(4242, 9999, 0);
         assert!(

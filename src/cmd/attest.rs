@@ -5,8 +5,9 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use crate::attest::attestor::{Attestation, complete, fill_from_list, placement_of};
-use crate::attest::kubelet::{Kubelet, Options};
+use crate::attest::kubelet::Kubelet;
 use crate::cli::Args;
+use crate::cmd::options;
 use crate::config::{Config, Key};
 use crate::error::{Error, Kind, Result};
 use crate::serve::socket;
@@ -73,7 +74,7 @@ fn attest_pid_blocking(cfg: &Config, proc_root: &Path, pid: u32) -> Result<Attes
         });
         return Ok(a);
     }
-    let opts = Options::from_config(cfg);
+    let opts = options::kubelet(cfg);
     let kube = match Kubelet::new(opts) {
         Ok(k) => k,
         Err(e) => {

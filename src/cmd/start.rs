@@ -5,6 +5,7 @@ use std::time::Instant;
 
 use crate::agent;
 use crate::cli::Args;
+use crate::cmd::options;
 use crate::config::Config;
 use crate::error::Result;
 use crate::identity::plan::Plan;
@@ -15,5 +16,10 @@ pub fn run(mut cfg: Config, _args: &Args) -> Result<()> {
     // The plan holds the only copy of the credential from here on (zeroized with it).
     cfg.enroll_token = None;
     cfg.api_key = None;
-    agent::run(cfg, plan, t0)
+    let opts = agent::Options {
+        pipeline: options::pipeline(&cfg),
+        attestor: options::attestor(&cfg),
+        socket: options::socket(&cfg),
+    };
+    agent::run(cfg, opts, plan, t0)
 }
