@@ -10,8 +10,8 @@ use serde::{Deserialize, Serialize};
 use zeroize::Zeroizing;
 
 use crate::error::{Error, Kind, Result};
-use crate::net::backoff::Backoff;
-use crate::net::tls::{self, CallError, Reply, ServerTrust};
+use crate::identity::backoff::Backoff;
+use crate::identity::tls::{self, CallError, Reply, ServerTrust};
 use crate::secret::Secret;
 use crate::stop::Stop;
 

@@ -6,10 +6,10 @@ use std::time::Duration;
 use crate::config::{Config, Key};
 use crate::error::{Error, Result};
 use crate::identity::enroll::Credential;
+use crate::identity::tls::ServerTrust;
 use crate::identity::tls_cache::{self, TlsCache};
 use crate::identity::token;
 use crate::identity::workload::{self, WorkloadId};
-use crate::net::tls::ServerTrust;
 
 /// Everything `start` needs, checked before the first network call.
 pub struct Plan {

@@ -7,12 +7,12 @@ use std::time::{Duration, Instant, SystemTime};
 
 use crate::counters::HeartbeatStats;
 use crate::error::{Context, Error, Kind, Result};
+use crate::identity::backend::{Backend, Failure};
+use crate::identity::backoff::{self, Backoff};
 use crate::identity::enroll::{self, Identity};
 use crate::identity::plan::Plan;
+use crate::identity::tls::{self, ServerTrust};
 use crate::identity::tls_cache::TlsCache;
-use crate::net::backend::{Backend, Failure};
-use crate::net::backoff::{self, Backoff};
-use crate::net::tls::{self, ServerTrust};
 use crate::stop::Stop;
 
 /// The running identity: heartbeats and renewal on deadlines.

@@ -10,5 +10,6 @@ mod compat;
 mod e2e;
 mod enroll;
 mod kubelet_server;
+mod layout;
 mod manifest;
 mod watch;
