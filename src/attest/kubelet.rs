@@ -52,8 +52,14 @@ pub struct Options {
 }
 
 impl Options {
-    pub fn from_config(cfg: &Config) -> Options {
+    /// The client's options. Without --kubelet-url the node name is the kubelet's host name,
+    /// so there (and only there) it must be a Kubernetes node name (DNS-1123); elsewhere it
+    /// may be any host name (`workload::validate_host_name`).
+    pub fn from_config(cfg: &Config) -> Result<Options> {
         let node = cfg.get(Key::NodeName).map(str::to_string);
+        if let (Some(n), None) = (&node, cfg.get(Key::KubeletUrl)) {
+            crate::identity::workload::validate_node_name(n, &cfg.origin_of(Key::NodeName))?;
+        }
         let read_only = cfg.get(Key::KubeletReadOnlyPort);
         let secure_port = cfg.num(Key::KubeletSecurePort).clamp(1, 65_535) as u16;
         let (base, connect_to) = if let Some(url) = cfg.get(Key::KubeletUrl) {
@@ -87,7 +93,7 @@ impl Options {
                 }
             };
         let skip_verify = cfg.flag(Key::SkipKubeletVerification);
-        Options {
+        Ok(Options {
             base,
             connect_to,
             ca: if skip_verify {
@@ -100,7 +106,7 @@ impl Options {
             min_interval: Duration::from_millis(cfg.num(Key::KubeletPollInterval).max(10)),
             max_attempts: cfg.num(Key::KubeletMaxPollAttempts).clamp(1, 1000) as u32,
             timeout: REQUEST_TIMEOUT,
-        }
+        })
     }
 
     fn https(&self) -> bool {
@@ -399,7 +405,28 @@ mod tests {
 
     fn opts(flags: Vec<(Key, Option<String>)>) -> Options {
         let c = resolve(ATTEST, &flags, &|_| None, Secrets::default()).unwrap();
-        Options::from_config(&c)
+        Options::from_config(&c).unwrap()
+    }
+
+    /// The node name is the kubelet's host name unless --kubelet-url is given: only then must it
+    /// be a DNS-1123 name.
+    #[test]
+    fn node_name_as_kubelet_host_must_be_dns1123() {
+        let c = resolve(
+            ATTEST,
+            &vec![(Key::NodeName, Some("Build_Host".into()))],
+            &|_| None,
+            Secrets::default(),
+        )
+        .unwrap();
+        let e = Options::from_config(&c).unwrap_err();
+        assert_eq!(e.kind(), Kind::Config);
+        assert!(e.to_string().contains("DNS-1123"), "{e}");
+        let o = opts(vec![
+            (Key::NodeName, Some("Build_Host".into())),
+            (Key::KubeletUrl, Some("https://10.0.0.1:10250".into())),
+        ]);
+        assert_eq!(o.base, "https://10.0.0.1:10250");
     }
 
     #[test]

@@ -4,7 +4,7 @@
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use crate::attest::attestor::{Attestation, complete, fill_from_list, placement_of};
+use crate::attest::attestor::{Attestation, fill_from_list, placement_of};
 use crate::attest::kubelet::{Kubelet, Options};
 use crate::cli::Args;
 use crate::config::{Config, Key};
@@ -73,7 +73,8 @@ fn attest_pid_blocking(cfg: &Config, proc_root: &Path, pid: u32) -> Result<Attes
         });
         return Ok(a);
     }
-    let opts = Options::from_config(cfg);
+    // A node name that cannot be the kubelet's host name is a configuration error (exit 3).
+    let opts = Options::from_config(cfg)?;
     let kube = match Kubelet::new(opts) {
         Ok(k) => k,
         Err(e) => {
@@ -90,8 +91,10 @@ fn attest_pid_blocking(cfg: &Config, proc_root: &Path, pid: u32) -> Result<Attes
         }
         match kube.refresh() {
             Ok(list) => {
+                // Answered: the pod (and, with container selectors, the container) is listed;
+                // conmon is refused at once.
                 fill_from_list(&mut a, &list, container_selectors);
-                if complete(&a) || a.placement.conmon {
+                if a.problem.is_none() || a.placement.conmon {
                     break;
                 }
             }
