@@ -412,7 +412,7 @@ pub static SETTINGS: &[Setting] = &[
         Ty::Bool,
         "",
         KUBE,
-        "pod selectors only, no container selectors"
+        "pod selectors only, answered as soon as the pod is listed (no container selectors, no wait for the container)"
     ),
     setting!(
         Socket,
@@ -595,7 +595,13 @@ pub fn resolve(
             log::warn!(
                 "{} is set but not read: {} names {var} as the node-name variable",
                 s.env,
-                origin_name(node_env, values[&Key::NodeNameEnv].source, node_env.env)
+                origin_name(
+                    node_env,
+                    values
+                        .get(&Key::NodeNameEnv)
+                        .map_or(Source::Default, |r: &Resolved| r.source),
+                    node_env.env
+                )
             );
         }
         values.insert(s.key, r);
