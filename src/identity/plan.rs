@@ -75,6 +75,7 @@ impl Plan {
             cfg.get(Key::WorkloadId),
             node_name.as_deref(),
             pod_uid.as_deref(),
+            &cfg.var(Key::NodeName),
         )?;
         let trust = ServerTrust::load(cfg.path(Key::ServerCa).as_deref())?;
         let hostname = nix::unistd::gethostname()

@@ -42,7 +42,7 @@ impl Session {
         log::info!(
             "workload id {} ({}); backend {}",
             plan.workload.hex,
-            plan.workload.derivation.describe(),
+            plan.workload.describe(),
             plan.server
         );
         let cached = match &plan.cache {
