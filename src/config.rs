@@ -795,7 +795,7 @@ pub fn is_env_name(v: &str) -> bool {
 
 /// Identity inputs are checked whenever they are set, whichever command reads them. The node name
 /// is checked as a host name here; where it becomes the kubelet's host name, the kubelet client
-/// checks it as a Kubernetes node name (`kubelet::Options::from_config`).
+/// checks it as a Kubernetes node name (`cmd::options::kubelet`).
 fn validate_identity_input(key: Key, v: String, name: &str) -> Result<String> {
     match key {
         Key::NodeName => crate::identity::workload::validate_host_name(&v, name)?,

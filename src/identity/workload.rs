@@ -171,7 +171,7 @@ fn dns1123_problem(v: &str) -> Option<&'static str> {
 }
 
 /// Where the node name is the kubelet's host name it must be a Kubernetes node name (a DNS-1123
-/// subdomain), the strict check (`kubelet::Options::from_config`).
+/// subdomain), the strict check (`cmd::options::kubelet`).
 pub fn validate_node_name(v: &str, origin: &str) -> Result<()> {
     match dns1123_problem(v) {
         Some(why) => Err(Error::config(format!(
