@@ -240,21 +240,32 @@ fn memory_regions() -> Result<[(usize, usize); 2], String> {
 /// Overwrites secret values in place in the argv and environ regions.
 fn scrub_process_memory() -> Result<(), String> {
     let [args, env] = memory_regions()?;
-    for (start, end) in [args, env] {
-        if end <= start || end - start > 16 << 20 {
-            return Err(format!("implausible region {start:#x}..{end:#x}"));
-        }
+    let (args, env) = (plausible(args)?, plausible(env)?);
+    if let Some((start, len)) = args {
+        // SAFETY: the kernel reports [arg_start, arg_end) as this process's own initial stack
+        // bytes, mapped read-write for the whole process life (`plausible` checked that the
+        // range is not empty and not reversed). We run before any other thread exists, and no
+        // Rust reference points into these bytes: std keeps raw pointers to them and copies on
+        // every `args()`/`var()` call.
+        let argv = unsafe { std::slice::from_raw_parts_mut(start as *mut u8, len) };
+        scrub_argv(argv);
     }
-    // SAFETY: the kernel reports [arg_start, arg_end) and [env_start, env_end) as this process's
-    // own initial stack bytes, mapped read-write for the whole process life. We run before any
-    // other thread exists, and no Rust reference points into these bytes: std keeps raw pointers
-    // to them and copies on every `args()`/`var()` call.
-    let argv = unsafe { std::slice::from_raw_parts_mut(args.0 as *mut u8, args.1 - args.0) };
-    scrub_argv(argv);
-    // SAFETY: as above, for the environ region.
-    let envp = unsafe { std::slice::from_raw_parts_mut(env.0 as *mut u8, env.1 - env.0) };
-    scrub_environ(envp);
+    if let Some((start, len)) = env {
+        // SAFETY: as above, for the environ region.
+        let envp = unsafe { std::slice::from_raw_parts_mut(start as *mut u8, len) };
+        scrub_environ(envp);
+    }
     Ok(())
+}
+
+/// A region from /proc/self/stat as (start, length); `None` when it is empty (`env -i` starts a
+/// process with no environment at all: env_start == env_end, nothing to scrub). A reversed or
+/// huge range is an error.
+fn plausible((start, end): (usize, usize)) -> Result<Option<(usize, usize)>, String> {
+    if end < start || end - start > 16 << 20 || start == 0 {
+        return Err(format!("implausible region {start:#x}..{end:#x}"));
+    }
+    Ok((end > start).then_some((start, end - start)))
 }
 
 /// Zeroes the value of every `--enroll-token`/`--api-key` in a NUL-separated argv block.
@@ -339,6 +350,18 @@ mod tests {
         assert!(!s.contains("k3y"));
         assert!(s.contains("PATH=/bin"));
         assert!(s.contains("LINUXGUARD_API_KEYX=keep"));
+    }
+
+    #[test]
+    fn an_empty_region_is_nothing_to_scrub() {
+        assert_eq!(plausible((0x7ffd_0000, 0x7ffd_0000)), Ok(None));
+        assert_eq!(
+            plausible((0x7ffd_0000, 0x7ffd_0010)),
+            Ok(Some((0x7ffd_0000, 0x10)))
+        );
+        assert!(plausible((0x7ffd_0010, 0x7ffd_0000)).is_err());
+        assert!(plausible((0x1000, 0x1000 + (32 << 20))).is_err());
+        assert!(plausible((0, 0)).is_err());
     }
 
     #[test]

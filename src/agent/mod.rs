@@ -6,6 +6,7 @@
 //! logged with their durations.
 
 use std::io::{self, Write};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
@@ -13,6 +14,7 @@ use std::time::{Duration, Instant};
 use nix::poll::{PollFd, PollFlags, PollTimeout};
 use serde_json::{Value, json};
 
+use crate::attest::attestor::{self, Attestor};
 use crate::config::{Config, Key};
 use crate::counters::LoopTimings;
 use crate::error::{Error, Result};
@@ -20,7 +22,7 @@ use crate::events::event::Event;
 use crate::identity::plan::Plan;
 use crate::identity::session::{self, Session, SharedStatus, State};
 use crate::pipeline::sink::{JsonLines, Sink};
-use crate::pipeline::{POLL_INTERVAL, Pipeline};
+use crate::pipeline::{self, POLL_INTERVAL, Pipeline};
 use crate::serve::metrics::Metrics;
 use crate::serve::socket;
 use crate::stop::Stop;
@@ -136,9 +138,17 @@ pub struct Agent {
     socket_conns: usize,
 }
 
+/// The components' options (the rest still comes from the configuration).
+pub struct Options {
+    pub pipeline: pipeline::Options,
+    pub attestor: attestor::Options,
+    /// `--socket` path and mode.
+    pub socket: Option<(PathBuf, u32)>,
+}
+
 /// `start` after the plan is checked: socket, sensor, then the uplink (identity in the
 /// background) and the loop.
-pub fn run(cfg: Config, plan: Plan, t0: Instant) -> Result<()> {
+pub fn run(cfg: Config, opts: Options, plan: Plan, t0: Instant) -> Result<()> {
     log::info!(
         "startup: identity derived in {} ms",
         t0.elapsed().as_millis()
@@ -147,7 +157,7 @@ pub fn run(cfg: Config, plan: Plan, t0: Instant) -> Result<()> {
     // No network call: the TLS cache is read, and a start that could never obtain an identity
     // (no credential, no usable cache) ends here with exit 3, before the sensor is loaded.
     let session = Session::new(plan, t0)?;
-    let mut agent = Agent::new(&cfg, session, stop, t0)?;
+    let mut agent = Agent::new(&cfg, opts, session, stop, t0)?;
     drop(cfg);
     agent.run()
 }
@@ -155,7 +165,7 @@ pub fn run(cfg: Config, plan: Plan, t0: Instant) -> Result<()> {
 /// While the sensor attaches on the calling thread, `status` and attestation are answered here.
 fn serve_while_attaching(
     server: &mut socket::Server,
-    mut attestor: Option<&mut crate::attest::attestor::Attestor>,
+    mut attestor: Option<&mut Attestor>,
     identity: &SharedStatus,
     shared: &Shared,
     done: &std::sync::atomic::AtomicBool,
@@ -194,7 +204,13 @@ fn serve_while_attaching(
 }
 
 impl Agent {
-    fn new(cfg: &Config, session: Session, stop: Arc<Stop>, t0: Instant) -> Result<Agent> {
+    fn new(
+        cfg: &Config,
+        opts: Options,
+        session: Session,
+        stop: Arc<Stop>,
+        t0: Instant,
+    ) -> Result<Agent> {
         let output = cfg.get(Key::Output).unwrap_or("backend");
         let to_backend = output != "stdout";
         let to_stdout = output != "backend";
@@ -210,24 +226,27 @@ impl Agent {
         // The socket first: `status` answers from the first second (issue: the workload
         // endpoint is up before anything else).
         let t = Instant::now();
-        let mut socket = match socket::Server::from_config(cfg) {
-            Ok(s) => {
-                log::info!(
-                    "startup: socket `{}` listening in {} ms ({} ms since start)",
-                    cfg.path(Key::Socket).unwrap_or_default().display(),
-                    t.elapsed().as_millis(),
-                    t0.elapsed().as_millis()
-                );
-                Some(s)
-            }
-            Err(e) => {
-                log::warn!(
-                    "running without the local socket (no `status`, no `attest --self`): {e}"
-                );
-                None
-            }
+        let mut socket = match &opts.socket {
+            None => None,
+            Some((path, mode)) => match socket::Server::bind(path, *mode) {
+                Ok(s) => {
+                    log::info!(
+                        "startup: socket `{}` listening in {} ms ({} ms since start)",
+                        path.display(),
+                        t.elapsed().as_millis(),
+                        t0.elapsed().as_millis()
+                    );
+                    Some(s)
+                }
+                Err(e) => {
+                    log::warn!(
+                        "running without the local socket (no `status`, no `attest --self`): {e}"
+                    );
+                    None
+                }
+            },
         };
-        let mut attestor = match crate::attest::attestor::Attestor::new(cfg) {
+        let mut attestor = match Attestor::new(opts.attestor) {
             Ok(a) => Some(a),
             Err(e) => {
                 log::warn!("events will carry no container or pod fields: {e}");
@@ -249,7 +268,7 @@ impl Agent {
                             serve_while_attaching(server, a, id, sh, done, t0)
                         })
                 });
-                let p = Pipeline::new(cfg);
+                let p = Pipeline::new(&opts.pipeline);
                 done.store(true, Ordering::SeqCst);
                 if let Some(Ok(h)) = serving {
                     let _ = h.join();

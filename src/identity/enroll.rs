@@ -12,7 +12,7 @@ use serde::{Deserialize, Serialize};
 use zeroize::Zeroizing;
 
 use crate::error::{Error, Kind, Result};
-use crate::net::tls::{self, CallError, Reply, ServerTrust};
+use crate::identity::tls::{self, CallError, Reply, ServerTrust};
 use crate::secret::Secret;
 
 /// Bounds for a server-sent heartbeat interval.

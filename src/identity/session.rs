@@ -12,13 +12,13 @@ use serde_json::{Value, json};
 
 use crate::counters::HeartbeatStats;
 use crate::error::{Error, Kind, Result};
+use crate::identity::backend::{Backend, Failure};
+use crate::identity::backoff::{self, Backoff};
 use crate::identity::credential::{self, Source};
 use crate::identity::enroll::{self, Attempt, Credential, Identity, Request};
 use crate::identity::plan::{self, Plan};
+use crate::identity::tls::{self, ServerTrust};
 use crate::identity::tls_cache::{self, Found, TlsCache};
-use crate::net::backend::{Backend, Failure};
-use crate::net::backoff::{self, Backoff};
-use crate::net::tls::{self, ServerTrust};
 
 /// While waiting for a credential, its file is looked at this often.
 const WAIT_POLL: Duration = Duration::from_secs(2);
@@ -176,7 +176,7 @@ impl Session {
         log::info!(
             "workload id {} ({}); backend {server}; credential: {}",
             workload.hex,
-            workload.derivation.describe(),
+            workload.describe(),
             source.describe()
         );
         let kind = source.kind();

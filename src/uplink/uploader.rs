@@ -13,9 +13,9 @@ use std::time::{Duration, Instant};
 
 use crate::counters::{Counters, Published};
 use crate::error::{Error, Result};
+use crate::identity::backend::{Events, Failure};
+use crate::identity::backoff::Backoff;
 use crate::identity::session::Session;
-use crate::net::backend::{Events, Failure};
-use crate::net::backoff::Backoff;
 use crate::uplink::queue::{Batch, Limits, Queue};
 
 /// First retry of a failed batch after up to this long (full jitter), doubling per attempt.
@@ -219,7 +219,7 @@ impl Uplink {
                     }
                 }
                 if !self.pending.is_empty() {
-                    self.send_front(crate::net::tls::CALL_TIMEOUT)?;
+                    self.send_front(crate::identity::tls::CALL_TIMEOUT)?;
                     continue;
                 }
             }

@@ -8,15 +8,15 @@
 
 use std::fs;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-use crate::common::{self, AgentProcess, Backend, TempDir, start_backend, start_backend_in};
+use crate::common::{self, Agent, Backend, TempDir, start_backend, start_backend_in, wait_for};
 use crate::e2e::{
     assert_adds_up, assert_exactly_once, exec_marked, final_counters, free_port, marked_execs,
-    marker, serial, wait_for,
+    marker, serial,
 };
 use crate::sa_issuer::{self, Claims, IssuerKey};
 
@@ -28,26 +28,8 @@ const API_KEY: &str = "lg_fleet_key_Zq9Wx7Vu5Ts3Rp1N";
 /// One agent: its own directory (TLS cache, socket, secret files, log).
 struct Node {
     dir: TempDir,
-    child: Option<Child>,
+    agent: Option<Agent>,
     log: PathBuf,
-}
-
-impl AgentProcess for Node {
-    fn child(&mut self) -> &mut Child {
-        self.child.as_mut().expect("the agent was started")
-    }
-    fn log_path(&self) -> &Path {
-        &self.log
-    }
-}
-
-impl Drop for Node {
-    fn drop(&mut self) {
-        if let Some(c) = &mut self.child {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
 }
 
 impl Node {
@@ -56,9 +38,21 @@ impl Node {
         let log = dir.path().join("agent.log");
         Node {
             dir,
-            child: None,
+            agent: None,
             log,
         }
+    }
+    fn a(&mut self) -> &mut Agent {
+        self.agent.as_mut().expect("the agent was started")
+    }
+    fn log(&self) -> String {
+        fs::read_to_string(&self.log).unwrap_or_default()
+    }
+    fn wait_log(&mut self, needle: &str, secs: u64) {
+        self.a().wait_log(needle, secs);
+    }
+    fn wait_exit(&mut self, secs: u64) -> std::process::ExitStatus {
+        self.a().wait_exit(secs)
     }
     fn socket(&self) -> PathBuf {
         self.dir.path().join("agent.sock")
@@ -95,25 +89,16 @@ impl Node {
         c
     }
     fn spawn(&mut self, mut c: Command) {
-        let err = fs::File::create(&self.log).expect("log file");
-        self.child = Some(
-            c.stdin(Stdio::null())
-                .stdout(Stdio::null())
-                .stderr(err)
-                .spawn()
-                .expect("spawn agent"),
-        );
+        self.agent = Some(Agent::spawn(&mut c, self.log.clone(), None, None));
     }
     fn pid(&self) -> u32 {
-        self.child.as_ref().map_or(0, Child::id)
+        self.agent.as_ref().map_or(0, Agent::pid)
     }
     fn term(&mut self) -> std::process::ExitStatus {
-        let pid = nix::unistd::Pid::from_raw(self.pid() as i32);
-        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
-        self.wait_exit(30)
+        self.a().term(30)
     }
     fn alive(&mut self) -> bool {
-        matches!(self.child().try_wait(), Ok(None))
+        self.a().alive()
     }
     /// `status --json`: exit 0 and the answer.
     fn status(&self) -> Value {
@@ -491,7 +476,7 @@ fn root_fleet_leaf_expires_while_the_backend_is_down_and_comes_back_by_itself() 
         let s = n.status();
         assert_eq!(s["enrolment"], "enrolled", "{s}");
         assert_eq!(n.term().code(), Some(0), "{}", n.log());
-        assert_adds_up(&final_counters(n), &n.log());
+        assert_adds_up(&final_counters(n.a()), &n.log());
     }
     let creds: Vec<String> = be
         .requests_to("/agent/enroll")
@@ -599,7 +584,7 @@ fn root_fleet_spent_token_waits_for_a_new_one_in_the_token_file() {
     assert_eq!(marked_from(&be, &id, &m).len(), 5);
     assert_eq!(n.status()["enrolment"], "enrolled");
     assert_eq!(n.term().code(), Some(0), "{}", n.log());
-    assert_adds_up(&final_counters(&n), &n.log());
+    assert_adds_up(&final_counters(n.a()), &n.log());
     assert_no_secrets(&n, &[TOKEN, TOKEN2]);
 }
 
@@ -687,5 +672,5 @@ fn root_fleet_first_boot_with_the_backend_down_delivers_what_it_saw() {
          came up"
     );
     assert_eq!(n.term().code(), Some(0), "{}", n.log());
-    assert_adds_up(&final_counters(&n), &n.log());
+    assert_adds_up(&final_counters(n.a()), &n.log());
 }

@@ -11,6 +11,7 @@ mod e2e;
 mod enroll;
 mod fleet;
 mod kubelet_server;
+mod layout;
 mod manifest;
 mod sa_issuer;
 mod watch;
