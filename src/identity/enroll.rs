@@ -193,6 +193,15 @@ impl Request {
         self.encode(None, Some(token.expose()))
     }
 
+    /// After an attempt: with `k8s_psat`, drops (zeroizes) the body holding the
+    /// service-account token, so the token is not kept while waiting to retry; `prepare` reads
+    /// it again. Other bodies are kept (they are resent byte for byte).
+    pub fn release(&mut self) {
+        if self.sa_token_file.is_some() {
+            self.body = Zeroizing::new(Vec::new());
+        }
+    }
+
     /// The headers sent on every attempt.
     fn headers(&self) -> Vec<(&str, &str)> {
         let mut h = vec![
@@ -488,6 +497,11 @@ mod tests {
             "{first}"
         );
         assert!(r.authorization.is_none());
+        r.release();
+        assert!(
+            r.body().is_empty(),
+            "the token is not kept between attempts"
+        );
         // The kubelet rotated the token: only the token differs.
         std::fs::write(&f, "dddd.eeee.ffff\n").unwrap();
         r.prepare().unwrap();

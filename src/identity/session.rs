@@ -363,7 +363,11 @@ impl Session {
         // The service-account token is read again for each attempt; a file that cannot be read
         // now is retried like a failed call (the kubelet may be rewriting it).
         let outcome = match e.req.prepare() {
-            Ok(()) => enroll::attempt(&e.agent, &self.server, &self.trust, &e.req, timeout)?,
+            Ok(()) => {
+                let res = enroll::attempt(&e.agent, &self.server, &self.trust, &e.req, timeout);
+                e.req.release();
+                res?
+            }
             Err(err) => Attempt::Retry {
                 why: err.to_string(),
                 retry_after: None,

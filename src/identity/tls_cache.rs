@@ -464,18 +464,53 @@ mod tests {
     }
 
     fn identity() -> Identity {
+        identity_valid_until(None)
+    }
+
+    /// An identity whose leaf ended at `ended` (default: valid for years).
+    fn identity_valid_until(ended: Option<std::time::SystemTime>) -> Identity {
         let key = crate::identity::enroll::new_key().unwrap();
         let ca_key = crate::identity::enroll::new_key().unwrap();
         let mut ca_params = rcgen::CertificateParams::new(vec![]).unwrap();
         ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
         let ca = ca_params.self_signed(&ca_key).unwrap();
         let issuer = rcgen::Issuer::new(ca_params, &ca_key);
-        let leaf = rcgen::CertificateParams::new(vec!["agent".into()])
-            .unwrap()
-            .signed_by(&key, &issuer)
-            .unwrap();
+        let mut lp = rcgen::CertificateParams::new(vec!["agent".into()]).unwrap();
+        if let Some(end) = ended {
+            lp.not_before = (end - std::time::Duration::from_secs(60)).into();
+            lp.not_after = end.into();
+        }
+        let leaf = lp.signed_by(&key, &issuer).unwrap();
         let chain = format!("{}{}", leaf.pem(), ca.pem());
         Identity::assemble("a-1".into(), chain, ca.pem(), 30, key).unwrap()
+    }
+
+    #[test]
+    fn an_expired_identity_is_kept_for_a_spent_token_and_cleared_otherwise() {
+        let base = std::env::temp_dir().join(format!("lg-tlsexp-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&base);
+        let dir = base.join("tls");
+        let ended = SystemTime::now() - std::time::Duration::from_secs(3600);
+        let store = || {
+            TlsCache::open(&dir, Some("v1 33".into()), "w1")
+                .unwrap()
+                .store(&identity_valid_until(Some(ended)))
+                .unwrap()
+        };
+        store();
+        // A single-use token: kept as the record that the token is spent.
+        let mut c = TlsCache::open(&dir, Some("v1 33".into()), "w1").unwrap();
+        assert!(matches!(c.load(true), Found::Expired(_)));
+        assert!(dir.join(IDENTITY_FILE).exists());
+        // No credential: the same workload's expired identity is returned, files kept.
+        let mut bare = TlsCache::open(&dir, None, "w1").unwrap();
+        assert!(matches!(bare.load(false), Found::Expired(_)));
+        assert!(dir.join(IDENTITY_FILE).exists());
+        // An API key or k8s_psat: cleared, enrol afresh (the contract's rule).
+        let mut c = TlsCache::open(&dir, Some("v1 33".into()), "w1").unwrap();
+        assert!(matches!(c.load(false), Found::Nothing));
+        assert!(!dir.join(IDENTITY_FILE).exists());
+        fs::remove_dir_all(&base).unwrap();
     }
 
     #[test]
