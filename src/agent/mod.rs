@@ -15,7 +15,6 @@ use nix::poll::{PollFd, PollFlags, PollTimeout};
 use serde_json::{Value, json};
 
 use crate::attest::attestor::{self, Attestor};
-use crate::config::{Config, Key};
 use crate::counters::LoopTimings;
 use crate::error::{Error, Result};
 use crate::events::event::Event;
@@ -144,11 +143,21 @@ pub struct Options {
     pub attestor: attestor::Options,
     /// `--socket` path and mode.
     pub socket: Option<(PathBuf, u32)>,
+    /// `--output`: `backend`, `stdout` or `both`.
+    pub output: String,
+    /// The upload queue's bound and batch cuts.
+    pub limits: Limits,
+    /// `--metrics-addr`.
+    pub metrics_addr: Option<String>,
+    /// `--shutdown-grace`.
+    pub grace: Duration,
+    /// `--stats-interval`: a `{"type":"stats"}` event this often (None: off).
+    pub stats_every: Option<Duration>,
 }
 
 /// `start` after the plan is checked: socket, sensor, then the uplink (identity in the
 /// background) and the loop.
-pub fn run(cfg: Config, opts: Options, plan: Plan, t0: Instant) -> Result<()> {
+pub fn run(opts: Options, plan: Plan, t0: Instant) -> Result<()> {
     log::info!(
         "startup: identity derived in {} ms",
         t0.elapsed().as_millis()
@@ -157,8 +166,7 @@ pub fn run(cfg: Config, opts: Options, plan: Plan, t0: Instant) -> Result<()> {
     // No network call: the TLS cache is read, and a start that could never obtain an identity
     // (no credential, no usable cache) ends here with exit 3, before the sensor is loaded.
     let session = Session::new(plan, t0)?;
-    let mut agent = Agent::new(&cfg, opts, session, stop, t0)?;
-    drop(cfg);
+    let mut agent = Agent::new(opts, session, stop, t0)?;
     agent.run()
 }
 
@@ -204,22 +212,11 @@ fn serve_while_attaching(
 }
 
 impl Agent {
-    fn new(
-        cfg: &Config,
-        opts: Options,
-        session: Session,
-        stop: Arc<Stop>,
-        t0: Instant,
-    ) -> Result<Agent> {
-        let output = cfg.get(Key::Output).unwrap_or("backend");
+    fn new(opts: Options, session: Session, stop: Arc<Stop>, t0: Instant) -> Result<Agent> {
+        let output = opts.output.as_str();
         let to_backend = output != "stdout";
         let to_stdout = output != "backend";
-        let limits = Limits {
-            queue_bytes: (cfg.num(Key::QueueMb).max(1) as usize) << 20,
-            batch_events: cfg.num(Key::BatchMaxEvents).max(1) as usize,
-            batch_bytes: cfg.num(Key::BatchMaxBytes).max(1024) as usize,
-            batch_age: Duration::from_millis(cfg.num(Key::BatchMaxAgeMs).max(1)),
-        };
+        let limits = opts.limits;
         let identity = session.status();
         let shared = Arc::new(Shared::new(limits, batch_key_prefix(), to_backend));
 
@@ -285,7 +282,7 @@ impl Agent {
             t.elapsed().as_millis(),
             t0.elapsed().as_millis()
         );
-        let metrics = match cfg.get(Key::MetricsAddr) {
+        let metrics = match &opts.metrics_addr {
             Some(addr) => Some(Metrics::bind(addr)?),
             None => None,
         };
@@ -324,7 +321,7 @@ impl Agent {
             ),
         }
         Ok(Agent {
-            cfg_grace: Duration::from_secs(cfg.num(Key::ShutdownGrace)),
+            cfg_grace: opts.grace,
             stop,
             shared,
             uplink: Some(uplink),
@@ -337,10 +334,7 @@ impl Agent {
             identity,
             started: t0,
             loop_stats: LoopTimings::default(),
-            stats_every: match cfg.num(Key::StatsInterval) {
-                0 => None,
-                n => Some(Duration::from_secs(n)),
-            },
+            stats_every: opts.stats_every,
             stats_events: 0,
             socket_conns: 0,
         })

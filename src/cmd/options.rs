@@ -5,12 +5,14 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
 use std::time::Duration;
 
+use crate::agent;
 use crate::attest::{attestor, kubelet};
 use crate::config::{Config, Key};
 use crate::error::Result;
 use crate::identity::workload;
 use crate::pipeline;
 use crate::sensor;
+use crate::uplink::queue::Limits;
 
 /// `--proc-root` (default `/proc`).
 pub fn proc_root(cfg: &Config) -> PathBuf {
@@ -53,6 +55,29 @@ pub fn attestor(cfg: &Config) -> attestor::Options {
         proc_root: proc_root(cfg),
         kubelet,
         container_selectors: !cfg.flag(Key::DisableContainerSelectors),
+    }
+}
+
+/// `start`'s loop: its components' options, the outputs, the queue's limits, the metrics
+/// listener, the shutdown grace and the stats-event interval.
+pub fn agent(cfg: &Config) -> agent::Options {
+    agent::Options {
+        pipeline: pipeline(cfg),
+        attestor: attestor(cfg),
+        socket: socket(cfg),
+        output: cfg.get(Key::Output).unwrap_or("backend").to_string(),
+        limits: Limits {
+            queue_bytes: (cfg.num(Key::QueueMb).max(1) as usize) << 20,
+            batch_events: cfg.num(Key::BatchMaxEvents).max(1) as usize,
+            batch_bytes: cfg.num(Key::BatchMaxBytes).max(1024) as usize,
+            batch_age: Duration::from_millis(cfg.num(Key::BatchMaxAgeMs).max(1)),
+        },
+        metrics_addr: cfg.get(Key::MetricsAddr).map(str::to_string),
+        grace: Duration::from_secs(cfg.num(Key::ShutdownGrace)),
+        stats_every: match cfg.num(Key::StatsInterval) {
+            0 => None,
+            n => Some(Duration::from_secs(n)),
+        },
     }
 }
 

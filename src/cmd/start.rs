@@ -20,12 +20,9 @@ pub fn run(mut cfg: Config, _args: &Args) -> Result<()> {
     // The plan holds the only copy of the credential from here on (zeroized with it).
     cfg.enroll_token = None;
     cfg.api_key = None;
-    let opts = agent::Options {
-        pipeline: options::pipeline(&cfg),
-        attestor: options::attestor(&cfg),
-        socket: options::socket(&cfg),
-    };
-    agent::run(cfg, opts, plan, t0)
+    let opts = options::agent(&cfg);
+    drop(cfg);
+    agent::run(opts, plan, t0)
 }
 
 /// Every setting `start` needs, checked before the first network call.

@@ -1,6 +1,7 @@
 //! The house as docs/architecture.md draws it: every source file in the layer table once, each
 //! opening with a `//!` line; folders import each other without circles and never import the
-//! layers above them; no file holds more than a tenth of the crate's non-test lines.
+//! layers above them; only the entry and the commands read the configuration; no file holds
+//! more than a tenth of the crate's non-test lines.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
@@ -120,6 +121,15 @@ fn folders_import_each_other_without_circles_and_never_upward() {
             assert!(
                 from == "main" || from == "cmd",
                 "{from} imports the loop (agent/), which sits above it"
+            );
+        }
+    }
+    // Components take their own typed options: only the entry and the commands read `Config`.
+    for (from, tos) in &edges {
+        if tos.contains("config") {
+            assert!(
+                ["main", "cli", "cmd"].contains(&from.as_str()),
+                "{from} imports config: components take typed options (cmd/options.rs builds them)"
             );
         }
     }
