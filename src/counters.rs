@@ -10,10 +10,8 @@ use std::time::Duration;
 
 use serde::Serialize;
 
-/// The `"type"` names that are counted, in output order.
-pub const TYPES: [&str; 10] = [
-    "exec", "exit", "fork", "connect", "accept", "setuid", "capset", "ptrace", "bpf_load", "memfd",
-];
+// The event types counted in `seen`, in output order.
+use crate::sensor::decode::EVENT_TYPES as TYPES;
 
 #[derive(Debug, Default, Clone)]
 pub struct Stats {

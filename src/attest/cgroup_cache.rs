@@ -678,14 +678,13 @@ mod tests {
     /// `bpf_get_current_cgroup_id()` returns) is resolved by walking.
     #[test]
     fn root_real_cgroup2_pid_then_walk() {
-        if !nix::unistd::geteuid().is_root() {
-            eprintln!("skipped: needs root");
-            return;
-        }
-        let Some(root) = find_mounts(Path::new("/proc")).v2 else {
-            eprintln!("skipped: no cgroup2 mount");
-            return;
-        };
+        assert!(
+            nix::unistd::geteuid().is_root(),
+            "this test needs root: run the tests as root (sudo scripts/test)"
+        );
+        let root = find_mounts(Path::new("/proc"))
+            .v2
+            .expect("a cgroup2 mount (every supported host has one)");
         let top = root.join(format!("lg-test-{}", std::process::id()));
         let leaf = top.join(format!("kubepods/burstable/pod{UID}/{CID}"));
         std::fs::create_dir_all(&leaf).unwrap();
