@@ -695,9 +695,9 @@ fn validate(s: &Setting, v: &str, source: Source) -> Result<String> {
 /// client puts the node name into a URL).
 fn validate_identity_input(key: Key, v: String) -> Result<String> {
     match key {
-        Key::NodeName => crate::identity::validate_node_name(&v)?,
-        Key::PodUid => crate::identity::validate_pod_uid(&v)?,
-        Key::WorkloadId => crate::identity::validate_workload_id(&v)?,
+        Key::NodeName => crate::identity::workload::validate_node_name(&v)?,
+        Key::PodUid => crate::identity::workload::validate_pod_uid(&v)?,
+        Key::WorkloadId => crate::identity::workload::validate_workload_id(&v)?,
         _ => {}
     }
     Ok(v)

@@ -1,47 +1,25 @@
 //! linuxguard-agent: entry point. Takes secrets out of the process first, then parses, resolves
 //! the configuration, sets up logging and runs one command, mapping errors to exit codes.
 
-// Foundation (configuration, identity, secrets).
+// Entry: flags → configuration, errors and exit codes, signals.
 mod cli;
 mod config;
-mod error;
-mod identity;
-mod secret;
-mod show_config;
-// Enrolment, mTLS identity and the `start` command.
-mod backend;
-mod backoff;
-mod enroll;
-mod start;
-mod stop;
-mod tls;
-mod tls_cache;
-mod token;
-// The eBPF sensor and `watch`.
-mod decode;
-mod event;
-mod json;
-mod proctable;
-mod sensor;
-mod stats;
-mod watch;
-// Workload attestation, the Unix socket and `status`.
-mod attest;
-mod cgroup;
-mod cgroup_cache;
-mod kubelet;
-mod pods;
-mod selectors;
-mod socket;
-mod status;
-// Shipping: the manifest checker.
-mod check_manifest;
-// The production loop: counters, upload queue, uplink thread, metrics, the agent loop.
-mod agent;
 mod counters;
-mod metrics;
-mod upload_queue;
-mod uploader;
+mod error;
+mod secret;
+mod stop;
+// Components, bottom up (kernel → decode → build → enrich → sink → uplink).
+mod attest;
+mod events;
+mod identity;
+mod net;
+mod sensor;
+// The pipeline, the uplink and the local endpoints, then the loop and the commands on top.
+mod agent;
+mod cmd;
+mod pipeline;
+mod serve;
+mod uplink;
 // The static musl build's memcpy (linked in by build.rs).
 mod memcpy;
 
@@ -119,12 +97,12 @@ fn run(mut args: Vec<OsString>, secrets: secret::Secrets) -> Result<ExitCode> {
         Command::Version => {
             println!("linuxguard-agent {}", env!("CARGO_PKG_VERSION"));
         }
-        Command::ShowConfig => show_config::run(&cfg, &args)?,
-        Command::Watch => watch::run(cfg, &args)?,
-        Command::Start => start::run(cfg, &args)?,
-        Command::Attest => attest::run(cfg, &args)?,
-        Command::Status => status::run(cfg, &args)?,
-        Command::CheckManifest => check_manifest::run(cfg, &args)?,
+        Command::ShowConfig => cmd::show_config::run(&cfg, &args)?,
+        Command::Watch => cmd::watch::run(cfg, &args)?,
+        Command::Start => cmd::start::run(cfg, &args)?,
+        Command::Attest => cmd::attest::run(cfg, &args)?,
+        Command::Status => cmd::status::run(cfg, &args)?,
+        Command::CheckManifest => cmd::check_manifest::run(cfg, &args)?,
     }
     Ok(ExitCode::SUCCESS)
 }

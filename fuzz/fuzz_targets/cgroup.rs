@@ -2,7 +2,7 @@
 #![no_main]
 
 #[allow(dead_code)]
-#[path = "../../src/cgroup.rs"]
+#[path = "../../src/attest/cgroup.rs"]
 mod cgroup;
 
 libfuzzer_sys::fuzz_target!(|data: &[u8]| {

@@ -2,7 +2,7 @@
 #![no_main]
 
 #[allow(dead_code)]
-#[path = "../../src/pods.rs"]
+#[path = "../../src/attest/pods.rs"]
 mod pods;
 
 libfuzzer_sys::fuzz_target!(|data: &[u8]| {

@@ -7,13 +7,13 @@
 use std::collections::HashMap;
 use std::fs;
 use std::io::{Read, Write};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
-use crate::common::{self, AgentProcess, Backend, TempDir, start_backend, start_backend_in};
+use crate::common::{self, Agent, Backend, TempDir, start_backend, start_backend_in, wait_for};
 
 const TOKEN: &str = "ABCDEFGHIJKLMNOPQRSTUVWX";
 
@@ -50,68 +50,20 @@ impl Run {
             .args(extra);
         c
     }
-    fn spawn(&self, c: Command) -> Agent {
+    fn spawn(&self, mut c: Command) -> Agent {
         let out = self.dir.path().join("agent.out");
-        self.spawn_with(c, fs::File::create(&out).expect("stdout file").into())
+        Agent::spawn(&mut c, self.dir.path().join("agent.log"), Some(out), None)
     }
     /// Like `spawn`, with the agent's stdout given (a pipe, /dev/full...).
     fn spawn_with(&self, mut c: Command, stdout: Stdio) -> Agent {
-        let log = self.dir.path().join("agent.log");
         let out = self.dir.path().join("agent.out");
-        let child = c
-            .stdin(Stdio::null())
-            .stdout(stdout)
-            .stderr(fs::File::create(&log).expect("log file"))
-            .spawn()
-            .expect("spawn agent");
-        Agent { child, log, out }
+        Agent::spawn(
+            &mut c,
+            self.dir.path().join("agent.log"),
+            Some(out),
+            Some(stdout),
+        )
     }
-}
-
-struct Agent {
-    child: Child,
-    log: PathBuf,
-    out: PathBuf,
-}
-
-impl AgentProcess for Agent {
-    fn child(&mut self) -> &mut Child {
-        &mut self.child
-    }
-    fn log_path(&self) -> &Path {
-        &self.log
-    }
-}
-
-impl Agent {
-    fn stdout(&self) -> String {
-        fs::read_to_string(&self.out).unwrap_or_default()
-    }
-    fn signal_term(&self) {
-        let pid = nix::unistd::Pid::from_raw(self.child.id() as i32);
-        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
-    }
-    fn alive(&mut self) -> bool {
-        matches!(self.child.try_wait(), Ok(None))
-    }
-}
-
-impl Drop for Agent {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn wait_for(what: &str, secs: u64, mut f: impl FnMut() -> bool) {
-    let end = Instant::now() + Duration::from_secs(secs);
-    while Instant::now() < end {
-        if f() {
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    panic!("timed out after {secs} s waiting for {what}");
 }
 
 /// The e2e tests run one at a time: each agent sees every process on the host, and the
@@ -119,10 +71,7 @@ fn wait_for(what: &str, secs: u64, mut f: impl FnMut() -> bool) {
 static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
 fn serial() -> Option<std::sync::MutexGuard<'static, ()>> {
-    if !common::is_root() {
-        eprintln!("skipped: needs root and BPF");
-        return None;
-    }
+    crate::common::require_root("root and BPF");
     Some(SERIAL.lock().unwrap_or_else(|p| p.into_inner()))
 }
 
@@ -565,8 +514,9 @@ fn root_e2e_full_disk_for_the_cache_is_a_warning_not_a_crash() {
         .status()
         .is_ok_and(|s| s.success());
     if !ok {
-        eprintln!("skipped: cannot mount a tmpfs");
-        return;
+        panic!(
+            "cannot run here: cannot mount a tmpfs (CI runs as root on a kernel with BTF, where it can)"
+        );
     }
     struct Unmount(PathBuf);
     impl Drop for Unmount {
@@ -686,8 +636,9 @@ fn root_e2e_kubelet_down_events_flow_without_pod_fields() {
     use crate::kubelet_server::{Behaviour, TestKubelet, Tls};
     let Some(_serial) = serial() else { return };
     let Some(cg) = PodCgroup::new() else {
-        eprintln!("skipped: no writable cgroup2 hierarchy");
-        return;
+        panic!(
+            "cannot run here: no writable cgroup2 hierarchy (CI runs as root on a kernel with BTF, where it can)"
+        );
     };
     let k = TestKubelet::start(
         Tls::Plain,

@@ -5,12 +5,12 @@
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
-use crate::common::{self, AgentProcess, Backend, TempDir, start_backend};
+use crate::common::{self, Agent, Backend, TempDir, start_backend, wait_for};
 
 const TOKEN: &str = "ABCDEFGHIJKLMNOPQRSTUVWX";
 /// The same token as a user might paste it: lower case with dashes.
@@ -54,14 +54,7 @@ impl Run {
     }
     fn spawn(&self, mut c: Command, tag: &str) -> Agent {
         let log = self.logs.path().join(format!("{tag}.log"));
-        let err = fs::File::create(&log).expect("log file");
-        let child = c
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(err)
-            .spawn()
-            .expect("spawn agent");
-        Agent { child, log }
+        Agent::spawn(&mut c, log, None, None)
     }
     /// Every log line written by the runs so far.
     fn all_logs(&self) -> String {
@@ -184,53 +177,12 @@ fn b64_encode(b: &[u8]) -> String {
     out
 }
 
-struct Agent {
-    child: Child,
-    log: PathBuf,
-}
-
-impl AgentProcess for Agent {
-    fn child(&mut self) -> &mut Child {
-        &mut self.child
-    }
-    fn log_path(&self) -> &Path {
-        &self.log
-    }
-}
-
-impl Agent {
-    fn term(&mut self) -> ExitStatus {
-        let pid = nix::unistd::Pid::from_raw(self.child.id() as i32);
-        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
-        self.wait_exit(STALL.as_secs() / 2)
-    }
-}
-
-impl Drop for Agent {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 fn stats(be: &Backend) -> Value {
     be.admin_get("/admin/stats")
 }
 
 fn enroll_requests(be: &Backend) -> Vec<Value> {
     be.requests_to("/agent/enroll")
-}
-
-/// Polls until `f` holds (or panics after `secs`).
-fn wait_for(what: &str, secs: u64, mut f: impl FnMut() -> bool) {
-    let end = Instant::now() + Duration::from_secs(secs);
-    while Instant::now() < end {
-        if f() {
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(25));
-    }
-    panic!("timed out waiting for {what}");
 }
 
 fn sha256_hex(data: &[u8]) -> String {
@@ -307,7 +259,7 @@ fn enroll_ok_first_heartbeat_and_clean_stop() {
     wait_for("a second heartbeat", 5, || {
         stats(&be)["heartbeats"].as_u64() >= Some(2)
     });
-    let st = a.term();
+    let st = a.term(STALL.as_secs() / 2);
     assert_eq!(st.code(), Some(0), "{}", a.log());
     assert!(a.log().contains("stopping on SIGTERM"), "{}", a.log());
     run.assert_no_secrets(&[]);
@@ -399,7 +351,7 @@ fn assert_proc_clean(given: Given) {
     }
     // SIGTERM while the enrol call is stalled: a clean stop that does not wait out the stall.
     let t = Instant::now();
-    assert_eq!(a.term().code(), Some(0), "{}", a.log());
+    assert_eq!(a.term(STALL.as_secs() / 2).code(), Some(0), "{}", a.log());
     assert!(
         t.elapsed() < STALL / 2,
         "stop waited for the stalled call: {:?}",
@@ -448,7 +400,7 @@ fn replay_after_lost_response_gets_the_same_identity() {
     assert_eq!(reqs[1]["status"], 200, "the replay is answered 200");
     assert_eq!(stats(&be)["enrolled"], 1, "one agent id only");
     a.wait_log("heartbeat", 10);
-    assert_eq!(a.term().code(), Some(0));
+    assert_eq!(a.term(STALL.as_secs() / 2).code(), Some(0));
     run.assert_no_secrets(&[]);
 }
 
@@ -485,7 +437,7 @@ fn retries_503_then_enrols_with_identical_bytes() {
         );
     }
     assert!(a.log().contains("retrying in"), "{}", a.log());
-    assert_eq!(a.term().code(), Some(0));
+    assert_eq!(a.term(STALL.as_secs() / 2).code(), Some(0));
     run.assert_no_secrets(&[]);
 }
 
@@ -516,7 +468,7 @@ fn conflict_expired_unknown_token_and_key_are_rejected_with_code_4() {
         .env_remove("LINUXGUARD_TLS_CACHE");
     let mut a = run.spawn(c, "first");
     a.wait_log("enrolled", 10);
-    assert_eq!(a.term().code(), Some(0));
+    assert_eq!(a.term(STALL.as_secs() / 2).code(), Some(0));
     // Another workload with the same token: 409.
     let mut c = run.cmd(&be);
     c.env("LINUXGUARD_ENROLL_TOKEN", TOKEN)
@@ -652,7 +604,7 @@ fn tls_cache_reuse_rotation_and_corruption() {
         a.wait_log(want, 15);
         a.wait_log("heartbeat", 10);
         let log = a.log();
-        assert_eq!(a.term().code(), Some(0));
+        assert_eq!(a.term(STALL.as_secs() / 2).code(), Some(0));
         log
     };
     let calls = || stats(&be)["enrollCalls"].as_u64().unwrap_or(0);
@@ -705,7 +657,7 @@ fn tls_cache_reuse_rotation_and_corruption() {
         let mut a = run.spawn(c, tag);
         a.wait_log("enrolled", 15);
         let log = a.log();
-        assert_eq!(a.term().code(), Some(0));
+        assert_eq!(a.term(STALL.as_secs() / 2).code(), Some(0));
         log
     };
     start_pod("11111111-2222-3333-4444-555555555555", "p1");
@@ -764,7 +716,7 @@ fn renewal_happens_before_expiry() {
     let hb = be.requests_to("/agent/heartbeat");
     let last = hb.last().expect("heartbeats");
     assert_eq!(last["status"], 200, "{last}");
-    assert_eq!(a.term().code(), Some(0));
+    assert_eq!(a.term(STALL.as_secs() / 2).code(), Some(0));
     run.assert_no_secrets(&[]);
     for forms in key_forms(first["privateKey"].as_str().expect("key")) {
         assert!(!run.all_logs().contains(&forms), "the first key leaked");
@@ -832,7 +784,7 @@ fn enroll_timeout_and_prompt_stop_while_retrying() {
     let mut a = run.spawn(c, "stop");
     a.wait_log("retrying in", 10);
     let t = Instant::now();
-    assert_eq!(a.term().code(), Some(0), "{}", a.log());
+    assert_eq!(a.term(STALL.as_secs() / 2).code(), Some(0), "{}", a.log());
     assert!(
         t.elapsed() < Duration::from_secs(15),
         "stop waited out the 30 s Retry-After: {:?}",
@@ -939,7 +891,7 @@ fn sigterm_during_a_stalled_heartbeat_stops_promptly() {
         !be.requests_to("/agent/heartbeat").is_empty()
     });
     let t = Instant::now();
-    assert_eq!(a.term().code(), Some(0), "{}", a.log());
+    assert_eq!(a.term(STALL.as_secs() / 2).code(), Some(0), "{}", a.log());
     // `start` also detaches the sensor on the way out (the kernel serializes the ~30 link
     // releases, ~1.2 s on a quiet machine): the bound only proves the stall was not waited out.
     assert!(t.elapsed() < STALL / 2, "stop took {:?}", t.elapsed());

@@ -3,7 +3,7 @@
 
 use std::collections::BTreeSet;
 
-use crate::pods::{ContainerStatus, Pod};
+use crate::attest::pods::{ContainerStatus, Pod};
 
 /// The image as written and the resolved digest, where the status has them (empty ones skipped).
 fn images(s: &ContainerStatus) -> impl Iterator<Item = &str> {
@@ -61,7 +61,7 @@ pub fn for_pod(pod: &Pod, container: Option<&ContainerStatus>) -> Vec<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::pods;
+    use crate::attest::pods;
 
     #[test]
     fn spire_selector_set() {

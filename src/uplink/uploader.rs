@@ -8,12 +8,12 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use crate::backend::{self, Events, Failure};
-use crate::backoff::Backoff;
-use crate::counters::Counters;
+use crate::counters::{Counters, Published};
 use crate::error::{Error, Result};
-use crate::start;
-use crate::upload_queue::{Batch, Limits, Queue};
+use crate::identity::session::Session;
+use crate::net::backend::{Events, Failure};
+use crate::net::backoff::Backoff;
+use crate::uplink::queue::{Batch, Limits, Queue};
 
 /// First retry of a failed batch after up to this long (full jitter), doubling per attempt.
 const RETRY_BASE: Duration = Duration::from_millis(500);
@@ -22,24 +22,14 @@ const RETRY_CAP: Duration = Duration::from_secs(10);
 /// At shutdown the final heartbeat gets this long (the loop waits a second more for it).
 pub const FINAL_HEARTBEAT_TIMEOUT: Duration = Duration::from_secs(4);
 
-/// Counters written by the poll loop (the uplink reads them for heartbeats).
-#[derive(Default)]
-pub struct LoopCounters {
-    pub observed: AtomicU64,
-    pub dropped_kernel: AtomicU64,
-    pub dropped_decode: AtomicU64,
-    pub kubelet_misses: AtomicU64,
-    /// Events written to stdout (`--output stdout`).
-    pub stdout_sent: AtomicU64,
-}
-
 /// What the poll loop and the uplink thread share.
 pub struct Shared {
     queue: Mutex<Queue>,
     wake: Condvar,
     /// Shutdown requested: flush until this deadline, then the final heartbeat.
     flush_until: Mutex<Option<Instant>>,
-    pub loop_counters: LoopCounters,
+    /// Stage counters the poll loop publishes.
+    pub published: Published,
     /// Events accepted by the backend.
     pub sent: AtomicU64,
     /// Events given up on (rejected batch, or a single event over the server's size limit).
@@ -63,7 +53,7 @@ impl Shared {
             queue: Mutex::new(Queue::new(limits, key_prefix)),
             wake: Condvar::new(),
             flush_until: Mutex::new(None),
-            loop_counters: LoopCounters::default(),
+            published: Published::default(),
             sent: AtomicU64::new(0),
             dropped_upload: AtomicU64::new(0),
             batches_ok: AtomicU64::new(0),
@@ -112,7 +102,7 @@ impl Shared {
         // counted before is included here, and after the flag it counts nothing.
         let mut q = self.queue();
         self.abandoned.store(true, Ordering::SeqCst);
-        let l = &self.loop_counters;
+        let l = &self.published;
         let sent = if self.to_backend {
             self.sent.load(Ordering::SeqCst)
         } else {
@@ -145,7 +135,7 @@ impl Shared {
             let q = self.queue();
             (q.dropped, q.len() as u64)
         };
-        let l = &self.loop_counters;
+        let l = &self.published;
         let sent = if self.to_backend {
             self.sent.load(Ordering::Relaxed)
         } else {
@@ -160,28 +150,17 @@ impl Shared {
             dropped_upload: self.dropped_upload.load(Ordering::Relaxed),
             kubelet_misses: l.kubelet_misses.load(Ordering::Relaxed),
             queued,
+            batches_accepted: self.batches_ok.load(Ordering::Relaxed),
+            upload_failures: self.upload_failures.load(Ordering::Relaxed),
+            loop_body_max: Duration::ZERO,
         }
-    }
-}
-
-/// The heartbeat's `stats` from the stage counters (decode drops count as queue-side drops).
-pub fn heartbeat_stats(c: &Counters) -> backend::Stats {
-    backend::Stats {
-        events_observed: c.events_observed,
-        events_sent: c.events_sent,
-        events_dropped: backend::Dropped {
-            kernel: c.dropped_kernel,
-            queue: c.dropped_queue + c.dropped_decode,
-            upload: c.dropped_upload,
-        },
-        kubelet_misses: c.kubelet_misses,
     }
 }
 
 /// The uplink thread's state.
 pub struct Uplink {
     shared: Arc<Shared>,
-    agent: start::Agent,
+    agent: Session,
     workload_id: String,
     started: Instant,
     /// Batches taken from the queue and not yet accepted (the one being retried, split halves).
@@ -189,14 +168,14 @@ pub struct Uplink {
     retry_at: Option<Instant>,
     backoff: Backoff,
     first_upload_logged: bool,
-    /// When `start::Agent::tick` is next due.
+    /// When `Session::tick` is next due.
     next_tick: Instant,
 }
 
 impl Uplink {
     pub fn new(
         shared: Arc<Shared>,
-        agent: start::Agent,
+        agent: Session,
         workload_id: String,
         started: Instant,
     ) -> Uplink {
@@ -231,7 +210,7 @@ impl Uplink {
             if now >= self.next_tick {
                 // Never blocks: heartbeat/renewal calls run on a helper thread and are collected
                 // by later ticks (`next_deadline` is then a short poll interval away).
-                self.agent.stats = heartbeat_stats(&self.shared.counters());
+                self.agent.stats = self.shared.counters().heartbeat_stats();
                 self.agent.tick(now)?;
                 self.next_tick = self.agent.next_deadline();
             }
@@ -245,7 +224,7 @@ impl Uplink {
                     }
                 }
                 if !self.pending.is_empty() {
-                    self.send_front(crate::tls::CALL_TIMEOUT)?;
+                    self.send_front(crate::net::tls::CALL_TIMEOUT)?;
                     continue;
                 }
             }
@@ -403,7 +382,7 @@ impl Uplink {
                  counted as dropped"
             );
         }
-        let stats = heartbeat_stats(&self.shared.counters());
+        let stats = self.shared.counters().heartbeat_stats();
         match self.agent.backend().heartbeat(
             self.agent.agent_id(),
             &self.workload_id,
@@ -440,9 +419,9 @@ mod tests {
     #[test]
     fn counters_add_up_and_map_to_the_heartbeat() {
         let sh = Shared::new(limits(), "k".into(), true);
-        sh.loop_counters.observed.store(30, Ordering::Relaxed);
-        sh.loop_counters.dropped_decode.store(1, Ordering::Relaxed);
-        sh.loop_counters.dropped_kernel.store(4, Ordering::Relaxed);
+        sh.published.observed.store(30, Ordering::Relaxed);
+        sh.published.dropped_decode.store(1, Ordering::Relaxed);
+        sh.published.dropped_kernel.store(4, Ordering::Relaxed);
         // 20 lines of 9 bytes (with the newline) into a 64-byte queue: 7 stay, 13 dropped.
         let mut lines: Vec<Vec<u8>> = (0..20)
             .map(|i| format!("{{\"n\":{i:02}}}").into_bytes())
@@ -453,7 +432,7 @@ mod tests {
         let c = sh.counters();
         assert_eq!(c.queued, 7);
         assert_eq!(c.dropped_queue, 13);
-        let hb = heartbeat_stats(&c);
+        let hb = c.heartbeat_stats();
         assert_eq!(hb.events_observed, 30);
         assert_eq!(hb.events_sent, 9);
         assert_eq!(hb.events_dropped.queue, 14, "queue + decode drops");
@@ -465,8 +444,8 @@ mod tests {
     fn an_abandoned_uplink_leaves_counters_that_add_up() {
         let sh = Shared::new(limits(), "k".into(), true);
         // 10 observed: 3 sent, 1 undecodable, 4 queued, and 2 in a batch hanging in a post.
-        sh.loop_counters.observed.store(10, Ordering::Relaxed);
-        sh.loop_counters.dropped_decode.store(1, Ordering::Relaxed);
+        sh.published.observed.store(10, Ordering::Relaxed);
+        sh.published.dropped_decode.store(1, Ordering::Relaxed);
         sh.sent.store(3, Ordering::Relaxed);
         let mut lines: Vec<Vec<u8>> = (0..4)
             .map(|i| format!("{{\"n\":{i}}}").into_bytes())
@@ -487,7 +466,7 @@ mod tests {
     #[test]
     fn stdout_mode_counts_stdout_writes_as_sent() {
         let sh = Shared::new(limits(), "k".into(), false);
-        sh.loop_counters.stdout_sent.store(5, Ordering::Relaxed);
+        sh.published.stdout_sent.store(5, Ordering::Relaxed);
         sh.sent.store(99, Ordering::Relaxed);
         assert_eq!(sh.counters().events_sent, 5);
     }

@@ -1,117 +1,22 @@
-//! `start`: validates the settings before any network call, brings up the mTLS identity (TLS
-//! cache or enrolment), then heartbeats and renews on deadlines until SIGINT/SIGTERM or
-//! revocation. [`Agent`] is driven by a non-blocking `tick` and `next_deadline`, so one poll
-//! loop can also serve the sensor and the uploader (issue 6).
+//! The running identity: brings up the mTLS identity (TLS cache or enrolment), then heartbeats and
+//! renews on deadlines until revocation. [`Session`] is driven by a non-blocking `tick` and
+//! `next_deadline`, so the uplink thread can also serve the upload queue.
 
 use std::sync::mpsc::{self, Receiver, TryRecvError};
 use std::time::{Duration, Instant, SystemTime};
 
-use crate::backend::{Backend, Failure, Stats};
-use crate::backoff::{self, Backoff};
-use crate::cli::Args;
-use crate::config::{Config, Key};
-use crate::enroll::{self, Credential, Identity};
+use crate::counters::HeartbeatStats;
 use crate::error::{Context, Error, Kind, Result};
-use crate::identity::{self, WorkloadId};
+use crate::identity::enroll::{self, Identity};
+use crate::identity::plan::Plan;
+use crate::identity::tls_cache::TlsCache;
+use crate::net::backend::{Backend, Failure};
+use crate::net::backoff::{self, Backoff};
+use crate::net::tls::{self, ServerTrust};
 use crate::stop::Stop;
-use crate::tls::{self, ServerTrust};
-use crate::tls_cache::{self, TlsCache};
-use crate::token;
-
-/// Everything `start` needs, checked before the first network call.
-pub struct Plan {
-    pub server: String,
-    pub trust: ServerTrust,
-    pub credential: Credential,
-    pub tenant_id: Option<String>,
-    pub workload: WorkloadId,
-    pub node_name: Option<String>,
-    pub pod_uid: Option<String>,
-    pub hostname: String,
-    pub enroll_timeout: Duration,
-    pub cache: Option<TlsCache>,
-}
-
-impl Plan {
-    pub fn from_config(cfg: &Config) -> Result<Plan> {
-        let server = cfg.get(Key::Server).ok_or_else(|| {
-            Error::config(
-                "no backend URL: set LINUXGUARD_SERVER (or --server) to the LinuxGuard backend, \
-                 for example https://linuxguard.example.com",
-            )
-        })?;
-        if !server.starts_with("https://") {
-            return Err(Error::config(format!(
-                "--server {server:?} is not an https:// URL; the backend is only reached over https://"
-            )));
-        }
-        let credential = match (&cfg.enroll_token, &cfg.api_key) {
-            (Some(_), Some(_)) => {
-                return Err(Error::config(
-                    "both an enrolment token and an API key are set: give exactly one \
-                     (LINUXGUARD_ENROLL_TOKEN with LINUXGUARD_TENANT_ID, or LINUXGUARD_API_KEY)",
-                ));
-            }
-            (None, None) => {
-                return Err(Error::config(
-                    "no enrolment credential: set LINUXGUARD_ENROLL_TOKEN (a single-use token, with \
-                     LINUXGUARD_TENANT_ID) or LINUXGUARD_API_KEY, for example from a Kubernetes Secret",
-                ));
-            }
-            (Some(t), None) => Credential::Token(token::normalize_token(t)?),
-            (None, Some(k)) => Credential::ApiKey(token::normalize_api_key(k)?),
-        };
-        let tenant_id = cfg.get(Key::TenantId).map(str::to_string);
-        if let Some(t) = &tenant_id {
-            if t.len() > 256 || t.chars().any(|c| c.is_control() || c.is_whitespace()) {
-                return Err(Error::config(
-                    "invalid tenant id: it must be at most 256 characters without spaces or control characters \
-                     (LINUXGUARD_TENANT_ID / --tenant-id)",
-                ));
-            }
-        }
-        if matches!(credential, Credential::Token(_)) && tenant_id.is_none() {
-            return Err(Error::config(
-                "tenantId required for TOTP enrollment: set LINUXGUARD_TENANT_ID (or --tenant-id) to \
-                 your LinuxGuard tenant id, or enrol with LINUXGUARD_API_KEY instead of a token",
-            ));
-        }
-        let node_name = cfg.get(Key::NodeName).map(str::to_string);
-        let pod_uid = cfg.get(Key::PodUid).map(str::to_string);
-        let workload = identity::derive(
-            cfg.get(Key::WorkloadId),
-            node_name.as_deref(),
-            pod_uid.as_deref(),
-        )?;
-        let trust = ServerTrust::load(cfg.path(Key::ServerCa).as_deref())?;
-        let hostname = nix::unistd::gethostname()
-            .ok()
-            .and_then(|h| h.into_string().ok())
-            .unwrap_or_else(|| "unknown".into());
-        let cache = match cfg.path(Key::TlsCache) {
-            Some(dir) => Some(TlsCache::open(
-                &dir,
-                tls_cache::tag(credential.secret(), &workload.hex),
-            )?),
-            None => None,
-        };
-        Ok(Plan {
-            server: server.to_string(),
-            trust,
-            credential,
-            tenant_id,
-            workload,
-            node_name,
-            pod_uid,
-            hostname,
-            enroll_timeout: Duration::from_secs(cfg.num(Key::EnrollTimeout).max(1)),
-            cache,
-        })
-    }
-}
 
 /// The running identity: heartbeats and renewal on deadlines.
-pub struct Agent {
+pub struct Session {
     server: String,
     trust: ServerTrust,
     workload_id: String,
@@ -120,7 +25,7 @@ pub struct Agent {
     backend: Backend,
     started: Instant,
     /// Counters sent with each heartbeat (the sensor and uploader add to them).
-    pub stats: Stats,
+    pub stats: HeartbeatStats,
     next_heartbeat: Instant,
     heartbeats_ok: u64,
     hb_backoff: Backoff,
@@ -130,9 +35,9 @@ pub struct Agent {
     pending: Option<Pending>,
 }
 
-impl Agent {
+impl Session {
     /// Reuses the cached identity or enrols. `Ok(None)`: a stop was requested meanwhile.
-    pub fn start(plan: Plan, stop: &Stop) -> Result<Option<Agent>> {
+    pub fn start(plan: Plan, stop: &Stop) -> Result<Option<Session>> {
         let started = Instant::now();
         log::info!(
             "workload id {} ({}); backend {}",
@@ -190,7 +95,7 @@ impl Agent {
         };
         let backend = Backend::new(&plan.server, &plan.trust, &identity)?;
         let renew_at = instant_at(identity.renew_at(backoff::random_unit()));
-        Ok(Some(Agent {
+        Ok(Some(Session {
             server: plan.server,
             trust: plan.trust,
             workload_id: plan.workload.hex,
@@ -198,7 +103,7 @@ impl Agent {
             identity,
             backend,
             started,
-            stats: Stats::default(),
+            stats: HeartbeatStats::default(),
             next_heartbeat: Instant::now(),
             heartbeats_ok: 0,
             hb_backoff: Backoff::default(),
@@ -419,13 +324,4 @@ fn instant_at(t: SystemTime) -> Instant {
         Ok(d) => now + d,
         Err(_) => now,
     }
-}
-
-pub fn run(mut cfg: Config, _args: &Args) -> Result<()> {
-    let t0 = Instant::now();
-    let plan = Plan::from_config(&cfg)?;
-    // The plan holds the only copy of the credential from here on (zeroized with it).
-    cfg.enroll_token = None;
-    cfg.api_key = None;
-    crate::agent::run(cfg, plan, t0)
 }

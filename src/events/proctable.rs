@@ -11,7 +11,7 @@ use lru::LruCache;
 use serde::{Serialize, Serializer};
 use serde_json::value::RawValue;
 
-use crate::json::{self, key};
+use crate::events::json::{self, key};
 
 /// Processes remembered at most (about 150 bytes each plus the shared executable strings).
 pub const CAPACITY: usize = 16_384;

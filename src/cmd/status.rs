@@ -8,7 +8,7 @@ use serde_json::Value;
 use crate::cli::Args;
 use crate::config::{Config, Key};
 use crate::error::{Error, Result};
-use crate::socket;
+use crate::serve::socket;
 
 pub fn run(cfg: Config, args: &Args) -> Result<()> {
     let path = cfg

@@ -13,8 +13,8 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use zeroize::Zeroizing;
 
-use crate::enroll::Identity;
 use crate::error::{Context, Error, Kind, Result};
+use crate::identity::enroll::Identity;
 use crate::secret::Secret;
 
 /// The identity: agent id, heartbeat interval, chain, CA bundle and key in ONE file, so that a
@@ -317,7 +317,9 @@ mod tests {
     fn tag_has_the_contract_form() {
         let s = Secret::new("ABCDEFGHIJKLMNOPQRSTUVWX".into());
         let t = tag(&s, "ab");
-        let want = crate::identity::sha256_hex(b"linuxguard-tls-tag\0ABCDEFGHIJKLMNOPQRSTUVWX\0ab");
+        let want = crate::identity::workload::sha256_hex(
+            b"linuxguard-tls-tag\0ABCDEFGHIJKLMNOPQRSTUVWX\0ab",
+        );
         assert_eq!(t, format!("v1 {want}"));
         assert!(!t.contains("ABCDEF"));
         assert_ne!(t, tag(&s, "ac"));
@@ -344,8 +346,8 @@ mod tests {
     }
 
     fn identity() -> Identity {
-        let key = crate::enroll::new_key().unwrap();
-        let ca_key = crate::enroll::new_key().unwrap();
+        let key = crate::identity::enroll::new_key().unwrap();
+        let ca_key = crate::identity::enroll::new_key().unwrap();
         let mut ca_params = rcgen::CertificateParams::new(vec![]).unwrap();
         ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
         let ca = ca_params.self_signed(&ca_key).unwrap();

@@ -9,11 +9,11 @@ use rcgen::{CertificateParams, DistinguishedName, DnType, KeyPair, PKCS_ECDSA_P2
 use serde::{Deserialize, Serialize};
 use zeroize::Zeroizing;
 
-use crate::backoff::Backoff;
 use crate::error::{Error, Kind, Result};
+use crate::net::backoff::Backoff;
+use crate::net::tls::{self, CallError, Reply, ServerTrust};
 use crate::secret::Secret;
 use crate::stop::Stop;
-use crate::tls::{self, CallError, Reply, ServerTrust};
 
 /// Bounds for a server-sent heartbeat interval.
 pub const MIN_HEARTBEAT: u64 = 1;

@@ -5,12 +5,12 @@ use serde_json::{Map, Value, json};
 use crate::cli::Args;
 use crate::config::{Config, Key};
 use crate::error::Result;
-use crate::identity;
+use crate::identity::workload;
 
 pub fn run(cfg: &Config, args: &Args) -> Result<()> {
     let rows = cfg.describe();
     // The identity is derived last, so a missing input fails exactly as `start` will.
-    let id = identity::derive(
+    let id = workload::derive(
         cfg.get(Key::WorkloadId),
         cfg.get(Key::NodeName),
         cfg.get(Key::PodUid),

@@ -1,5 +1,4 @@
-//! Workload attestation: `attest --pid`/`--self`, and the [`Attestor`] the event pipeline and
-//! the socket server call to attribute a process to its container and pod (never blocking on
+//! Workload attestation: the [`Attestor`] the event pipeline and the socket server call to attribute a process to its container and pod (never blocking on
 //! the kubelet: a background thread refreshes the pod list).
 
 use std::collections::{BTreeMap, HashMap};
@@ -11,15 +10,14 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 use serde_json::{Value, json};
 
-use crate::cgroup::{self, Placement, Runtime};
-use crate::cgroup_cache::{self, CgroupCache};
-use crate::cli::Args;
-use crate::config::{Config, Key};
+use crate::attest::cgroup::{self, Placement, Runtime};
+use crate::attest::cgroup_cache::{self, CgroupCache};
+use crate::attest::kubelet::{self, Kubelet};
+use crate::attest::pods::{ContainerStatus, Pod, PodList};
+use crate::attest::selectors;
+use crate::counters::AttestCounts;
 use crate::error::{Error, Kind, Result};
-use crate::kubelet::{Kubelet, Options};
-use crate::pods::{ContainerStatus, Pod, PodList};
-use crate::selectors;
-use crate::socket;
+use crate::serve::socket;
 
 /// The answer for one process.
 #[derive(Debug, Clone, Default)]
@@ -173,7 +171,7 @@ pub fn placement_of(proc_root: &Path, pid: u32, mountinfo: bool) -> Result<Place
 }
 
 /// Completes an attestation from a pod list; sets `problem` when the list cannot answer.
-fn fill_from_list(a: &mut Attestation, list: &PodList, container_selectors: bool) {
+pub(crate) fn fill_from_list(a: &mut Attestation, list: &PodList, container_selectors: bool) {
     let Some(uid) = a.placement.pod_uid.clone() else {
         return;
     };
@@ -208,98 +206,8 @@ fn fill_from_list(a: &mut Attestation, list: &PodList, container_selectors: bool
     a.pod = Some(pod.clone());
 }
 
-fn complete(a: &Attestation) -> bool {
+pub(crate) fn complete(a: &Attestation) -> bool {
     a.pod.is_some() && (a.placement.container_id.is_none() || a.container.is_some())
-}
-
-/// `attest --pid PID` (blocking, with the kubelet's retry budget) or `attest --self`.
-pub fn run(cfg: Config, args: &Args) -> Result<()> {
-    if args.attest_self {
-        let path = cfg
-            .path(Key::Socket)
-            .expect("invariant: --socket has a default");
-        // The agent answers from its cached pod list; a new pod may need a refresh or two.
-        let deadline = Instant::now() + Duration::from_secs(15);
-        loop {
-            match socket::request(&path, socket::Request::AttestSelf, Duration::from_secs(5)) {
-                Ok(v) => {
-                    println!("{v}");
-                    return Ok(());
-                }
-                Err(e) if e.to_string().contains("retry shortly") && Instant::now() < deadline => {
-                    log::debug!("{e}");
-                    std::thread::sleep(Duration::from_millis(500));
-                }
-                Err(e) => return Err(e),
-            }
-        }
-    }
-    let pid = args
-        .pid
-        .ok_or_else(|| Error::usage("`attest` takes --pid PID or --self"))?;
-    let proc_root = cfg
-        .path(Key::ProcRoot)
-        .unwrap_or_else(|| PathBuf::from("/proc"));
-    let a = attest_pid_blocking(&cfg, &proc_root, pid);
-    match a {
-        Ok(a) => {
-            println!("{}", a.to_line());
-            match a.problem {
-                Some(p) => Err(Error::new(Kind::Findings, format!("process {pid}: {p}"))),
-                None => Ok(()),
-            }
-        }
-        Err(e) => {
-            if e.kind() == Kind::Findings {
-                println!("{}", Attestation::default().to_line());
-            }
-            Err(e)
-        }
-    }
-}
-
-fn attest_pid_blocking(cfg: &Config, proc_root: &Path, pid: u32) -> Result<Attestation> {
-    let placement = placement_of(proc_root, pid, true)?;
-    let mut a = Attestation {
-        placement,
-        ..Default::default()
-    };
-    if a.placement.pod_uid.is_none() {
-        a.problem = Some(match (&a.placement.container_id, a.runtime()) {
-            (Some(id), rt) => format!(
-                "not in a Kubernetes pod (container {id}, runtime {})",
-                rt.unwrap_or("unknown")
-            ),
-            (None, _) => "not in a Kubernetes pod or a container".into(),
-        });
-        return Ok(a);
-    }
-    let opts = Options::from_config(cfg);
-    let kube = match Kubelet::new(opts) {
-        Ok(k) => k,
-        Err(e) => {
-            a.problem = Some(format!("the kubelet cannot answer: {e}"));
-            return Ok(a);
-        }
-    };
-    let container_selectors = !cfg.flag(Key::DisableContainerSelectors);
-    let attempts = kube.options().max_attempts;
-    let interval = kube.options().min_interval;
-    for attempt in 0..attempts {
-        if attempt > 0 {
-            std::thread::sleep(interval);
-        }
-        match kube.refresh() {
-            Ok(list) => {
-                fill_from_list(&mut a, &list, container_selectors);
-                if complete(&a) || a.placement.conmon {
-                    break;
-                }
-            }
-            Err(e) => a.problem = Some(format!("the kubelet cannot answer: {e}")),
-        }
-    }
-    Ok(a)
 }
 
 /// Pod lookups the refresher still has to satisfy.
@@ -323,19 +231,21 @@ impl Shared {
     }
 }
 
-/// Counters of the attestor.
-#[derive(Debug, Default, Clone, Copy, Serialize)]
-#[serde(rename_all = "camelCase")]
-pub struct AttestStats {
-    /// Events whose pod was not (yet) in the cached pod list: they went out without pod fields.
-    pub kubelet_misses: u64,
-    pub enriched: u64,
-}
-
 /// How long a lookup that ran out of attempts is not retried.
 const GIVE_UP_FOR: Duration = Duration::from_secs(300);
 /// Bound of the pending lookups (one per new pod/container; a node has a few hundred).
 const MAX_PENDING: usize = 4096;
+
+/// What the attestor needs.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// `/proc` (or `--proc-root`).
+    pub proc_root: PathBuf,
+    /// The kubelet client's options; None outside Kubernetes (no pod lookups).
+    pub kubelet: Option<kubelet::Options>,
+    /// Container selectors too (off with `--disable-container-selectors`).
+    pub container_selectors: bool,
+}
 
 /// Attributes processes to containers and pods for the event pipeline and the socket server.
 /// `enrich` and `attest_cached` never block on the network.
@@ -346,30 +256,25 @@ pub struct Attestor {
     shared: Arc<Shared>,
     refresher: Option<std::thread::JoinHandle<()>>,
     container_selectors: bool,
-    pub stats: AttestStats,
+    pub stats: AttestCounts,
 }
 
 impl Attestor {
-    /// Sets up the cgroup cache and, in Kubernetes (node name, kubelet URL/read-only port given,
-    /// or a service-account token present), the kubelet client and its refresher thread.
-    pub fn new(cfg: &Config) -> Result<Attestor> {
-        let proc_root = cfg
-            .path(Key::ProcRoot)
-            .unwrap_or_else(|| PathBuf::from("/proc"));
-        let in_k8s = cfg.is_set(Key::NodeName)
-            || cfg.is_set(Key::KubeletUrl)
-            || cfg.is_set(Key::KubeletReadOnlyPort)
-            || cfg.path(Key::KubeletTokenPath).is_some_and(|p| p.exists());
-        let kube = if in_k8s {
-            match Kubelet::new(Options::from_config(cfg)) {
-                Ok(k) => Some(Arc::new(k)),
-                Err(e) => {
-                    log::warn!("events will carry no pod fields: kubelet client not set up: {e}");
-                    None
-                }
+    /// Sets up the cgroup cache and, with kubelet options (in Kubernetes), the kubelet client
+    /// and its refresher thread.
+    pub fn new(opts: Options) -> Result<Attestor> {
+        let Options {
+            proc_root,
+            kubelet,
+            container_selectors,
+        } = opts;
+        let kube = match kubelet.map(Kubelet::new) {
+            Some(Ok(k)) => Some(Arc::new(k)),
+            Some(Err(e)) => {
+                log::warn!("events will carry no pod fields: kubelet client not set up: {e}");
+                None
             }
-        } else {
-            None
+            None => None,
         };
         let shared = Arc::new(Shared {
             wants: Mutex::new(Wants::default()),
@@ -395,8 +300,8 @@ impl Attestor {
             kube,
             shared,
             refresher,
-            container_selectors: !cfg.flag(Key::DisableContainerSelectors),
-            stats: AttestStats::default(),
+            container_selectors,
+            stats: AttestCounts::default(),
         })
     }
 
@@ -576,7 +481,7 @@ fn refresher(kube: &Kubelet, shared: &Shared) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::pods;
+    use crate::attest::pods;
 
     const UID: &str = "2c48913c-b29f-11e7-9350-020968147796";
     const CID: &str = "9bca8d63d5fa610783847915bcff0ecac1273e5b4bed3f6fa1b07350e0135961";
@@ -707,8 +612,6 @@ mod tests {
     /// A real child process connects; the server answers with that child's pid-derived data.
     #[test]
     fn socket_answers_a_child_process_with_its_own_attestation() {
-        use crate::config::{START, resolve};
-        use crate::secret::Secrets;
         use nix::poll::{PollFd, PollFlags, PollTimeout};
         use std::process::{Command, Stdio};
 
@@ -717,23 +620,12 @@ mod tests {
         let proc_root = dir.join("proc");
         std::fs::create_dir_all(&proc_root).unwrap();
         let sock = dir.join("agent.sock");
-        let cfg = resolve(
-            START,
-            &vec![
-                (
-                    Key::ProcRoot,
-                    Some(proc_root.to_string_lossy().into_owned()),
-                ),
-                (
-                    Key::KubeletTokenPath,
-                    Some(dir.join("no-token").to_string_lossy().into_owned()),
-                ),
-            ],
-            &|_| None,
-            Secrets::default(),
-        )
+        let mut attestor = Attestor::new(Options {
+            proc_root: proc_root.clone(),
+            kubelet: None,
+            container_selectors: true,
+        })
         .unwrap();
-        let mut attestor = Attestor::new(&cfg).unwrap();
         let mut srv = socket::Server::bind(&sock, 0o666).unwrap();
         // The child: the agent binary's `attest --self` when built, else this test binary
         // running the client test below.
@@ -857,8 +749,6 @@ mod tests {
     /// counts a miss; the refresher fetches the pod and later events carry the pod fields.
     #[test]
     fn enrich_does_not_block_and_counts_misses() {
-        use crate::config::{START, resolve};
-        use crate::secret::Secrets;
         use std::io::{Read, Write};
 
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
@@ -895,18 +785,21 @@ mod tests {
             format!("0::/kubepods/burstable/pod{UID}/{CID}\n"),
         )
         .unwrap();
-        let cfg = resolve(
-            START,
-            &vec![
-                (Key::ProcRoot, Some(dir.to_string_lossy().into_owned())),
-                (Key::KubeletUrl, Some(format!("http://127.0.0.1:{port}"))),
-                (Key::KubeletPollInterval, Some("20".into())),
-            ],
-            &|_| None,
-            Secrets::default(),
-        )
+        let mut a = Attestor::new(Options {
+            proc_root: dir.clone(),
+            kubelet: Some(kubelet::Options {
+                base: format!("http://127.0.0.1:{port}"),
+                connect_to: None,
+                ca: None,
+                skip_verify: false,
+                auth: kubelet::Auth::Anonymous,
+                min_interval: Duration::from_millis(20),
+                max_attempts: 60,
+                timeout: kubelet::REQUEST_TIMEOUT,
+            }),
+            container_selectors: true,
+        })
         .unwrap();
-        let mut a = Attestor::new(&cfg).unwrap();
         let t = Instant::now();
         let e = a.enrich(4242, 9999, 0);
         assert!(

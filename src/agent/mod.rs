@@ -4,6 +4,7 @@
 //! revocation. Start-up phases are logged with their durations.
 
 use std::io::{self, Write};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
@@ -11,31 +12,27 @@ use std::time::{Duration, Instant};
 use nix::poll::{PollFd, PollFlags, PollTimeout};
 use serde_json::{Value, json};
 
+use crate::attest::attestor::{self, Attestor};
 use crate::config::{Config, Key};
+use crate::counters::LoopTimings;
 use crate::error::{Error, Result};
-use crate::event::Event;
-use crate::metrics::Metrics;
-use crate::socket;
-use crate::start::{self, Plan};
+use crate::events::event::Event;
+use crate::identity::plan::Plan;
+use crate::identity::session::Session;
+use crate::pipeline::sink::{JsonLines, Sink};
+use crate::pipeline::{self, POLL_INTERVAL, Pipeline};
+use crate::serve::metrics::Metrics;
+use crate::serve::socket;
 use crate::stop::Stop;
-use crate::upload_queue::Limits;
-use crate::uploader::{Shared, Uplink};
-use crate::watch::{JsonLines, POLL_INTERVAL, Pipeline, Sink};
+use crate::uplink::queue::Limits;
+use crate::uplink::uploader::{Shared, Uplink};
 
 /// Kernel counters, ring fill and the socket's connection timeouts are refreshed this often.
 const HOUSEKEEPING: Duration = Duration::from_secs(1);
 /// After the grace period, the final heartbeat may take this much longer before we exit anyway
 /// (its own timeout plus a second): the uplink has counted everything by then.
 const FINAL_HEARTBEAT_ALLOWANCE: Duration =
-    Duration::from_secs(crate::uploader::FINAL_HEARTBEAT_TIMEOUT.as_secs() + 1);
-
-/// Loop health: how long one pass of the loop body took (poll wake-up to the next poll).
-#[derive(Debug, Default, Clone, Copy)]
-pub struct LoopStats {
-    pub iterations: u64,
-    pub max_body: Duration,
-    pub total_body: Duration,
-}
+    Duration::from_secs(crate::uplink::uploader::FINAL_HEARTBEAT_TIMEOUT.as_secs() + 1);
 
 /// Serializes drained events (once each) for the queue and/or stdout; the poll loop's sink.
 struct LoopSink<'a> {
@@ -129,7 +126,7 @@ pub struct Agent {
     output_ended: Option<std::result::Result<(), String>>,
     agent_id: String,
     started: Instant,
-    pub loop_stats: LoopStats,
+    pub loop_stats: LoopTimings,
     /// `--stats-interval`: a `{"type":"stats"}` event this often (None: off).
     stats_every: Option<Duration>,
     /// Stats events emitted (counted as observed, so sent + dropped still adds up).
@@ -138,8 +135,16 @@ pub struct Agent {
     socket_conns: usize,
 }
 
+/// The components' options (the rest still comes from the configuration).
+pub struct Options {
+    pub pipeline: pipeline::Options,
+    pub attestor: attestor::Options,
+    /// `--socket` path and mode.
+    pub socket: Option<(PathBuf, u32)>,
+}
+
 /// `start` after the plan is checked: identity, sensor, socket, uplink, loop.
-pub fn run(cfg: Config, plan: Plan, t0: Instant) -> Result<()> {
+pub fn run(cfg: Config, opts: Options, plan: Plan, t0: Instant) -> Result<()> {
     log::info!(
         "startup: identity derived in {} ms",
         t0.elapsed().as_millis()
@@ -147,7 +152,7 @@ pub fn run(cfg: Config, plan: Plan, t0: Instant) -> Result<()> {
     let stop = Arc::new(Stop::install()?);
     let workload_id = plan.workload.hex.clone();
     let t = Instant::now();
-    let Some(identity) = start::Agent::start(plan, &stop)? else {
+    let Some(identity) = Session::start(plan, &stop)? else {
         log::info!("stopping on {} during enrolment", stop.signal_name());
         return Ok(());
     };
@@ -156,7 +161,7 @@ pub fn run(cfg: Config, plan: Plan, t0: Instant) -> Result<()> {
         t.elapsed().as_millis(),
         t0.elapsed().as_millis()
     );
-    let mut agent = Agent::new(&cfg, identity, stop, workload_id, t0)?;
+    let mut agent = Agent::new(&cfg, opts, identity, stop, workload_id, t0)?;
     drop(cfg);
     agent.run()
 }
@@ -164,7 +169,8 @@ pub fn run(cfg: Config, plan: Plan, t0: Instant) -> Result<()> {
 impl Agent {
     fn new(
         cfg: &Config,
-        identity: start::Agent,
+        opts: Options,
+        identity: Session,
         stop: Arc<Stop>,
         workload_id: String,
         t0: Instant,
@@ -180,8 +186,8 @@ impl Agent {
         };
 
         let t = Instant::now();
-        let mut pipeline = Pipeline::new(cfg)?;
-        match crate::attest::Attestor::new(cfg) {
+        let mut pipeline = Pipeline::new(&opts.pipeline)?;
+        match Attestor::new(opts.attestor) {
             Ok(a) => pipeline.set_attestor(a),
             Err(e) => log::warn!("events will carry no container or pod fields: {e}"),
         }
@@ -192,22 +198,25 @@ impl Agent {
         );
 
         let t = Instant::now();
-        let socket = match socket::Server::from_config(cfg) {
-            Ok(s) => {
-                log::info!(
-                    "startup: socket `{}` listening in {} ms ({} ms since start)",
-                    cfg.path(Key::Socket).unwrap_or_default().display(),
-                    t.elapsed().as_millis(),
-                    t0.elapsed().as_millis()
-                );
-                Some(s)
-            }
-            Err(e) => {
-                log::warn!(
-                    "running without the local socket (no `status`, no `attest --self`): {e}"
-                );
-                None
-            }
+        let socket = match &opts.socket {
+            None => None,
+            Some((path, mode)) => match socket::Server::bind(path, *mode) {
+                Ok(s) => {
+                    log::info!(
+                        "startup: socket `{}` listening in {} ms ({} ms since start)",
+                        path.display(),
+                        t.elapsed().as_millis(),
+                        t0.elapsed().as_millis()
+                    );
+                    Some(s)
+                }
+                Err(e) => {
+                    log::warn!(
+                        "running without the local socket (no `status`, no `attest --self`): {e}"
+                    );
+                    None
+                }
+            },
         };
         let metrics = match cfg.get(Key::MetricsAddr) {
             Some(addr) => Some(Metrics::bind(addr)?),
@@ -248,7 +257,7 @@ impl Agent {
             output_ended: None,
             agent_id,
             started: t0,
-            loop_stats: LoopStats::default(),
+            loop_stats: LoopTimings::default(),
             stats_every: match cfg.num(Key::StatsInterval) {
                 0 => None,
                 n => Some(Duration::from_secs(n)),
@@ -333,9 +342,7 @@ impl Agent {
                 }
             }
             let took = body.elapsed();
-            self.loop_stats.iterations += 1;
-            self.loop_stats.total_body += took;
-            self.loop_stats.max_body = self.loop_stats.max_body.max(took);
+            self.loop_stats.record(took);
         }
         self.shutdown()?;
         match self.output_ended.take() {
@@ -360,7 +367,7 @@ impl Agent {
     /// stops, as `watch` does. With `--output both` the backend still gets every event.
     fn settle_sink(&mut self, mut sink: LoopSink<'_>) {
         self.sink_stdout = sink.stdout.take();
-        let c = &self.shared.loop_counters;
+        let c = &self.shared.published;
         c.stdout_sent.fetch_add(sink.stdout_sent, Ordering::Relaxed);
         if !self.shared.to_backend {
             self.shared
@@ -398,7 +405,7 @@ impl Agent {
     /// Copies the pipeline's and attestor's counters where the uplink reads them.
     fn publish_counters(&mut self) {
         let s = &self.pipeline.stats;
-        let c = &self.shared.loop_counters;
+        let c = &self.shared.published;
         let seen: u64 = s.seen.iter().sum();
         c.observed
             .store(seen + s.user_drops + self.stats_events, Ordering::Relaxed);
@@ -416,11 +423,7 @@ impl Agent {
     fn status_json(&mut self) -> Value {
         let c = self.shared.counters();
         let ls = self.loop_stats;
-        let mean_us = if ls.iterations == 0 {
-            0
-        } else {
-            (ls.total_body.as_micros() / u128::from(ls.iterations)) as u64
-        };
+        let mean_us = ls.mean_body().as_micros() as u64;
         let attestor = self
             .pipeline
             .attestor_mut()
@@ -469,24 +472,9 @@ impl Agent {
     }
 
     fn prometheus(&mut self) -> String {
-        let c = self.shared.counters();
-        let mut text = c.prometheus(self.started.elapsed().as_secs());
-        let ls = self.loop_stats;
-        text.push_str(&format!(
-            "# HELP linuxguard_upload_batches_total Event batches accepted by the backend.\n\
-             # TYPE linuxguard_upload_batches_total counter\n\
-             linuxguard_upload_batches_total {}\n\
-             # HELP linuxguard_upload_failures_total Upload attempts that failed and were retried.\n\
-             # TYPE linuxguard_upload_failures_total counter\n\
-             linuxguard_upload_failures_total {}\n\
-             # HELP linuxguard_loop_body_max_seconds Longest pass of the poll loop body.\n\
-             # TYPE linuxguard_loop_body_max_seconds gauge\n\
-             linuxguard_loop_body_max_seconds {:.6}\n",
-            self.shared.batches_ok.load(Ordering::Relaxed),
-            self.shared.upload_failures.load(Ordering::Relaxed),
-            ls.max_body.as_secs_f64()
-        ));
-        text
+        let mut c = self.shared.counters();
+        c.loop_body_max = self.loop_stats.max_body;
+        c.prometheus(self.started.elapsed().as_secs())
     }
 
     fn fatal(&self) -> Error {
@@ -539,7 +527,7 @@ impl Agent {
         let _ = writeln!(
             io::stderr(),
             "linuxguard-agent: final counters: {}",
-            c.heartbeat_stats()
+            serde_json::to_string(&c.heartbeat_stats()).unwrap_or_default()
         );
         Ok(())
     }
