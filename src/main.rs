@@ -12,7 +12,6 @@ mod stop;
 mod attest;
 mod events;
 mod identity;
-mod net;
 mod sensor;
 // The pipeline, the uplink and the local endpoints, then the loop and the commands on top.
 mod agent;

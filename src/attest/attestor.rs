@@ -191,6 +191,11 @@ pub(crate) fn fill_from_list(a: &mut Attestation, list: &PodList, container_sele
         (Some(id), None) if a.placement.conmon => Some(format!(
             "the process is conmon, the runtime monitor of container {id}, not a workload container"
         )),
+        // Pod selectors only (SPIRE's disable_container_selectors): they answer as soon as the
+        // pod is listed, before the container is among its statuses (a sidecar that attests
+        // before its container is reported ready). Every process in the pod's cgroup is the
+        // pod's; the container selectors that would tell them apart are not given.
+        (Some(_), None) if !container_selectors => None,
         (Some(id), None) => Some(format!(
             "container {id} is not among pod {uid}'s container statuses: it is the pod's sandbox (pause) container or has not started yet"
         )),
@@ -206,6 +211,8 @@ pub(crate) fn fill_from_list(a: &mut Attestation, list: &PodList, container_sele
     a.pod = Some(pod.clone());
 }
 
+/// Everything is known: the pod and, when the process is in a container, its status (for the
+/// event fields; the answer may be complete earlier, see `fill_from_list`).
 pub(crate) fn complete(a: &Attestation) -> bool {
     a.pod.is_some() && (a.placement.container_id.is_none() || a.container.is_some())
 }
@@ -481,6 +488,20 @@ fn refresher(kube: &Kubelet, shared: &Shared) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A plain-HTTP test kubelet on 127.0.0.1:`port`, polled at most every 20 ms.
+    fn test_kubelet(port: u16) -> kubelet::Options {
+        kubelet::Options {
+            base: format!("http://127.0.0.1:{port}"),
+            connect_to: None,
+            ca: None,
+            skip_verify: false,
+            auth: kubelet::Auth::Anonymous,
+            min_interval: Duration::from_millis(20),
+            max_attempts: 60,
+            timeout: kubelet::REQUEST_TIMEOUT,
+        }
+    }
     use crate::attest::pods;
 
     const UID: &str = "2c48913c-b29f-11e7-9350-020968147796";
@@ -627,32 +648,8 @@ mod tests {
         })
         .unwrap();
         let mut srv = socket::Server::bind(&sock, 0o666).unwrap();
-        // The child: the agent binary's `attest --self` when built, else this test binary
-        // running the client test below.
         let exe = std::env::current_exe().unwrap();
-        let agent = exe
-            .parent()
-            .and_then(|d| d.parent())
-            .map(|d| d.join("linuxguard-agent"));
-        let mut cmd = match agent.filter(|a| a.exists()) {
-            Some(a) => {
-                let mut c = Command::new(a);
-                c.args(["attest", "--self", "--socket"]).arg(&sock);
-                c
-            }
-            None => {
-                let mut c = Command::new(&exe);
-                c.args([
-                    "--exact",
-                    "attest::tests::socket_child_client",
-                    "--ignored",
-                    "--nocapture",
-                ])
-                .env("LG_TEST_SOCKET", &sock);
-                c
-            }
-        };
-        let child = cmd
+        let child = attest_self_child(&sock)
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
@@ -729,7 +726,171 @@ mod tests {
         let _ = std::fs::remove_dir_all(&dir);
     }
 
-    /// Client half of the test above (run only as its child).
+    /// The client: the agent binary's `attest --self` when built, else this test binary running
+    /// `socket_child_client`.
+    fn attest_self_child(sock: &Path) -> std::process::Command {
+        let exe = std::env::current_exe().unwrap();
+        let agent = exe
+            .parent()
+            .and_then(|d| d.parent())
+            .map(|d| d.join("linuxguard-agent"));
+        match agent.filter(|a| a.exists()) {
+            Some(a) => {
+                let mut c = std::process::Command::new(a);
+                c.args(["attest", "--self", "--socket"]).arg(sock);
+                c
+            }
+            None => {
+                let mut c = std::process::Command::new(&exe);
+                c.args([
+                    "--exact",
+                    "attest::attestor::tests::socket_child_client",
+                    "--ignored",
+                    "--nocapture",
+                ])
+                .env("LG_TEST_SOCKET", sock);
+                c
+            }
+        }
+    }
+
+    /// With container selectors disabled, a process whose container is not (yet) among the
+    /// pod's statuses gets the pod selectors; conmon does not.
+    #[test]
+    fn disabled_container_selectors_answer_once_the_pod_is_listed() {
+        let with = |cid: &str, conmon: bool, container_selectors: bool| {
+            let mut a = Attestation {
+                placement: Placement {
+                    pod_uid: Some(UID.into()),
+                    container_id: Some(cid.into()),
+                    runtime: None,
+                    conmon,
+                },
+                ..Default::default()
+            };
+            fill_from_list(&mut a, &list(), container_selectors);
+            a
+        };
+        let starting = "e".repeat(64);
+        let a = with(&starting, false, false);
+        assert!(a.problem.is_none(), "{:?}", a.problem);
+        assert!(
+            a.selectors
+                .contains(&"k8s:pod-uid:2c48913c-b29f-11e7-9350-020968147796".to_string())
+        );
+        assert!(a.selectors.iter().all(|s| !s.starts_with("k8s:container-")));
+        assert!(
+            !complete(&a),
+            "the container is still wanted for the event fields"
+        );
+        assert_eq!(self_reply(&a, true)["ok"], true);
+        // The listed container: pod selectors only, complete.
+        let a = with(CID, false, false);
+        assert!(a.problem.is_none() && complete(&a));
+        assert!(a.selectors.iter().all(|s| !s.starts_with("k8s:container-")));
+        // conmon stays refused; with container selectors the old refusal stays.
+        assert!(with(CID, true, false).problem.unwrap().contains("conmon"));
+        assert!(
+            with(&starting, false, true)
+                .problem
+                .unwrap()
+                .contains("not among")
+        );
+    }
+
+    /// The socket answer through the agent binary: `attest --self` from a process whose
+    /// container the kubelet does not list yet gets the pod selectors with
+    /// --disable-container-selectors, and the refusal without it.
+    #[test]
+    fn socket_answers_pod_selectors_before_the_container_is_listed() {
+        use nix::poll::{PollFd, PollFlags, PollTimeout};
+        use std::io::{Read, Write};
+        use std::process::Stdio;
+
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let body = format!(
+            r#"{{"items":[{{"metadata":{{"name":"web","namespace":"shop","uid":"{UID}"}},
+            "status":{{"containerStatuses":[{{"name":"app","image":"nginx:1","containerID":"containerd://{CID}"}}]}}}}]}}"#
+        );
+        std::thread::spawn(move || {
+            for s in listener.incoming() {
+                let Ok(mut s) = s else { continue };
+                let mut buf = [0u8; 4096];
+                let _ = s.read(&mut buf);
+                let _ = write!(
+                    s,
+                    "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                    body.len()
+                );
+            }
+        });
+        for disable in [true, false] {
+            let dir = std::env::temp_dir()
+                .join(format!("lg-attest-nosel-{}-{disable}", std::process::id()));
+            let _ = std::fs::remove_dir_all(&dir);
+            let proc_root = dir.join("proc");
+            std::fs::create_dir_all(&proc_root).unwrap();
+            let sock = dir.join("agent.sock");
+            let mut attestor = Attestor::new(Options {
+                proc_root: proc_root.clone(),
+                kubelet: Some(test_kubelet(port)),
+                container_selectors: !disable,
+            })
+            .unwrap();
+            let mut srv = socket::Server::bind(&sock, 0o666).unwrap();
+            let mut child = attest_self_child(&sock)
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .unwrap();
+            // The child sits in the pod, in a container the kubelet does not list.
+            let pid = child.id();
+            std::fs::create_dir_all(proc_root.join(pid.to_string())).unwrap();
+            std::fs::write(
+                proc_root.join(pid.to_string()).join("cgroup"),
+                format!("0::/kubepods/besteffort/pod{UID}/{pid:064x}\n"),
+            )
+            .unwrap();
+            let start = Instant::now();
+            while matches!(child.try_wait(), Ok(None)) && start.elapsed() < Duration::from_secs(20)
+            {
+                let mut fds = [PollFd::new(srv.fd(), PollFlags::POLLIN)];
+                let _ = nix::poll::poll(&mut fds, PollTimeout::from(50u16));
+                srv.handle_ready(&mut |req, peer| attestor.answer(req, peer));
+            }
+            let out = child.wait_with_output().unwrap();
+            let (stdout, stderr) = (
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr),
+            );
+            if disable {
+                let line = stdout
+                    .lines()
+                    .find(|l| l.starts_with('{'))
+                    .unwrap_or_else(|| panic!("no JSON: {stdout} / {stderr}"));
+                let v: Value = serde_json::from_str(line).unwrap();
+                assert_eq!(v["podUid"], UID, "{v}");
+                let sel = v["selectors"].as_array().unwrap();
+                assert!(sel.contains(&json!("k8s:ns:shop")), "{v}");
+                assert!(
+                    sel.iter()
+                        .all(|s| !s.as_str().unwrap().starts_with("k8s:container-")),
+                    "{v}"
+                );
+            } else {
+                assert!(!out.status.success(), "{stdout}");
+                assert!(
+                    stdout.contains("is not among pod") || stderr.contains("is not among pod"),
+                    "{stdout} / {stderr}"
+                );
+            }
+            drop(attestor);
+            let _ = std::fs::remove_dir_all(&dir);
+        }
+    }
+
+    /// Client half of the socket tests above (run only as their child).
     #[test]
     #[ignore]
     fn socket_child_client() {
@@ -787,16 +948,7 @@ mod tests {
         .unwrap();
         let mut a = Attestor::new(Options {
             proc_root: dir.clone(),
-            kubelet: Some(kubelet::Options {
-                base: format!("http://127.0.0.1:{port}"),
-                connect_to: None,
-                ca: None,
-                skip_verify: false,
-                auth: kubelet::Auth::Anonymous,
-                min_interval: Duration::from_millis(20),
-                max_attempts: 60,
-                timeout: kubelet::REQUEST_TIMEOUT,
-            }),
+            kubelet: Some(test_kubelet(port)),
             container_selectors: true,
         })
         .unwrap();

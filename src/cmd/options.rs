@@ -5,10 +5,14 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
 use std::time::Duration;
 
+use crate::agent;
 use crate::attest::{attestor, kubelet};
 use crate::config::{Config, Key};
+use crate::error::Result;
+use crate::identity::workload;
 use crate::pipeline;
 use crate::sensor;
+use crate::uplink::queue::Limits;
 
 /// `--proc-root` (default `/proc`).
 pub fn proc_root(cfg: &Config) -> PathBuf {
@@ -31,17 +35,49 @@ pub fn pipeline(cfg: &Config) -> pipeline::Options {
     }
 }
 
-/// The attestor: the kubelet client only in Kubernetes (node name, kubelet URL or read-only port
-/// given, or a service-account token present).
+/// The attestor: the kubelet client only in Kubernetes (a node name that can be a Kubernetes
+/// node name, a kubelet URL or read-only port given, or a service-account token present).
+/// Outside Kubernetes the node name is a host name (`Build_Host`) and no kubelet is looked for.
 pub fn attestor(cfg: &Config) -> attestor::Options {
-    let in_k8s = cfg.is_set(Key::NodeName)
+    let in_k8s = cfg.get(Key::NodeName).is_some_and(workload::is_node_name)
         || cfg.is_set(Key::KubeletUrl)
         || cfg.is_set(Key::KubeletReadOnlyPort)
         || cfg.path(Key::KubeletTokenPath).is_some_and(|p| p.exists());
+    let kubelet = match in_k8s.then(|| kubelet(cfg)) {
+        Some(Ok(o)) => Some(o),
+        Some(Err(e)) => {
+            log::warn!("events will carry no pod fields: kubelet client not set up: {e}");
+            None
+        }
+        None => None,
+    };
     attestor::Options {
         proc_root: proc_root(cfg),
-        kubelet: in_k8s.then(|| kubelet(cfg)),
+        kubelet,
         container_selectors: !cfg.flag(Key::DisableContainerSelectors),
+    }
+}
+
+/// `start`'s loop: its components' options, the outputs, the queue's limits, the metrics
+/// listener, the shutdown grace and the stats-event interval.
+pub fn agent(cfg: &Config) -> agent::Options {
+    agent::Options {
+        pipeline: pipeline(cfg),
+        attestor: attestor(cfg),
+        socket: socket(cfg),
+        output: cfg.get(Key::Output).unwrap_or("backend").to_string(),
+        limits: Limits {
+            queue_bytes: (cfg.num(Key::QueueMb).max(1) as usize) << 20,
+            batch_events: cfg.num(Key::BatchMaxEvents).max(1) as usize,
+            batch_bytes: cfg.num(Key::BatchMaxBytes).max(1024) as usize,
+            batch_age: Duration::from_millis(cfg.num(Key::BatchMaxAgeMs).max(1)),
+        },
+        metrics_addr: cfg.get(Key::MetricsAddr).map(str::to_string),
+        grace: Duration::from_secs(cfg.num(Key::ShutdownGrace)),
+        stats_every: match cfg.num(Key::StatsInterval) {
+            0 => None,
+            n => Some(Duration::from_secs(n)),
+        },
     }
 }
 
@@ -55,9 +91,14 @@ pub fn socket(cfg: &Config) -> Option<(PathBuf, u32)> {
     Some((path, mode))
 }
 
-/// The kubelet client, configured like SPIRE's k8s workload attestor.
-pub fn kubelet(cfg: &Config) -> kubelet::Options {
+/// The kubelet client, configured like SPIRE's k8s workload attestor. Without --kubelet-url the
+/// node name is the kubelet's host name, so there (and only there) it must be a Kubernetes node
+/// name (DNS-1123); elsewhere it may be any host name (`workload::validate_host_name`).
+pub fn kubelet(cfg: &Config) -> Result<kubelet::Options> {
     let node = cfg.get(Key::NodeName).map(str::to_string);
+    if let (Some(n), None) = (&node, cfg.get(Key::KubeletUrl)) {
+        workload::validate_node_name(n, &cfg.origin_of(Key::NodeName))?;
+    }
     let read_only = cfg.get(Key::KubeletReadOnlyPort);
     let secure_port = cfg.num(Key::KubeletSecurePort).clamp(1, 65_535) as u16;
     let (base, connect_to) = if let Some(url) = cfg.get(Key::KubeletUrl) {
@@ -90,7 +131,7 @@ pub fn kubelet(cfg: &Config) -> kubelet::Options {
         }
     };
     let skip_verify = cfg.flag(Key::SkipKubeletVerification);
-    kubelet::Options {
+    Ok(kubelet::Options {
         base,
         connect_to,
         ca: if skip_verify {
@@ -103,7 +144,7 @@ pub fn kubelet(cfg: &Config) -> kubelet::Options {
         min_interval: Duration::from_millis(cfg.num(Key::KubeletPollInterval).max(10)),
         max_attempts: cfg.num(Key::KubeletMaxPollAttempts).clamp(1, 1000) as u32,
         timeout: kubelet::REQUEST_TIMEOUT,
-    }
+    })
 }
 
 #[cfg(test)]
@@ -114,7 +155,28 @@ mod tests {
 
     fn opts(flags: Vec<(Key, Option<String>)>) -> kubelet::Options {
         let c = resolve(ATTEST, &flags, &|_| None, Secrets::default()).unwrap();
-        kubelet(&c)
+        kubelet(&c).unwrap()
+    }
+
+    /// The node name is the kubelet's host name unless --kubelet-url is given: only then must it
+    /// be a DNS-1123 name.
+    #[test]
+    fn node_name_as_kubelet_host_must_be_dns1123() {
+        let c = resolve(
+            ATTEST,
+            &vec![(Key::NodeName, Some("Build_Host".into()))],
+            &|_| None,
+            Secrets::default(),
+        )
+        .unwrap();
+        let e = kubelet(&c).unwrap_err();
+        assert_eq!(e.kind(), crate::error::Kind::Config);
+        assert!(e.to_string().contains("DNS-1123"), "{e}");
+        let o = opts(vec![
+            (Key::NodeName, Some("Build_Host".into())),
+            (Key::KubeletUrl, Some("https://10.0.0.1:10250".into())),
+        ]);
+        assert_eq!(o.base, "https://10.0.0.1:10250");
     }
 
     #[test]

@@ -14,41 +14,47 @@ pub fn run(cfg: &Config, args: &Args) -> Result<()> {
         cfg.get(Key::WorkloadId),
         cfg.get(Key::NodeName),
         cfg.get(Key::PodUid),
+        &cfg.var(Key::NodeName),
     )?;
+    // Where the node name came from: `--node-name` or the variable read (--node-name-env).
+    let node_from = cfg.get(Key::NodeName).map(|_| cfg.origin_of(Key::NodeName));
     if args.json {
         let mut settings = Map::new();
-        for (s, value, source) in &rows {
+        for (s, value, source, var) in &rows {
             settings.insert(
                 s.flag.to_string(),
-                json!({"value": value, "source": source.to_string(), "env": s.env}),
+                json!({"value": value, "source": source.to_string(), "env": var}),
             );
         }
         let out = json!({
             "version": env!("CARGO_PKG_VERSION"),
             "settings": Value::Object(settings),
             "workloadId": id.hex,
-            "workloadIdDerivation": id.derivation.describe(),
+            "workloadIdDerivation": id.describe(),
             "nodeName": cfg.get(Key::NodeName),
+            "nodeNameFrom": node_from,
             "podUid": cfg.get(Key::PodUid),
         });
         println!("{out}");
         return Ok(());
     }
     println!("{:<32} {:<48} SOURCE", "SETTING", "VALUE");
-    for (s, value, source) in &rows {
+    for (s, value, source, var) in &rows {
         println!(
-            "{:<32} {:<48} {source} ({})",
+            "{:<32} {:<48} {source} ({var})",
             format!("--{}", s.flag),
-            value,
-            s.env
+            value
         );
     }
     println!();
-    println!("workload id: {} ({})", id.hex, id.derivation.describe());
-    println!(
-        "node name:   {}",
-        cfg.get(Key::NodeName).unwrap_or("<unset>")
-    );
+    println!("workload id: {} ({})", id.hex, id.describe());
+    match (cfg.get(Key::NodeName), node_from) {
+        (Some(node), Some(from)) => println!("node name:   {node} (from {from})"),
+        _ => println!(
+            "node name:   <unset> (read from {})",
+            cfg.var(Key::NodeName)
+        ),
+    }
     println!("pod uid:     {}", cfg.get(Key::PodUid).unwrap_or("<unset>"));
     Ok(())
 }

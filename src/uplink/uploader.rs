@@ -1,7 +1,10 @@
-//! The uplink thread: takes NDJSON batches from the shared byte-bounded queue and posts them
-//! (same key on every retry, 413 split, backoff on 429/5xx/transport), heartbeats and renews on
-//! their deadlines, and on shutdown flushes within the grace period then sends a final
-//! heartbeat. The poll loop only ever pushes into the queue, so a slow backend never stalls it.
+//! The uplink thread: obtains the identity (enrolment in the background, while the sensor
+//! already watches and events queue), takes NDJSON batches from the shared byte-bounded queue
+//! and posts them (same key on every retry, 413 split, backoff on 429/5xx/transport),
+//! heartbeats and renews on their deadlines, and on shutdown flushes within the grace period
+//! then sends a final heartbeat. One level of concurrency: every network call is a blocking
+//! call on this thread, bounded by its own timeout. The poll loop only ever pushes into the
+//! queue, so a slow backend never stalls it.
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -10,9 +13,9 @@ use std::time::{Duration, Instant};
 
 use crate::counters::{Counters, Published};
 use crate::error::{Error, Result};
+use crate::identity::backend::{Events, Failure};
+use crate::identity::backoff::Backoff;
 use crate::identity::session::Session;
-use crate::net::backend::{Events, Failure};
-use crate::net::backoff::Backoff;
 use crate::uplink::queue::{Batch, Limits, Queue};
 
 /// First retry of a failed batch after up to this long (full jitter), doubling per attempt.
@@ -160,35 +163,25 @@ impl Shared {
 /// The uplink thread's state.
 pub struct Uplink {
     shared: Arc<Shared>,
-    agent: Session,
-    workload_id: String,
+    session: Session,
     started: Instant,
     /// Batches taken from the queue and not yet accepted (the one being retried, split halves).
     pending: VecDeque<Batch>,
     retry_at: Option<Instant>,
     backoff: Backoff,
     first_upload_logged: bool,
-    /// When `Session::tick` is next due.
-    next_tick: Instant,
 }
 
 impl Uplink {
-    pub fn new(
-        shared: Arc<Shared>,
-        agent: Session,
-        workload_id: String,
-        started: Instant,
-    ) -> Uplink {
+    pub fn new(shared: Arc<Shared>, session: Session, started: Instant) -> Uplink {
         Uplink {
             shared,
-            agent,
-            workload_id,
+            session,
             started,
             pending: VecDeque::new(),
             retry_at: None,
             backoff: Backoff::new(RETRY_BASE, RETRY_CAP),
             first_upload_logged: false,
-            next_tick: Instant::now(),
         }
     }
 
@@ -207,35 +200,39 @@ impl Uplink {
                 return self.flush(deadline);
             }
             let now = Instant::now();
-            if now >= self.next_tick {
-                // Never blocks: heartbeat/renewal calls run on a helper thread and are collected
-                // by later ticks (`next_deadline` is then a short poll interval away).
-                self.agent.stats = self.shared.counters().heartbeat_stats();
-                self.agent.tick(now)?;
-                self.next_tick = self.agent.next_deadline();
+            if now >= self.session.next_deadline() {
+                // At most one blocking call (enrolment attempt, heartbeat or renewal), bounded
+                // by its own timeout; the queue keeps filling meanwhile.
+                let stats = self.shared.counters().heartbeat_stats();
+                self.session.tick(now, &stats)?;
+                continue;
             }
-            if self.retry_at.is_none_or(|t| now >= t) {
+            let up = self.session.backend().is_some();
+            if up && self.retry_at.is_none_or(|t| now >= t) {
                 if self.pending.is_empty() {
-                    // The first batch goes out at once (start-up proof that events arrive);
-                    // later ones wait for their size or age.
+                    // The first batch goes out at once (start-up proof that events arrive,
+                    // including those queued before enrolment); later ones wait for their size
+                    // or age.
                     let force = !self.first_upload_logged;
                     if let Some(b) = self.shared.queue().take_batch(now, force) {
                         self.pending.push_back(b);
                     }
                 }
                 if !self.pending.is_empty() {
-                    self.send_front(crate::net::tls::CALL_TIMEOUT)?;
+                    self.send_front(crate::identity::tls::CALL_TIMEOUT)?;
                     continue;
                 }
             }
             // Nothing to do now: sleep until the next deadline or a push.
             let q = self.shared.queue();
-            let mut wake = self.next_tick;
-            match self.retry_at {
-                Some(t) if !self.pending.is_empty() => wake = wake.min(t),
-                _ => {
-                    if let Some(d) = q.due() {
-                        wake = wake.min(if self.first_upload_logged { d } else { now });
+            let mut wake = self.session.next_deadline();
+            if up {
+                match self.retry_at {
+                    Some(t) if !self.pending.is_empty() => wake = wake.min(t),
+                    _ => {
+                        if let Some(d) = q.due() {
+                            wake = wake.min(if self.first_upload_logged { d } else { now });
+                        }
                     }
                 }
             }
@@ -249,14 +246,17 @@ impl Uplink {
         }
     }
 
-    /// Posts the front pending batch once and handles the answer.
-    /// Posts the oldest batch, given at most `timeout` (a failure past it is retried later).
+    /// Posts the oldest batch once, given at most `timeout` (a failure past it is retried
+    /// later), and handles the answer.
     fn send_front(&mut self, timeout: Duration) -> Result<()> {
+        let Some(backend) = self.session.backend().cloned() else {
+            return Ok(());
+        };
         let Some(b) = self.pending.pop_front() else {
             return Ok(());
         };
         let t = Instant::now();
-        let answer = self.agent.backend().post_events(&b.key, &b.body, timeout);
+        let answer = backend.post_events(&b.key, &b.body, timeout);
         // Counting happens under the queue lock, after a look at `abandoned` (see
         // `count_undelivered_as_dropped`).
         let mut q = self.shared.queue();
@@ -306,7 +306,7 @@ impl Uplink {
                 }
             }
             Events::Failed(Failure::Revoked(why)) => {
-                return Err(self.agent.revoked("event upload", &why));
+                return Err(self.session.revoked("event upload", &why));
             }
             Events::Failed(Failure::Retry { why, retry_after }) => {
                 let mut b = b;
@@ -343,6 +343,18 @@ impl Uplink {
     /// Shutdown: post everything queued until `deadline` (no backoff waits past it), then one
     /// final heartbeat with the final counters.
     fn flush(&mut self, deadline: Instant) -> Result<()> {
+        let Some(backend) = self.session.backend().cloned() else {
+            // No identity (enrolling, or expired): nothing can be delivered or reported.
+            let mut q = self.shared.queue();
+            if !self.shared.abandoned.load(Ordering::SeqCst) {
+                let left =
+                    self.pending.iter().map(|b| b.events as u64).sum::<u64>() + q.len() as u64;
+                while q.take_batch(Instant::now(), true).is_some() {}
+                q.dropped += left;
+                self.pending.clear();
+            }
+            return Ok(());
+        };
         loop {
             let now = Instant::now();
             if now >= deadline {
@@ -383,9 +395,9 @@ impl Uplink {
             );
         }
         let stats = self.shared.counters().heartbeat_stats();
-        match self.agent.backend().heartbeat(
-            self.agent.agent_id(),
-            &self.workload_id,
+        match backend.heartbeat(
+            self.session.agent_id().unwrap_or_default(),
+            self.session.workload_id(),
             self.started.elapsed(),
             &stats,
             FINAL_HEARTBEAT_TIMEOUT,

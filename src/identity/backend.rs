@@ -8,7 +8,7 @@ use serde::Serialize;
 use crate::counters::HeartbeatStats;
 use crate::error::Result;
 use crate::identity::enroll::{self, Identity};
-use crate::net::tls::{self, CallError, ServerTrust};
+use crate::identity::tls::{self, CallError, ServerTrust};
 
 #[derive(Serialize)]
 #[serde(rename_all = "camelCase")]
