@@ -1200,47 +1200,88 @@ SYSCALL_HOOKS(memfd, memfd_create)
  * per-syscall `syscalls:sys_enter_*`/`sys_exit_*` tracepoints: the kernel's syscall tracing
  * skips every compat syscall (arch_trace_is_compat_syscall). Without this section an attacker
  * could setuid, capset, ptrace, load BPF, memfd_create, accept and connect unseen through
- * `int $0x80`. The raw `sys_enter`/`sys_exit` tracepoints fire for every syscall; the programs
- * below leave at once unless the current syscall is a compat one the sensor reports, and then
- * hand it to the SAME helpers the native tracepoints use (creds_begin/creds_end,
- * ptrace_begin/ptrace_end, ...): one code path per event type.
+ * `int $0x80`. arm64 does the same to AArch32 processes' syscalls (`svc #0` from AArch32 EL0,
+ * on kernels with CONFIG_COMPAT and CPUs that run AArch32). The raw `sys_enter`/`sys_exit`
+ * tracepoints fire for every syscall; the programs below leave at once unless the current
+ * syscall is a compat one the sensor reports, and then hand it to the SAME helpers the native
+ * tracepoints use (creds_begin/creds_end, ptrace_begin/ptrace_end, ...): one code path per
+ * event type.
  *
  * They run on EVERY syscall of every task, so the order of the tests is the cost:
- *  1. the syscall number, from the context (sys_enter) or regs->orig_ax (sys_exit): a few
+ *  1. the syscall number, from the context (sys_enter) or the saved registers (sys_exit): a few
  *     compares, no helper call; almost every native syscall number fails it;
- *  2. the task's compat state: the 32-bit entry sets TS_COMPAT in current->thread_info.status
- *     before the syscall is traced and the kernel clears it on every return to user space,
- *     after the sys_exit tracepoint (arch/x86: syscall_32_enter(),
- *     arch_exit_to_user_mode_prepare()). Its value, 0x0002, is a #define (not in BTF),
- *     unchanged since it was introduced. The field is read through CO-RE and the test compiles
- *     to "not compat" where it does not exist.
+ *  2. whether the syscall is a compat one (per arch, below).
+ */
+#if defined(__TARGET_ARCH_x86)
+/*
+ * x86_64: the 32-bit entry sets TS_COMPAT in current->thread_info.status before the syscall is
+ * traced and the kernel clears it on every return to user space, after the sys_exit tracepoint
+ * (arch/x86: syscall_32_enter(), arch_exit_to_user_mode_prepare()). Its value, 0x0002, is a
+ * #define (not in BTF), unchanged since it was introduced. The field is read through CO-RE and
+ * the test compiles to "not compat" where it does not exist.
  */
 #define LG_TS_COMPAT 0x0002
 
 /* i386 syscall numbers (arch/x86/entry/syscalls/syscall_32.tbl): a fixed ABI. */
-#define IA32_SETUID16 23
-#define IA32_PTRACE 26
-#define IA32_SETGID16 46
-#define IA32_SETREUID16 70
-#define IA32_SETREGID16 71
-#define IA32_SOCKETCALL 102
-#define IA32_SETFSUID16 138
-#define IA32_SETFSGID16 139
-#define IA32_SETRESUID16 164
-#define IA32_SETRESGID16 170
-#define IA32_CAPSET 185
-#define IA32_SETREUID 203
-#define IA32_SETREGID 204
-#define IA32_SETRESUID 208
-#define IA32_SETRESGID 210
-#define IA32_SETUID 213
-#define IA32_SETGID 214
-#define IA32_SETFSUID 215
-#define IA32_SETFSGID 216
-#define IA32_MEMFD_CREATE 356
-#define IA32_BPF 357
-#define IA32_CONNECT 362
-#define IA32_ACCEPT4 364
+#define COMPAT_NR_SETUID16 23
+#define COMPAT_NR_PTRACE 26
+#define COMPAT_NR_SETGID16 46
+#define COMPAT_NR_SETREUID16 70
+#define COMPAT_NR_SETREGID16 71
+#define COMPAT_NR_SOCKETCALL 102
+#define COMPAT_NR_SETFSUID16 138
+#define COMPAT_NR_SETFSGID16 139
+#define COMPAT_NR_SETRESUID16 164
+#define COMPAT_NR_SETRESGID16 170
+#define COMPAT_NR_CAPSET 185
+#define COMPAT_NR_SETREUID 203
+#define COMPAT_NR_SETREGID 204
+#define COMPAT_NR_SETRESUID 208
+#define COMPAT_NR_SETRESGID 210
+#define COMPAT_NR_SETUID 213
+#define COMPAT_NR_SETGID 214
+#define COMPAT_NR_SETFSUID 215
+#define COMPAT_NR_SETFSGID 216
+#define COMPAT_NR_MEMFD_CREATE 356
+#define COMPAT_NR_BPF 357
+#define COMPAT_NR_CONNECT 362
+#define COMPAT_NR_ACCEPT4 364
+#elif defined(__TARGET_ARCH_arm64)
+/*
+ * arm64: a syscall is an AArch32 one exactly when it was made from AArch32 EL0, which the
+ * saved PSTATE says: SPSR_EL1.M[4] (PSR_MODE32_BIT, 0x10), an architectural bit. This is the
+ * kernel's own compat_user_mode(regs) and what in_compat_syscall() (TIF_32BIT) amounts to: an
+ * arm64 task cannot switch between the two ABIs, so no thread flag is needed.
+ */
+#define LG_PSR_MODE32_BIT 0x10
+
+/* AArch32 (EABI) syscall numbers (arch/arm64/include/asm/unistd32.h): a fixed ABI. No socketcall. */
+#define COMPAT_NR_SETUID16 23
+#define COMPAT_NR_PTRACE 26
+#define COMPAT_NR_SETGID16 46
+#define COMPAT_NR_SETREUID16 70
+#define COMPAT_NR_SETREGID16 71
+#define COMPAT_NR_SETFSUID16 138
+#define COMPAT_NR_SETFSGID16 139
+#define COMPAT_NR_SETRESUID16 164
+#define COMPAT_NR_SETRESGID16 170
+#define COMPAT_NR_CAPSET 185
+#define COMPAT_NR_SETREUID 203
+#define COMPAT_NR_SETREGID 204
+#define COMPAT_NR_SETRESUID 208
+#define COMPAT_NR_SETRESGID 210
+#define COMPAT_NR_SETUID 213
+#define COMPAT_NR_SETGID 214
+#define COMPAT_NR_SETFSUID 215
+#define COMPAT_NR_SETFSGID 216
+#define COMPAT_NR_CONNECT 283
+#define COMPAT_NR_ACCEPT 285
+#define COMPAT_NR_ACCEPT4 366
+#define COMPAT_NR_MEMFD_CREATE 385
+#define COMPAT_NR_BPF 386
+#else
+#error "the compat syscall hook knows x86 and arm64: add this arch's compat ABI (or none) here"
+#endif
 /* socketcall(call, args) multiplexer calls (include/uapi/linux/net.h). */
 #define SYS_CONNECT 3
 #define SYS_ACCEPT 5
@@ -1250,56 +1291,61 @@ SYSCALL_HOOKS(memfd, memfd_create)
  * What a compat syscall number stands for: a credential call (enum lg_cred_call, 1..LG_CAPSET;
  * the 16-bit uid/gid variants and the 32-bit ones report alike), one of the kinds below, or 0.
  */
-enum ia32_kind {
-	IA32_K_PTRACE = 16,
-	IA32_K_BPF,
-	IA32_K_MEMFD,
-	IA32_K_CONNECT,
-	IA32_K_ACCEPT4,
-	IA32_K_SOCKETCALL,
+enum compat_kind {
+	COMPAT_K_PTRACE = 16,
+	COMPAT_K_BPF,
+	COMPAT_K_MEMFD,
+	COMPAT_K_CONNECT,
+	COMPAT_K_ACCEPT4,
+	COMPAT_K_SOCKETCALL,
 };
 
-static __always_inline __u32 ia32_kind(long nr)
+static __always_inline __u32 compat_kind(long nr)
 {
 	switch (nr) {
-	case IA32_SETUID16:
-	case IA32_SETUID:
+	case COMPAT_NR_SETUID16:
+	case COMPAT_NR_SETUID:
 		return LG_SETUID;
-	case IA32_SETGID16:
-	case IA32_SETGID:
+	case COMPAT_NR_SETGID16:
+	case COMPAT_NR_SETGID:
 		return LG_SETGID;
-	case IA32_SETREUID16:
-	case IA32_SETREUID:
+	case COMPAT_NR_SETREUID16:
+	case COMPAT_NR_SETREUID:
 		return LG_SETREUID;
-	case IA32_SETREGID16:
-	case IA32_SETREGID:
+	case COMPAT_NR_SETREGID16:
+	case COMPAT_NR_SETREGID:
 		return LG_SETREGID;
-	case IA32_SETRESUID16:
-	case IA32_SETRESUID:
+	case COMPAT_NR_SETRESUID16:
+	case COMPAT_NR_SETRESUID:
 		return LG_SETRESUID;
-	case IA32_SETRESGID16:
-	case IA32_SETRESGID:
+	case COMPAT_NR_SETRESGID16:
+	case COMPAT_NR_SETRESGID:
 		return LG_SETRESGID;
-	case IA32_SETFSUID16:
-	case IA32_SETFSUID:
+	case COMPAT_NR_SETFSUID16:
+	case COMPAT_NR_SETFSUID:
 		return LG_SETFSUID;
-	case IA32_SETFSGID16:
-	case IA32_SETFSGID:
+	case COMPAT_NR_SETFSGID16:
+	case COMPAT_NR_SETFSGID:
 		return LG_SETFSGID;
-	case IA32_CAPSET:
+	case COMPAT_NR_CAPSET:
 		return LG_CAPSET;
-	case IA32_PTRACE:
-		return IA32_K_PTRACE;
-	case IA32_BPF:
-		return IA32_K_BPF;
-	case IA32_MEMFD_CREATE:
-		return IA32_K_MEMFD;
-	case IA32_CONNECT:
-		return IA32_K_CONNECT;
-	case IA32_ACCEPT4:
-		return IA32_K_ACCEPT4;
-	case IA32_SOCKETCALL:
-		return IA32_K_SOCKETCALL;
+	case COMPAT_NR_PTRACE:
+		return COMPAT_K_PTRACE;
+	case COMPAT_NR_BPF:
+		return COMPAT_K_BPF;
+	case COMPAT_NR_MEMFD_CREATE:
+		return COMPAT_K_MEMFD;
+	case COMPAT_NR_CONNECT:
+		return COMPAT_K_CONNECT;
+#ifdef COMPAT_NR_ACCEPT
+	case COMPAT_NR_ACCEPT:
+#endif
+	case COMPAT_NR_ACCEPT4:
+		return COMPAT_K_ACCEPT4;
+#ifdef COMPAT_NR_SOCKETCALL
+	case COMPAT_NR_SOCKETCALL:
+		return COMPAT_K_SOCKETCALL;
+#endif
 	}
 	return 0;
 }
@@ -1309,7 +1355,8 @@ static __always_inline __u32 ia32_kind(long nr)
  * (direct loads, the current task without a probe read), raw_tp through probe reads. `btf` is
  * a constant in each program, so only one branch is compiled into it.
  */
-static __always_inline int in_compat_syscall(int btf)
+#if defined(__TARGET_ARCH_x86)
+static __always_inline int in_compat_syscall(struct pt_regs *regs, int btf)
 {
 	struct task_struct *t;
 
@@ -1335,38 +1382,63 @@ static __always_inline long syscall_nr(struct pt_regs *regs, int btf)
  * truncate them too): a 64-bit caller's garbage in the upper halves must not reach us either.
  * Read only after both tests passed, so always through CO-RE probe reads.
  */
-static __always_inline __u64 ia32_arg0(struct pt_regs *regs)
+static __always_inline __u64 compat_arg0(struct pt_regs *regs)
 {
 	return (__u32)BPF_CORE_READ(regs, bx);
 }
 
-static __always_inline __u64 ia32_arg1(struct pt_regs *regs)
+static __always_inline __u64 compat_arg1(struct pt_regs *regs)
 {
 	return (__u32)BPF_CORE_READ(regs, cx);
 }
+#elif defined(__TARGET_ARCH_arm64)
+static __always_inline int in_compat_syscall(struct pt_regs *regs, int btf)
+{
+	return (btf ? regs->pstate : BPF_CORE_READ(regs, pstate)) & LG_PSR_MODE32_BIT;
+}
+
+static __always_inline long syscall_nr(struct pt_regs *regs, int btf)
+{
+	return btf ? regs->syscallno : BPF_CORE_READ(regs, syscallno);
+}
+
+/*
+ * AArch32 syscall arguments are the low 32 bits of x0, x1, ... At sys_exit x0 holds the return
+ * value: the first argument is read from orig_x0, which the syscall entry copies it to.
+ */
+static __always_inline __u64 compat_arg0(struct pt_regs *regs)
+{
+	return (__u32)BPF_CORE_READ(regs, orig_x0);
+}
+
+static __always_inline __u64 compat_arg1(struct pt_regs *regs)
+{
+	return (__u32)BPF_CORE_READ(regs, regs[1]);
+}
+#endif
 
 /* At a compat sys_enter: the native programs' enter halves. */
 static __always_inline int compat_enter(struct pt_regs *regs, long nr, int btf)
 {
-	__u32 kind = ia32_kind(nr);
+	__u32 kind = compat_kind(nr);
 
-	if (!kind || !in_compat_syscall(btf))
+	if (!kind || !in_compat_syscall(regs, btf))
 		return 0;
 	if (kind <= LG_CAPSET)
 		return creds_begin();
 	switch (kind) {
-	case IA32_K_PTRACE:
+	case COMPAT_K_PTRACE:
 		/* compat_long_t request and pid: sign-extend as the kernel does. */
-		return ptrace_begin((__u64)(__s64)(__s32)ia32_arg0(regs),
-				    (__u64)(__s64)(__s32)ia32_arg1(regs));
-	case IA32_K_BPF:
-		return bpf_begin(ia32_arg0(regs), ia32_arg1(regs));
-	case IA32_K_MEMFD:
-		return memfd_begin(ia32_arg0(regs), ia32_arg1(regs));
-	case IA32_K_CONNECT:
+		return ptrace_begin((__u64)(__s64)(__s32)compat_arg0(regs),
+				    (__u64)(__s64)(__s32)compat_arg1(regs));
+	case COMPAT_K_BPF:
+		return bpf_begin(compat_arg0(regs), compat_arg1(regs));
+	case COMPAT_K_MEMFD:
+		return memfd_begin(compat_arg0(regs), compat_arg1(regs));
+	case COMPAT_K_CONNECT:
 		return connect_begin();
-	case IA32_K_SOCKETCALL:
-		if (ia32_arg0(regs) == SYS_CONNECT)
+	case COMPAT_K_SOCKETCALL:
+		if (compat_arg0(regs) == SYS_CONNECT)
 			return connect_begin();
 		return 0;
 	}
@@ -1375,29 +1447,29 @@ static __always_inline int compat_enter(struct pt_regs *regs, long nr, int btf)
 
 /*
  * At a compat sys_exit: the exit halves. The user registers holding the arguments are intact
- * (a syscall returns in eax only), so socketcall's call number is read again from ebx.
+ * (a syscall returns in eax / x0 only), so socketcall's call number is read again from ebx.
  */
 static __always_inline int compat_exit(struct pt_regs *regs, long ret, int btf)
 {
-	__u32 kind = ia32_kind(syscall_nr(regs, btf));
+	__u32 kind = compat_kind(syscall_nr(regs, btf));
 
-	if (!kind || !in_compat_syscall(btf))
+	if (!kind || !in_compat_syscall(regs, btf))
 		return 0;
 	if (kind <= LG_CAPSET)
 		return creds_end(ret, kind);
 	switch (kind) {
-	case IA32_K_PTRACE:
+	case COMPAT_K_PTRACE:
 		return ptrace_end(ret);
-	case IA32_K_BPF:
+	case COMPAT_K_BPF:
 		return bpf_end(ret);
-	case IA32_K_MEMFD:
+	case COMPAT_K_MEMFD:
 		return memfd_end(ret);
-	case IA32_K_CONNECT:
+	case COMPAT_K_CONNECT:
 		return connect_end(ret);
-	case IA32_K_ACCEPT4:
+	case COMPAT_K_ACCEPT4:
 		return do_accept(ret);
-	case IA32_K_SOCKETCALL:
-		switch (ia32_arg0(regs)) {
+	case COMPAT_K_SOCKETCALL:
+		switch (compat_arg0(regs)) {
 		case SYS_CONNECT:
 			return connect_end(ret);
 		case SYS_ACCEPT:

@@ -229,7 +229,8 @@ const HOOKS: &[Hook] = &[
         alts: sys!("memfd_enter" => "sys_enter_memfd_create", "memfd_exit" => "sys_exit_memfd_create"),
         lost: "memfd_create calls are NOT reported (fileless executions still are, as exec)",
     },
-    // 32-bit syscalls (`int $0x80`...) skip every `syscalls:*` tracepoint above: these see
+    // 32-bit syscalls (x86 `int $0x80`..., arm64 AArch32 processes) skip every `syscalls:*`
+    // tracepoint above: these see
     // every syscall, leave at once unless it is a compat one, and report setuid, capset,
     // ptrace, bpf_load, memfd, connect and accept through the same BPF code as the native hooks.
     Hook {
@@ -262,30 +263,90 @@ const COMPAT: &str = "compat";
 /// x86_64): `do_fast_syscall_32` since 4.3, `ia32_sys_call` since 6.10, and the ia32 syscall
 /// wrappers (`__ia32_sys_*`, 4.17+), which are in the BTF of kernels whose pahole (before 1.22)
 /// left out the untraceable entry code (Debian's 5.10).
-const IA32_ENTRY_FUNCS: &[&str] = &["do_fast_syscall_32", "ia32_sys_call", "__ia32_sys_setuid16"];
+#[cfg(target_arch = "x86_64")]
+const COMPAT_ENTRY_FUNCS: &[&str] = &["do_fast_syscall_32", "ia32_sys_call", "__ia32_sys_setuid16"];
+/// Functions the kernel has only when built with CONFIG_COMPAT (AArch32 processes on arm64):
+/// `compat_arm_syscall` since 3.7, `do_el0_svc_compat` since 5.5.
+#[cfg(target_arch = "aarch64")]
+const COMPAT_ENTRY_FUNCS: &[&str] = &["do_el0_svc_compat", "compat_arm_syscall"];
+
+/// The 32-bit syscalls the compat hook reports, for the warning when it is turned off.
+#[cfg(target_arch = "x86_64")]
+const COMPAT_OFF: &str = "turned off (--compat-syscalls=false): 32-bit (int $0x80) setuid, \
+                          capset, ptrace, bpf, memfd_create, connect and accept are NOT reported";
+#[cfg(target_arch = "aarch64")]
+const COMPAT_OFF: &str = "turned off (--compat-syscalls=false): AArch32 processes' setuid, \
+                          capset, ptrace, bpf, memfd_create, connect and accept are NOT reported";
 
 /// Why the compat hook has nothing to watch on this kernel, if so.
 fn compat_impossible(btf: Option<&libbpf_rs::btf::Btf<'_>>, cmdline: &str) -> Option<&'static str> {
     use libbpf_rs::btf::BtfType;
     let btf = btf?;
-    if !IA32_ENTRY_FUNCS
+    if !COMPAT_ENTRY_FUNCS
         .iter()
         .any(|f| btf.type_by_name::<BtfType<'_>>(f).is_some())
     {
-        return Some(
+        return Some(if cfg!(target_arch = "x86_64") {
             "the kernel has no 32-bit syscall entry (built without CONFIG_IA32_EMULATION): \
-             compat syscalls are not possible here",
-        );
+             compat syscalls are not possible here"
+        } else {
+            "the kernel has no AArch32 syscall entry (built without CONFIG_COMPAT): compat \
+             syscalls are not possible here"
+        });
     }
-    if ia32_disabled_on_cmdline(cmdline) {
-        return Some(
-            "the kernel was booted with ia32_emulation off: compat syscalls are not possible here",
-        );
+    compat_off_at_run_time(cmdline)
+}
+
+/// On a kernel that has the 32-bit entry: whether it is switched off at boot.
+#[cfg(target_arch = "x86_64")]
+fn compat_off_at_run_time(cmdline: &str) -> Option<&'static str> {
+    ia32_disabled_on_cmdline(cmdline).then_some(
+        "the kernel was booted with ia32_emulation off: compat syscalls are not possible here",
+    )
+}
+
+/// On a kernel built with CONFIG_COMPAT: whether any CPU here runs AArch32 code at EL0 (many
+/// recent arm64 cores do not).
+#[cfg(target_arch = "aarch64")]
+fn compat_off_at_run_time(_cmdline: &str) -> Option<&'static str> {
+    (!aarch32_el0_supported()).then_some(
+        "no CPU here runs AArch32 code (the kernel refuses the PER_LINUX32 personality): \
+         compat syscalls are not possible here",
+    )
+}
+
+/// The personality(2) type values (include/uapi/linux/personality.h, a fixed ABI; the libc
+/// crate has them for glibc only).
+#[cfg(target_arch = "aarch64")]
+const PER_LINUX32: i32 = 0x0008;
+#[cfg(target_arch = "aarch64")]
+const PER_MASK: i32 = 0x00ff;
+
+/// Whether the system runs AArch32 processes: arm64's personality(2) refuses PER_LINUX32 with
+/// EINVAL exactly when it cannot (`system_supports_32bit_el0()`: no CONFIG_COMPAT, or no CPU
+/// with AArch32 at EL0, counting mismatched systems booted with allow_mismatched_32bit_el0).
+/// The calling thread's personality is restored at once; nothing runs in between.
+#[cfg(target_arch = "aarch64")]
+fn aarch32_el0_supported() -> bool {
+    use nix::libc::{c_ulong, personality};
+    // SAFETY: personality(2) takes an integer and affects only the calling thread's execution
+    // domain; 0xffffffff queries it without a change.
+    let old = unsafe { personality(0xffff_ffff) };
+    if old == -1 {
+        return false;
     }
-    None
+    let linux32 = (old as c_ulong & !(PER_MASK as c_ulong)) | PER_LINUX32 as c_ulong;
+    // SAFETY: as above; the old value is put back right after.
+    let ok = unsafe { personality(linux32) } != -1;
+    if ok {
+        // SAFETY: as above: restores what this thread had.
+        unsafe { personality(old as c_ulong) };
+    }
+    ok
 }
 
 /// `ia32_emulation=<bool>` on the kernel command line, read as the kernel's kstrtobool does.
+#[cfg(target_arch = "x86_64")]
 fn ia32_disabled_on_cmdline(cmdline: &str) -> bool {
     cmdline
         .split_ascii_whitespace()
@@ -482,11 +543,7 @@ fn unneeded(opts: &Options, btf: Option<&libbpf_rs::btf::Btf<'_>>) -> Vec<Skip> 
                 if let Some(why) = compat_impossible(btf, &cmdline) {
                     Some((log::Level::Info, why))
                 } else if !opts.compat_syscalls {
-                    Some((
-                        log::Level::Warn,
-                        "turned off (--compat-syscalls=false): 32-bit (int $0x80) setuid, capset, \
-                         ptrace, bpf, memfd_create, connect and accept are NOT reported",
-                    ))
+                    Some((log::Level::Warn, COMPAT_OFF))
                 } else {
                     None
                 }
@@ -1179,6 +1236,7 @@ mod tests {
 
     /// The compat hook is skipped, with a reason, only where 32-bit syscalls cannot happen.
     #[test]
+    #[cfg(target_arch = "x86_64")]
     fn compat_hook_is_wanted_only_where_32_bit_syscalls_exist() {
         assert!(!ia32_disabled_on_cmdline(
             "BOOT_IMAGE=/vmlinuz root=/dev/vda ro"
@@ -1193,16 +1251,40 @@ mod tests {
         assert!(!ia32_disabled_on_cmdline(
             "ia32_emulation=0 ia32_emulation=y"
         ));
-        let btf = libbpf_rs::btf::Btf::from_vmlinux()
-            .expect("the kernel has BTF (/sys/kernel/btf/vmlinux), as every supported kernel does");
         let has_ia32 = std::fs::read_to_string("/proc/kallsyms")
             .is_ok_and(|k| k.lines().any(|l| l.ends_with(" do_fast_syscall_32")));
+        compat_hook_wanted_where_possible(has_ia32, "ia32_emulation=0", "ia32_emulation off");
+    }
+
+    /// arm64: the compat hook is wanted where the kernel has CONFIG_COMPAT and a CPU runs
+    /// AArch32 (the kernel then accepts the PER_LINUX32 personality).
+    #[test]
+    #[cfg(target_arch = "aarch64")]
+    fn compat_hook_is_wanted_only_where_32_bit_syscalls_exist() {
+        let has_compat = std::fs::read_to_string("/proc/kallsyms")
+            .is_ok_and(|k| k.lines().any(|l| l.ends_with(" compat_arm_syscall")));
+        let possible = has_compat && aarch32_el0_supported();
+        // Restored: the test thread is still in the Linux personality.
+        // SAFETY: personality(2) with 0xffffffff only queries the calling thread's value.
+        let now = unsafe { nix::libc::personality(0xffff_ffff) };
+        assert_eq!(now & PER_MASK, 0, "PER_LINUX");
+        compat_hook_wanted_where_possible(possible, "", "");
+    }
+
+    /// Shared by both arches: `possible` is what the test found out itself; `off_cmdline` a
+    /// command line that switches the entry off, with `off_why` in its reason ("": no such
+    /// switch on this arch).
+    fn compat_hook_wanted_where_possible(possible: bool, off_cmdline: &str, off_why: &str) {
+        let btf = libbpf_rs::btf::Btf::from_vmlinux()
+            .expect("the kernel has BTF (/sys/kernel/btf/vmlinux), as every supported kernel does");
         let why = compat_impossible(Some(&btf), "");
-        assert_eq!(why.is_none(), has_ia32, "{why:?}");
+        assert_eq!(why.is_none(), possible, "{why:?}");
         let idx = HOOKS.iter().position(|h| h.event == COMPAT).unwrap();
-        if has_ia32 {
-            let why = compat_impossible(Some(&btf), "ia32_emulation=0").unwrap_or_default();
-            assert!(why.contains("ia32_emulation off"), "{why}");
+        if possible {
+            if !off_cmdline.is_empty() {
+                let why = compat_impossible(Some(&btf), off_cmdline).unwrap_or_default();
+                assert!(why.contains(off_why), "{why}");
+            }
             // Turned off where it could see something: a warning, since events go unreported.
             let off = Options {
                 compat_syscalls: false,
@@ -1431,7 +1513,10 @@ mod tests {
 
     /// The compat hook's raw-tracepoint fallback sees a 64-bit process's `int $0x80`
     /// memfd_create (the helper of tests/integration/compat.rs, built here) and reports it once.
+    /// x86_64 only (the helper is x86 code); arm64's compat hook is tested in an arm64 guest by
+    /// scripts/kernel-matrix-arm64 (tests/guest/lga32.c).
     #[test]
+    #[cfg(target_arch = "x86_64")]
     fn root_compat_raw_tp_fallback_reports_an_int80_memfd_create() {
         use std::time::{Duration, Instant};
 

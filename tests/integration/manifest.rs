@@ -235,7 +235,8 @@ fn deeply_nested_yaml_is_refused_without_a_crash() {
     assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
 }
 
-/// The image definition: scratch, the binary alone, exec-form entrypoint, `start` by default.
+/// The image definition: scratch, the binary alone (of the arch `TARGET` names: x86_64 unless
+/// the arm64 build says aarch64), exec-form entrypoint, `start` by default.
 /// (`scripts/image-test` builds and runs it; this catches edits that would add a shell.)
 #[test]
 fn containerfile_is_scratch_with_exec_form_entrypoint() {
@@ -249,7 +250,8 @@ fn containerfile_is_scratch_with_exec_form_entrypoint() {
         lines,
         [
             "FROM scratch",
-            "COPY target/x86_64-unknown-linux-musl/release/linuxguard-agent /usr/local/bin/linuxguard-agent",
+            "ARG TARGET=x86_64-unknown-linux-musl",
+            "COPY target/${TARGET}/release/linuxguard-agent /usr/local/bin/linuxguard-agent",
             r#"ENTRYPOINT ["/usr/local/bin/linuxguard-agent"]"#,
             r#"CMD ["start"]"#,
         ]
