@@ -370,7 +370,6 @@ static __always_inline int do_exec(__u32 old_pid, const char *filename)
 	e->old_pid = old_pid;
 	e->args_truncated = 0;
 	e->memfd = 0;
-	e->_pad = 0;
 	fill_task(&e->task);
 	if (bpf_probe_read_kernel_str(e->filename, sizeof(e->filename), filename) < 0)
 		e->filename[0] = 0;
@@ -382,6 +381,9 @@ static __always_inline int do_exec(__u32 old_pid, const char *filename)
 	e->path_depth = 0;
 	e->path_truncated = 0;
 	e->exe_nlink = 0;
+	/* Which file: the agent recognizes its own executable (and redacts its secret flags). */
+	e->exe_ino = exe ? BPF_CORE_READ(exe, f_inode, i_ino) : 0;
+	e->exe_dev = exe ? BPF_CORE_READ(exe, f_inode, i_sb, s_dev) : 0;
 	if (exe) {
 		read_exe_path(e, exe);
 		e->exe_nlink = exe->f_inode->__i_nlink;

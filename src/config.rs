@@ -38,6 +38,7 @@ pub enum Key {
     RingBufferMb,
     StatsInterval,
     CompatSyscalls,
+    RedactFlags,
     KubeletUrl,
     KubeletReadOnlyPort,
     KubeletSecurePort,
@@ -270,6 +271,16 @@ pub static SETTINGS: &[Setting] = &[
         "",
         SENSOR,
         "watch 32-bit (int $0x80) syscalls too; =false leaves them unseen but saves ~0.2 us per syscall of every process (docs/events.md)"
+    ),
+    setting!(
+        RedactFlags,
+        "redact-flags",
+        "LINUXGUARD_REDACT_FLAGS",
+        Some(crate::events::redact::DEFAULT_FLAGS),
+        Ty::Text,
+        "LIST",
+        SENSOR,
+        "comma-separated flags whose values exec events show as [REDACTED], for every process (`--flag V`, `--flag=V`; `none`: no list); the agent's own --enroll-token and --api-key are always redacted in its own argv (docs/events.md)"
     ),
     setting!(
         KubeletUrl,
@@ -639,6 +650,20 @@ fn validate(s: &Setting, v: &str, source: Source) -> Result<String> {
     match s.ty {
         Ty::Text | Ty::Path if v.is_empty() => {
             bad(format!("expected {}, got an empty value", s.value_name))
+        }
+        Ty::Text if s.key == Key::RedactFlags => {
+            match v
+                .split(',')
+                .map(|f| f.trim().trim_start_matches('-'))
+                .find(|f| {
+                    !f.chars()
+                        .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+                }) {
+                Some(f) => bad(format!(
+                    "{f:?} is not a flag name: give names such as password,token (comma-separated, dashes optional) or none"
+                )),
+                None => Ok(v.to_string()),
+            }
         }
         Ty::Text | Ty::Path | Ty::Secret => Ok(v.to_string()),
         Ty::OptionalPath => Ok(if v.is_empty() {

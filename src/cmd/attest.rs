@@ -22,7 +22,7 @@ pub fn run(cfg: Config, args: &Args) -> Result<()> {
         loop {
             match socket::request(&path, socket::Request::AttestSelf, Duration::from_secs(5)) {
                 Ok(v) => {
-                    println!("{v}");
+                    println!("{}", crate::cli::printable_json(&v.to_string()));
                     return Ok(());
                 }
                 Err(e) if e.to_string().contains("retry shortly") && Instant::now() < deadline => {

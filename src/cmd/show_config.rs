@@ -2,7 +2,7 @@
 
 use serde_json::{Map, Value, json};
 
-use crate::cli::Args;
+use crate::cli::{Args, printable, printable_json};
 use crate::config::{Config, Key};
 use crate::error::Result;
 use crate::identity::workload;
@@ -31,24 +31,32 @@ pub fn run(cfg: &Config, args: &Args) -> Result<()> {
             "nodeName": cfg.get(Key::NodeName),
             "podUid": cfg.get(Key::PodUid),
         });
-        println!("{out}");
+        println!("{}", printable_json(&out.to_string()));
         return Ok(());
     }
     println!("{:<32} {:<48} SOURCE", "SETTING", "VALUE");
     for (s, value, source) in &rows {
+        // Values come from flags and the environment: nothing in them may act on the terminal.
         println!(
             "{:<32} {:<48} {source} ({})",
             format!("--{}", s.flag),
-            value,
+            printable(value),
             s.env
         );
     }
     println!();
-    println!("workload id: {} ({})", id.hex, id.derivation.describe());
+    println!(
+        "workload id: {} ({})",
+        id.hex,
+        printable(&id.derivation.describe())
+    );
     println!(
         "node name:   {}",
-        cfg.get(Key::NodeName).unwrap_or("<unset>")
+        printable(cfg.get(Key::NodeName).unwrap_or("<unset>"))
     );
-    println!("pod uid:     {}", cfg.get(Key::PodUid).unwrap_or("<unset>"));
+    println!(
+        "pod uid:     {}",
+        printable(cfg.get(Key::PodUid).unwrap_or("<unset>"))
+    );
     Ok(())
 }

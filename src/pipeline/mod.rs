@@ -19,6 +19,7 @@ use crate::config::{Config, Key};
 use crate::error::{Error, Result};
 use crate::events::event::{Builder, Event};
 use crate::events::proctable::{self, ProcTable};
+use crate::events::redact::{self, Redactor};
 use crate::pipeline::stats::Stats;
 use crate::sensor::decode::{self, DecodeError, Record};
 use crate::sensor::{Options, Sensor};
@@ -104,12 +105,17 @@ impl Pipeline {
             ring_size: ring_buffer_mb << 20,
             ..Stats::default()
         };
+        let mut builder = Builder::new(&host);
+        builder.set_redactor(Redactor::new(
+            redact::parse_list(cfg.get(Key::RedactFlags).unwrap_or(redact::DEFAULT_FLAGS)),
+            redact::Identity::this_process(),
+        ));
         Ok(Pipeline {
             ring,
             queue,
             sensor,
             procs,
-            builder: Builder::new(&host),
+            builder,
             attestor: None,
             stats,
         })

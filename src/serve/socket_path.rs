@@ -1,0 +1,184 @@
+//! Who may stand behind the socket's path: the directories the server binds in, and the uids a
+//! client believes (docs/socket.md, "Who can impersonate the agent").
+//!
+//! - Server: every directory from `/` down to the socket's directory (symlinks resolved) must
+//!   be owned by root or by the agent's uid, and not writable by group or others unless it is
+//!   root-owned and sticky (like `/tmp`, where nobody can remove or rename another's file).
+//!   Otherwise another user could remove the socket and bind their own in its place.
+//! - Client: the answer is believed only from a server (its `SO_PEERCRED`) whose uid is root,
+//!   the client's own uid, or the socket file's owner when only root could have let that owner
+//!   put a socket there: the socket's directory is writable only by root or that owner, and
+//!   every directory above it is root's and writable only by root (no sticky exception: in
+//!   `/tmp`, anyone can make a directory and a socket of their own).
+
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+
+use crate::error::{Context, Error, Kind, Result};
+
+const GROUP_OTHER_WRITE: u32 = 0o022;
+const STICKY: u32 = 0o1000;
+
+/// The socket's directory, created when missing, as an absolute path without symlinks (so
+/// what was checked is what is bound), and the socket's path in it.
+fn resolve(path: &Path, create: bool) -> Result<(PathBuf, PathBuf)> {
+    let name = path.file_name().ok_or_else(|| {
+        Error::config(format!(
+            "--socket `{}` does not name a file; give a path such as /run/linuxguard/agent.sock",
+            path.display()
+        ))
+    })?;
+    let dir = match path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        Some(d) => d.to_path_buf(),
+        None => PathBuf::from("."),
+    };
+    if create {
+        std::fs::create_dir_all(&dir).with_context(Kind::Runtime, || {
+            format!("failed to create the socket directory `{}`", dir.display())
+        })?;
+    }
+    let real = std::fs::canonicalize(&dir).with_context(Kind::Runtime, || {
+        format!("cannot resolve the socket directory `{}`", dir.display())
+    })?;
+    let sock = real.join(name);
+    Ok((real, sock))
+}
+
+/// `/`, then each directory down to `dir` (absolute, no symlinks).
+fn chain(dir: &Path) -> Vec<&Path> {
+    let mut v: Vec<&Path> = dir.ancestors().collect();
+    v.reverse();
+    v
+}
+
+/// Checks the directories the server is about to bind `path` in; returns the path to bind
+/// (the directory resolved). `uid` is the agent's effective uid.
+pub fn check_server_path(path: &Path, uid: u32) -> Result<PathBuf> {
+    let (dir, sock) = resolve(path, true)?;
+    for d in chain(&dir) {
+        let md = std::fs::symlink_metadata(d).with_context(Kind::Runtime, || {
+            format!("cannot inspect `{}` on the socket's path", d.display())
+        })?;
+        let mode = md.mode() & 0o7777;
+        let owner = md.uid();
+        let why = if owner != 0 && owner != uid {
+            Some(format!("is owned by uid {owner}"))
+        } else if mode & GROUP_OTHER_WRITE != 0 && !(owner == 0 && mode & STICKY != 0) {
+            Some(format!(
+                "is writable by {} (mode {mode:04o})",
+                if mode & 0o002 != 0 {
+                    "every user"
+                } else {
+                    "its group"
+                }
+            ))
+        } else {
+            None
+        };
+        if let Some(why) = why {
+            return Err(Error::config(format!(
+                "refusing the socket `{}`: the directory `{}` on its path {why}, so another user could replace the \
+                 socket and answer as the agent; use a directory that only root{} can write, on a path of such \
+                 directories (the default /run/linuxguard/agent.sock), or fix the owner and mode",
+                path.display(),
+                d.display(),
+                if uid == 0 {
+                    String::new()
+                } else {
+                    format!(" or uid {uid} (this agent)")
+                }
+            )));
+        }
+    }
+    Ok(sock)
+}
+
+/// Where a client connects (the directory resolved) and the server uids it believes.
+pub struct Trusted {
+    pub path: PathBuf,
+    pub uids: Vec<u32>,
+}
+
+/// The uids a client believes behind `path`: root, `own` (the client's uid) and the socket
+/// file's owner when only root could have let it bind there. An unresolvable directory trusts
+/// root and `own` only (connecting then fails and says why).
+pub fn trusted_uids(path: &Path, own: u32) -> Trusted {
+    let mut uids = vec![0, own];
+    let Ok((dir, sock)) = resolve(path, false) else {
+        return Trusted {
+            path: path.to_path_buf(),
+            uids,
+        };
+    };
+    if let Ok(owner) = std::fs::symlink_metadata(&sock).map(|m| m.uid()) {
+        if !uids.contains(&owner) && vouched_for(&dir, owner) {
+            uids.push(owner);
+        }
+    }
+    Trusted { path: sock, uids }
+}
+
+/// True when only root or `owner` can create entries in `dir`, and only root can change any
+/// directory above it.
+fn vouched_for(dir: &Path, owner: u32) -> bool {
+    let all = chain(dir);
+    all.iter().enumerate().all(|(i, d)| {
+        let Ok(md) = std::fs::symlink_metadata(d) else {
+            return false;
+        };
+        let last = i + 1 == all.len();
+        let owner_ok = md.uid() == 0 || (last && md.uid() == owner);
+        owner_ok && md.mode() & GROUP_OTHER_WRITE == 0
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    fn tmp(tag: &str) -> PathBuf {
+        let d = std::env::temp_dir().join(format!("lg-sockpath-{tag}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&d);
+        std::fs::create_dir_all(&d).unwrap();
+        std::fs::set_permissions(&d, std::fs::Permissions::from_mode(0o755)).unwrap();
+        d
+    }
+
+    #[test]
+    fn writable_directories_are_refused_and_private_ones_pass() {
+        let uid = nix::unistd::geteuid().as_raw();
+        let d = tmp("srv");
+        assert!(check_server_path(&d.join("a.sock"), uid).is_ok());
+        std::fs::set_permissions(&d, std::fs::Permissions::from_mode(0o777)).unwrap();
+        let e = check_server_path(&d.join("a.sock"), uid).unwrap_err();
+        assert!(e.to_string().contains("writable by every user"), "{e}");
+        std::fs::set_permissions(&d, std::fs::Permissions::from_mode(0o775)).unwrap();
+        let e = check_server_path(&d.join("a.sock"), uid).unwrap_err();
+        assert!(e.to_string().contains("writable by its group"), "{e}");
+        // Another uid's directory: as root, give it away; otherwise ask for another agent uid.
+        std::fs::set_permissions(&d, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let agent_uid = if uid == 0 {
+            std::os::unix::fs::chown(&d, Some(54321), None).unwrap();
+            0
+        } else {
+            uid + 1
+        };
+        let e = check_server_path(&d.join("a.sock"), agent_uid).unwrap_err();
+        assert!(e.to_string().contains("is owned by uid"), "{e}");
+        let _ = std::fs::remove_dir_all(d);
+    }
+
+    #[test]
+    fn a_symlinked_directory_is_resolved_before_the_check() {
+        let uid = nix::unistd::geteuid().as_raw();
+        let d = tmp("link");
+        let real = d.join("real");
+        std::fs::create_dir(&real).unwrap();
+        std::fs::set_permissions(&real, std::fs::Permissions::from_mode(0o755)).unwrap();
+        std::os::unix::fs::symlink(&real, d.join("link")).unwrap();
+        let p = check_server_path(&d.join("link/a.sock"), uid).unwrap();
+        assert_eq!(p, std::fs::canonicalize(&real).unwrap().join("a.sock"));
+        let _ = std::fs::remove_dir_all(d);
+    }
+}
