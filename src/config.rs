@@ -53,6 +53,7 @@ pub enum Key {
     DisableContainerSelectors,
     Socket,
     SocketMode,
+    AgentUid,
     Output,
     QueueMb,
     BatchMaxEvents,
@@ -430,6 +431,19 @@ pub static SETTINGS: &[Setting] = &[
         "MODE",
         START | SHOW,
         "permissions of the Unix socket"
+    ),
+    setting!(
+        AgentUid,
+        "agent-uid",
+        "LINUXGUARD_AGENT_UID",
+        None,
+        Ty::Num {
+            min: 0,
+            max: 4_294_967_294
+        },
+        "UID",
+        ATTEST | STATUS | SHOW,
+        "the uid the agent runs as, when not root: status and attest --self believe an answer only from a server running as root, as their own uid or as this uid (docs/socket.md)"
     ),
     setting!(
         Output,

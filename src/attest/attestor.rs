@@ -756,6 +756,7 @@ mod tests {
             Path::new(&path),
             socket::Request::AttestSelf,
             Duration::from_secs(10),
+            None,
         )
         .unwrap();
         println!("{v}");

@@ -45,11 +45,7 @@ pub fn run(cfg: &Config, args: &Args) -> Result<()> {
         );
     }
     println!();
-    println!(
-        "workload id: {} ({})",
-        id.hex,
-        printable(&id.derivation.describe())
-    );
+    println!("workload id: {} ({})", id.hex, id.derivation.describe());
     println!(
         "node name:   {}",
         printable(cfg.get(Key::NodeName).unwrap_or("<unset>"))

@@ -15,7 +15,12 @@ pub fn run(cfg: Config, args: &Args) -> Result<()> {
         .path(Key::Socket)
         .expect("invariant: --socket has a default");
     // One deadline for the whole answer (the client's), after a trusted server accepted us.
-    let v = socket::request(&path, socket::Request::Status, Duration::from_secs(5))?;
+    let v = socket::request(
+        &path,
+        socket::Request::Status,
+        Duration::from_secs(5),
+        agent_uid(&cfg),
+    )?;
     // The answer is text from another process: nothing in it may act on the terminal.
     if args.json {
         println!("{}", printable_json(&v.to_string()));
@@ -31,6 +36,11 @@ pub fn run(cfg: Config, args: &Args) -> Result<()> {
             .unwrap_or("the agent reports it is not healthy");
         Err(Error::runtime(format!("unhealthy: {}", printable(why))))
     }
+}
+
+/// `--agent-uid`: a server uid the clients believe besides root and their own.
+pub fn agent_uid(cfg: &Config) -> Option<u32> {
+    cfg.get(Key::AgentUid).and_then(|v| v.parse().ok())
 }
 
 /// `key: value` lines, nested objects flattened with dots.

@@ -560,12 +560,18 @@ fn line(v: &Value) -> Vec<u8> {
 /// The client: sends one request and returns the `result` of an `ok` reply, or the agent's
 /// error as a runtime error. Each attempt has one deadline, `timeout`, for connecting, sending
 /// and the whole answer; a "busy" answer is retried for up to two seconds. The answer is
-/// believed only from a server whose uid is trusted for `path` (see `socket_path`).
-pub fn request(path: &Path, req: Request, timeout: Duration) -> Result<Value> {
+/// believed only from a server running as root, as the caller's uid or as `agent_uid`
+/// (`--agent-uid`; see `socket_path`).
+pub fn request(
+    path: &Path,
+    req: Request,
+    timeout: Duration,
+    agent_uid: Option<u32>,
+) -> Result<Value> {
     let give_up = Instant::now() + BUSY_RETRY_FOR;
     let mut pause = Duration::from_millis(20);
     loop {
-        match request_once(path, req, timeout) {
+        match request_once(path, req, timeout, agent_uid) {
             Err(e) if e.to_string().ends_with(BUSY) && Instant::now() + pause < give_up => {
                 log::debug!("{e}; retrying in {pause:?}");
                 std::thread::sleep(pause);
@@ -577,10 +583,10 @@ pub fn request(path: &Path, req: Request, timeout: Duration) -> Result<Value> {
 }
 
 /// Connects to the agent and checks who answers (`SO_PEERCRED` of the listening process).
-fn connect_checked(path: &Path) -> Result<UnixStream> {
+fn connect_checked(path: &Path, agent_uid: Option<u32>) -> Result<UnixStream> {
     let own = nix::unistd::geteuid().as_raw();
-    let trusted = socket_path::trusted_uids(path, own);
-    let s = UnixStream::connect(&trusted.path).map_err(|e| {
+    let trusted = socket_path::trusted_uids(own, agent_uid);
+    let s = UnixStream::connect(path).map_err(|e| {
         let why = match e.kind() {
             ErrorKind::PermissionDenied => format!(
                 "permission denied connecting to `{}` (uid {own}): the socket (or a directory on its path) does not \
@@ -599,28 +605,32 @@ fn connect_checked(path: &Path) -> Result<UnixStream> {
         Kind::Runtime,
         "cannot read the agent socket's peer credentials",
     )?;
-    if !trusted.uids.contains(&cred.uid()) {
+    if !trusted.contains(&cred.uid()) {
         return Err(Error::runtime(format!(
             "refusing the answer on `{}`: the process listening there (pid {}) runs as uid {}, not as root or as \
-             the agent's uid (trusted here: {}); another user may be impersonating the agent: check who owns the \
-             socket and its directories (docs/socket.md)",
+             the agent's uid (believed: uid {}); another user may be impersonating the agent: check who owns the \
+             socket and its directories, or pass --agent-uid when the agent runs as that uid (docs/socket.md)",
             path.display(),
             cred.pid(),
             cred.uid(),
             trusted
-                .uids
                 .iter()
                 .map(u32::to_string)
                 .collect::<Vec<_>>()
-                .join(", ")
+                .join(", uid ")
         )));
     }
     Ok(s)
 }
 
-fn request_once(path: &Path, req: Request, timeout: Duration) -> Result<Value> {
+fn request_once(
+    path: &Path,
+    req: Request,
+    timeout: Duration,
+    agent_uid: Option<u32>,
+) -> Result<Value> {
     let deadline = Instant::now() + timeout;
-    let mut s = connect_checked(path)?;
+    let mut s = connect_checked(path, agent_uid)?;
     let left = |what: &str| -> Result<Duration> {
         let d = deadline.saturating_duration_since(Instant::now());
         if d.is_zero() {
@@ -717,7 +727,8 @@ mod tests {
         let mut big = UnixStream::connect(&path).unwrap();
         let _ = big.write_all(&vec![b'a'; MAX_REQUEST * 2]);
         let p2 = path.clone();
-        let t = std::thread::spawn(move || request(&p2, Request::Status, Duration::from_secs(5)));
+        let t =
+            std::thread::spawn(move || request(&p2, Request::Status, Duration::from_secs(5), None));
         serve_until(&mut srv, |s| s.stats.answered >= 1 && s.stats.rejected >= 2);
         let v = t.join().unwrap().unwrap();
         assert_eq!(v["req"], "status");
@@ -753,7 +764,8 @@ mod tests {
         assert_eq!(srv.connections(), MAX_CONNS_PER_PEER);
         let started = Instant::now();
         let p2 = path.clone();
-        let t = std::thread::spawn(move || request(&p2, Request::Status, Duration::from_secs(5)));
+        let t =
+            std::thread::spawn(move || request(&p2, Request::Status, Duration::from_secs(5), None));
         serve_until(&mut srv, |s| s.stats.answered >= 1);
         let v = t.join().unwrap().expect("answered after a busy retry");
         assert_eq!(v["req"], "status");
@@ -792,7 +804,7 @@ mod tests {
             // SAFETY: a raw syscall changing only this thread's credentials; no memory passed.
             let rc = unsafe { nix::libc::syscall(nix::libc::SYS_setresuid, 65534, 65534, 65534) };
             assert_eq!(rc, 0);
-            request_once(&p2, Request::Status, Duration::from_secs(5))
+            request_once(&p2, Request::Status, Duration::from_secs(5), None)
         });
         serve_until(&mut srv, |s| s.stats.answered >= 1);
         let v = t.join().unwrap().expect("the other caller is answered");

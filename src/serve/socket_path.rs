@@ -5,11 +5,9 @@
 //!   be owned by root or by the agent's uid, and not writable by group or others unless it is
 //!   root-owned and sticky (like `/tmp`, where nobody can remove or rename another's file).
 //!   Otherwise another user could remove the socket and bind their own in its place.
-//! - Client: the answer is believed only from a server (its `SO_PEERCRED`) whose uid is root,
-//!   the client's own uid, or the socket file's owner when only root could have let that owner
-//!   put a socket there: the socket's directory is writable only by root or that owner, and
-//!   every directory above it is root's and writable only by root (no sticky exception: in
-//!   `/tmp`, anyone can make a directory and a socket of their own).
+//! - Client: the answer is believed only from a server (the listening process's `SO_PEERCRED`)
+//!   whose uid is root, the client's own uid, or `--agent-uid` (an agent that runs as another
+//!   uid): whoever can bind a socket on the path, no other uid is taken for the agent.
 
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
@@ -21,7 +19,7 @@ const STICKY: u32 = 0o1000;
 
 /// The socket's directory, created when missing, as an absolute path without symlinks (so
 /// what was checked is what is bound), and the socket's path in it.
-fn resolve(path: &Path, create: bool) -> Result<(PathBuf, PathBuf)> {
+fn resolve(path: &Path) -> Result<(PathBuf, PathBuf)> {
     let name = path.file_name().ok_or_else(|| {
         Error::config(format!(
             "--socket `{}` does not name a file; give a path such as /run/linuxguard/agent.sock",
@@ -32,11 +30,9 @@ fn resolve(path: &Path, create: bool) -> Result<(PathBuf, PathBuf)> {
         Some(d) => d.to_path_buf(),
         None => PathBuf::from("."),
     };
-    if create {
-        std::fs::create_dir_all(&dir).with_context(Kind::Runtime, || {
-            format!("failed to create the socket directory `{}`", dir.display())
-        })?;
-    }
+    std::fs::create_dir_all(&dir).with_context(Kind::Runtime, || {
+        format!("failed to create the socket directory `{}`", dir.display())
+    })?;
     let real = std::fs::canonicalize(&dir).with_context(Kind::Runtime, || {
         format!("cannot resolve the socket directory `{}`", dir.display())
     })?;
@@ -54,7 +50,7 @@ fn chain(dir: &Path) -> Vec<&Path> {
 /// Checks the directories the server is about to bind `path` in; returns the path to bind
 /// (the directory resolved). `uid` is the agent's effective uid.
 pub fn check_server_path(path: &Path, uid: u32) -> Result<PathBuf> {
-    let (dir, sock) = resolve(path, true)?;
+    let (dir, sock) = resolve(path)?;
     for d in chain(&dir) {
         let md = std::fs::symlink_metadata(d).with_context(Kind::Runtime, || {
             format!("cannot inspect `{}` on the socket's path", d.display())
@@ -93,43 +89,14 @@ pub fn check_server_path(path: &Path, uid: u32) -> Result<PathBuf> {
     Ok(sock)
 }
 
-/// Where a client connects (the directory resolved) and the server uids it believes.
-pub struct Trusted {
-    pub path: PathBuf,
-    pub uids: Vec<u32>,
-}
-
-/// The uids a client believes behind `path`: root, `own` (the client's uid) and the socket
-/// file's owner when only root could have let it bind there. An unresolvable directory trusts
-/// root and `own` only (connecting then fails and says why).
-pub fn trusted_uids(path: &Path, own: u32) -> Trusted {
+/// The server uids a client believes: root, the client's own uid, and `--agent-uid` when set
+/// (an agent running as another uid). Never derived from the filesystem: a directory root
+/// gave a user (a home directory) looks the same as one root gave the agent's uid.
+pub fn trusted_uids(own: u32, agent_uid: Option<u32>) -> Vec<u32> {
     let mut uids = vec![0, own];
-    let Ok((dir, sock)) = resolve(path, false) else {
-        return Trusted {
-            path: path.to_path_buf(),
-            uids,
-        };
-    };
-    if let Ok(owner) = std::fs::symlink_metadata(&sock).map(|m| m.uid()) {
-        if !uids.contains(&owner) && vouched_for(&dir, owner) {
-            uids.push(owner);
-        }
-    }
-    Trusted { path: sock, uids }
-}
-
-/// True when only root or `owner` can create entries in `dir`, and only root can change any
-/// directory above it.
-fn vouched_for(dir: &Path, owner: u32) -> bool {
-    let all = chain(dir);
-    all.iter().enumerate().all(|(i, d)| {
-        let Ok(md) = std::fs::symlink_metadata(d) else {
-            return false;
-        };
-        let last = i + 1 == all.len();
-        let owner_ok = md.uid() == 0 || (last && md.uid() == owner);
-        owner_ok && md.mode() & GROUP_OTHER_WRITE == 0
-    })
+    uids.extend(agent_uid);
+    uids.dedup();
+    uids
 }
 
 #[cfg(test)]

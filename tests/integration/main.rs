@@ -9,6 +9,7 @@ mod cli;
 mod compat;
 mod e2e;
 mod enroll;
+mod hardening;
 mod kubelet_server;
 mod manifest;
 mod watch;
