@@ -781,6 +781,37 @@ mod tests {
         let _ = std::fs::remove_dir_all(dir);
     }
 
+    /// The agent's loop polls only `fd()`: a silent connection alone must make it readable at
+    /// its 250 ms deadline (the timer), not leave it to the next housekeeping pass.
+    #[test]
+    fn the_fd_wakes_the_loop_at_a_silent_connections_deadline() {
+        let (path, dir) = temp_socket("timer");
+        let mut srv = Server::bind(&path, 0o660).unwrap();
+        let _silent = UnixStream::connect(&path).unwrap();
+        srv.handle_ready(&mut |_, _| Value::Null);
+        assert_eq!(srv.connections(), 1);
+        let started = Instant::now();
+        let mut fds = [PollFd::new(srv.fd(), PollFlags::POLLIN)];
+        let n = nix::poll::poll(&mut fds, PollTimeout::from(2000u16)).unwrap();
+        let woke = started.elapsed();
+        assert_eq!(n, 1, "the fd became readable");
+        assert!(
+            woke > Duration::from_millis(150) && woke < Duration::from_millis(600),
+            "{woke:?}"
+        );
+        srv.handle_ready(&mut |_, _| Value::Null);
+        assert_eq!(srv.connections(), 0);
+        assert_eq!(srv.stats.timed_out, 1);
+        // Nothing left: the timer is off and the fd stays quiet.
+        let mut fds = [PollFd::new(srv.fd(), PollFlags::POLLIN)];
+        assert_eq!(
+            nix::poll::poll(&mut fds, PollTimeout::from(400u16)).unwrap(),
+            0
+        );
+        drop(srv);
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
     #[test]
     fn one_caller_holding_many_silent_connections_does_not_starve_another() {
         if !nix::unistd::geteuid().is_root() {
