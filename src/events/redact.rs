@@ -93,9 +93,10 @@ impl Redactor {
     /// Redacts `args` of an exec of the file (`dev`, `ino`) at `path`; true if anything was.
     pub fn redact(&self, args: &mut [String], dev: u64, ino: u64, path: &str) -> bool {
         let own = self.own.matches(dev, ino, path);
+        // No allocation per argument: this runs for every exec.
         let secret = |name: &str| {
-            let name = name.to_ascii_lowercase();
-            self.flags.contains(&name) || (own && self.own_flags.contains(&name))
+            let is = |f: &String| f.eq_ignore_ascii_case(name);
+            self.flags.iter().any(is) || (own && self.own_flags.iter().any(is))
         };
         let mut redacted = false;
         let mut value_next = false;
