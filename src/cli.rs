@@ -49,7 +49,7 @@ impl Command {
                 "print kernel security events as JSON lines (no backend needed; needs root)"
             }
             Command::Start => {
-                "enrol, then stream events to the backend over mTLS (the production agent)"
+                "watch at once, enrol in the background, stream events to the backend over mTLS (the production agent)"
             }
             Command::Attest => "print the container, pod and selectors of a process",
             Command::Status => "ask the running agent for its health and counters",
@@ -69,7 +69,8 @@ impl Command {
             Command::Attest => config::ATTEST,
             Command::Status => config::STATUS,
             Command::ShowConfig => config::SHOW,
-            Command::Version | Command::CheckManifest => 0,
+            Command::CheckManifest => config::MANIFEST,
+            Command::Version => 0,
         }
     }
 
@@ -213,7 +214,9 @@ pub fn parse(args: Vec<OsString>) -> Result<Parsed> {
         ));
     }
     if command == Command::CheckManifest && out.files.is_empty() {
-        return Err(Error::usage("`check-manifest` needs at least one FILE"));
+        return Err(Error::usage(
+            "`check-manifest` needs at least one FILE or DIR (e.g. deploy/kubernetes/)",
+        ));
     }
     Ok(Parsed::Run(out))
 }
@@ -290,7 +293,9 @@ pub fn command_help(command: Command) -> String {
     );
     match command {
         Command::Attest => s.push_str(" (--pid PID | --self) [options]"),
-        Command::CheckManifest => s.push_str(" FILE..."),
+        Command::CheckManifest => {
+            s.push_str(" FILE|DIR...  (a DIR: the .yaml/.yml files below it)")
+        }
         _ => s.push_str(" [options]"),
     }
     s.push_str("\n\nOPTIONS:\n");

@@ -14,6 +14,7 @@ pub const START: u8 = 2;
 pub const ATTEST: u8 = 4;
 pub const STATUS: u8 = 8;
 pub const SHOW: u8 = 16;
+pub const MANIFEST: u8 = 32;
 const ALL: u8 = WATCH | START | ATTEST | STATUS | SHOW;
 const IDENT: u8 = START | SHOW;
 const KUBE: u8 = WATCH | START | ATTEST | SHOW;
@@ -27,8 +28,12 @@ pub enum Key {
     ServerCa,
     TenantId,
     EnrollToken,
+    EnrollTokenFile,
     ApiKey,
+    ApiKeyFile,
+    SaTokenFile,
     WorkloadId,
+    NodeNameEnv,
     NodeName,
     PodUid,
     TlsCache,
@@ -85,6 +90,8 @@ pub enum Ty {
     OptionalPath,
     /// `ip:port` on a loopback address.
     LoopbackAddr,
+    /// The name of an environment variable (`[A-Za-z_][A-Za-z0-9_]*`) that no other setting reads.
+    EnvName,
 }
 
 pub struct Setting {
@@ -158,6 +165,16 @@ pub static SETTINGS: &[Setting] = &[
         "single-use enrolment token; prefer the env var (the flag leaks via ps and shell history)"
     ),
     setting!(
+        EnrollTokenFile,
+        "enroll-token-file",
+        "LINUXGUARD_ENROLL_TOKEN_FILE",
+        None,
+        Ty::Path,
+        "FILE",
+        IDENT,
+        "read the single-use token from FILE (e.g. $CREDENTIALS_DIRECTORY/enroll-token); may be removed after enrolment, and a new token written there is picked up without a restart once the identity expires"
+    ),
+    setting!(
         ApiKey,
         "api-key",
         "LINUXGUARD_API_KEY",
@@ -166,6 +183,26 @@ pub static SETTINGS: &[Setting] = &[
         "KEY",
         IDENT,
         "long-lived API key, instead of a token; prefer the env var"
+    ),
+    setting!(
+        ApiKeyFile,
+        "api-key-file",
+        "LINUXGUARD_API_KEY_FILE",
+        None,
+        Ty::Path,
+        "FILE",
+        IDENT,
+        "read the API key from FILE at each enrolment"
+    ),
+    setting!(
+        SaTokenFile,
+        "sa-token-file",
+        "LINUXGUARD_SA_TOKEN_FILE",
+        None,
+        Ty::Path,
+        "FILE",
+        IDENT,
+        "enrol with the Kubernetes service-account token projected into FILE (k8s_psat, audience linuxguard; needs the node name, pod UID and tenant id); read at each enrolment attempt"
     ),
     setting!(
         WorkloadId,
@@ -178,6 +215,16 @@ pub static SETTINGS: &[Setting] = &[
         "stable hex id of this workload outside Kubernetes; hashed with sha256"
     ),
     setting!(
+        NodeNameEnv,
+        "node-name-env",
+        "LINUXGUARD_NODE_NAME_ENV",
+        Some("LINUXGUARD_NODE_NAME"),
+        Ty::EnvName,
+        "NAME",
+        IDENT | KUBE | MANIFEST,
+        "read the node name from the environment variable NAME (SPIRE's node_name_env), e.g. MY_NODE_NAME"
+    ),
+    setting!(
         NodeName,
         "node-name",
         "LINUXGUARD_NODE_NAME",
@@ -185,7 +232,7 @@ pub static SETTINGS: &[Setting] = &[
         Ty::Text,
         "NAME",
         IDENT | KUBE,
-        "Kubernetes node name (Downward API spec.nodeName)"
+        "node name: in Kubernetes spec.nodeName (Downward API), elsewhere the host name; read from the --node-name-env variable"
     ),
     setting!(
         PodUid,
@@ -218,7 +265,7 @@ pub static SETTINGS: &[Setting] = &[
         },
         "SECS",
         IDENT,
-        "give up enrolling after this many seconds of retries"
+        "give up the first enrolment after this many seconds of retries (exit 1); enrolling again after the identity expired never gives up"
     ),
     setting!(
         ProcRoot,
@@ -410,7 +457,7 @@ pub static SETTINGS: &[Setting] = &[
         Ty::Bool,
         "",
         KUBE,
-        "pod selectors only, no container selectors"
+        "pod selectors only, answered as soon as the pod is listed (no container selectors, no wait for the container)"
     ),
     setting!(
         Socket,
@@ -554,6 +601,8 @@ impl fmt::Display for Source {
 struct Resolved {
     value: Option<String>,
     source: Source,
+    /// The environment variable read (the node name's is chosen by --node-name-env).
+    var: String,
 }
 
 /// The resolved settings of one command. Values are validated; getters cannot fail.
@@ -576,28 +625,44 @@ pub fn resolve(
     secrets: Secrets,
 ) -> Result<Config> {
     let mut values = HashMap::new();
+    // The node-name variable first: it names the variable the node name is read from.
+    let mut node_var = setting(Key::NodeName).env.to_string();
+    let node_env = setting(Key::NodeNameEnv);
+    if node_env.commands & commands != 0 {
+        let r = resolve_one(node_env, flags, env, node_env.env)?;
+        if let Some(v) = &r.value {
+            node_var.clone_from(v);
+        }
+        values.insert(Key::NodeNameEnv, r);
+    }
     for s in SETTINGS.iter().filter(|s| s.commands & commands != 0) {
-        if matches!(s.ty, Ty::Secret) {
+        if matches!(s.ty, Ty::Secret) || s.key == Key::NodeNameEnv {
             continue;
         }
-        let from_flag = flags.iter().rev().find(|(k, _)| *k == s.key);
-        let (raw, source) = if let Some((_, v)) = from_flag {
-            (Some(v.clone().unwrap_or_default()), Source::Flag)
-        } else if let Some(v) = env(s.env).filter(|v| !v.trim().is_empty()) {
-            (Some(v), Source::Env)
-        } else if let Some(d) = s.default {
-            (Some(d.to_string()), Source::Default)
+        let var = if s.key == Key::NodeName {
+            node_var.as_str()
         } else {
-            (None, Source::Unset)
+            s.env
         };
-        let value = match raw {
-            Some(raw) => Some(validate_identity_input(
-                s.key,
-                validate(s, raw.trim(), source)?,
-            )?),
-            None => None,
-        };
-        values.insert(s.key, Resolved { value, source });
+        let r = resolve_one(s, flags, env, var)?;
+        if s.key == Key::NodeName
+            && var != s.env
+            && r.source != Source::Flag
+            && env(s.env).is_some_and(|v| !v.trim().is_empty())
+        {
+            log::warn!(
+                "{} is set but not read: {} names {var} as the node-name variable",
+                s.env,
+                origin_name(
+                    node_env,
+                    values
+                        .get(&Key::NodeNameEnv)
+                        .map_or(Source::Default, |r: &Resolved| r.source),
+                    node_env.env
+                )
+            );
+        }
+        values.insert(s.key, r);
     }
     let mut secret_sources = HashMap::new();
     let mut take = |key: Key, t: Option<crate::secret::Taken>| {
@@ -621,6 +686,7 @@ pub fn resolve(
             Resolved {
                 value: None,
                 source: src,
+                var: setting(k).env.to_string(),
             },
         );
     }
@@ -651,15 +717,56 @@ pub fn resolve(
     Ok(cfg)
 }
 
-fn origin(s: &Setting, source: Source) -> String {
+/// The setting of `key`.
+pub fn setting(key: Key) -> &'static Setting {
+    SETTINGS
+        .iter()
+        .find(|s| s.key == key)
+        .expect("invariant: every key has a setting")
+}
+
+/// One setting from `var` in the environment (flag beats env beats default), validated.
+fn resolve_one(
+    s: &Setting,
+    flags: &FlagValues,
+    env: &dyn Fn(&str) -> Option<String>,
+    var: &str,
+) -> Result<Resolved> {
+    let from_flag = flags.iter().rev().find(|(k, _)| *k == s.key);
+    let (raw, source) = if let Some((_, v)) = from_flag {
+        (Some(v.clone().unwrap_or_default()), Source::Flag)
+    } else if let Some(v) = env(var).filter(|v| !v.trim().is_empty()) {
+        (Some(v), Source::Env)
+    } else if let Some(d) = s.default {
+        (Some(d.to_string()), Source::Default)
+    } else {
+        (None, Source::Unset)
+    };
+    let name = origin_name(s, source, var);
+    let value = match raw {
+        Some(raw) => Some(validate_identity_input(
+            s.key,
+            validate(s, raw.trim(), &name)?,
+            &name,
+        )?),
+        None => None,
+    };
+    Ok(Resolved {
+        value,
+        source,
+        var: var.to_string(),
+    })
+}
+
+/// How a message names where a value came from: `--flag`, else the variable.
+fn origin_name(s: &Setting, source: Source, var: &str) -> String {
     match source {
         Source::Flag => format!("--{}", s.flag),
-        _ => s.env.to_string(),
+        _ => var.to_string(),
     }
 }
 
-fn validate(s: &Setting, v: &str, source: Source) -> Result<String> {
-    let name = origin(s, source);
+fn validate(s: &Setting, v: &str, name: &str) -> Result<String> {
     let bad = |expect: String| Err(Error::config(format!("invalid value for {name}: {expect}")));
     match s.ty {
         Ty::Text | Ty::Path if v.is_empty() => {
@@ -727,14 +834,43 @@ fn validate(s: &Setting, v: &str, source: Source) -> Result<String> {
                 "expected ip:port such as 127.0.0.1:9464, got {v:?}"
             )),
         },
+        Ty::EnvName => {
+            if let Some(other) = SETTINGS
+                .iter()
+                .find(|o| o.env == v && o.key != Key::NodeName)
+            {
+                return bad(format!(
+                    "{v} is another setting's variable (--{}); name the variable that holds the node name, e.g. MY_NODE_NAME",
+                    other.flag
+                ));
+            }
+            if is_env_name(v) {
+                Ok(v.to_string())
+            } else {
+                bad(format!(
+                    "expected an environment variable name (1 to 255 letters, digits and '_', not starting with a digit), got {v:?}"
+                ))
+            }
+        }
     }
 }
 
-/// Identity inputs are checked whenever they are set, whichever command reads them (the kubelet
-/// client puts the node name into a URL).
-fn validate_identity_input(key: Key, v: String) -> Result<String> {
+/// A portable environment variable name (POSIX, and Kubernetes' C_IDENTIFIER):
+/// `[A-Za-z_][A-Za-z0-9_]*`, at most 255 bytes.
+pub fn is_env_name(v: &str) -> bool {
+    let b = v.as_bytes();
+    !b.is_empty()
+        && b.len() <= 255
+        && !b[0].is_ascii_digit()
+        && b.iter().all(|c| c.is_ascii_alphanumeric() || *c == b'_')
+}
+
+/// Identity inputs are checked whenever they are set, whichever command reads them. The node name
+/// is checked as a host name here; where it becomes the kubelet's host name, the kubelet client
+/// checks it as a Kubernetes node name (`cmd::options::kubelet`).
+fn validate_identity_input(key: Key, v: String, name: &str) -> Result<String> {
     match key {
-        Key::NodeName => crate::identity::workload::validate_node_name(&v)?,
+        Key::NodeName => crate::identity::workload::validate_host_name(&v, name)?,
         Key::PodUid => crate::identity::workload::validate_pod_uid(&v)?,
         Key::WorkloadId => crate::identity::workload::validate_workload_id(&v)?,
         _ => {}
@@ -787,13 +923,16 @@ impl Config {
     pub fn get(&self, key: Key) -> Option<&str> {
         self.values.get(&key).and_then(|r| r.value.as_deref())
     }
-    /// Where the user set `key`: `--flag` or the env variable's name.
-    fn origin_of(&self, key: Key) -> String {
-        let s = SETTINGS
-            .iter()
-            .find(|s| s.key == key)
-            .expect("invariant: every key has a setting");
-        origin(s, self.source(key))
+    /// Where `key` is set: `--flag`, or the env variable's name (the one read, for the node
+    /// name the --node-name-env variable).
+    pub fn origin_of(&self, key: Key) -> String {
+        origin_name(setting(key), self.source(key), &self.var(key))
+    }
+    /// The environment variable `key` is read from.
+    pub fn var(&self, key: Key) -> String {
+        self.values
+            .get(&key)
+            .map_or_else(|| setting(key).env.to_string(), |r| r.var.clone())
     }
     pub fn is_set(&self, key: Key) -> bool {
         self.get(key).is_some()
@@ -811,8 +950,9 @@ impl Config {
     pub fn num(&self, key: Key) -> u64 {
         self.get(key).and_then(|v| v.parse().ok()).unwrap_or(0)
     }
-    /// Every setting this config holds, in table order, with a printable value (secrets redacted).
-    pub fn describe(&self) -> Vec<(&'static Setting, String, Source)> {
+    /// Every setting this config holds, in table order, with a printable value (secrets
+    /// redacted), its source and the environment variable it is read from.
+    pub fn describe(&self) -> Vec<(&'static Setting, String, Source, String)> {
         SETTINGS
             .iter()
             .filter(|s| s.commands & self.commands != 0)
@@ -820,11 +960,23 @@ impl Config {
                 let shown = match s.key {
                     Key::EnrollToken => redact(self.enroll_token.as_ref()),
                     Key::ApiKey => redact(self.api_key.as_ref()),
+                    // The path is not secret; what it holds is shown as the other secrets.
+                    Key::EnrollTokenFile | Key::ApiKeyFile | Key::SaTokenFile => {
+                        self.get(s.key).map_or_else(
+                            || "<unset>".to_string(),
+                            |p| {
+                                format!(
+                                    "{p} {}",
+                                    crate::secret::describe_file(std::path::Path::new(p))
+                                )
+                            },
+                        )
+                    }
                     k => self
                         .get(k)
                         .map_or_else(|| "<unset>".to_string(), str::to_string),
                 };
-                (s, shown, self.source(s.key))
+                (s, shown, self.source(s.key), self.var(s.key))
             })
             .collect()
     }
@@ -1016,11 +1168,18 @@ mod tests {
 
     #[test]
     fn identity_inputs_are_validated_for_every_command() {
-        let env = env_of(&[("LINUXGUARD_NODE_NAME", "Bad_Node")]);
+        // A host name is a node name outside Kubernetes: kept as given.
+        let env = env_of(&[("LINUXGUARD_NODE_NAME", "Build_Host")]);
+        let c = resolve(WATCH, &vec![], &env, Secrets::default()).unwrap();
+        assert_eq!(c.get(Key::NodeName), Some("Build_Host"));
+        let env = env_of(&[("LINUXGUARD_NODE_NAME", "bad\u{1}node")]);
         let e = resolve(WATCH, &vec![], &env, Secrets::default())
             .unwrap_err()
             .to_string();
-        assert!(e.contains("DNS-1123"), "{e}");
+        assert!(
+            e.starts_with("LINUXGUARD_NODE_NAME \"bad\\u{1}node\" is not a host name"),
+            "{e}"
+        );
         let e = resolve(
             START,
             &vec![(Key::PodUid, Some("web-7d9f".into()))],
@@ -1030,5 +1189,81 @@ mod tests {
         .unwrap_err()
         .to_string();
         assert!(e.contains("use metadata.uid"), "{e}");
+    }
+
+    #[test]
+    fn node_name_is_read_from_the_named_variable() {
+        let env = env_of(&[
+            ("LINUXGUARD_NODE_NAME", "not-me"),
+            ("MY_NODE_NAME", "worker-1"),
+            ("LINUXGUARD_NODE_NAME_ENV", "NODE_NAME"),
+            ("NODE_NAME", "worker-2"),
+        ]);
+        // The flag names the variable; it beats LINUXGUARD_NODE_NAME_ENV.
+        let flags = vec![(Key::NodeNameEnv, Some("MY_NODE_NAME".into()))];
+        let c = resolve(START, &flags, &env, Secrets::default()).unwrap();
+        assert_eq!(c.get(Key::NodeName), Some("worker-1"));
+        assert_eq!(c.source(Key::NodeName), Source::Env);
+        assert_eq!(c.origin_of(Key::NodeName), "MY_NODE_NAME");
+        assert_eq!(c.var(Key::NodeName), "MY_NODE_NAME");
+        // The variable's own variable.
+        let c = resolve(ATTEST, &vec![], &env, Secrets::default()).unwrap();
+        assert_eq!(c.get(Key::NodeName), Some("worker-2"));
+        assert_eq!(c.get(Key::NodeNameEnv), Some("NODE_NAME"));
+        assert_eq!(c.source(Key::NodeNameEnv), Source::Env);
+        // The default.
+        let env = env_of(&[("LINUXGUARD_NODE_NAME", "worker-3")]);
+        let c = resolve(WATCH, &vec![], &env, Secrets::default()).unwrap();
+        assert_eq!(c.get(Key::NodeName), Some("worker-3"));
+        assert_eq!(c.get(Key::NodeNameEnv), Some("LINUXGUARD_NODE_NAME"));
+        assert_eq!(c.source(Key::NodeNameEnv), Source::Default);
+        // --node-name beats every variable.
+        let flags = vec![
+            (Key::NodeNameEnv, Some("MY_NODE_NAME".into())),
+            (Key::NodeName, Some("flagged".into())),
+        ];
+        let c = resolve(START, &flags, &env, Secrets::default()).unwrap();
+        assert_eq!(c.get(Key::NodeName), Some("flagged"));
+        assert_eq!(c.origin_of(Key::NodeName), "--node-name");
+        // check-manifest reads only the variable's name.
+        let c = resolve(MANIFEST, &flags, &env, Secrets::default()).unwrap();
+        assert_eq!(c.get(Key::NodeNameEnv), Some("MY_NODE_NAME"));
+        assert!(!c.is_set(Key::NodeName));
+    }
+
+    #[test]
+    fn node_name_env_must_name_a_variable_of_its_own() {
+        for bad in [
+            "",
+            "1A",
+            "A-B",
+            "A B",
+            "A=B",
+            "É",
+            "LINUXGUARD_API_KEY",
+            "RUST_LOG",
+        ] {
+            let flags = vec![(Key::NodeNameEnv, Some(bad.into()))];
+            let e = resolve(SHOW, &flags, &|_| None, Secrets::default());
+            assert!(e.is_err(), "{bad:?} accepted");
+            assert!(
+                e.unwrap_err().to_string().contains("--node-name-env"),
+                "{bad:?}"
+            );
+        }
+        for good in [
+            "MY_NODE_NAME",
+            "_x",
+            "NODE_NAME",
+            "LINUXGUARD_NODE_NAME",
+            "a1",
+        ] {
+            let flags = vec![(Key::NodeNameEnv, Some(good.into()))];
+            assert!(
+                resolve(SHOW, &flags, &|_| None, Secrets::default()).is_ok(),
+                "{good}"
+            );
+        }
+        assert!(!is_env_name(&"A".repeat(256)));
     }
 }

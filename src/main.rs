@@ -4,6 +4,7 @@
 // Entry: flags → configuration, errors and exit codes, signals.
 mod cli;
 mod config;
+mod counters;
 mod error;
 mod secret;
 mod stop;
@@ -11,7 +12,6 @@ mod stop;
 mod attest;
 mod events;
 mod identity;
-mod net;
 mod sensor;
 // The pipeline, the uplink and the local endpoints, then the loop and the commands on top.
 mod agent;

@@ -1,9 +1,12 @@
-//! Secrets: a zeroize-on-drop type that never prints its value, and scrubbing the enrolment
-//! token and API key out of the process (environ and argv bytes, env table, core dumps).
+//! Secrets: a zeroize-on-drop type that never prints its value, scrubbing the enrolment
+//! token and API key out of the process (environ and argv bytes, env table, core dumps), and
+//! reading secret files (token, API key, service-account token) into zeroizing memory.
 
 use std::ffi::OsString;
 use std::fmt;
 use std::fs;
+use std::io::Read;
+use std::path::Path;
 
 use zeroize::{Zeroize, Zeroizing};
 
@@ -38,6 +41,52 @@ impl fmt::Debug for Secret {
 impl fmt::Display for Secret {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         fmt::Debug::fmt(self, f)
+    }
+}
+
+/// Largest secret file read (a projected service-account token is about 1 KiB).
+pub const MAX_SECRET_FILE: usize = 64 * 1024;
+
+/// Reads a secret file (`--enroll-token-file`, `--api-key-file`, `--sa-token-file`) into
+/// zeroizing memory, following symlinks (Kubernetes projected volumes are symlinks into a
+/// `..data` directory). The buffer is allocated once at its full size, so no growing copy is left
+/// behind; a file that is larger or not UTF-8 is refused (an empty one is for the caller to
+/// judge). Errors name the rule that failed, never the content.
+pub fn read_file(path: &Path) -> std::io::Result<Secret> {
+    use std::io::{Error, ErrorKind};
+    let mut f = fs::File::open(path)?;
+    let mut buf = Zeroizing::new(vec![0u8; MAX_SECRET_FILE + 1]);
+    let mut n = 0;
+    while n < buf.len() {
+        match f.read(&mut buf[n..]) {
+            Ok(0) => break,
+            Ok(k) => n += k,
+            Err(e) if e.kind() == ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    if n > MAX_SECRET_FILE {
+        return Err(Error::other(format!(
+            "larger than {} KiB: not a token or key file",
+            MAX_SECRET_FILE >> 10
+        )));
+    }
+    let mut bytes = std::mem::take(&mut *buf);
+    bytes.truncate(n);
+    let text = String::from_utf8(bytes).map_err(|e| {
+        e.into_bytes().zeroize();
+        Error::new(ErrorKind::InvalidData, "not UTF-8 text")
+    })?;
+    Ok(Secret::new(text))
+}
+
+/// `<set, N chars>` for a secret file that reads, else why it does not (for `show-config`).
+pub fn describe_file(path: &Path) -> String {
+    match read_file(path) {
+        Ok(s) if s.expose().trim().is_empty() => "<empty>".into(),
+        Ok(s) => Secret::new(s.expose().trim().to_string()).to_string(),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => "<missing>".into(),
+        Err(e) => format!("<unreadable: {e}>"),
     }
 }
 
@@ -191,21 +240,32 @@ fn memory_regions() -> Result<[(usize, usize); 2], String> {
 /// Overwrites secret values in place in the argv and environ regions.
 fn scrub_process_memory() -> Result<(), String> {
     let [args, env] = memory_regions()?;
-    for (start, end) in [args, env] {
-        if end <= start || end - start > 16 << 20 {
-            return Err(format!("implausible region {start:#x}..{end:#x}"));
-        }
+    let (args, env) = (plausible(args)?, plausible(env)?);
+    if let Some((start, len)) = args {
+        // SAFETY: the kernel reports [arg_start, arg_end) as this process's own initial stack
+        // bytes, mapped read-write for the whole process life (`plausible` checked that the
+        // range is not empty and not reversed). We run before any other thread exists, and no
+        // Rust reference points into these bytes: std keeps raw pointers to them and copies on
+        // every `args()`/`var()` call.
+        let argv = unsafe { std::slice::from_raw_parts_mut(start as *mut u8, len) };
+        scrub_argv(argv);
     }
-    // SAFETY: the kernel reports [arg_start, arg_end) and [env_start, env_end) as this process's
-    // own initial stack bytes, mapped read-write for the whole process life. We run before any
-    // other thread exists, and no Rust reference points into these bytes: std keeps raw pointers
-    // to them and copies on every `args()`/`var()` call.
-    let argv = unsafe { std::slice::from_raw_parts_mut(args.0 as *mut u8, args.1 - args.0) };
-    scrub_argv(argv);
-    // SAFETY: as above, for the environ region.
-    let envp = unsafe { std::slice::from_raw_parts_mut(env.0 as *mut u8, env.1 - env.0) };
-    scrub_environ(envp);
+    if let Some((start, len)) = env {
+        // SAFETY: as above, for the environ region.
+        let envp = unsafe { std::slice::from_raw_parts_mut(start as *mut u8, len) };
+        scrub_environ(envp);
+    }
     Ok(())
+}
+
+/// A region from /proc/self/stat as (start, length); `None` when it is empty (`env -i` starts a
+/// process with no environment at all: env_start == env_end, nothing to scrub). A reversed or
+/// huge range is an error.
+fn plausible((start, end): (usize, usize)) -> Result<Option<(usize, usize)>, String> {
+    if end < start || end - start > 16 << 20 || start == 0 {
+        return Err(format!("implausible region {start:#x}..{end:#x}"));
+    }
+    Ok((end > start).then_some((start, end - start)))
 }
 
 /// Zeroes the value of every `--enroll-token`/`--api-key` in a NUL-separated argv block.
@@ -293,6 +353,18 @@ mod tests {
     }
 
     #[test]
+    fn an_empty_region_is_nothing_to_scrub() {
+        assert_eq!(plausible((0x7ffd_0000, 0x7ffd_0000)), Ok(None));
+        assert_eq!(
+            plausible((0x7ffd_0000, 0x7ffd_0010)),
+            Ok(Some((0x7ffd_0000, 0x10)))
+        );
+        assert!(plausible((0x7ffd_0010, 0x7ffd_0000)).is_err());
+        assert!(plausible((0x1000, 0x1000 + (32 << 20))).is_err());
+        assert!(plausible((0, 0)).is_err());
+    }
+
+    #[test]
     fn flags_are_removed_from_args() {
         let mut args: Vec<OsString> = [
             "agent",
@@ -312,6 +384,32 @@ mod tests {
         assert_eq!(found[1].as_ref().map(Secret::expose), Some("K1"));
         assert_eq!(args, ["agent", "start", "--server", "https://x"]);
         assert_eq!(out.flags_used, ["--enroll-token", "--api-key"]);
+    }
+
+    #[test]
+    fn secret_files_are_read_bounded_and_described_without_their_content() {
+        let dir = std::env::temp_dir().join(format!("lg-secret-{}", std::process::id()));
+        fs::create_dir_all(&dir).unwrap();
+        let f = dir.join("token");
+        fs::write(&f, "ABCDEFGHIJKLMNOPQRSTUVWX\n").unwrap();
+        assert_eq!(
+            read_file(&f).unwrap().expose(),
+            "ABCDEFGHIJKLMNOPQRSTUVWX\n"
+        );
+        assert_eq!(describe_file(&f), "<set, 24 chars>");
+        // Through a symlink, as a projected volume presents it.
+        let link = dir.join("link");
+        let _ = fs::remove_file(&link);
+        std::os::unix::fs::symlink(&f, &link).unwrap();
+        assert_eq!(read_file(&link).unwrap().chars(), 25);
+        fs::write(&f, " \n").unwrap();
+        assert_eq!(describe_file(&f), "<empty>");
+        fs::write(&f, vec![b'a'; MAX_SECRET_FILE + 1]).unwrap();
+        assert!(read_file(&f).unwrap_err().to_string().contains("larger"));
+        fs::write(&f, [0xff, 0xfe]).unwrap();
+        assert!(read_file(&f).unwrap_err().to_string().contains("UTF-8"));
+        assert_eq!(describe_file(&dir.join("nope")), "<missing>");
+        fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

@@ -1,9 +1,12 @@
-//! The production agent behind `start`: after the identity is established it attaches the
-//! sensor, binds the socket and the metrics endpoint, starts the uplink thread, and runs the one
-//! poll(2) loop (ring buffer → decode → enrich → queue; socket; metrics; stop) until SIGTERM or
-//! revocation. Start-up phases are logged with their durations.
+//! The production agent behind `start`: watch first, enrol in the background. It binds the
+//! socket (answering `status` from the first second, and attestation while the sensor
+//! attaches), attaches the sensor, starts the uplink thread (which obtains the identity while
+//! events queue), and runs the one poll(2) loop (ring buffer → decode → enrich → queue; socket;
+//! metrics; stop) until SIGTERM, a rejected enrolment or a revocation. Start-up phases are
+//! logged with their durations.
 
 use std::io::{self, Write};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
@@ -11,13 +14,14 @@ use std::time::{Duration, Instant};
 use nix::poll::{PollFd, PollFlags, PollTimeout};
 use serde_json::{Value, json};
 
-use crate::config::{Config, Key};
+use crate::attest::attestor::{self, Attestor};
+use crate::counters::LoopTimings;
 use crate::error::{Error, Result};
 use crate::events::event::Event;
 use crate::identity::plan::Plan;
-use crate::identity::session::Session;
+use crate::identity::session::{self, Session, SharedStatus, State};
 use crate::pipeline::sink::{JsonLines, Sink};
-use crate::pipeline::{POLL_INTERVAL, Pipeline};
+use crate::pipeline::{self, POLL_INTERVAL, Pipeline};
 use crate::serve::metrics::Metrics;
 use crate::serve::socket;
 use crate::stop::Stop;
@@ -30,14 +34,6 @@ const HOUSEKEEPING: Duration = Duration::from_secs(1);
 /// (its own timeout plus a second): the uplink has counted everything by then.
 const FINAL_HEARTBEAT_ALLOWANCE: Duration =
     Duration::from_secs(crate::uplink::uploader::FINAL_HEARTBEAT_TIMEOUT.as_secs() + 1);
-
-/// Loop health: how long one pass of the loop body took (poll wake-up to the next poll).
-#[derive(Debug, Default, Clone, Copy)]
-pub struct LoopStats {
-    pub iterations: u64,
-    pub max_body: Duration,
-    pub total_body: Duration,
-}
 
 /// Serializes drained events (once each) for the queue and/or stdout; the poll loop's sink.
 struct LoopSink<'a> {
@@ -129,9 +125,10 @@ pub struct Agent {
     sink_stdout: Option<JsonLines<io::StdoutLock<'static>>>,
     /// `--output stdout` and stdout ended (closed, or the write error): the loop stops.
     output_ended: Option<std::result::Result<(), String>>,
-    agent_id: String,
+    /// The identity's state, written by the uplink thread.
+    identity: SharedStatus,
     started: Instant,
-    pub loop_stats: LoopStats,
+    pub loop_stats: LoopTimings,
     /// `--stats-interval`: a `{"type":"stats"}` event this often (None: off).
     stats_every: Option<Duration>,
     /// Stats events emitted (counted as observed, so sent + dropped still adds up).
@@ -140,87 +137,160 @@ pub struct Agent {
     socket_conns: usize,
 }
 
-/// `start` after the plan is checked: identity, sensor, socket, uplink, loop.
-pub fn run(cfg: Config, plan: Plan, t0: Instant) -> Result<()> {
+/// The components' options (the rest still comes from the configuration).
+pub struct Options {
+    pub pipeline: pipeline::Options,
+    pub attestor: attestor::Options,
+    /// `--socket` path and mode.
+    pub socket: Option<(PathBuf, u32)>,
+    /// `--output`: `backend`, `stdout` or `both`.
+    pub output: String,
+    /// The upload queue's bound and batch cuts.
+    pub limits: Limits,
+    /// `--metrics-addr`.
+    pub metrics_addr: Option<String>,
+    /// `--shutdown-grace`.
+    pub grace: Duration,
+    /// `--stats-interval`: a `{"type":"stats"}` event this often (None: off).
+    pub stats_every: Option<Duration>,
+}
+
+/// `start` after the plan is checked: socket, sensor, then the uplink (identity in the
+/// background) and the loop.
+pub fn run(opts: Options, plan: Plan, t0: Instant) -> Result<()> {
     log::info!(
         "startup: identity derived in {} ms",
         t0.elapsed().as_millis()
     );
     let stop = Arc::new(Stop::install()?);
-    let workload_id = plan.workload.hex.clone();
-    let t = Instant::now();
-    let Some(identity) = Session::start(plan, &stop)? else {
-        log::info!("stopping on {} during enrolment", stop.signal_name());
-        return Ok(());
-    };
-    log::info!(
-        "startup: identity ready (enrolment or TLS cache) in {} ms ({} ms since start)",
-        t.elapsed().as_millis(),
-        t0.elapsed().as_millis()
-    );
-    let mut agent = Agent::new(&cfg, identity, stop, workload_id, t0)?;
-    drop(cfg);
+    // No network call: the TLS cache is read, and a start that could never obtain an identity
+    // (no credential, no usable cache) ends here with exit 3, before the sensor is loaded.
+    let session = Session::new(plan, t0)?;
+    let mut agent = Agent::new(opts, session, stop, t0)?;
     agent.run()
 }
 
+/// While the sensor attaches on the calling thread, `status` and attestation are answered here.
+fn serve_while_attaching(
+    server: &mut socket::Server,
+    mut attestor: Option<&mut Attestor>,
+    identity: &SharedStatus,
+    shared: &Shared,
+    done: &std::sync::atomic::AtomicBool,
+    t0: Instant,
+) {
+    while !done.load(Ordering::SeqCst) {
+        let mut fds = [PollFd::new(server.fd(), PollFlags::POLLIN)];
+        match nix::poll::poll(&mut fds, PollTimeout::from(50u16)) {
+            Ok(_) | Err(nix::errno::Errno::EINTR) => {}
+            Err(_) => std::thread::sleep(Duration::from_millis(50)),
+        }
+        let mut answer = |req: socket::Request, peer: &socket::Peer| -> Value {
+            match req {
+                socket::Request::Status => {
+                    let id = session::lock(identity).clone();
+                    let c = shared.counters();
+                    socket::ok_reply(json!({
+                        "healthy": true,
+                        "enrolment": id.state.word(),
+                        "agentId": id.agent_id,
+                        "identity": id.json(),
+                        "sensor": "attaching",
+                        "uptimeSeconds": t0.elapsed().as_secs(),
+                        "stats": c.heartbeat_stats(),
+                        "pipeline": {"queuedEvents": c.queued},
+                    }))
+                }
+                _ => match attestor.as_deref_mut() {
+                    Some(a) => a.answer(req, peer),
+                    None => socket::error_reply("workload attestation is not available"),
+                },
+            }
+        };
+        server.handle_ready(&mut answer);
+    }
+}
+
 impl Agent {
-    fn new(
-        cfg: &Config,
-        identity: Session,
-        stop: Arc<Stop>,
-        workload_id: String,
-        t0: Instant,
-    ) -> Result<Agent> {
-        let output = cfg.get(Key::Output).unwrap_or("backend");
+    fn new(opts: Options, session: Session, stop: Arc<Stop>, t0: Instant) -> Result<Agent> {
+        let output = opts.output.as_str();
         let to_backend = output != "stdout";
         let to_stdout = output != "backend";
-        let limits = Limits {
-            queue_bytes: (cfg.num(Key::QueueMb).max(1) as usize) << 20,
-            batch_events: cfg.num(Key::BatchMaxEvents).max(1) as usize,
-            batch_bytes: cfg.num(Key::BatchMaxBytes).max(1024) as usize,
-            batch_age: Duration::from_millis(cfg.num(Key::BatchMaxAgeMs).max(1)),
+        let limits = opts.limits;
+        let identity = session.status();
+        let shared = Arc::new(Shared::new(limits, batch_key_prefix(), to_backend));
+
+        // The socket first: `status` answers from the first second (issue: the workload
+        // endpoint is up before anything else).
+        let t = Instant::now();
+        let mut socket = match &opts.socket {
+            None => None,
+            Some((path, mode)) => match socket::Server::bind(path, *mode) {
+                Ok(s) => {
+                    log::info!(
+                        "startup: socket `{}` listening in {} ms ({} ms since start)",
+                        path.display(),
+                        t.elapsed().as_millis(),
+                        t0.elapsed().as_millis()
+                    );
+                    Some(s)
+                }
+                Err(e) => {
+                    log::warn!(
+                        "running without the local socket (no `status`, no `attest --self`): {e}"
+                    );
+                    None
+                }
+            },
+        };
+        let mut attestor = match Attestor::new(opts.attestor) {
+            Ok(a) => Some(a),
+            Err(e) => {
+                log::warn!("events will carry no container or pod fields: {e}");
+                None
+            }
         };
 
+        // Then the sensor, before any enrolment call: a start that cannot watch (no BPF
+        // rights) ends here, before it spends a single-use token.
         let t = Instant::now();
-        let mut pipeline = Pipeline::new(cfg)?;
-        match crate::attest::attestor::Attestor::new(cfg) {
-            Ok(a) => pipeline.set_attestor(a),
-            Err(e) => log::warn!("events will carry no container or pod fields: {e}"),
+        let attached = {
+            let done = std::sync::atomic::AtomicBool::new(false);
+            std::thread::scope(|scope| {
+                let serving = socket.as_mut().map(|server| {
+                    let (a, id, sh, done) = (attestor.as_mut(), &identity, &*shared, &done);
+                    std::thread::Builder::new()
+                        .name("lg-early-socket".into())
+                        .spawn_scoped(scope, move || {
+                            serve_while_attaching(server, a, id, sh, done, t0)
+                        })
+                });
+                let p = Pipeline::new(&opts.pipeline);
+                done.store(true, Ordering::SeqCst);
+                if let Some(Ok(h)) = serving {
+                    let _ = h.join();
+                }
+                p
+            })
+        };
+        let mut pipeline = attached?;
+        if let Some(a) = attestor {
+            pipeline.set_attestor(a);
         }
         log::info!(
             "startup: sensors attached in {} ms ({} ms since start)",
             t.elapsed().as_millis(),
             t0.elapsed().as_millis()
         );
-
-        let t = Instant::now();
-        let socket = match socket::Server::from_config(cfg) {
-            Ok(s) => {
-                log::info!(
-                    "startup: socket `{}` listening in {} ms ({} ms since start)",
-                    cfg.path(Key::Socket).unwrap_or_default().display(),
-                    t.elapsed().as_millis(),
-                    t0.elapsed().as_millis()
-                );
-                Some(s)
-            }
-            Err(e) => {
-                log::warn!(
-                    "running without the local socket (no `status`, no `attest --self`): {e}"
-                );
-                None
-            }
-        };
-        let metrics = match cfg.get(Key::MetricsAddr) {
+        let metrics = match &opts.metrics_addr {
             Some(addr) => Some(Metrics::bind(addr)?),
             None => None,
         };
 
-        let shared = Arc::new(Shared::new(limits, batch_key_prefix(), to_backend));
-        let agent_id = identity.agent_id().to_string();
+        let state = session.state();
         let (done_tx, uplink_done) = std::sync::mpsc::sync_channel(1);
         let uplink = {
-            let up = Uplink::new(shared.clone(), identity, workload_id, t0);
+            let up = Uplink::new(shared.clone(), session, t0);
             std::thread::Builder::new()
                 .name("lg-uplink".into())
                 .spawn(move || {
@@ -230,15 +300,28 @@ impl Agent {
                 .map_err(|e| Error::runtime(format!("failed to start the upload thread: {e}")))?
         };
         let sink_stdout = to_stdout.then(|| JsonLines::new(io::stdout().lock()));
+        let id = session::lock(&identity).clone();
         log::info!(
-            "agent {agent_id} running: events to {output}; queue {} MiB, batches of at most {} events / {} bytes / {} ms",
+            "running: events to {output}; queue {} MiB, batches of at most {} events / {} bytes / {} ms",
             limits.queue_bytes >> 20,
             limits.batch_events,
             limits.batch_bytes,
             limits.batch_age.as_millis()
         );
+        match state {
+            State::Enrolled => log::info!(
+                "startup: agent {} watching and uploading",
+                id.agent_id.as_deref().unwrap_or_default()
+            ),
+            State::Enrolling | State::Expired => log::info!(
+                "startup: watching before the identity is ready: events queue (up to {} MiB, \
+                 oldest dropped first and counted) while waiting for {}",
+                limits.queue_bytes >> 20,
+                id.waiting_for
+            ),
+        }
         Ok(Agent {
-            cfg_grace: Duration::from_secs(cfg.num(Key::ShutdownGrace)),
+            cfg_grace: opts.grace,
             stop,
             shared,
             uplink: Some(uplink),
@@ -248,13 +331,10 @@ impl Agent {
             pipeline,
             sink_stdout,
             output_ended: None,
-            agent_id,
+            identity,
             started: t0,
-            loop_stats: LoopStats::default(),
-            stats_every: match cfg.num(Key::StatsInterval) {
-                0 => None,
-                n => Some(Duration::from_secs(n)),
-            },
+            loop_stats: LoopTimings::default(),
+            stats_every: opts.stats_every,
             stats_events: 0,
             socket_conns: 0,
         })
@@ -335,9 +415,7 @@ impl Agent {
                 }
             }
             let took = body.elapsed();
-            self.loop_stats.iterations += 1;
-            self.loop_stats.total_body += took;
-            self.loop_stats.max_body = self.loop_stats.max_body.max(took);
+            self.loop_stats.record(took);
         }
         self.shutdown()?;
         match self.output_ended.take() {
@@ -362,7 +440,7 @@ impl Agent {
     /// stops, as `watch` does. With `--output both` the backend still gets every event.
     fn settle_sink(&mut self, mut sink: LoopSink<'_>) {
         self.sink_stdout = sink.stdout.take();
-        let c = &self.shared.loop_counters;
+        let c = &self.shared.published;
         c.stdout_sent.fetch_add(sink.stdout_sent, Ordering::Relaxed);
         if !self.shared.to_backend {
             self.shared
@@ -400,7 +478,7 @@ impl Agent {
     /// Copies the pipeline's and attestor's counters where the uplink reads them.
     fn publish_counters(&mut self) {
         let s = &self.pipeline.stats;
-        let c = &self.shared.loop_counters;
+        let c = &self.shared.published;
         let seen: u64 = s.seen.iter().sum();
         c.observed
             .store(seen + s.user_drops + self.stats_events, Ordering::Relaxed);
@@ -418,18 +496,20 @@ impl Agent {
     fn status_json(&mut self) -> Value {
         let c = self.shared.counters();
         let ls = self.loop_stats;
-        let mean_us = if ls.iterations == 0 {
-            0
-        } else {
-            (ls.total_body.as_micros() / u128::from(ls.iterations)) as u64
-        };
+        let mean_us = ls.mean_body().as_micros() as u64;
         let attestor = self
             .pipeline
             .attestor_mut()
             .map_or(Value::Null, |a| a.status_json());
+        let id = session::lock(&self.identity).clone();
         json!({
+            // Healthy in every enrolment state: a restart would not obtain the identity any
+            // sooner, and would lose the queued events (the liveness probe passes).
             "healthy": true,
-            "agentId": self.agent_id,
+            "enrolment": id.state.word(),
+            "agentId": id.agent_id,
+            "identity": id.json(),
+            "sensor": "attached",
             "uptimeSeconds": self.started.elapsed().as_secs(),
             "stats": c.heartbeat_stats(),
             "pipeline": {
@@ -471,30 +551,34 @@ impl Agent {
     }
 
     fn prometheus(&mut self) -> String {
-        let c = self.shared.counters();
-        let mut text = c.prometheus(self.started.elapsed().as_secs());
-        let ls = self.loop_stats;
-        text.push_str(&format!(
-            "# HELP linuxguard_upload_batches_total Event batches accepted by the backend.\n\
-             # TYPE linuxguard_upload_batches_total counter\n\
-             linuxguard_upload_batches_total {}\n\
-             # HELP linuxguard_upload_failures_total Upload attempts that failed and were retried.\n\
-             # TYPE linuxguard_upload_failures_total counter\n\
-             linuxguard_upload_failures_total {}\n\
-             # HELP linuxguard_loop_body_max_seconds Longest pass of the poll loop body.\n\
-             # TYPE linuxguard_loop_body_max_seconds gauge\n\
-             linuxguard_loop_body_max_seconds {:.6}\n",
-            self.shared.batches_ok.load(Ordering::Relaxed),
-            self.shared.upload_failures.load(Ordering::Relaxed),
-            ls.max_body.as_secs_f64()
-        ));
-        text
+        let mut c = self.shared.counters();
+        c.loop_body_max = self.loop_stats.max_body;
+        c.prometheus(self.started.elapsed().as_secs())
     }
 
-    fn fatal(&self) -> Error {
-        self.shared
+    /// The uplink ended with an error (rejected enrolment, revocation, enrolment timeout):
+    /// what was not delivered is counted as dropped, the final counters printed, the error
+    /// returned (main prints it, once).
+    fn fatal(&mut self) -> Error {
+        let e = self
+            .shared
             .take_fatal()
-            .unwrap_or_else(|| Error::runtime("the upload thread stopped unexpectedly"))
+            .unwrap_or_else(|| Error::runtime("the upload thread stopped unexpectedly"));
+        let _ = self.drain();
+        self.pipeline.refresh_stats();
+        self.publish_counters();
+        self.shared.count_undelivered_as_dropped();
+        self.final_counters();
+        e
+    }
+
+    fn final_counters(&self) {
+        let c = self.shared.counters();
+        let _ = writeln!(
+            io::stderr(),
+            "linuxguard-agent: final counters: {}",
+            serde_json::to_string(&c.heartbeat_stats()).unwrap_or_default()
+        );
     }
 
     /// SIGTERM: stop reading (after taking what the kernel already handed over), flush within
@@ -505,14 +589,27 @@ impl Agent {
         } else {
             self.stop.signal_name()
         };
-        log::info!(
-            "stopping on {why}: flushing queued events (up to {} s), then a final heartbeat",
-            self.cfg_grace.as_secs()
-        );
         let t = Instant::now();
         self.drain()?;
         self.pipeline.refresh_stats();
         self.publish_counters();
+        let state = session::lock(&self.identity).state;
+        if state != State::Enrolled {
+            // No identity: nothing can be delivered, and the uplink may be blocked in an
+            // enrolment call; it is not waited for.
+            let left = self.shared.count_undelivered_as_dropped();
+            log::info!(
+                "stopping on {why} while {}: {left} events observed and not delivered are \
+                 counted as dropped",
+                state.word()
+            );
+            self.final_counters();
+            return Ok(());
+        }
+        log::info!(
+            "stopping on {why}: flushing queued events (up to {} s), then a final heartbeat",
+            self.cfg_grace.as_secs()
+        );
         let deadline = Instant::now() + self.cfg_grace;
         self.shared.begin_flush(deadline);
         let wait = (deadline + FINAL_HEARTBEAT_ALLOWANCE).saturating_duration_since(Instant::now());
@@ -537,12 +634,7 @@ impl Agent {
             "shutdown: uplink done {} ms after the signal was seen",
             t.elapsed().as_millis()
         );
-        let c = self.shared.counters();
-        let _ = writeln!(
-            io::stderr(),
-            "linuxguard-agent: final counters: {}",
-            c.heartbeat_stats()
-        );
+        self.final_counters();
         Ok(())
     }
 }

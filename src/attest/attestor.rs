@@ -12,10 +12,10 @@ use serde_json::{Value, json};
 
 use crate::attest::cgroup::{self, Placement, Runtime};
 use crate::attest::cgroup_cache::{self, CgroupCache};
-use crate::attest::kubelet::{Kubelet, Options};
+use crate::attest::kubelet::{self, Kubelet};
 use crate::attest::pods::{ContainerStatus, Pod, PodList};
 use crate::attest::selectors;
-use crate::config::{Config, Key};
+use crate::counters::AttestCounts;
 use crate::error::{Error, Kind, Result};
 use crate::serve::socket;
 
@@ -191,6 +191,11 @@ pub(crate) fn fill_from_list(a: &mut Attestation, list: &PodList, container_sele
         (Some(id), None) if a.placement.conmon => Some(format!(
             "the process is conmon, the runtime monitor of container {id}, not a workload container"
         )),
+        // Pod selectors only (SPIRE's disable_container_selectors): they answer as soon as the
+        // pod is listed, before the container is among its statuses (a sidecar that attests
+        // before its container is reported ready). Every process in the pod's cgroup is the
+        // pod's; the container selectors that would tell them apart are not given.
+        (Some(_), None) if !container_selectors => None,
         (Some(id), None) => Some(format!(
             "container {id} is not among pod {uid}'s container statuses: it is the pod's sandbox (pause) container or has not started yet"
         )),
@@ -206,6 +211,8 @@ pub(crate) fn fill_from_list(a: &mut Attestation, list: &PodList, container_sele
     a.pod = Some(pod.clone());
 }
 
+/// Everything is known: the pod and, when the process is in a container, its status (for the
+/// event fields; the answer may be complete earlier, see `fill_from_list`).
 pub(crate) fn complete(a: &Attestation) -> bool {
     a.pod.is_some() && (a.placement.container_id.is_none() || a.container.is_some())
 }
@@ -231,19 +238,21 @@ impl Shared {
     }
 }
 
-/// Counters of the attestor.
-#[derive(Debug, Default, Clone, Copy, Serialize)]
-#[serde(rename_all = "camelCase")]
-pub struct AttestStats {
-    /// Events whose pod was not (yet) in the cached pod list: they went out without pod fields.
-    pub kubelet_misses: u64,
-    pub enriched: u64,
-}
-
 /// How long a lookup that ran out of attempts is not retried.
 const GIVE_UP_FOR: Duration = Duration::from_secs(300);
 /// Bound of the pending lookups (one per new pod/container; a node has a few hundred).
 const MAX_PENDING: usize = 4096;
+
+/// What the attestor needs.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// `/proc` (or `--proc-root`).
+    pub proc_root: PathBuf,
+    /// The kubelet client's options; None outside Kubernetes (no pod lookups).
+    pub kubelet: Option<kubelet::Options>,
+    /// Container selectors too (off with `--disable-container-selectors`).
+    pub container_selectors: bool,
+}
 
 /// Attributes processes to containers and pods for the event pipeline and the socket server.
 /// `enrich` and `attest_cached` never block on the network.
@@ -254,30 +263,25 @@ pub struct Attestor {
     shared: Arc<Shared>,
     refresher: Option<std::thread::JoinHandle<()>>,
     container_selectors: bool,
-    pub stats: AttestStats,
+    pub stats: AttestCounts,
 }
 
 impl Attestor {
-    /// Sets up the cgroup cache and, in Kubernetes (node name, kubelet URL/read-only port given,
-    /// or a service-account token present), the kubelet client and its refresher thread.
-    pub fn new(cfg: &Config) -> Result<Attestor> {
-        let proc_root = cfg
-            .path(Key::ProcRoot)
-            .unwrap_or_else(|| PathBuf::from("/proc"));
-        let in_k8s = cfg.is_set(Key::NodeName)
-            || cfg.is_set(Key::KubeletUrl)
-            || cfg.is_set(Key::KubeletReadOnlyPort)
-            || cfg.path(Key::KubeletTokenPath).is_some_and(|p| p.exists());
-        let kube = if in_k8s {
-            match Kubelet::new(Options::from_config(cfg)) {
-                Ok(k) => Some(Arc::new(k)),
-                Err(e) => {
-                    log::warn!("events will carry no pod fields: kubelet client not set up: {e}");
-                    None
-                }
+    /// Sets up the cgroup cache and, with kubelet options (in Kubernetes), the kubelet client
+    /// and its refresher thread.
+    pub fn new(opts: Options) -> Result<Attestor> {
+        let Options {
+            proc_root,
+            kubelet,
+            container_selectors,
+        } = opts;
+        let kube = match kubelet.map(Kubelet::new) {
+            Some(Ok(k)) => Some(Arc::new(k)),
+            Some(Err(e)) => {
+                log::warn!("events will carry no pod fields: kubelet client not set up: {e}");
+                None
             }
-        } else {
-            None
+            None => None,
         };
         let shared = Arc::new(Shared {
             wants: Mutex::new(Wants::default()),
@@ -303,8 +307,8 @@ impl Attestor {
             kube,
             shared,
             refresher,
-            container_selectors: !cfg.flag(Key::DisableContainerSelectors),
-            stats: AttestStats::default(),
+            container_selectors,
+            stats: AttestCounts::default(),
         })
     }
 
@@ -484,6 +488,20 @@ fn refresher(kube: &Kubelet, shared: &Shared) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A plain-HTTP test kubelet on 127.0.0.1:`port`, polled at most every 20 ms.
+    fn test_kubelet(port: u16) -> kubelet::Options {
+        kubelet::Options {
+            base: format!("http://127.0.0.1:{port}"),
+            connect_to: None,
+            ca: None,
+            skip_verify: false,
+            auth: kubelet::Auth::Anonymous,
+            min_interval: Duration::from_millis(20),
+            max_attempts: 60,
+            timeout: kubelet::REQUEST_TIMEOUT,
+        }
+    }
     use crate::attest::pods;
 
     const UID: &str = "2c48913c-b29f-11e7-9350-020968147796";
@@ -615,8 +633,6 @@ mod tests {
     /// A real child process connects; the server answers with that child's pid-derived data.
     #[test]
     fn socket_answers_a_child_process_with_its_own_attestation() {
-        use crate::config::{START, resolve};
-        use crate::secret::Secrets;
         use nix::poll::{PollFd, PollFlags, PollTimeout};
         use std::process::{Command, Stdio};
 
@@ -625,50 +641,15 @@ mod tests {
         let proc_root = dir.join("proc");
         std::fs::create_dir_all(&proc_root).unwrap();
         let sock = dir.join("agent.sock");
-        let cfg = resolve(
-            START,
-            &vec![
-                (
-                    Key::ProcRoot,
-                    Some(proc_root.to_string_lossy().into_owned()),
-                ),
-                (
-                    Key::KubeletTokenPath,
-                    Some(dir.join("no-token").to_string_lossy().into_owned()),
-                ),
-            ],
-            &|_| None,
-            Secrets::default(),
-        )
+        let mut attestor = Attestor::new(Options {
+            proc_root: proc_root.clone(),
+            kubelet: None,
+            container_selectors: true,
+        })
         .unwrap();
-        let mut attestor = Attestor::new(&cfg).unwrap();
         let mut srv = socket::Server::bind(&sock, 0o666).unwrap();
-        // The child: the agent binary's `attest --self` when built, else this test binary
-        // running the client test below.
         let exe = std::env::current_exe().unwrap();
-        let agent = exe
-            .parent()
-            .and_then(|d| d.parent())
-            .map(|d| d.join("linuxguard-agent"));
-        let mut cmd = match agent.filter(|a| a.exists()) {
-            Some(a) => {
-                let mut c = Command::new(a);
-                c.args(["attest", "--self", "--socket"]).arg(&sock);
-                c
-            }
-            None => {
-                let mut c = Command::new(&exe);
-                c.args([
-                    "--exact",
-                    "attest::tests::socket_child_client",
-                    "--ignored",
-                    "--nocapture",
-                ])
-                .env("LG_TEST_SOCKET", &sock);
-                c
-            }
-        };
-        let child = cmd
+        let child = attest_self_child(&sock)
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
@@ -745,7 +726,171 @@ mod tests {
         let _ = std::fs::remove_dir_all(&dir);
     }
 
-    /// Client half of the test above (run only as its child).
+    /// The client: the agent binary's `attest --self` when built, else this test binary running
+    /// `socket_child_client`.
+    fn attest_self_child(sock: &Path) -> std::process::Command {
+        let exe = std::env::current_exe().unwrap();
+        let agent = exe
+            .parent()
+            .and_then(|d| d.parent())
+            .map(|d| d.join("linuxguard-agent"));
+        match agent.filter(|a| a.exists()) {
+            Some(a) => {
+                let mut c = std::process::Command::new(a);
+                c.args(["attest", "--self", "--socket"]).arg(sock);
+                c
+            }
+            None => {
+                let mut c = std::process::Command::new(&exe);
+                c.args([
+                    "--exact",
+                    "attest::attestor::tests::socket_child_client",
+                    "--ignored",
+                    "--nocapture",
+                ])
+                .env("LG_TEST_SOCKET", sock);
+                c
+            }
+        }
+    }
+
+    /// With container selectors disabled, a process whose container is not (yet) among the
+    /// pod's statuses gets the pod selectors; conmon does not.
+    #[test]
+    fn disabled_container_selectors_answer_once_the_pod_is_listed() {
+        let with = |cid: &str, conmon: bool, container_selectors: bool| {
+            let mut a = Attestation {
+                placement: Placement {
+                    pod_uid: Some(UID.into()),
+                    container_id: Some(cid.into()),
+                    runtime: None,
+                    conmon,
+                },
+                ..Default::default()
+            };
+            fill_from_list(&mut a, &list(), container_selectors);
+            a
+        };
+        let starting = "e".repeat(64);
+        let a = with(&starting, false, false);
+        assert!(a.problem.is_none(), "{:?}", a.problem);
+        assert!(
+            a.selectors
+                .contains(&"k8s:pod-uid:2c48913c-b29f-11e7-9350-020968147796".to_string())
+        );
+        assert!(a.selectors.iter().all(|s| !s.starts_with("k8s:container-")));
+        assert!(
+            !complete(&a),
+            "the container is still wanted for the event fields"
+        );
+        assert_eq!(self_reply(&a, true)["ok"], true);
+        // The listed container: pod selectors only, complete.
+        let a = with(CID, false, false);
+        assert!(a.problem.is_none() && complete(&a));
+        assert!(a.selectors.iter().all(|s| !s.starts_with("k8s:container-")));
+        // conmon stays refused; with container selectors the old refusal stays.
+        assert!(with(CID, true, false).problem.unwrap().contains("conmon"));
+        assert!(
+            with(&starting, false, true)
+                .problem
+                .unwrap()
+                .contains("not among")
+        );
+    }
+
+    /// The socket answer through the agent binary: `attest --self` from a process whose
+    /// container the kubelet does not list yet gets the pod selectors with
+    /// --disable-container-selectors, and the refusal without it.
+    #[test]
+    fn socket_answers_pod_selectors_before_the_container_is_listed() {
+        use nix::poll::{PollFd, PollFlags, PollTimeout};
+        use std::io::{Read, Write};
+        use std::process::Stdio;
+
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let body = format!(
+            r#"{{"items":[{{"metadata":{{"name":"web","namespace":"shop","uid":"{UID}"}},
+            "status":{{"containerStatuses":[{{"name":"app","image":"nginx:1","containerID":"containerd://{CID}"}}]}}}}]}}"#
+        );
+        std::thread::spawn(move || {
+            for s in listener.incoming() {
+                let Ok(mut s) = s else { continue };
+                let mut buf = [0u8; 4096];
+                let _ = s.read(&mut buf);
+                let _ = write!(
+                    s,
+                    "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                    body.len()
+                );
+            }
+        });
+        for disable in [true, false] {
+            let dir = std::env::temp_dir()
+                .join(format!("lg-attest-nosel-{}-{disable}", std::process::id()));
+            let _ = std::fs::remove_dir_all(&dir);
+            let proc_root = dir.join("proc");
+            std::fs::create_dir_all(&proc_root).unwrap();
+            let sock = dir.join("agent.sock");
+            let mut attestor = Attestor::new(Options {
+                proc_root: proc_root.clone(),
+                kubelet: Some(test_kubelet(port)),
+                container_selectors: !disable,
+            })
+            .unwrap();
+            let mut srv = socket::Server::bind(&sock, 0o666).unwrap();
+            let mut child = attest_self_child(&sock)
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .unwrap();
+            // The child sits in the pod, in a container the kubelet does not list.
+            let pid = child.id();
+            std::fs::create_dir_all(proc_root.join(pid.to_string())).unwrap();
+            std::fs::write(
+                proc_root.join(pid.to_string()).join("cgroup"),
+                format!("0::/kubepods/besteffort/pod{UID}/{pid:064x}\n"),
+            )
+            .unwrap();
+            let start = Instant::now();
+            while matches!(child.try_wait(), Ok(None)) && start.elapsed() < Duration::from_secs(20)
+            {
+                let mut fds = [PollFd::new(srv.fd(), PollFlags::POLLIN)];
+                let _ = nix::poll::poll(&mut fds, PollTimeout::from(50u16));
+                srv.handle_ready(&mut |req, peer| attestor.answer(req, peer));
+            }
+            let out = child.wait_with_output().unwrap();
+            let (stdout, stderr) = (
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr),
+            );
+            if disable {
+                let line = stdout
+                    .lines()
+                    .find(|l| l.starts_with('{'))
+                    .unwrap_or_else(|| panic!("no JSON: {stdout} / {stderr}"));
+                let v: Value = serde_json::from_str(line).unwrap();
+                assert_eq!(v["podUid"], UID, "{v}");
+                let sel = v["selectors"].as_array().unwrap();
+                assert!(sel.contains(&json!("k8s:ns:shop")), "{v}");
+                assert!(
+                    sel.iter()
+                        .all(|s| !s.as_str().unwrap().starts_with("k8s:container-")),
+                    "{v}"
+                );
+            } else {
+                assert!(!out.status.success(), "{stdout}");
+                assert!(
+                    stdout.contains("is not among pod") || stderr.contains("is not among pod"),
+                    "{stdout} / {stderr}"
+                );
+            }
+            drop(attestor);
+            let _ = std::fs::remove_dir_all(&dir);
+        }
+    }
+
+    /// Client half of the socket tests above (run only as their child).
     #[test]
     #[ignore]
     fn socket_child_client() {
@@ -766,8 +911,6 @@ mod tests {
     /// counts a miss; the refresher fetches the pod and later events carry the pod fields.
     #[test]
     fn enrich_does_not_block_and_counts_misses() {
-        use crate::config::{START, resolve};
-        use crate::secret::Secrets;
         use std::io::{Read, Write};
 
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
@@ -804,18 +947,12 @@ mod tests {
             format!("0::/kubepods/burstable/pod{UID}/{CID}\n"),
         )
         .unwrap();
-        let cfg = resolve(
-            START,
-            &vec![
-                (Key::ProcRoot, Some(dir.to_string_lossy().into_owned())),
-                (Key::KubeletUrl, Some(format!("http://127.0.0.1:{port}"))),
-                (Key::KubeletPollInterval, Some("20".into())),
-            ],
-            &|_| None,
-            Secrets::default(),
-        )
+        let mut a = Attestor::new(Options {
+            proc_root: dir.clone(),
+            kubelet: Some(test_kubelet(port)),
+            container_selectors: true,
+        })
         .unwrap();
-        let mut a = Attestor::new(&cfg).unwrap();
         let t = Instant::now();
         let e = a.enrich(4242, 9999, 0);
         assert!(

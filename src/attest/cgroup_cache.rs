@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 use lru::LruCache;
 
 use crate::attest::cgroup::{self, Placement};
+use crate::counters::CacheStats;
 
 /// Entries kept (a node has a few thousand cgroups at most; each entry is ~200 bytes).
 const CAPACITY: usize = 8192;
@@ -20,16 +21,6 @@ const WALK_BUDGET: usize = 50_000;
 const WALK_DEPTH: usize = 24;
 /// How long an answer cached by pid is trusted (pids are reused).
 pub const PID_TTL: Duration = Duration::from_secs(2);
-
-/// How an answer was found, for counters.
-#[derive(Debug, Default, Clone, Copy)]
-pub struct CacheStats {
-    pub hits: u64,
-    pub from_pid: u64,
-    pub from_walk: u64,
-    pub unresolved: u64,
-    pub conflicts: u64,
-}
 
 /// The cgroup ids an event carries: cgroup v2, and the memory controller's v1 cgroup (0 when
 /// the memory controller is not on a v1 hierarchy).
@@ -693,14 +684,13 @@ mod tests {
     /// `bpf_get_current_cgroup_id()` returns) is resolved by walking.
     #[test]
     fn root_real_cgroup2_pid_then_walk() {
-        if !nix::unistd::geteuid().is_root() {
-            eprintln!("skipped: needs root");
-            return;
-        }
-        let Some(root) = find_mounts(Path::new("/proc")).v2 else {
-            eprintln!("skipped: no cgroup2 mount");
-            return;
-        };
+        assert!(
+            nix::unistd::geteuid().is_root(),
+            "this test needs root: run the tests as root (sudo scripts/test)"
+        );
+        let root = find_mounts(Path::new("/proc"))
+            .v2
+            .expect("a cgroup2 mount (every supported host has one)");
         let top = root.join(format!("lg-test-{}", std::process::id()));
         let leaf = top.join(format!("kubepods/burstable/pod{UID}/{CID}"));
         std::fs::create_dir_all(&leaf).unwrap();

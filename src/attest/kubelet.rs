@@ -1,9 +1,9 @@
 //! The kubelet client: `GET /pods` over the read-only port (plain HTTP) or the secure port
 //! (rustls), configured like SPIRE's k8s workload attestor, with a shared single-flight cache.
 
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -12,14 +12,14 @@ use ureq::unversioned::resolver::{ResolvedSocketAddrs, Resolver};
 use ureq::unversioned::transport::{DefaultConnector, NextTimeout};
 
 use crate::attest::pods::{self, PodList};
-use crate::config::{Config, Key};
+use crate::counters::KubeletCounts;
 use crate::error::{Context, Error, Kind, Result};
 use crate::secret::Secret;
 
 /// A pod list larger than this is refused (a node runs at most a few hundred pods).
 const MAX_BODY: u64 = 32 << 20;
 /// Whole-request budget: a slow kubelet never stalls a caller longer than this.
-const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// How the agent authenticates to the kubelet.
@@ -52,57 +52,6 @@ pub struct Options {
 }
 
 impl Options {
-    pub fn from_config(cfg: &Config) -> Options {
-        let node = cfg.get(Key::NodeName).map(str::to_string);
-        let read_only = cfg.get(Key::KubeletReadOnlyPort);
-        let secure_port = cfg.num(Key::KubeletSecurePort).clamp(1, 65_535) as u16;
-        let (base, connect_to) = if let Some(url) = cfg.get(Key::KubeletUrl) {
-            (url.trim_end_matches('/').to_string(), None)
-        } else if let Some(port) = read_only {
-            let host = node.clone().unwrap_or_else(|| "127.0.0.1".into());
-            (format!("http://{host}:{port}"), None)
-        } else if let Some(host) = node.clone() {
-            (format!("https://{host}:{secure_port}"), None)
-        } else {
-            // SPIRE: no node name → 127.0.0.1, certificate checked against the host name.
-            let local = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), secure_port);
-            match nix::unistd::gethostname()
-                .ok()
-                .and_then(|h| h.into_string().ok())
-                .filter(|h| !h.is_empty() && h.bytes().all(|b| b.is_ascii_graphic()))
-            {
-                Some(h) => (format!("https://{h}:{secure_port}"), Some(local)),
-                None => (format!("https://127.0.0.1:{secure_port}"), None),
-            }
-        };
-        let auth =
-            if let (Some(c), Some(k)) = (cfg.path(Key::KubeletCert), cfg.path(Key::KubeletKey)) {
-                Auth::Cert(c, k)
-            } else if cfg.flag(Key::KubeletAnonymous) {
-                Auth::Anonymous
-            } else {
-                match cfg.path(Key::KubeletTokenPath) {
-                    Some(p) => Auth::Token(p),
-                    None => Auth::Anonymous,
-                }
-            };
-        let skip_verify = cfg.flag(Key::SkipKubeletVerification);
-        Options {
-            base,
-            connect_to,
-            ca: if skip_verify {
-                None
-            } else {
-                cfg.path(Key::KubeletCa)
-            },
-            skip_verify,
-            auth,
-            min_interval: Duration::from_millis(cfg.num(Key::KubeletPollInterval).max(10)),
-            max_attempts: cfg.num(Key::KubeletMaxPollAttempts).clamp(1, 1000) as u32,
-            timeout: REQUEST_TIMEOUT,
-        }
-    }
-
     fn https(&self) -> bool {
         self.base.starts_with("https://")
     }
@@ -125,13 +74,6 @@ impl Resolver for FixedResolver {
     }
 }
 
-/// Counters, read by `status` and the stats line.
-#[derive(Debug, Default)]
-pub struct Counters {
-    pub fetches: AtomicU64,
-    pub fetch_errors: AtomicU64,
-}
-
 struct State {
     pods: Arc<PodList>,
     fetched_at: Option<Instant>,
@@ -146,7 +88,7 @@ pub struct Kubelet {
     agent: ureq::Agent,
     state: Mutex<State>,
     done: Condvar,
-    pub counters: Counters,
+    pub counters: KubeletCounts,
 }
 
 impl Kubelet {
@@ -193,7 +135,7 @@ impl Kubelet {
                 last_error: None,
             }),
             done: Condvar::new(),
-            counters: Counters::default(),
+            counters: KubeletCounts::default(),
         })
     }
 
@@ -394,38 +336,19 @@ fn load_key(path: &std::path::Path) -> Result<PrivateKey<'static>> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::{ATTEST, resolve};
-    use crate::secret::Secrets;
 
-    fn opts(flags: Vec<(Key, Option<String>)>) -> Options {
-        let c = resolve(ATTEST, &flags, &|_| None, Secrets::default()).unwrap();
-        Options::from_config(&c)
-    }
-
-    #[test]
-    fn base_url_choices() {
-        let o = opts(vec![(Key::NodeName, Some("worker-1".into()))]);
-        assert_eq!(o.base, "https://worker-1:10250");
-        assert!(o.connect_to.is_none());
-        assert_eq!(
-            o.auth,
-            Auth::Token("/run/secrets/kubernetes.io/serviceaccount/token".into())
-        );
-        let o = opts(vec![(Key::KubeletReadOnlyPort, Some("10255".into()))]);
-        assert_eq!(o.base, "http://127.0.0.1:10255");
-        let o = opts(vec![]);
-        assert_eq!(o.connect_to, Some("127.0.0.1:10250".parse().unwrap()));
-        assert!(o.base.starts_with("https://") && o.base.ends_with(":10250"));
-        let o = opts(vec![
-            (Key::KubeletUrl, Some("https://10.0.0.1:1234/".into())),
-            (Key::SkipKubeletVerification, None),
-            (Key::KubeletAnonymous, None),
-        ]);
-        assert_eq!(o.base, "https://10.0.0.1:1234");
-        assert!(o.skip_verify && o.ca.is_none());
-        assert_eq!(o.auth, Auth::Anonymous);
-        assert_eq!(o.min_interval, Duration::from_millis(500));
-        assert_eq!(o.max_attempts, 60);
+    /// Options for a plain-HTTP test kubelet at `url` (no token, no TLS).
+    fn opts(url: String) -> Options {
+        Options {
+            base: url,
+            connect_to: None,
+            ca: None,
+            skip_verify: false,
+            auth: Auth::Anonymous,
+            min_interval: Duration::from_millis(500),
+            max_attempts: 60,
+            timeout: REQUEST_TIMEOUT,
+        }
     }
 
     #[test]
@@ -460,10 +383,7 @@ mod tests {
                 );
             }
         });
-        let mut o = opts(vec![(
-            Key::KubeletUrl,
-            Some(format!("http://127.0.0.1:{port}")),
-        )]);
+        let mut o = opts(format!("http://127.0.0.1:{port}"));
         o.min_interval = Duration::from_millis(300);
         let k = Arc::new(Kubelet::new(o).unwrap());
         let threads: Vec<_> = (0..4)

@@ -4,9 +4,10 @@
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use crate::attest::attestor::{Attestation, complete, fill_from_list, placement_of};
-use crate::attest::kubelet::{Kubelet, Options};
+use crate::attest::attestor::{Attestation, fill_from_list, placement_of};
+use crate::attest::kubelet::Kubelet;
 use crate::cli::Args;
+use crate::cmd::options;
 use crate::config::{Config, Key};
 use crate::error::{Error, Kind, Result};
 use crate::serve::socket;
@@ -78,7 +79,8 @@ fn attest_pid_blocking(cfg: &Config, proc_root: &Path, pid: u32) -> Result<Attes
         });
         return Ok(a);
     }
-    let opts = Options::from_config(cfg);
+    // A node name that cannot be the kubelet's host name is a configuration error (exit 3).
+    let opts = options::kubelet(cfg)?;
     let kube = match Kubelet::new(opts) {
         Ok(k) => k,
         Err(e) => {
@@ -95,8 +97,10 @@ fn attest_pid_blocking(cfg: &Config, proc_root: &Path, pid: u32) -> Result<Attes
         }
         match kube.refresh() {
             Ok(list) => {
+                // Answered: the pod (and, with container selectors, the container) is listed;
+                // conmon is refused at once.
                 fill_from_list(&mut a, &list, container_selectors);
-                if complete(&a) || a.placement.conmon {
+                if a.problem.is_none() || a.placement.conmon {
                     break;
                 }
             }

@@ -11,7 +11,7 @@ use crate::cli::Args;
 use crate::cmd::yaml_limits::{
     self, MAX_ALIASES, MAX_DEPTH, MAX_DOCUMENTS, MAX_EXPANDED_NODES, Over,
 };
-use crate::config::Config;
+use crate::config::{Config, Key};
 use crate::error::{Context, Error, Kind, Result};
 
 /// Manifests bigger than this are refused (a manifest is kilobytes; this bounds the read).
@@ -19,8 +19,12 @@ const MAX_FILE_BYTES: u64 = 16 * 1024 * 1024;
 
 const TOKEN: &str = "LINUXGUARD_ENROLL_TOKEN";
 const API_KEY: &str = "LINUXGUARD_API_KEY";
+/// The node-name variable unless --node-name-env names another.
 const NODE: &str = "LINUXGUARD_NODE_NAME";
 const UID: &str = "LINUXGUARD_POD_UID";
+const NODE_NAME_ENV: &str = "LINUXGUARD_NODE_NAME_ENV";
+/// How deep a directory argument is walked for YAML files.
+const MAX_DIR_DEPTH: usize = 16;
 /// Programs that would sit in front of the agent: shells, and init wrappers that fork it.
 const WRAPPERS: &[&str] = &[
     "sh",
@@ -57,25 +61,43 @@ impl fmt::Display for Finding {
     }
 }
 
-pub fn run(_cfg: Config, args: &Args) -> Result<()> {
+pub fn run(cfg: Config, args: &Args) -> Result<()> {
     if args.files.is_empty() {
         return Err(Error::usage(
-            "check-manifest needs at least one FILE: linuxguard-agent check-manifest deploy/kubernetes/*.yaml",
+            "check-manifest needs at least one FILE or DIR: linuxguard-agent check-manifest deploy/kubernetes/",
         ));
     }
-    // Read and parse everything first, so a broken file fails before any output.
-    let mut parsed = Vec::with_capacity(args.files.len());
+    // A directory stands for the .yaml/.yml files below it.
+    let mut files = Vec::new();
     for path in &args.files {
+        if path.is_dir() {
+            let before = files.len();
+            yaml_files_below(path, 0, &mut files)?;
+            if files.len() == before {
+                return Err(Error::config(format!(
+                    "`{}` holds no .yaml or .yml files; pass the Kubernetes manifests",
+                    path.display()
+                )));
+            }
+        } else {
+            files.push(path.clone());
+        }
+    }
+    // Read and parse everything first, so a broken file fails before any output.
+    let mut parsed = Vec::with_capacity(files.len());
+    for path in &files {
         let text = read_bounded(path)?;
         let name = path.display().to_string();
         let docs = parse(&name, &text)?;
         parsed.push((name, docs));
     }
+    let node_var = cfg.get(Key::NodeNameEnv).unwrap_or(NODE).to_string();
+    let ctx = Ctx::new(node_var, parsed.iter().flat_map(|(_, d)| d));
     let mut findings = Vec::new();
     let mut documents = 0;
     for (name, docs) in &parsed {
         documents += docs.len();
-        findings.extend(check_docs(name, docs));
+        findings.extend(check_docs(name, docs, &ctx));
     }
     for f in &findings {
         println!("{f}");
@@ -95,6 +117,29 @@ pub fn run(_cfg: Config, args: &Args) -> Result<()> {
             parsed.len()
         ),
     ))
+}
+
+/// The `.yaml`/`.yml` files below `dir`, sorted, recursively (symbolic links to directories are
+/// not followed, so a link loop cannot recurse).
+fn yaml_files_below(dir: &Path, depth: usize, out: &mut Vec<std::path::PathBuf>) -> Result<()> {
+    if depth > MAX_DIR_DEPTH {
+        return Ok(());
+    }
+    let read = std::fs::read_dir(dir).with_context(Kind::Runtime, || {
+        format!("failed to read directory `{}`", dir.display())
+    })?;
+    let mut entries: Vec<_> = read.filter_map(std::result::Result::ok).collect();
+    entries.sort_by_key(std::fs::DirEntry::file_name);
+    for e in entries {
+        let path = e.path();
+        let is_dir = e.file_type().is_ok_and(|t| t.is_dir());
+        if is_dir {
+            yaml_files_below(&path, depth + 1, out)?;
+        } else if path.is_file() && path.extension().is_some_and(|x| x == "yaml" || x == "yml") {
+            out.push(path);
+        }
+    }
+    Ok(())
 }
 
 fn read_bounded(path: &Path) -> Result<String> {
@@ -196,30 +241,138 @@ fn file_kind(md: &std::fs::Metadata) -> &'static str {
     }
 }
 
+/// Which identity variable.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Ident {
+    Node,
+    Uid,
+}
+
+impl Ident {
+    /// The Downward API field it comes from.
+    fn field(self) -> &'static str {
+        match self {
+            Ident::Node => "spec.nodeName",
+            Ident::Uid => "metadata.uid",
+        }
+    }
+    /// What one shared value would do.
+    fn why(self) -> &'static str {
+        match self {
+            Ident::Node => "every pod of a DaemonSet or Deployment would claim that one node",
+            Ident::Uid => {
+                "every replica would share one workload id and the backend would see them as one agent"
+            }
+        }
+    }
+}
+
+/// A ConfigMap or Secret among the files checked (for `envFrom`).
+#[derive(Debug)]
+struct EnvSource {
+    kind: &'static str,
+    namespace: Option<String>,
+    name: String,
+    keys: Vec<String>,
+}
+
+/// What every document is checked against: the node-name variable (--node-name-env) and the
+/// ConfigMaps and Secrets of all files.
+pub struct Ctx {
+    node_var: String,
+    sources: Vec<EnvSource>,
+}
+
+impl Ctx {
+    fn new<'a>(node_var: String, docs: impl Iterator<Item = &'a Yaml>) -> Ctx {
+        fn collect(obj: &Yaml, out: &mut Vec<EnvSource>) {
+            let kind = match str_of(&obj["kind"]) {
+                Some("List") => {
+                    for item in list(&obj["items"]) {
+                        collect(item, out);
+                    }
+                    return;
+                }
+                Some("ConfigMap") => "ConfigMap",
+                Some("Secret") => "Secret",
+                _ => return,
+            };
+            let Some(name) = str_of(&obj["metadata"]["name"]) else {
+                return;
+            };
+            let fields: &[&str] = if kind == "ConfigMap" {
+                &["data", "binaryData"]
+            } else {
+                &["data", "stringData"]
+            };
+            let keys = fields
+                .iter()
+                .filter_map(|f| obj[*f].as_hash())
+                .flat_map(|h| h.keys().filter_map(str_of).map(str::to_string))
+                .collect();
+            out.push(EnvSource {
+                kind,
+                namespace: str_of(&obj["metadata"]["namespace"]).map(str::to_string),
+                name: name.to_string(),
+                keys,
+            });
+        }
+        let mut sources = Vec::new();
+        for d in docs {
+            collect(d, &mut sources);
+        }
+        Ctx { node_var, sources }
+    }
+
+    /// The source `kind`/`name` in `namespace` (an unset namespace matches any).
+    fn source(&self, kind: &str, name: &str, namespace: Option<&str>) -> Option<&EnvSource> {
+        self.sources.iter().find(|s| {
+            s.kind == kind
+                && s.name == name
+                && (s.namespace.is_none()
+                    || namespace.is_none()
+                    || s.namespace.as_deref() == namespace)
+        })
+    }
+}
+
 /// Checks every document of one file.
-pub fn check_docs(name: &str, docs: &[Yaml]) -> Vec<Finding> {
+pub fn check_docs(name: &str, docs: &[Yaml], ctx: &Ctx) -> Vec<Finding> {
     let mut out = Vec::new();
     for (i, doc) in docs.iter().enumerate() {
         let mut c = Checker {
             file: name,
             document: i + 1,
             out: &mut out,
+            ctx,
+            namespace: None,
         };
         c.object(doc, "");
     }
     out
 }
 
+/// Checks a YAML text (unit tests), with the default node-name variable or `node_var`.
+#[cfg(test)]
+pub fn check_str_with(name: &str, text: &str, node_var: &str) -> Result<Vec<Finding>> {
+    let docs = parse(name, text)?;
+    let ctx = Ctx::new(node_var.to_string(), docs.iter());
+    Ok(check_docs(name, &docs, &ctx))
+}
+
 /// Checks a YAML text (unit tests).
 #[cfg(test)]
 pub fn check_str(name: &str, text: &str) -> Result<Vec<Finding>> {
-    Ok(check_docs(name, &parse(name, text)?))
+    check_str_with(name, text, NODE)
 }
 
 struct Checker<'a> {
     file: &'a str,
     document: usize,
     out: &'a mut Vec<Finding>,
+    ctx: &'a Ctx,
+    /// The namespace of the object being checked, if it names one.
+    namespace: Option<String>,
 }
 
 fn join(prefix: &str, rest: &str) -> String {
@@ -261,6 +414,7 @@ impl Checker<'_> {
     /// One Kubernetes object at `at` (a document, or an item of a `List`).
     fn object(&mut self, obj: &Yaml, at: &str) {
         let kind = str_of(&obj["kind"]).unwrap_or("");
+        self.namespace = str_of(&obj["metadata"]["namespace"]).map(str::to_string);
         match kind {
             "List" => {
                 for (i, item) in list(&obj["items"]).iter().enumerate() {
@@ -304,8 +458,10 @@ impl Checker<'_> {
                          put it in a Secret and reference it with env.valueFrom.secretKeyRef"
                     ),
                 );
-            } else if key == NODE || key == UID {
-                self.report(path, hardcoded_identity(key));
+            } else if key == NODE {
+                self.report(path, hardcoded_identity(key, Ident::Node));
+            } else if key == UID {
+                self.report(path, hardcoded_identity(key, Ident::Uid));
             } else if mentions_literal_secret(&value) {
                 self.report(
                     path,
@@ -349,7 +505,10 @@ impl Checker<'_> {
     }
 
     fn container(&mut self, c: &Yaml, at: &str, agent: bool) {
-        // Environment variables.
+        // Environment variables. The identity variables count in the agent's container only
+        // (any container that sets LINUXGUARD_NODE_NAME or LINUXGUARD_POD_UID is one); the node
+        // name's variable is the container's own --node-name-env, else check-manifest's.
+        let node_var = container_node_var(c).unwrap_or_else(|| self.ctx.node_var.clone());
         let mut node_at = None;
         let mut uid_at = None;
         for (i, e) in list(&c["env"]).iter().enumerate() {
@@ -359,76 +518,56 @@ impl Checker<'_> {
             let epath = format!("{at}.env[{i}]");
             let literal = scalar(&e["value"]).filter(|v| !v.is_empty() && !is_var_ref(v));
             let field = str_of(&e["valueFrom"]["fieldRef"]["fieldPath"]);
-            match name {
-                TOKEN | API_KEY => {
-                    if literal.is_some() {
-                        self.report(
-                            epath,
-                            format!(
-                                "{name} has a literal value in the manifest: anyone who can read the manifest (git, kubectl get -o yaml) \
-                                 has the secret; create a Secret and use `valueFrom: {{secretKeyRef: {{name: linuxguard-enroll, key: {name}}}}}`"
-                            ),
-                        );
-                    } else if !e["valueFrom"]["configMapKeyRef"].is_badvalue() {
-                        self.report(
-                            epath,
-                            format!(
-                                "{name} comes from a ConfigMap (configMapKeyRef): ConfigMaps are not secret; \
-                                 store it in a Secret and use valueFrom.secretKeyRef"
-                            ),
-                        );
-                    }
-                }
-                NODE => {
+            if agent && (name == node_var || name == UID) {
+                let ident = if name == UID { Ident::Uid } else { Ident::Node };
+                if ident == Ident::Node {
                     node_at = Some(epath.clone());
-                    if literal.is_some() {
-                        self.report(epath, hardcoded_identity(NODE));
-                    } else if let Some(f) = field.filter(|f| *f != "spec.nodeName") {
-                        self.report(
-                            epath,
-                            format!(
-                                "{NODE} comes from fieldPath {f:?}; it must be the node's name: fieldRef fieldPath spec.nodeName"
-                            ),
-                        );
-                    }
-                }
-                UID => {
+                } else {
                     uid_at = Some(epath.clone());
-                    if literal.is_some() {
-                        self.report(epath, hardcoded_identity(UID));
-                    } else if field == Some("metadata.name") {
-                        self.report(
-                            epath,
-                            format!(
-                                "{UID} comes from metadata.name where metadata.uid belongs: a pod name is reused when a \
-                                 StatefulSet pod or a static pod is recreated, so two pods would share one identity; \
-                                 use fieldRef fieldPath metadata.uid"
-                            ),
-                        );
-                    } else if let Some(f) = field.filter(|f| *f != "metadata.uid") {
-                        self.report(
-                            epath,
-                            format!("{UID} comes from fieldPath {f:?}; use fieldRef fieldPath metadata.uid"),
-                        );
-                    }
                 }
-                _ => {}
+                self.identity_env(e, &epath, name, ident, literal.is_some(), field);
+                continue;
+            }
+            if matches!(name, TOKEN | API_KEY) {
+                if literal.is_some() {
+                    self.report(
+                        epath,
+                        format!(
+                            "{name} has a literal value in the manifest: anyone who can read the manifest (git, kubectl get -o yaml) \
+                             has the secret; create a Secret and use `valueFrom: {{secretKeyRef: {{name: linuxguard-enroll, key: {name}}}}}`"
+                        ),
+                    );
+                } else if !e["valueFrom"]["configMapKeyRef"].is_badvalue() {
+                    self.report(
+                        epath,
+                        format!(
+                            "{name} comes from a ConfigMap (configMapKeyRef): ConfigMaps are not secret; \
+                             store it in a Secret and use valueFrom.secretKeyRef"
+                        ),
+                    );
+                }
             }
         }
+        // A variable missing from env may come from envFrom (env wins over envFrom).
+        let node_via = agent
+            && node_at.is_none()
+            && self.env_from(c, at, &node_var, Ident::Node, uid_at.is_some());
+        let uid_via =
+            agent && uid_at.is_none() && self.env_from(c, at, UID, Ident::Uid, node_at.is_some());
         match (&node_at, &uid_at) {
-            (Some(p), None) => self.report(
+            (Some(p), None) if !uid_via => self.report(
                 format!("{at}.env"),
                 format!(
-                    "{NODE} is set (at {}) but {UID} is not: the workload id needs both Downward API variables; add \
+                    "{node_var} is set (at {}) but {UID} is not: the workload id needs both Downward API variables; add \
                      `{{name: {UID}, valueFrom: {{fieldRef: {{fieldPath: metadata.uid}}}}}}` to env",
                     tail(p)
                 ),
             ),
-            (None, Some(p)) => self.report(
+            (None, Some(p)) if !node_via => self.report(
                 format!("{at}.env"),
                 format!(
-                    "{UID} is set (at {}) but {NODE} is not: the workload id needs both Downward API variables; add \
-                     `{{name: {NODE}, valueFrom: {{fieldRef: {{fieldPath: spec.nodeName}}}}}}` to env",
+                    "{UID} is set (at {}) but {node_var} is not: the workload id needs both Downward API variables; add \
+                     `{{name: {node_var}, valueFrom: {{fieldRef: {{fieldPath: spec.nodeName}}}}}}` to env",
                     tail(p)
                 ),
             ),
@@ -495,6 +634,158 @@ impl Checker<'_> {
     }
 }
 
+impl Checker<'_> {
+    /// One env entry of the agent's node name or pod UID: it must come from the Downward API.
+    fn identity_env(
+        &mut self,
+        e: &Yaml,
+        epath: &str,
+        name: &str,
+        ident: Ident,
+        literal: bool,
+        field: Option<&str>,
+    ) {
+        let want = ident.field();
+        let fix = format!(
+            "set it with the Downward API: `valueFrom: {{fieldRef: {{fieldPath: {want}}}}}`"
+        );
+        let key_ref = |kind: &str| {
+            let r = &e["valueFrom"][kind];
+            (!r.is_badvalue()).then(|| {
+                format!(
+                    "{}/{}",
+                    str_of(&r["name"]).unwrap_or("?"),
+                    str_of(&r["key"]).unwrap_or("?")
+                )
+            })
+        };
+        let msg = if literal {
+            Some(hardcoded_identity(name, ident))
+        } else if let Some(r) = key_ref("configMapKeyRef") {
+            Some(format!(
+                "{name} comes from a ConfigMap (configMapKeyRef {r}): a ConfigMap holds one value for every pod that reads it, \
+                 so {}; {fix}",
+                ident.why()
+            ))
+        } else if let Some(r) = key_ref("secretKeyRef") {
+            Some(format!(
+                "{name} comes from a Secret (secretKeyRef {r}): a Secret holds one value for every pod that reads it (and \
+                 the {} is no secret), so {}; {fix}",
+                if ident == Ident::Node {
+                    "node name"
+                } else {
+                    "pod UID"
+                },
+                ident.why()
+            ))
+        } else if ident == Ident::Uid && field == Some("metadata.name") {
+            Some(format!(
+                "{name} comes from metadata.name where metadata.uid belongs: a pod name is reused when a \
+                 StatefulSet pod or a static pod is recreated, so two pods would share one identity; \
+                 use fieldRef fieldPath metadata.uid"
+            ))
+        } else {
+            field.filter(|f| *f != want).map(|f| match ident {
+                Ident::Node => format!(
+                    "{name} comes from fieldPath {f:?}; it must be the node's name: fieldRef fieldPath spec.nodeName"
+                ),
+                Ident::Uid => format!(
+                    "{name} comes from fieldPath {f:?}; use fieldRef fieldPath metadata.uid"
+                ),
+            })
+        };
+        if let Some(m) = msg {
+            self.report(epath.to_string(), m);
+        }
+    }
+
+    /// `var` is not in the agent container's env: reports, and returns true, when an `envFrom`
+    /// source among the files has it, or (when the pair is half set: `other_set`) when a source
+    /// not among the files is the only place it could come from.
+    fn env_from(&mut self, c: &Yaml, at: &str, var: &str, ident: Ident, other_set: bool) -> bool {
+        let want = ident.field();
+        let entry = format!("`{{name: {var}, valueFrom: {{fieldRef: {{fieldPath: {want}}}}}}}`");
+        let mut unknown = None;
+        for (i, ef) in list(&c["envFrom"]).iter().enumerate() {
+            let (kind, name) = if let Some(n) = str_of(&ef["configMapRef"]["name"]) {
+                ("ConfigMap", n)
+            } else if let Some(n) = str_of(&ef["secretRef"]["name"]) {
+                ("Secret", n)
+            } else {
+                continue;
+            };
+            let prefix = str_of(&ef["prefix"]).unwrap_or("");
+            let Some(key) = var.strip_prefix(prefix) else {
+                continue;
+            };
+            let path = format!("{at}.envFrom[{i}]");
+            match self.ctx.source(kind, name, self.namespace.as_deref()) {
+                Some(src) if src.keys.iter().any(|k| k == key) => {
+                    let with_prefix = if prefix.is_empty() {
+                        String::new()
+                    } else {
+                        format!(" with prefix {prefix}")
+                    };
+                    self.report(
+                        path,
+                        format!(
+                            "{var} comes from {kind} {name:?} (key {key}{with_prefix}) through envFrom: a {kind} holds one value \
+                             for every pod that reads it, so {}; add {entry} to env (env takes precedence over envFrom)",
+                            ident.why()
+                        ),
+                    );
+                    return true;
+                }
+                Some(_) => {}
+                None => {
+                    unknown.get_or_insert((path, kind, name.to_string()));
+                }
+            }
+        }
+        match unknown {
+            Some((path, kind, name)) if other_set => {
+                self.report(
+                    path,
+                    format!(
+                        "{var} is not in env, so it can only come from envFrom ({kind} {name:?}, not among the files checked): \
+                         a {kind} holds one value for every pod that reads it, so {}; add {entry} to env \
+                         (env takes precedence over envFrom)",
+                        ident.why()
+                    ),
+                );
+                true
+            }
+            _ => false,
+        }
+    }
+}
+
+/// The node-name variable the container's agent reads: its `--node-name-env NAME` (the last
+/// one), else a literal `LINUXGUARD_NODE_NAME_ENV` in its env.
+fn container_node_var(c: &Yaml) -> Option<String> {
+    let argv: Vec<String> = ["command", "args"]
+        .iter()
+        .flat_map(|f| list(&c[*f]))
+        .filter_map(scalar)
+        .collect();
+    let mut found = None;
+    for (i, a) in argv.iter().enumerate() {
+        if a == "--node-name-env" {
+            found = argv.get(i + 1).cloned().or(found);
+        } else if let Some(v) = a.strip_prefix("--node-name-env=") {
+            found = Some(v.to_string());
+        }
+    }
+    found.or_else(|| {
+        list(&c["env"])
+            .iter()
+            .find(|e| str_of(&e["name"]) == Some(NODE_NAME_ENV))
+            .and_then(|e| scalar(&e["value"]))
+            .filter(|v| !v.trim().is_empty())
+            .map(|v| v.trim().to_string())
+    })
+}
+
 /// The agent container: its image, its command line or its LINUXGUARD_* environment says so.
 fn is_agent_container(c: &Yaml) -> bool {
     let image = str_of(&c["image"]).unwrap_or("");
@@ -515,20 +806,11 @@ fn is_agent_container(c: &Yaml) -> bool {
         .any(|n| matches!(n, TOKEN | API_KEY | NODE | UID))
 }
 
-fn hardcoded_identity(name: &str) -> String {
-    let (field, why) = if name == NODE {
-        (
-            "spec.nodeName",
-            "every pod of a DaemonSet or Deployment would claim that one node",
-        )
-    } else {
-        (
-            "metadata.uid",
-            "every replica would share one workload id and the backend would see them as one agent",
-        )
-    };
+fn hardcoded_identity(name: &str, ident: Ident) -> String {
     format!(
-        "{name} is hard-coded: {why}; set it with the Downward API: `valueFrom: {{fieldRef: {{fieldPath: {field}}}}}`"
+        "{name} is hard-coded: {}; set it with the Downward API: `valueFrom: {{fieldRef: {{fieldPath: {}}}}}`",
+        ident.why(),
+        ident.field()
     )
 }
 
@@ -872,5 +1154,154 @@ spec:
         assert!(mentions_literal_secret("LINUXGUARD_ENROLL_TOKEN=abc"));
         assert!(!mentions_literal_secret("LINUXGUARD_ENROLL_TOKEN=$(X)"));
         assert!(!mentions_literal_secret("LINUXGUARD_ENROLL_TOKEN"));
+    }
+
+    const NODE_FR: &str = "        - name: LINUXGUARD_NODE_NAME\n          valueFrom: {fieldRef: {fieldPath: spec.nodeName}}\n";
+    const UID_FR: &str = "        - name: LINUXGUARD_POD_UID\n          valueFrom: {fieldRef: {fieldPath: metadata.uid}}\n";
+
+    fn with_env_from(text: &str, env_from: &str) -> String {
+        text.replace(
+            "        env:\n",
+            &format!("        envFrom:\n{env_from}        env:\n"),
+        )
+    }
+
+    #[test]
+    fn identity_from_key_refs_names_the_form_and_the_fix() {
+        let f = one(&GOOD.replace(
+            "fieldRef: {fieldPath: spec.nodeName}",
+            "secretKeyRef: {name: s, key: node}",
+        ));
+        assert_eq!(f.path, "spec.template.spec.containers[0].env[0]");
+        assert!(
+            f.message
+                .starts_with("LINUXGUARD_NODE_NAME comes from a Secret (secretKeyRef s/node)"),
+            "{}",
+            f.message
+        );
+        assert!(f.message.contains("fieldPath: spec.nodeName"));
+        let f = one(&GOOD.replace(
+            "fieldRef: {fieldPath: metadata.uid}",
+            "configMapKeyRef: {name: c, key: uid}",
+        ));
+        assert_eq!(f.path, "spec.template.spec.containers[0].env[1]");
+        assert!(
+            f.message
+                .starts_with("LINUXGUARD_POD_UID comes from a ConfigMap (configMapKeyRef c/uid)"),
+            "{}",
+            f.message
+        );
+        assert!(f.message.contains("fieldPath: metadata.uid"));
+    }
+
+    #[test]
+    fn env_from_sources_among_the_files() {
+        // Both variables from one Secret in the same file: one finding each, at envFrom.
+        let secret = "kind: Secret\nmetadata: {name: ids}\nstringData:\n  LINUXGUARD_NODE_NAME: w1\n  LINUXGUARD_POD_UID: 7b8f9c1d-3e4a-4b5c-9d6e-1f2a3b4c5d6e\n---\n";
+        let ds = with_env_from(
+            &GOOD.replace(NODE_FR, "").replace(UID_FR, ""),
+            "        - secretRef: {name: ids}\n",
+        );
+        let f = findings(&format!("{secret}{ds}"));
+        assert_eq!(f.len(), 2, "{f:#?}");
+        assert!(
+            f.iter()
+                .all(|f| f.path == "spec.template.spec.containers[0].envFrom[0]")
+        );
+        assert!(f[0].message.starts_with(
+            "LINUXGUARD_NODE_NAME comes from Secret \"ids\" (key LINUXGUARD_NODE_NAME)"
+        ));
+        assert!(
+            f[1].message
+                .starts_with("LINUXGUARD_POD_UID comes from Secret \"ids\"")
+        );
+        // env wins over envFrom: with the fieldRef entries present, nothing to report.
+        let ds = with_env_from(GOOD, "        - secretRef: {name: ids}\n");
+        assert_eq!(findings(&format!("{secret}{ds}")), vec![]);
+        // A ConfigMap in another namespace is another ConfigMap.
+        let cm = "kind: ConfigMap\nmetadata: {name: ids, namespace: other}\ndata: {LINUXGUARD_NODE_NAME: w1}\n---\n";
+        let ds = with_env_from(
+            &GOOD.replace(NODE_FR, "").replace(
+                "metadata: {name: linuxguard-agent}",
+                "metadata: {name: linuxguard-agent, namespace: lg}",
+            ),
+            "        - configMapRef: {name: ids}\n",
+        );
+        let f = findings(&format!("{cm}{ds}"));
+        // The ConfigMap's own key is still a hard-coded node name; the one in namespace `lg` is
+        // not among the files, and the node name can only come from it.
+        assert_eq!(f.len(), 2, "{f:#?}");
+        assert_eq!(f[0].path, "data.LINUXGUARD_NODE_NAME");
+        assert_eq!(f[1].path, "spec.template.spec.containers[0].envFrom[0]");
+        assert!(
+            f[1].message
+                .contains("(ConfigMap \"ids\", not among the files checked)"),
+            "{}",
+            f[1].message
+        );
+        // A source among the files without the key: the half-set pair is reported as such.
+        let cm = "kind: ConfigMap\nmetadata: {name: ids}\ndata: {OTHER: x}\n---\n";
+        let ds = with_env_from(
+            &GOOD.replace(UID_FR, ""),
+            "        - configMapRef: {name: ids}\n",
+        );
+        let f = findings(&format!("{cm}{ds}"));
+        assert_eq!(f.len(), 1, "{f:#?}");
+        assert_eq!(f[0].path, "spec.template.spec.containers[0].env");
+        // Neither variable in env, the source not among the files: nothing can be said (the
+        // agent may use --workload-id).
+        let ds = with_env_from(
+            &GOOD.replace(NODE_FR, "").replace(UID_FR, ""),
+            "        - configMapRef: {name: elsewhere}\n",
+        );
+        assert_eq!(findings(&ds), vec![]);
+    }
+
+    #[test]
+    fn node_name_env_follows_the_flag_and_the_container() {
+        let custom = GOOD.replace("name: LINUXGUARD_NODE_NAME\n", "name: MY_NODE_NAME\n");
+        // check-manifest --node-name-env MY_NODE_NAME: fine.
+        assert_eq!(
+            check_str_with("m.yaml", &custom, "MY_NODE_NAME").unwrap(),
+            vec![]
+        );
+        // Without: the node name is missing.
+        let f = one(&custom);
+        assert!(
+            f.message.contains("but LINUXGUARD_NODE_NAME is not"),
+            "{}",
+            f.message
+        );
+        // The container's own flag or variable names it.
+        for how in [
+            r#"args: ["start", "--node-name-env", "MY_NODE_NAME"]"#,
+            r#"args: ["start", "--node-name-env=MY_NODE_NAME"]"#,
+        ] {
+            let t = custom.replace(r#"args: ["start"]"#, how);
+            assert_eq!(findings(&t), vec![], "{how}");
+        }
+        let t = custom.replace(
+            "        env:\n",
+            "        env:\n        - name: LINUXGUARD_NODE_NAME_ENV\n          value: MY_NODE_NAME\n",
+        );
+        assert_eq!(findings(&t), vec![]);
+        // A literal under the custom name is hard-coded, named as configured.
+        let t = custom.replace(
+            "valueFrom: {fieldRef: {fieldPath: spec.nodeName}}",
+            "value: worker-1",
+        );
+        let f = check_str_with("m.yaml", &t, "MY_NODE_NAME").unwrap();
+        assert_eq!(f.len(), 1, "{f:#?}");
+        assert!(
+            f[0].message.starts_with("MY_NODE_NAME is hard-coded"),
+            "{}",
+            f[0].message
+        );
+        // In a container that is not the agent's, a variable of that name is not ours.
+        let other = "kind: Pod\nspec:\n  containers:\n  - name: app\n    image: busybox\n    env:\n    - {name: MY_NODE_NAME, value: x}\n";
+        assert_eq!(
+            check_str_with("m.yaml", other, "MY_NODE_NAME").unwrap(),
+            vec![]
+        );
     }
 }

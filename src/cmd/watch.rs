@@ -5,7 +5,9 @@ use std::time::{Duration, Instant};
 
 use nix::poll::{PollFd, PollFlags, PollTimeout};
 
+use crate::attest::attestor::Attestor;
 use crate::cli::Args;
+use crate::cmd::options;
 use crate::config::{Config, Key};
 use crate::error::{Error, Result};
 use crate::pipeline::sink::{JsonLines, Sink};
@@ -16,8 +18,8 @@ const DEFAULT_STATS_EVERY: Duration = Duration::from_secs(60);
 
 pub fn run(cfg: Config, _args: &Args) -> Result<()> {
     let stop = crate::stop::Stop::install()?;
-    let mut p = Pipeline::new(&cfg)?;
-    match crate::attest::attestor::Attestor::new(&cfg) {
+    let mut p = Pipeline::new(&options::pipeline(&cfg))?;
+    match Attestor::new(options::attestor(&cfg)) {
         Ok(a) => p.set_attestor(a),
         Err(e) => log::warn!("events will carry no container or pod fields: {e}"),
     }

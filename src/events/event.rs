@@ -47,7 +47,7 @@ pub struct Event {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub memfd: Option<MemfdInfo>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub stats: Option<Box<crate::pipeline::stats::Snapshot>>,
+    pub stats: Option<Box<crate::counters::Snapshot>>,
 }
 
 #[derive(Serialize, Debug, Clone)]
@@ -165,43 +165,10 @@ pub struct Network {
 }
 
 #[derive(Serialize, Debug)]
-pub struct CredSet {
-    pub uid: u32,
-    pub euid: u32,
-    pub suid: u32,
-    pub fsuid: u32,
-    pub gid: u32,
-    pub egid: u32,
-    pub sgid: u32,
-    pub fsgid: u32,
-    pub cap_effective: String,
-    pub cap_permitted: String,
-    pub cap_inheritable: String,
-}
-
-impl From<&Creds> for CredSet {
-    fn from(c: &Creds) -> CredSet {
-        CredSet {
-            uid: c.uid,
-            euid: c.euid,
-            suid: c.suid,
-            fsuid: c.fsuid,
-            gid: c.gid,
-            egid: c.egid,
-            sgid: c.sgid,
-            fsgid: c.fsgid,
-            cap_effective: format!("{:#x}", c.cap_effective),
-            cap_permitted: format!("{:#x}", c.cap_permitted),
-            cap_inheritable: format!("{:#x}", c.cap_inheritable),
-        }
-    }
-}
-
-#[derive(Serialize, Debug)]
 pub struct Credentials {
     pub syscall: &'static str,
-    pub old: CredSet,
-    pub new: CredSet,
+    pub old: Creds,
+    pub new: Creds,
 }
 
 #[derive(Serialize, Debug)]
@@ -287,9 +254,9 @@ impl Event {
             key!(out, open "syscall");
             json::str(out, c.syscall);
             key!(out, "old");
-            c.old.write_json(out);
+            write_creds(&c.old, out);
             key!(out, "new");
-            c.new.write_json(out);
+            write_creds(&c.new, out);
             out.push(b'}');
         }
         if let Some(p) = &self.ptrace {
@@ -458,30 +425,35 @@ impl Endpoint {
     }
 }
 
-impl CredSet {
-    fn write_json(&self, out: &mut Vec<u8>) {
-        key!(out, open "uid");
-        json::uint(out, self.uid.into());
-        for (k, v) in [
-            (&b",\"euid\":"[..], self.euid),
-            (b",\"suid\":", self.suid),
-            (b",\"fsuid\":", self.fsuid),
-            (b",\"gid\":", self.gid),
-            (b",\"egid\":", self.egid),
-            (b",\"sgid\":", self.sgid),
-            (b",\"fsgid\":", self.fsgid),
-        ] {
-            out.extend_from_slice(k);
-            json::uint(out, v.into());
-        }
-        key!(out, "cap_effective");
-        json::str(out, &self.cap_effective);
-        key!(out, "cap_permitted");
-        json::str(out, &self.cap_permitted);
-        key!(out, "cap_inheritable");
-        json::str(out, &self.cap_inheritable);
-        out.push(b'}');
+/// The hot-path writer of [`Creds`] (same bytes as its serde derive).
+fn write_creds(c: &Creds, out: &mut Vec<u8>) {
+    key!(out, open "uid");
+    json::uint(out, c.uid.into());
+    for (k, v) in [
+        (&b",\"euid\":"[..], c.euid),
+        (b",\"suid\":", c.suid),
+        (b",\"fsuid\":", c.fsuid),
+        (b",\"gid\":", c.gid),
+        (b",\"egid\":", c.egid),
+        (b",\"sgid\":", c.sgid),
+        (b",\"fsgid\":", c.fsgid),
+    ] {
+        out.extend_from_slice(k);
+        json::uint(out, v.into());
     }
+    key!(out, "cap_effective");
+    hex(out, c.cap_effective);
+    key!(out, "cap_permitted");
+    hex(out, c.cap_permitted);
+    key!(out, "cap_inheritable");
+    hex(out, c.cap_inheritable);
+    out.push(b'}');
+}
+
+/// `"0x…"`: a capability set as serde's `{:#x}` string (hex digits need no escaping).
+fn hex(out: &mut Vec<u8>, v: u64) {
+    use std::io::Write;
+    let _ = write!(out, "\"{v:#x}\"");
 }
 
 /// A wall-clock time in ns since the Unix epoch (a `u64` reaches the year 2554), serialized as
@@ -592,7 +564,7 @@ impl Builder {
         }
     }
 
-    pub fn stats(&mut self, snapshot: crate::pipeline::stats::Snapshot) -> Event {
+    pub fn stats(&mut self, snapshot: crate::counters::Snapshot) -> Event {
         let mut e = self.base("stats", Timestamp::now());
         e.stats = Some(Box::new(snapshot));
         e
@@ -736,8 +708,8 @@ impl Builder {
                 e.process = Some(self.process(x.task, procs));
                 e.credentials = Some(Box::new(Credentials {
                     syscall: x.syscall,
-                    old: CredSet::from(&x.old),
-                    new: CredSet::from(&x.new),
+                    old: x.old,
+                    new: x.new,
                 }));
                 e
             }
@@ -792,10 +764,7 @@ mod tests {
     use crate::sensor::decode::*;
 
     const DOC: &str = include_str!("../../docs/events.md");
-    const KERNEL_TYPES: [&str; 10] = [
-        "exec", "exit", "fork", "connect", "accept", "setuid", "capset", "ptrace", "bpf_load",
-        "memfd",
-    ];
+    const KERNEL_TYPES: [&str; 10] = crate::sensor::decode::EVENT_TYPES;
 
     struct Row {
         ty: String,
@@ -915,7 +884,7 @@ mod tests {
     }
 
     #[test]
-    fn odd_strings_and_every_option_make_valid_json() {
+    fn fast_writer_matches_serde_byte_for_byte() {
         let odd = "q\"b\\s\u{1}\n\t\u{7f}é€😀/x";
         let mut procs = ProcTable::new(64);
         procs.exec(200, 1, odd);
@@ -1111,7 +1080,7 @@ mod tests {
             .into_iter()
             .map(|r| text(&b.build(r, &mut procs)))
             .collect();
-        let stats = crate::pipeline::stats::Stats::default().snapshot();
+        let stats = crate::counters::Stats::default().snapshot();
         out.push(text(&b.stats(stats)));
         out
     }

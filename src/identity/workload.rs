@@ -9,17 +9,8 @@ use crate::error::{Error, Result};
 pub enum Derivation {
     /// hex(sha256(--workload-id value)).
     WorkloadIdFlag,
-    /// hex(sha256(LINUXGUARD_NODE_NAME + ":" + LINUXGUARD_POD_UID)).
+    /// hex(sha256(node name + ":" + LINUXGUARD_POD_UID)).
     DownwardApi,
-}
-
-impl Derivation {
-    pub fn describe(self) -> &'static str {
-        match self {
-            Derivation::WorkloadIdFlag => "sha256(--workload-id)",
-            Derivation::DownwardApi => "sha256(LINUXGUARD_NODE_NAME + \":\" + LINUXGUARD_POD_UID)",
-        }
-    }
 }
 
 /// The derived workload identity: 64 lowercase hex characters.
@@ -27,14 +18,32 @@ impl Derivation {
 pub struct WorkloadId {
     pub hex: String,
     pub derivation: Derivation,
+    /// The variable the node name is read from (`--node-name-env`), for messages.
+    pub node_var: String,
 }
 
-/// The Downward API block users add to their pod spec.
-pub const DOWNWARD_API_BLOCK: &str = "    env:
-    - name: LINUXGUARD_NODE_NAME
-      valueFrom: {fieldRef: {fieldPath: spec.nodeName}}
+impl WorkloadId {
+    /// `sha256(--workload-id)` or `sha256(<node-name variable> + ":" + LINUXGUARD_POD_UID)`.
+    pub fn describe(&self) -> String {
+        match self.derivation {
+            Derivation::WorkloadIdFlag => "sha256(--workload-id)".into(),
+            Derivation::DownwardApi => {
+                format!("sha256({} + \":\" + LINUXGUARD_POD_UID)", self.node_var)
+            }
+        }
+    }
+}
+
+/// The Downward API block users add to their pod spec, the node name in `node_var`.
+pub fn downward_api_block(node_var: &str) -> String {
+    format!(
+        "    env:
+    - name: {node_var}
+      valueFrom: {{fieldRef: {{fieldPath: spec.nodeName}}}}
     - name: LINUXGUARD_POD_UID
-      valueFrom: {fieldRef: {fieldPath: metadata.uid}}";
+      valueFrom: {{fieldRef: {{fieldPath: metadata.uid}}}}"
+    )
+}
 
 pub fn sha256_hex(data: &[u8]) -> String {
     let digest = Sha256::digest(data);
@@ -45,46 +54,54 @@ pub fn sha256_hex(data: &[u8]) -> String {
     s
 }
 
-/// Derives the workload id. Inputs are already-trimmed values; `None` means unset.
+/// Derives the workload id. Inputs are already-trimmed values; `None` means unset. `node_var`
+/// is the variable the node name is read from (`--node-name-env`). The node name is hashed
+/// exactly as given: a host name keeps its case and its `_`.
 pub fn derive(
     workload_id: Option<&str>,
     node_name: Option<&str>,
     pod_uid: Option<&str>,
+    node_var: &str,
 ) -> Result<WorkloadId> {
     if let Some(v) = workload_id {
         validate_workload_id(v)?;
         return Ok(WorkloadId {
             hex: sha256_hex(v.as_bytes()),
             derivation: Derivation::WorkloadIdFlag,
+            node_var: node_var.to_string(),
         });
     }
     match (node_name, pod_uid) {
         (Some(node), Some(uid)) => {
-            validate_node_name(node)?;
+            validate_host_name(node, node_var)?;
             validate_pod_uid(uid)?;
             Ok(WorkloadId {
                 hex: sha256_hex(format!("{node}:{uid}").as_bytes()),
                 derivation: Derivation::DownwardApi,
+                node_var: node_var.to_string(),
             })
         }
-        (node, uid) => Err(missing_identity(node.is_some(), uid.is_some())),
+        (node, uid) => Err(missing_identity(node.is_some(), uid.is_some(), node_var)),
     }
 }
 
-fn missing_identity(node: bool, uid: bool) -> Error {
+fn missing_identity(node: bool, uid: bool, node_var: &str) -> Error {
     let state = |present: bool| if present { "present" } else { "missing" };
     let what = match (node, uid) {
-        (true, false) => "LINUXGUARD_POD_UID is missing (LINUXGUARD_NODE_NAME is set): a node-only identity would be shared by every pod on the node".to_string(),
-        (false, true) => "LINUXGUARD_NODE_NAME is missing (LINUXGUARD_POD_UID is set)".to_string(),
+        (true, false) => format!(
+            "LINUXGUARD_POD_UID is missing ({node_var} is set): a node-only identity would be shared by every pod on the node"
+        ),
+        (false, true) => format!("{node_var} is missing (LINUXGUARD_POD_UID is set)"),
         _ => "no workload identity input is set".to_string(),
     };
     Error::config(format!(
         "cannot derive the workload id: {what}. Inputs: --workload-id: missing; \
-         LINUXGUARD_NODE_NAME (from spec.nodeName): {}; LINUXGUARD_POD_UID (from metadata.uid): {}. \
+         {node_var} (from spec.nodeName): {}; LINUXGUARD_POD_UID (from metadata.uid): {}. \
          Outside Kubernetes pass --workload-id <hex> (for example $(cat /etc/machine-id)); \
-         in Kubernetes add the Downward API env block to the agent container:\n{DOWNWARD_API_BLOCK}",
+         in Kubernetes add the Downward API env block to the agent container:\n{}",
         state(node),
-        state(uid)
+        state(uid),
+        downward_api_block(node_var)
     ))
 }
 
@@ -102,31 +119,67 @@ pub fn validate_workload_id(v: &str) -> Result<()> {
     Ok(())
 }
 
-/// A Kubernetes node name is a DNS-1123 subdomain.
-pub fn validate_node_name(v: &str) -> Result<()> {
-    let bad = |why: &str| {
-        Err(Error::config(format!(
-            "LINUXGUARD_NODE_NAME {v:?} is not a valid Kubernetes node name (DNS-1123 subdomain): {why}; set it from spec.nodeName with the Downward API"
-        )))
+/// The node name's rule wherever it is read: outside Kubernetes it is a host name
+/// (`-e LINUXGUARD_NODE_NAME=$(hostname)`), so upper case, `_` and non-ASCII letters are fine.
+/// Refused: empty or over 253 bytes (a full DNS name; Linux host names are at most 64), control
+/// characters, whitespace, and `:` (it separates the node name from the pod UID in the hashed
+/// `node:uid`). `origin` names where the value came from (`--node-name` or the variable).
+pub fn validate_host_name(v: &str, origin: &str) -> Result<()> {
+    let why = if v.is_empty() || v.len() > 253 {
+        Some("it must be 1 to 253 bytes")
+    } else if v.chars().any(char::is_control) {
+        Some("it contains a control character")
+    } else if v.chars().any(char::is_whitespace) {
+        Some("it contains whitespace")
+    } else if v.contains(':') {
+        Some("it contains ':', which separates the node name from the pod UID in the workload id")
+    } else {
+        None
     };
+    match why {
+        Some(why) => Err(Error::config(format!(
+            "{origin} {v:?} is not a host name: {why}; in Kubernetes set it from spec.nodeName with the Downward API, elsewhere use the host name (`$(hostname)`)"
+        ))),
+        None => Ok(()),
+    }
+}
+
+/// Whether `v` is a Kubernetes node name (a DNS-1123 subdomain).
+pub fn is_node_name(v: &str) -> bool {
+    dns1123_problem(v).is_none()
+}
+
+fn dns1123_problem(v: &str) -> Option<&'static str> {
     if v.is_empty() || v.len() > 253 {
-        return bad("it must be 1 to 253 characters");
+        return Some("it must be 1 to 253 characters");
     }
     for label in v.split('.') {
         if label.is_empty() || label.len() > 63 {
-            return bad("each dot-separated part must be 1 to 63 characters");
+            return Some("each dot-separated part must be 1 to 63 characters");
         }
         if !label
             .bytes()
             .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
         {
-            return bad("only lower-case letters, digits, '-' and '.' are allowed");
+            return Some("only lower-case letters, digits, '-' and '.' are allowed");
         }
         if label.starts_with('-') || label.ends_with('-') {
-            return bad("each part must start and end with a letter or digit");
+            return Some("each part must start and end with a letter or digit");
         }
     }
-    Ok(())
+    None
+}
+
+/// Where the node name is the kubelet's host name it must be a Kubernetes node name (a DNS-1123
+/// subdomain), the strict check (`cmd::options::kubelet`).
+pub fn validate_node_name(v: &str, origin: &str) -> Result<()> {
+    match dns1123_problem(v) {
+        Some(why) => Err(Error::config(format!(
+            "{origin} {v:?} is not a valid Kubernetes node name (DNS-1123 subdomain): {why}; the kubelet is reached by node name: \
+             set it from spec.nodeName with the Downward API, or give the kubelet's address with --kubelet-url"
+        ))),
+        None => Ok(()),
+    }
 }
 
 fn is_uuid(v: &str) -> bool {
@@ -166,18 +219,25 @@ mod tests {
     const DEADBEEF: &str = "2baf1f40105d9501fe319a8ec463fdf4325a2a5df445adf3f572f626253678c9";
     const NODE: &str = "worker-node-3";
     const UID: &str = "7b8f9c1d-3e4a-4b5c-9d6e-1f2a3b4c5d6e";
+    const NV: &str = "LINUXGUARD_NODE_NAME";
+    /// `printf 'Build_Host:7b8f9c1d-3e4a-4b5c-9d6e-1f2a3b4c5d6e' | sha256sum`.
+    const BUILD_HOST_SEED: &str =
+        "aa9ff0c7976533a3385f7b74f77f2704178de1d5d6473c873f4dc326526edb75";
 
     #[test]
     fn workload_id_flag_is_hashed() {
-        let id = derive(Some("abc123"), None, None).unwrap();
+        let id = derive(Some("abc123"), None, None, NV).unwrap();
         assert_eq!(id.hex, ABC123);
         assert_eq!(id.derivation, Derivation::WorkloadIdFlag);
-        assert_eq!(derive(Some("deadbeef"), None, None).unwrap().hex, DEADBEEF);
+        assert_eq!(
+            derive(Some("deadbeef"), None, None, NV).unwrap().hex,
+            DEADBEEF
+        );
     }
 
     #[test]
     fn downward_api_seed_example() {
-        let id = derive(None, Some(NODE), Some(UID)).unwrap();
+        let id = derive(None, Some(NODE), Some(UID), NV).unwrap();
         assert_eq!(id.hex, SEED_NODE_POD);
         assert_eq!(id.derivation, Derivation::DownwardApi);
     }
@@ -185,14 +245,16 @@ mod tests {
     #[test]
     fn flag_wins_over_downward_api() {
         assert_eq!(
-            derive(Some("abc123"), Some(NODE), Some(UID)).unwrap().hex,
+            derive(Some("abc123"), Some(NODE), Some(UID), NV)
+                .unwrap()
+                .hex,
             ABC123
         );
     }
 
     #[test]
     fn nothing_set_names_all_three_inputs() {
-        let e = derive(None, None, None).unwrap_err().to_string();
+        let e = derive(None, None, None, NV).unwrap_err().to_string();
         for needle in [
             "--workload-id",
             "LINUXGUARD_NODE_NAME",
@@ -207,15 +269,15 @@ mod tests {
 
     #[test]
     fn one_env_var_says_which_is_missing() {
-        let e = derive(None, Some(NODE), None).unwrap_err().to_string();
+        let e = derive(None, Some(NODE), None, NV).unwrap_err().to_string();
         assert!(e.contains("LINUXGUARD_POD_UID is missing"), "{e}");
-        let e = derive(None, None, Some(UID)).unwrap_err().to_string();
+        let e = derive(None, None, Some(UID), NV).unwrap_err().to_string();
         assert!(e.contains("LINUXGUARD_NODE_NAME is missing"), "{e}");
     }
 
     #[test]
     fn pod_name_gets_metadata_uid_hint() {
-        let e = derive(None, Some(NODE), Some("nginx-7c5ddbdf54-x2x9q"))
+        let e = derive(None, Some(NODE), Some("nginx-7c5ddbdf54-x2x9q"), NV)
             .unwrap_err()
             .to_string();
         assert!(
@@ -226,11 +288,55 @@ mod tests {
 
     #[test]
     fn bad_inputs_are_rejected() {
-        assert!(derive(Some("not-hex!"), None, None).is_err());
-        assert!(derive(Some(""), None, None).is_err());
-        assert!(derive(None, Some("Worker_3"), Some(UID)).is_err());
-        assert!(derive(None, Some("-worker"), Some(UID)).is_err());
-        assert!(derive(None, Some(&"a".repeat(254)), Some(UID)).is_err());
-        assert!(derive(None, Some("a.b.c-d"), Some(UID)).is_ok());
+        assert!(derive(Some("not-hex!"), None, None, NV).is_err());
+        assert!(derive(Some(""), None, None, NV).is_err());
+        for bad in ["", "a b", "a\tb", "a\u{0}b", "a\u{85}b", "a:b"] {
+            assert!(derive(None, Some(bad), Some(UID), NV).is_err(), "{bad:?}");
+        }
+        assert!(derive(None, Some(&"a".repeat(254)), Some(UID), NV).is_err());
+        assert!(derive(None, Some(&"a".repeat(253)), Some(UID), NV).is_ok());
+        assert!(derive(None, Some("a.b.c-d"), Some(UID), NV).is_ok());
+    }
+
+    #[test]
+    fn host_names_are_hashed_exactly_as_given() {
+        let id = derive(None, Some("Build_Host"), Some(UID), NV).unwrap();
+        assert_eq!(id.hex, BUILD_HOST_SEED);
+        assert_eq!(
+            id.describe(),
+            "sha256(LINUXGUARD_NODE_NAME + \":\" + LINUXGUARD_POD_UID)"
+        );
+        for ok in ["EDGE-07", "-worker", "Worker_3", "büro-pc", "host/1"] {
+            assert!(derive(None, Some(ok), Some(UID), NV).is_ok(), "{ok}");
+        }
+        let id = derive(None, Some("EDGE-07"), Some(UID), "MY_NODE_NAME").unwrap();
+        assert_eq!(
+            id.describe(),
+            "sha256(MY_NODE_NAME + \":\" + LINUXGUARD_POD_UID)"
+        );
+        let e = derive(None, None, Some(UID), "MY_NODE_NAME")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("MY_NODE_NAME is missing"), "{e}");
+        assert!(e.contains("- name: MY_NODE_NAME"), "{e}");
+    }
+
+    #[test]
+    fn the_kubelet_needs_a_kubernetes_node_name() {
+        for bad in ["Worker_3", "-worker", "EDGE-07", "a..b"] {
+            assert!(!is_node_name(bad), "{bad}");
+            let e = validate_node_name(bad, "--node-name")
+                .unwrap_err()
+                .to_string();
+            assert!(
+                e.starts_with(&format!(
+                    "--node-name {bad:?} is not a valid Kubernetes node name (DNS-1123"
+                )),
+                "{e}"
+            );
+            assert!(e.contains("--kubelet-url"), "{e}");
+        }
+        assert!(is_node_name("worker-node-3.example"));
+        assert!(!is_node_name(&"a".repeat(254)));
     }
 }

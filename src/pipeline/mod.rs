@@ -2,27 +2,25 @@
 //! → build → enrich → sink). `watch` drives it with stdout as its sink; the agent loop with the
 //! upload queue.
 
-pub mod counters;
 pub mod sink;
-pub mod stats;
 
 use std::cell::RefCell;
 use std::collections::VecDeque;
 use std::io;
 use std::os::fd::BorrowedFd;
+use std::path::PathBuf;
 use std::rc::Rc;
 use std::time::Duration;
 
 use libbpf_rs::{AsRawLibbpf, RingBuffer, RingBufferBuilder};
 
-use crate::config::{Config, Key};
+use crate::counters::Stats;
 use crate::error::{Error, Result};
 use crate::events::event::{Builder, Event};
 use crate::events::proctable::{self, ProcTable};
 use crate::events::redact::{self, Redactor};
-use crate::pipeline::stats::Stats;
 use crate::sensor::decode::{self, DecodeError, Record};
-use crate::sensor::{Options, Sensor};
+use crate::sensor::{self, Sensor};
 use sink::Sink;
 
 /// Records consumed from the ring buffer per batch (bounds user-space memory).
@@ -30,6 +28,16 @@ const BATCH: usize = 512;
 /// The longest a record waits in the ring buffer before it is read: the kernel wakes the reader
 /// only once an eighth of the ring is full, so the loop polls at least this often.
 pub const POLL_INTERVAL: Duration = Duration::from_millis(100);
+
+/// What the pipeline needs: the sensor's knobs and where to seed the process table from.
+#[derive(Debug, Clone)]
+pub struct Options {
+    pub sensor: sensor::Options,
+    /// `/proc` (or `--proc-root`): the process table is seeded from it.
+    pub proc_root: PathBuf,
+    /// `--redact-flags`: flags whose values exec events redact for every process.
+    pub redact_flags: Vec<String>,
+}
 
 /// The sensor plus everything between the ring buffer and a sink.
 pub struct Pipeline {
@@ -46,13 +54,10 @@ pub struct Pipeline {
 
 impl Pipeline {
     /// Seeds the process table, loads and attaches the sensor, and sets up the ring buffer.
-    pub fn new(cfg: &Config) -> Result<Pipeline> {
-        let ring_buffer_mb = cfg.num(Key::RingBufferMb);
-        let proc_root = cfg
-            .path(Key::ProcRoot)
-            .unwrap_or_else(|| std::path::PathBuf::from("/proc"));
+    pub fn new(opts: &Options) -> Result<Pipeline> {
+        let proc_root = &opts.proc_root;
         let mut procs = ProcTable::new(proctable::CAPACITY);
-        match procs.seed(&proc_root) {
+        match procs.seed(proc_root) {
             Ok(n) => log::debug!(
                 "process table seeded with {n} processes from {}",
                 proc_root.display()
@@ -63,13 +68,7 @@ impl Pipeline {
                 proc_root.display()
             ),
         }
-        let sensor = Sensor::start(&Options {
-            ring_buffer_mb,
-            own_tgid: std::process::id(),
-            // An eighth of the ring: batches under load, far from filling it.
-            wakeup_bytes: (ring_buffer_mb << 20) / 8,
-            compat_syscalls: cfg.flag(Key::CompatSyscalls),
-        })?;
+        let sensor = Sensor::start(&opts.sensor)?;
         let missing: Vec<&str> = sensor
             .hooks
             .iter()
@@ -102,12 +101,12 @@ impl Pipeline {
             .map(|h| h.to_string_lossy().into_owned())
             .unwrap_or_else(|_| "unknown".into());
         let stats = Stats {
-            ring_size: ring_buffer_mb << 20,
+            ring_size: opts.sensor.ring_buffer_mb << 20,
             ..Stats::default()
         };
         let mut builder = Builder::new(&host);
         builder.set_redactor(Redactor::new(
-            redact::parse_list(cfg.get(Key::RedactFlags).unwrap_or(redact::DEFAULT_FLAGS)),
+            opts.redact_flags.clone(),
             redact::Identity::this_process(),
         ));
         Ok(Pipeline {

@@ -113,8 +113,8 @@ impl<W: Write> Sink for JsonLines<W> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::counters::Stats;
     use crate::events::event::Builder;
-    use crate::pipeline::stats::Stats;
 
     /// Records each `write` call.
     #[derive(Default)]

@@ -6,7 +6,7 @@
 use std::borrow::Cow;
 use std::net::IpAddr;
 
-use crate::sensor::skel::types;
+use crate::sensor::skel::{consts, types};
 
 /// Record type numbers: `enum lg_type` in bpf/events.h, through the generated type.
 pub const LG_EXEC: u32 = types::lg_type::LG_EXEC.0;
@@ -21,9 +21,14 @@ pub const LG_MEMFD: u32 = types::lg_type::LG_MEMFD.0;
 /// One past the largest record type: the length of per-type counter arrays.
 pub const LG_TYPE_MAX: usize = types::lg_type::LG_TYPE_MAX.0 as usize;
 
-/// The `"type"` name of each record type, indexed by type number (0 is unused).
-pub const TYPE_NAMES: [&str; LG_TYPE_MAX] = [
-    "", "exec", "exit", "fork", "connect", "accept", "setuid", "ptrace", "bpf_load", "memfd",
+/// The `"type"` name of each record type, indexed by type number (0 is unused): the
+/// `enum lg_type` member's name (`LG_BPF_LOAD` → `bpf_load`), generated from bpf/events.h.
+pub const TYPE_NAMES: [&str; LG_TYPE_MAX] = consts::LG_RECORD_NAMES;
+
+/// Every event `"type"` the kernel's records become, in output order: one per record type,
+/// except that a `creds` record is reported as `setuid` or `capset` by the call that made it.
+pub const EVENT_TYPES: [&str; 10] = [
+    "exec", "exit", "fork", "connect", "accept", "setuid", "capset", "ptrace", "bpf_load", "memfd",
 ];
 
 /// Why a record could not be decoded (counted as a user-space drop).
@@ -68,7 +73,7 @@ pub struct Task {
 }
 
 /// Bytes of a task's `comm` (`TASK_COMM_LEN`, NUL included).
-const COMM_LEN: usize = 16;
+const COMM_LEN: usize = consts::LG_COMM_LEN;
 
 /// A task's `comm`, kept inline as the kernel's bytes: no allocation per record.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -173,7 +178,9 @@ pub struct Sock {
     pub ret: i32,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+/// A task's credentials, as events report them (`process.credentials.old`/`new`): the ids as
+/// numbers, the capability sets as `0x`-prefixed hex strings.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize)]
 pub struct Creds {
     pub uid: u32,
     pub euid: u32,
@@ -183,9 +190,17 @@ pub struct Creds {
     pub egid: u32,
     pub sgid: u32,
     pub fsgid: u32,
+    #[serde(serialize_with = "hex")]
     pub cap_effective: u64,
+    #[serde(serialize_with = "hex")]
     pub cap_permitted: u64,
+    #[serde(serialize_with = "hex")]
     pub cap_inheritable: u64,
+}
+
+/// A capability set as `0x`-prefixed lower-case hex (`0x1ffffffffff`).
+fn hex<S: serde::Serializer>(v: &u64, s: S) -> Result<S::Ok, S::Error> {
+    s.collect_str(&format_args!("{v:#x}"))
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -370,7 +385,7 @@ fn join_path(buf: &[u8], depth: usize, truncated: bool) -> String {
 }
 
 fn ip(family: u16, a: &[u8; 16]) -> IpAddr {
-    if family == 2 {
+    if i32::from(family) == nix::libc::AF_INET {
         IpAddr::from([a[0], a[1], a[2], a[3]])
     } else {
         IpAddr::from(*a)
@@ -476,7 +491,7 @@ pub fn decode(bytes: &[u8]) -> Result<Record, DecodeError> {
             let e = read::<types::lg_ptrace>(ty, bytes)?;
             Record::Ptrace(Ptrace {
                 task: task(&e.task),
-                request: if e.request == 0x4206 {
+                request: if i64::from(e.request) == i64::from(nix::libc::PTRACE_SEIZE) {
                     "seize"
                 } else {
                     "attach"
@@ -717,7 +732,7 @@ mod tests {
 
         let p = types::lg_ptrace {
             r#type: LG_PTRACE,
-            request: 0x4206,
+            request: nix::libc::PTRACE_SEIZE as _,
             task: task(),
             target_pid: 9,
             ret: 0,

@@ -637,30 +637,43 @@ mod tests {
     }
 
     #[test]
-    fn every_program_in_the_object_has_a_hook() {
-        let names: Vec<&str> = HOOKS
+    fn hooks_name_exactly_the_programs_of_the_object() {
+        let mut in_hooks: Vec<&str> = HOOKS
             .iter()
             .flat_map(|h| h.alts.iter())
             .flat_map(|a| a.progs.iter().map(|(n, _)| *n))
             .collect();
-        let mut uniq = names.clone();
-        uniq.sort();
-        uniq.dedup();
-        // connect_enter and connect_exit serve both connect alternatives.
-        assert_eq!(uniq.len(), names.len() - 2, "a program is listed twice");
-        // 2 exec + 2 exit + 2 fork + 4 connect + 2 accept + 16 setuid-family + 2 capset
-        // + 2 ptrace + 2 bpf + 2 memfd + 4 compat
-        assert_eq!(uniq.len(), 40);
+        in_hooks.sort_unstable();
+        in_hooks.dedup();
+        assert_eq!(
+            in_hooks,
+            programs_in_object(),
+            "HOOKS and the SEC() programs of bpf/sensor.bpf.c differ"
+        );
+    }
+
+    /// The names of the programs compiled into the object (its `SEC()` functions), sorted.
+    fn programs_in_object() -> Vec<&'static str> {
+        let storage: &'static mut MaybeUninit<OpenObject> =
+            Box::leak(Box::new(MaybeUninit::uninit()));
+        let open = SensorSkelBuilder::default()
+            .open(storage)
+            .expect("the BPF object opens");
+        let mut names: Vec<&'static str> = open
+            .open_object()
+            .progs()
+            .map(|p| &*String::leak(p.name().to_string_lossy().into_owned()))
+            .collect();
+        names.sort_unstable();
+        names
     }
 
     /// The tp_btf hooks are chosen only when the kernel's tracepoint has every argument the
     /// program reads (else one refused program would push every hook to the fallbacks).
     #[test]
     fn tp_btf_argument_counts_come_from_the_kernel_btf() {
-        let Ok(btf) = libbpf_rs::btf::Btf::from_vmlinux() else {
-            eprintln!("skipped: no kernel BTF");
-            return;
-        };
+        let btf = libbpf_rs::btf::Btf::from_vmlinux()
+            .expect("the kernel has BTF (/sys/kernel/btf/vmlinux), as every supported kernel does");
         assert_eq!(tp_btf_args(&btf, "sched_process_exec"), Some(3));
         assert_eq!(tp_btf_args(&btf, "sched_process_fork"), Some(2));
         assert_eq!(tp_btf_args(&btf, "inet_sock_set_state"), Some(3));
@@ -683,12 +696,12 @@ mod tests {
     /// Load-only smoke test: every program (tp_btf and tracepoint flavours) passes the verifier.
     #[test]
     fn root_every_bpf_program_loads() {
-        if !nix::unistd::geteuid().is_root() {
-            eprintln!("skipped: needs root");
-            return;
-        }
+        assert!(
+            nix::unistd::geteuid().is_root(),
+            "this test loads BPF programs: run the tests as root (sudo scripts/test)"
+        );
         let n = load_all_for_test(&test_opts()).unwrap_or_else(|e| panic!("{e}"));
-        assert_eq!(n, 40);
+        assert_eq!(n, programs_in_object().len());
     }
 
     /// The compat hook is skipped, with a reason, only where 32-bit syscalls cannot happen.
@@ -707,10 +720,8 @@ mod tests {
         assert!(!ia32_disabled_on_cmdline(
             "ia32_emulation=0 ia32_emulation=y"
         ));
-        let Ok(btf) = libbpf_rs::btf::Btf::from_vmlinux() else {
-            eprintln!("skipped: no kernel BTF");
-            return;
-        };
+        let btf = libbpf_rs::btf::Btf::from_vmlinux()
+            .expect("the kernel has BTF (/sys/kernel/btf/vmlinux), as every supported kernel does");
         let has_ia32 = std::fs::read_to_string("/proc/kallsyms")
             .is_ok_and(|k| k.lines().any(|l| l.ends_with(" do_fast_syscall_32")));
         let why = compat_impossible(Some(&btf), "");
@@ -748,10 +759,10 @@ mod tests {
         use std::os::fd::AsRawFd;
         use std::time::{Duration, Instant};
 
-        if !nix::unistd::geteuid().is_root() {
-            eprintln!("skipped: needs root");
-            return;
-        }
+        assert!(
+            nix::unistd::geteuid().is_root(),
+            "this test loads BPF programs: run the tests as root (sudo scripts/test)"
+        );
         let opts = test_opts();
         let s = Sensor::start(&opts).unwrap_or_else(|e| panic!("{e}"));
         let (rb, got) = collect(&s);
@@ -827,10 +838,10 @@ mod tests {
     fn root_compat_raw_tp_fallback_reports_an_int80_memfd_create() {
         use std::time::{Duration, Instant};
 
-        if !nix::unistd::geteuid().is_root() {
-            eprintln!("skipped: needs root");
-            return;
-        }
+        assert!(
+            nix::unistd::geteuid().is_root(),
+            "this test loads BPF programs: run the tests as root (sudo scripts/test)"
+        );
         let dir = std::env::temp_dir().join(format!("lg-compat-{}", std::process::id()));
         std::fs::create_dir_all(&dir).expect("temp dir");
         let bin = dir.join("compat32");
@@ -881,10 +892,10 @@ mod tests {
     fn root_tracepoint_fallbacks_deliver_exec_exit_fork_connect() {
         use std::time::{Duration, Instant};
 
-        if !nix::unistd::geteuid().is_root() {
-            eprintln!("skipped: needs root");
-            return;
-        }
+        assert!(
+            nix::unistd::geteuid().is_root(),
+            "this test loads BPF programs: run the tests as root (sudo scripts/test)"
+        );
         let opts = test_opts();
         let s = Sensor::start_with(&opts, false).unwrap_or_else(|e| panic!("{e}"));
         for h in &s.hooks {

@@ -17,6 +17,7 @@ use nix::sys::time::TimeSpec;
 use nix::sys::timerfd::{ClockId, Expiration, TimerFd, TimerFlags, TimerSetTimeFlags};
 use serde_json::{Value, json};
 
+use crate::counters::SocketStats;
 use crate::error::{Context, Error, Kind, Result};
 use crate::serve::request::{Line, TOO_LONG, frame};
 pub use crate::serve::request::{MAX_REQUEST, Request, parse_request};
@@ -124,15 +125,6 @@ impl Conn {
             _ => self.first_line_deadline.min(self.deadline),
         }
     }
-}
-
-/// Counters of the socket server.
-#[derive(Debug, Default, Clone, Copy)]
-pub struct SocketStats {
-    pub accepted: u64,
-    pub answered: u64,
-    pub rejected: u64,
-    pub timed_out: u64,
 }
 
 /// The listening socket and its connections.
@@ -248,19 +240,6 @@ impl Server {
             own_pidns: pidns_of("self"),
             stats: SocketStats::default(),
         })
-    }
-
-    /// Binds `--socket` with `--socket-mode`.
-    pub fn from_config(cfg: &crate::config::Config) -> Result<Server> {
-        use crate::config::Key;
-        let path = cfg
-            .path(Key::Socket)
-            .ok_or_else(|| Error::config("--socket is not set"))?;
-        let mode = cfg
-            .get(Key::SocketMode)
-            .and_then(|m| u32::from_str_radix(m, 8).ok())
-            .unwrap_or(0o660);
-        Server::bind(&path, mode)
     }
 
     /// The one fd to poll for `POLLIN` (an epoll fd covering the listener, the connections and
@@ -814,10 +793,10 @@ mod tests {
 
     #[test]
     fn one_caller_holding_many_silent_connections_does_not_starve_another() {
-        if !nix::unistd::geteuid().is_root() {
-            eprintln!("skipped: needs root (a second caller with another uid)");
-            return;
-        }
+        assert!(
+            nix::unistd::geteuid().is_root(),
+            "this test needs root (a second caller with another uid): run the tests as root (sudo scripts/test)"
+        );
         let (path, dir) = temp_socket("starve");
         let mut srv = Server::bind(&path, 0o666).unwrap();
         // Make this process an ordinary workload, not the agent's own probe.

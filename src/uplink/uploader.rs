@@ -1,18 +1,21 @@
-//! The uplink thread: takes NDJSON batches from the shared byte-bounded queue and posts them
-//! (same key on every retry, 413 split, backoff on 429/5xx/transport), heartbeats and renews on
-//! their deadlines, and on shutdown flushes within the grace period then sends a final
-//! heartbeat. The poll loop only ever pushes into the queue, so a slow backend never stalls it.
+//! The uplink thread: obtains the identity (enrolment in the background, while the sensor
+//! already watches and events queue), takes NDJSON batches from the shared byte-bounded queue
+//! and posts them (same key on every retry, 413 split, backoff on 429/5xx/transport),
+//! heartbeats and renews on their deadlines, and on shutdown flushes within the grace period
+//! then sends a final heartbeat. One level of concurrency: every network call is a blocking
+//! call on this thread, bounded by its own timeout. The poll loop only ever pushes into the
+//! queue, so a slow backend never stalls it.
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
+use crate::counters::{Counters, Published};
 use crate::error::{Error, Result};
+use crate::identity::backend::{Events, Failure};
+use crate::identity::backoff::Backoff;
 use crate::identity::session::Session;
-use crate::net::backend::{self, Events, Failure};
-use crate::net::backoff::Backoff;
-use crate::pipeline::counters::Counters;
 use crate::uplink::queue::{Batch, Limits, Queue};
 
 /// First retry of a failed batch after up to this long (full jitter), doubling per attempt.
@@ -22,24 +25,14 @@ const RETRY_CAP: Duration = Duration::from_secs(10);
 /// At shutdown the final heartbeat gets this long (the loop waits a second more for it).
 pub const FINAL_HEARTBEAT_TIMEOUT: Duration = Duration::from_secs(4);
 
-/// Counters written by the poll loop (the uplink reads them for heartbeats).
-#[derive(Default)]
-pub struct LoopCounters {
-    pub observed: AtomicU64,
-    pub dropped_kernel: AtomicU64,
-    pub dropped_decode: AtomicU64,
-    pub kubelet_misses: AtomicU64,
-    /// Events written to stdout (`--output stdout`).
-    pub stdout_sent: AtomicU64,
-}
-
 /// What the poll loop and the uplink thread share.
 pub struct Shared {
     queue: Mutex<Queue>,
     wake: Condvar,
     /// Shutdown requested: flush until this deadline, then the final heartbeat.
     flush_until: Mutex<Option<Instant>>,
-    pub loop_counters: LoopCounters,
+    /// Stage counters the poll loop publishes.
+    pub published: Published,
     /// Events accepted by the backend.
     pub sent: AtomicU64,
     /// Events given up on (rejected batch, or a single event over the server's size limit).
@@ -63,7 +56,7 @@ impl Shared {
             queue: Mutex::new(Queue::new(limits, key_prefix)),
             wake: Condvar::new(),
             flush_until: Mutex::new(None),
-            loop_counters: LoopCounters::default(),
+            published: Published::default(),
             sent: AtomicU64::new(0),
             dropped_upload: AtomicU64::new(0),
             batches_ok: AtomicU64::new(0),
@@ -112,7 +105,7 @@ impl Shared {
         // counted before is included here, and after the flag it counts nothing.
         let mut q = self.queue();
         self.abandoned.store(true, Ordering::SeqCst);
-        let l = &self.loop_counters;
+        let l = &self.published;
         let sent = if self.to_backend {
             self.sent.load(Ordering::SeqCst)
         } else {
@@ -145,7 +138,7 @@ impl Shared {
             let q = self.queue();
             (q.dropped, q.len() as u64)
         };
-        let l = &self.loop_counters;
+        let l = &self.published;
         let sent = if self.to_backend {
             self.sent.load(Ordering::Relaxed)
         } else {
@@ -160,56 +153,35 @@ impl Shared {
             dropped_upload: self.dropped_upload.load(Ordering::Relaxed),
             kubelet_misses: l.kubelet_misses.load(Ordering::Relaxed),
             queued,
+            batches_accepted: self.batches_ok.load(Ordering::Relaxed),
+            upload_failures: self.upload_failures.load(Ordering::Relaxed),
+            loop_body_max: Duration::ZERO,
         }
-    }
-}
-
-/// The heartbeat's `stats` from the stage counters (decode drops count as queue-side drops).
-pub fn heartbeat_stats(c: &Counters) -> backend::Stats {
-    backend::Stats {
-        events_observed: c.events_observed,
-        events_sent: c.events_sent,
-        events_dropped: backend::Dropped {
-            kernel: c.dropped_kernel,
-            queue: c.dropped_queue + c.dropped_decode,
-            upload: c.dropped_upload,
-        },
-        kubelet_misses: c.kubelet_misses,
     }
 }
 
 /// The uplink thread's state.
 pub struct Uplink {
     shared: Arc<Shared>,
-    agent: Session,
-    workload_id: String,
+    session: Session,
     started: Instant,
     /// Batches taken from the queue and not yet accepted (the one being retried, split halves).
     pending: VecDeque<Batch>,
     retry_at: Option<Instant>,
     backoff: Backoff,
     first_upload_logged: bool,
-    /// When `Session::tick` is next due.
-    next_tick: Instant,
 }
 
 impl Uplink {
-    pub fn new(
-        shared: Arc<Shared>,
-        agent: Session,
-        workload_id: String,
-        started: Instant,
-    ) -> Uplink {
+    pub fn new(shared: Arc<Shared>, session: Session, started: Instant) -> Uplink {
         Uplink {
             shared,
-            agent,
-            workload_id,
+            session,
             started,
             pending: VecDeque::new(),
             retry_at: None,
             backoff: Backoff::new(RETRY_BASE, RETRY_CAP),
             first_upload_logged: false,
-            next_tick: Instant::now(),
         }
     }
 
@@ -228,35 +200,39 @@ impl Uplink {
                 return self.flush(deadline);
             }
             let now = Instant::now();
-            if now >= self.next_tick {
-                // Never blocks: heartbeat/renewal calls run on a helper thread and are collected
-                // by later ticks (`next_deadline` is then a short poll interval away).
-                self.agent.stats = heartbeat_stats(&self.shared.counters());
-                self.agent.tick(now)?;
-                self.next_tick = self.agent.next_deadline();
+            if now >= self.session.next_deadline() {
+                // At most one blocking call (enrolment attempt, heartbeat or renewal), bounded
+                // by its own timeout; the queue keeps filling meanwhile.
+                let stats = self.shared.counters().heartbeat_stats();
+                self.session.tick(now, &stats)?;
+                continue;
             }
-            if self.retry_at.is_none_or(|t| now >= t) {
+            let up = self.session.backend().is_some();
+            if up && self.retry_at.is_none_or(|t| now >= t) {
                 if self.pending.is_empty() {
-                    // The first batch goes out at once (start-up proof that events arrive);
-                    // later ones wait for their size or age.
+                    // The first batch goes out at once (start-up proof that events arrive,
+                    // including those queued before enrolment); later ones wait for their size
+                    // or age.
                     let force = !self.first_upload_logged;
                     if let Some(b) = self.shared.queue().take_batch(now, force) {
                         self.pending.push_back(b);
                     }
                 }
                 if !self.pending.is_empty() {
-                    self.send_front(crate::net::tls::CALL_TIMEOUT)?;
+                    self.send_front(crate::identity::tls::CALL_TIMEOUT)?;
                     continue;
                 }
             }
             // Nothing to do now: sleep until the next deadline or a push.
             let q = self.shared.queue();
-            let mut wake = self.next_tick;
-            match self.retry_at {
-                Some(t) if !self.pending.is_empty() => wake = wake.min(t),
-                _ => {
-                    if let Some(d) = q.due() {
-                        wake = wake.min(if self.first_upload_logged { d } else { now });
+            let mut wake = self.session.next_deadline();
+            if up {
+                match self.retry_at {
+                    Some(t) if !self.pending.is_empty() => wake = wake.min(t),
+                    _ => {
+                        if let Some(d) = q.due() {
+                            wake = wake.min(if self.first_upload_logged { d } else { now });
+                        }
                     }
                 }
             }
@@ -270,14 +246,17 @@ impl Uplink {
         }
     }
 
-    /// Posts the front pending batch once and handles the answer.
-    /// Posts the oldest batch, given at most `timeout` (a failure past it is retried later).
+    /// Posts the oldest batch once, given at most `timeout` (a failure past it is retried
+    /// later), and handles the answer.
     fn send_front(&mut self, timeout: Duration) -> Result<()> {
+        let Some(backend) = self.session.backend().cloned() else {
+            return Ok(());
+        };
         let Some(b) = self.pending.pop_front() else {
             return Ok(());
         };
         let t = Instant::now();
-        let answer = self.agent.backend().post_events(&b.key, &b.body, timeout);
+        let answer = backend.post_events(&b.key, &b.body, timeout);
         // Counting happens under the queue lock, after a look at `abandoned` (see
         // `count_undelivered_as_dropped`).
         let mut q = self.shared.queue();
@@ -327,7 +306,7 @@ impl Uplink {
                 }
             }
             Events::Failed(Failure::Revoked(why)) => {
-                return Err(self.agent.revoked("event upload", &why));
+                return Err(self.session.revoked("event upload", &why));
             }
             Events::Failed(Failure::Retry { why, retry_after }) => {
                 let mut b = b;
@@ -364,6 +343,18 @@ impl Uplink {
     /// Shutdown: post everything queued until `deadline` (no backoff waits past it), then one
     /// final heartbeat with the final counters.
     fn flush(&mut self, deadline: Instant) -> Result<()> {
+        let Some(backend) = self.session.backend().cloned() else {
+            // No identity (enrolling, or expired): nothing can be delivered or reported.
+            let mut q = self.shared.queue();
+            if !self.shared.abandoned.load(Ordering::SeqCst) {
+                let left =
+                    self.pending.iter().map(|b| b.events as u64).sum::<u64>() + q.len() as u64;
+                while q.take_batch(Instant::now(), true).is_some() {}
+                q.dropped += left;
+                self.pending.clear();
+            }
+            return Ok(());
+        };
         loop {
             let now = Instant::now();
             if now >= deadline {
@@ -403,10 +394,10 @@ impl Uplink {
                  counted as dropped"
             );
         }
-        let stats = heartbeat_stats(&self.shared.counters());
-        match self.agent.backend().heartbeat(
-            self.agent.agent_id(),
-            &self.workload_id,
+        let stats = self.shared.counters().heartbeat_stats();
+        match backend.heartbeat(
+            self.session.agent_id().unwrap_or_default(),
+            self.session.workload_id(),
             self.started.elapsed(),
             &stats,
             FINAL_HEARTBEAT_TIMEOUT,
@@ -440,9 +431,9 @@ mod tests {
     #[test]
     fn counters_add_up_and_map_to_the_heartbeat() {
         let sh = Shared::new(limits(), "k".into(), true);
-        sh.loop_counters.observed.store(30, Ordering::Relaxed);
-        sh.loop_counters.dropped_decode.store(1, Ordering::Relaxed);
-        sh.loop_counters.dropped_kernel.store(4, Ordering::Relaxed);
+        sh.published.observed.store(30, Ordering::Relaxed);
+        sh.published.dropped_decode.store(1, Ordering::Relaxed);
+        sh.published.dropped_kernel.store(4, Ordering::Relaxed);
         // 20 lines of 9 bytes (with the newline) into a 64-byte queue: 7 stay, 13 dropped.
         let mut lines: Vec<Vec<u8>> = (0..20)
             .map(|i| format!("{{\"n\":{i:02}}}").into_bytes())
@@ -453,7 +444,7 @@ mod tests {
         let c = sh.counters();
         assert_eq!(c.queued, 7);
         assert_eq!(c.dropped_queue, 13);
-        let hb = heartbeat_stats(&c);
+        let hb = c.heartbeat_stats();
         assert_eq!(hb.events_observed, 30);
         assert_eq!(hb.events_sent, 9);
         assert_eq!(hb.events_dropped.queue, 14, "queue + decode drops");
@@ -465,8 +456,8 @@ mod tests {
     fn an_abandoned_uplink_leaves_counters_that_add_up() {
         let sh = Shared::new(limits(), "k".into(), true);
         // 10 observed: 3 sent, 1 undecodable, 4 queued, and 2 in a batch hanging in a post.
-        sh.loop_counters.observed.store(10, Ordering::Relaxed);
-        sh.loop_counters.dropped_decode.store(1, Ordering::Relaxed);
+        sh.published.observed.store(10, Ordering::Relaxed);
+        sh.published.dropped_decode.store(1, Ordering::Relaxed);
         sh.sent.store(3, Ordering::Relaxed);
         let mut lines: Vec<Vec<u8>> = (0..4)
             .map(|i| format!("{{\"n\":{i}}}").into_bytes())
@@ -487,7 +478,7 @@ mod tests {
     #[test]
     fn stdout_mode_counts_stdout_writes_as_sent() {
         let sh = Shared::new(limits(), "k".into(), false);
-        sh.loop_counters.stdout_sent.store(5, Ordering::Relaxed);
+        sh.published.stdout_sent.store(5, Ordering::Relaxed);
         sh.sent.store(99, Ordering::Relaxed);
         assert_eq!(sh.counters().events_sent, 5);
     }

@@ -510,3 +510,125 @@ fn attest_conmon_and_pause_are_named() {
             .contains(&serde_json::json!("k8s:ns:shop"))
     );
 }
+
+/// The pod as the kubelet lists it while the calling container has not started yet: another
+/// container is in `containerStatuses`, ours is not.
+fn pod_list_without_our_container() -> String {
+    const OTHER: &str = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
+    pod_list().replace(CID, OTHER)
+}
+
+/// `--disable-container-selectors`: the pod selectors as soon as the pod is known, even while the
+/// container is not among `containerStatuses` (a sidecar attesting before its container is
+/// reported, Istio's `holdApplicationUntilProxyStarts`). Without the option: exit 6 as before.
+#[test]
+fn attest_disable_container_selectors_does_not_wait_for_the_container() {
+    let k = TestKubelet::start(
+        Tls::Plain,
+        Behaviour {
+            body: pod_list_without_our_container(),
+            ..behaviour()
+        },
+    );
+    let port = k.port().to_string();
+    let root = proc_root(&pod_cgroup());
+    let t = Instant::now();
+    let o = attest(
+        root.path(),
+        &[
+            "--kubelet-read-only-port",
+            &port,
+            "--disable-container-selectors",
+            "--kubelet-max-poll-attempts",
+            "50",
+        ],
+    );
+    assert!(o.status.success(), "stderr: {}", stderr(&o));
+    // One fetch: the pod was known at once, nothing was waited for.
+    assert_eq!(k.requests(), 1);
+    assert!(t.elapsed() < Duration::from_secs(5), "{:?}", t.elapsed());
+    let v = json(&o);
+    assert_eq!(v["podUid"], UID);
+    assert_eq!(v["containerId"], CID);
+    let sel: Vec<&str> = v["selectors"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s.as_str().unwrap())
+        .collect();
+    let want: Vec<&str> = SELECTORS
+        .iter()
+        .copied()
+        .filter(|s| !s.starts_with("k8s:container-"))
+        .collect();
+    assert_eq!(sel, want);
+    assert!(stderr(&o).is_empty(), "{}", stderr(&o));
+    // Without the option: polled to the end, exit 6, the reason named (the old behaviour).
+    let before = k.requests();
+    let o = attest(root.path(), &["--kubelet-read-only-port", &port]);
+    assert_eq!(o.status.code(), Some(6), "stderr: {}", stderr(&o));
+    assert_eq!(k.requests() - before, 3);
+    assert!(stderr(&o).contains("is not among pod"), "{}", stderr(&o));
+    // conmon stays refused with the option: it is the runtime's monitor, not the pod's workload.
+    let u = UID.replace('-', "_");
+    let root = proc_root(&format!(
+        "0::/kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod{u}.slice/crio-conmon-{CID}.scope\n"
+    ));
+    let o = attest(
+        root.path(),
+        &[
+            "--kubelet-read-only-port",
+            &port,
+            "--disable-container-selectors",
+        ],
+    );
+    assert_eq!(o.status.code(), Some(6), "stderr: {}", stderr(&o));
+    assert!(stderr(&o).contains("conmon"), "{}", stderr(&o));
+}
+
+/// The strict DNS-1123 check applies where the node name is the kubelet's host name: a host name
+/// such as `Build_Host` is a configuration error there (exit 3), and fine with --kubelet-url.
+#[test]
+fn attest_node_name_must_be_a_kubernetes_node_name_to_reach_the_kubelet() {
+    let k = TestKubelet::start(Tls::Plain, behaviour());
+    let port = k.port().to_string();
+    let root = proc_root(&pod_cgroup());
+    let o = attest(
+        root.path(),
+        &[
+            "--node-name",
+            "Build_Host",
+            "--kubelet-read-only-port",
+            &port,
+        ],
+    );
+    assert_eq!(o.status.code(), Some(3), "stderr: {}", stderr(&o));
+    let e = stderr(&o);
+    assert!(
+        e.contains(
+            "--node-name \"Build_Host\" is not a valid Kubernetes node name (DNS-1123 subdomain)"
+        ),
+        "{e}"
+    );
+    assert!(e.contains("--kubelet-url"), "{e}");
+    assert_eq!(k.requests(), 0, "the kubelet was contacted");
+    // The kubelet's address given: the node name is not its host, and the answer comes.
+    let url = format!("http://127.0.0.1:{port}");
+    let o = attest(
+        root.path(),
+        &["--node-name", "Build_Host", "--kubelet-url", &url],
+    );
+    assert!(o.status.success(), "stderr: {}", stderr(&o));
+    // A process outside a pod never reaches the kubelet: no check, no error.
+    let root = proc_root("0::/system.slice/sshd.service\n");
+    let o = run(agent()
+        .args(["attest", "--pid", &PID.to_string(), "--proc-root"])
+        .arg(root.path())
+        .env("LINUXGUARD_NODE_NAME", "Build_Host"));
+    assert_eq!(o.status.code(), Some(6), "stderr: {}", stderr(&o));
+    assert!(
+        stderr(&o).contains("not in a Kubernetes pod"),
+        "{}",
+        stderr(&o)
+    );
+}

@@ -159,3 +159,199 @@ fn version_and_help() {
         assert!(stdout(&o).contains(cmd));
     }
 }
+
+/// `printf 'Build_Host:<UID>' | sha256sum`: a host name is hashed exactly as given (case and `_`
+/// kept, nothing lower-cased or replaced).
+const BUILD_HOST_SEED: &str = "aa9ff0c7976533a3385f7b74f77f2704178de1d5d6473c873f4dc326526edb75";
+/// `printf 'EDGE-07:<UID>' | sha256sum`.
+const EDGE_07_SEED: &str = "2b2f9a456f2a07c5846abe8e5c491bc1aefa8dd6c8fdbee4e2837310016931a9";
+
+fn show_json(o: &std::process::Output) -> serde_json::Value {
+    assert!(o.status.success(), "stderr: {}", stderr(o));
+    serde_json::from_str(&stdout(o)).expect("show-config --json prints JSON")
+}
+
+/// Outside Kubernetes the node name is a host name (`-e LINUXGUARD_NODE_NAME=$(hostname)`):
+/// upper case and `_` are accepted and hashed byte for byte.
+#[test]
+fn show_config_accepts_host_names_and_hashes_them_as_given() {
+    for (node, seed) in [("Build_Host", BUILD_HOST_SEED), ("EDGE-07", EDGE_07_SEED)] {
+        let o = run(agent()
+            .args(["show-config", "--json"])
+            .env("LINUXGUARD_NODE_NAME", node)
+            .env("LINUXGUARD_POD_UID", UID));
+        let v = show_json(&o);
+        assert_eq!(v["workloadId"], seed, "{node}");
+        assert_eq!(v["nodeName"], node);
+        assert_eq!(v["settings"]["node-name"]["value"], node);
+        // The flag too, and the text form prints the name as given.
+        let o = run(agent().args(["show-config", "--node-name", node, "--pod-uid", UID]));
+        assert!(o.status.success(), "{node}: {}", stderr(&o));
+        assert!(stdout(&o).contains(seed), "{}", stdout(&o));
+        assert!(
+            stdout(&o).contains(&format!("node name:   {node} (from --node-name)")),
+            "{}",
+            stdout(&o)
+        );
+    }
+}
+
+/// What a host name cannot be is still refused, with the rule and the variable named.
+#[test]
+fn show_config_refuses_what_no_host_name_is() {
+    let long = "a".repeat(254);
+    for bad in [
+        "Build Host",
+        "a\tb",
+        "a\u{1}b",
+        "node:1",
+        long.as_str(),
+        "x\u{7f}",
+    ] {
+        let o = run(agent()
+            .arg("show-config")
+            .env("LINUXGUARD_NODE_NAME", bad)
+            .env("LINUXGUARD_POD_UID", UID));
+        assert_eq!(o.status.code(), Some(3), "{bad:?}: {}", stderr(&o));
+        let e = stderr(&o);
+        assert!(
+            e.contains("LINUXGUARD_NODE_NAME") && e.contains("is not a host name"),
+            "{bad:?}: {e}"
+        );
+        assert_eq!(e.trim().lines().count(), 1, "one line: {e}");
+    }
+    let o = run(agent().args(["show-config", "--node-name=", "--pod-uid", UID]));
+    assert_eq!(o.status.code(), Some(3), "{}", stderr(&o));
+    assert!(stderr(&o).contains("--node-name"), "{}", stderr(&o));
+    // 253 bytes is the longest accepted (a full DNS name).
+    let o = run(agent()
+        .args(["show-config", "--pod-uid", UID])
+        .env("LINUXGUARD_NODE_NAME", "a".repeat(253)));
+    assert!(o.status.success(), "{}", stderr(&o));
+}
+
+/// `--node-name-env NAME` / `LINUXGUARD_NODE_NAME_ENV`: the node name is read from the named
+/// variable, and show-config says where it came from.
+#[test]
+fn node_name_env_names_the_variable_read() {
+    use crate::common::AGENT;
+    let env_i = |pairs: &[(&str, &str)], args: &[&str]| {
+        let mut c = std::process::Command::new("env");
+        c.arg("-i");
+        for (k, v) in pairs {
+            c.arg(format!("{k}={v}"));
+        }
+        c.arg(AGENT).args(args);
+        run(&mut c)
+    };
+    let o = env_i(
+        &[("MY_NODE_NAME", NODE), ("LINUXGUARD_POD_UID", UID)],
+        &["show-config", "--json", "--node-name-env", "MY_NODE_NAME"],
+    );
+    let v = show_json(&o);
+    assert_eq!(v["workloadId"], SEED);
+    assert_eq!(v["nodeName"], NODE);
+    assert_eq!(v["nodeNameFrom"], "MY_NODE_NAME");
+    assert_eq!(v["settings"]["node-name"]["source"], "env");
+    assert_eq!(v["settings"]["node-name"]["env"], "MY_NODE_NAME");
+    assert_eq!(v["settings"]["node-name-env"]["value"], "MY_NODE_NAME");
+    assert_eq!(v["settings"]["node-name-env"]["source"], "flag");
+    assert_eq!(stderr(&o), "", "no warning");
+    // The variable's own variable, and the text form.
+    let o = env_i(
+        &[
+            ("LINUXGUARD_NODE_NAME_ENV", "NODE_NAME"),
+            ("NODE_NAME", NODE),
+            ("LINUXGUARD_POD_UID", UID),
+        ],
+        &["show-config"],
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    let out = stdout(&o);
+    assert!(out.contains(SEED), "{out}");
+    assert!(
+        out.contains(&format!("node name:   {NODE} (from NODE_NAME)")),
+        "{out}"
+    );
+    assert!(
+        out.lines().any(|l| l.starts_with("--node-name-env")
+            && l.contains("NODE_NAME")
+            && l.contains("env (LINUXGUARD_NODE_NAME_ENV)")),
+        "{out}"
+    );
+    // LINUXGUARD_NODE_NAME is not read when another variable is named: the missing input is
+    // named as configured, and a warning says why LINUXGUARD_NODE_NAME was ignored.
+    let o = env_i(
+        &[("LINUXGUARD_NODE_NAME", NODE), ("LINUXGUARD_POD_UID", UID)],
+        &["show-config", "--node-name-env", "MY_NODE_NAME"],
+    );
+    assert_eq!(o.status.code(), Some(3), "{}", stderr(&o));
+    let e = stderr(&o);
+    assert!(e.contains("MY_NODE_NAME is missing"), "{e}");
+    assert!(
+        e.contains("LINUXGUARD_NODE_NAME is set but not read"),
+        "{e}"
+    );
+    // The node name's rule names the variable it came from.
+    let o = env_i(
+        &[("MY_NODE_NAME", "a b"), ("LINUXGUARD_POD_UID", UID)],
+        &["show-config", "--node-name-env", "MY_NODE_NAME"],
+    );
+    assert_eq!(o.status.code(), Some(3));
+    assert!(
+        stderr(&o).contains("MY_NODE_NAME \"a b\" is not a host name"),
+        "{}",
+        stderr(&o)
+    );
+}
+
+#[test]
+fn node_name_env_must_be_a_variable_name() {
+    for (bad, why) in [
+        ("1NODE", "letters, digits and '_'"),
+        ("MY-NODE", "letters, digits and '_'"),
+        ("MY NODE", "letters, digits and '_'"),
+        ("LINUXGUARD_ENROLL_TOKEN", "another setting"),
+        ("LINUXGUARD_POD_UID", "another setting"),
+    ] {
+        let o = run(agent().args([
+            "show-config",
+            "--workload-id",
+            "abc123",
+            "--node-name-env",
+            bad,
+        ]));
+        assert_eq!(o.status.code(), Some(3), "{bad}: {}", stderr(&o));
+        let e = stderr(&o);
+        assert!(
+            e.contains("--node-name-env") && e.contains(why),
+            "{bad}: {e}"
+        );
+    }
+    let o = run(agent()
+        .args(["show-config", "--workload-id", "abc123"])
+        .env("LINUXGUARD_NODE_NAME_ENV", "no=pe"));
+    assert_eq!(o.status.code(), Some(3));
+    assert!(
+        stderr(&o).contains("LINUXGUARD_NODE_NAME_ENV"),
+        "{}",
+        stderr(&o)
+    );
+}
+
+/// `env -i linuxguard-agent show-config ...`: an empty environment is nothing to scrub, not an
+/// error: stderr stays empty.
+#[test]
+fn clean_environment_gets_no_warning() {
+    use crate::common::AGENT;
+    for extra in [&[][..], &["--json"][..]] {
+        let o = run(std::process::Command::new("env")
+            .arg("-i")
+            .arg(AGENT)
+            .args(["show-config", "--workload-id", "abc123"])
+            .args(extra));
+        assert!(o.status.success(), "{}", stderr(&o));
+        assert_eq!(stderr(&o), "", "env -i: stderr must be empty");
+        assert!(stdout(&o).contains(ABC123));
+    }
+}

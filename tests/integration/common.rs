@@ -267,23 +267,76 @@ impl Drop for Backend {
     }
 }
 
-/// A running agent process whose stderr goes to a log file: shared waits for the tests.
-pub trait AgentProcess {
-    fn child(&mut self) -> &mut std::process::Child;
-    fn log_path(&self) -> &Path;
+/// The one harness for a running agent process (`start` or `watch`): stderr goes to a log
+/// file, stdout to a file or wherever the test points it; killed on drop.
+pub struct Agent {
+    pub child: std::process::Child,
+    log: PathBuf,
+    out: Option<PathBuf>,
+}
 
-    fn log(&self) -> String {
-        std::fs::read_to_string(self.log_path()).unwrap_or_default()
+impl Agent {
+    /// Spawns `c` with stdin closed, stderr into `log` and stdout into `out` (a file created
+    /// there) or `stdout` when given.
+    pub fn spawn(
+        c: &mut Command,
+        log: PathBuf,
+        out: Option<PathBuf>,
+        stdout: Option<std::process::Stdio>,
+    ) -> Agent {
+        let stdout = match (stdout, &out) {
+            (Some(s), _) => s,
+            (None, Some(p)) => std::fs::File::create(p).expect("stdout file").into(),
+            (None, None) => std::process::Stdio::null(),
+        };
+        let child = c
+            .stdin(std::process::Stdio::null())
+            .stdout(stdout)
+            .stderr(std::fs::File::create(&log).expect("log file"))
+            .spawn()
+            .expect("spawn agent");
+        Agent { child, log, out }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// What the agent wrote to its stdout file (empty when stdout went elsewhere).
+    pub fn stdout(&self) -> String {
+        self.out
+            .as_ref()
+            .map(|p| std::fs::read_to_string(p).unwrap_or_default())
+            .unwrap_or_default()
+    }
+
+    pub fn alive(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+
+    pub fn signal_term(&self) {
+        let pid = nix::unistd::Pid::from_raw(self.child.id() as i32);
+        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+    }
+
+    /// SIGTERM, then waits up to `secs` for the exit.
+    pub fn term(&mut self, secs: u64) -> std::process::ExitStatus {
+        self.signal_term();
+        self.wait_exit(secs)
     }
 
     /// Waits for a log line containing `needle`; panics with the log after `secs`.
-    fn wait_log(&mut self, needle: &str, secs: u64) {
+    pub fn wait_log(&mut self, needle: &str, secs: u64) {
         let end = std::time::Instant::now() + std::time::Duration::from_secs(secs);
         while std::time::Instant::now() < end {
             if self.log().contains(needle) {
                 return;
             }
-            if let Ok(Some(st)) = self.child().try_wait() {
+            if let Ok(Some(st)) = self.child.try_wait() {
                 panic!(
                     "agent exited ({st}) before logging {needle:?}:\n{}",
                     self.log()
@@ -298,19 +351,38 @@ pub trait AgentProcess {
     }
 
     /// Waits for the process to exit; kills it and panics after `secs`.
-    fn wait_exit(&mut self, secs: u64) -> std::process::ExitStatus {
+    pub fn wait_exit(&mut self, secs: u64) -> std::process::ExitStatus {
         let end = std::time::Instant::now() + std::time::Duration::from_secs(secs);
         loop {
-            if let Some(st) = self.child().try_wait().expect("wait") {
+            if let Some(st) = self.child.try_wait().expect("wait") {
                 return st;
             }
             if std::time::Instant::now() > end {
-                let _ = self.child().kill();
+                let _ = self.child.kill();
                 panic!("agent still running after {secs} s:\n{}", self.log());
             }
             std::thread::sleep(std::time::Duration::from_millis(20));
         }
     }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Polls until `f` holds; panics after `secs`.
+pub fn wait_for(what: &str, secs: u64, mut f: impl FnMut() -> bool) {
+    let end = std::time::Instant::now() + std::time::Duration::from_secs(secs);
+    while std::time::Instant::now() < end {
+        if f() {
+            return;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(25));
+    }
+    panic!("timed out after {secs} s waiting for {what}");
 }
 
 /// An admin answer's JSON body; panics on non-2xx. Large when the machine is busy (every agent

@@ -7,13 +7,13 @@
 use std::collections::HashMap;
 use std::fs;
 use std::io::{Read, Write};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
-use crate::common::{self, AgentProcess, Backend, TempDir, start_backend, start_backend_in};
+use crate::common::{self, Agent, Backend, TempDir, start_backend, start_backend_in, wait_for};
 
 const TOKEN: &str = "ABCDEFGHIJKLMNOPQRSTUVWX";
 
@@ -50,86 +50,38 @@ impl Run {
             .args(extra);
         c
     }
-    fn spawn(&self, c: Command) -> Agent {
+    fn spawn(&self, mut c: Command) -> Agent {
         let out = self.dir.path().join("agent.out");
-        self.spawn_with(c, fs::File::create(&out).expect("stdout file").into())
+        Agent::spawn(&mut c, self.dir.path().join("agent.log"), Some(out), None)
     }
     /// Like `spawn`, with the agent's stdout given (a pipe, /dev/full...).
     fn spawn_with(&self, mut c: Command, stdout: Stdio) -> Agent {
-        let log = self.dir.path().join("agent.log");
         let out = self.dir.path().join("agent.out");
-        let child = c
-            .stdin(Stdio::null())
-            .stdout(stdout)
-            .stderr(fs::File::create(&log).expect("log file"))
-            .spawn()
-            .expect("spawn agent");
-        Agent { child, log, out }
+        Agent::spawn(
+            &mut c,
+            self.dir.path().join("agent.log"),
+            Some(out),
+            Some(stdout),
+        )
     }
-}
-
-struct Agent {
-    child: Child,
-    log: PathBuf,
-    out: PathBuf,
-}
-
-impl AgentProcess for Agent {
-    fn child(&mut self) -> &mut Child {
-        &mut self.child
-    }
-    fn log_path(&self) -> &Path {
-        &self.log
-    }
-}
-
-impl Agent {
-    fn stdout(&self) -> String {
-        fs::read_to_string(&self.out).unwrap_or_default()
-    }
-    fn signal_term(&self) {
-        let pid = nix::unistd::Pid::from_raw(self.child.id() as i32);
-        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
-    }
-    fn alive(&mut self) -> bool {
-        matches!(self.child.try_wait(), Ok(None))
-    }
-}
-
-impl Drop for Agent {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn wait_for(what: &str, secs: u64, mut f: impl FnMut() -> bool) {
-    let end = Instant::now() + Duration::from_secs(secs);
-    while Instant::now() < end {
-        if f() {
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    panic!("timed out after {secs} s waiting for {what}");
 }
 
 /// The e2e tests run one at a time: each agent sees every process on the host, and the
 /// backend keeps only its newest 20,000 events, so parallel floods would push markers out.
 static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
-fn serial() -> Option<std::sync::MutexGuard<'static, ()>> {
+pub(crate) fn serial() -> Option<std::sync::MutexGuard<'static, ()>> {
     crate::common::require_root("root and BPF");
     Some(SERIAL.lock().unwrap_or_else(|p| p.into_inner()))
 }
 
 /// A marker unique to this test run.
-fn marker(tag: &str) -> String {
+pub(crate) fn marker(tag: &str) -> String {
     crate::common::marker(&format!("e2e-{tag}"))
 }
 
 /// Runs `/bin/true <marker>-<i>` for i in 0..n (each a distinct exec the sensor reports).
-fn exec_marked(marker: &str, n: usize) {
+pub(crate) fn exec_marked(marker: &str, n: usize) {
     for i in 0..n {
         let st = Command::new("/bin/true")
             .arg(format!("{marker}-{i}"))
@@ -140,7 +92,7 @@ fn exec_marked(marker: &str, n: usize) {
 }
 
 /// How many times each marked exec reached the backend (from `/admin/events`).
-fn marked_execs(be: &Backend, marker: &str) -> HashMap<String, usize> {
+pub(crate) fn marked_execs(be: &Backend, marker: &str) -> HashMap<String, usize> {
     let mut seen = HashMap::new();
     if let Value::Array(evs) = admin_events(be) {
         for ev in evs {
@@ -161,7 +113,7 @@ fn marked_execs(be: &Backend, marker: &str) -> HashMap<String, usize> {
 }
 
 /// `GET /admin/events` (up to 20,000 events: larger than the common helper's body limit).
-fn admin_events(be: &Backend) -> Value {
+pub(crate) fn admin_events(be: &Backend) -> Value {
     let mut resp = be
         .client(None)
         .get(format!("{}/admin/events", be.url))
@@ -176,7 +128,7 @@ fn admin_events(be: &Backend) -> Value {
     serde_json::from_slice(&body).expect("/admin/events JSON")
 }
 
-fn assert_exactly_once(be: &Backend, marker: &str, n: usize) {
+pub(crate) fn assert_exactly_once(be: &Backend, marker: &str, n: usize) {
     let seen = marked_execs(be, marker);
     assert_eq!(seen.len(), n, "distinct marked execs delivered");
     let dup: Vec<_> = seen.iter().filter(|(_, c)| **c != 1).collect();
@@ -194,7 +146,7 @@ fn status(run: &Run) -> Value {
 }
 
 /// A free loopback port (bound then released).
-fn free_port() -> u16 {
+pub(crate) fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .map(|a| a.port())
@@ -467,7 +419,7 @@ fn root_e2e_sigterm_flushes_sends_final_heartbeat_and_exits_0() {
         "1",
     ]);
     let mut a = run.spawn(c);
-    a.wait_log("startup: socket", 30);
+    a.wait_log("startup: sensors attached", 30);
     // The first batch goes out at once; the marked events come after it.
     Command::new("/bin/true").status().expect("run /bin/true");
     a.wait_log("startup: first upload accepted", 10);
@@ -521,7 +473,7 @@ fn root_e2e_garbage_on_the_socket_is_refused_without_a_crash() {
     let be = start_backend(&["--token", TOKEN]);
     let run = Run::new();
     let mut a = run.spawn(run.cmd(&be, &be.url, &[]));
-    a.wait_log("startup: socket", 30);
+    a.wait_log("startup: sensors attached", 30);
     let payloads: Vec<Vec<u8>> = vec![
         b"\x00\x01\x02garbage\xff\n".to_vec(),
         b"{\"request\": 12}\n".to_vec(),
@@ -651,6 +603,28 @@ impl PodCgroup {
     }
 }
 
+impl PodCgroup {
+    /// Runs the agent binary with `args` inside the cgroup (moved in before it starts: `sh`
+    /// waits, then execs the agent under the same pid) and returns its output.
+    fn agent_output(&self, args: &[&str]) -> std::process::Output {
+        let mut child = Command::new("/bin/sh")
+            .env_clear()
+            .args(["-c", "read _; exec \"$0\" \"$@\"", common::AGENT])
+            .args(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn sh");
+        fs::write(self.leaf.join("cgroup.procs"), child.id().to_string())
+            .expect("move into the pod cgroup");
+        if let Some(mut stdin) = child.stdin.take() {
+            let _ = stdin.write_all(b"go\n");
+        }
+        child.wait_with_output().expect("wait for the agent")
+    }
+}
+
 impl Drop for PodCgroup {
     fn drop(&mut self) {
         let mut dir = self.leaf.clone();
@@ -715,7 +689,7 @@ fn root_e2e_kubelet_down_events_flow_without_pod_fields() {
             "1000",
         ],
     ));
-    a.wait_log("startup: socket", 30);
+    a.wait_log("startup: sensors attached", 30);
     let m = marker("kube");
     let down = format!("{m}-down");
     cg.run(&format!("/bin/true {down}"));
@@ -834,7 +808,7 @@ fn root_e2e_sigterm_during_an_outage_counts_what_was_not_delivered() {
 }
 
 /// The final counters an agent printed on stderr (`final counters: {...}`).
-fn final_counters(a: &Agent) -> Value {
+pub(crate) fn final_counters(a: &Agent) -> Value {
     let log = a.log();
     let line = log
         .lines()
@@ -844,7 +818,7 @@ fn final_counters(a: &Agent) -> Value {
 }
 
 /// Heartbeat-form counters add up: observed = sent + every drop (decode drops are in `queue`).
-fn assert_adds_up(stats: &Value, ctx: &str) -> u64 {
+pub(crate) fn assert_adds_up(stats: &Value, ctx: &str) -> u64 {
     let n = |v: &Value| v.as_u64().unwrap_or(0);
     let dropped = n(&stats["eventsDropped"]["queue"]) + n(&stats["eventsDropped"]["upload"]);
     assert_eq!(
@@ -1008,4 +982,76 @@ fn root_e2e_failing_stdout_is_an_error_only_when_it_is_the_only_output() {
     assert_eq!(status.code(), Some(1), "{log}");
     assert!(log.contains("failed to write events to stdout"), "{log}");
     assert_adds_up(&final_counters(&a), &log);
+}
+
+/// `--disable-container-selectors` over the socket: `attest --self` from a process whose
+/// container is not yet among the pod's `containerStatuses` gets the pod selectors (exit 0);
+/// without the option the answer is still the refusal naming the container.
+#[test]
+fn root_e2e_attest_self_with_disable_container_selectors_does_not_wait_for_the_container() {
+    use crate::kubelet_server::{Behaviour, TestKubelet, Tls};
+    let Some(_serial) = serial() else { return };
+    let Some(cg) = PodCgroup::new() else {
+        panic!(
+            "cannot run here: no writable cgroup2 hierarchy (CI runs as root on a kernel with BTF, where it can)"
+        );
+    };
+    // The pod is listed; its only container status is another container's.
+    let other = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
+    let k = TestKubelet::start(
+        Tls::Plain,
+        Behaviour {
+            body: pod_list().replace(CONTAINER_ID, other),
+            status: 200,
+            token: None,
+            delay: Duration::ZERO,
+            later_body: None,
+        },
+    );
+    let be = start_backend(&["--token", TOKEN]);
+    let url = format!("http://127.0.0.1:{}", k.port());
+    let kubelet = [
+        "--kubelet-url",
+        url.as_str(),
+        "--kubelet-poll-retry-interval-ms",
+        "100",
+    ];
+    for disable in [true, false] {
+        let run = Run::new();
+        let mut extra = kubelet.to_vec();
+        if disable {
+            extra.push("--disable-container-selectors");
+        }
+        let mut a = run.spawn(run.cmd(&be, &be.url, &extra));
+        a.wait_log("startup: socket", 30);
+        let sock = run.socket();
+        let sock = sock.to_str().expect("utf-8 path");
+        let o = cg.agent_output(&["attest", "--self", "--socket", sock]);
+        let (out, err) = (common::stdout(&o), common::stderr(&o));
+        if disable {
+            assert!(
+                o.status.success(),
+                "stdout: {out}\nstderr: {err}\n{}",
+                a.log()
+            );
+            let v: Value = serde_json::from_str(out.trim()).expect("attest --self JSON");
+            assert_eq!(v["podUid"], POD_UID, "{v}");
+            assert_eq!(v["containerId"], CONTAINER_ID, "{v}");
+            let sel: Vec<&str> = v["selectors"]
+                .as_array()
+                .expect("selectors")
+                .iter()
+                .filter_map(Value::as_str)
+                .collect();
+            assert!(sel.contains(&"k8s:ns:shop"), "{v}");
+            assert!(sel.contains(&"k8s:pod-name:web-7d4b9c"), "{v}");
+            assert!(sel.iter().all(|s| !s.starts_with("k8s:container-")), "{v}");
+        } else {
+            assert_eq!(o.status.code(), Some(1), "stdout: {out}\nstderr: {err}");
+            assert!(err.contains("is not among pod"), "{err}");
+            assert!(out.trim().is_empty(), "{out}");
+        }
+        a.signal_term();
+        assert_eq!(a.wait_exit(15).code(), Some(0), "{}", a.log());
+    }
 }

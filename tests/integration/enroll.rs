@@ -5,12 +5,12 @@
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
-use crate::common::{self, AgentProcess, Backend, TempDir, start_backend};
+use crate::common::{self, Agent, Backend, TempDir, start_backend, wait_for};
 
 const TOKEN: &str = "ABCDEFGHIJKLMNOPQRSTUVWX";
 /// The same token as a user might paste it: lower case with dashes.
@@ -21,10 +21,13 @@ const WORKLOAD: &str = "0123456789abcdef";
 /// How long the backend stalls a call in the stop tests; a stop must not wait it out.
 const STALL: Duration = Duration::from_secs(30);
 
-/// One agent run: its own cwd/HOME/TMPDIR (scanned for secrets afterwards) and a log file.
+/// One agent run: its own cwd/HOME/TMPDIR (scanned for secrets afterwards), a log file, and a
+/// directory for secret files (as systemd's $CREDENTIALS_DIRECTORY or a Secret volume: the only
+/// place besides the TLS cache where a secret may be on disk).
 struct Run {
     home: TempDir,
     logs: TempDir,
+    secrets: TempDir,
 }
 
 impl Run {
@@ -32,7 +35,15 @@ impl Run {
         Run {
             home: TempDir::new("enroll-home"),
             logs: TempDir::new("enroll-logs"),
+            secrets: TempDir::new("enroll-secrets"),
         }
+    }
+    /// Writes a secret file (mode 0600) outside HOME and returns its path.
+    fn secret_file(&self, name: &str, value: &str) -> PathBuf {
+        let p = self.secrets.path().join(name);
+        fs::write(&p, value).expect("write secret file");
+        fs::set_permissions(&p, fs::Permissions::from_mode(0o600)).expect("chmod");
+        p
     }
     fn cache(&self) -> PathBuf {
         self.home.path().join("tls")
@@ -54,14 +65,7 @@ impl Run {
     }
     fn spawn(&self, mut c: Command, tag: &str) -> Agent {
         let log = self.logs.path().join(format!("{tag}.log"));
-        let err = fs::File::create(&log).expect("log file");
-        let child = c
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(err)
-            .spawn()
-            .expect("spawn agent");
-        Agent { child, log }
+        Agent::spawn(&mut c, log, None, None)
     }
     /// Every log line written by the runs so far.
     fn all_logs(&self) -> String {
@@ -184,53 +188,12 @@ fn b64_encode(b: &[u8]) -> String {
     out
 }
 
-struct Agent {
-    child: Child,
-    log: PathBuf,
-}
-
-impl AgentProcess for Agent {
-    fn child(&mut self) -> &mut Child {
-        &mut self.child
-    }
-    fn log_path(&self) -> &Path {
-        &self.log
-    }
-}
-
-impl Agent {
-    fn term(&mut self) -> ExitStatus {
-        let pid = nix::unistd::Pid::from_raw(self.child.id() as i32);
-        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
-        self.wait_exit(STALL.as_secs() / 2)
-    }
-}
-
-impl Drop for Agent {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 fn stats(be: &Backend) -> Value {
     be.admin_get("/admin/stats")
 }
 
 fn enroll_requests(be: &Backend) -> Vec<Value> {
     be.requests_to("/agent/enroll")
-}
-
-/// Polls until `f` holds (or panics after `secs`).
-fn wait_for(what: &str, secs: u64, mut f: impl FnMut() -> bool) {
-    let end = Instant::now() + Duration::from_secs(secs);
-    while Instant::now() < end {
-        if f() {
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(25));
-    }
-    panic!("timed out waiting for {what}");
 }
 
 fn sha256_hex(data: &[u8]) -> String {
@@ -307,7 +270,7 @@ fn enroll_ok_first_heartbeat_and_clean_stop() {
     wait_for("a second heartbeat", 5, || {
         stats(&be)["heartbeats"].as_u64() >= Some(2)
     });
-    let st = a.term();
+    let st = a.term(STALL.as_secs() / 2);
     assert_eq!(st.code(), Some(0), "{}", a.log());
     assert!(a.log().contains("stopping on SIGTERM"), "{}", a.log());
     run.assert_no_secrets(&[]);
@@ -320,19 +283,39 @@ enum Given {
     TokenFlag,
     ApiKeyEqualsFlag,
     ApiKeyEnv,
+    TokenFile,
+    ApiKeyFile,
+    SaTokenFile,
 }
 
-/// The secret (token or API key) is gone from /proc/<pid>/environ and cmdline while the agent
-/// is blocked in an enrolment call; a SIGTERM then stops it at once.
+/// The node and pod of the `k8s_psat` runs.
+const NODE: &str = "worker-7";
+const POD: &str = "0f1e2d3c-4b5a-4978-8695-a4b3c2d1e0f9";
+
+/// The secret (token, API key, service-account token) is gone from /proc/<pid>/environ and
+/// cmdline while the agent is blocked in an enrolment call (from a file it was never there);
+/// a SIGTERM then stops it at once; no log line and no file outside the cache holds it.
 fn assert_proc_clean(given: Given) {
-    let be = start_backend(&["--token", TOKEN, "--api-key", API_KEY]);
+    use crate::sa_issuer::{self, Claims, IssuerKey};
+    let issuer = sa_issuer::dir();
+    let key = IssuerKey::es256("k1");
+    let jwks = sa_issuer::write_jwks(issuer.path(), &[&key]);
+    let be = start_backend(&[
+        "--token",
+        TOKEN,
+        "--api-key",
+        API_KEY,
+        "--psat-jwks",
+        jwks.to_str().expect("path"),
+    ]);
     be.admin_post(
         "/admin/faults",
         json!({"path": "/agent/enroll", "stallSeconds": STALL.as_secs()}),
     );
     let run = Run::new();
     let mut c = run.cmd(&be);
-    let secret = match given {
+    let sa_token = key.mint(&Claims::pod(NODE, POD));
+    let secret: &str = match given {
         Given::TokenEnv => {
             c.env("LINUXGUARD_ENROLL_TOKEN", TOKEN_TYPED);
             TOKEN_TYPED
@@ -348,6 +331,28 @@ fn assert_proc_clean(given: Given) {
         Given::ApiKeyEnv => {
             c.env("LINUXGUARD_API_KEY", API_KEY);
             API_KEY
+        }
+        Given::TokenFile => {
+            c.env(
+                "LINUXGUARD_ENROLL_TOKEN_FILE",
+                run.secret_file("enroll-token", &format!("{TOKEN_TYPED}\n")),
+            );
+            TOKEN_TYPED
+        }
+        Given::ApiKeyFile => {
+            c.arg("--api-key-file")
+                .arg(run.secret_file("api-key", API_KEY));
+            API_KEY
+        }
+        Given::SaTokenFile => {
+            c.env_remove("LINUXGUARD_WORKLOAD_ID")
+                .env("LINUXGUARD_NODE_NAME", NODE)
+                .env("LINUXGUARD_POD_UID", POD)
+                .env(
+                    "LINUXGUARD_SA_TOKEN_FILE",
+                    run.secret_file("token", &sa_token),
+                );
+            &sa_token
         }
     };
     let mut a = run.spawn(c, "proc");
@@ -369,7 +374,13 @@ fn assert_proc_clean(given: Given) {
     );
     for (name, bytes) in [("environ", &environ), ("cmdline", &cmdline)] {
         let text = String::from_utf8_lossy(bytes);
-        for t in [TOKEN, TOKEN_TYPED, &TOKEN.to_lowercase(), API_KEY] {
+        for t in [
+            TOKEN,
+            TOKEN_TYPED,
+            &TOKEN.to_lowercase(),
+            API_KEY,
+            &sa_token,
+        ] {
             assert!(!text.contains(t), "secret bytes in /proc/{pid}/{name}");
         }
         // No 8-character run of the secret either (partial scrubbing would show).
@@ -396,16 +407,24 @@ fn assert_proc_clean(given: Given) {
         }
         Given::TokenEnv => assert!(env.contains("LINUXGUARD_ENROLL_TOKEN="), "{env:?}"),
         Given::ApiKeyEnv => assert!(env.contains("LINUXGUARD_API_KEY="), "{env:?}"),
+        Given::TokenFile => assert!(env.contains("LINUXGUARD_ENROLL_TOKEN_FILE="), "{env:?}"),
+        Given::ApiKeyFile => assert!(cmd.contains("--api-key-file"), "{cmd:?}"),
+        Given::SaTokenFile => {
+            assert!(env.contains("LINUXGUARD_SA_TOKEN_FILE="), "{env:?}");
+            // The request carried the token (so the scans below look for something real).
+            let r = enroll_requests(&be).pop().expect("the enrol request");
+            assert!(r["body"].as_str().unwrap_or("").contains(&sa_token));
+        }
     }
     // SIGTERM while the enrol call is stalled: a clean stop that does not wait out the stall.
     let t = Instant::now();
-    assert_eq!(a.term().code(), Some(0), "{}", a.log());
+    assert_eq!(a.term(STALL.as_secs() / 2).code(), Some(0), "{}", a.log());
     assert!(
         t.elapsed() < STALL / 2,
         "stop waited for the stalled call: {:?}",
         t.elapsed()
     );
-    run.assert_no_secrets(&[]);
+    run.assert_no_secrets(&[&sa_token]);
 }
 
 #[test]
@@ -422,6 +441,13 @@ fn token_from_flag_is_absent_from_proc_while_enrolling() {
 fn api_key_from_env_or_equals_flag_is_absent_from_proc_while_enrolling() {
     assert_proc_clean(Given::ApiKeyEnv);
     assert_proc_clean(Given::ApiKeyEqualsFlag);
+}
+
+#[test]
+fn secrets_from_files_are_absent_from_proc_logs_and_files() {
+    assert_proc_clean(Given::TokenFile);
+    assert_proc_clean(Given::ApiKeyFile);
+    assert_proc_clean(Given::SaTokenFile);
 }
 
 /// A lost enrolment response (token consumed, no answer) is retried with the same bytes and
@@ -448,7 +474,7 @@ fn replay_after_lost_response_gets_the_same_identity() {
     assert_eq!(reqs[1]["status"], 200, "the replay is answered 200");
     assert_eq!(stats(&be)["enrolled"], 1, "one agent id only");
     a.wait_log("heartbeat", 10);
-    assert_eq!(a.term().code(), Some(0));
+    assert_eq!(a.term(STALL.as_secs() / 2).code(), Some(0));
     run.assert_no_secrets(&[]);
 }
 
@@ -485,7 +511,7 @@ fn retries_503_then_enrols_with_identical_bytes() {
         );
     }
     assert!(a.log().contains("retrying in"), "{}", a.log());
-    assert_eq!(a.term().code(), Some(0));
+    assert_eq!(a.term(STALL.as_secs() / 2).code(), Some(0));
     run.assert_no_secrets(&[]);
 }
 
@@ -516,7 +542,7 @@ fn conflict_expired_unknown_token_and_key_are_rejected_with_code_4() {
         .env_remove("LINUXGUARD_TLS_CACHE");
     let mut a = run.spawn(c, "first");
     a.wait_log("enrolled", 10);
-    assert_eq!(a.term().code(), Some(0));
+    assert_eq!(a.term(STALL.as_secs() / 2).code(), Some(0));
     // Another workload with the same token: 409.
     let mut c = run.cmd(&be);
     c.env("LINUXGUARD_ENROLL_TOKEN", TOKEN)
@@ -652,7 +678,7 @@ fn tls_cache_reuse_rotation_and_corruption() {
         a.wait_log(want, 15);
         a.wait_log("heartbeat", 10);
         let log = a.log();
-        assert_eq!(a.term().code(), Some(0));
+        assert_eq!(a.term(STALL.as_secs() / 2).code(), Some(0));
         log
     };
     let calls = || stats(&be)["enrollCalls"].as_u64().unwrap_or(0);
@@ -705,7 +731,7 @@ fn tls_cache_reuse_rotation_and_corruption() {
         let mut a = run.spawn(c, tag);
         a.wait_log("enrolled", 15);
         let log = a.log();
-        assert_eq!(a.term().code(), Some(0));
+        assert_eq!(a.term(STALL.as_secs() / 2).code(), Some(0));
         log
     };
     start_pod("11111111-2222-3333-4444-555555555555", "p1");
@@ -764,7 +790,7 @@ fn renewal_happens_before_expiry() {
     let hb = be.requests_to("/agent/heartbeat");
     let last = hb.last().expect("heartbeats");
     assert_eq!(last["status"], 200, "{last}");
-    assert_eq!(a.term().code(), Some(0));
+    assert_eq!(a.term(STALL.as_secs() / 2).code(), Some(0));
     run.assert_no_secrets(&[]);
     for forms in key_forms(first["privateKey"].as_str().expect("key")) {
         assert!(!run.all_logs().contains(&forms), "the first key leaked");
@@ -832,7 +858,7 @@ fn enroll_timeout_and_prompt_stop_while_retrying() {
     let mut a = run.spawn(c, "stop");
     a.wait_log("retrying in", 10);
     let t = Instant::now();
-    assert_eq!(a.term().code(), Some(0), "{}", a.log());
+    assert_eq!(a.term(STALL.as_secs() / 2).code(), Some(0), "{}", a.log());
     assert!(
         t.elapsed() < Duration::from_secs(15),
         "stop waited out the 30 s Retry-After: {:?}",
@@ -939,8 +965,96 @@ fn sigterm_during_a_stalled_heartbeat_stops_promptly() {
         !be.requests_to("/agent/heartbeat").is_empty()
     });
     let t = Instant::now();
-    assert_eq!(a.term().code(), Some(0), "{}", a.log());
+    assert_eq!(a.term(STALL.as_secs() / 2).code(), Some(0), "{}", a.log());
     // `start` also detaches the sensor on the way out (the kernel serializes the ~30 link
-    // releases, ~1.2 s on a quiet machine): the bound only proves the stall was not waited out.
+    // releases, ~1.2 s on a quiet machine): the bound only proves the stall was not waited out
+    // (the uplink thread is blocked in the call; the loop gives it --shutdown-grace plus the
+    // final heartbeat's allowance, 5 + 5 s, then exits and counts what was not delivered).
+    eprintln!(
+        "stopped {:?} after SIGTERM during a stalled heartbeat",
+        t.elapsed()
+    );
     assert!(t.elapsed() < STALL / 2, "stop took {:?}", t.elapsed());
+}
+
+/// `--enroll-token-file`: enrols; the file may then be removed (a systemd credential, a
+/// one-shot Secret) and a later start with a valid cache and no secret reuses it without an
+/// enrolment call (contract v1.1); with no cache and no secret, a clear configuration error.
+/// `show-config` shows what the file holds as `<set, N chars>`.
+#[test]
+fn token_file_may_be_removed_after_enrolment() {
+    let be = start_backend(&["--token", TOKEN, "--heartbeat-interval-secs", "1"]);
+    let run = Run::new();
+    let file = run.secret_file("enroll-token", &format!("{TOKEN_TYPED}\n"));
+    let o = common::agent()
+        .args([
+            "show-config",
+            "--json",
+            "--workload-id",
+            WORKLOAD,
+            "--enroll-token-file",
+        ])
+        .arg(&file)
+        .output()
+        .expect("show-config");
+    assert!(o.status.success(), "{}", common::stderr(&o));
+    let v: Value = serde_json::from_slice(&o.stdout).expect("json");
+    let shown = v["settings"]["enroll-token-file"]["value"]
+        .as_str()
+        .expect("value")
+        .to_string();
+    assert_eq!(shown, format!("{} <set, 29 chars>", file.display()));
+    let out = common::stdout(&o);
+    assert!(!out.contains(TOKEN) && !out.contains(TOKEN_TYPED), "{out}");
+
+    let calls = || stats(&be)["enrollCalls"].as_u64().unwrap_or(0);
+    let mut c = run.cmd(&be);
+    c.env("LINUXGUARD_ENROLL_TOKEN_FILE", &file);
+    let mut a = run.spawn(c, "file1");
+    a.wait_log("enrolled as agent", 15);
+    a.wait_log("first heartbeat accepted", 10);
+    assert_eq!(a.term(STALL.as_secs() / 2).code(), Some(0), "{}", a.log());
+    assert_eq!(calls(), 1);
+    let body: Value = serde_json::from_str(enroll_requests(&be)[0]["body"].as_str().expect("body"))
+        .expect("json");
+    assert_eq!(
+        body["enrollCode"], TOKEN,
+        "the normalized token from the file"
+    );
+    let agent = run.cached()["agentId"].clone();
+
+    // The token file is gone: the cache is reused for the same workload id, no enrol call.
+    fs::remove_file(&file).expect("remove the token file");
+    let mut c = run.cmd(&be);
+    c.env("LINUXGUARD_ENROLL_TOKEN_FILE", &file);
+    let mut a = run.spawn(c, "file2");
+    a.wait_log("matched by workload id", 15);
+    a.wait_log("first heartbeat accepted", 10);
+    assert_eq!(a.term(STALL.as_secs() / 2).code(), Some(0), "{}", a.log());
+    assert_eq!(calls(), 1, "no enrolment call without a secret");
+    assert_eq!(run.cached()["agentId"], agent);
+    // Nor with no credential setting at all.
+    let mut a = run.spawn(run.cmd(&be), "bare");
+    a.wait_log("matched by workload id", 15);
+    a.wait_log("first heartbeat accepted", 10);
+    assert_eq!(a.term(STALL.as_secs() / 2).code(), Some(0), "{}", a.log());
+    assert_eq!(calls(), 1);
+
+    // Another workload id with that cache and no secret: nothing usable, exit 3, cache kept.
+    let mut c = run.cmd(&be);
+    c.env("LINUXGUARD_ENROLL_TOKEN_FILE", &file)
+        .env("LINUXGUARD_WORKLOAD_ID", "feedface");
+    let log = expect_exit(&run, c, 3, "no enrolment credential");
+    assert!(
+        log.contains("does not exist") && log.contains("another workload id"),
+        "{log}"
+    );
+    assert!(run.cache().join("identity.json").exists());
+    // No cache at all and no secret: exit 3 before any call.
+    fs::remove_dir_all(run.cache()).expect("remove cache");
+    let mut c = run.cmd(&be);
+    c.env("LINUXGUARD_ENROLL_TOKEN_FILE", &file);
+    expect_exit(&run, c, 3, "no enrolment credential");
+    assert_eq!(calls(), 1);
+    run.assert_no_secrets(&[]);
 }

@@ -16,8 +16,8 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 
 use crate::common::{
-    self, AGENT, AgentProcess, Backend, TempDir, agent, build_c_helper, require_root, run,
-    start_backend, stderr, stdout,
+    self, AGENT, Backend, TempDir, agent, build_c_helper, require_root, run, start_backend, stderr,
+    stdout,
 };
 use crate::watch::Watch;
 
@@ -304,25 +304,8 @@ fn show_config_escapes_control_characters() {
 /// One running agent (real BPF, real backend) with its socket open to every user.
 struct Running {
     dir: TempDir,
-    child: Child,
-    log: PathBuf,
+    agent: common::Agent,
     _be: Backend,
-}
-
-impl AgentProcess for Running {
-    fn child(&mut self) -> &mut Child {
-        &mut self.child
-    }
-    fn log_path(&self) -> &Path {
-        &self.log
-    }
-}
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 impl Running {
@@ -330,8 +313,8 @@ impl Running {
         let be = start_backend(&["--token", TOKEN]);
         let dir = TempDir::new("hardening-agent");
         let log = dir.path().join("agent.log");
-        let child = agent()
-            .current_dir(dir.path())
+        let mut c = agent();
+        c.current_dir(dir.path())
             .env("RUST_LOG", "info")
             .env("LINUXGUARD_SERVER", &be.url)
             .env("LINUXGUARD_SERVER_CA", be.ca_pem_path())
@@ -339,23 +322,23 @@ impl Running {
             .env("LINUXGUARD_ENROLL_TOKEN", TOKEN)
             .env("LINUXGUARD_WORKLOAD_ID", "e2e0000000000020")
             .env("LINUXGUARD_SOCKET", dir.path().join("agent.sock"))
-            .args(["start", "--socket-mode", "0666"])
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(fs::File::create(&log).expect("log"))
-            .spawn()
-            .expect("spawn agent");
-        let mut r = Running {
+            .args(["start", "--socket-mode", "0666"]);
+        let mut agent = common::Agent::spawn(&mut c, log, None, None);
+        agent.wait_log("startup: sensors attached", 60);
+        Running {
             dir,
-            child,
-            log,
+            agent,
             _be: be,
-        };
-        r.wait_log("startup: socket", 60);
-        r
+        }
     }
     fn socket(&self) -> PathBuf {
         self.dir.path().join("agent.sock")
+    }
+    fn alive(&mut self) -> bool {
+        self.agent.alive()
+    }
+    fn log(&self) -> String {
+        self.agent.log()
     }
 }
 
@@ -476,12 +459,6 @@ fn root_socket_one_uid_in_many_namespaces_cannot_starve_another_uid() {
     // The attacker's uid holds at most its 4 slots (plus the probe's own, when counted).
     assert!(conns.as_u64().is_some_and(|n| n <= 6), "{conns}");
     assert!(a.alive(), "{}", a.log());
-}
-
-impl Running {
-    fn alive(&mut self) -> bool {
-        matches!(self.child.try_wait(), Ok(None))
-    }
 }
 
 /// A binary under 18 directories of 255 characters, ending in `/usr/bin/python3-aaa...`: the

@@ -108,6 +108,43 @@ const BAD: &[(&str, usize, &str, &[&str])] = &[
         &["os: {name: linux}"],
     ),
     (
+        "node-name-from-config-map-key-ref",
+        1,
+        "spec.template.spec.containers[0].env[0]",
+        &[
+            "LINUXGUARD_NODE_NAME comes from a ConfigMap (configMapKeyRef",
+            "one value for every pod that reads it",
+            "valueFrom: {fieldRef: {fieldPath: spec.nodeName}}",
+        ],
+    ),
+    (
+        "pod-uid-from-secret-key-ref",
+        1,
+        "spec.template.spec.containers[0].env[1]",
+        &[
+            "LINUXGUARD_POD_UID comes from a Secret (secretKeyRef",
+            "valueFrom: {fieldRef: {fieldPath: metadata.uid}}",
+        ],
+    ),
+    (
+        "node-name-from-env-from-config-map",
+        2,
+        "spec.template.spec.containers[0].envFrom[0]",
+        &[
+            "LINUXGUARD_NODE_NAME comes from ConfigMap \"linuxguard-node\" (key NODE_NAME with prefix LINUXGUARD_) through envFrom",
+            "{name: LINUXGUARD_NODE_NAME, valueFrom: {fieldRef: {fieldPath: spec.nodeName}}}",
+        ],
+    ),
+    (
+        "pod-uid-from-env-from-secret",
+        1,
+        "spec.template.spec.containers[0].envFrom[0]",
+        &[
+            "LINUXGUARD_POD_UID is not in env, so it can only come from envFrom (Secret \"linuxguard-ids\"",
+            "{name: LINUXGUARD_POD_UID, valueFrom: {fieldRef: {fieldPath: metadata.uid}}}",
+        ],
+    ),
+    (
         "privileged",
         2,
         "spec.template.spec.containers[0].securityContext.privileged",
@@ -273,7 +310,7 @@ fn deep_block_nesting_is_refused_without_a_crash_in_debug_and_release() {
     }
 }
 
-/// A FIFO (or a directory) as FILE: refused at once, not read (a FIFO would block forever).
+/// A FIFO as FILE: refused at once, not read (it would block forever).
 #[test]
 fn fifo_and_directory_are_refused_without_blocking() {
     let dir = TempDir::new("manifest-fifo");
@@ -302,9 +339,10 @@ fn fifo_and_directory_are_refused_without_blocking() {
         "{}",
         stderr(&out)
     );
+    // In a directory (which stands for its .yaml files), a FIFO is not a file: skipped.
     let out = run(agent().arg("check-manifest").arg(dir.path()));
     assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
-    assert!(stderr(&out).contains("a directory"), "{}", stderr(&out));
+    assert!(stderr(&out).contains("holds no .yaml"), "{}", stderr(&out));
 }
 
 /// 200,000 documents: refused by the document-count limit, with its own message (not blamed on
@@ -347,4 +385,76 @@ fn containerfile_is_scratch_with_exec_form_entrypoint() {
             r#"CMD ["start"]"#,
         ]
     );
+}
+
+/// `check-manifest deploy/`: a directory stands for the YAML files below it.
+#[test]
+fn deploy_directory_passes() {
+    let out = run(agent().arg("check-manifest").arg(repo("deploy")));
+    assert!(
+        out.status.success(),
+        "stdout: {}\nstderr: {}",
+        stdout(&out),
+        stderr(&out)
+    );
+    let n = yaml_files(&repo("deploy/kubernetes")).len();
+    assert!(
+        stdout(&out).contains(&format!("of {n} file(s)")),
+        "{}",
+        stdout(&out)
+    );
+    // The fixtures directory holds the bad fixtures: each is reported.
+    let out = run(agent().arg("check-manifest").arg(repo("tests/manifests")));
+    assert_eq!(out.status.code(), Some(6));
+    for (name, ..) in BAD {
+        assert!(
+            stdout(&out).contains(&format!("{name}.yaml: document")),
+            "{name}: {}",
+            stdout(&out)
+        );
+    }
+}
+
+/// The node-name variable checked follows `--node-name-env` (or `LINUXGUARD_NODE_NAME_ENV`), and
+/// the agent container's own `--node-name-env` in its args.
+#[test]
+fn node_name_env_is_the_variable_checked() {
+    let custom = repo("tests/manifests/custom-node-name-env.yaml");
+    let one = |out: &std::process::Output| -> String {
+        assert_eq!(out.status.code(), Some(6), "{}{}", stdout(out), stderr(out));
+        let so = stdout(out);
+        assert_eq!(so.lines().count(), 1, "{so}");
+        so
+    };
+    let so = one(&run(agent()
+        .args(["check-manifest", "--node-name-env", "MY_NODE_NAME"])
+        .arg(&custom)));
+    assert!(
+        so.contains("containers[0].env[0]: MY_NODE_NAME comes from a ConfigMap (configMapKeyRef"),
+        "{so}"
+    );
+    assert!(
+        so.contains("{fieldRef: {fieldPath: spec.nodeName}}"),
+        "{so}"
+    );
+    let so = one(&run(agent()
+        .arg("check-manifest")
+        .arg(&custom)
+        .env("LINUXGUARD_NODE_NAME_ENV", "MY_NODE_NAME")));
+    assert!(so.contains("MY_NODE_NAME comes from a ConfigMap"), "{so}");
+    // Without it, MY_NODE_NAME is nothing to the agent: the node name is missing.
+    let so = one(&run(agent().arg("check-manifest").arg(&custom)));
+    assert!(
+        so.contains("LINUXGUARD_POD_UID is set (at env[1]) but LINUXGUARD_NODE_NAME is not"),
+        "{so}"
+    );
+    // The container says `--node-name-env MY_NODE_NAME` itself: checked without the flag.
+    let good = repo("tests/manifests/good-custom-node-name-env.yaml");
+    let out = run(agent().arg("check-manifest").arg(&good));
+    assert!(out.status.success(), "{}{}", stdout(&out), stderr(&out));
+    // A bad name is a configuration error.
+    let out = run(agent()
+        .args(["check-manifest", "--node-name-env", "MY-NODE"])
+        .arg(&good));
+    assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
 }

@@ -5,34 +5,35 @@
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::os::unix::process::CommandExt;
-use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
+use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-use crate::common::{TempDir, agent, build_c_helper, marker};
+use crate::common::{Agent, TempDir, agent, build_c_helper, marker};
 
 /// A running `watch` whose stdout lines are collected in the background.
 pub(crate) struct Watch {
-    child: Child,
+    /// The agent process (stderr in its log file, stdout read here).
+    pub(crate) agent: Agent,
     pub(crate) events: Arc<Mutex<Vec<Value>>>,
-    stderr: Arc<Mutex<String>>,
+    _dir: TempDir,
 }
 
 impl Watch {
     pub(crate) fn start(extra: &[&str]) -> Watch {
-        let mut child = agent()
-            .arg("watch")
-            .args(extra)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawn watch");
+        let dir = TempDir::new("watch");
+        let mut c = agent();
+        c.arg("watch").args(extra);
+        let mut a = Agent::spawn(
+            &mut c,
+            dir.path().join("watch.log"),
+            None,
+            Some(Stdio::piped()),
+        );
         let events = Arc::new(Mutex::new(Vec::new()));
-        let stderr = Arc::new(Mutex::new(String::new()));
-        let out = child.stdout.take().expect("piped stdout");
+        let out = a.child.stdout.take().expect("piped stdout");
         let ev = events.clone();
         std::thread::spawn(move || {
             for line in BufReader::new(out).lines() {
@@ -43,31 +44,11 @@ impl Watch {
                 ev.lock().expect("lock").push(v);
             }
         });
-        let err = child.stderr.take().expect("piped stderr");
-        let (ready_tx, ready_rx) = mpsc::channel();
-        let se = stderr.clone();
-        std::thread::spawn(move || {
-            let mut r = BufReader::new(err);
-            let mut line = String::new();
-            while r.read_line(&mut line).unwrap_or(0) > 0 {
-                if line.contains("watching:") {
-                    let _ = ready_tx.send(());
-                }
-                se.lock().expect("lock").push_str(&line);
-                line.clear();
-            }
-        });
-        if ready_rx.recv_timeout(Duration::from_secs(30)).is_err() {
-            let _ = child.kill();
-            panic!(
-                "watch did not become ready: {}",
-                stderr.lock().expect("lock")
-            );
-        }
+        a.wait_log("watching:", 30);
         Watch {
-            child,
+            agent: a,
             events,
-            stderr,
+            _dir: dir,
         }
     }
 
@@ -79,10 +60,7 @@ impl Watch {
                 return v.clone();
             }
             if Instant::now() > deadline {
-                panic!(
-                    "no {what} event within 10 s; stderr: {}",
-                    self.stderr.lock().expect("lock")
-                );
+                panic!("no {what} event within 10 s; stderr: {}", self.agent.log());
             }
             std::thread::sleep(Duration::from_millis(50));
         }
@@ -94,12 +72,10 @@ impl Watch {
     }
 
     fn stop_with(mut self, sig: nix::sys::signal::Signal) -> (std::process::ExitStatus, String) {
-        nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.child.id() as i32), sig)
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.agent.pid() as i32), sig)
             .expect("signal watch");
-        let status = self.child.wait().expect("wait watch");
-        std::thread::sleep(Duration::from_millis(100));
-        let err = self.stderr.lock().expect("lock").clone();
-        (status, err)
+        let status = self.agent.wait_exit(30);
+        (status, self.agent.log())
     }
 }
 
@@ -340,13 +316,13 @@ fn root_watch_reports_bpf_loads_and_ptrace_by_other_processes() {
     let w = Watch::start(&[]);
     // A second agent loading its programs is "another process loading BPF".
     let second = Watch::start(&[]);
-    let spid = u64::from(second.child.id());
+    let spid = u64::from(second.agent.pid());
     let b = w.wait_for("bpf_load", |v| v["type"] == "bpf_load" && pid_of(v) == spid);
     assert!(b["bpf"]["prog_type"].is_u64());
     assert!(b["bpf"]["insn_count"].as_u64().is_some_and(|n| n > 0));
     let _ = second.stop();
     // The first agent's own loads are filtered in the kernel: none come from its pid.
-    let me = u64::from(w.child.id());
+    let me = u64::from(w.agent.pid());
     assert!(
         !w.events
             .lock()
@@ -496,7 +472,7 @@ fn root_watch_counts_kernel_drops_when_the_reader_stalls() {
     crate::common::require_root("root");
     // A 1 MiB ring and a stopped reader: exec records (about 2 KiB each) fill it quickly.
     let w = Watch::start(&["--ring-buffer-mb", "1"]);
-    let pid = nix::unistd::Pid::from_raw(w.child.id() as i32);
+    let pid = nix::unistd::Pid::from_raw(w.agent.pid() as i32);
     nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGSTOP).expect("SIGSTOP");
     for _ in 0..1500 {
         let _ = Command::new("/bin/true").status();

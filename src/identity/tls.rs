@@ -190,7 +190,7 @@ pub fn post(
         .headers()
         .get("retry-after")
         .and_then(|v| v.to_str().ok())
-        .and_then(crate::net::backoff::parse_retry_after);
+        .and_then(crate::identity::backoff::parse_retry_after);
     let body = resp
         .into_body()
         .into_with_config()

@@ -5,26 +5,10 @@ use std::time::Duration;
 
 use serde::Serialize;
 
+use crate::counters::HeartbeatStats;
 use crate::error::Result;
 use crate::identity::enroll::{self, Identity};
-use crate::net::tls::{self, CallError, ServerTrust};
-
-/// Counters reported in every heartbeat (filled by the sensor and uploader, issue 6).
-#[derive(Debug, Default, Clone, Serialize)]
-#[serde(rename_all = "camelCase")]
-pub struct Stats {
-    pub events_observed: u64,
-    pub events_sent: u64,
-    pub events_dropped: Dropped,
-    pub kubelet_misses: u64,
-}
-
-#[derive(Debug, Default, Clone, Serialize)]
-pub struct Dropped {
-    pub kernel: u64,
-    pub queue: u64,
-    pub upload: u64,
-}
+use crate::identity::tls::{self, CallError, ServerTrust};
 
 #[derive(Serialize)]
 #[serde(rename_all = "camelCase")]
@@ -33,7 +17,7 @@ struct Heartbeat<'a> {
     workload_id: &'a str,
     agent_version: &'a str,
     uptime_seconds: u64,
-    stats: &'a Stats,
+    stats: &'a HeartbeatStats,
 }
 
 /// Why a call did not succeed.
@@ -116,7 +100,7 @@ impl Backend {
         agent_id: &str,
         workload_id: &str,
         uptime: Duration,
-        stats: &Stats,
+        stats: &HeartbeatStats,
         timeout: Duration,
     ) -> std::result::Result<Option<Duration>, Failure> {
         let body = serde_json::to_vec(&Heartbeat {
@@ -231,7 +215,7 @@ mod tests {
 
     #[test]
     fn heartbeat_body_shape() {
-        let s = Stats::default();
+        let s = HeartbeatStats::default();
         let v = serde_json::to_value(Heartbeat {
             agent_id: "a",
             workload_id: "w",

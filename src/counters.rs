@@ -1,0 +1,372 @@
+//! Every counter of the agent, in one home: the pipeline's per-type tallies ([`Stats`], its
+//! `{"type":"stats"}` [`Snapshot`] and stderr line), the stage counters ([`Counters`]: one
+//! snapshot that feeds the heartbeat's [`HeartbeatStats`], the `status` answer and the Prometheus
+//! text), what the loop publishes across threads ([`Published`]), loop timings and the
+//! attestor's tallies. Every event the kernel produced is in exactly one of: sent, or dropped
+//! at one stage.
+
+use std::sync::atomic::AtomicU64;
+use std::time::Duration;
+
+use serde::Serialize;
+
+// The event types counted in `seen`, in output order.
+use crate::sensor::decode::EVENT_TYPES as TYPES;
+
+#[derive(Debug, Default, Clone)]
+pub struct Stats {
+    /// Events delivered to the sink, per `TYPES` index.
+    pub seen: [u64; TYPES.len()],
+    /// Failed reservations in the kernel, per kernel record type (`decode::TYPE_NAMES`).
+    pub kernel_drops: [u64; crate::sensor::decode::LG_TYPE_MAX],
+    /// Records lost in user space (undecodable records).
+    pub user_drops: u64,
+    pub ring_size: u64,
+    pub ring_fill: u64,
+    pub ring_fill_max: u64,
+}
+
+/// The stats object as serialized (both in `{"type":"stats"}` events and in the stderr line).
+#[derive(Serialize, Debug)]
+pub struct Snapshot {
+    pub seen: serde_json::Map<String, serde_json::Value>,
+    pub seen_total: u64,
+    pub dropped_kernel: u64,
+    pub dropped_kernel_by_type: serde_json::Map<String, serde_json::Value>,
+    pub dropped_user: u64,
+    pub ring_buffer: Ring,
+}
+
+#[derive(Serialize, Debug)]
+pub struct Ring {
+    pub size_bytes: u64,
+    pub fill_bytes: u64,
+    pub max_fill_bytes: u64,
+}
+
+impl Stats {
+    pub fn count(&mut self, type_name: &str) {
+        if let Some(i) = TYPES.iter().position(|t| *t == type_name) {
+            self.seen[i] += 1;
+        }
+    }
+
+    pub fn observe_fill(&mut self, fill: u64) {
+        self.ring_fill = fill;
+        self.ring_fill_max = self.ring_fill_max.max(fill);
+    }
+
+    pub fn kernel_drops_total(&self) -> u64 {
+        self.kernel_drops.iter().sum()
+    }
+
+    pub fn snapshot(&self) -> Snapshot {
+        let seen = TYPES
+            .iter()
+            .zip(self.seen)
+            .map(|(t, n)| (t.to_string(), n.into()))
+            .collect();
+        let dropped_kernel_by_type = crate::sensor::decode::TYPE_NAMES
+            .iter()
+            .zip(self.kernel_drops)
+            .skip(1)
+            .map(|(t, n)| (t.to_string(), n.into()))
+            .collect();
+        Snapshot {
+            seen,
+            seen_total: self.seen.iter().sum(),
+            dropped_kernel: self.kernel_drops_total(),
+            dropped_kernel_by_type,
+            dropped_user: self.user_drops,
+            ring_buffer: Ring {
+                size_bytes: self.ring_size,
+                fill_bytes: self.ring_fill,
+                max_fill_bytes: self.ring_fill_max,
+            },
+        }
+    }
+
+    /// One human-readable line for stderr.
+    pub fn line(&self) -> String {
+        let seen: Vec<String> = TYPES
+            .iter()
+            .zip(self.seen)
+            .filter(|(_, n)| *n > 0)
+            .map(|(t, n)| format!("{t}={n}"))
+            .collect();
+        format!(
+            "stats: seen {} [{}] dropped_kernel={} dropped_user={} ring_fill={}/{} (max {})",
+            self.seen.iter().sum::<u64>(),
+            seen.join(" "),
+            self.kernel_drops_total(),
+            self.user_drops,
+            self.ring_fill,
+            self.ring_size,
+            self.ring_fill_max
+        )
+    }
+}
+
+/// Every event the kernel produced is in exactly one of: sent, or dropped at one stage.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Counters {
+    /// Events read from the ring buffer.
+    pub events_observed: u64,
+    /// Events accepted by the backend (or written to stdout).
+    pub events_sent: u64,
+    /// Failed ring-buffer reservations in the kernel (per-CPU counter, summed).
+    pub dropped_kernel: u64,
+    /// Events dropped in user space before the queue (undecodable records).
+    pub dropped_decode: u64,
+    /// Events dropped because the upload queue was full (oldest first).
+    pub dropped_queue: u64,
+    /// Events given up on by the uploader (a single event larger than a batch).
+    pub dropped_upload: u64,
+    /// Events that left without pod fields because the kubelet could not answer in time.
+    pub kubelet_misses: u64,
+    /// Events waiting in the upload queue now.
+    pub queued: u64,
+    /// Event batches accepted by the backend.
+    pub batches_accepted: u64,
+    /// Upload attempts that failed and were retried.
+    pub upload_failures: u64,
+    /// The longest pass of the poll loop body.
+    pub loop_body_max: Duration,
+}
+
+impl Counters {
+    /// The heartbeat's `stats` object, exactly as the backend contract names it (decode drops
+    /// count on the queue side). The `status` answer carries the same object.
+    pub fn heartbeat_stats(&self) -> HeartbeatStats {
+        HeartbeatStats {
+            events_observed: self.events_observed,
+            events_sent: self.events_sent,
+            events_dropped: Dropped {
+                kernel: self.dropped_kernel,
+                queue: self.dropped_queue + self.dropped_decode,
+                upload: self.dropped_upload,
+            },
+            kubelet_misses: self.kubelet_misses,
+        }
+    }
+
+    /// Prometheus text exposition format (version 0.0.4).
+    pub fn prometheus(&self, uptime_seconds: u64) -> String {
+        let mut s = String::with_capacity(1024);
+        let mut metric = |name: &str, kind: &str, help: &str, samples: &[(&str, u64)]| {
+            s.push_str(&format!(
+                "# HELP linuxguard_{name} {help}\n# TYPE linuxguard_{name} {kind}\n"
+            ));
+            for (labels, v) in samples {
+                s.push_str(&format!("linuxguard_{name}{labels} {v}\n"));
+            }
+        };
+        metric(
+            "events_observed_total",
+            "counter",
+            "Events read from the kernel ring buffer.",
+            &[("", self.events_observed)],
+        );
+        metric(
+            "events_sent_total",
+            "counter",
+            "Events delivered to the backend or stdout.",
+            &[("", self.events_sent)],
+        );
+        metric(
+            "events_dropped_total",
+            "counter",
+            "Events dropped, by the stage that dropped them.",
+            &[
+                ("{stage=\"kernel\"}", self.dropped_kernel),
+                ("{stage=\"decode\"}", self.dropped_decode),
+                ("{stage=\"queue\"}", self.dropped_queue),
+                ("{stage=\"upload\"}", self.dropped_upload),
+            ],
+        );
+        metric(
+            "kubelet_misses_total",
+            "counter",
+            "Events sent without pod fields because the kubelet did not answer.",
+            &[("", self.kubelet_misses)],
+        );
+        metric(
+            "queue_events",
+            "gauge",
+            "Events waiting in the upload queue.",
+            &[("", self.queued)],
+        );
+        metric(
+            "uptime_seconds",
+            "gauge",
+            "Seconds since the agent started.",
+            &[("", uptime_seconds)],
+        );
+        metric(
+            "upload_batches_total",
+            "counter",
+            "Event batches accepted by the backend.",
+            &[("", self.batches_accepted)],
+        );
+        metric(
+            "upload_failures_total",
+            "counter",
+            "Upload attempts that failed and were retried.",
+            &[("", self.upload_failures)],
+        );
+        s.push_str(&format!(
+            "# HELP linuxguard_loop_body_max_seconds Longest pass of the poll loop body.\n\
+             # TYPE linuxguard_loop_body_max_seconds gauge\n\
+             linuxguard_loop_body_max_seconds {:.6}\n",
+            self.loop_body_max.as_secs_f64()
+        ));
+        s
+    }
+}
+
+/// The heartbeat's `stats` object (backend contract: `eventsObserved`, `eventsSent`,
+/// `eventsDropped {kernel, queue, upload}`, `kubeletMisses`).
+#[derive(Debug, Default, Clone, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct HeartbeatStats {
+    pub events_observed: u64,
+    pub events_sent: u64,
+    pub events_dropped: Dropped,
+    pub kubelet_misses: u64,
+}
+
+#[derive(Debug, Default, Clone, Serialize, PartialEq, Eq)]
+pub struct Dropped {
+    pub kernel: u64,
+    pub queue: u64,
+    pub upload: u64,
+}
+
+/// Stage counters the poll loop publishes for the uplink thread (which reads them for
+/// heartbeats), as atomics: written by one thread, read by another.
+#[derive(Debug, Default)]
+pub struct Published {
+    pub observed: AtomicU64,
+    pub dropped_kernel: AtomicU64,
+    pub dropped_decode: AtomicU64,
+    pub kubelet_misses: AtomicU64,
+    /// Events written to stdout (`--output stdout`).
+    pub stdout_sent: AtomicU64,
+}
+
+/// How long the poll loop's body takes (wake-up to back in poll).
+#[derive(Debug, Default, Clone, Copy)]
+pub struct LoopTimings {
+    pub iterations: u64,
+    pub max_body: Duration,
+    pub total_body: Duration,
+}
+
+impl LoopTimings {
+    pub fn record(&mut self, took: Duration) {
+        self.iterations += 1;
+        self.total_body += took;
+        self.max_body = self.max_body.max(took);
+    }
+
+    pub fn mean_body(&self) -> Duration {
+        if self.iterations == 0 {
+            Duration::ZERO
+        } else {
+            self.total_body / u32::try_from(self.iterations).unwrap_or(u32::MAX)
+        }
+    }
+}
+
+/// The attestor's tallies.
+#[derive(Debug, Default, Clone, Copy, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct AttestCounts {
+    /// Events whose pod was not (yet) in the cached pod list: they went out without pod fields.
+    pub kubelet_misses: u64,
+    pub enriched: u64,
+}
+
+/// The socket server's tallies.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct SocketStats {
+    pub accepted: u64,
+    pub answered: u64,
+    pub rejected: u64,
+    pub timed_out: u64,
+}
+
+/// The cgroup cache's tallies: how each answer was found.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct CacheStats {
+    pub hits: u64,
+    pub from_pid: u64,
+    pub from_walk: u64,
+    pub unresolved: u64,
+    pub conflicts: u64,
+}
+
+/// The kubelet client's tallies (shared with its refresher thread), read by `status`.
+#[derive(Debug, Default)]
+pub struct KubeletCounts {
+    pub fetches: AtomicU64,
+    pub fetch_errors: AtomicU64,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counts_and_snapshot() {
+        let mut s = Stats::default();
+        s.count("exec");
+        s.count("exec");
+        s.count("nonsense");
+        s.kernel_drops[1] = 3;
+        s.kernel_drops[4] = 2;
+        s.observe_fill(10);
+        s.observe_fill(5);
+        let v = serde_json::to_value(s.snapshot()).expect("serialize");
+        assert_eq!(v["seen"]["exec"], 2);
+        assert_eq!(v["seen_total"], 2);
+        assert_eq!(v["dropped_kernel"], 5);
+        assert_eq!(v["dropped_kernel_by_type"]["connect"], 2);
+        assert_eq!(v["ring_buffer"]["max_fill_bytes"], 10);
+        assert!(s.line().contains("exec=2"));
+    }
+
+    #[test]
+    fn heartbeat_stats_use_contract_names() {
+        let c = Counters {
+            events_observed: 10,
+            events_sent: 7,
+            dropped_kernel: 1,
+            dropped_queue: 2,
+            kubelet_misses: 3,
+            ..Default::default()
+        };
+        let v = serde_json::to_value(c.heartbeat_stats()).expect("serialize");
+        assert_eq!(v["eventsObserved"], 10);
+        assert_eq!(v["eventsSent"], 7);
+        assert_eq!(v["eventsDropped"]["kernel"], 1);
+        assert_eq!(v["eventsDropped"]["queue"], 2);
+        assert_eq!(v["eventsDropped"]["upload"], 0);
+        assert_eq!(v["kubeletMisses"], 3);
+    }
+
+    #[test]
+    fn prometheus_text_has_help_type_and_samples() {
+        let c = Counters {
+            dropped_queue: 5,
+            ..Default::default()
+        };
+        let t = c.prometheus(12);
+        assert!(t.contains("# TYPE linuxguard_events_dropped_total counter\n"));
+        assert!(t.contains("linuxguard_events_dropped_total{stage=\"queue\"} 5\n"));
+        assert!(t.contains("linuxguard_uptime_seconds 12\n"));
+        for line in t.lines().filter(|l| !l.starts_with('#')) {
+            assert_eq!(line.split(' ').count(), 2, "sample line {line:?}");
+        }
+    }
+}
