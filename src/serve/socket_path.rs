@@ -52,9 +52,17 @@ fn chain(dir: &Path) -> Vec<&Path> {
 pub fn check_server_path(path: &Path, uid: u32) -> Result<PathBuf> {
     let (dir, sock) = resolve(path)?;
     for d in chain(&dir) {
-        let md = std::fs::symlink_metadata(d).with_context(Kind::Runtime, || {
+        let mut md = std::fs::symlink_metadata(d).with_context(Kind::Runtime, || {
             format!("cannot inspect `{}` on the socket's path", d.display())
         })?;
+        if d == dir
+            && uid == 0
+            && md.uid() == 0
+            && md.mode() & GROUP_OTHER_WRITE != 0
+            && md.mode() & STICKY == 0
+        {
+            md = make_sticky(d, &md)?;
+        }
         let mode = md.mode() & 0o7777;
         let owner = md.uid();
         let why = if owner != 0 && owner != uid {
@@ -89,6 +97,40 @@ pub fn check_server_path(path: &Path, uid: u32) -> Result<PathBuf> {
     Ok(sock)
 }
 
+/// The socket's own directory, root's and writable by its group or every user but not sticky
+/// (a Kubernetes `emptyDir` is 0777): made sticky like `/tmp` (through an fd of that very directory, never a
+/// path that could be swapped), so no other user can remove or rename the agent's socket.
+fn make_sticky(dir: &Path, seen: &std::fs::Metadata) -> Result<std::fs::Metadata> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(nix::libc::O_DIRECTORY | nix::libc::O_NOFOLLOW | nix::libc::O_CLOEXEC)
+        .open(dir)
+        .with_context(Kind::Runtime, || format!("cannot open `{}`", dir.display()))?;
+    let md = f.metadata().with_context(Kind::Runtime, || {
+        format!("cannot inspect `{}`", dir.display())
+    })?;
+    if (md.dev(), md.ino()) != (seen.dev(), seen.ino()) {
+        return Err(Error::runtime(format!(
+            "the socket directory `{}` changed while it was checked",
+            dir.display()
+        )));
+    }
+    let mode = md.mode() & 0o7777 | STICKY;
+    nix::sys::stat::fchmod(&f, nix::sys::stat::Mode::from_bits_truncate(mode))
+        .with_context(Kind::Runtime, || {
+            format!("cannot make `{}` sticky", dir.display())
+        })?;
+    log::warn!(
+        "the socket directory `{}` was writable by other users: made it sticky (mode {mode:04o}, like /tmp), so only \
+         root can remove or replace the agent's socket",
+        dir.display()
+    );
+    f.metadata().with_context(Kind::Runtime, || {
+        format!("cannot inspect `{}`", dir.display())
+    })
+}
+
 /// The server uids a client believes: root, the client's own uid, and `--agent-uid` when set
 /// (an agent running as another uid). Never derived from the filesystem: a directory root
 /// gave a user (a home directory) looks the same as one root gave the agent's uid.
@@ -102,7 +144,7 @@ pub fn trusted_uids(own: u32, agent_uid: Option<u32>) -> Vec<u32> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::os::unix::fs::PermissionsExt;
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
 
     fn tmp(tag: &str) -> PathBuf {
         let d = std::env::temp_dir().join(format!("lg-sockpath-{tag}-{}", std::process::id()));
@@ -117,11 +159,20 @@ mod tests {
         let uid = nix::unistd::geteuid().as_raw();
         let d = tmp("srv");
         assert!(check_server_path(&d.join("a.sock"), uid).is_ok());
+        // An ancestor writable by every user: refused.
+        std::fs::create_dir_all(d.join("sub")).unwrap();
+        std::fs::set_permissions(d.join("sub"), std::fs::Permissions::from_mode(0o755)).unwrap();
         std::fs::set_permissions(&d, std::fs::Permissions::from_mode(0o777)).unwrap();
-        let e = check_server_path(&d.join("a.sock"), uid).unwrap_err();
+        let e = check_server_path(&d.join("sub/a.sock"), uid).unwrap_err();
         assert!(e.to_string().contains("writable by every user"), "{e}");
+        if uid == 0 {
+            // The socket's own directory, root's, 0777 (an emptyDir): made sticky, accepted.
+            assert!(check_server_path(&d.join("a.sock"), uid).is_ok());
+            assert_eq!(std::fs::metadata(&d).unwrap().mode() & 0o7777, 0o1777);
+            std::fs::set_permissions(&d, std::fs::Permissions::from_mode(0o777)).unwrap();
+        }
         std::fs::set_permissions(&d, std::fs::Permissions::from_mode(0o775)).unwrap();
-        let e = check_server_path(&d.join("a.sock"), uid).unwrap_err();
+        let e = check_server_path(&d.join("sub/a.sock"), uid).unwrap_err();
         assert!(e.to_string().contains("writable by its group"), "{e}");
         // Another uid's directory: as root, give it away; otherwise ask for another agent uid.
         std::fs::set_permissions(&d, std::fs::Permissions::from_mode(0o755)).unwrap();

@@ -149,25 +149,22 @@ fn root_forged_server_of_another_uid_is_refused_by_the_clients() {
     honest.join().expect("svc server");
 }
 
-/// `start` refuses a socket whose directory another user owns or can write (before any
-/// network call), with a clear error naming the directory.
+/// `start` refuses a socket whose path has a directory another user owns or can write (before
+/// any network call), with a clear error naming the directory; its own directory, root's and
+/// open to all (an emptyDir), is made sticky and served.
 #[test]
 fn root_start_refuses_a_socket_directory_another_user_controls() {
     require_root("root (directories owned by another uid)");
     let base = TempDir::new("sockdir");
+    let open = dir_of(base.path(), "open", 0, 0o777);
+    let group = dir_of(base.path(), "group", 0, 0o775);
     let cases = [
         (
             dir_of(base.path(), "users", ATTACKER, 0o755),
             "is owned by uid 65534",
         ),
-        (
-            dir_of(base.path(), "open", 0, 0o777),
-            "writable by every user",
-        ),
-        (
-            dir_of(base.path(), "group", 0, 0o775),
-            "writable by its group",
-        ),
+        (dir_of(&open, "below", 0, 0o755), "writable by every user"),
+        (dir_of(&group, "below", 0, 0o755), "writable by its group"),
         (
             dir_of(&base.path().join("users"), "below", 0, 0o755),
             "is owned by uid 65534",
@@ -190,6 +187,19 @@ fn root_start_refuses_a_socket_directory_another_user_controls() {
         );
         assert!(!sock.exists(), "nothing was bound");
     }
+    // The socket's own directory, root's and open to all (a Kubernetes emptyDir is 0777): the
+    // agent makes it sticky, like /tmp, and serves.
+    let mut a = Running::start_in(Some(open.clone()));
+    assert_eq!(
+        fs::metadata(&open).expect("stat").permissions().mode() & 0o7777,
+        0o1777
+    );
+    assert!(a.log().contains("made it sticky"), "{}", a.log());
+    let o = run(agent()
+        .args(["status", "--socket"])
+        .arg(open.join("agent.sock")));
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(a.alive());
 }
 
 /// A caller who may not open the socket is told so (not "the agent is not running").
@@ -303,15 +313,23 @@ fn show_config_escapes_control_characters() {
 
 /// One running agent (real BPF, real backend) with its socket open to every user.
 struct Running {
-    dir: TempDir,
+    _dir: TempDir,
+    sock: PathBuf,
     agent: common::Agent,
     _be: Backend,
 }
 
 impl Running {
     fn start() -> Running {
+        Running::start_in(None)
+    }
+    /// With the socket in `sock_dir` (default: the run's own directory).
+    fn start_in(sock_dir: Option<PathBuf>) -> Running {
         let be = start_backend(&["--token", TOKEN]);
         let dir = TempDir::new("hardening-agent");
+        let sock = sock_dir
+            .unwrap_or_else(|| dir.path().to_path_buf())
+            .join("agent.sock");
         let log = dir.path().join("agent.log");
         let mut c = agent();
         c.current_dir(dir.path())
@@ -321,18 +339,19 @@ impl Running {
             .env("LINUXGUARD_TENANT_ID", "demo")
             .env("LINUXGUARD_ENROLL_TOKEN", TOKEN)
             .env("LINUXGUARD_WORKLOAD_ID", "e2e0000000000020")
-            .env("LINUXGUARD_SOCKET", dir.path().join("agent.sock"))
+            .env("LINUXGUARD_SOCKET", &sock)
             .args(["start", "--socket-mode", "0666"]);
         let mut agent = common::Agent::spawn(&mut c, log, None, None);
         agent.wait_log("startup: sensors attached", 60);
         Running {
-            dir,
+            _dir: dir,
+            sock,
             agent,
             _be: be,
         }
     }
     fn socket(&self) -> PathBuf {
-        self.dir.path().join("agent.sock")
+        self.sock.clone()
     }
     fn alive(&mut self) -> bool {
         self.agent.alive()
