@@ -479,6 +479,9 @@ static __always_inline void exec_image_as(struct lg_exec *e, struct file **exe,
 	if (!f)
 		return;
 	e->exe_nlink = TREAD(btf, f, f_inode, __i_nlink);
+	/* Which file: the agent recognizes its own executable (and redacts its secret flags). */
+	e->exe_ino = TREAD(btf, f, f_inode, i_ino);
+	e->exe_dev = TREAD(btf, f, f_inode, i_sb, s_dev);
 	/*
 	 * memfd files are named "memfd:<name>" on an internal shmem mount, where the dentry has no
 	 * directory: it is its own parent. A file on disk named "memfd:x" has a parent, and is not
@@ -505,7 +508,6 @@ static __always_inline int do_exec(__u32 old_pid, const char *filename, int loop
 	e->old_pid = old_pid;
 	e->args_truncated = 0;
 	e->memfd = 0;
-	e->_pad = 0;
 	fill_task(&e->task);
 	if (bpf_probe_read_kernel_str(e->filename, sizeof(e->filename), filename) < 0)
 		e->filename[0] = 0;
@@ -515,6 +517,8 @@ static __always_inline int do_exec(__u32 old_pid, const char *filename, int loop
 	e->path_depth = 0;
 	e->path_truncated = 0;
 	e->exe_nlink = 0;
+	e->exe_ino = 0;
+	e->exe_dev = 0;
 	BY_TASK_FLAVOUR(exec_image_as, e, &exe, &start, &end);
 	if (exe) {
 		if (loop)

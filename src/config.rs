@@ -43,6 +43,7 @@ pub enum Key {
     RingBufferMb,
     StatsInterval,
     CompatSyscalls,
+    RedactFlags,
     KubeletUrl,
     KubeletReadOnlyPort,
     KubeletSecurePort,
@@ -57,6 +58,7 @@ pub enum Key {
     DisableContainerSelectors,
     Socket,
     SocketMode,
+    AgentUid,
     Output,
     QueueMb,
     BatchMaxEvents,
@@ -319,6 +321,16 @@ pub static SETTINGS: &[Setting] = &[
         "watch 32-bit syscalls too (x86_64: int $0x80; arm64: AArch32 processes); =false leaves them unseen but saves ~0.2 us per syscall of every process (docs/events.md)"
     ),
     setting!(
+        RedactFlags,
+        "redact-flags",
+        "LINUXGUARD_REDACT_FLAGS",
+        Some(crate::events::redact::DEFAULT_FLAGS),
+        Ty::Text,
+        "LIST",
+        SENSOR,
+        "comma-separated flags whose values exec events show as [REDACTED], for every process (`--flag V`, `--flag=V`; `none`: no list); the agent's own --enroll-token and --api-key are always redacted in its own argv (docs/events.md)"
+    ),
+    setting!(
         KubeletUrl,
         "kubelet-url",
         "LINUXGUARD_KUBELET_URL",
@@ -466,6 +478,19 @@ pub static SETTINGS: &[Setting] = &[
         "MODE",
         START | SHOW,
         "permissions of the Unix socket"
+    ),
+    setting!(
+        AgentUid,
+        "agent-uid",
+        "LINUXGUARD_AGENT_UID",
+        None,
+        Ty::Num {
+            min: 0,
+            max: 4_294_967_294
+        },
+        "UID",
+        ATTEST | STATUS | SHOW,
+        "the uid the agent runs as, when not root: status and attest --self believe an answer only from a server running as root, as their own uid or as this uid (docs/socket.md)"
     ),
     setting!(
         Output,
@@ -746,6 +771,20 @@ fn validate(s: &Setting, v: &str, name: &str) -> Result<String> {
     match s.ty {
         Ty::Text | Ty::Path if v.is_empty() => {
             bad(format!("expected {}, got an empty value", s.value_name))
+        }
+        Ty::Text if s.key == Key::RedactFlags => {
+            match v
+                .split(',')
+                .map(|f| f.trim().trim_start_matches('-'))
+                .find(|f| {
+                    !f.chars()
+                        .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+                }) {
+                Some(f) => bad(format!(
+                    "{f:?} is not a flag name: give names such as password,token (comma-separated, dashes optional) or none"
+                )),
+                None => Ok(v.to_string()),
+            }
         }
         Ty::Text | Ty::Path | Ty::Secret => Ok(v.to_string()),
         Ty::OptionalPath => Ok(if v.is_empty() {

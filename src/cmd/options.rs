@@ -9,6 +9,7 @@ use crate::agent;
 use crate::attest::{attestor, kubelet};
 use crate::config::{Config, Key};
 use crate::error::Result;
+use crate::events::redact;
 use crate::identity::workload;
 use crate::pipeline;
 use crate::sensor;
@@ -25,6 +26,9 @@ pub fn pipeline(cfg: &Config) -> pipeline::Options {
     let ring_buffer_mb = cfg.num(Key::RingBufferMb);
     pipeline::Options {
         proc_root: proc_root(cfg),
+        redact_flags: redact::parse_list(
+            cfg.get(Key::RedactFlags).unwrap_or(redact::DEFAULT_FLAGS),
+        ),
         sensor: sensor::Options {
             ring_buffer_mb,
             own_tgid: std::process::id(),

@@ -13,9 +13,15 @@ use crate::identity::plan::{self, Plan};
 use crate::identity::tls::ServerTrust;
 use crate::identity::tls_cache::{self, TlsCache};
 use crate::identity::{token, workload};
+use crate::serve::socket_path;
 
 pub fn run(mut cfg: Config, _args: &Args) -> Result<()> {
     let t0 = Instant::now();
+    // A socket directory another user can write is refused before anything else: that user
+    // could replace the socket and answer `status` and `attest --self` as the agent.
+    if let Some(path) = cfg.path(Key::Socket) {
+        socket_path::check_server_path(&path, nix::unistd::geteuid().as_raw())?;
+    }
     let plan = plan(&cfg)?;
     // The plan holds the only copy of the credential from here on (zeroized with it).
     cfg.enroll_token = None;

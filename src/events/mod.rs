@@ -4,3 +4,4 @@
 pub mod event;
 pub mod json;
 pub mod proctable;
+pub mod redact;

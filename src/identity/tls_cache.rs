@@ -165,8 +165,8 @@ impl TlsCache {
         let shown = self.dir.display().to_string();
         let tag = read_small(&self.dir.join(TAG_FILE));
         let ident = read_small(&self.dir.join(IDENTITY_FILE));
-        let empty =
-            matches!((&tag, &ident), (Err(e), Err(_)) if e.kind() == std::io::ErrorKind::NotFound);
+        let missing = |r: &std::io::Result<Zeroizing<Vec<u8>>>| matches!(r, Err(e) if e.kind() == std::io::ErrorKind::NotFound);
+        let empty = missing(&tag) && missing(&ident);
         let Some(want) = self.tag.clone() else {
             return self.load_by_workload(&shown, tag, ident, empty);
         };
@@ -175,6 +175,8 @@ impl TlsCache {
             return Found::Nothing;
         }
         let why = match (&tag, &ident) {
+            // Something that is not a readable file (a FIFO, a directory): say so first.
+            (_, Err(e)) if !missing(&ident) => format!("{IDENTITY_FILE} is unreadable ({e})"),
             (Ok(t), _) if String::from_utf8_lossy(t).trim_end() != want => {
                 "the tag differs (the credential or the workload id changed)".to_string()
             }
@@ -315,9 +317,21 @@ impl TlsCache {
     }
 
     /// temp file (0600, O_EXCL|O_NOFOLLOW) → write → fsync → rename → fsync the directory.
+    /// On any failure the temp file (which may hold the private key) is removed.
     fn write_atomic(&self, name: &str, data: &[u8]) -> Result<()> {
         let tmp = self.dir.join(format!(".{name}.tmp"));
         let dst = self.dir.join(name);
+        // Something other than a file where the file goes (a directory, a FIFO): rename would
+        // fail after the key was written; say what is wrong before writing anything.
+        if let Ok(md) = fs::symlink_metadata(&dst) {
+            if !md.is_file() {
+                return Err(Error::runtime(format!(
+                    "cannot write `{}`: it is {}, not a file; remove it",
+                    dst.display(),
+                    file_kind(&md)
+                )));
+            }
+        }
         let _ = fs::remove_file(&tmp);
         let ctx = || format!("failed to write `{}`", dst.display());
         let mut f = OpenOptions::new()
@@ -327,11 +341,37 @@ impl TlsCache {
             .custom_flags(nix::libc::O_NOFOLLOW | nix::libc::O_CLOEXEC)
             .open(&tmp)
             .with_context(Kind::Runtime, ctx)?;
-        f.write_all(data).with_context(Kind::Runtime, ctx)?;
-        f.sync_all().with_context(Kind::Runtime, ctx)?;
-        drop(f);
-        fs::rename(&tmp, &dst).with_context(Kind::Runtime, ctx)?;
+        let written = f
+            .write_all(data)
+            .and_then(|()| f.sync_all())
+            .and_then(|()| {
+                drop(f);
+                fs::rename(&tmp, &dst)
+            });
+        if let Err(e) = written {
+            let _ = fs::remove_file(&tmp);
+            return Err(e).with_context(Kind::Runtime, ctx);
+        }
         sync_dir(&self.dir)
+    }
+}
+
+/// What a non-regular file is, for messages.
+fn file_kind(md: &fs::Metadata) -> &'static str {
+    use std::os::unix::fs::FileTypeExt;
+    let t = md.file_type();
+    if t.is_dir() {
+        "a directory"
+    } else if t.is_fifo() {
+        "a FIFO"
+    } else if t.is_socket() {
+        "a socket"
+    } else if t.is_symlink() {
+        "a symlink"
+    } else if t.is_char_device() || t.is_block_device() {
+        "a device"
+    } else {
+        "not a regular file"
     }
 }
 
@@ -350,11 +390,21 @@ fn sync_dir(dir: &Path) -> Result<()> {
         })
 }
 
+/// Reads one of the cache's files. Only a regular file is read: O_NONBLOCK so that opening a
+/// FIFO (or a device) planted in the cache returns at once instead of waiting for a writer
+/// (a start that hangs silently and ignores SIGTERM), O_NOFOLLOW for symlinks.
 fn read_small(path: &Path) -> std::io::Result<Zeroizing<Vec<u8>>> {
     let f = OpenOptions::new()
         .read(true)
-        .custom_flags(nix::libc::O_NOFOLLOW | nix::libc::O_CLOEXEC)
+        .custom_flags(nix::libc::O_NOFOLLOW | nix::libc::O_CLOEXEC | nix::libc::O_NONBLOCK)
         .open(path)?;
+    let md = f.metadata()?;
+    if !md.is_file() {
+        return Err(std::io::Error::other(format!(
+            "not a regular file ({})",
+            file_kind(&md)
+        )));
+    }
     let mut buf = Zeroizing::new(Vec::with_capacity(16 * 1024));
     f.take(MAX_FILE + 1).read_to_end(&mut buf)?;
     if buf.len() as u64 > MAX_FILE {

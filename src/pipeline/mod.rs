@@ -18,6 +18,7 @@ use crate::counters::Stats;
 use crate::error::{Error, Result};
 use crate::events::event::{Builder, Event};
 use crate::events::proctable::{self, ProcTable};
+use crate::events::redact::{self, Redactor};
 use crate::sensor::decode::{self, DecodeError, Record};
 use crate::sensor::{self, Sensor};
 use sink::Sink;
@@ -34,6 +35,8 @@ pub struct Options {
     pub sensor: sensor::Options,
     /// `/proc` (or `--proc-root`): the process table is seeded from it.
     pub proc_root: PathBuf,
+    /// `--redact-flags`: flags whose values exec events redact for every process.
+    pub redact_flags: Vec<String>,
 }
 
 /// The sensor plus everything between the ring buffer and a sink.
@@ -85,12 +88,17 @@ impl Pipeline {
             ring_size: opts.sensor.ring_buffer_mb << 20,
             ..Stats::default()
         };
+        let mut builder = Builder::new(&host);
+        builder.set_redactor(Redactor::new(
+            opts.redact_flags.clone(),
+            redact::Identity::this_process(),
+        ));
         Ok(Pipeline {
             ring,
             queue,
             sensor,
             procs,
-            builder: Builder::new(&host),
+            builder,
             attestor: None,
             stats,
         })

@@ -492,8 +492,18 @@ fn has_bpf_caps() -> bool {
 
 /// Makes sure tracefs is mounted at /sys/kernel/tracing (mounting it when missing).
 fn ensure_tracefs() -> Result<()> {
-    if Path::new(TRACEFS).join("events").is_dir() {
-        return Ok(());
+    match std::fs::metadata(Path::new(TRACEFS).join("events")) {
+        Ok(md) if md.is_dir() => return Ok(()),
+        // Mounted (tracefs is 0700 by default) but closed to a non-root user with CAP_BPF and
+        // CAP_PERFMON: mounting again would not help, and "not mounted" would mislead.
+        Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => {
+            return Err(Error::runtime(format!(
+                "tracefs at {TRACEFS} is not readable by this user (uid {}): {e}; run as root, or let the \
+                 agent's user read it (mount -o remount,gid=GID,mode=0750 {TRACEFS} with the agent in group GID)",
+                nix::unistd::geteuid()
+            )));
+        }
+        _ => {}
     }
     log::info!("tracefs is not mounted at {TRACEFS}: mounting it");
     nix::mount::mount(

@@ -80,11 +80,11 @@ pub fn is_root() -> bool {
 }
 
 /// Root-only tests call this first: as a normal user they fail loudly, never pass silently
-/// (`sudo scripts/test` runs them; CI runs as root).
+/// (`scripts/test` runs them as root, through sudo for a normal user; CI runs as root).
 pub fn require_root(what: &str) {
     assert!(
         is_root(),
-        "this test needs {what}: run the tests as root (sudo scripts/test)"
+        "this test needs {what}: run the tests as root (scripts/test elevates itself)"
     );
 }
 

@@ -13,6 +13,7 @@ mod compat;
 mod e2e;
 mod enroll;
 mod fleet;
+mod hardening;
 mod kubelet_server;
 mod layout;
 mod manifest;
