@@ -38,7 +38,13 @@ fn main() -> ExitCode {
         Ok(code) => code,
         Err(e) => {
             log::debug!("exiting with code {} after: {e}", e.kind().code());
-            let _ = writeln!(std::io::stderr(), "linuxguard-agent: error: {e}");
+            // Errors can carry text from outside (a file name, the agent's answer): nothing in
+            // them may act on the terminal.
+            let _ = writeln!(
+                std::io::stderr(),
+                "linuxguard-agent: error: {}",
+                cli::printable(&e.to_string())
+            );
             e.exit_code()
         }
     }

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use crate::agent;
 use crate::attest::{attestor, kubelet};
-use crate::config::{Config, Key};
+use crate::config::{Config, Key, SETTINGS, Ty};
 use crate::error::Result;
 use crate::events::redact;
 use crate::identity::workload;
@@ -26,9 +26,7 @@ pub fn pipeline(cfg: &Config) -> pipeline::Options {
     let ring_buffer_mb = cfg.num(Key::RingBufferMb);
     pipeline::Options {
         proc_root: proc_root(cfg),
-        redact_flags: redact::parse_list(
-            cfg.get(Key::RedactFlags).unwrap_or(redact::DEFAULT_FLAGS),
-        ),
+        redact: redaction(cfg),
         sensor: sensor::Options {
             ring_buffer_mb,
             own_tgid: std::process::id(),
@@ -36,6 +34,18 @@ pub fn pipeline(cfg: &Config) -> pipeline::Options {
             wakeup_bytes: (ring_buffer_mb << 20) / 8,
             compat_syscalls: cfg.flag(Key::CompatSyscalls),
         },
+    }
+}
+
+/// What exec events redact: `--redact-flags` for every process; for this agent's own
+/// executable also its own secret flags (every setting of type secret, so a secret flag added
+/// later is covered), and `NAME=value` of their variables for every process.
+pub fn redaction(cfg: &Config) -> redact::Options {
+    let secrets = || SETTINGS.iter().filter(|s| matches!(s.ty, Ty::Secret));
+    redact::Options {
+        flags: redact::parse_list(cfg.get(Key::RedactFlags).unwrap_or(redact::DEFAULT_FLAGS)),
+        own_flags: secrets().map(|s| s.flag.to_string()).collect(),
+        own_env: secrets().map(|s| format!("{}=", s.env)).collect(),
     }
 }
 

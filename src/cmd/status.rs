@@ -34,7 +34,7 @@ pub fn run(cfg: Config, args: &Args) -> Result<()> {
             .get("reason")
             .and_then(Value::as_str)
             .unwrap_or("the agent reports it is not healthy");
-        Err(Error::runtime(format!("unhealthy: {}", printable(why))))
+        Err(Error::runtime(format!("unhealthy: {why}")))
     }
 }
 

@@ -11,8 +11,6 @@
 
 use std::os::unix::fs::MetadataExt;
 
-use crate::config::{SETTINGS, Ty};
-
 /// What replaces a redacted value.
 pub const REDACTED: &str = "[REDACTED]";
 
@@ -53,21 +51,34 @@ impl Identity {
     }
 }
 
+/// What to redact (cmd/options.rs builds it from the settings).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Options {
+    /// Well-known secret flags, for every process (`--redact-flags`; no dashes).
+    pub flags: Vec<String>,
+    /// This agent's own secret flags (its settings of type secret), for its own executable.
+    pub own_flags: Vec<String>,
+    /// `NAME=` prefixes of the agent's secret environment variables, for every process.
+    pub own_env: Vec<String>,
+}
+
 /// Redacts secret flag values in argv.
 #[derive(Debug, Clone)]
 pub struct Redactor {
-    /// Well-known secret flags, for every process (lower case, no dashes).
-    flags: Vec<String>,
-    /// This agent's own secret flags (settings of type secret), for its own executable.
-    own_flags: Vec<String>,
-    /// `NAME=` prefixes of the agent's secret environment variables, for every process.
-    own_env: Vec<String>,
+    opts: Options,
     own: Identity,
 }
 
 impl Default for Redactor {
+    /// The default list only (no own flags: those come from the settings).
     fn default() -> Redactor {
-        Redactor::new(parse_list(DEFAULT_FLAGS), Identity::this_process())
+        Redactor::new(
+            Options {
+                flags: parse_list(DEFAULT_FLAGS),
+                ..Options::default()
+            },
+            Identity::this_process(),
+        )
     }
 }
 
@@ -80,14 +91,8 @@ pub fn parse_list(list: &str) -> Vec<String> {
 }
 
 impl Redactor {
-    pub fn new(flags: Vec<String>, own: Identity) -> Redactor {
-        let secrets = SETTINGS.iter().filter(|s| matches!(s.ty, Ty::Secret));
-        Redactor {
-            flags,
-            own_flags: secrets.clone().map(|s| s.flag.to_string()).collect(),
-            own_env: secrets.map(|s| format!("{}=", s.env)).collect(),
-            own,
-        }
+    pub fn new(opts: Options, own: Identity) -> Redactor {
+        Redactor { opts, own }
     }
 
     /// Redacts `args` of an exec of the file (`dev`, `ino`) at `path`; true if anything was.
@@ -96,7 +101,7 @@ impl Redactor {
         // No allocation per argument: this runs for every exec.
         let secret = |name: &str| {
             let is = |f: &String| f.eq_ignore_ascii_case(name);
-            self.flags.iter().any(is) || (own && self.own_flags.iter().any(is))
+            self.opts.flags.iter().any(is) || (own && self.opts.own_flags.iter().any(is))
         };
         let mut redacted = false;
         let mut value_next = false;
@@ -123,7 +128,7 @@ impl Redactor {
                 }
                 continue;
             }
-            if let Some(p) = self.own_env.iter().find(|p| a.starts_with(p.as_str())) {
+            if let Some(p) = self.opts.own_env.iter().find(|p| a.starts_with(p.as_str())) {
                 if a.len() > p.len() && a[p.len()..] != *REDACTED {
                     a.truncate(p.len());
                     a.push_str(REDACTED);
@@ -133,7 +138,7 @@ impl Redactor {
             }
             // A shell command line in one argument (`sh -c "... --token VALUE"`).
             if a.contains(char::is_whitespace) && a.contains('-') {
-                if let Some(r) = redact_words(a, &secret, &self.own_env) {
+                if let Some(r) = redact_words(a, &secret, &self.opts.own_env) {
                     *a = r;
                     redacted = true;
                 }
@@ -222,7 +227,14 @@ mod tests {
 
     fn r() -> Redactor {
         Redactor::new(
-            parse_list(DEFAULT_FLAGS),
+            Options {
+                flags: parse_list(DEFAULT_FLAGS),
+                own_flags: vec!["enroll-token".into(), "api-key".into()],
+                own_env: vec![
+                    "LINUXGUARD_ENROLL_TOKEN=".into(),
+                    "LINUXGUARD_API_KEY=".into(),
+                ],
+            },
             Identity {
                 dev: 5,
                 ino: 7,

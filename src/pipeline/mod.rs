@@ -35,8 +35,8 @@ pub struct Options {
     pub sensor: sensor::Options,
     /// `/proc` (or `--proc-root`): the process table is seeded from it.
     pub proc_root: PathBuf,
-    /// `--redact-flags`: flags whose values exec events redact for every process.
-    pub redact_flags: Vec<String>,
+    /// Which flag values exec events redact (`--redact-flags`, the agent's own secrets).
+    pub redact: redact::Options,
 }
 
 /// The sensor plus everything between the ring buffer and a sink.
@@ -90,7 +90,7 @@ impl Pipeline {
         };
         let mut builder = Builder::new(&host);
         builder.set_redactor(Redactor::new(
-            opts.redact_flags.clone(),
+            opts.redact.clone(),
             redact::Identity::this_process(),
         ));
         Ok(Pipeline {

@@ -669,10 +669,8 @@ fn request_once(
             .get("error")
             .and_then(Value::as_str)
             .unwrap_or("no reason given");
-        Err(Error::runtime(format!(
-            "the agent refused: {}",
-            crate::cli::printable(msg)
-        )))
+        // Text from another process: main escapes what a terminal would act on when it prints.
+        Err(Error::runtime(format!("the agent refused: {msg}")))
     }
 }
 
