@@ -6,6 +6,7 @@ mod cli;
 mod config;
 mod counters;
 mod error;
+mod files;
 mod secret;
 mod stop;
 // Components, bottom up (kernel → decode → build → enrich → sink → uplink).

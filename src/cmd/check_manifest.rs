@@ -13,6 +13,7 @@ use crate::cmd::yaml_limits::{
 };
 use crate::config::{Config, Key};
 use crate::error::{Context, Error, Kind, Result};
+use crate::files::file_kind;
 
 /// Manifests bigger than this are refused (a manifest is kilobytes; this bounds the read).
 const MAX_FILE_BYTES: u64 = 16 * 1024 * 1024;
@@ -222,23 +223,6 @@ pub fn parse(name: &str, text: &str) -> Result<Vec<Yaml>> {
             "`{name}` is not valid YAML: {e}; fix the syntax (kubectl apply --dry-run=client -f {name} shows the same spot)"
         ))
     })
-}
-
-/// What a non-regular file is, for the error message.
-fn file_kind(md: &std::fs::Metadata) -> &'static str {
-    use std::os::unix::fs::FileTypeExt;
-    let t = md.file_type();
-    if t.is_dir() {
-        "a directory"
-    } else if t.is_fifo() {
-        "a FIFO"
-    } else if t.is_socket() {
-        "a socket"
-    } else if t.is_char_device() || t.is_block_device() {
-        "a device"
-    } else {
-        "not a regular file"
-    }
 }
 
 /// Which identity variable.

@@ -14,6 +14,7 @@ use sha2::{Digest, Sha256};
 use zeroize::Zeroizing;
 
 use crate::error::{Context, Error, Kind, Result};
+use crate::files::file_kind;
 use crate::identity::enroll::Identity;
 use crate::secret::Secret;
 
@@ -353,25 +354,6 @@ impl TlsCache {
             return Err(e).with_context(Kind::Runtime, ctx);
         }
         sync_dir(&self.dir)
-    }
-}
-
-/// What a non-regular file is, for messages.
-fn file_kind(md: &fs::Metadata) -> &'static str {
-    use std::os::unix::fs::FileTypeExt;
-    let t = md.file_type();
-    if t.is_dir() {
-        "a directory"
-    } else if t.is_fifo() {
-        "a FIFO"
-    } else if t.is_socket() {
-        "a socket"
-    } else if t.is_symlink() {
-        "a symlink"
-    } else if t.is_char_device() || t.is_block_device() {
-        "a device"
-    } else {
-        "not a regular file"
     }
 }
 
