@@ -318,7 +318,7 @@ pub static SETTINGS: &[Setting] = &[
         Ty::Bool,
         "",
         SENSOR,
-        "watch 32-bit (int $0x80) syscalls too; =false leaves them unseen but saves ~0.2 us per syscall of every process (docs/events.md)"
+        "watch 32-bit syscalls too (x86_64: int $0x80; arm64: AArch32 processes); =false leaves them unseen but saves ~0.2 us per syscall of every process (docs/events.md)"
     ),
     setting!(
         RedactFlags,

@@ -132,6 +132,8 @@ pub struct Counters {
     pub upload_failures: u64,
     /// The longest pass of the poll loop body.
     pub loop_body_max: Duration,
+    /// How well each event type is watched (fixed when the sensor started).
+    pub event_types: crate::sensor::EventTypes,
 }
 
 impl Counters {
@@ -147,6 +149,7 @@ impl Counters {
                 upload: self.dropped_upload,
             },
             kubelet_misses: self.kubelet_misses,
+            event_types: self.event_types,
         }
     }
 
@@ -214,6 +217,31 @@ impl Counters {
             "Upload attempts that failed and were retried.",
             &[("", self.upload_failures)],
         );
+        let states = [
+            crate::sensor::HookState::Active,
+            crate::sensor::HookState::Reduced,
+            crate::sensor::HookState::Absent,
+        ];
+        let labels: Vec<(String, u64)> = self
+            .event_types
+            .iter()
+            .flat_map(|(t, now)| {
+                states.iter().map(move |s| {
+                    (
+                        format!("{{type=\"{t}\",state=\"{}\"}}", s.as_str()),
+                        u64::from(*s == now),
+                    )
+                })
+            })
+            .collect();
+        let samples: Vec<(&str, u64)> = labels.iter().map(|(l, v)| (l.as_str(), *v)).collect();
+        metric(
+            "event_type_state",
+            "gauge",
+            "How each event type is watched on this kernel: 1 for its state (active: fully; \
+             reduced: with a documented loss; absent: not at all).",
+            &samples,
+        );
         s.push_str(&format!(
             "# HELP linuxguard_loop_body_max_seconds Longest pass of the poll loop body.\n\
              # TYPE linuxguard_loop_body_max_seconds gauge\n\
@@ -225,7 +253,9 @@ impl Counters {
 }
 
 /// The heartbeat's `stats` object (backend contract: `eventsObserved`, `eventsSent`,
-/// `eventsDropped {kernel, queue, upload}`, `kubeletMisses`).
+/// `eventsDropped {kernel, queue, upload}`, `kubeletMisses`), plus `eventTypes`
+/// (`{"exec": "active", "exit": "reduced", ...}`): which event types this kernel lets the agent
+/// watch, so a fleet view shows what each node cannot see.
 #[derive(Debug, Default, Clone, Serialize, PartialEq, Eq)]
 #[serde(rename_all = "camelCase")]
 pub struct HeartbeatStats {
@@ -233,6 +263,8 @@ pub struct HeartbeatStats {
     pub events_sent: u64,
     pub events_dropped: Dropped,
     pub kubelet_misses: u64,
+    #[serde(skip_serializing_if = "crate::sensor::EventTypes::is_empty")]
+    pub event_types: crate::sensor::EventTypes,
 }
 
 #[derive(Debug, Default, Clone, Serialize, PartialEq, Eq)]
@@ -252,6 +284,8 @@ pub struct Published {
     pub kubelet_misses: AtomicU64,
     /// Events written to stdout (`--output stdout`).
     pub stdout_sent: AtomicU64,
+    /// How well each event type is watched: set once, when the sensor has started.
+    pub event_types: std::sync::OnceLock<crate::sensor::EventTypes>,
 }
 
 /// How long the poll loop's body takes (wake-up to back in poll).
@@ -357,14 +391,40 @@ mod tests {
 
     #[test]
     fn prometheus_text_has_help_type_and_samples() {
+        use crate::sensor::{EventTypes, HookState, HookStatus};
+        let hook = |event, state| HookStatus {
+            event,
+            state,
+            attached: None,
+            why: None,
+        };
         let c = Counters {
             dropped_queue: 5,
+            event_types: EventTypes::from_hooks(&[
+                hook("exec", HookState::Active),
+                hook("exit", HookState::Reduced),
+            ]),
             ..Default::default()
         };
         let t = c.prometheus(12);
         assert!(t.contains("# TYPE linuxguard_events_dropped_total counter\n"));
         assert!(t.contains("linuxguard_events_dropped_total{stage=\"queue\"} 5\n"));
         assert!(t.contains("linuxguard_uptime_seconds 12\n"));
+        assert!(t.contains("# TYPE linuxguard_event_type_state gauge\n"));
+        assert!(t.contains("linuxguard_event_type_state{type=\"exec\",state=\"active\"} 1\n"));
+        assert!(t.contains("linuxguard_event_type_state{type=\"exit\",state=\"active\"} 0\n"));
+        assert!(t.contains("linuxguard_event_type_state{type=\"exit\",state=\"reduced\"} 1\n"));
+        assert!(
+            !t.contains("type=\"fork\""),
+            "no state for a hook the sensor did not report"
+        );
+        let hb = serde_json::to_value(c.heartbeat_stats()).expect("serialize");
+        assert_eq!(
+            hb["eventTypes"],
+            serde_json::json!({"exec": "active", "exit": "reduced"})
+        );
+        let none = serde_json::to_value(Counters::default().heartbeat_stats()).expect("serialize");
+        assert!(none.get("eventTypes").is_none(), "{none}");
         for line in t.lines().filter(|l| !l.starts_with('#')) {
             assert_eq!(line.split(' ').count(), 2, "sample line {line:?}");
         }

@@ -287,6 +287,8 @@ impl Agent {
             None => None,
         };
 
+        let _ = shared.published.event_types.set(pipeline.event_types());
+        log::info!("sensor: {}", pipeline.event_types().line());
         let state = session.state();
         let (done_tx, uplink_done) = std::sync::mpsc::sync_channel(1);
         let uplink = {

@@ -69,23 +69,7 @@ impl Pipeline {
             ),
         }
         let sensor = Sensor::start(&opts.sensor)?;
-        let missing: Vec<&str> = sensor
-            .hooks
-            .iter()
-            .filter(|h| h.attached.is_none())
-            .map(|h| h.event)
-            .collect();
-        if missing.is_empty() {
-            log::debug!(
-                "sensor ready: all {} event types attached",
-                sensor.hooks.len()
-            );
-        } else {
-            log::warn!(
-                "sensor ready without: {} (those events will not be reported)",
-                missing.join(", ")
-            );
-        }
+        log::debug!("sensor ready: {}", sensor.event_types().line());
         let queue: Rc<RefCell<VecDeque<_>>> = Rc::new(RefCell::new(VecDeque::with_capacity(BATCH)));
         let q = queue.clone();
         let mut rb = RingBufferBuilder::new();
@@ -198,6 +182,11 @@ impl Pipeline {
                 libbpf_rs::libbpf_sys::ring__avail_data_size(r) as u64
             }
         }
+    }
+
+    /// How well each event type is watched on this kernel (decided when the sensor started).
+    pub fn event_types(&self) -> crate::sensor::EventTypes {
+        self.sensor.event_types()
     }
 
     /// Processes in the process table.

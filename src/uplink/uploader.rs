@@ -156,6 +156,7 @@ impl Shared {
             batches_accepted: self.batches_ok.load(Ordering::Relaxed),
             upload_failures: self.upload_failures.load(Ordering::Relaxed),
             loop_body_max: Duration::ZERO,
+            event_types: l.event_types.get().copied().unwrap_or_default(),
         }
     }
 }

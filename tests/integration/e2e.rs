@@ -446,6 +446,19 @@ fn root_e2e_sigterm_flushes_sends_final_heartbeat_and_exits_0() {
         metrics.contains("linuxguard_events_dropped_total{stage=\"queue\"} 0"),
         "{metrics}"
     );
+    // Which event types this kernel lets the agent watch: in the metrics, `status` and the
+    // heartbeat (this machine's kernel has every hook).
+    assert!(
+        metrics.contains("linuxguard_event_type_state{type=\"exec\",state=\"active\"} 1\n"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("linuxguard_event_type_state{type=\"exit\",state=\"absent\"} 0\n"),
+        "{metrics}"
+    );
+    let s = status(&run);
+    assert_eq!(s["stats"]["eventTypes"]["exec"], "active", "{s}");
+    assert_eq!(s["stats"]["eventTypes"]["memfd"], "active", "{s}");
     assert!(
         marked_execs(&be, &m).is_empty(),
         "sent before the batch age"
@@ -460,6 +473,10 @@ fn root_e2e_sigterm_flushes_sends_final_heartbeat_and_exits_0() {
     assert!(st["heartbeats"].as_u64().unwrap_or(0) > hb_before, "{st}");
     assert_eq!(
         st["lastHeartbeat"]["stats"]["eventsSent"], st["eventsReceived"],
+        "{st}"
+    );
+    assert_eq!(
+        st["lastHeartbeat"]["stats"]["eventTypes"]["exit"], "active",
         "{st}"
     );
     assert!(a.log().contains("final heartbeat sent"), "{}", a.log());

@@ -239,10 +239,13 @@ fn deeply_nested_yaml_is_refused_without_a_crash() {
 /// main thread's stack and code differ from the debug build's, so the nesting limit is checked
 /// on it too.
 fn static_binary() -> PathBuf {
-    let p = repo("target/x86_64-unknown-linux-musl/release/linuxguard-agent");
+    let p = repo(&format!(
+        "target/{}-unknown-linux-musl/release/linuxguard-agent",
+        std::env::consts::ARCH
+    ));
     assert!(
         p.exists(),
-        "{} is missing: build it first (cargo build --release --target x86_64-unknown-linux-musl --features static)",
+        "{} is missing: build it first (cargo build --release --target <arch>-unknown-linux-musl --features static)",
         p.display()
     );
     p
@@ -366,7 +369,8 @@ fn too_many_documents_have_their_own_message() {
     assert!(!err.contains("alias"), "{err}");
 }
 
-/// The image definition: scratch, the binary alone, exec-form entrypoint, `start` by default.
+/// The image definition: scratch, the binary alone (of the arch `TARGET` names: x86_64 unless
+/// the arm64 build says aarch64), exec-form entrypoint, `start` by default.
 /// (`scripts/image-test` builds and runs it; this catches edits that would add a shell.)
 #[test]
 fn containerfile_is_scratch_with_exec_form_entrypoint() {
@@ -380,7 +384,8 @@ fn containerfile_is_scratch_with_exec_form_entrypoint() {
         lines,
         [
             "FROM scratch",
-            "COPY target/x86_64-unknown-linux-musl/release/linuxguard-agent /usr/local/bin/linuxguard-agent",
+            "ARG TARGET=x86_64-unknown-linux-musl",
+            "COPY target/${TARGET}/release/linuxguard-agent /usr/local/bin/linuxguard-agent",
             r#"ENTRYPOINT ["/usr/local/bin/linuxguard-agent"]"#,
             r#"CMD ["start"]"#,
         ]
