@@ -239,10 +239,13 @@ fn deeply_nested_yaml_is_refused_without_a_crash() {
 /// main thread's stack and code differ from the debug build's, so the nesting limit is checked
 /// on it too.
 fn static_binary() -> PathBuf {
-    let p = repo("target/x86_64-unknown-linux-musl/release/linuxguard-agent");
+    let p = repo(&format!(
+        "target/{}-unknown-linux-musl/release/linuxguard-agent",
+        std::env::consts::ARCH
+    ));
     assert!(
         p.exists(),
-        "{} is missing: build it first (cargo build --release --target x86_64-unknown-linux-musl --features static)",
+        "{} is missing: build it first (cargo build --release --target <arch>-unknown-linux-musl --features static)",
         p.display()
     );
     p
