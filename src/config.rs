@@ -63,6 +63,7 @@ pub enum Key {
     BatchMaxBytes,
     BatchMaxAgeMs,
     MetricsAddr,
+    MetricsAllowRemote,
     ShutdownGrace,
 }
 
@@ -86,8 +87,8 @@ pub enum Ty {
     Secret,
     /// A flag whose value is optional (`--tls-cache` or `--tls-cache DIR`).
     OptionalPath,
-    /// `ip:port` on a loopback address.
-    LoopbackAddr,
+    /// `ip:port` (a non-loopback address is allowed; `--metrics-allow-remote` silences the warning).
+    SocketAddr,
     /// The name of an environment variable (`[A-Za-z_][A-Za-z0-9_]*`) that no other setting reads.
     EnvName,
 }
@@ -531,10 +532,20 @@ pub static SETTINGS: &[Setting] = &[
         "metrics-addr",
         "LINUXGUARD_METRICS_ADDR",
         None,
-        Ty::LoopbackAddr,
+        Ty::SocketAddr,
         "ADDR",
         START | SHOW,
-        "serve Prometheus metrics on this loopback ip:port (off by default)"
+        "serve Prometheus metrics (/metrics) and a health check (/healthz) on this ip:port, e.g. 127.0.0.1:9464, or 0.0.0.0:9464 for a cluster's Prometheus (off by default)"
+    ),
+    setting!(
+        MetricsAllowRemote,
+        "metrics-allow-remote",
+        "LINUXGUARD_METRICS_ALLOW_REMOTE",
+        None,
+        Ty::Bool,
+        "",
+        START | SHOW,
+        "a non-loopback --metrics-addr is intended (no warning): the endpoint has no authentication and serves counters only, no event data"
     ),
     setting!(
         ShutdownGrace,
@@ -786,13 +797,10 @@ fn validate(s: &Setting, v: &str, name: &str) -> Result<String> {
                 bad(format!("expected one of {}, got {v:?}", choices.join(", ")))
             }
         }
-        Ty::LoopbackAddr => match v.parse::<std::net::SocketAddr>() {
-            Ok(a) if a.ip().is_loopback() => Ok(v.to_string()),
-            Ok(_) => bad(format!(
-                "{v} is not a loopback address; metrics are served on 127.0.0.1 or [::1] only"
-            )),
+        Ty::SocketAddr => match v.parse::<std::net::SocketAddr>() {
+            Ok(_) => Ok(v.to_string()),
             Err(_) => bad(format!(
-                "expected ip:port such as 127.0.0.1:9464, got {v:?}"
+                "expected ip:port such as 127.0.0.1:9464 or 0.0.0.0:9464, got {v:?}"
             )),
         },
         Ty::EnvName => {
@@ -1045,21 +1053,27 @@ mod tests {
     }
 
     #[test]
-    fn metrics_addr_must_be_loopback() {
-        let e = resolve(
-            START,
-            &vec![(Key::MetricsAddr, Some("0.0.0.0:9464".into()))],
-            &|_| None,
-            Secrets::default(),
-        );
-        assert!(e.is_err());
-        let c = resolve(
-            START,
-            &vec![(Key::MetricsAddr, Some("127.0.0.1:9464".into()))],
-            &|_| None,
-            Secrets::default(),
-        );
-        assert!(c.is_ok());
+    fn metrics_addr_is_any_ip_and_port() {
+        for ok in ["0.0.0.0:9464", "127.0.0.1:9464", "[::]:9090", "10.1.2.3:1"] {
+            let c = resolve(
+                START,
+                &vec![(Key::MetricsAddr, Some(ok.into()))],
+                &|_| None,
+                Secrets::default(),
+            );
+            assert!(c.is_ok(), "{ok}");
+        }
+        for bad in ["localhost:9464", "0.0.0.0", ":9090", "1.2.3.4:99999"] {
+            let e = resolve(
+                START,
+                &vec![(Key::MetricsAddr, Some(bad.into()))],
+                &|_| None,
+                Secrets::default(),
+            )
+            .unwrap_err()
+            .to_string();
+            assert!(e.contains("--metrics-addr") && e.contains("ip:port"), "{e}");
+        }
     }
 
     #[test]

@@ -22,7 +22,7 @@ use crate::identity::plan::Plan;
 use crate::identity::session::{self, Session, SharedStatus, State};
 use crate::pipeline::sink::{JsonLines, Sink};
 use crate::pipeline::{self, POLL_INTERVAL, Pipeline};
-use crate::serve::metrics::Metrics;
+use crate::serve::metrics::{self, Metrics, Page};
 use crate::serve::socket;
 use crate::stop::Stop;
 use crate::uplink::queue::Limits;
@@ -147,8 +147,8 @@ pub struct Options {
     pub output: String,
     /// The upload queue's bound and batch cuts.
     pub limits: Limits,
-    /// `--metrics-addr`.
-    pub metrics_addr: Option<String>,
+    /// `--metrics-addr` and `--metrics-allow-remote`.
+    pub metrics: Option<metrics::Options>,
     /// `--shutdown-grace`.
     pub grace: Duration,
     /// `--stats-interval`: a `{"type":"stats"}` event this often (None: off).
@@ -170,9 +170,22 @@ pub fn run(opts: Options, plan: Plan, t0: Instant) -> Result<()> {
     agent.run()
 }
 
-/// While the sensor attaches on the calling thread, `status` and attestation are answered here.
+/// The `/healthz` answer: healthy in every enrolment state (as `status`), with the state.
+fn health_json(enrolment: &str, sensor: &str, uptime: Duration) -> String {
+    json!({
+        "status": "ok",
+        "enrolment": enrolment,
+        "sensor": sensor,
+        "uptimeSeconds": uptime.as_secs(),
+    })
+    .to_string()
+}
+
+/// While the sensor attaches on the calling thread, `status`, attestation and `/healthz` are
+/// answered here.
 fn serve_while_attaching(
-    server: &mut socket::Server,
+    mut server: Option<&mut socket::Server>,
+    mut metrics: Option<&mut Metrics>,
     mut attestor: Option<&mut Attestor>,
     identity: &SharedStatus,
     shared: &Shared,
@@ -180,11 +193,31 @@ fn serve_while_attaching(
     t0: Instant,
 ) {
     while !done.load(Ordering::SeqCst) {
-        let mut fds = [PollFd::new(server.fd(), PollFlags::POLLIN)];
+        let mut fds = Vec::with_capacity(2);
+        if let Some(s) = &server {
+            fds.push(PollFd::new(s.fd(), PollFlags::POLLIN));
+        }
+        if let Some(m) = &metrics {
+            fds.push(PollFd::new(m.fd(), PollFlags::POLLIN));
+        }
         match nix::poll::poll(&mut fds, PollTimeout::from(50u16)) {
             Ok(_) | Err(nix::errno::Errno::EINTR) => {}
             Err(_) => std::thread::sleep(Duration::from_millis(50)),
         }
+        drop(fds);
+        if let Some(m) = metrics.as_deref_mut() {
+            m.serve(&mut |page| match page {
+                Page::Health => health_json(
+                    session::lock(identity).state.word(),
+                    "attaching",
+                    t0.elapsed(),
+                ),
+                Page::Metrics => shared.counters().prometheus(t0.elapsed().as_secs()),
+            });
+        }
+        let Some(server) = server.as_deref_mut() else {
+            continue;
+        };
         let mut answer = |req: socket::Request, peer: &socket::Peer| -> Value {
             match req {
                 socket::Request::Status => {
@@ -243,6 +276,12 @@ impl Agent {
                 }
             },
         };
+        // The metrics listener too (a taken port fails the start before the sensor loads), so
+        // that `/healthz` answers while the sensor attaches.
+        let mut metrics = match &opts.metrics {
+            Some(m) => Some(Metrics::bind(m)?),
+            None => None,
+        };
         let mut attestor = match Attestor::new(opts.attestor) {
             Ok(a) => Some(a),
             Err(e) => {
@@ -257,12 +296,13 @@ impl Agent {
         let attached = {
             let done = std::sync::atomic::AtomicBool::new(false);
             std::thread::scope(|scope| {
-                let serving = socket.as_mut().map(|server| {
+                let serving = (socket.is_some() || metrics.is_some()).then(|| {
+                    let (server, m) = (socket.as_mut(), metrics.as_mut());
                     let (a, id, sh, done) = (attestor.as_mut(), &identity, &*shared, &done);
                     std::thread::Builder::new()
                         .name("lg-early-socket".into())
                         .spawn_scoped(scope, move || {
-                            serve_while_attaching(server, a, id, sh, done, t0)
+                            serve_while_attaching(server, m, a, id, sh, done, t0)
                         })
                 });
                 let p = Pipeline::new(&opts.pipeline);
@@ -282,10 +322,6 @@ impl Agent {
             t.elapsed().as_millis(),
             t0.elapsed().as_millis()
         );
-        let metrics = match &opts.metrics_addr {
-            Some(addr) => Some(Metrics::bind(addr)?),
-            None => None,
-        };
 
         let state = session.state();
         let (done_tx, uplink_done) = std::sync::mpsc::sync_channel(1);
@@ -394,10 +430,7 @@ impl Agent {
                 self.serve_socket();
             }
             if metrics_ready {
-                let text = self.prometheus();
-                if let Some(m) = &mut self.metrics {
-                    m.serve(&text);
-                }
+                self.serve_metrics();
             }
             if let (Some(at), Some(every)) = (next_stats, self.stats_every) {
                 if now >= at {
@@ -548,6 +581,22 @@ impl Agent {
         };
         server.handle_ready(&mut answer);
         self.socket = Some(server);
+    }
+
+    /// Answers the waiting `/metrics` and `/healthz` requests.
+    fn serve_metrics(&mut self) {
+        let Some(mut m) = self.metrics.take() else {
+            return;
+        };
+        m.serve(&mut |page| match page {
+            Page::Metrics => self.prometheus(),
+            Page::Health => health_json(
+                session::lock(&self.identity).state.word(),
+                "attached",
+                self.started.elapsed(),
+            ),
+        });
+        self.metrics = Some(m);
     }
 
     fn prometheus(&mut self) -> String {

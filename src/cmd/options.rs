@@ -12,6 +12,7 @@ use crate::error::Result;
 use crate::identity::workload;
 use crate::pipeline;
 use crate::sensor;
+use crate::serve::metrics;
 use crate::uplink::queue::Limits;
 
 /// `--proc-root` (default `/proc`).
@@ -72,7 +73,10 @@ pub fn agent(cfg: &Config) -> agent::Options {
             batch_bytes: cfg.num(Key::BatchMaxBytes).max(1024) as usize,
             batch_age: Duration::from_millis(cfg.num(Key::BatchMaxAgeMs).max(1)),
         },
-        metrics_addr: cfg.get(Key::MetricsAddr).map(str::to_string),
+        metrics: cfg.get(Key::MetricsAddr).map(|addr| metrics::Options {
+            addr: addr.to_string(),
+            allow_remote: cfg.flag(Key::MetricsAllowRemote),
+        }),
         grace: Duration::from_secs(cfg.num(Key::ShutdownGrace)),
         stats_every: match cfg.num(Key::StatsInterval) {
             0 => None,

@@ -13,5 +13,6 @@ mod fleet;
 mod kubelet_server;
 mod layout;
 mod manifest;
+mod outputs;
 mod sa_issuer;
 mod watch;
