@@ -64,13 +64,14 @@ impl Metrics {
         listener
             .set_nonblocking(true)
             .context(Kind::Runtime, "failed to set up the metrics listener")?;
-        log::info!("metrics: Prometheus text on http://{sa}/metrics, health on http://{sa}/healthz");
+        log::info!(
+            "metrics: Prometheus text on http://{sa}/metrics, health on http://{sa}/healthz"
+        );
         Ok(Metrics {
             listener,
             scrapes: 0,
         })
     }
-
 
     pub fn fd(&self) -> BorrowedFd<'_> {
         self.listener.as_fd()

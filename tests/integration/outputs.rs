@@ -84,7 +84,11 @@ fn root_metrics_on_a_wildcard_address_answer_while_enrolling_and_parse_with_prom
     let mut a = run.spawn(c);
     let local = format!("127.0.0.1:{port}");
     a.wait_log("startup: watching before the identity is ready", 60);
-    assert!(a.log().contains("reachable from other hosts"), "{}", a.log());
+    assert!(
+        a.log().contains("reachable from other hosts"),
+        "{}",
+        a.log()
+    );
     let (status, body) = http_get(&local, "/healthz");
     assert_eq!(status, 200, "{body}");
     let h: Value = serde_json::from_str(&body).expect("healthz JSON");
@@ -97,7 +101,12 @@ fn root_metrics_on_a_wildcard_address_answer_while_enrolling_and_parse_with_prom
         let (status, text) = http_get(&local, "/metrics");
         assert_eq!(status, 200, "{text}");
         fams = prometheus_parse(&text);
-        sample(&fams, "linuxguard_events_observed", "linuxguard_events_observed_total", &[]) >= 5.0
+        sample(
+            &fams,
+            "linuxguard_events_observed",
+            "linuxguard_events_observed_total",
+            &[],
+        ) >= 5.0
     });
     for (fam, kind) in [
         ("linuxguard_events_observed", "counter"),
@@ -109,7 +118,10 @@ fn root_metrics_on_a_wildcard_address_answer_while_enrolling_and_parse_with_prom
         ("linuxguard_loop_body_max_seconds", "gauge"),
     ] {
         assert_eq!(fams[fam]["type"], kind, "{fam}: {fams}");
-        assert!(!fams[fam]["help"].as_str().unwrap_or("").is_empty(), "{fam}");
+        assert!(
+            !fams[fam]["help"].as_str().unwrap_or("").is_empty(),
+            "{fam}"
+        );
     }
     for stage in ["kernel", "decode", "queue", "upload"] {
         sample(
@@ -121,10 +133,22 @@ fn root_metrics_on_a_wildcard_address_answer_while_enrolling_and_parse_with_prom
     }
     // Nothing is sent while enrolling: the events wait in the queue.
     assert_eq!(
-        sample(&fams, "linuxguard_events_sent", "linuxguard_events_sent_total", &[]),
+        sample(
+            &fams,
+            "linuxguard_events_sent",
+            "linuxguard_events_sent_total",
+            &[]
+        ),
         0.0
     );
-    assert!(sample(&fams, "linuxguard_queue_events", "linuxguard_queue_events", &[]) >= 5.0);
+    assert!(
+        sample(
+            &fams,
+            "linuxguard_queue_events",
+            "linuxguard_queue_events",
+            &[]
+        ) >= 5.0
+    );
     let (status, _) = http_get(&local, "/nothing-here");
     assert_eq!(status, 404);
     assert_eq!(a.term(20).code(), Some(0), "{}", a.log());
