@@ -65,6 +65,11 @@ pub enum Key {
     MetricsAddr,
     MetricsAllowRemote,
     ShutdownGrace,
+    FilePath,
+    FileMaxMb,
+    FileKeep,
+    SyslogAddr,
+    SyslogFacility,
 }
 
 /// How a setting's value is checked.
@@ -89,6 +94,10 @@ pub enum Ty {
     OptionalPath,
     /// `ip:port` (a non-loopback address is allowed; `--metrics-allow-remote` silences the warning).
     SocketAddr,
+    /// `--output`: a comma-separated list of outputs (`both` = `stdout,backend`).
+    OutputList,
+    /// `--syslog-addr`: `/dev/log`, `unix:/path`, `udp://host:port`, `tcp://host:port`.
+    SyslogAddr,
     /// The name of an environment variable (`[A-Za-z_][A-Za-z0-9_]*`) that no other setting reads.
     EnvName,
 }
@@ -473,10 +482,10 @@ pub static SETTINGS: &[Setting] = &[
         "output",
         "LINUXGUARD_OUTPUT",
         Some("backend"),
-        Ty::Choice(&["backend", "stdout", "both"]),
-        "WHERE",
+        Ty::OutputList,
+        "LIST",
         START | SHOW,
-        "where `start` sends events"
+        "where `start` sends events: a comma-separated list of backend, otlp, file, syslog, stdout (both = stdout,backend); each output but stdout has its own queue and thread; without backend there is no enrolment and no --server"
     ),
     setting!(
         QueueMb,
@@ -556,6 +565,62 @@ pub static SETTINGS: &[Setting] = &[
         "SECS",
         START | SHOW,
         "on SIGTERM, time allowed to flush queued events"
+    ),
+    setting!(
+        FilePath,
+        "file-path",
+        "LINUXGUARD_FILE_PATH",
+        None,
+        Ty::Path,
+        "FILE",
+        START | SHOW,
+        "--output file: append JSON lines to FILE (mode 0600; its directory is created 0700 if missing)"
+    ),
+    setting!(
+        FileMaxMb,
+        "file-max-mb",
+        "LINUXGUARD_FILE_MAX_MB",
+        Some("100"),
+        Ty::Num {
+            min: 1,
+            max: 1_048_576
+        },
+        "MB",
+        START | SHOW,
+        "--output file: rotate the file before it grows past this many MiB (renamed to FILE.1, older ones shifted)"
+    ),
+    setting!(
+        FileKeep,
+        "file-keep",
+        "LINUXGUARD_FILE_KEEP",
+        Some("5"),
+        Ty::Num { min: 1, max: 1000 },
+        "N",
+        START | SHOW,
+        "--output file: rotated files kept (FILE.1 ... FILE.N, uncompressed); the oldest is removed"
+    ),
+    setting!(
+        SyslogAddr,
+        "syslog-addr",
+        "LINUXGUARD_SYSLOG_ADDR",
+        Some("/dev/log"),
+        Ty::SyslogAddr,
+        "ADDR",
+        START | SHOW,
+        "--output syslog: the local socket (/dev/log, unix:/PATH), udp://HOST:PORT or tcp://HOST:PORT (RFC 6587 octet counting); RFC 5424 messages with the event JSON as MSG"
+    ),
+    setting!(
+        SyslogFacility,
+        "syslog-facility",
+        "LINUXGUARD_SYSLOG_FACILITY",
+        Some("local0"),
+        Ty::Choice(&[
+            "user", "daemon", "auth", "authpriv", "local0", "local1", "local2", "local3", "local4",
+            "local5", "local6", "local7"
+        ]),
+        "NAME",
+        START | SHOW,
+        "--output syslog: the facility of the messages (the severity comes from the event: info, or an alert's own)"
     ),
 ];
 
@@ -797,6 +862,12 @@ fn validate(s: &Setting, v: &str, name: &str) -> Result<String> {
                 bad(format!("expected one of {}, got {v:?}", choices.join(", ")))
             }
         }
+        Ty::OutputList => crate::output::parse_list(v)
+            .map(|kinds| kinds.iter().map(|k| k.name()).collect::<Vec<_>>().join(","))
+            .or_else(&bad),
+        Ty::SyslogAddr => crate::output::syslog::parse_target(v)
+            .map(|_| v.to_string())
+            .or_else(&bad),
         Ty::SocketAddr => match v.parse::<std::net::SocketAddr>() {
             Ok(_) => Ok(v.to_string()),
             Err(_) => bad(format!(
@@ -885,6 +956,15 @@ impl Config {
             return Err(Error::config(
                 "--kubelet-anonymous excludes --kubelet-cert/--kubelet-key",
             ));
+        }
+        let outputs = self.get(Key::Output).unwrap_or("");
+        let has = |o: &str| outputs.split(',').any(|x| x == o);
+        if has("file") && !self.is_set(Key::FilePath) {
+            return Err(Error::config(format!(
+                "{} includes file but no file is named: set --file-path FILE (or \
+                 LINUXGUARD_FILE_PATH), e.g. /var/log/linuxguard/events.jsonl",
+                self.origin_of(Key::Output)
+            )));
         }
         Ok(())
     }

@@ -10,10 +10,10 @@ use crate::attest::{attestor, kubelet};
 use crate::config::{Config, Key};
 use crate::error::Result;
 use crate::identity::workload;
+use crate::output::{self, queue::Limits};
 use crate::pipeline;
 use crate::sensor;
 use crate::serve::metrics;
-use crate::uplink::queue::Limits;
 
 /// `--proc-root` (default `/proc`).
 pub fn proc_root(cfg: &Config) -> PathBuf {
@@ -59,20 +59,55 @@ pub fn attestor(cfg: &Config) -> attestor::Options {
     }
 }
 
-/// `start`'s loop: its components' options, the outputs, the queue's limits, the metrics
-/// listener, the shutdown grace and the stats-event interval.
-pub fn agent(cfg: &Config) -> agent::Options {
-    agent::Options {
-        pipeline: pipeline(cfg),
-        attestor: attestor(cfg),
-        socket: socket(cfg),
-        output: cfg.get(Key::Output).unwrap_or("backend").to_string(),
+/// `--output` and each output's settings. The list was validated by the configuration.
+pub fn outputs(cfg: &Config) -> output::Options {
+    let kinds = output::parse_list(cfg.get(Key::Output).unwrap_or("backend"))
+        .unwrap_or_else(|_| vec![output::Kind::Backend]);
+    let file = cfg.path(Key::FilePath).map(|path| output::file::Options {
+        path,
+        max_bytes: cfg.num(Key::FileMaxMb).max(1) << 20,
+        keep: cfg.num(Key::FileKeep).clamp(1, 1000) as u32,
+    });
+    let syslog = cfg
+        .get(Key::SyslogAddr)
+        .and_then(|v| output::syslog::parse_target(v).ok())
+        .map(|target| output::syslog::Options {
+            target,
+            facility: output::syslog::FACILITIES
+                .iter()
+                .find(|(n, _)| Some(*n) == cfg.get(Key::SyslogFacility))
+                .map_or(16, |(_, code)| *code),
+            hostname: hostname(),
+        });
+    output::Options {
+        kinds,
         limits: Limits {
             queue_bytes: (cfg.num(Key::QueueMb).max(1) as usize) << 20,
             batch_events: cfg.num(Key::BatchMaxEvents).max(1) as usize,
             batch_bytes: cfg.num(Key::BatchMaxBytes).max(1024) as usize,
             batch_age: Duration::from_millis(cfg.num(Key::BatchMaxAgeMs).max(1)),
         },
+        file,
+        syslog,
+    }
+}
+
+/// This host's name (`unknown` when it cannot be read).
+pub fn hostname() -> String {
+    nix::unistd::gethostname()
+        .ok()
+        .and_then(|h| h.into_string().ok())
+        .unwrap_or_else(|| "unknown".into())
+}
+
+/// `start`'s loop: its components' options, the outputs, the metrics listener, the shutdown
+/// grace and the stats-event interval.
+pub fn agent(cfg: &Config) -> agent::Options {
+    agent::Options {
+        pipeline: pipeline(cfg),
+        attestor: attestor(cfg),
+        socket: socket(cfg),
+        outputs: outputs(cfg),
         metrics: cfg.get(Key::MetricsAddr).map(|addr| metrics::Options {
             addr: addr.to_string(),
             allow_remote: cfg.flag(Key::MetricsAllowRemote),

@@ -13,16 +13,70 @@ use crate::identity::plan::{self, Plan};
 use crate::identity::tls::ServerTrust;
 use crate::identity::tls_cache::{self, TlsCache};
 use crate::identity::{token, workload};
+use crate::output;
 
 pub fn run(mut cfg: Config, _args: &Args) -> Result<()> {
     let t0 = Instant::now();
-    let plan = plan(&cfg)?;
+    let opts = options::agent(&cfg);
+    let plan = if opts.outputs.has(output::Kind::Backend) {
+        Some(plan(&cfg)?)
+    } else {
+        edge(&cfg)?;
+        None
+    };
     // The plan holds the only copy of the credential from here on (zeroized with it).
     cfg.enroll_token = None;
     cfg.api_key = None;
-    let opts = options::agent(&cfg);
     drop(cfg);
     agent::run(opts, plan, t0)
+}
+
+/// `start` without the backend among its outputs: no `--server`, no credential, no enrolment.
+/// The workload id is still derived (outputs carry it), and settings that only enrolment reads
+/// are named in a warning, so a forgotten `backend` in `--output` does not go unnoticed.
+fn edge(cfg: &Config) -> Result<workload::WorkloadId> {
+    let w = workload::derive(
+        cfg.get(Key::WorkloadId),
+        cfg.get(Key::NodeName),
+        cfg.get(Key::PodUid),
+        &cfg.var(Key::NodeName),
+    )?;
+    let unused: Vec<String> = [
+        Key::Server,
+        Key::EnrollTokenFile,
+        Key::ApiKeyFile,
+        Key::SaTokenFile,
+        Key::TlsCache,
+    ]
+    .into_iter()
+    .filter(|k| cfg.is_set(*k))
+    .map(|k| cfg.origin_of(k))
+    .chain(
+        cfg.enroll_token
+            .as_ref()
+            .map(|_| "LINUXGUARD_ENROLL_TOKEN".to_string()),
+    )
+    .chain(
+        cfg.api_key
+            .as_ref()
+            .map(|_| "LINUXGUARD_API_KEY".to_string()),
+    )
+    .collect();
+    if !unused.is_empty() {
+        log::warn!(
+            "{} set but not used: backend is not among --output ({}), so the agent does not \
+             enrol; add backend to --output to send events to the LinuxGuard backend",
+            unused.join(", "),
+            cfg.get(Key::Output).unwrap_or_default()
+        );
+    }
+    log::info!(
+        "workload id {} ({}); no backend: events go to {}",
+        w.hex,
+        w.describe(),
+        cfg.get(Key::Output).unwrap_or_default()
+    );
+    Ok(w)
 }
 
 /// Every setting `start` needs, checked before the first network call.

@@ -153,3 +153,429 @@ fn root_metrics_on_a_wildcard_address_answer_while_enrolling_and_parse_with_prom
     assert_eq!(status, 404);
     assert_eq!(a.term(20).code(), Some(0), "{}", a.log());
 }
+
+/// Follows `path` by name, as `tail -F` and log shippers do: reads the open file to its end;
+/// at the end, if the name now points at another file (a rotation), reads the old one to its
+/// end once more and switches to the new one. Returns every whole line read and the number of
+/// switches; a line never ends without its newline.
+struct Follower {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: std::thread::JoinHandle<(Vec<String>, usize, String)>,
+}
+
+impl Follower {
+    fn start(path: PathBuf) -> Follower {
+        use std::io::Read;
+        use std::os::unix::fs::MetadataExt;
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let flag = stop.clone();
+        let thread = std::thread::spawn(move || {
+            let (mut lines, mut switches, mut partial) = (Vec::new(), 0, Vec::<u8>::new());
+            let mut buf = vec![0u8; 1 << 20];
+            let mut cur: Option<std::fs::File> = None;
+            let take = |bytes: &[u8], lines: &mut Vec<String>, partial: &mut Vec<u8>| {
+                partial.extend_from_slice(bytes);
+                while let Some(i) = partial.iter().position(|c| *c == b'\n') {
+                    let line: Vec<u8> = partial.drain(..=i).collect();
+                    lines.push(String::from_utf8_lossy(&line[..i]).into_owned());
+                }
+            };
+            loop {
+                // Checked before the last pass: after the flag, one more full read.
+                let last = flag.load(std::sync::atomic::Ordering::SeqCst);
+                if cur.is_none() {
+                    cur = std::fs::File::open(&path).ok();
+                }
+                if let Some(f) = cur.as_mut() {
+                    loop {
+                        match f.read(&mut buf) {
+                            Ok(0) => break,
+                            Ok(n) => take(&buf[..n], &mut lines, &mut partial),
+                            Err(e) => panic!("read {}: {e}", path.display()),
+                        }
+                    }
+                    let ours = f.metadata().map(|m| m.ino()).ok();
+                    let named = std::fs::metadata(&path).map(|m| m.ino()).ok();
+                    if named.is_some() && named != ours {
+                        // Rotated: the old file is complete (the agent never writes it again);
+                        // read what came since the last read, then switch.
+                        loop {
+                            match f.read(&mut buf) {
+                                Ok(0) => break,
+                                Ok(n) => take(&buf[..n], &mut lines, &mut partial),
+                                Err(e) => panic!("read {}: {e}", path.display()),
+                            }
+                        }
+                        assert!(
+                            partial.is_empty(),
+                            "a rotated file ends in part of a line: {:?}",
+                            String::from_utf8_lossy(&partial)
+                        );
+                        cur = None;
+                        switches += 1;
+                        continue;
+                    }
+                }
+                if last {
+                    let rest = String::from_utf8_lossy(&partial).into_owned();
+                    return (lines, switches, rest);
+                }
+                std::thread::sleep(std::time::Duration::from_millis(5));
+            }
+        });
+        Follower { stop, thread }
+    }
+
+    /// Stops after one more full read; (lines, switches, trailing bytes without a newline).
+    fn finish(self) -> (Vec<String>, usize, String) {
+        self.stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        self.thread.join().expect("follower thread")
+    }
+}
+
+/// Runs `storm N PREFIX` (tests/integration/storm.c): N marked execs as fast as one process
+/// can spawn them.
+fn storm(dir: &std::path::Path, n: usize, prefix: &str) {
+    let bin = common::build_c_helper(dir, "storm.c", &[]);
+    let o = Command::new(bin)
+        .arg(n.to_string())
+        .arg(prefix)
+        .output()
+        .expect("run storm");
+    assert!(o.status.success(), "storm: {}", common::stderr(&o));
+}
+
+/// The markers (`PREFIX-i`) in the args of the exec events among `lines`, with their counts.
+fn marked(lines: &[Value], prefix: &str) -> std::collections::HashMap<String, usize> {
+    let mut seen = std::collections::HashMap::new();
+    for ev in lines.iter().filter(|e| e["type"] == "exec") {
+        for a in ev["process"]["args"].as_array().into_iter().flatten() {
+            if let Some(s) = a.as_str().filter(|s| s.starts_with(&format!("{prefix}-"))) {
+                *seen.entry(s.to_string()).or_insert(0) += 1;
+            }
+        }
+    }
+    seen
+}
+
+/// Every marker `PREFIX-0..n` exactly once.
+fn assert_each_once(
+    seen: &std::collections::HashMap<String, usize>,
+    prefix: &str,
+    n: usize,
+    ctx: &str,
+) {
+    let missing: Vec<usize> = (0..n)
+        .filter(|i| !seen.contains_key(&format!("{prefix}-{i}")))
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "{} of {n} marked execs missing ({ctx}), e.g. {:?}",
+        missing.len(),
+        &missing[..missing.len().min(10)]
+    );
+    let dup: Vec<_> = seen.iter().filter(|(_, c)| **c != 1).take(10).collect();
+    assert!(
+        dup.is_empty(),
+        "marked execs seen more than once ({ctx}): {dup:?}"
+    );
+    assert_eq!(seen.len(), n, "{ctx}");
+}
+
+/// The final counters line of an agent's log.
+fn final_counters(a: &Agent) -> Value {
+    crate::e2e::final_counters(a)
+}
+
+/// The edge deployment (`start --workload-id ID --output file,stdout`: no --server, no
+/// credential, no enrolment) under an exec storm of 34,000 marked execs (over 100,000 events):
+/// a reader following the file by name while it is written sees every event exactly once, in
+/// order (consecutive `seq`), every line parses, across at least 5 rotations; the files kept on
+/// disk hold the same lines; every file is 0600 in a directory the agent created; stdout got
+/// the same events; the file's counters add up with nothing dropped; fsync on SIGTERM.
+#[test]
+fn root_file_output_rotates_under_an_exec_storm_without_losing_or_splitting_a_line() {
+    const EXECS: usize = 34_000;
+    let Some(_serial) = serial() else { return };
+    let run = Run::new("file");
+    let dir = run.path("out/linuxguard");
+    let path = dir.join("events.jsonl");
+    let follower = Follower::start(path.clone());
+    let mut a = run.spawn(run.cmd(&[
+        "--workload-id",
+        "00000000000f11e5",
+        "--output",
+        "file,stdout",
+        "--file-path",
+        path.to_str().expect("utf-8 path"),
+        "--file-max-mb",
+        "10",
+        "--file-keep",
+        "50",
+        "--queue-mb",
+        "512",
+        "--ring-buffer-mb",
+        "16",
+    ]));
+    a.wait_log("startup: sensors attached", 60);
+    let log = a.log();
+    assert!(
+        log.contains("no backend among the outputs, so no enrolment"),
+        "{log}"
+    );
+    assert!(!log.contains("enrol "), "{log}");
+    let prefix = crate::e2e::marker("storm");
+    let t = std::time::Instant::now();
+    storm(run.dir.path(), EXECS, &prefix);
+    let storm_secs = t.elapsed().as_secs_f64();
+    // Everything written (the queue empty) before the stop: then SIGTERM.
+    let last = format!("{prefix}-{}\"", EXECS - 1);
+    wait_for("the last marked exec in the file", 120, || {
+        std::fs::read_to_string(&path).is_ok_and(|t| t.contains(&last))
+    });
+    assert_eq!(a.term(30).code(), Some(0), "{}", a.log());
+    let (lines, switches, rest) = follower.finish();
+    let log = a.log();
+    assert!(log.contains("synced to disk"), "{log}");
+    assert_eq!(rest, "", "the file ends in part of a line");
+
+    // What the follower read: every line parses; seq 1, 2, 3... with no gap or repeat.
+    let events: Vec<Value> = lines
+        .iter()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("line {l:?}: {e}")))
+        .collect();
+    for (i, ev) in events.iter().enumerate() {
+        assert_eq!(
+            ev["seq"],
+            i as u64 + 1,
+            "line {} of the followed file",
+            i + 1
+        );
+    }
+    assert!(events.len() >= 100_000, "{} events", events.len());
+    assert!(switches >= 5, "{switches} rotations seen by the follower");
+    assert_each_once(
+        &marked(&events, &prefix),
+        &prefix,
+        EXECS,
+        "followed by name",
+    );
+
+    // The files on disk: the same lines, oldest file first; 0600; the directory 0700.
+    use std::os::unix::fs::PermissionsExt;
+    let mode =
+        |p: &std::path::Path| std::fs::metadata(p).expect("stat").permissions().mode() & 0o777;
+    assert_eq!(mode(&dir), 0o700);
+    let mut on_disk = String::new();
+    for n in (1..=switches).rev() {
+        let p = PathBuf::from(format!("{}.{n}", path.display()));
+        assert_eq!(mode(&p), 0o600, "{}", p.display());
+        on_disk.push_str(&std::fs::read_to_string(&p).expect("rotated file"));
+    }
+    assert_eq!(mode(&path), 0o600);
+    on_disk.push_str(&std::fs::read_to_string(&path).expect("current file"));
+    assert!(
+        on_disk == lines.join("\n") + "\n",
+        "the files kept differ from what was followed"
+    );
+
+    // Stdout, the second output, got the same events.
+    let out = a.stdout();
+    assert_each_once(
+        &marked(
+            &out.lines()
+                .filter_map(|l| serde_json::from_str(l).ok())
+                .collect::<Vec<_>>(),
+            &prefix,
+        ),
+        &prefix,
+        EXECS,
+        "stdout",
+    );
+    // The file's counters: everything observed was written, nothing dropped.
+    let fc = final_counters(&a);
+    let f = &fc["outputs"]["file"];
+    assert_eq!(f["eventsSent"], events.len() as u64, "{fc}");
+    assert_eq!(f["eventsDropped"]["queue"], 0, "{fc}");
+    assert_eq!(f["eventsDropped"]["output"], 0, "{fc}");
+    assert_eq!(fc["eventsObserved"], events.len() as u64, "{fc}");
+    assert_eq!(
+        fc["outputs"]["stdout"]["eventsSent"],
+        events.len() as u64,
+        "{fc}"
+    );
+    eprintln!(
+        "file storm: {EXECS} execs in {storm_secs:.1} s, {} events, {} rotations, {} bytes",
+        events.len(),
+        switches,
+        on_disk.len()
+    );
+}
+
+/// A real rsyslogd on loopback, with its own configuration (never the system's): a Unix
+/// datagram socket, UDP (a 32 MiB receive buffer: UDP has no flow control, and an exec storm's
+/// burst overflows the default one) and TCP inputs on free ports, and every message written to
+/// one file as
+/// `input|facility|severity|host|app|procid|msgid|time|msg`. Killed on drop.
+struct Rsyslog {
+    child: std::process::Child,
+    dir: TempDir,
+    udp: u16,
+    tcp: u16,
+}
+
+impl Rsyslog {
+    fn start() -> Rsyslog {
+        let dir = TempDir::new("rsyslog");
+        let udp = std::net::UdpSocket::bind("127.0.0.1:0")
+            .and_then(|s| s.local_addr())
+            .map(|a| a.port())
+            .expect("free udp port");
+        let tcp = free_port();
+        let d = dir.path().display().to_string();
+        let conf = format!(
+            r#"global(workDirectory="{d}" maxMessageSize="256k")
+module(load="imuxsock" SysSock.Use="off")
+module(load="imudp")
+module(load="imtcp")
+input(type="imuxsock" Socket="{d}/log.sock" UseSpecialParser="off" ParseHostname="on" IgnoreTimestamp="off")
+input(type="imudp" address="127.0.0.1" port="{udp}" rcvbufSize="32m")
+input(type="imtcp" address="127.0.0.1" port="{tcp}")
+template(name="t" type="string" string="%inputname%|%syslogfacility%|%syslogseverity%|%hostname%|%app-name%|%procid%|%msgid%|%timereported:::date-rfc3339%|%msg%\n")
+*.* action(type="omfile" file="{d}/out.log" template="t")
+"#
+        );
+        std::fs::write(dir.path().join("rsyslog.conf"), conf).expect("write rsyslog.conf");
+        let child = Command::new("rsyslogd")
+            .arg("-n")
+            .arg("-f")
+            .arg(dir.path().join("rsyslog.conf"))
+            .arg("-i")
+            .arg(dir.path().join("rsyslogd.pid"))
+            .stdout(std::fs::File::create(dir.path().join("rsyslogd.out")).expect("out"))
+            .stderr(std::fs::File::create(dir.path().join("rsyslogd.err")).expect("err"))
+            .spawn()
+            .expect("run rsyslogd (scripts/setup installs rsyslog)");
+        let r = Rsyslog {
+            child,
+            dir,
+            udp,
+            tcp,
+        };
+        wait_for("rsyslogd listening", 20, || {
+            r.dir.path().join("log.sock").exists()
+                && std::net::TcpStream::connect(("127.0.0.1", tcp)).is_ok()
+        });
+        r
+    }
+
+    /// The messages received so far, split into their fields (9 each).
+    fn messages(&self) -> Vec<Vec<String>> {
+        std::fs::read_to_string(self.dir.path().join("out.log"))
+            .unwrap_or_default()
+            .lines()
+            .map(|l| l.splitn(9, '|').map(str::to_string).collect())
+            .collect()
+    }
+}
+
+impl Drop for Rsyslog {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// `--output syslog` into a real rsyslog on loopback, over TCP (octet counting), UDP and a
+/// Unix datagram socket: every marked exec arrives exactly once, as an RFC 5424 message that
+/// rsyslog parses (facility local0, severity info, our host name, app-name linuxguard-agent,
+/// the agent's pid, MSGID = the event type, the event's own time) with the event JSON as MSG;
+/// over TCP and the Unix socket, rsyslog holds exactly as many of the agent's messages as the
+/// agent counted sent, and the syslog output's counters add up.
+#[test]
+fn root_syslog_output_delivers_every_marked_event_to_rsyslog() {
+    let Some(_serial) = serial() else { return };
+    let rs = Rsyslog::start();
+    let host = nix::unistd::gethostname()
+        .expect("hostname")
+        .into_string()
+        .expect("utf-8 hostname");
+    let targets = [
+        ("tcp", format!("tcp://127.0.0.1:{}", rs.tcp), 5000),
+        ("udp", format!("udp://127.0.0.1:{}", rs.udp), 300),
+        (
+            "unix",
+            format!("unix:{}", rs.dir.path().join("log.sock").display()),
+            300,
+        ),
+    ];
+    for (name, addr, n) in targets {
+        let run = Run::new(&format!("syslog-{name}"));
+        let mut a = run.spawn(run.cmd(&[
+            "--workload-id",
+            "0000000000005150",
+            "--output",
+            "syslog",
+            "--syslog-addr",
+            &addr,
+        ]));
+        a.wait_log("startup: sensors attached", 60);
+        let pid = a.pid().to_string();
+        let prefix = crate::e2e::marker(&format!("syslog-{name}"));
+        storm(run.dir.path(), n, &prefix);
+        let ours = |rs: &Rsyslog| -> Vec<Vec<String>> {
+            rs.messages()
+                .into_iter()
+                .filter(|m| m.len() == 9 && m[5] == pid)
+                .collect()
+        };
+        let mut seen = std::collections::HashMap::new();
+        wait_for(
+            &format!("{n} marked execs in rsyslog over {name}"),
+            60,
+            || {
+                let evs: Vec<Value> = ours(&rs)
+                    .iter()
+                    .filter_map(|m| serde_json::from_str(&m[8]).ok())
+                    .collect();
+                seen = marked(&evs, &prefix);
+                seen.len() >= n
+            },
+        );
+        assert_each_once(&seen, &prefix, n, name);
+        assert_eq!(a.term(30).code(), Some(0), "{}", a.log());
+        let fc = final_counters(&a);
+        let s = &fc["outputs"]["syslog"];
+        let sent = s["eventsSent"].as_u64().unwrap_or(0);
+        let dropped = s["eventsDropped"]["queue"].as_u64().unwrap_or(0)
+            + s["eventsDropped"]["output"].as_u64().unwrap_or(0)
+            + s["eventsDropped"]["decode"].as_u64().unwrap_or(0);
+        assert_eq!(fc["eventsObserved"].as_u64(), Some(sent + dropped), "{fc}");
+        let input = match name {
+            "tcp" => "imtcp",
+            "udp" => "imudp",
+            _ => "imuxsock",
+        };
+        if name != "udp" {
+            wait_for("rsyslog to write every message the agent sent", 20, || {
+                ours(&rs).len() as u64 == sent
+            });
+        }
+        for m in ours(&rs) {
+            assert_eq!(m[0], input, "{m:?}");
+            assert_eq!(
+                (m[1].as_str(), m[2].as_str()),
+                ("16", "6"),
+                "local0.info: {m:?}"
+            );
+            assert_eq!(m[3], host, "{m:?}");
+            assert_eq!(m[4], "linuxguard-agent", "{m:?}");
+            let ev: Value = serde_json::from_str(&m[8])
+                .unwrap_or_else(|e| panic!("MSG is not the event JSON ({e}): {m:?}"));
+            assert_eq!(m[6], ev["type"].as_str().unwrap_or("?"), "MSGID: {m:?}");
+            // rsyslog re-renders the time (RFC 3339, microseconds): same instant as the event's.
+            let t = ev["@timestamp"].as_str().unwrap_or("");
+            assert_eq!(m[7][..19], t[..19], "{m:?}");
+        }
+    }
+}
