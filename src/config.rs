@@ -70,6 +70,11 @@ pub enum Key {
     FileKeep,
     SyslogAddr,
     SyslogFacility,
+    OtlpEndpoint,
+    OtlpHeadersFile,
+    OtlpCa,
+    OtlpCert,
+    OtlpKey,
 }
 
 /// How a setting's value is checked.
@@ -622,6 +627,56 @@ pub static SETTINGS: &[Setting] = &[
         START | SHOW,
         "--output syslog: the facility of the messages (the severity comes from the event: info, or an alert's own)"
     ),
+    setting!(
+        OtlpEndpoint,
+        "otlp-endpoint",
+        "LINUXGUARD_OTLP_ENDPOINT",
+        None,
+        Ty::Url,
+        "URL",
+        START | SHOW,
+        "--output otlp: the collector's OTLP/HTTP URL, http:// or https:// (/v1/logs is appended to a URL without a path); OTLP/JSON logs"
+    ),
+    setting!(
+        OtlpHeadersFile,
+        "otlp-headers-file",
+        "LINUXGUARD_OTLP_HEADERS_FILE",
+        None,
+        Ty::Path,
+        "FILE",
+        START | SHOW,
+        "--output otlp: HTTP headers sent with each request, one `Name: value` per line (tokens: never logged; read again when the file changes)"
+    ),
+    setting!(
+        OtlpCa,
+        "otlp-ca",
+        "LINUXGUARD_OTLP_CA",
+        None,
+        Ty::Path,
+        "FILE",
+        START | SHOW,
+        "--output otlp: PEM bundle that verifies an https:// collector (default: compiled-in web PKI roots)"
+    ),
+    setting!(
+        OtlpCert,
+        "otlp-cert",
+        "LINUXGUARD_OTLP_CERT",
+        None,
+        Ty::Path,
+        "FILE",
+        START | SHOW,
+        "--output otlp: client certificate chain (PEM) for mTLS, with --otlp-key"
+    ),
+    setting!(
+        OtlpKey,
+        "otlp-key",
+        "LINUXGUARD_OTLP_KEY",
+        None,
+        Ty::Path,
+        "FILE",
+        START | SHOW,
+        "--output otlp: client private key (PEM) for mTLS"
+    ),
 ];
 
 pub fn by_flag(flag: &str) -> Option<&'static Setting> {
@@ -959,6 +1014,27 @@ impl Config {
         }
         let outputs = self.get(Key::Output).unwrap_or("");
         let has = |o: &str| outputs.split(',').any(|x| x == o);
+        if has("otlp") && !self.is_set(Key::OtlpEndpoint) {
+            return Err(Error::config(format!(
+                "{} includes otlp but no collector is named: set --otlp-endpoint URL (or \
+                 LINUXGUARD_OTLP_ENDPOINT), e.g. http://otel-collector:4318",
+                self.origin_of(Key::Output)
+            )));
+        }
+        if self.is_set(Key::OtlpCert) != self.is_set(Key::OtlpKey) {
+            return Err(Error::config(
+                "--otlp-cert and --otlp-key go together: give both or neither",
+            ));
+        }
+        let plain = self
+            .get(Key::OtlpEndpoint)
+            .is_some_and(|u| u.starts_with("http://"));
+        if plain && (self.is_set(Key::OtlpCa) || self.is_set(Key::OtlpCert)) {
+            return Err(Error::config(
+                "--otlp-ca and --otlp-cert/--otlp-key need an https:// --otlp-endpoint; the one \
+                 given is plain http://",
+            ));
+        }
         if has("file") && !self.is_set(Key::FilePath) {
             return Err(Error::config(format!(
                 "{} includes file but no file is named: set --file-path FILE (or \

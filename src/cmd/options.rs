@@ -59,8 +59,9 @@ pub fn attestor(cfg: &Config) -> attestor::Options {
     }
 }
 
-/// `--output` and each output's settings. The list was validated by the configuration.
-pub fn outputs(cfg: &Config) -> output::Options {
+/// `--output` and each output's settings (the list was validated by the configuration);
+/// `workload` is the derived workload id (an OTLP resource attribute).
+pub fn outputs(cfg: &Config, workload: &str) -> output::Options {
     let kinds = output::parse_list(cfg.get(Key::Output).unwrap_or("backend"))
         .unwrap_or_else(|_| vec![output::Kind::Backend]);
     let file = cfg.path(Key::FilePath).map(|path| output::file::Options {
@@ -79,6 +80,13 @@ pub fn outputs(cfg: &Config) -> output::Options {
                 .map_or(16, |(_, code)| *code),
             hostname: hostname(),
         });
+    let otlp = cfg.get(Key::OtlpEndpoint).map(|e| output::otlp::Options {
+        url: output::otlp::logs_url(e),
+        headers_file: cfg.path(Key::OtlpHeadersFile),
+        ca: cfg.path(Key::OtlpCa),
+        client: cfg.path(Key::OtlpCert).zip(cfg.path(Key::OtlpKey)),
+        resource: resource(cfg, workload),
+    });
     output::Options {
         kinds,
         limits: Limits {
@@ -89,7 +97,28 @@ pub fn outputs(cfg: &Config) -> output::Options {
         },
         file,
         syslog,
+        otlp,
     }
+}
+
+/// OTLP resource attributes: the host, the service, the workload id, and in Kubernetes (the
+/// Downward API's node name and pod UID both set) the node and pod.
+fn resource(cfg: &Config, workload: &str) -> Vec<(String, String)> {
+    let mut r = vec![
+        ("host.name".to_string(), hostname()),
+        ("service.name".to_string(), "linuxguard-agent".to_string()),
+        (
+            "service.version".to_string(),
+            env!("CARGO_PKG_VERSION").to_string(),
+        ),
+        ("service.instance.id".to_string(), workload.to_string()),
+        ("linuxguard.workload.id".to_string(), workload.to_string()),
+    ];
+    if let (Some(node), Some(pod)) = (cfg.get(Key::NodeName), cfg.get(Key::PodUid)) {
+        r.push(("k8s.node.name".to_string(), node.to_string()));
+        r.push(("k8s.pod.uid".to_string(), pod.to_string()));
+    }
+    r
 }
 
 /// This host's name (`unknown` when it cannot be read).
@@ -102,12 +131,12 @@ pub fn hostname() -> String {
 
 /// `start`'s loop: its components' options, the outputs, the metrics listener, the shutdown
 /// grace and the stats-event interval.
-pub fn agent(cfg: &Config) -> agent::Options {
+pub fn agent(cfg: &Config, workload: &str) -> agent::Options {
     agent::Options {
         pipeline: pipeline(cfg),
         attestor: attestor(cfg),
         socket: socket(cfg),
-        outputs: outputs(cfg),
+        outputs: outputs(cfg, workload),
         metrics: cfg.get(Key::MetricsAddr).map(|addr| metrics::Options {
             addr: addr.to_string(),
             allow_remote: cfg.flag(Key::MetricsAllowRemote),

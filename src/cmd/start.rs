@@ -17,13 +17,16 @@ use crate::output;
 
 pub fn run(mut cfg: Config, _args: &Args) -> Result<()> {
     let t0 = Instant::now();
-    let opts = options::agent(&cfg);
-    let plan = if opts.outputs.has(output::Kind::Backend) {
-        Some(plan(&cfg)?)
+    let kinds =
+        output::parse_list(cfg.get(Key::Output).unwrap_or("backend")).map_err(Error::config)?;
+    let (plan, workload) = if kinds.contains(&output::Kind::Backend) {
+        let p = plan(&cfg)?;
+        let w = p.workload.hex.clone();
+        (Some(p), w)
     } else {
-        edge(&cfg)?;
-        None
+        (None, edge(&cfg)?.hex)
     };
+    let opts = options::agent(&cfg, &workload);
     // The plan holds the only copy of the credential from here on (zeroized with it).
     cfg.enroll_token = None;
     cfg.api_key = None;

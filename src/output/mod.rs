@@ -1,4 +1,5 @@
-//! The outputs besides stdout and the backend (whose thread is the uplink): each has its own
+//! The outputs besides stdout and the backend (whose thread is the uplink) — OTLP, the rotating
+//! file, syslog: each has its own
 //! byte-bounded queue ([`queue::Channel`]), its own counters and its own thread, so a slow or
 //! broken output never stalls another or the poll loop. The thread ([`Worker`]) takes batches
 //! from the queue and hands them to the output's [`Deliver`] (the rotating file, syslog, OTLP),
@@ -7,6 +8,7 @@
 //! left as dropped.
 
 pub mod file;
+pub mod otlp;
 pub mod queue;
 pub mod syslog;
 
@@ -91,6 +93,7 @@ pub struct Options {
     pub limits: Limits,
     pub file: Option<file::Options>,
     pub syslog: Option<syslog::Options>,
+    pub otlp: Option<otlp::Options>,
 }
 
 impl Options {
@@ -125,10 +128,8 @@ pub fn open(k: Kind, o: &Options) -> Result<Option<Box<dyn Deliver>>> {
             Some(Box::new(syslog::Syslog::open(opts)?))
         }
         Kind::Otlp => {
-            return Err(Error::config(format!(
-                "--output {} is not available in this build",
-                k.name()
-            )));
+            let opts = o.otlp.clone().ok_or_else(|| missing("--otlp-endpoint"))?;
+            Some(Box::new(otlp::Otlp::open(opts)?))
         }
     })
 }
@@ -189,7 +190,6 @@ impl Level {
     }
 
     /// The OpenTelemetry SeverityNumber and SeverityText.
-    #[allow(dead_code)] // the OTLP output's (next commit)
     pub fn otlp(self) -> (u8, &'static str) {
         match self {
             Level::Debug => (5, "DEBUG"),
@@ -218,10 +218,8 @@ pub enum Outcome {
     },
     /// The receiver refused the batch as too large: it is split in two (a single event is
     /// dropped and counted).
-    #[allow(dead_code)] // the OTLP output's (next commit)
     TooLarge,
     /// The receiver refused the batch for good: dropped and counted.
-    #[allow(dead_code)] // the OTLP output's (next commit)
     Rejected(String),
 }
 

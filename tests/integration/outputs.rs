@@ -579,3 +579,362 @@ fn root_syslog_output_delivers_every_marked_event_to_rsyslog() {
         }
     }
 }
+
+/// A CA and a leaf it signed, with distinct subject names (OpenSSL, which the Python receiver
+/// uses, takes a leaf named like its issuer for a self-signed certificate).
+struct Pki {
+    ca_pem: String,
+    leaf_pem: String,
+    leaf_key_pem: String,
+}
+
+impl Pki {
+    fn new(tag: &str, names: &[&str]) -> Pki {
+        use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, DnType, IsCa, KeyPair};
+        let mut ca = CertificateParams::new(Vec::<String>::new()).expect("ca params");
+        ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        ca.distinguished_name
+            .push(DnType::CommonName, format!("linuxguard test {tag} CA"));
+        let ca = CertifiedIssuer::self_signed(ca, KeyPair::generate().expect("ca key"))
+            .expect("ca cert");
+        let names: Vec<String> = names.iter().map(|s| s.to_string()).collect();
+        let mut leaf = CertificateParams::new(names).expect("leaf params");
+        leaf.distinguished_name
+            .push(DnType::CommonName, format!("linuxguard test {tag}"));
+        let key = KeyPair::generate().expect("leaf key");
+        let cert = leaf.signed_by(&key, &ca).expect("leaf cert");
+        Pki {
+            ca_pem: ca.pem(),
+            leaf_pem: cert.pem(),
+            leaf_key_pem: key.serialize_pem(),
+        }
+    }
+}
+
+/// The OTLP receiver (tests/integration/py/otlp_receiver.py), decoding with the official
+/// opentelemetry-proto definitions; its records in a file, faults through a control port.
+/// Killed on drop.
+struct Receiver {
+    child: std::process::Child,
+    dir: TempDir,
+    port: u16,
+    control: u16,
+}
+
+impl Receiver {
+    fn start(extra: &[&str]) -> Receiver {
+        let dir = TempDir::new("otlp-receiver");
+        let (port, control) = (free_port(), free_port());
+        let child = Command::new(common::python())
+            .arg(common::py_script("otlp_receiver.py"))
+            .args([
+                "--port",
+                &port.to_string(),
+                "--control-port",
+                &control.to_string(),
+            ])
+            .arg("--out")
+            .arg(dir.path().join("records.jsonl"))
+            .args(extra)
+            .stdout(std::fs::File::create(dir.path().join("out")).expect("out"))
+            .stderr(std::fs::File::create(dir.path().join("err")).expect("err"))
+            .spawn()
+            .expect("run the OTLP receiver");
+        let r = Receiver {
+            child,
+            dir,
+            port,
+            control,
+        };
+        wait_for("the OTLP receiver", 30, || {
+            r.log().contains("receiver: ready")
+        });
+        r
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("err")).unwrap_or_default()
+    }
+
+    /// Every record received so far.
+    fn records(&self) -> Vec<Value> {
+        std::fs::read_to_string(self.dir.path().join("records.jsonl"))
+            .unwrap_or_default()
+            .lines()
+            .map(|l| serde_json::from_str(l).expect("receiver record"))
+            .collect()
+    }
+
+    /// The events (record bodies, parsed).
+    fn events(&self) -> Vec<Value> {
+        self.records()
+            .iter()
+            .map(|r| {
+                let b = r["body"]
+                    .as_str()
+                    .unwrap_or_else(|| panic!("body not a string: {r}"));
+                serde_json::from_str(b).unwrap_or_else(|e| panic!("body is not JSON ({e}): {r}"))
+            })
+            .collect()
+    }
+
+    fn control(&self, path: &str) {
+        use std::io::{Read, Write};
+        let mut s = std::net::TcpStream::connect(("127.0.0.1", self.control)).expect("control");
+        write!(s, "POST {path} HTTP/1.0\r\nContent-Length: 0\r\n\r\n").expect("control request");
+        let mut out = String::new();
+        s.read_to_string(&mut out).expect("control answer");
+        assert!(out.starts_with("HTTP/1.0 200"), "{out}");
+    }
+}
+
+impl Drop for Receiver {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The OTLP bar: 10,000 marked execs reach a receiver that decodes with the official
+/// OpenTelemetry protos exactly once each, through a 5 s outage of the receiver (connections
+/// refused) in the middle of the storm; the agent's counters for the otlp output equal the
+/// receiver's count, nothing dropped. Meanwhile the file output, in the same agent, kept
+/// writing during the outage (one slow output never stalls another). Each record carries the
+/// event's time, severity INFO, the event JSON as its body, `event.name`, and the resource
+/// attributes (service, version, host, workload id; no k8s ones outside Kubernetes).
+#[test]
+fn root_otlp_delivers_10000_marked_events_exactly_once_through_a_receiver_outage() {
+    const EXECS: usize = 10_000;
+    let Some(_serial) = serial() else { return };
+    let rx = Receiver::start(&[]);
+    let run = Run::new("otlp");
+    let file = run.path("events.jsonl");
+    let mut a = run.spawn(run.cmd(&[
+        "--workload-id",
+        "00000000000071e1",
+        "--output",
+        "otlp,file",
+        "--otlp-endpoint",
+        &format!("http://127.0.0.1:{}", rx.port),
+        "--file-path",
+        file.to_str().expect("utf-8"),
+        "--batch-max-age-ms",
+        "200",
+        "--queue-mb",
+        "256",
+        "--ring-buffer-mb",
+        "16",
+    ]));
+    a.wait_log("startup: sensors attached", 60);
+    let prefix = crate::e2e::marker("otlp");
+    let storm_dir = run.dir.path().to_path_buf();
+    let p = prefix.clone();
+    let storming = std::thread::spawn(move || storm(&storm_dir, EXECS, &p));
+    let file_marks = || {
+        std::fs::read_to_string(&file)
+            .unwrap_or_default()
+            .matches(&format!("\"{prefix}-"))
+            .count()
+    };
+    wait_for("the storm under way", 30, || file_marks() > 500);
+    rx.control("/outage?seconds=5");
+    wait_for("the receiver down", 10, || {
+        rx.log().contains("receiver: down")
+    });
+    let (before, at) = (rx.records().len(), file_marks());
+    std::thread::sleep(std::time::Duration::from_secs(3));
+    let (during, later) = (rx.records().len(), file_marks());
+    assert_eq!(before, during, "the receiver took records while down");
+    assert!(
+        later > at,
+        "the file stalled while the OTLP receiver was down ({at} -> {later})"
+    );
+    storming.join().expect("storm");
+    wait_for("the receiver up again", 20, || {
+        rx.log().contains("receiver: up again")
+    });
+    let mut seen = std::collections::HashMap::new();
+    wait_for("10,000 marked execs at the receiver", 180, || {
+        seen = marked(&rx.events(), &prefix);
+        seen.len() >= EXECS
+    });
+    assert_each_once(&seen, &prefix, EXECS, "OTLP receiver");
+    assert_eq!(a.term(30).code(), Some(0), "{}", a.log());
+    let log = a.log();
+    assert!(
+        log.contains("output otlp: POST"),
+        "no failed post logged: {log}"
+    );
+
+    let records = rx.records();
+    let fc = final_counters(&a);
+    let o = &fc["outputs"]["otlp"];
+    assert_eq!(o["eventsSent"], records.len() as u64, "{fc}");
+    assert_eq!(o["eventsDropped"]["queue"], 0, "{fc}");
+    assert_eq!(o["eventsDropped"]["output"], 0, "{fc}");
+    assert!(o["failures"].as_u64().unwrap_or(0) > 0, "{fc}");
+    assert_eq!(fc["eventsObserved"], records.len() as u64, "{fc}");
+    assert_eq!(
+        fc["outputs"]["file"]["eventsSent"],
+        records.len() as u64,
+        "{fc}"
+    );
+
+    // Every event once (seq 1..N in some order), with its time, severity and resource.
+    let mut seqs: Vec<u64> = Vec::with_capacity(records.len());
+    let workload = log
+        .split("workload id ")
+        .nth(1)
+        .and_then(|s| s.split(' ').next())
+        .unwrap_or_else(|| panic!("no workload id in the log: {log}"))
+        .to_string();
+    for r in &records {
+        let ev: Value = serde_json::from_str(r["body"].as_str().expect("body")).expect("body JSON");
+        seqs.push(ev["seq"].as_u64().expect("seq"));
+        let t = humantime::parse_rfc3339(ev["@timestamp"].as_str().expect("time")).expect("time");
+        let ns = t
+            .duration_since(std::time::UNIX_EPOCH)
+            .expect("epoch")
+            .as_nanos();
+        assert_eq!(r["time"].as_u64().map(u128::from), Some(ns), "{r}");
+        assert!(r["observed"].as_u64().unwrap_or(0) > 0, "{r}");
+        assert_eq!(
+            (r["severityNumber"].as_u64(), r["severityText"].as_str()),
+            (Some(9), Some("INFO")),
+            "{r}"
+        );
+        assert_eq!(
+            r["attributes"]["event.name"],
+            format!("linuxguard.{}", ev["type"].as_str().unwrap_or("?")),
+            "{r}"
+        );
+        let res = &r["resource"];
+        assert_eq!(res["service.name"], "linuxguard-agent", "{r}");
+        assert_eq!(res["service.version"], env!("CARGO_PKG_VERSION"), "{r}");
+        assert_eq!(res["linuxguard.workload.id"], workload.as_str(), "{r}");
+        assert_eq!(res["host.name"], ev["host"]["name"], "{r}");
+        assert!(res.get("k8s.pod.uid").is_none(), "{r}");
+        assert_eq!(r["scope"][0], "linuxguard-agent", "{r}");
+    }
+    seqs.sort_unstable();
+    let want: Vec<u64> = (1..=records.len() as u64).collect();
+    assert!(
+        seqs == want,
+        "events lost or delivered twice (seq 1..{})",
+        records.len()
+    );
+    eprintln!(
+        "otlp: {} records, {} failed attempts during the outage",
+        records.len(),
+        o["failures"]
+    );
+}
+
+/// OTLP over https with mTLS and a token from a headers file, in Kubernetes (node name and pod
+/// UID given): the receiver verifies the agent's client certificate and the Authorization
+/// header; a 429 with `Retry-After: 2` is honoured (the retry waits at least 2 s); records carry
+/// `k8s.node.name` and `k8s.pod.uid`; the token never reaches the agent's log.
+#[test]
+fn root_otlp_over_mtls_with_a_header_token_honours_retry_after() {
+    let Some(_serial) = serial() else { return };
+    let dir = TempDir::new("otlp-tls");
+    let server = Pki::new("server", &["127.0.0.1"]);
+    let client = Pki::new("client", &["linuxguard-agent"]);
+    let w = |name: &str, text: &str| {
+        let p = dir.path().join(name);
+        std::fs::write(&p, text).expect("write pem");
+        p.display().to_string()
+    };
+    let (srv_cert, srv_key, srv_ca) = (
+        w("srv.pem", &server.leaf_pem),
+        w("srv.key", &server.leaf_key_pem),
+        w("srv-ca.pem", &server.ca_pem),
+    );
+    let (cl_cert, cl_key, cl_ca) = (
+        w("client.pem", &client.leaf_pem),
+        w("client.key", &client.leaf_key_pem),
+        w("client-ca.pem", &client.ca_pem),
+    );
+    let token = "Bearer s3cret-otlp-token-0123456789";
+    let headers = w(
+        "headers",
+        &format!("# the collector's token\nAuthorization: {token}\n"),
+    );
+    let rx = Receiver::start(&[
+        "--cert",
+        &srv_cert,
+        "--key",
+        &srv_key,
+        "--client-ca",
+        &cl_ca,
+        "--header",
+        &format!("Authorization: {token}"),
+    ]);
+    rx.control("/fail?status=429&count=1&retryAfter=2");
+    let run = Run::new("otlp-tls");
+    let mut c = run.cmd(&[
+        "--output",
+        "otlp",
+        "--otlp-endpoint",
+        &format!("https://127.0.0.1:{}", rx.port),
+        "--otlp-ca",
+        &srv_ca,
+        "--otlp-cert",
+        &cl_cert,
+        "--otlp-key",
+        &cl_key,
+        "--otlp-headers-file",
+        &headers,
+        "--batch-max-age-ms",
+        "100",
+    ]);
+    c.env("LINUXGUARD_NODE_NAME", "worker-7")
+        .env("LINUXGUARD_POD_UID", "0f1e2d3c-4b5a-6978-8796-a5b4c3d2e1f0")
+        .env(
+            "LINUXGUARD_KUBELET_URL",
+            format!("http://127.0.0.1:{}", free_port()),
+        );
+    let mut a = run.spawn(c);
+    a.wait_log("startup: sensors attached", 60);
+    let prefix = crate::e2e::marker("otlp-tls");
+    storm(run.dir.path(), 50, &prefix);
+    a.wait_log("the collector answered 429", 30);
+    let mut seen = std::collections::HashMap::new();
+    wait_for("50 marked execs at the receiver", 60, || {
+        seen = marked(&rx.events(), &prefix);
+        seen.len() >= 50
+    });
+    assert_each_once(&seen, &prefix, 50, "mTLS receiver");
+    assert_eq!(a.term(30).code(), Some(0), "{}", a.log());
+    let log = a.log();
+    // The retry after the 429 waited for Retry-After (2 s) at least.
+    let delay: f64 = log
+        .lines()
+        .find(|l| l.contains("the collector answered 429"))
+        .and_then(|l| l.split(" in ").nth(1))
+        .and_then(|s| s.split(' ').next())
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("no retry delay logged: {log}"));
+    assert!(
+        delay >= 2.0,
+        "retried after {delay} s despite Retry-After: 2"
+    );
+    assert!(
+        !log.contains("s3cret-otlp-token"),
+        "the token reached the log: {log}"
+    );
+    let records = rx.records();
+    let r = &records[0];
+    assert_eq!(r["resource"]["k8s.node.name"], "worker-7", "{r}");
+    assert_eq!(
+        r["resource"]["k8s.pod.uid"], "0f1e2d3c-4b5a-6978-8796-a5b4c3d2e1f0",
+        "{r}"
+    );
+    let fc = final_counters(&a);
+    assert_eq!(
+        fc["outputs"]["otlp"]["eventsSent"],
+        records.len() as u64,
+        "{fc}"
+    );
+    assert_eq!(fc["eventsObserved"], records.len() as u64, "{fc}");
+}
