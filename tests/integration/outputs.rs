@@ -872,7 +872,12 @@ fn root_otlp_over_mtls_with_a_header_token_honours_retry_after() {
     ]);
     rx.control("/fail?status=429&count=1&retryAfter=2");
     let run = Run::new("otlp-tls");
+    let mport = free_port();
+    let maddr = format!("0.0.0.0:{mport}");
     let mut c = run.cmd(&[
+        "--metrics-addr",
+        &maddr,
+        "--metrics-allow-remote",
         "--output",
         "otlp",
         "--otlp-endpoint",
@@ -905,8 +910,38 @@ fn root_otlp_over_mtls_with_a_header_token_honours_retry_after() {
         seen.len() >= 50
     });
     assert_each_once(&seen, &prefix, 50, "mTLS receiver");
+    // The per-output metrics parse with Prometheus's parser; no warning for the wildcard
+    // address with --metrics-allow-remote; /healthz says there is no enrolment.
+    let local = format!("127.0.0.1:{mport}");
+    let (_, text) = http_get(&local, "/metrics");
+    let fams = prometheus_parse(&text);
+    let sent = sample(
+        &fams,
+        "linuxguard_output_events_sent",
+        "linuxguard_output_events_sent_total",
+        &[("output", "otlp")],
+    );
+    assert!(sent >= 50.0, "{fams}");
+    assert!(
+        sample(
+            &fams,
+            "linuxguard_output_failures",
+            "linuxguard_output_failures_total",
+            &[("output", "otlp")]
+        ) >= 1.0,
+        "the 429 counts as a failed attempt: {fams}"
+    );
+    sample(
+        &fams,
+        "linuxguard_output_events_dropped",
+        "linuxguard_output_events_dropped_total",
+        &[("output", "otlp"), ("stage", "queue")],
+    );
+    let (_, h) = http_get(&local, "/healthz");
+    assert!(h.contains("\"enrolment\":\"off\""), "{h}");
     assert_eq!(a.term(30).code(), Some(0), "{}", a.log());
     let log = a.log();
+    assert!(!log.contains("reachable from other hosts"), "{log}");
     // The retry after the 429 waited for Retry-After (2 s) at least.
     let delay: f64 = log
         .lines()
