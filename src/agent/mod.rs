@@ -36,9 +36,10 @@ const HOUSEKEEPING: Duration = Duration::from_secs(1);
 /// (its own timeout plus a second): the uplink has counted everything by then.
 const FINAL_HEARTBEAT_ALLOWANCE: Duration =
     Duration::from_secs(crate::uplink::uploader::FINAL_HEARTBEAT_TIMEOUT.as_secs() + 1);
-/// After the grace period, an output's last call may take this much longer before we exit
-/// without it (counting what it did not deliver as dropped).
-const OUTPUT_ALLOWANCE: Duration = Duration::from_secs(1);
+/// After the grace period, an output's last call (cut at the deadline) and the file's fsync may
+/// take this much longer before we exit without it (counting what it did not deliver as
+/// dropped): as long as the final heartbeat's allowance, so the longest stop is unchanged.
+const OUTPUT_ALLOWANCE: Duration = Duration::from_secs(5);
 
 /// The outputs as the loop sees them: where each event goes, and every output's counters.
 struct Fanout {
