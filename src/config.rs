@@ -65,7 +65,18 @@ pub enum Key {
     BatchMaxBytes,
     BatchMaxAgeMs,
     MetricsAddr,
+    MetricsAllowRemote,
     ShutdownGrace,
+    FilePath,
+    FileMaxMb,
+    FileKeep,
+    SyslogAddr,
+    SyslogFacility,
+    OtlpEndpoint,
+    OtlpHeadersFile,
+    OtlpCa,
+    OtlpCert,
+    OtlpKey,
 }
 
 /// How a setting's value is checked.
@@ -88,8 +99,12 @@ pub enum Ty {
     Secret,
     /// A flag whose value is optional (`--tls-cache` or `--tls-cache DIR`).
     OptionalPath,
-    /// `ip:port` on a loopback address.
-    LoopbackAddr,
+    /// `ip:port` (a non-loopback address is allowed; `--metrics-allow-remote` silences the warning).
+    SocketAddr,
+    /// `--output`: a comma-separated list of outputs (`both` = `stdout,backend`).
+    OutputList,
+    /// `--syslog-addr`: `/dev/log`, `unix:/path`, `udp://host:port`, `tcp://host:port`.
+    SyslogAddr,
     /// The name of an environment variable (`[A-Za-z_][A-Za-z0-9_]*`) that no other setting reads.
     EnvName,
 }
@@ -497,10 +512,10 @@ pub static SETTINGS: &[Setting] = &[
         "output",
         "LINUXGUARD_OUTPUT",
         Some("backend"),
-        Ty::Choice(&["backend", "stdout", "both"]),
-        "WHERE",
+        Ty::OutputList,
+        "LIST",
         START | SHOW,
-        "where `start` sends events"
+        "where `start` sends events: a comma-separated list of backend, otlp, file, syslog, stdout (both = stdout,backend); each output but stdout has its own queue and thread; without backend there is no enrolment and no --server"
     ),
     setting!(
         QueueMb,
@@ -556,10 +571,20 @@ pub static SETTINGS: &[Setting] = &[
         "metrics-addr",
         "LINUXGUARD_METRICS_ADDR",
         None,
-        Ty::LoopbackAddr,
+        Ty::SocketAddr,
         "ADDR",
         START | SHOW,
-        "serve Prometheus metrics on this loopback ip:port (off by default)"
+        "serve Prometheus metrics (/metrics) and a health check (/healthz) on this ip:port, e.g. 127.0.0.1:9464, or 0.0.0.0:9464 for a cluster's Prometheus (off by default)"
+    ),
+    setting!(
+        MetricsAllowRemote,
+        "metrics-allow-remote",
+        "LINUXGUARD_METRICS_ALLOW_REMOTE",
+        None,
+        Ty::Bool,
+        "",
+        START | SHOW,
+        "a non-loopback --metrics-addr is intended (no warning): the endpoint has no authentication and serves counters only, no event data"
     ),
     setting!(
         ShutdownGrace,
@@ -570,6 +595,112 @@ pub static SETTINGS: &[Setting] = &[
         "SECS",
         START | SHOW,
         "on SIGTERM, time allowed to flush queued events"
+    ),
+    setting!(
+        FilePath,
+        "file-path",
+        "LINUXGUARD_FILE_PATH",
+        None,
+        Ty::Path,
+        "FILE",
+        START | SHOW,
+        "--output file: append JSON lines to FILE (mode 0600; its directory is created 0700 if missing)"
+    ),
+    setting!(
+        FileMaxMb,
+        "file-max-mb",
+        "LINUXGUARD_FILE_MAX_MB",
+        Some("100"),
+        Ty::Num {
+            min: 1,
+            max: 1_048_576
+        },
+        "MB",
+        START | SHOW,
+        "--output file: rotate the file before it grows past this many MiB (renamed to FILE.1, older ones shifted)"
+    ),
+    setting!(
+        FileKeep,
+        "file-keep",
+        "LINUXGUARD_FILE_KEEP",
+        Some("5"),
+        Ty::Num { min: 1, max: 1000 },
+        "N",
+        START | SHOW,
+        "--output file: rotated files kept (FILE.1 ... FILE.N, uncompressed); the oldest is removed"
+    ),
+    setting!(
+        SyslogAddr,
+        "syslog-addr",
+        "LINUXGUARD_SYSLOG_ADDR",
+        Some("/dev/log"),
+        Ty::SyslogAddr,
+        "ADDR",
+        START | SHOW,
+        "--output syslog: the local socket (/dev/log, unix:/PATH), udp://HOST:PORT or tcp://HOST:PORT (RFC 6587 octet counting); RFC 5424 messages with the event JSON as MSG"
+    ),
+    setting!(
+        SyslogFacility,
+        "syslog-facility",
+        "LINUXGUARD_SYSLOG_FACILITY",
+        Some("local0"),
+        Ty::Choice(&[
+            "user", "daemon", "auth", "authpriv", "local0", "local1", "local2", "local3", "local4",
+            "local5", "local6", "local7"
+        ]),
+        "NAME",
+        START | SHOW,
+        "--output syslog: the facility of the messages (the severity comes from the event: info, or an alert's own)"
+    ),
+    setting!(
+        OtlpEndpoint,
+        "otlp-endpoint",
+        "LINUXGUARD_OTLP_ENDPOINT",
+        None,
+        Ty::Url,
+        "URL",
+        START | SHOW,
+        "--output otlp: the collector's OTLP/HTTP URL, http:// or https:// (/v1/logs is appended to a URL without a path); OTLP/JSON logs"
+    ),
+    setting!(
+        OtlpHeadersFile,
+        "otlp-headers-file",
+        "LINUXGUARD_OTLP_HEADERS_FILE",
+        None,
+        Ty::Path,
+        "FILE",
+        START | SHOW,
+        "--output otlp: HTTP headers sent with each request, one `Name: value` per line (tokens: never logged; read again when the file changes)"
+    ),
+    setting!(
+        OtlpCa,
+        "otlp-ca",
+        "LINUXGUARD_OTLP_CA",
+        None,
+        Ty::Path,
+        "FILE",
+        START | SHOW,
+        "--output otlp: PEM bundle that verifies an https:// collector (default: compiled-in web PKI roots)"
+    ),
+    setting!(
+        OtlpCert,
+        "otlp-cert",
+        "LINUXGUARD_OTLP_CERT",
+        None,
+        Ty::Path,
+        "FILE",
+        START | SHOW,
+        "--output otlp: client certificate chain (PEM) for mTLS, with --otlp-key"
+    ),
+    setting!(
+        OtlpKey,
+        "otlp-key",
+        "LINUXGUARD_OTLP_KEY",
+        None,
+        Ty::Path,
+        "FILE",
+        START | SHOW,
+        "--output otlp: client private key (PEM) for mTLS"
     ),
 ];
 
@@ -825,13 +956,16 @@ fn validate(s: &Setting, v: &str, name: &str) -> Result<String> {
                 bad(format!("expected one of {}, got {v:?}", choices.join(", ")))
             }
         }
-        Ty::LoopbackAddr => match v.parse::<std::net::SocketAddr>() {
-            Ok(a) if a.ip().is_loopback() => Ok(v.to_string()),
-            Ok(_) => bad(format!(
-                "{v} is not a loopback address; metrics are served on 127.0.0.1 or [::1] only"
-            )),
+        Ty::OutputList => crate::output::parse_list(v)
+            .map(|kinds| kinds.iter().map(|k| k.name()).collect::<Vec<_>>().join(","))
+            .or_else(&bad),
+        Ty::SyslogAddr => crate::output::syslog::parse_target(v)
+            .map(|_| v.to_string())
+            .or_else(&bad),
+        Ty::SocketAddr => match v.parse::<std::net::SocketAddr>() {
+            Ok(_) => Ok(v.to_string()),
             Err(_) => bad(format!(
-                "expected ip:port such as 127.0.0.1:9464, got {v:?}"
+                "expected ip:port such as 127.0.0.1:9464 or 0.0.0.0:9464, got {v:?}"
             )),
         },
         Ty::EnvName => {
@@ -916,6 +1050,36 @@ impl Config {
             return Err(Error::config(
                 "--kubelet-anonymous excludes --kubelet-cert/--kubelet-key",
             ));
+        }
+        let outputs = self.get(Key::Output).unwrap_or("");
+        let has = |o: &str| outputs.split(',').any(|x| x == o);
+        if has("otlp") && !self.is_set(Key::OtlpEndpoint) {
+            return Err(Error::config(format!(
+                "{} includes otlp but no collector is named: set --otlp-endpoint URL (or \
+                 LINUXGUARD_OTLP_ENDPOINT), e.g. http://otel-collector:4318",
+                self.origin_of(Key::Output)
+            )));
+        }
+        if self.is_set(Key::OtlpCert) != self.is_set(Key::OtlpKey) {
+            return Err(Error::config(
+                "--otlp-cert and --otlp-key go together: give both or neither",
+            ));
+        }
+        let plain = self
+            .get(Key::OtlpEndpoint)
+            .is_some_and(|u| u.starts_with("http://"));
+        if plain && (self.is_set(Key::OtlpCa) || self.is_set(Key::OtlpCert)) {
+            return Err(Error::config(
+                "--otlp-ca and --otlp-cert/--otlp-key need an https:// --otlp-endpoint; the one \
+                 given is plain http://",
+            ));
+        }
+        if has("file") && !self.is_set(Key::FilePath) {
+            return Err(Error::config(format!(
+                "{} includes file but no file is named: set --file-path FILE (or \
+                 LINUXGUARD_FILE_PATH), e.g. /var/log/linuxguard/events.jsonl",
+                self.origin_of(Key::Output)
+            )));
         }
         Ok(())
     }
@@ -1084,21 +1248,27 @@ mod tests {
     }
 
     #[test]
-    fn metrics_addr_must_be_loopback() {
-        let e = resolve(
-            START,
-            &vec![(Key::MetricsAddr, Some("0.0.0.0:9464".into()))],
-            &|_| None,
-            Secrets::default(),
-        );
-        assert!(e.is_err());
-        let c = resolve(
-            START,
-            &vec![(Key::MetricsAddr, Some("127.0.0.1:9464".into()))],
-            &|_| None,
-            Secrets::default(),
-        );
-        assert!(c.is_ok());
+    fn metrics_addr_is_any_ip_and_port() {
+        for ok in ["0.0.0.0:9464", "127.0.0.1:9464", "[::]:9090", "10.1.2.3:1"] {
+            let c = resolve(
+                START,
+                &vec![(Key::MetricsAddr, Some(ok.into()))],
+                &|_| None,
+                Secrets::default(),
+            );
+            assert!(c.is_ok(), "{ok}");
+        }
+        for bad in ["localhost:9464", "0.0.0.0", ":9090", "1.2.3.4:99999"] {
+            let e = resolve(
+                START,
+                &vec![(Key::MetricsAddr, Some(bad.into()))],
+                &|_| None,
+                Secrets::default(),
+            )
+            .unwrap_err()
+            .to_string();
+            assert!(e.contains("--metrics-addr") && e.contains("ip:port"), "{e}");
+        }
     }
 
     #[test]

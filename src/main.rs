@@ -14,9 +14,11 @@ mod attest;
 mod events;
 mod identity;
 mod sensor;
-// The pipeline, the uplink and the local endpoints, then the loop and the commands on top.
+// The pipeline, the outputs, the uplink and the local endpoints, then the loop and the commands
+// on top.
 mod agent;
 mod cmd;
+mod output;
 mod pipeline;
 mod serve;
 mod uplink;

@@ -11,9 +11,10 @@ use crate::config::{Config, Key, SETTINGS, Ty};
 use crate::error::Result;
 use crate::events::redact;
 use crate::identity::workload;
+use crate::output::{self, queue::Limits};
 use crate::pipeline;
 use crate::sensor;
-use crate::uplink::queue::Limits;
+use crate::serve::metrics;
 
 /// `--proc-root` (default `/proc`).
 pub fn proc_root(cfg: &Config) -> PathBuf {
@@ -72,21 +73,88 @@ pub fn attestor(cfg: &Config) -> attestor::Options {
     }
 }
 
-/// `start`'s loop: its components' options, the outputs, the queue's limits, the metrics
-/// listener, the shutdown grace and the stats-event interval.
-pub fn agent(cfg: &Config) -> agent::Options {
-    agent::Options {
-        pipeline: pipeline(cfg),
-        attestor: attestor(cfg),
-        socket: socket(cfg),
-        output: cfg.get(Key::Output).unwrap_or("backend").to_string(),
+/// `--output` and each output's settings (the list was validated by the configuration);
+/// `workload` is the derived workload id (an OTLP resource attribute).
+pub fn outputs(cfg: &Config, workload: &str) -> output::Options {
+    let kinds = output::parse_list(cfg.get(Key::Output).unwrap_or("backend"))
+        .unwrap_or_else(|_| vec![output::Kind::Backend]);
+    let file = cfg.path(Key::FilePath).map(|path| output::file::Options {
+        path,
+        max_bytes: cfg.num(Key::FileMaxMb).max(1) << 20,
+        keep: cfg.num(Key::FileKeep).clamp(1, 1000) as u32,
+    });
+    let syslog = cfg
+        .get(Key::SyslogAddr)
+        .and_then(|v| output::syslog::parse_target(v).ok())
+        .map(|target| output::syslog::Options {
+            target,
+            facility: output::syslog::FACILITIES
+                .iter()
+                .find(|(n, _)| Some(*n) == cfg.get(Key::SyslogFacility))
+                .map_or(16, |(_, code)| *code),
+            hostname: hostname(),
+        });
+    let otlp = cfg.get(Key::OtlpEndpoint).map(|e| output::otlp::Options {
+        url: output::otlp::logs_url(e),
+        headers_file: cfg.path(Key::OtlpHeadersFile),
+        ca: cfg.path(Key::OtlpCa),
+        client: cfg.path(Key::OtlpCert).zip(cfg.path(Key::OtlpKey)),
+        resource: resource(cfg, workload),
+    });
+    output::Options {
+        kinds,
         limits: Limits {
             queue_bytes: (cfg.num(Key::QueueMb).max(1) as usize) << 20,
             batch_events: cfg.num(Key::BatchMaxEvents).max(1) as usize,
             batch_bytes: cfg.num(Key::BatchMaxBytes).max(1024) as usize,
             batch_age: Duration::from_millis(cfg.num(Key::BatchMaxAgeMs).max(1)),
         },
-        metrics_addr: cfg.get(Key::MetricsAddr).map(str::to_string),
+        file,
+        syslog,
+        otlp,
+    }
+}
+
+/// OTLP resource attributes: the host, the service, the workload id, and in Kubernetes (the
+/// Downward API's node name and pod UID both set) the node and pod.
+fn resource(cfg: &Config, workload: &str) -> Vec<(String, String)> {
+    let mut r = vec![
+        ("host.name".to_string(), hostname()),
+        ("service.name".to_string(), "linuxguard-agent".to_string()),
+        (
+            "service.version".to_string(),
+            env!("CARGO_PKG_VERSION").to_string(),
+        ),
+        ("service.instance.id".to_string(), workload.to_string()),
+        ("linuxguard.workload.id".to_string(), workload.to_string()),
+    ];
+    if let (Some(node), Some(pod)) = (cfg.get(Key::NodeName), cfg.get(Key::PodUid)) {
+        r.push(("k8s.node.name".to_string(), node.to_string()));
+        r.push(("k8s.pod.uid".to_string(), pod.to_string()));
+    }
+    r
+}
+
+/// This host's name (`unknown` when it cannot be read).
+pub fn hostname() -> String {
+    nix::unistd::gethostname()
+        .ok()
+        .and_then(|h| h.into_string().ok())
+        .unwrap_or_else(|| "unknown".into())
+}
+
+/// `start`'s loop: its components' options, the outputs, the metrics listener, the shutdown
+/// grace and the stats-event interval.
+pub fn agent(cfg: &Config, workload: &str) -> agent::Options {
+    agent::Options {
+        pipeline: pipeline(cfg),
+        attestor: attestor(cfg),
+        socket: socket(cfg),
+        outputs: outputs(cfg, workload),
+        metrics: cfg.get(Key::MetricsAddr).map(|addr| metrics::Options {
+            addr: addr.to_string(),
+            allow_remote: cfg.flag(Key::MetricsAllowRemote),
+        }),
         grace: Duration::from_secs(cfg.num(Key::ShutdownGrace)),
         stats_every: match cfg.num(Key::StatsInterval) {
             0 => None,

@@ -13,6 +13,7 @@ use crate::identity::plan::{self, Plan};
 use crate::identity::tls::ServerTrust;
 use crate::identity::tls_cache::{self, TlsCache};
 use crate::identity::{token, workload};
+use crate::output;
 use crate::serve::socket_path;
 
 pub fn run(mut cfg: Config, _args: &Args) -> Result<()> {
@@ -22,13 +23,69 @@ pub fn run(mut cfg: Config, _args: &Args) -> Result<()> {
     if let Some(path) = cfg.path(Key::Socket) {
         socket_path::check_server_path(&path, nix::unistd::geteuid().as_raw())?;
     }
-    let plan = plan(&cfg)?;
+    let kinds =
+        output::parse_list(cfg.get(Key::Output).unwrap_or("backend")).map_err(Error::config)?;
+    let (plan, workload) = if kinds.contains(&output::Kind::Backend) {
+        let p = plan(&cfg)?;
+        let w = p.workload.hex.clone();
+        (Some(p), w)
+    } else {
+        (None, edge(&cfg)?.hex)
+    };
+    let opts = options::agent(&cfg, &workload);
     // The plan holds the only copy of the credential from here on (zeroized with it).
     cfg.enroll_token = None;
     cfg.api_key = None;
-    let opts = options::agent(&cfg);
     drop(cfg);
     agent::run(opts, plan, t0)
+}
+
+/// `start` without the backend among its outputs: no `--server`, no credential, no enrolment.
+/// The workload id is still derived (outputs carry it), and settings that only enrolment reads
+/// are named in a warning, so a forgotten `backend` in `--output` does not go unnoticed.
+fn edge(cfg: &Config) -> Result<workload::WorkloadId> {
+    let w = workload::derive(
+        cfg.get(Key::WorkloadId),
+        cfg.get(Key::NodeName),
+        cfg.get(Key::PodUid),
+        &cfg.var(Key::NodeName),
+    )?;
+    let unused: Vec<String> = [
+        Key::Server,
+        Key::EnrollTokenFile,
+        Key::ApiKeyFile,
+        Key::SaTokenFile,
+        Key::TlsCache,
+    ]
+    .into_iter()
+    .filter(|k| cfg.is_set(*k))
+    .map(|k| cfg.origin_of(k))
+    .chain(
+        cfg.enroll_token
+            .as_ref()
+            .map(|_| "LINUXGUARD_ENROLL_TOKEN".to_string()),
+    )
+    .chain(
+        cfg.api_key
+            .as_ref()
+            .map(|_| "LINUXGUARD_API_KEY".to_string()),
+    )
+    .collect();
+    if !unused.is_empty() {
+        log::warn!(
+            "{} set but not used: backend is not among --output ({}), so the agent does not \
+             enrol; add backend to --output to send events to the LinuxGuard backend",
+            unused.join(", "),
+            cfg.get(Key::Output).unwrap_or_default()
+        );
+    }
+    log::info!(
+        "workload id {} ({}); no backend: events go to {}",
+        w.hex,
+        w.describe(),
+        cfg.get(Key::Output).unwrap_or_default()
+    );
+    Ok(w)
 }
 
 /// Every setting `start` needs, checked before the first network call.

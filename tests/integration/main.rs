@@ -17,5 +17,6 @@ mod hardening;
 mod kubelet_server;
 mod layout;
 mod manifest;
+mod outputs;
 mod sa_issuer;
 mod watch;
