@@ -462,9 +462,28 @@ template(name="t" type="string" string="%inputname%|%syslogfacility%|%syslogseve
             udp,
             tcp,
         };
-        wait_for("rsyslogd listening", 20, || {
-            r.dir.path().join("log.sock").exists()
-                && std::net::TcpStream::connect(("127.0.0.1", tcp)).is_ok()
+        // Ready when a probe sent on each input comes out in the file: a port that another
+        // program took between free_port() and rsyslogd's bind fails here, not later.
+        let nonce = crate::e2e::marker("rsyslog-probe");
+        let msg = |input: &str| format!("<14>1 - probe - - - - {nonce}-{input}");
+        wait_for("rsyslogd receiving on its three inputs", 20, || {
+            let sock = r.dir.path().join("log.sock");
+            if let Ok(u) = std::os::unix::net::UnixDatagram::unbound() {
+                let _ = u.send_to(msg("unix").as_bytes(), &sock);
+            }
+            if let Ok(u) = std::net::UdpSocket::bind("127.0.0.1:0") {
+                let _ = u.send_to(msg("udp").as_bytes(), ("127.0.0.1", udp));
+            }
+            if let Ok(mut t) = std::net::TcpStream::connect(("127.0.0.1", tcp)) {
+                use std::io::Write;
+                let m = msg("tcp");
+                let _ = write!(t, "{} {m}", m.len());
+            }
+            std::thread::sleep(std::time::Duration::from_millis(100));
+            let out = std::fs::read_to_string(r.dir.path().join("out.log")).unwrap_or_default();
+            ["unix", "udp", "tcp"]
+                .iter()
+                .all(|i| out.contains(&format!("{nonce}-{i}")))
         });
         r
     }
@@ -530,18 +549,25 @@ fn root_syslog_output_delivers_every_marked_event_to_rsyslog() {
                 .collect()
         };
         let mut seen = std::collections::HashMap::new();
-        wait_for(
-            &format!("{n} marked execs in rsyslog over {name}"),
-            60,
-            || {
-                let evs: Vec<Value> = ours(&rs)
-                    .iter()
-                    .filter_map(|m| serde_json::from_str(&m[8]).ok())
-                    .collect();
-                seen = marked(&evs, &prefix);
-                seen.len() >= n
-            },
-        );
+        let end = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        while seen.len() < n {
+            let evs: Vec<Value> = ours(&rs)
+                .iter()
+                .filter_map(|m| serde_json::from_str(&m[8]).ok())
+                .collect();
+            seen = marked(&evs, &prefix);
+            assert!(
+                std::time::Instant::now() < end,
+                "{} of {n} marked execs in rsyslog over {name} after 60 s; {} messages of \
+                 ours, {} in all; rsyslogd: {}\nagent:\n{}",
+                seen.len(),
+                ours(&rs).len(),
+                rs.messages().len(),
+                std::fs::read_to_string(rs.dir.path().join("rsyslogd.err")).unwrap_or_default(),
+                a.log()
+            );
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
         assert_each_once(&seen, &prefix, n, name);
         assert_eq!(a.term(30).code(), Some(0), "{}", a.log());
         let fc = final_counters(&a);
