@@ -6,9 +6,19 @@
 use std::path::{Path, PathBuf};
 
 use crate::error::{Error, Result};
-use crate::identity::enroll::Credential;
 use crate::identity::token;
 use crate::secret::{self, Secret};
+
+/// The credential that authorises one enrolment.
+pub enum Credential {
+    /// A single-use TOTP token (normalized), sent as `enrollCode`.
+    Token(Secret),
+    /// A long-lived API key, sent as `Authorization: Bearer`.
+    ApiKey(Secret),
+    /// `k8s_psat`: the projected service-account token in this file, read at each attempt and
+    /// sent as `attestation: {"type": "k8s_psat", "token": ...}`.
+    ServiceAccount(PathBuf),
+}
 
 /// The literal hashed into the TLS cache tag for `k8s_psat` (contract v1.1): projected tokens
 /// rotate every few minutes, and a rotation must not re-enrol.

@@ -12,8 +12,8 @@ use serde::{Deserialize, Serialize};
 use zeroize::Zeroizing;
 
 use crate::error::{Error, Kind, Result};
+use crate::identity::credential::{Credential, read_sa_token};
 use crate::identity::tls::{self, CallError, Reply, ServerTrust};
-use crate::secret::Secret;
 
 /// Bounds for a server-sent heartbeat interval.
 pub const MIN_HEARTBEAT: u64 = 1;
@@ -35,17 +35,6 @@ pub fn csr_pem(key: &KeyPair, workload_id: &str) -> Result<String> {
         .serialize_request(key)
         .and_then(|csr| csr.pem())
         .map_err(|e| Error::runtime(format!("failed to build the CSR: {e}")))
-}
-
-/// The credential that authorises one enrolment.
-pub enum Credential {
-    /// A single-use TOTP token (normalized), sent as `enrollCode`.
-    Token(Secret),
-    /// A long-lived API key, sent as `Authorization: Bearer`.
-    ApiKey(Secret),
-    /// `k8s_psat`: the projected service-account token in this file, read at each attempt and
-    /// sent as `attestation: {"type": "k8s_psat", "token": ...}`.
-    ServiceAccount(PathBuf),
 }
 
 /// What the agent tells the backend about itself.
@@ -189,7 +178,7 @@ impl Request {
         let Some(file) = self.sa_token_file.clone() else {
             return Ok(());
         };
-        let token = crate::identity::credential::read_sa_token(&file)?;
+        let token = read_sa_token(&file)?;
         self.encode(None, Some(token.expose()))
     }
 
@@ -436,6 +425,7 @@ pub fn attempt(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::secret::Secret;
 
     fn params<'a>(c: &'a Credential) -> Params<'a> {
         Params {

@@ -4,8 +4,8 @@
 use std::time::Duration;
 
 use crate::error::Error;
+use crate::identity::credential::Credential;
 use crate::identity::credential::Source;
-use crate::identity::enroll::Credential;
 use crate::identity::tls::ServerTrust;
 use crate::identity::tls_cache::TlsCache;
 use crate::identity::workload::WorkloadId;
