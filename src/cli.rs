@@ -18,16 +18,18 @@ pub enum Command {
     ShowConfig,
     Version,
     CheckManifest,
+    CheckRules,
 }
 
 impl Command {
-    const ALL: [Command; 7] = [
+    const ALL: [Command; 8] = [
         Command::Watch,
         Command::Start,
         Command::Attest,
         Command::Status,
         Command::ShowConfig,
         Command::CheckManifest,
+        Command::CheckRules,
         Command::Version,
     ];
 
@@ -40,6 +42,7 @@ impl Command {
             Command::ShowConfig => "show-config",
             Command::Version => "version",
             Command::CheckManifest => "check-manifest",
+            Command::CheckRules => "check-rules",
         }
     }
 
@@ -58,6 +61,9 @@ impl Command {
             }
             Command::Version => "print the version",
             Command::CheckManifest => "check Kubernetes YAML for deployment mistakes",
+            Command::CheckRules => {
+                "check rule files with the default rules (also `--check-rules FILE`); exit 6 with findings"
+            }
         }
     }
 
@@ -70,6 +76,7 @@ impl Command {
             Command::Status => config::STATUS,
             Command::ShowConfig => config::SHOW,
             Command::CheckManifest => config::MANIFEST,
+            Command::CheckRules => config::RULES,
             Command::Version => 0,
         }
     }
@@ -91,8 +98,10 @@ pub struct Args {
     pub pid: Option<u32>,
     /// `attest --self`.
     pub attest_self: bool,
-    /// `check-manifest FILE...`.
+    /// `check-manifest FILE...`, `check-rules FILE...` / `--check-rules FILE`.
     pub files: Vec<PathBuf>,
+    /// `watch --alerts`: only alerts.
+    pub alerts: bool,
 }
 
 /// What the command line asks for.
@@ -116,6 +125,16 @@ pub fn parse(args: Vec<OsString>) -> Result<Parsed> {
         }
         Some(Long("help") | Short('h')) => return Ok(Parsed::TopHelp),
         Some(Long("version") | Short('V')) => return Ok(Parsed::Version),
+        Some(Long("check-rules")) => {
+            let v = p.value().map_err(|_| {
+                Error::usage("missing value for --check-rules: expected a rule FILE")
+            })?;
+            let mut rest = vec![v];
+            rest.extend(p.raw_args().map_err(usage)?);
+            let mut args = vec![OsString::from("check-rules")];
+            args.extend(rest);
+            return parse(args);
+        }
         Some(Value(v)) => {
             let name = v.string().map_err(usage)?;
             if name == "help" {
@@ -143,6 +162,7 @@ pub fn parse(args: Vec<OsString>) -> Result<Parsed> {
         pid: None,
         attest_self: false,
         files: Vec::new(),
+        alerts: false,
     };
     let cmd = command.name();
     while let Some(arg) = p.next().map_err(usage)? {
@@ -166,6 +186,13 @@ pub fn parse(args: Vec<OsString>) -> Result<Parsed> {
                 })?);
             }
             Long("self") if command == Command::Attest => out.attest_self = true,
+            Long("alerts") if command == Command::Watch => out.alerts = true,
+            Long("check-rules") if matches!(command, Command::CheckRules) => {
+                let v = p.value().map_err(|_| {
+                    Error::usage("missing value for --check-rules: expected a rule FILE")
+                })?;
+                out.files.push(PathBuf::from(v));
+            }
             Long(name) => {
                 let name = name.to_string();
                 let s = flag_for(command, &name)?;
@@ -191,7 +218,9 @@ pub fn parse(args: Vec<OsString>) -> Result<Parsed> {
                 };
                 out.flags.push((s.key, value));
             }
-            Value(v) if command == Command::CheckManifest => out.files.push(PathBuf::from(v)),
+            Value(v) if matches!(command, Command::CheckManifest | Command::CheckRules) => {
+                out.files.push(PathBuf::from(v))
+            }
             Value(v) => {
                 return Err(Error::usage(format!(
                     "unexpected argument {:?} for `{cmd}`; see `linuxguard-agent {cmd} --help`",
@@ -216,6 +245,11 @@ pub fn parse(args: Vec<OsString>) -> Result<Parsed> {
     if command == Command::CheckManifest && out.files.is_empty() {
         return Err(Error::usage(
             "`check-manifest` needs at least one FILE or DIR (e.g. deploy/kubernetes/)",
+        ));
+    }
+    if command == Command::CheckRules && out.files.is_empty() {
+        return Err(Error::usage(
+            "`check-rules` needs at least one rule FILE (docs/rules.md)",
         ));
     }
     Ok(Parsed::Run(out))
@@ -296,6 +330,9 @@ pub fn command_help(command: Command) -> String {
         Command::CheckManifest => {
             s.push_str(" FILE|DIR...  (a DIR: the .yaml/.yml files below it)")
         }
+        Command::CheckRules => s.push_str(
+            " FILE...  (also: linuxguard-agent --check-rules FILE [--check-rules FILE...])",
+        ),
         _ => s.push_str(" [options]"),
     }
     s.push_str("\n\nOPTIONS:\n");
@@ -306,6 +343,11 @@ pub fn command_help(command: Command) -> String {
         Command::ShowConfig | Command::Status => {
             line("--json".into(), "print one JSON object", String::new())
         }
+        Command::Watch => line(
+            "--alerts".into(),
+            "print only alerts: one readable line each on a terminal, JSON lines when piped",
+            String::new(),
+        ),
         Command::Attest => {
             line(
                 "--pid PID".into(),

@@ -15,6 +15,7 @@ pub const ATTEST: u8 = 4;
 pub const STATUS: u8 = 8;
 pub const SHOW: u8 = 16;
 pub const MANIFEST: u8 = 32;
+pub const RULES: u8 = 64;
 const ALL: u8 = WATCH | START | ATTEST | STATUS | SHOW;
 const IDENT: u8 = START | SHOW;
 const KUBE: u8 = WATCH | START | ATTEST | SHOW;
@@ -77,6 +78,8 @@ pub enum Key {
     OtlpCa,
     OtlpCert,
     OtlpKey,
+    Rules,
+    NoDefaultRules,
 }
 
 /// How a setting's value is checked.
@@ -105,6 +108,8 @@ pub enum Ty {
     OutputList,
     /// `--syslog-addr`: `/dev/log`, `unix:/path`, `udp://host:port`, `tcp://host:port`.
     SyslogAddr,
+    /// Paths: the flag repeated, or the variable's comma-separated list.
+    PathList,
     /// The name of an environment variable (`[A-Za-z_][A-Za-z0-9_]*`) that no other setting reads.
     EnvName,
 }
@@ -702,6 +707,26 @@ pub static SETTINGS: &[Setting] = &[
         START | SHOW,
         "--output otlp: client private key (PEM) for mTLS"
     ),
+    setting!(
+        Rules,
+        "rules",
+        "LINUXGUARD_RULES",
+        None,
+        Ty::PathList,
+        "FILE",
+        SENSOR,
+        "a YAML rule file, loaded after the defaults (repeat the flag for several; the variable: comma-separated); SIGHUP re-reads them (docs/rules.md)"
+    ),
+    setting!(
+        NoDefaultRules,
+        "no-default-rules",
+        "LINUXGUARD_NO_DEFAULT_RULES",
+        None,
+        Ty::Bool,
+        "",
+        SENSOR | RULES,
+        "do not load the compiled-in default rules (only --rules files)"
+    ),
 ];
 
 pub fn by_flag(flag: &str) -> Option<&'static Setting> {
@@ -864,7 +889,14 @@ fn resolve_one(
     var: &str,
 ) -> Result<Resolved> {
     let from_flag = flags.iter().rev().find(|(k, _)| *k == s.key);
-    let (raw, source) = if let Some((_, v)) = from_flag {
+    let repeated: Vec<String> = flags
+        .iter()
+        .filter(|(k, _)| *k == s.key)
+        .map(|(_, v)| v.clone().unwrap_or_default())
+        .collect();
+    let (raw, source) = if matches!(s.ty, Ty::PathList) && !repeated.is_empty() {
+        (Some(repeated.join(",")), Source::Flag)
+    } else if let Some((_, v)) = from_flag {
         (Some(v.clone().unwrap_or_default()), Source::Flag)
     } else if let Some(v) = env(var).filter(|v| !v.trim().is_empty()) {
         (Some(v), Source::Env)
@@ -918,6 +950,15 @@ fn validate(s: &Setting, v: &str, name: &str) -> Result<String> {
             }
         }
         Ty::Text | Ty::Path | Ty::Secret => Ok(v.to_string()),
+        Ty::PathList => {
+            if v.split(',').any(|p| p.trim().is_empty()) {
+                return bad(format!(
+                    "an empty {} in {v:?}: give file paths (the variable separates them with commas)",
+                    s.value_name
+                ));
+            }
+            Ok(v.to_string())
+        }
         Ty::OptionalPath => Ok(if v.is_empty() {
             DEFAULT_TLS_CACHE.to_string()
         } else {
@@ -1107,6 +1148,13 @@ impl Config {
     pub fn path(&self, key: Key) -> Option<PathBuf> {
         self.get(key).map(PathBuf::from)
     }
+    /// A [`Ty::PathList`] setting's paths (none when unset).
+    pub fn paths(&self, key: Key) -> Vec<PathBuf> {
+        self.get(key)
+            .map(|v| v.split(',').map(|p| PathBuf::from(p.trim())).collect())
+            .unwrap_or_default()
+    }
+
     pub fn flag(&self, key: Key) -> bool {
         self.get(key) == Some("true")
     }

@@ -10,8 +10,28 @@ use std::time::Duration;
 
 use serde::Serialize;
 
-// The event types counted in `seen`, in output order.
-use crate::sensor::decode::EVENT_TYPES as TYPES;
+use crate::sensor::decode::EVENT_TYPES;
+
+/// The event types counted in `seen`, in output order: every kernel type, then `alert`.
+pub const TYPES: [&str; EVENT_TYPES.len() + 1] = counted_types();
+
+const fn counted_types() -> [&'static str; EVENT_TYPES.len() + 1] {
+    let mut out = ["alert"; EVENT_TYPES.len() + 1];
+    let mut i = 0;
+    while i < EVENT_TYPES.len() {
+        out[i] = EVENT_TYPES[i];
+        i += 1;
+    }
+    out
+}
+
+/// The rules' tallies (src/rules/): rules in use, reloads that took and that were refused.
+#[derive(Debug, Default, Clone, Copy, Serialize, PartialEq, Eq)]
+pub struct RuleCounts {
+    pub loaded: u64,
+    pub reloads: u64,
+    pub reload_failures: u64,
+}
 
 #[derive(Debug, Default, Clone)]
 pub struct Stats {
@@ -24,6 +44,7 @@ pub struct Stats {
     pub ring_size: u64,
     pub ring_fill: u64,
     pub ring_fill_max: u64,
+    pub rules: RuleCounts,
 }
 
 /// The stats object as serialized (both in `{"type":"stats"}` events and in the stderr line).
@@ -35,6 +56,7 @@ pub struct Snapshot {
     pub dropped_kernel_by_type: serde_json::Map<String, serde_json::Value>,
     pub dropped_user: u64,
     pub ring_buffer: Ring,
+    pub rules: RuleCounts,
 }
 
 #[derive(Serialize, Debug)]
@@ -83,6 +105,7 @@ impl Stats {
                 fill_bytes: self.ring_fill,
                 max_fill_bytes: self.ring_fill_max,
             },
+            rules: self.rules,
         }
     }
 

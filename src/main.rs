@@ -13,6 +13,7 @@ mod stop;
 mod attest;
 mod events;
 mod identity;
+mod rules;
 mod sensor;
 // The pipeline, the outputs, the uplink and the local endpoints, then the loop and the commands
 // on top.
@@ -111,6 +112,7 @@ fn run(mut args: Vec<OsString>, secrets: secret::Secrets) -> Result<ExitCode> {
         Command::Attest => cmd::attest::run(cfg, &args)?,
         Command::Status => cmd::status::run(cfg, &args)?,
         Command::CheckManifest => cmd::check_manifest::run(cfg, &args)?,
+        Command::CheckRules => cmd::check_rules::run(cfg, &args)?,
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -1,5 +1,6 @@
 //! Stop requests: SIGINT/SIGTERM set a flag and wake a self-pipe, so the poll loop (through
-//! [`Stop::fd`]) returns promptly. A second signal exits at once.
+//! [`Stop::fd`]) returns promptly. A second signal exits at once. SIGHUP sets the reload flag
+//! (the rules are re-read, [`Stop::take_reload`]) and wakes the same pipe.
 
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
@@ -12,14 +13,9 @@ use crate::error::{Context, Kind, Result};
 static REQUESTED: AtomicBool = AtomicBool::new(false);
 static SIGNAL: AtomicI32 = AtomicI32::new(0);
 static WAKE_FD: AtomicI32 = AtomicI32::new(-1);
+static RELOAD: AtomicBool = AtomicBool::new(false);
 
-extern "C" fn on_signal(sig: nix::libc::c_int) {
-    if REQUESTED.swap(true, Ordering::SeqCst) {
-        // Second signal: the operator insists. Only async-signal-safe calls here.
-        // SAFETY: _exit is async-signal-safe and never returns.
-        unsafe { nix::libc::_exit(128 + sig) };
-    }
-    SIGNAL.store(sig, Ordering::SeqCst);
+fn wake() {
     let fd = WAKE_FD.load(Ordering::SeqCst);
     if fd >= 0 {
         let b = 1u8;
@@ -29,6 +25,21 @@ extern "C" fn on_signal(sig: nix::libc::c_int) {
     }
 }
 
+extern "C" fn on_hup(_sig: nix::libc::c_int) {
+    RELOAD.store(true, Ordering::SeqCst);
+    wake();
+}
+
+extern "C" fn on_signal(sig: nix::libc::c_int) {
+    if REQUESTED.swap(true, Ordering::SeqCst) {
+        // Second signal: the operator insists. Only async-signal-safe calls here.
+        // SAFETY: _exit is async-signal-safe and never returns.
+        unsafe { nix::libc::_exit(128 + sig) };
+    }
+    SIGNAL.store(sig, Ordering::SeqCst);
+    wake();
+}
+
 /// The stop flag and its wake-up pipe. Create once per process with [`Stop::install`].
 pub struct Stop {
     read: OwnedFd,
@@ -36,7 +47,7 @@ pub struct Stop {
 }
 
 impl Stop {
-    /// Installs the SIGINT/SIGTERM handlers.
+    /// Installs the SIGINT/SIGTERM handlers, and SIGHUP's (reload).
     pub fn install() -> Result<Stop> {
         let (read, write) = nix::unistd::pipe2(OFlag::O_CLOEXEC | OFlag::O_NONBLOCK)
             .context(Kind::Runtime, "failed to create the stop pipe")?;
@@ -55,10 +66,31 @@ impl Stop {
                 format!("failed to install the {sig} handler")
             })?;
         }
+        let hup = SigAction::new(
+            SigHandler::Handler(on_hup),
+            SaFlags::SA_RESTART,
+            SigSet::empty(),
+        );
+        // SAFETY: the handler only touches atomics and calls write(2), async-signal-safe.
+        unsafe { sigaction(Signal::SIGHUP, &hup) }
+            .context(Kind::Runtime, "failed to install the SIGHUP handler")?;
         Ok(Stop {
             read,
             _write: write,
         })
+    }
+
+    /// Whether a SIGHUP came since the last call (a reload is due). Empties the wake-up pipe
+    /// unless a stop is pending, so the loop's poll does not keep waking for it.
+    pub fn take_reload(&self) -> bool {
+        if !RELOAD.swap(false, Ordering::SeqCst) {
+            return false;
+        }
+        if !self.requested() {
+            let mut buf = [0u8; 64];
+            while nix::unistd::read(&self.read, &mut buf).is_ok_and(|n| n > 0) {}
+        }
+        true
     }
 
     pub fn requested(&self) -> bool {

@@ -552,6 +552,9 @@ impl Agent {
                 (ready(Some(0)), ready(si), ready(mi))
             };
             let body = Instant::now();
+            if self.stop.take_reload() {
+                self.pipeline.reload_rules();
+            }
             if ring_ready || body >= next_drain {
                 self.drain()?;
                 next_drain = Instant::now() + POLL_INTERVAL;

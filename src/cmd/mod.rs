@@ -3,6 +3,7 @@
 
 pub mod attest;
 pub mod check_manifest;
+pub mod check_rules;
 pub mod options;
 pub mod show_config;
 pub mod start;

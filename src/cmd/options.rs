@@ -13,6 +13,7 @@ use crate::events::redact;
 use crate::identity::workload;
 use crate::output::{self, queue::Limits};
 use crate::pipeline;
+use crate::rules;
 use crate::sensor;
 use crate::serve::metrics;
 
@@ -28,6 +29,7 @@ pub fn pipeline(cfg: &Config) -> pipeline::Options {
     pipeline::Options {
         proc_root: proc_root(cfg),
         redact: redaction(cfg),
+        rules: rules(cfg),
         sensor: sensor::Options {
             ring_buffer_mb,
             own_tgid: std::process::id(),
@@ -35,6 +37,14 @@ pub fn pipeline(cfg: &Config) -> pipeline::Options {
             wakeup_bytes: (ring_buffer_mb << 20) / 8,
             compat_syscalls: cfg.flag(Key::CompatSyscalls),
         },
+    }
+}
+
+/// The rules: the compiled-in defaults unless `--no-default-rules`, then each `--rules` file.
+pub fn rules(cfg: &Config) -> rules::Options {
+    rules::Options {
+        defaults: !cfg.flag(Key::NoDefaultRules),
+        files: cfg.paths(Key::Rules),
     }
 }
 

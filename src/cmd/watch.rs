@@ -10,13 +10,13 @@ use crate::cli::Args;
 use crate::cmd::options;
 use crate::config::{Config, Key};
 use crate::error::{Error, Result};
-use crate::pipeline::sink::{JsonLines, Sink};
+use crate::pipeline::sink::{AlertText, AlertsOnly, JsonLines, Sink};
 use crate::pipeline::{POLL_INTERVAL, Pipeline};
 
 /// Stats on stderr this often when `--stats-interval` is 0.
 const DEFAULT_STATS_EVERY: Duration = Duration::from_secs(60);
 
-pub fn run(cfg: Config, _args: &Args) -> Result<()> {
+pub fn run(cfg: Config, args: &Args) -> Result<()> {
     let stop = crate::stop::Stop::install()?;
     let mut p = Pipeline::new(&options::pipeline(&cfg))?;
     match Attestor::new(options::attestor(&cfg)) {
@@ -30,10 +30,21 @@ pub fn run(cfg: Config, _args: &Args) -> Result<()> {
         (Duration::from_secs(interval), true)
     };
     let stdout = io::stdout().lock();
-    let mut sink = JsonLines::new(stdout);
+    let terminal = io::IsTerminal::is_terminal(&stdout);
+    let mut sink: Box<dyn Sink> = match (args.alerts, terminal) {
+        (false, _) => Box::new(JsonLines::new(stdout)),
+        (true, false) => Box::new(AlertsOnly(JsonLines::new(stdout))),
+        (true, true) => Box::new(AlertText::new(stdout)),
+    };
     log::info!(
-        "watching: {} (events on stdout as JSON lines; Ctrl-C to stop)",
-        p.event_types().line()
+        "watching: {} ({} on stdout{}; Ctrl-C to stop, SIGHUP re-reads the rules)",
+        p.event_types().line(),
+        if args.alerts { "alerts only" } else { "events" },
+        if args.alerts && terminal {
+            ", one line each"
+        } else {
+            " as JSON lines"
+        }
     );
     let mut next_stats = Instant::now() + every;
     let mut open = true;
@@ -54,7 +65,10 @@ pub fn run(cfg: Config, _args: &Args) -> Result<()> {
                 )));
             }
         }
-        open = p.drain(&mut sink)?;
+        if stop.take_reload() {
+            p.reload_rules();
+        }
+        open = p.drain(&mut *sink)?;
         if Instant::now() >= next_stats {
             p.refresh_stats();
             if as_events {
@@ -74,7 +88,7 @@ pub fn run(cfg: Config, _args: &Args) -> Result<()> {
         log::info!("stopping on {}", stop.signal_name());
     }
     if open {
-        open = p.drain(&mut sink)?;
+        open = p.drain(&mut *sink)?;
     } else {
         log::info!("stdout was closed: stopping");
     }

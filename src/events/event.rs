@@ -7,6 +7,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde::{Serialize, Serializer};
 
+use crate::events::alert::AlertInfo;
 use crate::events::json::{self, key};
 use crate::events::proctable::{ANCESTRY_DEPTH, Ancestor, ProcTable};
 use crate::events::redact::Redactor;
@@ -46,6 +47,10 @@ pub struct Event {
     pub bpf: Option<BpfInfo>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub memfd: Option<MemfdInfo>,
+    /// Alerts only: the rule, severity, technique ids and trigger (flattened: `rule`, `event`,
+    /// `threat`, `trigger` are top-level objects).
+    #[serde(flatten)]
+    pub alert: Option<Box<AlertInfo>>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub stats: Option<Box<crate::counters::Snapshot>>,
 }
@@ -55,13 +60,13 @@ pub struct Host {
     pub name: Rc<str>,
 }
 
-#[derive(Serialize, Debug, Default)]
+#[derive(Serialize, Debug, Clone, Default)]
 pub struct Id {
     pub id: u32,
 }
 
 /// The ancestry chain, parent first: a fixed array, so building an event allocates no list.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Clone)]
 pub struct Ancestry {
     items: [Option<Ancestor>; ANCESTRY_DEPTH],
 }
@@ -89,13 +94,13 @@ impl Serialize for Ancestry {
     }
 }
 
-#[derive(Serialize, Debug, Default)]
+#[derive(Serialize, Debug, Clone, Default)]
 pub struct Namespaces {
     pub pid: u32,
     pub mnt: u32,
 }
 
-#[derive(Serialize, Debug, Default)]
+#[derive(Serialize, Debug, Clone, Default)]
 pub struct Cgroup {
     pub id: u64,
     /// Attestation's cache key on hybrid hosts; not part of the schema.
@@ -103,7 +108,7 @@ pub struct Cgroup {
     pub memcg_v1_id: u64,
 }
 
-#[derive(Serialize, Debug)]
+#[derive(Serialize, Debug, Clone)]
 pub struct Process {
     pub pid: u32,
     pub thread: Id,
@@ -294,6 +299,9 @@ impl Event {
             key!(out, "result");
             json::int(out, m.result.into());
             out.push(b'}');
+        }
+        if let Some(a) = &self.alert {
+            a.write_json(out)?;
         }
         if let Some(s) = &self.stats {
             key!(out, "stats");
@@ -560,8 +568,33 @@ impl Builder {
             ptrace: None,
             bpf: None,
             memfd: None,
+            alert: None,
             stats: None,
         }
+    }
+
+    /// An alert about `trigger`: its own `seq`, the trigger's time, host, container and pod,
+    /// and the trigger's process without the fields only exec and exit have.
+    pub fn alert(&mut self, trigger: &Event, info: AlertInfo) -> Event {
+        let mut e = self.base("alert", trigger.timestamp);
+        e.process = trigger.process.as_ref().map(|p| Process {
+            executable_truncated: None,
+            args: None,
+            args_count: None,
+            args_truncated: None,
+            args_redacted: None,
+            fileless: None,
+            exit_code: None,
+            exit_signal: None,
+            core_dumped: None,
+            end: None,
+            lifetime_ns: None,
+            ..p.clone()
+        });
+        e.container.clone_from(&trigger.container);
+        e.orchestrator.clone_from(&trigger.orchestrator);
+        e.alert = Some(Box::new(info));
+        e
     }
 
     pub fn stats(&mut self, snapshot: crate::counters::Snapshot) -> Event {
@@ -785,9 +818,13 @@ mod tests {
                 "all" => KERNEL_TYPES
                     .iter()
                     .map(|s| s.to_string())
-                    .chain(["stats".into()])
+                    .chain(["alert".into(), "stats".into()])
                     .collect(),
-                "kernel" => KERNEL_TYPES.iter().map(|s| s.to_string()).collect(),
+                "kernel" => KERNEL_TYPES
+                    .iter()
+                    .map(|s| s.to_string())
+                    .chain(["alert".into()])
+                    .collect(),
                 list => list.split(',').map(|s| s.trim().to_string()).collect(),
             };
             assert!(
@@ -1080,6 +1117,38 @@ mod tests {
             .into_iter()
             .map(|r| text(&b.build(r, &mut procs)))
             .collect();
+        let trigger = b.build(
+            Record::Memfd(Memfd {
+                task: task(),
+                name: "m".into(),
+                flags: 1,
+                ret: 3,
+            }),
+            &mut procs,
+        );
+        let info = crate::events::alert::AlertInfo {
+            rule: crate::events::alert::RuleRef {
+                id: "r".into(),
+                name: "n".into(),
+                description: "d".into(),
+                severity: "high",
+                ruleset: "default".into(),
+            },
+            event: crate::events::alert::Severity { severity: 73 },
+            threat: crate::events::alert::Threat {
+                framework: "MITRE ATT&CK",
+                technique: crate::events::alert::Technique {
+                    id: vec!["T1620".into()],
+                },
+            },
+            trigger: crate::events::alert::Trigger {
+                seq: trigger.seq,
+                kind: trigger.kind,
+                fields: serde_json::Map::from_iter([("memfd.name".to_string(), "m".into())]),
+            },
+        };
+        out.push(text(&trigger));
+        out.push(text(&b.alert(&trigger, info)));
         let stats = crate::counters::Stats::default().snapshot();
         out.push(text(&b.stats(stats)));
         out
@@ -1123,7 +1192,7 @@ mod tests {
         let expected: BTreeSet<String> = KERNEL_TYPES
             .iter()
             .map(|s| s.to_string())
-            .chain(["stats".to_string()])
+            .chain(["alert".to_string(), "stats".to_string()])
             .collect();
         assert_eq!(types_seen, expected);
     }

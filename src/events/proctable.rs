@@ -49,9 +49,17 @@ impl Proc {
 /// A process as an event's `parent`, `ancestry[]` or `ptrace.target` shows it:
 /// `{"pid":..,"executable":..}` (no executable when unknown). Written once per process and
 /// copied verbatim into every event that names it: an exec storm's events each name five
-/// ancestors, and serializing them anew was a fifth of the agent's CPU.
+/// ancestors, and serializing them anew was a fifth of the agent's CPU. The pid and executable
+/// are kept beside the text for the rules (src/rules/), which read them without parsing.
 #[derive(Debug, Clone)]
-pub struct Ancestor(Rc<str>);
+pub struct Ancestor(Rc<AncestorData>);
+
+#[derive(Debug)]
+struct AncestorData {
+    json: Box<str>,
+    pid: u32,
+    executable: Box<str>,
+}
 
 impl Ancestor {
     pub fn new(pid: u32, executable: &str) -> Ancestor {
@@ -64,19 +72,26 @@ impl Ancestor {
         }
         out.push(b'}');
         // The writer emits UTF-8 only (str input, ASCII escapes): the lossy path never runs.
-        Ancestor(Rc::from(String::from_utf8_lossy(&out)))
+        Ancestor(Rc::new(AncestorData {
+            json: String::from_utf8_lossy(&out).into(),
+            pid,
+            executable: executable.into(),
+        }))
     }
 
     /// The JSON object text.
     pub fn json(&self) -> &str {
-        &self.0
+        &self.0.json
     }
 
-    /// The pid (tests).
-    #[cfg(test)]
-    pub fn pid(&self) -> u64 {
-        let v: serde_json::Value = serde_json::from_str(self.json()).expect("ancestor JSON");
-        v["pid"].as_u64().expect("pid")
+    /// The pid.
+    pub fn pid(&self) -> u32 {
+        self.0.pid
+    }
+
+    /// The executable ("" when unknown).
+    pub fn executable(&self) -> &str {
+        &self.0.executable
     }
 }
 
@@ -84,7 +99,7 @@ impl Ancestor {
 impl Serialize for Ancestor {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         let raw: Box<RawValue> =
-            RawValue::from_string(self.0.to_string()).map_err(serde::ser::Error::custom)?;
+            RawValue::from_string(self.json().to_string()).map_err(serde::ser::Error::custom)?;
         raw.serialize(s)
     }
 }
@@ -216,10 +231,10 @@ mod tests {
         t.exec(10, 1, "/bin/sh");
         t.fork(10, 11);
         t.exec(11, 10, "/bin/true");
-        let chain: Vec<u64> = t.ancestry(11).map(|a| a.pid()).collect();
+        let chain: Vec<u32> = t.ancestry(11).map(|a| a.pid()).collect();
         assert_eq!(chain, vec![11, 10, 1]);
         t.exec(2, 2, "/self-parent");
-        let chain: Vec<u64> = t.ancestry(2).map(|a| a.pid()).collect();
+        let chain: Vec<u32> = t.ancestry(2).map(|a| a.pid()).collect();
         assert_eq!(
             chain,
             vec![2],

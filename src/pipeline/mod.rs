@@ -16,9 +16,11 @@ use libbpf_rs::{AsRawLibbpf, RingBuffer, RingBufferBuilder};
 
 use crate::counters::Stats;
 use crate::error::{Error, Result};
+use crate::events::alert::AlertInfo;
 use crate::events::event::{Builder, Event};
 use crate::events::proctable::{self, ProcTable};
 use crate::events::redact::{self, Redactor};
+use crate::rules::{self, Rules};
 use crate::sensor::decode::{self, DecodeError, Record};
 use crate::sensor::{self, Sensor};
 use sink::Sink;
@@ -37,6 +39,8 @@ pub struct Options {
     pub proc_root: PathBuf,
     /// Which flag values exec events redact (`--redact-flags`, the agent's own secrets).
     pub redact: redact::Options,
+    /// The detection rules (`--rules`, the defaults unless `--no-default-rules`).
+    pub rules: rules::Options,
 }
 
 /// The sensor plus everything between the ring buffer and a sink.
@@ -49,12 +53,29 @@ pub struct Pipeline {
     builder: Builder,
     /// Workload attribution (container + pod fields); `None` when it could not be set up.
     attestor: Option<crate::attest::attestor::Attestor>,
+    /// The detection rules; `None` when there are none to evaluate.
+    rules: Option<Rules>,
+    /// The alerts of the event being handled (reused).
+    alerts: Vec<AlertInfo>,
     pub stats: Stats,
 }
 
 impl Pipeline {
     /// Seeds the process table, loads and attaches the sensor, and sets up the ring buffer.
     pub fn new(opts: &Options) -> Result<Pipeline> {
+        // The rules first: a bad rule file stops the start before the sensor attaches.
+        let rules = if opts.rules.is_empty() {
+            None
+        } else {
+            let r = Rules::new(opts.rules.clone()).map_err(|f| {
+                Error::config(format!(
+                    "the rules were refused (fix them, check with --check-rules FILE):\n{}",
+                    rules::findings_text(&f)
+                ))
+            })?;
+            log::info!("rules: {} in use", r.len());
+            Some(r)
+        };
         let proc_root = &opts.proc_root;
         let mut procs = ProcTable::new(proctable::CAPACITY);
         match procs.seed(proc_root) {
@@ -86,6 +107,7 @@ impl Pipeline {
             .unwrap_or_else(|_| "unknown".into());
         let stats = Stats {
             ring_size: opts.sensor.ring_buffer_mb << 20,
+            rules: rules.as_ref().map(|r| r.counts).unwrap_or_default(),
             ..Stats::default()
         };
         let mut builder = Builder::new(&host);
@@ -100,6 +122,8 @@ impl Pipeline {
             procs,
             builder,
             attestor: None,
+            rules,
+            alerts: Vec::new(),
             stats,
         })
     }
@@ -147,6 +171,16 @@ impl Pipeline {
                         if open && !sink.send(&ev)? {
                             open = false;
                         }
+                        if let Some(r) = &self.rules {
+                            r.evaluate(&ev, &mut self.alerts);
+                            for info in self.alerts.drain(..) {
+                                let alert = self.builder.alert(&ev, info);
+                                self.stats.count(alert.kind);
+                                if open && !sink.send(&alert)? {
+                                    open = false;
+                                }
+                            }
+                        }
                     }
                     Err(e) => {
                         self.stats.user_drops += 1;
@@ -160,6 +194,17 @@ impl Pipeline {
             if (n as usize) < BATCH {
                 return Ok(true);
             }
+        }
+    }
+
+    /// Re-reads the rule files (`SIGHUP`): a bad file keeps the rules in use (logged, counted).
+    pub fn reload_rules(&mut self) {
+        match &mut self.rules {
+            Some(r) => {
+                r.reload();
+                self.stats.rules = r.counts;
+            }
+            None => log::info!("SIGHUP: no rules to reload (--no-default-rules and no --rules)"),
         }
     }
 

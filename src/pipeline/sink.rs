@@ -1,5 +1,6 @@
 //! Sinks: where the pipeline's events go ([`Sink`]), and [`JsonLines`], the buffered JSON-lines
-//! writer that `watch` and `start --output stdout|both` put on stdout.
+//! writer that `watch` and `start --output stdout|both` put on stdout; for `watch --alerts`,
+//! [`AlertsOnly`] (alerts only, as JSON lines) and [`AlertText`] (one readable line each).
 
 use std::io::{self, Write};
 
@@ -106,6 +107,106 @@ impl<W: Write> Sink for JsonLines<W> {
         if !self.buf.is_empty() && !self.write_out()? {
             return Ok(false);
         }
+        self.out.flush().map_or_else(closed_or_err, |()| Ok(true))
+    }
+}
+
+/// Passes only alerts on (`watch --alerts` with stdout not a terminal).
+pub struct AlertsOnly<S: Sink>(pub S);
+
+impl<S: Sink> Sink for AlertsOnly<S> {
+    fn send(&mut self, ev: &Event) -> Result<bool> {
+        if ev.kind == "alert" {
+            self.0.send(ev)
+        } else {
+            Ok(true)
+        }
+    }
+    fn flush(&mut self) -> Result<bool> {
+        self.0.flush()
+    }
+}
+
+/// Alerts as one readable line each (`watch --alerts` on a terminal): time, severity, rule,
+/// process, container, and the fields the rule read. Control characters are escaped.
+pub struct AlertText<W: Write> {
+    out: W,
+}
+
+impl<W: Write> AlertText<W> {
+    pub fn new(out: W) -> Self {
+        AlertText { out }
+    }
+}
+
+/// `s` with control characters escaped (text from processes must not act on the terminal).
+fn clean(s: &str) -> String {
+    s.chars()
+        .flat_map(|c| {
+            let esc = c.is_control() || matches!(c, '\u{200e}' | '\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}');
+            let mut v: Vec<char> = Vec::new();
+            if esc {
+                v.extend(c.escape_unicode());
+            } else {
+                v.push(c);
+            }
+            v
+        })
+        .collect()
+}
+
+/// The readable line of an alert (without the newline).
+pub fn alert_line(ev: &Event) -> Option<String> {
+    let a = ev.alert.as_ref()?;
+    let mut line = format!(
+        "{} {} {} {}: {}",
+        ev.timestamp,
+        a.rule.severity.to_uppercase(),
+        a.event.severity,
+        clean(&a.rule.id),
+        clean(&a.rule.name)
+    );
+    if let Some(p) = &ev.process {
+        line.push_str(&format!(
+            " | pid {} {} ({})",
+            p.pid,
+            clean(p.executable.as_deref().unwrap_or("?")),
+            clean(&p.name.as_str())
+        ));
+        let parent = p.parent.executable();
+        if !parent.is_empty() {
+            line.push_str(&format!(" parent {}", clean(parent)));
+        }
+    }
+    if let Some(id) = ev
+        .container
+        .as_ref()
+        .and_then(|c| c.get("id"))
+        .and_then(|i| i.as_str())
+    {
+        line.push_str(&format!(
+            " | container {}",
+            clean(id.get(..12).unwrap_or(id))
+        ));
+    }
+    line.push_str(&format!(" | {} seq {}", a.trigger.kind, a.trigger.seq));
+    for (k, v) in &a.trigger.fields {
+        line.push_str(&format!(" {}={}", clean(k), clean(&v.to_string())));
+    }
+    Some(line)
+}
+
+impl<W: Write> Sink for AlertText<W> {
+    fn send(&mut self, ev: &Event) -> Result<bool> {
+        match alert_line(ev) {
+            Some(l) => match writeln!(self.out, "{l}") {
+                Ok(()) => Ok(true),
+                Err(e) => closed_or_err(e),
+            },
+            None => Ok(true),
+        }
+    }
+    fn flush(&mut self) -> Result<bool> {
         self.out.flush().map_or_else(closed_or_err, |()| Ok(true))
     }
 }
