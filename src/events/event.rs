@@ -11,8 +11,9 @@ use crate::events::json::{self, key};
 use crate::events::proctable::{ANCESTRY_DEPTH, Ancestor, ProcTable};
 use crate::sensor::decode::{Comm, Creds, Record, Task};
 
-/// Bumped on any incompatible change to the event format (docs/events.md).
-pub const SCHEMA_VERSION: u32 = 1;
+/// Bumped on any incompatible change to the event format (docs/events.md). 2: ECS `event.*`
+/// fields on every event, user and group ids as strings (ECS keywords).
+pub const SCHEMA_VERSION: u32 = 2;
 
 #[derive(Serialize, Debug)]
 pub struct Event {
@@ -22,6 +23,8 @@ pub struct Event {
     #[serde(rename = "@timestamp")]
     pub timestamp: Timestamp,
     pub seq: u64,
+    /// ECS categorization (`event.kind`, `event.category`, `event.type`, `event.action`, ...).
+    pub event: Ecs,
     pub host: Host,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub process: Option<Process>,
@@ -57,6 +60,92 @@ pub struct Host {
 #[derive(Serialize, Debug, Default)]
 pub struct Id {
     pub id: u32,
+}
+
+/// A user or group id: an ECS keyword, so a string (`{"id":"1000"}`).
+#[derive(Serialize, Debug, Default)]
+pub struct KeywordId {
+    #[serde(serialize_with = "as_string")]
+    pub id: u32,
+}
+
+fn as_string<S: Serializer>(v: &u32, s: S) -> Result<S::Ok, S::Error> {
+    s.collect_str(v)
+}
+
+/// The ECS 8 `event` object: how Elastic (and any ECS consumer) routes the event. Every value
+/// is one of ECS's allowed values (docs/events.md has the table per type).
+#[derive(Serialize, Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Ecs {
+    /// `event` for what the kernel saw, `metric` for the agent's own counters.
+    pub kind: &'static str,
+    pub category: &'static [&'static str],
+    #[serde(rename = "type")]
+    pub types: &'static [&'static str],
+    /// What happened, in this agent's words (`exec`, `connect`, `setresuid`, ...).
+    pub action: &'static str,
+    /// `success` / `failure` (/ `unknown`) where the operation has a result.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub outcome: Option<&'static str>,
+    /// Nanoseconds the observed activity lasted (`connection_close`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub duration: Option<u64>,
+}
+
+impl Ecs {
+    /// An `event` of `category` and `types`.
+    pub const fn event(
+        category: &'static [&'static str],
+        types: &'static [&'static str],
+        action: &'static str,
+    ) -> Ecs {
+        Ecs {
+            kind: "event",
+            category,
+            types,
+            action,
+            outcome: None,
+            duration: None,
+        }
+    }
+
+    /// With `event.outcome` from a syscall result: negative is a failure.
+    pub fn result(mut self, ret: i64) -> Ecs {
+        self.outcome = Some(if ret < 0 { "failure" } else { "success" });
+        self
+    }
+
+    fn write_json(&self, out: &mut Vec<u8>) {
+        key!(out, open "kind");
+        json::str(out, self.kind);
+        key!(out, "category");
+        write_strs(out, self.category);
+        key!(out, "type");
+        write_strs(out, self.types);
+        key!(out, "action");
+        json::str(out, self.action);
+        if let Some(o) = self.outcome {
+            key!(out, "outcome");
+            json::str(out, o);
+        }
+        if let Some(d) = self.duration {
+            key!(out, "duration");
+            json::uint(out, d);
+        }
+        out.push(b'}');
+    }
+}
+
+/// `["a","b"]`.
+fn write_strs(out: &mut Vec<u8>, items: &[&str]) {
+    out.push(b'[');
+    for (i, s) in items.iter().enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        json::str(out, s);
+    }
+    out.push(b']');
 }
 
 /// The ancestry chain, parent first: a fixed array, so building an event allocates no list.
@@ -119,12 +208,12 @@ pub struct Process {
     pub fileless: Option<bool>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub start: Option<Timestamp>,
-    pub user: Id,
-    pub real_user: Id,
-    pub group: Id,
-    pub real_group: Id,
+    pub user: KeywordId,
+    pub real_user: KeywordId,
+    pub group: KeywordId,
+    pub real_group: KeywordId,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub login_user: Option<Id>,
+    pub login_user: Option<KeywordId>,
     pub parent: Ancestor,
     pub ancestry: Ancestry,
     pub cgroup: Cgroup,
@@ -206,6 +295,8 @@ impl Event {
         json::timestamp(out, self.timestamp.0);
         key!(out, "seq");
         json::uint(out, self.seq);
+        key!(out, "event");
+        self.event.write_json(out);
         key!(out, "host");
         key!(out, open "name");
         json::str(out, &self.host.name);
@@ -304,6 +395,14 @@ fn write_id(out: &mut Vec<u8>, id: u32) {
     out.push(b'}');
 }
 
+/// `{"id":"N"}` (an ECS keyword id; digits need no escaping).
+fn write_keyword_id(out: &mut Vec<u8>, id: u32) {
+    key!(out, open "id");
+    out.push(b'"');
+    json::uint(out, id.into());
+    out.extend_from_slice(b"\"}");
+}
+
 impl Process {
     fn write_json(&self, out: &mut Vec<u8>) {
         key!(out, open "pid");
@@ -344,16 +443,16 @@ impl Process {
             json::timestamp(out, t.0);
         }
         key!(out, "user");
-        write_id(out, self.user.id);
+        write_keyword_id(out, self.user.id);
         key!(out, "real_user");
-        write_id(out, self.real_user.id);
+        write_keyword_id(out, self.real_user.id);
         key!(out, "group");
-        write_id(out, self.group.id);
+        write_keyword_id(out, self.group.id);
         key!(out, "real_group");
-        write_id(out, self.real_group.id);
+        write_keyword_id(out, self.real_group.id);
         if let Some(l) = &self.login_user {
             key!(out, "login_user");
-            write_id(out, l.id);
+            write_keyword_id(out, l.id);
         }
         key!(out, "parent");
         out.extend_from_slice(self.parent.json().as_bytes());
@@ -497,6 +596,18 @@ impl Clock {
     }
 }
 
+// ECS 8 `event.category` and `event.type` values (each an allowed value of ECS).
+const PROCESS: &[&str] = &["process"];
+const NETWORK: &[&str] = &["network"];
+const DRIVER: &[&str] = &["driver"];
+const FILE: &[&str] = &["file"];
+const START: &[&str] = &["start"];
+const END: &[&str] = &["end"];
+const CHANGE: &[&str] = &["change"];
+const ACCESS: &[&str] = &["access"];
+const CREATION: &[&str] = &["creation"];
+const CONNECTION_START: &[&str] = &["connection", "start"];
+
 /// Builds events: owns the sequence counter, the host name and the clock.
 pub struct Builder {
     pub host: Host,
@@ -520,12 +631,13 @@ impl Builder {
         self.seq
     }
 
-    fn base(&mut self, kind: &'static str, timestamp: Timestamp) -> Event {
+    fn base(&mut self, kind: &'static str, event: Ecs, timestamp: Timestamp) -> Event {
         Event {
             kind,
             schema_version: SCHEMA_VERSION,
             timestamp,
             seq: self.next_seq(),
+            event,
             host: self.host.clone(),
             process: None,
             container: None,
@@ -542,7 +654,11 @@ impl Builder {
     }
 
     pub fn stats(&mut self, snapshot: crate::counters::Snapshot) -> Event {
-        let mut e = self.base("stats", Timestamp::now());
+        let ecs = Ecs {
+            kind: "metric",
+            ..Ecs::event(&["host"], &["info"], "stats")
+        };
+        let mut e = self.base("stats", ecs, Timestamp::now());
         e.stats = Some(Box::new(snapshot));
         e
     }
@@ -555,11 +671,11 @@ impl Builder {
             thread: Id { id: t.tid },
             executable: procs.executable(t.pid),
             start: (t.start_boot_ns != 0).then(|| self.clock.at(t.start_boot_ns)),
-            user: Id { id: t.euid },
-            real_user: Id { id: t.uid },
-            group: Id { id: t.egid },
-            real_group: Id { id: t.gid },
-            login_user: (t.auid != u32::MAX).then_some(Id { id: t.auid }),
+            user: KeywordId { id: t.euid },
+            real_user: KeywordId { id: t.uid },
+            group: KeywordId { id: t.egid },
+            real_group: KeywordId { id: t.gid },
+            login_user: (t.auid != u32::MAX).then_some(KeywordId { id: t.auid }),
             parent: procs.ancestor(t.ppid),
             ancestry: procs.ancestry(t.ppid).collect(),
             cgroup: Cgroup {
@@ -602,7 +718,7 @@ impl Builder {
                 if x.old_pid != t.pid {
                     procs.exit(x.old_pid);
                 }
-                let mut e = self.base("exec", ts);
+                let mut e = self.base("exec", Ecs::event(PROCESS, START, "exec"), ts);
                 let mut p = self.process(t, procs);
                 p.args_count = Some(x.args.len());
                 p.args = Some(x.args);
@@ -613,7 +729,7 @@ impl Builder {
             }
             Record::Exit(x) => {
                 let t = x.task;
-                let mut e = self.base("exit", ts);
+                let mut e = self.base("exit", Ecs::event(PROCESS, END, "exit"), ts);
                 let pid = t.pid;
                 let lifetime =
                     (t.start_boot_ns != 0).then(|| t.ts_boot_ns.saturating_sub(t.start_boot_ns));
@@ -637,12 +753,22 @@ impl Builder {
                     start_boot_ns: x.child_start_boot_ns,
                     ..x.task
                 };
-                let mut e = self.base("fork", ts);
+                let mut e = self.base("fork", Ecs::event(PROCESS, START, "fork"), ts);
                 e.process = Some(self.process(child, procs));
                 e
             }
             Record::Sock(x) => {
-                let mut e = self.base(if x.inbound { "accept" } else { "connect" }, ts);
+                let (kind, mut ecs) = if x.inbound {
+                    ("accept", Ecs::event(NETWORK, CONNECTION_START, "accept"))
+                } else {
+                    ("connect", Ecs::event(NETWORK, CONNECTION_START, "connect"))
+                };
+                ecs = ecs.result(x.ret.into());
+                // A non-blocking connect still in progress has no outcome yet.
+                if !x.inbound && x.ret == -nix::libc::EINPROGRESS {
+                    ecs.outcome = Some("unknown");
+                }
+                let mut e = self.base(kind, ecs, ts);
                 e.process = Some(self.process(x.task, procs));
                 // ECS: `source` is who started the connection. For connect that is this host,
                 // for accept it is the remote client (the kernel side reports local/remote).
@@ -675,7 +801,8 @@ impl Builder {
                 } else {
                     "setuid"
                 };
-                let mut e = self.base(kind, ts);
+                let ecs = Ecs::event(PROCESS, CHANGE, x.syscall).result(0);
+                let mut e = self.base(kind, ecs, ts);
                 e.process = Some(self.process(x.task, procs));
                 e.credentials = Some(Box::new(Credentials {
                     syscall: x.syscall,
@@ -685,7 +812,13 @@ impl Builder {
                 e
             }
             Record::Ptrace(x) => {
-                let mut e = self.base("ptrace", ts);
+                let action = if x.request == "seize" {
+                    "ptrace_seize"
+                } else {
+                    "ptrace_attach"
+                };
+                let ecs = Ecs::event(PROCESS, ACCESS, action).result(x.ret.into());
+                let mut e = self.base("ptrace", ecs, ts);
                 e.process = Some(self.process(x.task, procs));
                 e.ptrace = Some(PtraceInfo {
                     request: x.request,
@@ -700,7 +833,8 @@ impl Builder {
                 e
             }
             Record::BpfLoad(x) => {
-                let mut e = self.base("bpf_load", ts);
+                let ecs = Ecs::event(DRIVER, START, "bpf_prog_load").result(x.ret.into());
+                let mut e = self.base("bpf_load", ecs, ts);
                 e.process = Some(self.process(x.task, procs));
                 e.bpf = Some(BpfInfo {
                     prog_type: x.prog_type,
@@ -711,7 +845,8 @@ impl Builder {
                 e
             }
             Record::Memfd(x) => {
-                let mut e = self.base("memfd", ts);
+                let ecs = Ecs::event(FILE, CREATION, "memfd_create").result(x.ret.into());
+                let mut e = self.base("memfd", ecs, ts);
                 e.process = Some(self.process(x.task, procs));
                 e.memfd = Some(MemfdInfo {
                     name: x.name,
@@ -1093,6 +1228,93 @@ mod tests {
         assert_eq!(types_seen, expected);
     }
 
+    /// ECS 8's allowed values, and for each category the types ECS expects with it.
+    const ECS_CATEGORY_TYPES: &[(&str, &[&str])] = &[
+        ("process", &["access", "change", "end", "info", "start"]),
+        (
+            "network",
+            &[
+                "access",
+                "allowed",
+                "connection",
+                "denied",
+                "end",
+                "info",
+                "protocol",
+                "start",
+            ],
+        ),
+        (
+            "file",
+            &["access", "change", "creation", "deletion", "info"],
+        ),
+        ("driver", &["change", "end", "info", "start"]),
+        ("host", &["access", "change", "end", "info", "start"]),
+        (
+            "configuration",
+            &["access", "change", "creation", "deletion", "info"],
+        ),
+    ];
+
+    /// Every event's `event.*` values are ECS 8 allowed values that go together, and match the
+    /// "ECS categorization" table of docs/events.md row for row.
+    #[test]
+    fn ecs_fields_are_allowed_values_and_documented() {
+        let table: BTreeMap<String, Vec<String>> = DOC
+            .split("## ECS categorization")
+            .nth(1)
+            .and_then(|rest| rest.split("\n## ").next())
+            .expect("docs/events.md has an ECS categorization section")
+            .lines()
+            .filter(|l| l.starts_with("| ") && !l.starts_with("| type") && !l.starts_with("|---"))
+            .map(|l| {
+                let c: Vec<String> = l.split('|').map(|c| c.trim().to_string()).collect();
+                (c[1].clone(), c[2..6].to_vec())
+            })
+            .collect();
+        for ev in every_event() {
+            let ty = ev["type"].as_str().expect("type");
+            let e = &ev["event"];
+            let strs = |k: &str| -> Vec<&str> {
+                e[k].as_array()
+                    .unwrap_or_else(|| panic!("{ty}: event.{k} is not an array"))
+                    .iter()
+                    .map(|v| v.as_str().expect("string"))
+                    .collect()
+            };
+            let kind = e["kind"].as_str().expect("event.kind");
+            assert!(["event", "metric"].contains(&kind), "{ty}: {kind}");
+            let (cats, types) = (strs("category"), strs("type"));
+            for c in &cats {
+                let allowed = ECS_CATEGORY_TYPES
+                    .iter()
+                    .find(|(n, _)| n == c)
+                    .unwrap_or_else(|| panic!("{ty}: category {c} is not used by ECS here"))
+                    .1;
+                for t in &types {
+                    assert!(allowed.contains(t), "{ty}: ECS has no type {t} for {c}");
+                }
+            }
+            if let Some(o) = e.get("outcome") {
+                assert!(["success", "failure", "unknown"].contains(&o.as_str().expect("outcome")));
+            }
+            let row = table
+                .get(ty)
+                .unwrap_or_else(|| panic!("{ty}: no row in the ECS categorization table"));
+            assert_eq!(row[0], kind, "{ty}: event.kind");
+            assert_eq!(row[1], cats.join(", "), "{ty}: event.category");
+            assert_eq!(row[2], types.join(", "), "{ty}: event.type");
+            let action = e["action"].as_str().expect("event.action");
+            assert!(
+                row[3] == format!("`{action}`")
+                    || row[3].contains(&format!("`{action}`"))
+                    || row[3].starts_with("the syscall"),
+                "{ty}: event.action {action} is not in the table ({})",
+                row[3]
+            );
+        }
+    }
+
     #[test]
     fn type_comes_first_and_seq_increases() {
         let mut last = 0;
@@ -1165,7 +1387,7 @@ mod tests {
         );
         assert_eq!(
             text(&fork),
-            r#"{"type":"fork","schema_version":1,"@timestamp":"2023-11-14T22:13:22.000000000Z","seq":1,"host":{"name":"h"},"process":{"pid":8,"thread":{"id":8},"name":"w\"q","executable":"/bin/w","start":"2023-11-14T22:13:20.000000005Z","user":{"id":1000},"real_user":{"id":1000},"group":{"id":1000},"real_group":{"id":1000},"parent":{"pid":7,"executable":"/bin/w"},"ancestry":[{"pid":7,"executable":"/bin/w"},{"pid":6,"executable":"/bin/p6"},{"pid":5,"executable":"/bin/p5"},{"pid":4,"executable":"/bin/p4"}],"cgroup":{"id":1},"namespaces":{"pid":4026531836,"mnt":4026531832}}}"#
+            r#"{"type":"fork","schema_version":2,"@timestamp":"2023-11-14T22:13:22.000000000Z","seq":1,"event":{"kind":"event","category":["process"],"type":["start"],"action":"fork"},"host":{"name":"h"},"process":{"pid":8,"thread":{"id":8},"name":"w\"q","executable":"/bin/w","start":"2023-11-14T22:13:20.000000005Z","user":{"id":"1000"},"real_user":{"id":"1000"},"group":{"id":"1000"},"real_group":{"id":"1000"},"parent":{"pid":7,"executable":"/bin/w"},"ancestry":[{"pid":7,"executable":"/bin/w"},{"pid":6,"executable":"/bin/p6"},{"pid":5,"executable":"/bin/p5"},{"pid":4,"executable":"/bin/p4"}],"cgroup":{"id":1},"namespaces":{"pid":4026531836,"mnt":4026531832}}}"#
         );
         let exit = b.build(
             Record::Exit(Exit {
@@ -1178,7 +1400,7 @@ mod tests {
         );
         assert_eq!(
             text(&exit),
-            r#"{"type":"exit","schema_version":1,"@timestamp":"2023-11-14T22:13:22.000000000Z","seq":2,"host":{"name":"h"},"process":{"pid":7,"thread":{"id":7},"name":"w\"q","executable":"/bin/w","start":"2023-11-14T22:13:21.000000000Z","user":{"id":1000},"real_user":{"id":1000},"group":{"id":1000},"real_group":{"id":1000},"parent":{"pid":99},"ancestry":[],"cgroup":{"id":1},"namespaces":{"pid":4026531836,"mnt":4026531832},"exit_code":0,"exit_signal":9,"core_dumped":true,"end":"2023-11-14T22:13:22.000000000Z","lifetime_ns":1000000000}}"#
+            r#"{"type":"exit","schema_version":2,"@timestamp":"2023-11-14T22:13:22.000000000Z","seq":2,"event":{"kind":"event","category":["process"],"type":["end"],"action":"exit"},"host":{"name":"h"},"process":{"pid":7,"thread":{"id":7},"name":"w\"q","executable":"/bin/w","start":"2023-11-14T22:13:21.000000000Z","user":{"id":"1000"},"real_user":{"id":"1000"},"group":{"id":"1000"},"real_group":{"id":"1000"},"parent":{"pid":99},"ancestry":[],"cgroup":{"id":1},"namespaces":{"pid":4026531836,"mnt":4026531832},"exit_code":0,"exit_signal":9,"core_dumped":true,"end":"2023-11-14T22:13:22.000000000Z","lifetime_ns":1000000000}}"#
         );
         assert!(procs.executable(7).is_none(), "exit removes the process");
     }
