@@ -27,7 +27,13 @@ enum lg_type {
 	LG_PTRACE = 7,
 	LG_BPF_LOAD = 8,
 	LG_MEMFD = 9,
-	LG_TYPE_MAX = 10,
+	LG_NAMESPACE = 10,
+	LG_MOUNT = 11,
+	LG_MODULE_LOAD = 12,
+	LG_FILE = 13,
+	LG_DNS = 14,
+	LG_CONNECTION_CLOSE = 15,
+	LG_TYPE_MAX = 16,
 };
 
 /* Which syscall changed credentials (lg_creds_event.syscall). */
@@ -144,6 +150,76 @@ struct lg_memfd {
 	__s32 ret;		/* the fd, or -errno */
 	__u32 _pad;
 	char name[LG_NAME_LEN];
+};
+
+/* ---------------------------------------------------------------- namespace, mount, modules, files */
+
+#define LG_STR_LEN 256	    /* strings from the caller's memory (mount source/target, module params) */
+#define LG_FSTYPE_LEN 32    /* file-system type names */
+#define LG_FPATH_LEN 512    /* kernel-composed absolute paths (file events, module files); a power of two */
+
+/* Which syscall (lg_namespace.syscall). */
+enum lg_ns_call {
+	LG_NS_SETNS = 1,
+	LG_NS_UNSHARE = 2,
+	LG_NS_CLONE = 3,
+	LG_NS_CLONE3 = 4,
+};
+
+/* A task's namespaces, as inode numbers (0: unknown). pid and time: where its children go. */
+struct lg_ns {
+	__u32 mnt, uts, ipc, net, pid, user, cgroup, time;
+};
+
+struct lg_namespace {
+	__u32 type;
+	__u32 syscall;		/* enum lg_ns_call */
+	struct lg_task task;
+	__u64 flags;		/* CLONE_NEW* asked for (setns: its nstype argument) */
+	__s32 ret;		/* 0, the child's pid (clone), or -errno */
+	__u32 _pad;
+	struct lg_ns from;	/* before the call */
+	struct lg_ns to;	/* after it (clone: the child's); all 0 when unknown */
+};
+
+enum lg_mount_call {
+	LG_MOUNT_MOUNT = 1,
+	LG_MOUNT_UMOUNT = 2,
+	LG_MOUNT_MOVE_MOUNT = 3,
+	LG_MOUNT_FSMOUNT = 4,
+	LG_MOUNT_OPEN_TREE = 5,
+	LG_MOUNT_PIVOT_ROOT = 6,
+};
+
+struct lg_mount {
+	__u32 type;
+	__u32 syscall;		/* enum lg_mount_call */
+	struct lg_task task;
+	__u64 flags;		/* the call's flags argument (mount: MS_*, umount2: MNT_*, ...) */
+	__s32 ret;		/* 0, a file descriptor (fsmount, open_tree), or -errno */
+	__u32 _pad;
+	char source[LG_STR_LEN];
+	char target[LG_STR_LEN];
+	char fstype[LG_FSTYPE_LEN];
+};
+
+enum lg_module_call {
+	LG_MODULE_INIT = 1,	/* init_module(image, len, params) */
+	LG_MODULE_FINIT = 2,	/* finit_module(fd, params, flags) */
+};
+
+struct lg_module_load {
+	__u32 type;
+	__u32 syscall;		/* enum lg_module_call */
+	struct lg_task task;
+	__s32 ret;		/* 0 or -errno */
+	__u32 flags;		/* finit_module flags */
+	__u64 len;		/* init_module: bytes of the image */
+	__u32 path_len;		/* bytes used in path (finit_module) */
+	__u32 path_truncated;
+	char name[LG_NAME_LEN];	/* the module's name (from module:module_load, when the kernel has it) */
+	char params[LG_STR_LEN];
+	char path[LG_FPATH_LEN];	/* finit_module: the file, as the kernel resolved it */
 };
 
 #endif /* LG_EVENTS_H */

@@ -1194,11 +1194,20 @@ static __always_inline __u64 ia32_arg1(struct pt_regs *regs)
 	return (__u32)BPF_CORE_READ(regs, cx);
 }
 
+/*
+ * The events of bpf/syscalls.bpf.h (namespace, mount, module_load, ...) see their syscalls,
+ * native and 32-bit, through these same two programs, first thing (defined there).
+ */
+static __always_inline void more_enter(struct pt_regs *regs, long nr, int btf);
+static __always_inline void more_exit(struct pt_regs *regs, long ret, int btf);
+
 /* At a compat sys_enter: the native programs' enter halves. */
 static __always_inline int compat_enter(struct pt_regs *regs, long nr, int btf)
 {
-	__u32 kind = ia32_kind(nr);
+	__u32 kind;
 
+	more_enter(regs, nr, btf);
+	kind = ia32_kind(nr);
 	if (!kind || !in_compat_syscall(btf))
 		return 0;
 	if (kind <= LG_CAPSET)
@@ -1228,8 +1237,10 @@ static __always_inline int compat_enter(struct pt_regs *regs, long nr, int btf)
  */
 static __always_inline int compat_exit(struct pt_regs *regs, long ret, int btf)
 {
-	__u32 kind = ia32_kind(syscall_nr(regs, btf));
+	__u32 kind;
 
+	more_exit(regs, ret, btf);
+	kind = ia32_kind(syscall_nr(regs, btf));
 	if (!kind || !in_compat_syscall(btf))
 		return 0;
 	if (kind <= LG_CAPSET)
@@ -1282,3 +1293,7 @@ int compat_exit_raw(struct bpf_raw_tracepoint_args *ctx)
 {
 	return compat_exit((struct pt_regs *)ctx->args[0], ctx->args[1], 0);
 }
+
+/* ---------------------------------------------------------------- issue 17: more events */
+
+#include "syscalls.bpf.h"

@@ -9,7 +9,7 @@ use serde::{Serialize, Serializer};
 
 use crate::events::json::{self, key};
 use crate::events::proctable::{ANCESTRY_DEPTH, Ancestor, ProcTable};
-use crate::sensor::decode::{Comm, Creds, Record, Task};
+use crate::sensor::decode::{Comm, Creds, NsInodes, Record, Task, clone_new_names};
 
 /// Bumped on any incompatible change to the event format (docs/events.md). 2: ECS `event.*`
 /// fields on every event, user and group ids as strings (ECS keywords).
@@ -48,6 +48,12 @@ pub struct Event {
     pub bpf: Option<BpfInfo>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub memfd: Option<MemfdInfo>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub namespace: Option<Box<NamespaceInfo>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub mount: Option<Box<MountInfo>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub module: Option<Box<ModuleInfo>>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub stats: Option<Box<crate::counters::Snapshot>>,
 }
@@ -279,6 +285,54 @@ pub struct MemfdInfo {
     pub result: i32,
 }
 
+#[derive(Serialize, Debug)]
+pub struct NamespaceInfo {
+    pub syscall: &'static str,
+    /// The namespaces asked for (CLONE_NEW* flags; setns: its nstype, none for "any").
+    pub requested: Vec<&'static str>,
+    /// The namespaces whose inode differs between `from` and `to`.
+    pub changed: Vec<&'static str>,
+    pub from: NsInodes,
+    /// Absent when unknown (a failed clone, or a child gone before it could be read).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub to: Option<NsInodes>,
+    pub result: i32,
+}
+
+#[derive(Serialize, Debug)]
+pub struct MountInfo {
+    pub syscall: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub source: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub target: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub fs_type: Option<String>,
+    pub flags: u64,
+    pub result: i32,
+}
+
+#[derive(Serialize, Debug)]
+pub struct ModuleInfo {
+    pub syscall: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub path: Option<String>,
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub path_truncated: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub size: Option<u64>,
+    pub params: String,
+    pub flags: u32,
+    pub result: i32,
+}
+
+/// `Some(s)` unless `s` is empty.
+fn non_empty(s: String) -> Option<String> {
+    (!s.is_empty()).then_some(s)
+}
+
 impl Event {
     /// Appends the event as one JSON object (no newline) to `out`, a buffer the sink reuses.
     ///
@@ -379,6 +433,74 @@ impl Event {
             json::int(out, m.result.into());
             out.push(b'}');
         }
+        if let Some(n) = &self.namespace {
+            key!(out, "namespace");
+            key!(out, open "syscall");
+            json::str(out, n.syscall);
+            key!(out, "requested");
+            write_strs(out, &n.requested);
+            key!(out, "changed");
+            write_strs(out, &n.changed);
+            key!(out, "from");
+            write_ns(out, &n.from);
+            if let Some(to) = &n.to {
+                key!(out, "to");
+                write_ns(out, to);
+            }
+            key!(out, "result");
+            json::int(out, n.result.into());
+            out.push(b'}');
+        }
+        if let Some(m) = &self.mount {
+            key!(out, "mount");
+            key!(out, open "syscall");
+            json::str(out, m.syscall);
+            if let Some(v) = &m.source {
+                key!(out, "source");
+                json::str(out, v);
+            }
+            if let Some(v) = &m.target {
+                key!(out, "target");
+                json::str(out, v);
+            }
+            if let Some(v) = &m.fs_type {
+                key!(out, "fs_type");
+                json::str(out, v);
+            }
+            key!(out, "flags");
+            json::uint(out, m.flags);
+            key!(out, "result");
+            json::int(out, m.result.into());
+            out.push(b'}');
+        }
+        if let Some(m) = &self.module {
+            key!(out, "module");
+            key!(out, open "syscall");
+            json::str(out, m.syscall);
+            if let Some(v) = &m.name {
+                key!(out, "name");
+                json::str(out, v);
+            }
+            if let Some(v) = &m.path {
+                key!(out, "path");
+                json::str(out, v);
+            }
+            if m.path_truncated {
+                key!(out, "path_truncated");
+                json::bool(out, true);
+            }
+            if let Some(n) = m.size {
+                key!(out, "size");
+                json::uint(out, n);
+            }
+            key!(out, "params");
+            json::str(out, &m.params);
+            key!(out, "flags");
+            json::uint(out, m.flags.into());
+            key!(out, "result");
+            json::int(out, m.result.into());
+            out.push(b'}');
+        }
         if let Some(s) = &self.stats {
             key!(out, "stats");
             serde_json::to_writer(&mut *out, s)?;
@@ -386,6 +508,17 @@ impl Event {
         out.push(b'}');
         Ok(())
     }
+}
+
+/// The hot-path writer of [`NsInodes`] (same bytes as its serde derive).
+fn write_ns(out: &mut Vec<u8>, n: &NsInodes) {
+    for (i, (name, inode)) in n.named().into_iter().enumerate() {
+        out.push(if i == 0 { b'{' } else { b',' });
+        json::str(out, name);
+        out.push(b':');
+        json::uint(out, inode.into());
+    }
+    out.push(b'}');
 }
 
 /// `{"id":N}`.
@@ -607,6 +740,7 @@ const CHANGE: &[&str] = &["change"];
 const ACCESS: &[&str] = &["access"];
 const CREATION: &[&str] = &["creation"];
 const CONNECTION_START: &[&str] = &["connection", "start"];
+const CONFIGURATION: &[&str] = &["configuration"];
 
 /// Builds events: owns the sequence counter, the host name and the clock.
 pub struct Builder {
@@ -649,6 +783,9 @@ impl Builder {
             ptrace: None,
             bpf: None,
             memfd: None,
+            namespace: None,
+            mount: None,
+            module: None,
             stats: None,
         }
     }
@@ -844,6 +981,63 @@ impl Builder {
                 });
                 e
             }
+            Record::Namespace(x) => {
+                let ecs = Ecs::event(PROCESS, CHANGE, x.syscall).result(x.ret.into());
+                let mut e = self.base("namespace", ecs, ts);
+                e.process = Some(self.process(x.task, procs));
+                let to = (x.to != NsInodes::default()).then_some(x.to);
+                let changed = match &to {
+                    Some(to) => x
+                        .from
+                        .named()
+                        .into_iter()
+                        .zip(to.named())
+                        .filter(|((_, a), (_, b))| a != b)
+                        .map(|((n, _), _)| n)
+                        .collect(),
+                    None => Vec::new(),
+                };
+                e.namespace = Some(Box::new(NamespaceInfo {
+                    syscall: x.syscall,
+                    requested: clone_new_names(x.flags),
+                    changed,
+                    from: x.from,
+                    to,
+                    result: x.ret,
+                }));
+                e
+            }
+            Record::Mount(x) => {
+                let ecs = Ecs::event(CONFIGURATION, CHANGE, x.syscall).result(x.ret.into());
+                let mut e = self.base("mount", ecs, ts);
+                e.process = Some(self.process(x.task, procs));
+                e.mount = Some(Box::new(MountInfo {
+                    syscall: x.syscall,
+                    source: non_empty(x.source),
+                    target: non_empty(x.target),
+                    fs_type: non_empty(x.fstype),
+                    flags: x.flags,
+                    result: x.ret,
+                }));
+                e
+            }
+            Record::ModuleLoad(x) => {
+                let ecs = Ecs::event(DRIVER, START, x.syscall).result(x.ret.into());
+                let mut e = self.base("module_load", ecs, ts);
+                e.process = Some(self.process(x.task, procs));
+                let init = x.syscall == "init_module";
+                e.module = Some(Box::new(ModuleInfo {
+                    syscall: x.syscall,
+                    name: non_empty(x.name),
+                    path: non_empty(x.path),
+                    path_truncated: x.path_truncated,
+                    size: init.then_some(x.len),
+                    params: x.params,
+                    flags: x.flags,
+                    result: x.ret,
+                }));
+                e
+            }
             Record::Memfd(x) => {
                 let ecs = Ecs::event(FILE, CREATION, "memfd_create").result(x.ret.into());
                 let mut e = self.base("memfd", ecs, ts);
@@ -870,7 +1064,8 @@ mod tests {
     use crate::sensor::decode::*;
 
     const DOC: &str = include_str!("../../docs/events.md");
-    const KERNEL_TYPES: [&str; 10] = crate::sensor::decode::EVENT_TYPES;
+    const KERNEL_TYPES: [&str; crate::sensor::decode::EVENT_TYPES.len()] =
+        crate::sensor::decode::EVENT_TYPES;
 
     struct Row {
         ty: String,
@@ -1070,10 +1265,72 @@ mod tests {
                 ret: -13,
             }),
             Record::Memfd(Memfd {
-                task: t,
+                task: t.clone(),
                 name: odd.into(),
                 flags: u32::MAX,
                 ret: -24,
+            }),
+            Record::Namespace(NamespaceChange {
+                task: t.clone(),
+                syscall: "clone3",
+                flags: u64::MAX,
+                ret: -1,
+                from: NsInodes {
+                    mnt: u32::MAX,
+                    ..NsInodes::default()
+                },
+                to: NsInodes::default(),
+            }),
+            Record::Namespace(NamespaceChange {
+                task: task(),
+                syscall: "setns",
+                flags: 0,
+                ret: 0,
+                from: NsInodes::default(),
+                to: NsInodes {
+                    net: 7,
+                    ..NsInodes::default()
+                },
+            }),
+            Record::Mount(Mount {
+                task: t.clone(),
+                syscall: "mount",
+                flags: u64::MAX,
+                ret: i32::MIN,
+                source: odd.into(),
+                target: String::new(),
+                fstype: odd.into(),
+            }),
+            Record::Mount(Mount {
+                task: task(),
+                syscall: "umount",
+                flags: 0,
+                ret: 0,
+                source: String::new(),
+                target: odd.into(),
+                fstype: String::new(),
+            }),
+            Record::ModuleLoad(ModuleLoad {
+                task: t.clone(),
+                syscall: "finit_module",
+                ret: -38,
+                flags: u32::MAX,
+                len: 0,
+                name: odd.into(),
+                params: odd.into(),
+                path: odd.into(),
+                path_truncated: true,
+            }),
+            Record::ModuleLoad(ModuleLoad {
+                task: t,
+                syscall: "init_module",
+                ret: 0,
+                flags: 0,
+                len: u64::MAX,
+                name: String::new(),
+                params: String::new(),
+                path: String::new(),
+                path_truncated: false,
             }),
         ];
         for r in recs {
@@ -1168,6 +1425,42 @@ mod tests {
                 name: "m".into(),
                 flags: 1,
                 ret: 3,
+            }),
+            Record::Namespace(NamespaceChange {
+                task: task(),
+                syscall: "unshare",
+                flags: nix::libc::CLONE_NEWNS as u64 | nix::libc::CLONE_NEWUTS as u64,
+                ret: 0,
+                from: NsInodes {
+                    mnt: 4026531841,
+                    uts: 4026531838,
+                    ..NsInodes::default()
+                },
+                to: NsInodes {
+                    mnt: 4026532200,
+                    uts: 4026532201,
+                    ..NsInodes::default()
+                },
+            }),
+            Record::Mount(Mount {
+                task: task(),
+                syscall: "mount",
+                flags: 0,
+                ret: 0,
+                source: "/dev/sda1".into(),
+                target: "/mnt".into(),
+                fstype: "ext4".into(),
+            }),
+            Record::ModuleLoad(ModuleLoad {
+                task: task(),
+                syscall: "finit_module",
+                ret: 0,
+                flags: 0,
+                len: 0,
+                name: "dummy".into(),
+                params: String::new(),
+                path: "/usr/lib/modules/6.1.0/kernel/drivers/net/dummy.ko".into(),
+                path_truncated: false,
             }),
             Record::Exit(Exit {
                 task: task(),

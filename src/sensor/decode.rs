@@ -18,6 +18,9 @@ pub const LG_CREDS: u32 = types::lg_type::LG_CREDS.0;
 pub const LG_PTRACE: u32 = types::lg_type::LG_PTRACE.0;
 pub const LG_BPF_LOAD: u32 = types::lg_type::LG_BPF_LOAD.0;
 pub const LG_MEMFD: u32 = types::lg_type::LG_MEMFD.0;
+pub const LG_NAMESPACE: u32 = types::lg_type::LG_NAMESPACE.0;
+pub const LG_MOUNT: u32 = types::lg_type::LG_MOUNT.0;
+pub const LG_MODULE_LOAD: u32 = types::lg_type::LG_MODULE_LOAD.0;
 /// One past the largest record type: the length of per-type counter arrays.
 pub const LG_TYPE_MAX: usize = types::lg_type::LG_TYPE_MAX.0 as usize;
 
@@ -27,8 +30,20 @@ pub const TYPE_NAMES: [&str; LG_TYPE_MAX] = consts::LG_RECORD_NAMES;
 
 /// Every event `"type"` the kernel's records become, in output order: one per record type,
 /// except that a `creds` record is reported as `setuid` or `capset` by the call that made it.
-pub const EVENT_TYPES: [&str; 10] = [
-    "exec", "exit", "fork", "connect", "accept", "setuid", "capset", "ptrace", "bpf_load", "memfd",
+pub const EVENT_TYPES: [&str; 13] = [
+    "exec",
+    "exit",
+    "fork",
+    "connect",
+    "accept",
+    "setuid",
+    "capset",
+    "ptrace",
+    "bpf_load",
+    "memfd",
+    "namespace",
+    "mount",
+    "module_load",
 ];
 
 /// Why a record could not be decoded (counted as a user-space drop).
@@ -223,6 +238,98 @@ pub struct Memfd {
     pub ret: i32,
 }
 
+/// A task's namespaces as inode numbers (0: unknown); `pid` and `time` are where its children
+/// go (`pid_for_children`, `time_for_children`), which is what setns/unshare change.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize)]
+pub struct NsInodes {
+    pub mnt: u32,
+    pub uts: u32,
+    pub ipc: u32,
+    pub net: u32,
+    pub pid: u32,
+    pub user: u32,
+    pub cgroup: u32,
+    pub time: u32,
+}
+
+impl NsInodes {
+    /// Each namespace's name (as in /proc/PID/ns) and inode.
+    pub fn named(&self) -> [(&'static str, u32); 8] {
+        [
+            ("mnt", self.mnt),
+            ("uts", self.uts),
+            ("ipc", self.ipc),
+            ("net", self.net),
+            ("pid", self.pid),
+            ("user", self.user),
+            ("cgroup", self.cgroup),
+            ("time", self.time),
+        ]
+    }
+}
+
+/// The namespace names of a CLONE_NEW* mask (setns's nstype too), in `NsInodes` order.
+pub fn clone_new_names(flags: u64) -> Vec<&'static str> {
+    use nix::libc as l;
+    [
+        (l::CLONE_NEWNS, "mnt"),
+        (l::CLONE_NEWUTS, "uts"),
+        (l::CLONE_NEWIPC, "ipc"),
+        (l::CLONE_NEWNET, "net"),
+        (l::CLONE_NEWPID, "pid"),
+        (l::CLONE_NEWUSER, "user"),
+        (l::CLONE_NEWCGROUP, "cgroup"),
+        (0x80, "time"), // CLONE_NEWTIME (libc does not export it for every target)
+    ]
+    .into_iter()
+    .filter(|(bit, _)| flags & (*bit as u32 as u64) != 0)
+    .map(|(_, name)| name)
+    .collect()
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NamespaceChange {
+    pub task: Task,
+    /// `setns`, `unshare`, `clone` or `clone3`.
+    pub syscall: &'static str,
+    /// CLONE_NEW* asked for (setns: its nstype argument, 0 = any).
+    pub flags: u64,
+    /// 0, the child's pid (clone), or -errno.
+    pub ret: i32,
+    pub from: NsInodes,
+    /// After the call (clone: the child's); all 0 when unknown.
+    pub to: NsInodes,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Mount {
+    pub task: Task,
+    /// `mount`, `umount`, `move_mount`, `fsmount`, `open_tree` or `pivot_root`.
+    pub syscall: &'static str,
+    pub flags: u64,
+    pub ret: i32,
+    pub source: String,
+    pub target: String,
+    pub fstype: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ModuleLoad {
+    pub task: Task,
+    /// `init_module` or `finit_module`.
+    pub syscall: &'static str,
+    pub ret: i32,
+    pub flags: u32,
+    /// init_module: bytes of the image.
+    pub len: u64,
+    /// From `module:module_load` where the kernel has it ("" otherwise).
+    pub name: String,
+    pub params: String,
+    /// finit_module: the file as the kernel resolved it ("" for init_module).
+    pub path: String,
+    pub path_truncated: bool,
+}
+
 /// One decoded kernel record.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Record {
@@ -234,6 +341,9 @@ pub enum Record {
     Ptrace(Ptrace),
     BpfLoad(BpfLoad),
     Memfd(Memfd),
+    Namespace(NamespaceChange),
+    Mount(Mount),
+    ModuleLoad(ModuleLoad),
 }
 
 impl Record {
@@ -247,6 +357,9 @@ impl Record {
             Record::Ptrace(e) => &e.task,
             Record::BpfLoad(e) => &e.task,
             Record::Memfd(e) => &e.task,
+            Record::Namespace(e) => &e.task,
+            Record::Mount(e) => &e.task,
+            Record::ModuleLoad(e) => &e.task,
         }
     }
 }
@@ -273,6 +386,12 @@ unsafe impl Pod for types::lg_ptrace {}
 unsafe impl Pod for types::lg_bpf_load {}
 // SAFETY: as above.
 unsafe impl Pod for types::lg_memfd {}
+// SAFETY: as above.
+unsafe impl Pod for types::lg_namespace {}
+// SAFETY: as above.
+unsafe impl Pod for types::lg_mount {}
+// SAFETY: as above.
+unsafe impl Pod for types::lg_module_load {}
 
 /// `bytes` as a `T` when the length is exactly `size_of::<T>()`: borrowed in place when the
 /// bytes are aligned for `T` (ring-buffer records always are: libbpf hands out 8-byte aligned
@@ -405,6 +524,52 @@ fn cred_call(n: u32) -> &'static str {
     }
 }
 
+fn ns_inodes(n: &types::lg_ns) -> NsInodes {
+    NsInodes {
+        mnt: n.mnt,
+        uts: n.uts,
+        ipc: n.ipc,
+        net: n.net,
+        pid: n.pid,
+        user: n.user,
+        cgroup: n.cgroup,
+        time: n.time,
+    }
+}
+
+fn ns_call(n: u32) -> &'static str {
+    use types::lg_ns_call as C;
+    match C(n) {
+        C::LG_NS_SETNS => "setns",
+        C::LG_NS_UNSHARE => "unshare",
+        C::LG_NS_CLONE => "clone",
+        C::LG_NS_CLONE3 => "clone3",
+        _ => "unknown",
+    }
+}
+
+fn mount_call(n: u32) -> &'static str {
+    use types::lg_mount_call as C;
+    match C(n) {
+        C::LG_MOUNT_MOUNT => "mount",
+        C::LG_MOUNT_UMOUNT => "umount",
+        C::LG_MOUNT_MOVE_MOUNT => "move_mount",
+        C::LG_MOUNT_FSMOUNT => "fsmount",
+        C::LG_MOUNT_OPEN_TREE => "open_tree",
+        C::LG_MOUNT_PIVOT_ROOT => "pivot_root",
+        _ => "unknown",
+    }
+}
+
+/// The first `len` bytes of a kernel-composed path buffer (`LG_FPATH_LEN`), lossily as UTF-8.
+fn path_of<const N: usize>(a: &[i8; N], len: u32) -> String {
+    let bytes = bytes_of(a);
+    let len = (len as usize).min(N);
+    let used = &bytes[..len];
+    let end = used.iter().position(|&b| b == 0).unwrap_or(len);
+    String::from_utf8_lossy(&used[..end]).into_owned()
+}
+
 /// Decodes one ring-buffer record.
 pub fn decode(bytes: &[u8]) -> Result<Record, DecodeError> {
     let Some(head) = bytes.get(..4) else {
@@ -497,6 +662,47 @@ pub fn decode(bytes: &[u8]) -> Result<Record, DecodeError> {
                 name: cstr(&e.name),
                 flags: e.flags,
                 ret: e.ret,
+            })
+        }
+        LG_NAMESPACE => {
+            let e = read::<types::lg_namespace>(ty, bytes)?;
+            Record::Namespace(NamespaceChange {
+                task: task(&e.task),
+                syscall: ns_call(e.syscall),
+                flags: e.flags,
+                ret: e.ret,
+                from: ns_inodes(&e.from),
+                to: ns_inodes(&e.to),
+            })
+        }
+        LG_MOUNT => {
+            let e = read::<types::lg_mount>(ty, bytes)?;
+            Record::Mount(Mount {
+                task: task(&e.task),
+                syscall: mount_call(e.syscall),
+                flags: e.flags,
+                ret: e.ret,
+                source: cstr(&e.source),
+                target: cstr(&e.target),
+                fstype: cstr(&e.fstype),
+            })
+        }
+        LG_MODULE_LOAD => {
+            let e = read::<types::lg_module_load>(ty, bytes)?;
+            Record::ModuleLoad(ModuleLoad {
+                task: task(&e.task),
+                syscall: if e.syscall == types::lg_module_call::LG_MODULE_FINIT.0 {
+                    "finit_module"
+                } else {
+                    "init_module"
+                },
+                ret: e.ret,
+                flags: e.flags,
+                len: e.len,
+                name: cstr(&e.name),
+                params: cstr(&e.params),
+                path: path_of(&e.path, e.path_len),
+                path_truncated: e.path_truncated != 0,
             })
         }
         other => return Err(DecodeError::UnknownType(other)),

@@ -151,6 +151,117 @@ const HOOKS: &[Hook] = &[
         event: "memfd",
         alts: sys!("memfd_enter" => "sys_enter_memfd_create", "memfd_exit" => "sys_exit_memfd_create"),
     },
+    // Issue 17's events. Where the compat hook runs, its two programs already see every syscall:
+    // they serve these events too (the dispatcher, bpf/syscalls.bpf.h), so a syscall none of
+    // them wants costs two compares and nothing is attached per syscall. Without it
+    // (--compat-syscalls=false) each event uses its own `syscalls:*` tracepoints.
+    Hook {
+        event: "namespace",
+        alts: &[
+            DISPATCH_BTF,
+            DISPATCH_RAW,
+            Alt {
+                progs: &[
+                    (
+                        "ns_setns_enter",
+                        Via::Tracepoint("syscalls", "sys_enter_setns"),
+                    ),
+                    (
+                        "ns_setns_exit",
+                        Via::Tracepoint("syscalls", "sys_exit_setns"),
+                    ),
+                    (
+                        "ns_unshare_enter",
+                        Via::Tracepoint("syscalls", "sys_enter_unshare"),
+                    ),
+                    (
+                        "ns_unshare_exit",
+                        Via::Tracepoint("syscalls", "sys_exit_unshare"),
+                    ),
+                    (
+                        "ns_clone_enter",
+                        Via::Tracepoint("syscalls", "sys_enter_clone"),
+                    ),
+                    (
+                        "ns_clone_exit",
+                        Via::Tracepoint("syscalls", "sys_exit_clone"),
+                    ),
+                    (
+                        "ns_clone3_enter",
+                        Via::Tracepoint("syscalls", "sys_enter_clone3"),
+                    ),
+                    (
+                        "ns_clone3_exit",
+                        Via::Tracepoint("syscalls", "sys_exit_clone3"),
+                    ),
+                ],
+            },
+        ],
+    },
+    Hook {
+        event: "mount",
+        alts: &[
+            DISPATCH_BTF,
+            DISPATCH_RAW,
+            Alt {
+                progs: &[
+                    (
+                        "mount_mount_exit",
+                        Via::Tracepoint("syscalls", "sys_exit_mount"),
+                    ),
+                    (
+                        "mount_umount_exit",
+                        Via::Tracepoint("syscalls", "sys_exit_umount"),
+                    ),
+                    (
+                        "mount_move_exit",
+                        Via::Tracepoint("syscalls", "sys_exit_move_mount"),
+                    ),
+                    (
+                        "mount_fsmount_exit",
+                        Via::Tracepoint("syscalls", "sys_exit_fsmount"),
+                    ),
+                    (
+                        "mount_open_tree_exit",
+                        Via::Tracepoint("syscalls", "sys_exit_open_tree"),
+                    ),
+                    (
+                        "mount_pivot_root_exit",
+                        Via::Tracepoint("syscalls", "sys_exit_pivot_root"),
+                    ),
+                ],
+            },
+        ],
+    },
+    // Kernels without loadable modules (like the development machine's) have neither the
+    // `module:module_load` tracepoint (the module's name) nor `syscalls:*_init_module`: there
+    // the dispatcher alone still reports the attempts (they fail with ENOSYS).
+    Hook {
+        event: "module_load",
+        alts: &[
+            Alt {
+                progs: &[DISPATCH_BTF.progs[0], DISPATCH_BTF.progs[1], MODULE_NAME],
+            },
+            Alt {
+                progs: &[DISPATCH_RAW.progs[0], DISPATCH_RAW.progs[1], MODULE_NAME],
+            },
+            Alt {
+                progs: &[
+                    (
+                        "module_init_exit",
+                        Via::Tracepoint("syscalls", "sys_exit_init_module"),
+                    ),
+                    (
+                        "module_finit_exit",
+                        Via::Tracepoint("syscalls", "sys_exit_finit_module"),
+                    ),
+                    MODULE_NAME,
+                ],
+            },
+            DISPATCH_BTF,
+            DISPATCH_RAW,
+        ],
+    },
     // 32-bit syscalls (`int $0x80`...) skip every `syscalls:*` tracepoint above: these see
     // every syscall, leave at once unless it is a compat one, and report setuid, capset,
     // ptrace, bpf_load, memfd, connect and accept through the same BPF code as the native hooks.
@@ -175,6 +286,40 @@ const HOOKS: &[Hook] = &[
 
 /// The hook for 32-bit syscalls: only wanted where they can happen.
 const COMPAT: &str = "compat";
+
+/// The compat hook's programs as the dispatcher of other events (bpf/syscalls.bpf.h): usable
+/// only where the compat hook itself is wanted (they run on every syscall).
+const DISPATCH_BTF: Alt = Alt {
+    progs: &[
+        ("compat_enter_btf", Via::TpBtf("sys_enter", 2)),
+        ("compat_exit_btf", Via::TpBtf("sys_exit", 2)),
+    ],
+};
+const DISPATCH_RAW: Alt = Alt {
+    progs: &[
+        ("compat_enter_raw", Via::RawTp("raw_syscalls", "sys_enter")),
+        ("compat_exit_raw", Via::RawTp("raw_syscalls", "sys_exit")),
+    ],
+};
+/// The loaded module's name (module:module_load), where the kernel has loadable modules.
+const MODULE_NAME: (&str, Via) = ("module_load_tp", Via::Tracepoint("module", "module_load"));
+
+/// Whether `via` is one of the dispatcher's raw syscall hooks.
+fn is_dispatch(via: &Via) -> bool {
+    matches!(via, Via::TpBtf(n, _) | Via::RawTp(_, n) if *n == "sys_enter" || *n == "sys_exit")
+}
+
+/// The events the chosen alternatives serve through the dispatcher (its `want_*` knobs).
+fn dispatched(choice: &[Option<usize>]) -> Vec<&'static str> {
+    HOOKS
+        .iter()
+        .zip(choice)
+        .filter(|(h, _)| h.event != COMPAT)
+        .filter_map(|(h, c)| c.map(|i| (h, &h.alts[i])))
+        .filter(|(_, a)| a.progs.iter().any(|(_, v)| is_dispatch(v)))
+        .map(|(h, _)| h.event)
+        .collect()
+}
 
 /// Functions the kernel has only when it can run 32-bit syscalls (CONFIG_IA32_EMULATION on
 /// x86_64): `do_fast_syscall_32` since 4.3, `ia32_sys_call` since 6.10.
@@ -336,7 +481,13 @@ fn probe(
     allow_btf: bool,
     skip: &[Skip],
 ) -> Vec<Option<usize>> {
+    // The dispatcher runs only where the compat hook does.
+    let dispatch_ok = HOOKS
+        .iter()
+        .zip(skip)
+        .any(|(h, s)| h.event == COMPAT && s.is_none());
     let available = |via: &Via| match via {
+        _ if is_dispatch(via) && !dispatch_ok => false,
         Via::TpBtf(name, args) => {
             allow_btf && btf.and_then(|b| tp_btf_args(b, name)) >= Some(*args)
         }
@@ -383,7 +534,7 @@ fn via_name(via: &Via) -> String {
 }
 
 /// Opens the skeleton and sets the knobs; `wanted` names the programs to load.
-fn open(opts: &Options, wanted: &[&str]) -> Result<OpenSensorSkel<'static>> {
+fn open(opts: &Options, wanted: &[&str], dispatched: &[&str]) -> Result<OpenSensorSkel<'static>> {
     // The open object must outlive the skeleton, which lives as long as the process needs the
     // sensor: leaking one small allocation per load is the simplest correct owner.
     let storage: &'static mut MaybeUninit<OpenObject> = Box::leak(Box::new(MaybeUninit::uninit()));
@@ -400,6 +551,9 @@ fn open(opts: &Options, wanted: &[&str]) -> Result<OpenSensorSkel<'static>> {
     // Each CPU looks at the ring's fill after its share of wakeup_bytes (bpf/sensor.bpf.c).
     let cpus = libbpf_rs::num_possible_cpus().map_or(1, |n| n.max(1)) as u64;
     rodata.wakeup_check_bytes = opts.wakeup_bytes / cpus;
+    rodata.want_ns = dispatched.contains(&"namespace");
+    rodata.want_mount = dispatched.contains(&"mount");
+    rodata.want_module = dispatched.contains(&"module_load");
     let bytes = u32::try_from(opts.ring_buffer_mb << 20)
         .map_err(|_| Error::config("--ring-buffer-mb is too large (at most 1024)"))?;
     open.maps
@@ -439,6 +593,8 @@ impl Sensor {
         };
         let mut links = Vec::new();
         let mut hooks = Vec::new();
+        // Programs shared by several events (the dispatcher) are attached once.
+        let mut attached_progs: Vec<&str> = Vec::new();
         for ((hook, alt), skip) in HOOKS.iter().zip(&choice).zip(&skip) {
             if let Some((level, why)) = skip {
                 log::log!(*level, "sensor: {:<8} not attached: {why}", hook.event);
@@ -450,20 +606,26 @@ impl Sensor {
                 let mut these = Vec::new();
                 let mut failed = None;
                 for (name, _) in alt.progs {
+                    if attached_progs.contains(name) {
+                        continue;
+                    }
                     let prog = skel
                         .object()
                         .progs_mut()
                         .find(|p| p.name() == *name)
                         .map(|p| p.attach());
                     match prog {
-                        Some(Ok(link)) => these.push(link),
+                        Some(Ok(link)) => these.push((*name, link)),
                         Some(Err(e)) => failed = Some(format!("{name}: {e}")),
                         None => failed = Some(format!("{name}: not in the object")),
                     }
                 }
                 match failed {
                     None => {
-                        links.extend(these);
+                        for (name, link) in these {
+                            attached_progs.push(name);
+                            links.push(link);
+                        }
                         let vias: Vec<String> =
                             alt.progs.iter().map(|(_, v)| via_name(v)).collect();
                         let shown = if vias.len() > 2 {
@@ -514,7 +676,7 @@ impl Sensor {
             .filter_map(|(h, c)| c.map(|i| &h.alts[i]))
             .flat_map(|a| a.progs.iter().map(|(n, _)| *n))
             .collect();
-        let open = open(opts, &wanted)?;
+        let open = open(opts, &wanted, &dispatched(&choice))?;
         let skel = open.load().map_err(|e| {
             Error::runtime(format!(
                 "the kernel refused to load the BPF programs ({e}); the verifier's log is shown with \
@@ -587,7 +749,9 @@ pub fn load_all_for_test(opts: &Options) -> Result<usize> {
         .collect();
     all.sort_unstable();
     all.dedup();
-    let open = open(opts, &all)?;
+    // Every event's dispatcher code too, so that the verifier sees all of it.
+    let events: Vec<&str> = HOOKS.iter().map(|h| h.event).collect();
+    let open = open(opts, &all, &events)?;
     let skel = open
         .load()
         .map_err(|e| Error::runtime(format!("load failed: {e}")))?;
@@ -890,8 +1054,14 @@ mod tests {
         let s = Sensor::start_with(&opts, false).unwrap_or_else(|e| panic!("{e}"));
         for h in &s.hooks {
             let via = h.attached.as_deref().unwrap_or("none");
-            // The compat hook's fallback is the raw tracepoint.
-            let want = if h.event == COMPAT {
+            // The compat hook's fallback is the raw tracepoint, and the events it dispatches
+            // follow it.
+            let def = HOOKS.iter().find(|d| d.event == h.event).expect("hook");
+            let dispatchable = def
+                .alts
+                .iter()
+                .any(|a| a.progs.iter().any(|(_, v)| is_dispatch(v)));
+            let want = if h.event == COMPAT || dispatchable {
                 "raw_tp/"
             } else {
                 "tracepoint/"

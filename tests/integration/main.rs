@@ -12,4 +12,5 @@ mod enroll;
 mod kubelet_server;
 mod layout;
 mod manifest;
+mod system;
 mod watch;
