@@ -222,4 +222,36 @@ struct lg_module_load {
 	char path[LG_FPATH_LEN];	/* finit_module: the file, as the kernel resolved it */
 };
 
+/* What a file event did (lg_file.op). */
+enum lg_file_op {
+	LG_FILE_READ = 1,	/* opened for reading (a read-watched path) */
+	LG_FILE_WRITE = 2,	/* opened for writing */
+	LG_FILE_CREATE = 3,	/* created by an open (O_CREAT) */
+	LG_FILE_RENAME = 4,	/* path: the new name, old_path: the old one */
+	LG_FILE_DELETE = 5,	/* unlink, rmdir */
+	LG_FILE_CHMOD = 6,	/* mode: the mode asked for */
+	LG_FILE_MKDIR = 7,
+	LG_FILE_LINK = 8,	/* a hard link: path the new name, old_path the existing file */
+	LG_FILE_SYMLINK = 9,	/* path the new link, old_path its target as written */
+};
+
+/* lg_file.flags */
+#define LG_FILE_F_CALLER 1	/* the path was composed from the caller's string (not a file) */
+#define LG_FILE_F_TRUNCATED 2	/* a path was cut */
+#define LG_FILE_F_WATCH_READ 4	/* matched the read list */
+#define LG_FILE_F_WATCH_WRITE 8	/* matched the write list */
+
+struct lg_file {
+	__u32 type;
+	__u32 op;		/* enum lg_file_op */
+	struct lg_task task;
+	__s32 ret;		/* the fd (opens), 0, or -errno */
+	__u32 mode;		/* chmod: the mode asked for */
+	__u32 flags;		/* LG_FILE_F_* */
+	__u16 path_len;
+	__u16 old_path_len;
+	char path[LG_FPATH_LEN];
+	char old_path[LG_FPATH_LEN];
+};
+
 #endif /* LG_EVENTS_H */

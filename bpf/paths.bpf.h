@@ -97,6 +97,7 @@ struct fcompose_ctx {
 	__u32 depth;	/* components noted by the walk */
 	__u32 off;	/* bytes written */
 	__u32 truncated;
+	__u32 _pad;	/* a multiple of 8 bytes, see fnorm_ctx in file.bpf.h */
 };
 
 static long fcompose_step(__u64 index, void *arg)
@@ -134,23 +135,28 @@ struct lg_composed {
 	__u32 truncated; /* deeper than LG_FDEPTH, longer than LG_FPATH_LEN, or a walk cut short */
 };
 
-/*
- * The absolute path of (dentry d, mount m) into s->path, NUL-terminated, and the LPM key
- * length (s->keylen, bits of at most the first 256 bytes).
- */
-static __always_inline struct lg_composed compose_dentry(struct lg_pscratch *s, struct dentry *d,
-							  struct vfsmount *vm)
+/* Pass 1 alone: the components of (dentry d, mount vm) into s->names/lens. */
+static __always_inline struct fwalk_ctx walk_dentry(struct dentry *d, struct vfsmount *vm)
 {
 	struct fwalk_ctx w = {
 		.d = d,
 		.mnt = container_of(vm, struct mount, mnt),
 	};
-	struct fcompose_ctx c = {};
-	struct lg_composed r = {};
 
 	bpf_loop(LG_FWALK_MAX, fwalk_step, &w, 0);
-	r.state = w.state;
-	c.depth = w.depth;
+	return w;
+}
+
+/*
+ * Pass 2: the walked components as the absolute path into s->path, NUL-terminated, and the
+ * LPM key length (s->keylen, bits of at most the first 256 bytes).
+ */
+static __always_inline struct lg_composed compose_walked(struct lg_pscratch *s,
+							  struct fwalk_ctx *w)
+{
+	struct fcompose_ctx c = { .depth = w->depth };
+	struct lg_composed r = { .state = w->state };
+
 	bpf_loop(LG_FDEPTH, fcompose_step, &c, 0);
 	if (c.off == 0) {
 		s->path[0] = '/';
@@ -158,9 +164,18 @@ static __always_inline struct lg_composed compose_dentry(struct lg_pscratch *s, 
 	}
 	s->path[c.off & (LG_FPATH_LEN - 1)] = 0;
 	r.len = c.off;
-	r.truncated = c.truncated || w.depth > LG_FDEPTH || w.state == LG_WALK_RUNNING;
+	r.truncated = c.truncated || w->depth > LG_FDEPTH || w->state == LG_WALK_RUNNING;
 	s->keylen = (c.off > 256 ? 256 : c.off) * 8;
 	return r;
+}
+
+/* The absolute path of (dentry d, mount vm): both passes. */
+static __always_inline struct lg_composed compose_dentry(struct lg_pscratch *s, struct dentry *d,
+							  struct vfsmount *vm)
+{
+	struct fwalk_ctx w = walk_dentry(d, vm);
+
+	return compose_walked(s, &w);
 }
 
 /* The path of an open file. */

@@ -52,7 +52,47 @@ enum lg_module_call _lg_module_call = LG_MODULE_INIT;
 #define NR_MOVE_MOUNT 429
 #define NR_FSMOUNT 432
 #define NR_CLONE3 435
+#define NR_OPEN 2
+#define NR_RENAME 82
+#define NR_MKDIR 83
+#define NR_RMDIR 84
+#define NR_CREAT 85
+#define NR_LINK 86
+#define NR_UNLINK 87
+#define NR_SYMLINK 88
+#define NR_CHMOD 90
+#define NR_FCHMOD 91
+#define NR_OPENAT 257
+#define NR_MKDIRAT 258
+#define NR_UNLINKAT 263
+#define NR_RENAMEAT 264
+#define NR_LINKAT 265
+#define NR_SYMLINKAT 266
+#define NR_FCHMODAT 268
+#define NR_OPEN_BY_HANDLE_AT 304
+#define NR_RENAMEAT2 316
+#define NR_OPENAT2 437
+#define NR_FCHMODAT2 452
 /* i386 numbers (syscall_32.tbl). */
+#define IA32_OPEN 5
+#define IA32_CREAT 8
+#define IA32_LINK 9
+#define IA32_UNLINK 10
+#define IA32_CHMOD 15
+#define IA32_RENAME 38
+#define IA32_MKDIR 39
+#define IA32_RMDIR 40
+#define IA32_SYMLINK 83
+#define IA32_FCHMOD 94
+#define IA32_OPENAT 295
+#define IA32_MKDIRAT 296
+#define IA32_UNLINKAT 301
+#define IA32_RENAMEAT 302
+#define IA32_LINKAT 303
+#define IA32_SYMLINKAT 304
+#define IA32_FCHMODAT 306
+#define IA32_OPEN_BY_HANDLE_AT 342
+#define IA32_RENAMEAT2 353
 #define IA32_MOUNT 21
 #define IA32_OLDUMOUNT 22
 #define IA32_UMOUNT2 52
@@ -79,6 +119,26 @@ enum lg_op {
 	LGOP_PIVOT_ROOT,
 	LGOP_INIT_MODULE,
 	LGOP_FINIT_MODULE,
+	/* file events (bpf/file.bpf.h) from here on */
+	LGOP_OPEN,
+	LGOP_CREAT,
+	LGOP_OPENAT,
+	LGOP_OPENAT2,
+	LGOP_OPEN_BY_HANDLE_AT,
+	LGOP_RENAME,
+	LGOP_RENAMEAT,
+	LGOP_UNLINK,
+	LGOP_RMDIR,
+	LGOP_UNLINKAT,
+	LGOP_CHMOD,
+	LGOP_FCHMOD,
+	LGOP_FCHMODAT,
+	LGOP_MKDIR,
+	LGOP_MKDIRAT,
+	LGOP_LINK,
+	LGOP_LINKAT,
+	LGOP_SYMLINK,
+	LGOP_SYMLINKAT,
 };
 
 static __always_inline __u32 native_op(long nr)
@@ -108,6 +168,46 @@ static __always_inline __u32 native_op(long nr)
 		return LGOP_INIT_MODULE;
 	case NR_FINIT_MODULE:
 		return LGOP_FINIT_MODULE;
+	case NR_OPEN:
+		return LGOP_OPEN;
+	case NR_CREAT:
+		return LGOP_CREAT;
+	case NR_OPENAT:
+		return LGOP_OPENAT;
+	case NR_OPENAT2:
+		return LGOP_OPENAT2;
+	case NR_OPEN_BY_HANDLE_AT:
+		return LGOP_OPEN_BY_HANDLE_AT;
+	case NR_RENAME:
+		return LGOP_RENAME;
+	case NR_RENAMEAT:
+	case NR_RENAMEAT2:
+		return LGOP_RENAMEAT;
+	case NR_UNLINK:
+		return LGOP_UNLINK;
+	case NR_RMDIR:
+		return LGOP_RMDIR;
+	case NR_UNLINKAT:
+		return LGOP_UNLINKAT;
+	case NR_CHMOD:
+		return LGOP_CHMOD;
+	case NR_FCHMOD:
+		return LGOP_FCHMOD;
+	case NR_FCHMODAT:
+	case NR_FCHMODAT2:
+		return LGOP_FCHMODAT;
+	case NR_MKDIR:
+		return LGOP_MKDIR;
+	case NR_MKDIRAT:
+		return LGOP_MKDIRAT;
+	case NR_LINK:
+		return LGOP_LINK;
+	case NR_LINKAT:
+		return LGOP_LINKAT;
+	case NR_SYMLINK:
+		return LGOP_SYMLINK;
+	case NR_SYMLINKAT:
+		return LGOP_SYMLINKAT;
 	}
 	return LGOP_NONE;
 }
@@ -141,6 +241,46 @@ static __always_inline __u32 ia32_op(long nr)
 		return LGOP_INIT_MODULE;
 	case IA32_FINIT_MODULE:
 		return LGOP_FINIT_MODULE;
+	case IA32_OPEN:
+		return LGOP_OPEN;
+	case IA32_CREAT:
+		return LGOP_CREAT;
+	case IA32_OPENAT:
+		return LGOP_OPENAT;
+	case NR_OPENAT2:
+		return LGOP_OPENAT2;
+	case IA32_OPEN_BY_HANDLE_AT:
+		return LGOP_OPEN_BY_HANDLE_AT;
+	case IA32_RENAME:
+		return LGOP_RENAME;
+	case IA32_RENAMEAT:
+	case IA32_RENAMEAT2:
+		return LGOP_RENAMEAT;
+	case IA32_UNLINK:
+		return LGOP_UNLINK;
+	case IA32_RMDIR:
+		return LGOP_RMDIR;
+	case IA32_UNLINKAT:
+		return LGOP_UNLINKAT;
+	case IA32_CHMOD:
+		return LGOP_CHMOD;
+	case IA32_FCHMOD:
+		return LGOP_FCHMOD;
+	case IA32_FCHMODAT:
+	case NR_FCHMODAT2:
+		return LGOP_FCHMODAT;
+	case IA32_MKDIR:
+		return LGOP_MKDIR;
+	case IA32_MKDIRAT:
+		return LGOP_MKDIRAT;
+	case IA32_LINK:
+		return LGOP_LINK;
+	case IA32_LINKAT:
+		return LGOP_LINKAT;
+	case IA32_SYMLINK:
+		return LGOP_SYMLINK;
+	case IA32_SYMLINKAT:
+		return LGOP_SYMLINKAT;
 	}
 	return LGOP_NONE;
 }
@@ -538,6 +678,55 @@ static __noinline int module_end(struct pt_regs *regs, __u32 op, long ret, int c
 	return 0;
 }
 
+#include "file.bpf.h"
+
+/* The file ops at their exit; -1: no such argument. */
+static __always_inline int file_end(struct pt_regs *regs, __u32 op, long ret, int compat)
+{
+	switch (op) {
+	case LGOP_OPEN:
+		return file_open_end(regs, ret, compat, -1, 0, 1, 0);
+	case LGOP_CREAT:
+		return file_open_end(regs, ret, compat, -1, 0, -1, 0);
+	case LGOP_OPENAT:
+		return file_open_end(regs, ret, compat, 0, 1, 2, 0);
+	case LGOP_OPENAT2:
+		return file_open_end(regs, ret, compat, 0, 1, 2, 1);
+	case LGOP_OPEN_BY_HANDLE_AT:
+		return file_open_end(regs, ret, compat, -1, -1, -1, 0);
+	case LGOP_RENAME:
+		return file_path_end(regs, ret, compat, LG_FILE_RENAME, -1, 1, -1, 0, -1, 0);
+	case LGOP_RENAMEAT:
+		return file_path_end(regs, ret, compat, LG_FILE_RENAME, 2, 3, 0, 1, -1, 0);
+	case LGOP_UNLINK:
+	case LGOP_RMDIR:
+		return file_path_end(regs, ret, compat, LG_FILE_DELETE, -1, 0, -1, -1, -1, 0);
+	case LGOP_UNLINKAT:
+		return file_path_end(regs, ret, compat, LG_FILE_DELETE, 0, 1, -1, -1, -1, 0);
+	case LGOP_CHMOD:
+		return file_path_end(regs, ret, compat, LG_FILE_CHMOD, -1, 0, -1, -1, -1,
+				     sys_arg(regs, 1, compat) & 07777);
+	case LGOP_FCHMOD:
+		return file_fchmod_end(regs, ret, compat);
+	case LGOP_FCHMODAT:
+		return file_path_end(regs, ret, compat, LG_FILE_CHMOD, 0, 1, -1, -1, -1,
+				     sys_arg(regs, 2, compat) & 07777);
+	case LGOP_MKDIR:
+		return file_path_end(regs, ret, compat, LG_FILE_MKDIR, -1, 0, -1, -1, -1, 0);
+	case LGOP_MKDIRAT:
+		return file_path_end(regs, ret, compat, LG_FILE_MKDIR, 0, 1, -1, -1, -1, 0);
+	case LGOP_LINK:
+		return file_path_end(regs, ret, compat, LG_FILE_LINK, -1, 1, -1, 0, -1, 0);
+	case LGOP_LINKAT:
+		return file_path_end(regs, ret, compat, LG_FILE_LINK, 2, 3, 0, 1, -1, 0);
+	case LGOP_SYMLINK:
+		return file_path_end(regs, ret, compat, LG_FILE_SYMLINK, -1, 1, -1, -1, 0, 0);
+	case LGOP_SYMLINKAT:
+		return file_path_end(regs, ret, compat, LG_FILE_SYMLINK, 1, 2, -1, -1, 0, 0);
+	}
+	return 0;
+}
+
 /* ---------------------------------------------------------------- entry and exit of the ops */
 
 /*
@@ -573,8 +762,10 @@ static __noinline int op_enter(struct pt_regs *regs, __u32 op, int compat)
 	return 0;
 }
 
-static __noinline int op_exit(struct pt_regs *regs, __u32 op, long ret, int compat)
+/* The exit half of every op; `op` a constant in the per-syscall tracepoints (see below). */
+static __always_inline int op_exit_body(struct pt_regs *regs, __u32 op, long ret, int compat)
 {
+
 	switch (op) {
 	case LGOP_SETNS:
 		ns_end(LG_NS_SETNS, ret);
@@ -604,7 +795,35 @@ static __noinline int op_exit(struct pt_regs *regs, __u32 op, long ret, int comp
 		module_end(regs, op, ret, compat);
 		return 0;
 	}
+	if (op >= LGOP_OPEN && op <= LGOP_OPEN_BY_HANDLE_AT && ret >= 0)
+		lg_file_open_fast(ret);
+	else if (op >= LGOP_OPEN)
+		file_end(regs, op, ret, compat);
 	return 0;
+}
+
+/*
+ * The dispatcher's exit half. A global subprogram, verified once on its own with `op` unknown:
+ * a static one is verified again for every op value its callers can pass (the dispatcher's
+ * switch makes each a known constant), which took the compat programs past the verifier's
+ * million instructions. Its arguments must be numbers: see regs_number().
+ */
+__noinline int lg_op_exit(unsigned long regs_addr, __u32 op, long ret, int compat)
+{
+	return op_exit_body((struct pt_regs *)regs_addr, op, ret, compat);
+}
+
+/*
+ * The address of the syscall's registers as a plain number, for a global subprogram (which
+ * takes no kernel pointers): copied through a probe read, which the verifier does not follow.
+ * Only for the rare ops (not opens): it costs one helper call.
+ */
+static __always_inline unsigned long regs_number(struct pt_regs *regs)
+{
+	unsigned long addr = 0;
+
+	bpf_probe_read_kernel(&addr, sizeof(addr), &regs);
+	return addr;
 }
 
 /* Whether user space turned the dispatcher on for op's event. */
@@ -622,6 +841,8 @@ static __always_inline int op_wanted(__u32 op)
 	case LGOP_NONE:
 		return 0;
 	}
+	if (op >= LGOP_OPEN)
+		return want_file;
 	return want_mount;
 }
 
@@ -630,7 +851,7 @@ static __always_inline __u32 dispatch_op(long nr, int btf, int *compat)
 {
 	__u32 native, ia32;
 
-	if (!want_ns && !want_mount && !want_module)
+	if (!want_ns && !want_mount && !want_module && !want_file)
 		return LGOP_NONE;
 	native = native_op(nr);
 	ia32 = ia32_op(nr);
@@ -657,8 +878,14 @@ static __always_inline void more_exit(struct pt_regs *regs, long ret, int btf)
 	int compat = 0;
 	__u32 op = dispatch_op(syscall_nr(regs, btf), btf, &compat);
 
-	if (op != LGOP_NONE)
-		op_exit(regs, op, ret, compat);
+	if (op == LGOP_NONE)
+		return;
+	/* Successful opens, the one hot case, without a subprogram call in between. */
+	if (op >= LGOP_OPEN && op <= LGOP_OPEN_BY_HANDLE_AT && ret >= 0) {
+		lg_file_open_fast(ret);
+		return;
+	}
+	lg_op_exit(regs_number(regs), op, ret, compat);
 }
 
 /* ---------------------------------------------------------------- per-syscall tracepoints */
@@ -692,7 +919,7 @@ static __always_inline struct pt_regs *tp_regs(void)
 	{                                                                          \
 		struct pt_regs *regs = tp_regs();                                  \
 		if (regs)                                                          \
-			op_exit(regs, op, ctx->ret, 0);                            \
+			op_exit_body(regs, op, ctx->ret, 0);                       \
 		return 0;                                                          \
 	}
 
@@ -710,6 +937,27 @@ LGOP_TP_EXIT(mount_move_exit, move_mount, LGOP_MOVE_MOUNT)
 LGOP_TP_EXIT(mount_fsmount_exit, fsmount, LGOP_FSMOUNT)
 LGOP_TP_EXIT(mount_open_tree_exit, open_tree, LGOP_OPEN_TREE)
 LGOP_TP_EXIT(mount_pivot_root_exit, pivot_root, LGOP_PIVOT_ROOT)
+LGOP_TP_EXIT(file_open_exit, open, LGOP_OPEN)
+LGOP_TP_EXIT(file_creat_exit, creat, LGOP_CREAT)
+LGOP_TP_EXIT(file_openat_exit, openat, LGOP_OPENAT)
+LGOP_TP_EXIT(file_openat2_exit, openat2, LGOP_OPENAT2)
+LGOP_TP_EXIT(file_open_by_handle_exit, open_by_handle_at, LGOP_OPEN_BY_HANDLE_AT)
+LGOP_TP_EXIT(file_rename_exit, rename, LGOP_RENAME)
+LGOP_TP_EXIT(file_renameat_exit, renameat, LGOP_RENAMEAT)
+LGOP_TP_EXIT(file_renameat2_exit, renameat2, LGOP_RENAMEAT)
+LGOP_TP_EXIT(file_unlink_exit, unlink, LGOP_UNLINK)
+LGOP_TP_EXIT(file_rmdir_exit, rmdir, LGOP_RMDIR)
+LGOP_TP_EXIT(file_unlinkat_exit, unlinkat, LGOP_UNLINKAT)
+LGOP_TP_EXIT(file_chmod_exit, chmod, LGOP_CHMOD)
+LGOP_TP_EXIT(file_fchmod_exit, fchmod, LGOP_FCHMOD)
+LGOP_TP_EXIT(file_fchmodat_exit, fchmodat, LGOP_FCHMODAT)
+LGOP_TP_EXIT(file_fchmodat2_exit, fchmodat2, LGOP_FCHMODAT)
+LGOP_TP_EXIT(file_mkdir_exit, mkdir, LGOP_MKDIR)
+LGOP_TP_EXIT(file_mkdirat_exit, mkdirat, LGOP_MKDIRAT)
+LGOP_TP_EXIT(file_link_exit, link, LGOP_LINK)
+LGOP_TP_EXIT(file_linkat_exit, linkat, LGOP_LINKAT)
+LGOP_TP_EXIT(file_symlink_exit, symlink, LGOP_SYMLINK)
+LGOP_TP_EXIT(file_symlinkat_exit, symlinkat, LGOP_SYMLINKAT)
 LGOP_TP_EXIT(module_init_exit, init_module, LGOP_INIT_MODULE)
 LGOP_TP_EXIT(module_finit_exit, finit_module, LGOP_FINIT_MODULE)
 

@@ -55,6 +55,8 @@ pub struct Event {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub module: Option<Box<ModuleInfo>>,
     #[serde(skip_serializing_if = "Option::is_none")]
+    pub file: Option<Box<FileInfo>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub stats: Option<Box<crate::counters::Snapshot>>,
 }
 
@@ -328,6 +330,27 @@ pub struct ModuleInfo {
     pub result: i32,
 }
 
+#[derive(Serialize, Debug)]
+pub struct FileInfo {
+    pub path: String,
+    /// rename: the old name; link: the existing file.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub old_path: Option<String>,
+    /// symlink: the link's target, as written.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub target_path: Option<String>,
+    /// chmod: the mode asked for, octal (ECS `file.mode`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub mode: Option<String>,
+    /// The list the path matched: `read` or `write` (`unknown`: a path too deep to judge).
+    pub watch: &'static str,
+    pub result: i32,
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub path_from_caller: bool,
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub path_truncated: bool,
+}
+
 /// `Some(s)` unless `s` is empty.
 fn non_empty(s: String) -> Option<String> {
     (!s.is_empty()).then_some(s)
@@ -499,6 +522,36 @@ impl Event {
             json::uint(out, m.flags.into());
             key!(out, "result");
             json::int(out, m.result.into());
+            out.push(b'}');
+        }
+        if let Some(f) = &self.file {
+            key!(out, "file");
+            key!(out, open "path");
+            json::str(out, &f.path);
+            if let Some(v) = &f.old_path {
+                key!(out, "old_path");
+                json::str(out, v);
+            }
+            if let Some(v) = &f.target_path {
+                key!(out, "target_path");
+                json::str(out, v);
+            }
+            if let Some(v) = &f.mode {
+                key!(out, "mode");
+                json::str(out, v);
+            }
+            key!(out, "watch");
+            json::str(out, f.watch);
+            key!(out, "result");
+            json::int(out, f.result.into());
+            if f.path_from_caller {
+                key!(out, "path_from_caller");
+                json::bool(out, true);
+            }
+            if f.path_truncated {
+                key!(out, "path_truncated");
+                json::bool(out, true);
+            }
             out.push(b'}');
         }
         if let Some(s) = &self.stats {
@@ -741,6 +794,7 @@ const ACCESS: &[&str] = &["access"];
 const CREATION: &[&str] = &["creation"];
 const CONNECTION_START: &[&str] = &["connection", "start"];
 const CONFIGURATION: &[&str] = &["configuration"];
+const DELETION: &[&str] = &["deletion"];
 
 /// Builds events: owns the sequence counter, the host name and the clock.
 pub struct Builder {
@@ -786,6 +840,7 @@ impl Builder {
             namespace: None,
             mount: None,
             module: None,
+            file: None,
             stats: None,
         }
     }
@@ -1035,6 +1090,45 @@ impl Builder {
                     params: x.params,
                     flags: x.flags,
                     result: x.ret,
+                }));
+                e
+            }
+            Record::File(x) => {
+                use crate::sensor::decode::FileOp;
+                let (types, action) = match x.op {
+                    FileOp::Read => (ACCESS, "open"),
+                    FileOp::Write => (CHANGE, "write"),
+                    FileOp::Create => (CREATION, "create"),
+                    FileOp::Rename => (CHANGE, "rename"),
+                    FileOp::Delete => (DELETION, "delete"),
+                    FileOp::Chmod => (CHANGE, "chmod"),
+                    FileOp::Mkdir => (CREATION, "mkdir"),
+                    FileOp::Link => (CREATION, "link"),
+                    FileOp::Symlink => (CREATION, "symlink"),
+                };
+                let ecs = Ecs::event(FILE, types, action).result(x.ret.into());
+                let mut e = self.base("file", ecs, ts);
+                e.process = Some(self.process(x.task, procs));
+                let watch = if x.watch_write && x.op != FileOp::Read {
+                    "write"
+                } else if x.watch_read {
+                    "read"
+                } else {
+                    "unknown"
+                };
+                let (old_path, target_path) = match x.op {
+                    FileOp::Symlink => (None, Some(x.old_path)),
+                    _ => (non_empty(x.old_path), None),
+                };
+                e.file = Some(Box::new(FileInfo {
+                    path: x.path,
+                    old_path,
+                    target_path,
+                    mode: (x.op == FileOp::Chmod).then(|| format!("{:04o}", x.mode)),
+                    watch,
+                    result: x.ret,
+                    path_from_caller: x.from_caller,
+                    path_truncated: x.truncated,
                 }));
                 e
             }
@@ -1321,6 +1415,42 @@ mod tests {
                 path: odd.into(),
                 path_truncated: true,
             }),
+            Record::File(FileChange {
+                task: t.clone(),
+                op: FileOp::Symlink,
+                ret: -13,
+                mode: 0,
+                path: odd.into(),
+                old_path: odd.into(),
+                from_caller: true,
+                truncated: true,
+                watch_read: false,
+                watch_write: true,
+            }),
+            Record::File(FileChange {
+                task: task(),
+                op: FileOp::Chmod,
+                ret: 0,
+                mode: 0o4755,
+                path: "/usr/bin/x".into(),
+                old_path: String::new(),
+                from_caller: false,
+                truncated: false,
+                watch_read: false,
+                watch_write: false,
+            }),
+            Record::File(FileChange {
+                task: task(),
+                op: FileOp::Rename,
+                ret: 0,
+                mode: 0,
+                path: "/etc/cron.d/job".into(),
+                old_path: odd.into(),
+                from_caller: true,
+                truncated: false,
+                watch_read: false,
+                watch_write: true,
+            }),
             Record::ModuleLoad(ModuleLoad {
                 task: t,
                 syscall: "init_module",
@@ -1462,6 +1592,18 @@ mod tests {
                 path: "/usr/lib/modules/6.1.0/kernel/drivers/net/dummy.ko".into(),
                 path_truncated: false,
             }),
+            Record::File(FileChange {
+                task: task(),
+                op: FileOp::Read,
+                ret: 3,
+                mode: 0,
+                path: "/etc/shadow".into(),
+                old_path: String::new(),
+                from_caller: false,
+                truncated: false,
+                watch_read: true,
+                watch_write: false,
+            }),
             Record::Exit(Exit {
                 task: task(),
                 exit_code: 7,
@@ -1596,8 +1738,21 @@ mod tests {
                 .unwrap_or_else(|| panic!("{ty}: no row in the ECS categorization table"));
             assert_eq!(row[0], kind, "{ty}: event.kind");
             assert_eq!(row[1], cats.join(", "), "{ty}: event.category");
-            assert_eq!(row[2], types.join(", "), "{ty}: event.type");
             let action = e["action"].as_str().expect("event.action");
+            // One type for the whole row, or `type (`action`, ...); type (...)` per action.
+            let typed = row[2]
+                .split("; ")
+                .any(|entry| match entry.split_once(" (") {
+                    Some((t, acts)) => {
+                        t == types.join(", ") && acts.contains(&format!("`{action}`"))
+                    }
+                    None => entry == types.join(", "),
+                });
+            assert!(
+                typed,
+                "{ty}: event.type {types:?} for {action} is not {}",
+                row[2]
+            );
             assert!(
                 row[3] == format!("`{action}`")
                     || row[3].contains(&format!("`{action}`"))

@@ -21,6 +21,7 @@ pub const LG_MEMFD: u32 = types::lg_type::LG_MEMFD.0;
 pub const LG_NAMESPACE: u32 = types::lg_type::LG_NAMESPACE.0;
 pub const LG_MOUNT: u32 = types::lg_type::LG_MOUNT.0;
 pub const LG_MODULE_LOAD: u32 = types::lg_type::LG_MODULE_LOAD.0;
+pub const LG_FILE: u32 = types::lg_type::LG_FILE.0;
 /// One past the largest record type: the length of per-type counter arrays.
 pub const LG_TYPE_MAX: usize = types::lg_type::LG_TYPE_MAX.0 as usize;
 
@@ -30,7 +31,7 @@ pub const TYPE_NAMES: [&str; LG_TYPE_MAX] = consts::LG_RECORD_NAMES;
 
 /// Every event `"type"` the kernel's records become, in output order: one per record type,
 /// except that a `creds` record is reported as `setuid` or `capset` by the call that made it.
-pub const EVENT_TYPES: [&str; 13] = [
+pub const EVENT_TYPES: [&str; 14] = [
     "exec",
     "exit",
     "fork",
@@ -44,6 +45,7 @@ pub const EVENT_TYPES: [&str; 13] = [
     "namespace",
     "mount",
     "module_load",
+    "file",
 ];
 
 /// Why a record could not be decoded (counted as a user-space drop).
@@ -330,6 +332,39 @@ pub struct ModuleLoad {
     pub path_truncated: bool,
 }
 
+/// What a file event did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FileOp {
+    Read,
+    Write,
+    Create,
+    Rename,
+    Delete,
+    Chmod,
+    Mkdir,
+    Link,
+    Symlink,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FileChange {
+    pub task: Task,
+    pub op: FileOp,
+    /// The fd (opens), 0, or -errno.
+    pub ret: i32,
+    /// chmod: the mode asked for.
+    pub mode: u32,
+    /// Absolute: the kernel's (opens, fchmod), or composed from the caller's string.
+    pub path: String,
+    /// rename: the old name; link: the existing file; symlink: the target as written.
+    pub old_path: String,
+    /// The path (or part of it) is the caller's string, not the kernel's file.
+    pub from_caller: bool,
+    pub truncated: bool,
+    pub watch_read: bool,
+    pub watch_write: bool,
+}
+
 /// One decoded kernel record.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Record {
@@ -344,6 +379,7 @@ pub enum Record {
     Namespace(NamespaceChange),
     Mount(Mount),
     ModuleLoad(ModuleLoad),
+    File(FileChange),
 }
 
 impl Record {
@@ -360,6 +396,7 @@ impl Record {
             Record::Namespace(e) => &e.task,
             Record::Mount(e) => &e.task,
             Record::ModuleLoad(e) => &e.task,
+            Record::File(e) => &e.task,
         }
     }
 }
@@ -392,6 +429,8 @@ unsafe impl Pod for types::lg_namespace {}
 unsafe impl Pod for types::lg_mount {}
 // SAFETY: as above.
 unsafe impl Pod for types::lg_module_load {}
+// SAFETY: as above.
+unsafe impl Pod for types::lg_file {}
 
 /// `bytes` as a `T` when the length is exactly `size_of::<T>()`: borrowed in place when the
 /// bytes are aligned for `T` (ring-buffer records always are: libbpf hands out 8-byte aligned
@@ -703,6 +742,35 @@ pub fn decode(bytes: &[u8]) -> Result<Record, DecodeError> {
                 params: cstr(&e.params),
                 path: path_of(&e.path, e.path_len),
                 path_truncated: e.path_truncated != 0,
+            })
+        }
+        LG_FILE => {
+            let e = read::<types::lg_file>(ty, bytes)?;
+            use types::lg_file_op as O;
+            let op = match O(e.op) {
+                O::LG_FILE_READ => FileOp::Read,
+                O::LG_FILE_WRITE => FileOp::Write,
+                O::LG_FILE_CREATE => FileOp::Create,
+                O::LG_FILE_RENAME => FileOp::Rename,
+                O::LG_FILE_DELETE => FileOp::Delete,
+                O::LG_FILE_CHMOD => FileOp::Chmod,
+                O::LG_FILE_MKDIR => FileOp::Mkdir,
+                O::LG_FILE_LINK => FileOp::Link,
+                O::LG_FILE_SYMLINK => FileOp::Symlink,
+                _ => return Err(DecodeError::UnknownType(ty)),
+            };
+            let has = |bit: usize| e.flags & bit as u32 != 0;
+            Record::File(FileChange {
+                task: task(&e.task),
+                op,
+                ret: e.ret,
+                mode: e.mode,
+                path: path_of(&e.path, e.path_len.into()),
+                old_path: path_of(&e.old_path, e.old_path_len.into()),
+                from_caller: has(consts::LG_FILE_F_CALLER),
+                truncated: has(consts::LG_FILE_F_TRUNCATED),
+                watch_read: has(consts::LG_FILE_F_WATCH_READ),
+                watch_write: has(consts::LG_FILE_F_WATCH_WRITE),
             })
         }
         other => return Err(DecodeError::UnknownType(other)),

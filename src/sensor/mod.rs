@@ -15,8 +15,9 @@ use crate::error::{Error, Result};
 
 pub mod decode;
 pub mod skel;
+pub mod watch;
 
-use skel::{OpenSensorSkel, SensorSkel, SensorSkelBuilder};
+use skel::{OpenSensorSkel, SensorSkel, SensorSkelBuilder, consts};
 
 const TRACEFS: &str = "/sys/kernel/tracing";
 const VMLINUX_BTF: &str = "/sys/kernel/btf/vmlinux";
@@ -233,6 +234,20 @@ const HOOKS: &[Hook] = &[
             },
         ],
     },
+    // Opens, renames, deletes, mode changes... of watched paths (bpf/file.bpf.h): filtered in
+    // the kernel against the watch lists. fchmodat2 is Linux 6.6+: older kernels use the same
+    // tracepoints without it.
+    Hook {
+        event: "file",
+        alts: &[
+            DISPATCH_BTF,
+            DISPATCH_RAW,
+            Alt { progs: FILE_TPS },
+            Alt {
+                progs: FILE_TPS.split_at(FILE_TPS.len() - 1).0,
+            },
+        ],
+    },
     // Kernels without loadable modules (like the development machine's) have neither the
     // `module:module_load` tracepoint (the module's name) nor `syscalls:*_init_module`: there
     // the dispatcher alone still reports the attempts (they fail with ENOSYS).
@@ -301,6 +316,94 @@ const DISPATCH_RAW: Alt = Alt {
         ("compat_exit_raw", Via::RawTp("raw_syscalls", "sys_exit")),
     ],
 };
+/// The file event's own tracepoints (without the dispatcher); fchmodat2 (6.6+) last.
+const FILE_TPS: &[(&str, Via)] = &[
+    (
+        "file_open_exit",
+        Via::Tracepoint("syscalls", "sys_exit_open"),
+    ),
+    (
+        "file_creat_exit",
+        Via::Tracepoint("syscalls", "sys_exit_creat"),
+    ),
+    (
+        "file_openat_exit",
+        Via::Tracepoint("syscalls", "sys_exit_openat"),
+    ),
+    (
+        "file_openat2_exit",
+        Via::Tracepoint("syscalls", "sys_exit_openat2"),
+    ),
+    (
+        "file_open_by_handle_exit",
+        Via::Tracepoint("syscalls", "sys_exit_open_by_handle_at"),
+    ),
+    (
+        "file_rename_exit",
+        Via::Tracepoint("syscalls", "sys_exit_rename"),
+    ),
+    (
+        "file_renameat_exit",
+        Via::Tracepoint("syscalls", "sys_exit_renameat"),
+    ),
+    (
+        "file_renameat2_exit",
+        Via::Tracepoint("syscalls", "sys_exit_renameat2"),
+    ),
+    (
+        "file_unlink_exit",
+        Via::Tracepoint("syscalls", "sys_exit_unlink"),
+    ),
+    (
+        "file_rmdir_exit",
+        Via::Tracepoint("syscalls", "sys_exit_rmdir"),
+    ),
+    (
+        "file_unlinkat_exit",
+        Via::Tracepoint("syscalls", "sys_exit_unlinkat"),
+    ),
+    (
+        "file_chmod_exit",
+        Via::Tracepoint("syscalls", "sys_exit_chmod"),
+    ),
+    (
+        "file_fchmod_exit",
+        Via::Tracepoint("syscalls", "sys_exit_fchmod"),
+    ),
+    (
+        "file_fchmodat_exit",
+        Via::Tracepoint("syscalls", "sys_exit_fchmodat"),
+    ),
+    (
+        "file_mkdir_exit",
+        Via::Tracepoint("syscalls", "sys_exit_mkdir"),
+    ),
+    (
+        "file_mkdirat_exit",
+        Via::Tracepoint("syscalls", "sys_exit_mkdirat"),
+    ),
+    (
+        "file_link_exit",
+        Via::Tracepoint("syscalls", "sys_exit_link"),
+    ),
+    (
+        "file_linkat_exit",
+        Via::Tracepoint("syscalls", "sys_exit_linkat"),
+    ),
+    (
+        "file_symlink_exit",
+        Via::Tracepoint("syscalls", "sys_exit_symlink"),
+    ),
+    (
+        "file_symlinkat_exit",
+        Via::Tracepoint("syscalls", "sys_exit_symlinkat"),
+    ),
+    (
+        "file_fchmodat2_exit",
+        Via::Tracepoint("syscalls", "sys_exit_fchmodat2"),
+    ),
+];
+
 /// The loaded module's name (module:module_load), where the kernel has loadable modules.
 const MODULE_NAME: (&str, Via) = ("module_load_tp", Via::Tracepoint("module", "module_load"));
 
@@ -370,6 +473,10 @@ pub struct Options {
     pub wakeup_bytes: u64,
     /// Watch 32-bit syscalls too (`--compat-syscalls`): two more programs run on every syscall.
     pub compat_syscalls: bool,
+    /// Path prefixes whose opens for reading are reported (`--watch-read`, resolved).
+    pub watch_read: Vec<String>,
+    /// Path prefixes below which changes are reported (`--watch-write`, resolved).
+    pub watch_write: Vec<String>,
 }
 
 /// What happened to one event's hook at start-up.
@@ -469,6 +576,10 @@ fn unneeded(opts: &Options, btf: Option<&libbpf_rs::btf::Btf<'_>>) -> Vec<Skip> 
                     None
                 }
             }
+            "file" if opts.watch_read.is_empty() && opts.watch_write.is_empty() => Some((
+                log::Level::Info,
+                "both watch lists are empty (--watch-read none, --watch-write none)",
+            )),
             _ => None,
         })
         .collect()
@@ -554,6 +665,30 @@ fn open(opts: &Options, wanted: &[&str], dispatched: &[&str]) -> Result<OpenSens
     rodata.want_ns = dispatched.contains(&"namespace");
     rodata.want_mount = dispatched.contains(&"mount");
     rodata.want_module = dispatched.contains(&"module_load");
+    rodata.want_file = dispatched.contains(&"file");
+    rodata.watch_reads = !opts.watch_read.is_empty();
+    // The fast path's first-component filter (bpf/file.bpf.h); none: every path is looked up.
+    let entries = watch::entries(&opts.watch_read, &opts.watch_write);
+    let tops = watch::tops(&entries).unwrap_or_default();
+    rodata.top_count = tops.len() as u32;
+    for (i, t) in tops.iter().enumerate() {
+        rodata.top_lo[i] = t.lo;
+        rodata.top_hi[i] = t.hi;
+        rodata.top_mlo[i] = t.mlo;
+        rodata.top_mhi[i] = t.mhi;
+        rodata.top_len[i] = t.len;
+        rodata.top_exact[i] = u8::from(t.exact);
+        rodata.top_lists[i] = t.lists as u8;
+        let first = (t.lo & 0xff) as usize;
+        for (list, bit) in [
+            (0, consts::LG_FILE_F_WATCH_READ),
+            (1, consts::LG_FILE_F_WATCH_WRITE),
+        ] {
+            if t.lists & bit as u32 != 0 {
+                rodata.top_first[list][first >> 6] |= 1 << (first & 63);
+            }
+        }
+    }
     let bytes = u32::try_from(opts.ring_buffer_mb << 20)
         .map_err(|_| Error::config("--ring-buffer-mb is too large (at most 1024)"))?;
     open.maps
@@ -565,6 +700,33 @@ fn open(opts: &Options, wanted: &[&str], dispatched: &[&str]) -> Result<OpenSens
         prog.set_autoload(wanted.contains(&name.as_str()));
     }
     Ok(open)
+}
+
+/// Puts the watch lists into the kernel's trie (before anything is attached).
+fn fill_watch(skel: &SensorSkel<'static>, opts: &Options) -> Result<()> {
+    let entries = watch::entries(&opts.watch_read, &opts.watch_write);
+    if entries.len() > watch::MAX_ENTRIES {
+        return Err(Error::config(format!(
+            "the watch lists have {} prefixes after expanding `*`; at most {} fit in the kernel's \
+             table: shorten --watch-read/--watch-write",
+            entries.len(),
+            watch::MAX_ENTRIES
+        )));
+    }
+    for (prefix, lists) in &entries {
+        skel.maps
+            .watch
+            .update(&watch::key(prefix), &lists.to_ne_bytes(), MapFlags::ANY)
+            .map_err(|e| {
+                Error::runtime(format!("failed to fill the watch list ({prefix}): {e}"))
+            })?;
+    }
+    log::debug!(
+        "file: watching {} prefixes for reads, {} for changes",
+        opts.watch_read.len(),
+        opts.watch_write.len()
+    );
+    Ok(())
 }
 
 impl Sensor {
@@ -591,6 +753,7 @@ impl Sensor {
                 Self::load(opts, btf.as_ref(), false, &skip)?
             }
         };
+        fill_watch(&skel, opts)?;
         let mut links = Vec::new();
         let mut hooks = Vec::new();
         // Programs shared by several events (the dispatcher) are attached once.
@@ -772,6 +935,8 @@ mod tests {
             own_tgid: 0,
             wakeup_bytes: 0,
             compat_syscalls: true,
+            watch_read: watch::resolve("default", watch::DEFAULT_READ),
+            watch_write: watch::resolve("default", watch::DEFAULT_WRITE),
         }
     }
 

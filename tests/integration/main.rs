@@ -9,6 +9,7 @@ mod cli;
 mod compat;
 mod e2e;
 mod enroll;
+mod files;
 mod kubelet_server;
 mod layout;
 mod manifest;
