@@ -254,4 +254,42 @@ struct lg_file {
 	char old_path[LG_FPATH_LEN];
 };
 
+/* ---------------------------------------------------------------- dns */
+
+#define LG_DNS_LEN 288	/* bytes of a DNS message copied: the header and a longest question */
+
+/* A UDP datagram sent to port 53: the question is parsed in user space (src/sensor/dns.rs). */
+struct lg_dns {
+	__u32 type;
+	__u16 family;		/* AF_INET / AF_INET6 */
+	__u16 dport;		/* host byte order */
+	struct lg_task task;
+	__u16 sport;		/* 0 when the socket is not bound yet */
+	__u16 _pad;
+	__u32 len;		/* bytes the caller sent */
+	__u32 captured;		/* bytes in payload */
+	__u32 _pad2;
+	__u8 daddr[16];		/* IPv4 uses the first 4 bytes */
+	__u8 saddr[16];
+	__u8 payload[LG_DNS_LEN];
+};
+
+/* ---------------------------------------------------------------- connection_close */
+
+/* A TCP connection this host opened or accepted, at its end. */
+struct lg_connection_close {
+	__u32 type;
+	__u16 family;		/* AF_INET / AF_INET6 */
+	__u8 inbound;		/* 1: accepted, 0: connected */
+	__u8 _pad;
+	struct lg_task task;	/* the owner, as it was at connect()/accept(); ts_boot_ns: the end */
+	__u64 start_ns;		/* boot clock at connect()/accept() */
+	__u64 bytes_sent;	/* tcp_sock.bytes_acked: sent and acknowledged by the peer */
+	__u64 bytes_received;	/* tcp_sock.bytes_received */
+	__u16 sport, dport;	/* host byte order; s = local, d = remote */
+	__u32 _pad2;
+	__u8 saddr[16];		/* IPv4 uses the first 4 bytes */
+	__u8 daddr[16];
+};
+
 #endif /* LG_EVENTS_H */

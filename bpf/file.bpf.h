@@ -74,7 +74,7 @@ static __always_inline __u32 watched(struct lg_pscratch *s)
  * lists, must cost a few comparisons (the bar: 150 ns per open). Measured on the development
  * VM, one bpf_probe_read_kernel() costs ~45 ns: the fast path makes none where the kernel can
  * cast pointers (bpf_rdonly_cast, 6.2+), and it does not compose the path at all unless the
- * path's first component can start a watched prefix (top_*, from user space): /tmp, /proc,
+ * path's first component can start a watched prefix (top_*, from user space): /proc, /sys,
  * /dev, /home (without a .ssh rule), ... are decided by one 16-byte compare per list entry.
  */
 #define LG_TOPS 16

@@ -52,6 +52,15 @@ enum lg_module_call _lg_module_call = LG_MODULE_INIT;
 #define NR_MOVE_MOUNT 429
 #define NR_FSMOUNT 432
 #define NR_CLONE3 435
+#define NR_ACCEPT 43
+#define NR_ACCEPT4 288
+#define IA32_ACCEPT4 364
+#define NR_SENDTO 44
+#define NR_SENDMSG 46
+#define NR_SENDMMSG 307
+#define IA32_SENDMMSG 345
+#define IA32_SENDTO 369
+#define IA32_SENDMSG 370
 #define NR_OPEN 2
 #define NR_RENAME 82
 #define NR_MKDIR 83
@@ -119,6 +128,12 @@ enum lg_op {
 	LGOP_PIVOT_ROOT,
 	LGOP_INIT_MODULE,
 	LGOP_FINIT_MODULE,
+	/* connection_close (bpf/conn.bpf.h), at the exit */
+	LGOP_ACCEPT,
+	/* dns (bpf/dns.bpf.h), at the entry */
+	LGOP_SENDTO,
+	LGOP_SENDMSG,
+	LGOP_SENDMMSG,
 	/* file events (bpf/file.bpf.h) from here on */
 	LGOP_OPEN,
 	LGOP_CREAT,
@@ -168,6 +183,15 @@ static __always_inline __u32 native_op(long nr)
 		return LGOP_INIT_MODULE;
 	case NR_FINIT_MODULE:
 		return LGOP_FINIT_MODULE;
+	case NR_ACCEPT:
+	case NR_ACCEPT4:
+		return LGOP_ACCEPT;
+	case NR_SENDTO:
+		return LGOP_SENDTO;
+	case NR_SENDMSG:
+		return LGOP_SENDMSG;
+	case NR_SENDMMSG:
+		return LGOP_SENDMMSG;
 	case NR_OPEN:
 		return LGOP_OPEN;
 	case NR_CREAT:
@@ -241,6 +265,14 @@ static __always_inline __u32 ia32_op(long nr)
 		return LGOP_INIT_MODULE;
 	case IA32_FINIT_MODULE:
 		return LGOP_FINIT_MODULE;
+	case IA32_ACCEPT4:
+		return LGOP_ACCEPT;
+	case IA32_SENDTO:
+		return LGOP_SENDTO;
+	case IA32_SENDMSG:
+		return LGOP_SENDMSG;
+	case IA32_SENDMMSG:
+		return LGOP_SENDMMSG;
 	case IA32_OPEN:
 		return LGOP_OPEN;
 	case IA32_CREAT:
@@ -679,6 +711,8 @@ static __noinline int module_end(struct pt_regs *regs, __u32 op, long ret, int c
 }
 
 #include "file.bpf.h"
+#include "dns.bpf.h"
+#include "conn.bpf.h"
 
 /* The file ops at their exit; -1: no such argument. */
 static __always_inline int file_end(struct pt_regs *regs, __u32 op, long ret, int compat)
@@ -838,6 +872,12 @@ static __always_inline int op_wanted(__u32 op)
 	case LGOP_INIT_MODULE:
 	case LGOP_FINIT_MODULE:
 		return want_module;
+	case LGOP_SENDTO:
+	case LGOP_SENDMSG:
+	case LGOP_SENDMMSG:
+		return want_dns;
+	case LGOP_ACCEPT:
+		return want_close;
 	case LGOP_NONE:
 		return 0;
 	}
@@ -851,7 +891,7 @@ static __always_inline __u32 dispatch_op(long nr, int btf, int *compat)
 {
 	__u32 native, ia32;
 
-	if (!want_ns && !want_mount && !want_module && !want_file)
+	if (!want_ns && !want_mount && !want_module && !want_file && !want_dns && !want_close)
 		return LGOP_NONE;
 	native = native_op(nr);
 	ia32 = ia32_op(nr);
@@ -862,14 +902,53 @@ static __always_inline __u32 dispatch_op(long nr, int btf, int *compat)
 	return op_wanted(native) ? native : LGOP_NONE;
 }
 
+/*
+ * Argument i of the current syscall, with plain loads where the registers are a BTF pointer
+ * (tp_btf): for the sends, which are frequent.
+ */
+static __always_inline __u64 sys_arg_fast(struct pt_regs *regs, int i, int compat, int btf)
+{
+	if (!btf)
+		return sys_arg(regs, i, compat);
+	if (compat) {
+		switch (i) {
+		case 0:
+			return (__u32)regs->bx;
+		case 1:
+			return (__u32)regs->cx;
+		case 2:
+			return (__u32)regs->dx;
+		default:
+			return (__u32)regs->di;
+		}
+	}
+	switch (i) {
+	case 0:
+		return regs->di;
+	case 1:
+		return regs->si;
+	case 2:
+		return regs->dx;
+	default:
+		return regs->r8;
+	}
+}
+
 /* Called first by the compat hook's sys_enter programs (sensor.bpf.c). */
 static __always_inline void more_enter(struct pt_regs *regs, long nr, int btf)
 {
 	int compat = 0;
 	__u32 op = dispatch_op(nr, btf, &compat);
 
-	if (op != LGOP_NONE)
-		op_enter(regs, op, compat);
+	if (op == LGOP_NONE)
+		return;
+	if (op >= LGOP_SENDTO && op <= LGOP_SENDMMSG) {
+		lg_dns_send((int)sys_arg_fast(regs, 0, compat, btf), sys_arg_fast(regs, 1, compat, btf),
+			    sys_arg_fast(regs, 2, compat, btf), sys_arg_fast(regs, 4, compat, btf),
+			    (op - LGOP_SENDTO + 1) | (compat << 4));
+		return;
+	}
+	op_enter(regs, op, compat);
 }
 
 /* Called first by the compat hook's sys_exit programs. */
@@ -880,6 +959,10 @@ static __always_inline void more_exit(struct pt_regs *regs, long ret, int btf)
 
 	if (op == LGOP_NONE)
 		return;
+	if (op == LGOP_ACCEPT) {
+		lg_conn_accept(ret);
+		return;
+	}
 	/* Successful opens, the one hot case, without a subprogram call in between. */
 	if (op >= LGOP_OPEN && op <= LGOP_OPEN_BY_HANDLE_AT && ret >= 0) {
 		lg_file_open_fast(ret);
@@ -937,6 +1020,17 @@ LGOP_TP_EXIT(mount_move_exit, move_mount, LGOP_MOVE_MOUNT)
 LGOP_TP_EXIT(mount_fsmount_exit, fsmount, LGOP_FSMOUNT)
 LGOP_TP_EXIT(mount_open_tree_exit, open_tree, LGOP_OPEN_TREE)
 LGOP_TP_EXIT(mount_pivot_root_exit, pivot_root, LGOP_PIVOT_ROOT)
+#define DNS_TP_ENTER(prog, sys, kind)                                              \
+	SEC("tracepoint/syscalls/sys_enter_" #sys)                                 \
+	int prog(struct trace_event_raw_sys_enter *ctx)                            \
+	{                                                                          \
+		return lg_dns_send((int)ctx->args[0], ctx->args[1], ctx->args[2],  \
+				   ctx->args[4], kind);                            \
+	}
+
+DNS_TP_ENTER(dns_sendto_enter, sendto, 1)
+DNS_TP_ENTER(dns_sendmsg_enter, sendmsg, 2)
+DNS_TP_ENTER(dns_sendmmsg_enter, sendmmsg, 3)
 LGOP_TP_EXIT(file_open_exit, open, LGOP_OPEN)
 LGOP_TP_EXIT(file_creat_exit, creat, LGOP_CREAT)
 LGOP_TP_EXIT(file_openat_exit, openat, LGOP_OPENAT)

@@ -2,7 +2,7 @@
 # scripts/bench-storms-17.sh: the workloads for issue 17's cost bars, for scripts/bench (sourced,
 # not run). With OUT set: builds into $OUT
 #   openloop [FILE [write]]   best of 5 runs of 200,000 open+close of FILE (default: a file under
-#                             /tmp, outside every default watch list), read-only or for writing;
+#                             /dev/shm, outside every default watch list), read-only or for writing;
 #                             prints ns per open+close. Run it without and with the agent: the
 #                             difference is the file filter's cost per open (bar: <= 150 ns at the
 #                             median of the run sets).
@@ -13,9 +13,9 @@
 #                             all N delivered and stats.dropped_kernel 0.
 # Example (as root, from the repository):
 #   OUT=$(mktemp -d); . scripts/bench-storms-17.sh
-#   "$OUT/openloop"; target/release/linuxguard-agent watch > /tmp/ev.json & sleep 2
+#   "$OUT/openloop"; target/release/linuxguard-agent watch > "$OUT/ev.json" & sleep 2
 #   "$OUT/openloop"; "$OUT/dnsstorm" 10000; kill -INT %1; wait
-#   grep -c '"name":"q[0-9]*.lg-storm.test"' /tmp/ev.json
+#   grep -c '"name":"q[0-9]*.lg-storm.test"' "$OUT/ev.json"
 
 CC=musl-gcc
 command -v musl-gcc >/dev/null || CC=gcc
@@ -27,7 +27,7 @@ cat > "$OUT/openloop.c" <<'C'
 #include <unistd.h>
 int main(int argc, char **argv)
 {
-	const char *path = argc > 1 ? argv[1] : "/tmp/lg-openloop-unwatched";
+	const char *path = argc > 1 ? argv[1] : "/dev/shm/lg-openloop-unwatched";
 	int flags = argc > 2 && !strcmp(argv[2], "write") ? O_WRONLY : O_RDONLY;
 	double best = 1e18;
 	int fd = open(path, O_WRONLY | O_CREAT, 0644);

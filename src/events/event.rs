@@ -57,6 +57,8 @@ pub struct Event {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub file: Option<Box<FileInfo>>,
     #[serde(skip_serializing_if = "Option::is_none")]
+    pub dns: Option<Box<DnsInfo>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub stats: Option<Box<crate::counters::Snapshot>>,
 }
 
@@ -242,6 +244,9 @@ pub struct Process {
 pub struct Endpoint {
     pub ip: String,
     pub port: u16,
+    /// Bytes this side sent (`connection_close`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub bytes: Option<u64>,
 }
 
 #[derive(Serialize, Debug)]
@@ -250,8 +255,15 @@ pub struct Network {
     #[serde(rename = "type")]
     pub kind: &'static str,
     pub direction: &'static str,
+    /// The application protocol (`dns`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub protocol: Option<&'static str>,
+    /// Bytes both ways (`connection_close`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub bytes: Option<u64>,
     /// connect(): 0, or -errno (-115 EINPROGRESS: non-blocking, still connecting); accept: the fd.
-    pub result: i32,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub result: Option<i32>,
 }
 
 #[derive(Serialize, Debug)]
@@ -351,6 +363,33 @@ pub struct FileInfo {
     pub path_truncated: bool,
 }
 
+#[derive(Serialize, Debug)]
+pub struct DnsInfo {
+    /// `query` (ECS).
+    #[serde(rename = "type")]
+    pub kind: &'static str,
+    /// The header's id, as a string (ECS keyword).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub id: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub op_code: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub question: Option<DnsQuestion>,
+    /// Bytes the process sent.
+    pub size: u32,
+    /// Why the payload is not a DNS query (then there is no question).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub malformed: Option<&'static str>,
+}
+
+#[derive(Serialize, Debug)]
+pub struct DnsQuestion {
+    pub name: String,
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub class: String,
+}
+
 /// `Some(s)` unless `s` is empty.
 fn non_empty(s: String) -> Option<String> {
     (!s.is_empty()).then_some(s)
@@ -406,8 +445,18 @@ impl Event {
             json::str(out, n.kind);
             key!(out, "direction");
             json::str(out, n.direction);
-            key!(out, "result");
-            json::int(out, n.result.into());
+            if let Some(p) = n.protocol {
+                key!(out, "protocol");
+                json::str(out, p);
+            }
+            if let Some(b) = n.bytes {
+                key!(out, "bytes");
+                json::uint(out, b);
+            }
+            if let Some(r) = n.result {
+                key!(out, "result");
+                json::int(out, r.into());
+            }
             out.push(b'}');
         }
         if let Some(c) = &self.credentials {
@@ -554,6 +603,36 @@ impl Event {
             }
             out.push(b'}');
         }
+        if let Some(d) = &self.dns {
+            key!(out, "dns");
+            key!(out, open "type");
+            json::str(out, d.kind);
+            if let Some(v) = &d.id {
+                key!(out, "id");
+                json::str(out, v);
+            }
+            if let Some(v) = &d.op_code {
+                key!(out, "op_code");
+                json::str(out, v);
+            }
+            if let Some(q) = &d.question {
+                key!(out, "question");
+                key!(out, open "name");
+                json::str(out, &q.name);
+                key!(out, "type");
+                json::str(out, &q.kind);
+                key!(out, "class");
+                json::str(out, &q.class);
+                out.push(b'}');
+            }
+            key!(out, "size");
+            json::uint(out, d.size.into());
+            if let Some(v) = d.malformed {
+                key!(out, "malformed");
+                json::str(out, v);
+            }
+            out.push(b'}');
+        }
         if let Some(s) = &self.stats {
             key!(out, "stats");
             serde_json::to_writer(&mut *out, s)?;
@@ -691,6 +770,10 @@ impl Endpoint {
         json::str(out, &self.ip);
         key!(out, "port");
         json::uint(out, self.port.into());
+        if let Some(b) = self.bytes {
+            key!(out, "bytes");
+            json::uint(out, b);
+        }
         out.push(b'}');
     }
 }
@@ -795,6 +878,8 @@ const CREATION: &[&str] = &["creation"];
 const CONNECTION_START: &[&str] = &["connection", "start"];
 const CONFIGURATION: &[&str] = &["configuration"];
 const DELETION: &[&str] = &["deletion"];
+const PROTOCOL: &[&str] = &["protocol"];
+const CONNECTION_END: &[&str] = &["connection", "end"];
 
 /// Builds events: owns the sequence counter, the host name and the clock.
 pub struct Builder {
@@ -841,6 +926,7 @@ impl Builder {
             mount: None,
             module: None,
             file: None,
+            dns: None,
             stats: None,
         }
     }
@@ -967,10 +1053,12 @@ impl Builder {
                 let local = Endpoint {
                     ip: x.src.to_string(),
                     port: x.sport,
+                    bytes: None,
                 };
                 let remote = Endpoint {
                     ip: x.dst.to_string(),
                     port: x.dport,
+                    bytes: None,
                 };
                 let (source, destination) = if x.inbound {
                     (remote, local)
@@ -983,7 +1071,9 @@ impl Builder {
                     transport: "tcp",
                     kind: if x.dst.is_ipv4() { "ipv4" } else { "ipv6" },
                     direction: if x.inbound { "ingress" } else { "egress" },
-                    result: x.ret,
+                    protocol: None,
+                    bytes: None,
+                    result: Some(x.ret),
                 });
                 e
             }
@@ -1130,6 +1220,86 @@ impl Builder {
                     path_from_caller: x.from_caller,
                     path_truncated: x.truncated,
                 }));
+                e
+            }
+            Record::Dns(x) => {
+                use crate::sensor::dns;
+                let ecs = Ecs::event(NETWORK, PROTOCOL, "dns_query");
+                let mut e = self.base("dns", ecs, ts);
+                e.process = Some(self.process(x.task, procs));
+                e.source = Some(Endpoint {
+                    ip: x.src.to_string(),
+                    port: x.sport,
+                    bytes: None,
+                });
+                e.destination = Some(Endpoint {
+                    ip: x.dst.to_string(),
+                    port: x.dport,
+                    bytes: None,
+                });
+                e.network = Some(Network {
+                    transport: "udp",
+                    kind: if x.dst.is_ipv4() { "ipv4" } else { "ipv6" },
+                    direction: "egress",
+                    protocol: Some("dns"),
+                    bytes: None,
+                    result: None,
+                });
+                let mut info = DnsInfo {
+                    kind: "query",
+                    id: None,
+                    op_code: None,
+                    question: None,
+                    size: x.len,
+                    malformed: None,
+                };
+                match dns::parse(&x.payload) {
+                    Ok(q) => {
+                        info.id = Some(q.id.to_string());
+                        info.op_code = Some(dns::opcode_name(q.opcode).into_owned());
+                        info.question = Some(DnsQuestion {
+                            name: q.name,
+                            kind: dns::type_name(q.qtype).into_owned(),
+                            class: dns::class_name(q.qclass).into_owned(),
+                        });
+                    }
+                    Err(m) => info.malformed = Some(m.as_str()),
+                }
+                e.dns = Some(Box::new(info));
+                e
+            }
+            Record::ConnectionClose(x) => {
+                let mut ecs = Ecs::event(NETWORK, CONNECTION_END, "connection_close");
+                ecs.duration = Some(x.task.ts_boot_ns.saturating_sub(x.start_ns));
+                let mut e = self.base("connection_close", ecs, ts);
+                e.process = Some(self.process(x.task, procs));
+                // As for connect/accept: `source` started the connection; each side's bytes
+                // are what it sent.
+                let local = Endpoint {
+                    ip: x.src.to_string(),
+                    port: x.sport,
+                    bytes: Some(x.bytes_sent),
+                };
+                let remote = Endpoint {
+                    ip: x.dst.to_string(),
+                    port: x.dport,
+                    bytes: Some(x.bytes_received),
+                };
+                let (source, destination) = if x.inbound {
+                    (remote, local)
+                } else {
+                    (local, remote)
+                };
+                e.source = Some(source);
+                e.destination = Some(destination);
+                e.network = Some(Network {
+                    transport: "tcp",
+                    kind: if x.dst.is_ipv4() { "ipv4" } else { "ipv6" },
+                    direction: if x.inbound { "ingress" } else { "egress" },
+                    protocol: None,
+                    bytes: Some(x.bytes_sent.saturating_add(x.bytes_received)),
+                    result: None,
+                });
                 e
             }
             Record::Memfd(x) => {
@@ -1451,6 +1621,37 @@ mod tests {
                 watch_read: false,
                 watch_write: true,
             }),
+            Record::Dns(DnsQuery {
+                task: t.clone(),
+                src: "::1".parse().expect("ip"),
+                sport: 0,
+                dst: "::1".parse().expect("ip"),
+                dport: 53,
+                len: u32::MAX,
+                payload: vec![0xff; 3],
+            }),
+            Record::Dns(DnsQuery {
+                task: task(),
+                src: IpAddr::from([10, 0, 0, 1]),
+                sport: 5353,
+                dst: IpAddr::from([10, 0, 0, 2]),
+                dport: 53,
+                len: 20,
+                payload: vec![
+                    0, 1, 1, 0, 0, 1, 0, 0, 0, 0, 0, 0, 3, b'q', b'"', 0xff, 0, 0, 1, 0, 1,
+                ],
+            }),
+            Record::ConnectionClose(ConnClose {
+                task: t.clone(),
+                inbound: true,
+                src: "::1".parse().expect("ip"),
+                sport: 1,
+                dst: "fe80::2".parse().expect("ip"),
+                dport: u16::MAX,
+                start_ns: u64::MAX,
+                bytes_sent: u64::MAX,
+                bytes_received: u64::MAX,
+            }),
             Record::ModuleLoad(ModuleLoad {
                 task: t,
                 syscall: "init_module",
@@ -1603,6 +1804,29 @@ mod tests {
                 truncated: false,
                 watch_read: true,
                 watch_write: false,
+            }),
+            Record::Dns(DnsQuery {
+                task: task(),
+                src: IpAddr::from([127, 0, 0, 1]),
+                sport: 40000,
+                dst: IpAddr::from([127, 0, 0, 53]),
+                dport: 53,
+                len: 29,
+                payload: vec![
+                    0x12, 0x34, 1, 0, 0, 1, 0, 0, 0, 0, 0, 0, 7, b'e', b'x', b'a', b'm', b'p',
+                    b'l', b'e', 3, b'c', b'o', b'm', 0, 0, 1, 0, 1,
+                ],
+            }),
+            Record::ConnectionClose(ConnClose {
+                task: task(),
+                inbound: false,
+                src: IpAddr::from([127, 0, 0, 1]),
+                sport: 40000,
+                dst: IpAddr::from([127, 0, 0, 1]),
+                dport: 80,
+                start_ns: 1_500_000_000,
+                bytes_sent: 120,
+                bytes_received: 4096,
             }),
             Record::Exit(Exit {
                 task: task(),

@@ -22,6 +22,8 @@ pub const LG_NAMESPACE: u32 = types::lg_type::LG_NAMESPACE.0;
 pub const LG_MOUNT: u32 = types::lg_type::LG_MOUNT.0;
 pub const LG_MODULE_LOAD: u32 = types::lg_type::LG_MODULE_LOAD.0;
 pub const LG_FILE: u32 = types::lg_type::LG_FILE.0;
+pub const LG_DNS: u32 = types::lg_type::LG_DNS.0;
+pub const LG_CONNECTION_CLOSE: u32 = types::lg_type::LG_CONNECTION_CLOSE.0;
 /// One past the largest record type: the length of per-type counter arrays.
 pub const LG_TYPE_MAX: usize = types::lg_type::LG_TYPE_MAX.0 as usize;
 
@@ -31,7 +33,7 @@ pub const TYPE_NAMES: [&str; LG_TYPE_MAX] = consts::LG_RECORD_NAMES;
 
 /// Every event `"type"` the kernel's records become, in output order: one per record type,
 /// except that a `creds` record is reported as `setuid` or `capset` by the call that made it.
-pub const EVENT_TYPES: [&str; 14] = [
+pub const EVENT_TYPES: [&str; 16] = [
     "exec",
     "exit",
     "fork",
@@ -46,6 +48,8 @@ pub const EVENT_TYPES: [&str; 14] = [
     "mount",
     "module_load",
     "file",
+    "dns",
+    "connection_close",
 ];
 
 /// Why a record could not be decoded (counted as a user-space drop).
@@ -365,6 +369,37 @@ pub struct FileChange {
     pub watch_write: bool,
 }
 
+/// A UDP datagram sent to port 53 (its question is parsed when the event is built).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DnsQuery {
+    pub task: Task,
+    pub src: IpAddr,
+    /// 0 when the socket was not bound yet.
+    pub sport: u16,
+    pub dst: IpAddr,
+    pub dport: u16,
+    /// Bytes the caller sent.
+    pub len: u32,
+    /// The first bytes of the message (at most `LG_DNS_LEN`).
+    pub payload: Vec<u8>,
+}
+
+/// A TCP connection's end, with the process that owned it (as at connect/accept).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConnClose {
+    /// The owner; `ts_boot_ns` is the end.
+    pub task: Task,
+    pub inbound: bool,
+    pub src: IpAddr,
+    pub sport: u16,
+    pub dst: IpAddr,
+    pub dport: u16,
+    /// Boot-clock ns at connect()/accept().
+    pub start_ns: u64,
+    pub bytes_sent: u64,
+    pub bytes_received: u64,
+}
+
 /// One decoded kernel record.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Record {
@@ -380,6 +415,8 @@ pub enum Record {
     Mount(Mount),
     ModuleLoad(ModuleLoad),
     File(FileChange),
+    Dns(DnsQuery),
+    ConnectionClose(ConnClose),
 }
 
 impl Record {
@@ -397,6 +434,8 @@ impl Record {
             Record::Mount(e) => &e.task,
             Record::ModuleLoad(e) => &e.task,
             Record::File(e) => &e.task,
+            Record::Dns(e) => &e.task,
+            Record::ConnectionClose(e) => &e.task,
         }
     }
 }
@@ -431,6 +470,10 @@ unsafe impl Pod for types::lg_mount {}
 unsafe impl Pod for types::lg_module_load {}
 // SAFETY: as above.
 unsafe impl Pod for types::lg_file {}
+// SAFETY: as above.
+unsafe impl Pod for types::lg_dns {}
+// SAFETY: as above.
+unsafe impl Pod for types::lg_connection_close {}
 
 /// `bytes` as a `T` when the length is exactly `size_of::<T>()`: borrowed in place when the
 /// bytes are aligned for `T` (ring-buffer records always are: libbpf hands out 8-byte aligned
@@ -460,6 +503,31 @@ fn read<T: Pod + Clone>(ty: u32, bytes: &[u8]) -> Result<Cow<'_, T>, DecodeError
         std::ptr::copy_nonoverlapping(bytes.as_ptr(), (&mut out as *mut T).cast::<u8>(), want);
     }
     Ok(Cow::Owned(out))
+}
+
+/// A record of variable length (`dns`: its payload is cut to what was captured): at least
+/// `min` bytes and at most size_of::<T>(), the rest of the `T` zero.
+fn read_prefix<T: Pod + Clone>(ty: u32, bytes: &[u8], min: usize) -> Result<T, DecodeError> {
+    let want = std::mem::size_of::<T>();
+    if bytes.len() < min || bytes.len() > want {
+        return Err(DecodeError::WrongSize {
+            ty,
+            len: bytes.len(),
+            want,
+        });
+    }
+    let mut out = T::default();
+    // SAFETY: `T: Pod` accepts any bit pattern, the destination is a valid, aligned `T` of
+    // `want` bytes, and at most `want` bytes are copied (checked above) from `bytes`, which
+    // has that many; the regions cannot overlap (`out` is a fresh local).
+    unsafe {
+        std::ptr::copy_nonoverlapping(
+            bytes.as_ptr(),
+            (&mut out as *mut T).cast::<u8>(),
+            bytes.len(),
+        );
+    }
+    Ok(out)
 }
 
 /// A NUL-terminated C string in a fixed array, lossily as UTF-8.
@@ -773,6 +841,36 @@ pub fn decode(bytes: &[u8]) -> Result<Record, DecodeError> {
                 watch_write: has(consts::LG_FILE_F_WATCH_WRITE),
             })
         }
+        LG_DNS => {
+            let head = std::mem::offset_of!(types::lg_dns, payload);
+            let e = read_prefix::<types::lg_dns>(ty, bytes, head)?;
+            let n = (e.captured as usize)
+                .min(e.payload.len())
+                .min(bytes.len() - head);
+            Record::Dns(DnsQuery {
+                task: task(&e.task),
+                src: ip(e.family, &e.saddr),
+                sport: e.sport,
+                dst: ip(e.family, &e.daddr),
+                dport: e.dport,
+                len: e.len,
+                payload: e.payload[..n].to_vec(),
+            })
+        }
+        LG_CONNECTION_CLOSE => {
+            let e = read::<types::lg_connection_close>(ty, bytes)?;
+            Record::ConnectionClose(ConnClose {
+                task: task(&e.task),
+                inbound: e.inbound != 0,
+                src: ip(e.family, &e.saddr),
+                sport: e.sport,
+                dst: ip(e.family, &e.daddr),
+                dport: e.dport,
+                start_ns: e.start_ns,
+                bytes_sent: e.bytes_sent,
+                bytes_received: e.bytes_received,
+            })
+        }
         other => return Err(DecodeError::UnknownType(other)),
     })
 }
@@ -1009,6 +1107,54 @@ mod tests {
             panic!("not memfd")
         };
         assert_eq!((x.name.as_str(), x.flags, x.ret), ("payload", 1, 3));
+    }
+
+    /// dns records are cut after their payload: any length from the payload's start to the
+    /// whole struct decodes, the payload bounded by both `captured` and the bytes there are.
+    #[test]
+    fn dns_records_of_every_length_decode() {
+        let mut d = types::lg_dns {
+            r#type: LG_DNS,
+            family: 2,
+            dport: 53,
+            task: task(),
+            sport: 4000,
+            len: 20,
+            captured: 20,
+            ..Default::default()
+        };
+        d.daddr[..4].copy_from_slice(&[127, 0, 0, 53]);
+        for (i, b) in d.payload.iter_mut().enumerate().take(20) {
+            *b = i as u8;
+        }
+        let full = bytes_of_record(&d);
+        let head = std::mem::offset_of!(types::lg_dns, payload);
+        let cut = (head + 20 + 7) & !7;
+        let Record::Dns(x) = decode(&full[..cut]).expect("decode") else {
+            panic!("not dns")
+        };
+        assert_eq!(x.payload, (0..20).collect::<Vec<u8>>());
+        assert_eq!(
+            (x.dst.to_string(), x.dport, x.sport),
+            ("127.0.0.53".into(), 53, 4000)
+        );
+        assert_eq!(decode(&full).map(|r| r.task().pid), Ok(42));
+        // captured larger than the bytes sent: bounded by the record.
+        d.captured = 500;
+        let Record::Dns(x) = decode(&bytes_of_record(&d)[..head + 8]).expect("decode") else {
+            panic!("not dns")
+        };
+        assert_eq!(x.payload.len(), 8);
+        assert!(matches!(
+            decode(&full[..head - 1]),
+            Err(DecodeError::WrongSize { .. })
+        ));
+        let mut longer = full.clone();
+        longer.extend_from_slice(&[0; 8]);
+        assert!(matches!(
+            decode(&longer),
+            Err(DecodeError::WrongSize { .. })
+        ));
     }
 
     #[test]

@@ -14,6 +14,7 @@ use libbpf_rs::{Link, MapCore, MapFlags, OpenObject, PrintLevel};
 use crate::error::{Error, Result};
 
 pub mod decode;
+pub mod dns;
 pub mod skel;
 pub mod watch;
 
@@ -248,6 +249,50 @@ const HOOKS: &[Hook] = &[
             },
         ],
     },
+    // TCP connections' ends (bpf/conn.bpf.h): a second program on inet_sock_set_state, and
+    // the owners of accepted connections noted at accept()'s return (by the dispatcher, else by
+    // programs of their own on the accept tracepoints).
+    Hook {
+        event: "connection_close",
+        alts: &[
+            Alt {
+                progs: &[CLOSE_BTF, DISPATCH_BTF.progs[0], DISPATCH_BTF.progs[1]],
+            },
+            Alt {
+                progs: &[CLOSE_TP, DISPATCH_RAW.progs[0], DISPATCH_RAW.progs[1]],
+            },
+            Alt {
+                progs: &[CLOSE_BTF, CLOSE_ACCEPT4, CLOSE_ACCEPT],
+            },
+            Alt {
+                progs: &[CLOSE_TP, CLOSE_ACCEPT4, CLOSE_ACCEPT],
+            },
+        ],
+    },
+    // DNS questions sent over UDP to port 53 (bpf/dns.bpf.h), at the sends' entry.
+    Hook {
+        event: "dns",
+        alts: &[
+            DISPATCH_BTF,
+            DISPATCH_RAW,
+            Alt {
+                progs: &[
+                    (
+                        "dns_sendto_enter",
+                        Via::Tracepoint("syscalls", "sys_enter_sendto"),
+                    ),
+                    (
+                        "dns_sendmsg_enter",
+                        Via::Tracepoint("syscalls", "sys_enter_sendmsg"),
+                    ),
+                    (
+                        "dns_sendmmsg_enter",
+                        Via::Tracepoint("syscalls", "sys_enter_sendmmsg"),
+                    ),
+                ],
+            },
+        ],
+    },
     // Kernels without loadable modules (like the development machine's) have neither the
     // `module:module_load` tracepoint (the module's name) nor `syscalls:*_init_module`: there
     // the dispatcher alone still reports the attempts (they fail with ENOSYS).
@@ -403,6 +448,18 @@ const FILE_TPS: &[(&str, Via)] = &[
         Via::Tracepoint("syscalls", "sys_exit_fchmodat2"),
     ),
 ];
+
+/// connection_close's programs (bpf/conn.bpf.h).
+const CLOSE_BTF: (&str, Via) = ("close_btf", Via::TpBtf("inet_sock_set_state", 3));
+const CLOSE_TP: (&str, Via) = ("close_tp", Via::Tracepoint("sock", "inet_sock_set_state"));
+const CLOSE_ACCEPT4: (&str, Via) = (
+    "close_accept4_exit",
+    Via::Tracepoint("syscalls", "sys_exit_accept4"),
+);
+const CLOSE_ACCEPT: (&str, Via) = (
+    "close_accept_exit",
+    Via::Tracepoint("syscalls", "sys_exit_accept"),
+);
 
 /// The loaded module's name (module:module_load), where the kernel has loadable modules.
 const MODULE_NAME: (&str, Via) = ("module_load_tp", Via::Tracepoint("module", "module_load"));
@@ -666,6 +723,8 @@ fn open(opts: &Options, wanted: &[&str], dispatched: &[&str]) -> Result<OpenSens
     rodata.want_mount = dispatched.contains(&"mount");
     rodata.want_module = dispatched.contains(&"module_load");
     rodata.want_file = dispatched.contains(&"file");
+    rodata.want_dns = dispatched.contains(&"dns");
+    rodata.want_close = dispatched.contains(&"connection_close");
     rodata.watch_reads = !opts.watch_read.is_empty();
     // The fast path's first-component filter (bpf/file.bpf.h); none: every path is looked up.
     let entries = watch::entries(&opts.watch_read, &opts.watch_write);

@@ -220,7 +220,7 @@ mod tests {
         assert_eq!(lookup(&e, "/etc/shadow-"), R | W);
         assert_eq!(lookup(&e, "/etc/passwd"), W);
         assert_eq!(lookup(&e, "/root/.ssh/id_ed25519"), R | W);
-        assert_eq!(lookup(&e, "/tmp/x"), 0);
+        assert_eq!(lookup(&e, "/srv/x"), 0);
         assert_eq!(
             lookup(&e, "/etc"),
             0,
@@ -293,8 +293,8 @@ mod tests {
         }
         // Never a candidate, so never composed: the common case.
         for (path, need) in [
-            ("/tmp/x", R),
-            ("/tmp/x", W),
+            ("/srv/x", R),
+            ("/opt/x", W),
             ("/proc/self/stat", R),
             ("/dev/null", W),
             ("/usr/lib/x86_64-linux-gnu/libc.so.6", R),

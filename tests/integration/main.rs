@@ -13,5 +13,6 @@ mod files;
 mod kubelet_server;
 mod layout;
 mod manifest;
+mod network;
 mod system;
 mod watch;

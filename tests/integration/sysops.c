@@ -15,6 +15,8 @@
  *                             move_mount, open_tree, a failing pivot_root, and mount + umount2
  *                             through int $0x80
  *   sysops modules FILE MARK  init_module, finit_module(FILE) and init_module through int $0x80
+ *   sysops dns32 NAME         a DNS query for NAME (type A) to 127.0.0.1:53 from a UDP socket,
+ *                             with socket and sendto through int $0x80
  */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -36,6 +38,8 @@
 #define NR32_UMOUNT2 52
 #define NR32_INIT_MODULE 128
 #define NR32_UNSHARE 310
+#define NR32_SOCKET 359
+#define NR32_SENDTO 369
 
 /* New mount API (include/uapi/linux/mount.h), spelled out for older headers. */
 #define LG_FSCONFIG_SET_STRING 1
@@ -46,6 +50,8 @@
 /* Everything passed by pointer to int $0x80 lives here, below 4 GiB. */
 static char src32[256], dir32[512], type32[] = "tmpfs", params32[256];
 static char image32[64];
+static unsigned char query32[300];
+static unsigned char addr32[16];
 
 static long int80_3(long nr, long a, long b, long c)
 {
@@ -192,6 +198,39 @@ int main(int argc, char **argv)
 		printf("pid=%d init_module=%ld finit_module=%ld init_module32=%ld\n", getpid(), r1,
 		       r2, r3);
 		return 0;
+	}
+	if (!strcmp(op, "dns32") && argc > 2) {
+		const char *name = argv[2];
+		unsigned char *p = query32 + 12;
+		long fd, r;
+
+		query32[0] = 0x42, query32[1] = 0x24, query32[2] = 1, query32[5] = 1;
+		while (*name) {
+			const char *dot = strchr(name, '.');
+			size_t len = dot ? (size_t)(dot - name) : strlen(name);
+
+			*p++ = len;
+			memcpy(p, name, len);
+			p += len;
+			name += len + (dot ? 1 : 0);
+		}
+		*p++ = 0, *p++ = 0, *p++ = 1, *p++ = 0, *p++ = 1;
+		/* struct sockaddr_in: AF_INET, port 53, 127.0.0.1 */
+		addr32[0] = 2, addr32[2] = 0, addr32[3] = 53;
+		addr32[4] = 127, addr32[7] = 1;
+		fd = int80_3(NR32_SOCKET, 2, 2, 0);
+		{
+			/* sendto(fd, buf, len, flags, addr, addrlen): six arguments, ebp the last. */
+			long ebp_arg = 16;
+
+			asm volatile("push %%rbp\n\tmov %[six], %%rbp\n\tint $0x80\n\tpop %%rbp"
+				     : "=a"(r)
+				     : "a"(NR32_SENDTO), "b"(fd), "c"(query32), "d"(p - query32), "S"(0),
+				       "D"(addr32), [six] "r"(ebp_arg)
+				     : "memory", "r8", "r9", "r10", "r11");
+		}
+		printf("pid=%d fd=%ld sent=%ld\n", getpid(), fd, r);
+		return r <= 0;
 	}
 	fprintf(stderr, "usage: see the comment at the top of sysops.c\n");
 	return 2;
