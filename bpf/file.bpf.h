@@ -141,9 +141,8 @@ struct ftop_ctx {
 	__u32 state;
 };
 
-static long ftop_step(__u64 index, void *arg)
+static __always_inline long ftop_one(struct ftop_ctx *w)
 {
-	struct ftop_ctx *w = arg;
 	struct dentry *d = w->d, *parent;
 	struct mount *mnt = w->mnt, *up;
 
@@ -170,6 +169,12 @@ static long ftop_step(__u64 index, void *arg)
 	return 0;
 }
 
+/* The same step for bpf_loop() (kernels without bpf_rdonly_cast). */
+static long ftop_step(__u64 index, void *arg)
+{
+	return ftop_one(arg);
+}
+
 /* Steps of the fast walk: deeper paths (rare) are candidates without a look at their start. */
 #define LG_FAST_STEPS 40
 
@@ -191,7 +196,7 @@ static __always_inline int top_candidate(struct dentry *d, struct vfsmount *vm, 
 
 	if (bpf_ksym_exists(bpf_rdonly_cast)) {
 		for (i = 0; i < LG_FAST_STEPS; i++) {
-			if (ftop_step(i, &w))
+			if (ftop_one(&w))
 				break;
 		}
 	} else {
