@@ -1284,7 +1284,7 @@ mod tests {
             let dispatchable = def
                 .alts
                 .iter()
-                .any(|a| a.progs.iter().any(|(_, v)| is_dispatch(v)));
+                .any(|a| a.progs.first().is_some_and(|(_, v)| is_dispatch(v)));
             let want = if h.event == COMPAT || dispatchable {
                 "raw_tp/"
             } else {
