@@ -1,5 +1,6 @@
-//! Build script: compiles every `bpf/*.bpf.c` into a CO-RE object and a libbpf-rs skeleton in OUT_DIR,
-//! and links the static musl build's memcpy (src/memcpy.rs).
+//! Build script: compiles every `bpf/*.bpf.c` into a CO-RE object and a libbpf-rs skeleton in OUT_DIR
+//! for the target arch (x86_64 or aarch64), and links the static musl x86_64 build's memcpy
+//! (src/memcpy.rs).
 
 use std::env;
 use std::ffi::OsStr;
@@ -22,6 +23,17 @@ fn main() {
         );
     }
 
+    // The arch the BPF programs are built for: the kernel's name for it (bpf_tracing.h's
+    // __TARGET_ARCH_* and bpf/sensor.bpf.c's compat hook).
+    let target_arch_define = match arch.as_str() {
+        "x86_64" => "-D__TARGET_ARCH_x86",
+        "aarch64" => "-D__TARGET_ARCH_arm64",
+        other => panic!(
+            "target arch `{other}` is not supported: the BPF programs know x86_64 and aarch64 \
+             (bpf/sensor.bpf.c's compat hook, bpf/vmlinux/<arch>/)"
+        ),
+    };
+
     let mut sources: Vec<PathBuf> = fs::read_dir(&bpf_dir)
         .expect("bpf/ exists in the source tree")
         .filter_map(|e| e.ok().map(|e| e.path()))
@@ -39,6 +51,9 @@ fn main() {
         SkeletonBuilder::new()
             .source(src)
             .clang_args([
+                // libbpf-cargo derives this from CARGO_CFG_TARGET_ARCH too; said here because
+                // the sources' arch guards (bpf_tracing.h, the compat hook) depend on it.
+                OsStr::new(target_arch_define),
                 OsStr::new("-I"),
                 vmlinux_dir.as_os_str(),
                 OsStr::new("-I"),
@@ -58,7 +73,9 @@ fn main() {
 
     // Optimized static musl x86_64 builds copy memory with src/memcpy.rs instead of musl's
     // memcpy (see there for why). Unoptimized builds keep musl's: there a fixed-size copy in
-    // the replacement may itself become a memcpy call.
+    // the replacement may itself become a memcpy call. aarch64 keeps musl's memcpy: an
+    // assembly routine (src/string/aarch64/memcpy.S) copying 16-byte register pairs, without
+    // the x86 string instructions memcpy.rs works around.
     let musl = env::var("CARGO_CFG_TARGET_ENV").as_deref() == Ok("musl");
     let optimized = env::var("OPT_LEVEL").is_ok_and(|o| o != "0");
     if musl && arch == "x86_64" && optimized {

@@ -82,7 +82,8 @@ struct lg_exec {
 	__u8 path_depth;	/* components in path */
 	__u32 exe_nlink;	/* link count of the executable's inode (0: deleted/anonymous) */
 	__u32 old_pid;		/* pid before exec (differs when a thread exec'd) */
-	__u32 _pad;
+	__u32 exe_dev;		/* the executable's device (kernel dev_t: major << 20 | minor) */
+	__u64 exe_ino;		/* the executable's inode number (with exe_dev: which file it is) */
 	char filename[LG_FILENAME_LEN];
 	/* The executable's path as NUL-terminated components, LEAF FIRST (reversed) up to the root. */
 	char path[LG_PATH_LEN];

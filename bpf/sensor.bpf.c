@@ -4,14 +4,20 @@
  * one record (bpf/events.h) in the `events` ring buffer. Hooks come in pairs where the kernel
  * offers two: a BTF-enabled raw tracepoint (`tp_btf/`, typed arguments, cheapest) and the
  * classic tracepoint (`tracepoint/`, or the untyped raw one, `raw_tp/`) as fallback; user space
- * (src/sensor.rs) decides which one of each pair is loaded. Only stable hooks: no kprobes, no
- * fentry, no LSM. The last section watches 32-bit syscalls, which the `syscalls:*` tracepoints
+ * (src/sensor/mod.rs) decides which one of each pair is loaded. Stable hooks, plus one fentry
+ * (exit before 6.16, where the kernel has trampolines); no kprobes, no LSM. The last section watches 32-bit syscalls, which the `syscalls:*` tracepoints
  * never see, and feeds them to the same code as the native hooks.
  *
  * Every record describes the current task, which every program reads through its BTF pointer
  * (bpf_get_current_task_btf(), Linux 5.11+) with plain CO-RE loads: one probe read per field
  * made a fork or exit record cost twice as much. Other kernel memory (sockets, dentries, the
  * compat registers) is read with BPF_CORE_READ, so one helper serves both flavours of a hook.
+ *
+ * One object for every kernel from 5.10 to the newest (docs/kernels.md). What differs between
+ * kernels is decided when the object is loaded, never on the hot path: CO-RE tests
+ * (bpf_core_field_exists, bpf_core_enum_value_exists, bpf_ksym_exists) become constants at load
+ * and the verifier drops the branch not taken; where a program cannot be written for both (the
+ * bpf_loop() path walk), there are two and user space loads the one the kernel has helpers for.
  */
 #include "vmlinux.h"
 #include <bpf/bpf_helpers.h>
@@ -141,14 +147,41 @@ static __always_inline void submit(void *e, __u64 size)
 }
 
 /*
+ * 1 where the kernel hands out the current task as a BTF pointer (bpf_get_current_task_btf(),
+ * Linux 5.11+), so fields reached from it are plain loads; 0 before (5.10), where each is a CO-RE
+ * probe read. Resolved from the kernel's BTF when the object is loaded.
+ */
+#define HAVE_TASK_BTF bpf_core_enum_value_exists(enum bpf_func_id, BPF_FUNC_get_current_task_btf)
+
+/*
+ * A field reached from the current task (src->a->b..., as BPF_CORE_READ names it): a plain load
+ * where `btf`, else a probe read. `btf` is a constant in each inlined copy of the functions
+ * taking it, which are called as `if (HAVE_TASK_BTF) f(..., 1); else f(..., 0);`: each flavour
+ * is compiled straight, and the verifier drops the one the kernel cannot run, so the hot path
+ * carries no test (tests inside one body made clang keep both flavours' values on the stack).
+ */
+#define TREAD(btf, src, a, ...)                                                    \
+	((btf) ? ___arrow(src, a, ##__VA_ARGS__) : BPF_CORE_READ(src, a, ##__VA_ARGS__))
+
+/* Runs `call(args..., btf)` in the flavour the kernel has (see TREAD). */
+#define BY_TASK_FLAVOUR(call, ...)                                               \
+	do {                                                                     \
+		if (HAVE_TASK_BTF)                                               \
+			call(__VA_ARGS__, 1);                                    \
+		else                                                             \
+			call(__VA_ARGS__, 0);                                    \
+	} while (0)
+
+/*
  * The id of the task's memory cgroup when the memory controller sits on a cgroup v1 hierarchy
  * (hierarchy 0 is cgroup v2), else 0. Container runtimes give every container its own cgroup in
  * each v1 hierarchy, so on hybrid hosts, where containers may share a cgroup v2 cgroup, this id
  * tells them apart. Compiled out (0) on kernels without the memory controller.
  */
-static __always_inline __u64 memcg_v1_id(struct task_struct *task)
+static __always_inline __u64 memcg_v1_id(struct task_struct *task, const int btf)
 {
-	struct cgroup_subsys_state *css;
+	struct cgroup_subsys_state *css = NULL;
+	struct css_set *cs;
 	struct cgroup *cg;
 	int i;
 
@@ -157,13 +190,17 @@ static __always_inline __u64 memcg_v1_id(struct task_struct *task)
 	i = bpf_core_enum_value(enum cgroup_subsys_id, memory_cgrp_id);
 	if (i < 0 || i >= CGROUP_SUBSYS_COUNT)
 		return 0;
-	css = task->cgroups->subsys[i];
+	cs = TREAD(btf, task, cgroups);
+	if (btf)
+		css = cs->subsys[i];
+	else
+		bpf_core_read(&css, sizeof(css), &cs->subsys[i]);
 	if (!css)
 		return 0;
-	cg = css->cgroup;
-	if (!cg || cg->root->hierarchy_id == 0)
+	cg = TREAD(btf, css, cgroup);
+	if (!cg || TREAD(btf, cg, root, hierarchy_id) == 0)
 		return 0;
-	return cg->kn->id;
+	return TREAD(btf, cg, kn, id);
 }
 
 /*
@@ -177,13 +214,16 @@ static __always_inline __u64 memcg_v1_id(struct task_struct *task)
  * looks up whether the field keeps the trust, by name, in the kernel's whole BTF. That made
  * loading the sensor take 330-400 ms instead of 95 ms here; through the untrusted pointer the
  * loads are the same at run time and the lookups are skipped. Older kernels take the trusted
- * pointer and the slower load.
+ * pointer and the slower load; before 5.11 it is a plain address, read through TREAD's probe
+ * reads.
  */
 static __always_inline struct task_struct *current_btf(void)
 {
 	if (bpf_ksym_exists(bpf_rdonly_cast))
 		return bpf_core_cast((void *)bpf_get_current_task(), struct task_struct);
-	return bpf_get_current_task_btf();
+	if (HAVE_TASK_BTF)
+		return bpf_get_current_task_btf();
+	return (struct task_struct *)bpf_get_current_task();
 }
 
 /*
@@ -195,28 +235,28 @@ static __always_inline struct task_struct *current_btf(void)
 	(bpf_ksym_exists(bpf_rdonly_cast) ? bpf_core_cast((p), type)->field :   \
 					    BPF_CORE_READ((type *)(p), field))
 
-static __always_inline void fill_task(struct lg_task *t)
+static __always_inline void fill_task_as(struct lg_task *t, const int btf)
 {
 	struct task_struct *task = current_btf();
-	const struct cred *c = task->real_cred;
-	struct pid *tp = task->thread_pid;
-	unsigned int level = tp->level;
+	const struct cred *c = TREAD(btf, task, real_cred);
+	struct pid *tp = TREAD(btf, task, thread_pid);
+	unsigned int level = TREAD(btf, tp, level);
 	struct upid up = {};
 
 	t->ts_boot_ns = bpf_ktime_get_boot_ns();
-	t->start_boot_ns = task->group_leader->start_boottime;
+	t->start_boot_ns = TREAD(btf, task, group_leader, start_boottime);
 	t->cgroup_id = bpf_get_current_cgroup_id();
-	t->memcg_v1_id = memcg_v1_id(task);
-	t->pid = task->tgid;
-	t->tid = task->pid;
-	t->ppid = task->real_parent->tgid;
-	t->uid = c->uid.val;
-	t->gid = c->gid.val;
-	t->euid = c->euid.val;
-	t->egid = c->egid.val;
+	t->memcg_v1_id = memcg_v1_id(task, btf);
+	t->pid = TREAD(btf, task, tgid);
+	t->tid = TREAD(btf, task, pid);
+	t->ppid = TREAD(btf, task, real_parent, tgid);
+	t->uid = TREAD(btf, c, uid.val);
+	t->gid = TREAD(btf, c, gid.val);
+	t->euid = TREAD(btf, c, euid.val);
+	t->egid = TREAD(btf, c, egid.val);
 	/* loginuid only exists with CONFIG_AUDIT: CO-RE drops the read where it is missing. */
 	if (bpf_core_field_exists(task->loginuid))
-		t->auid = task->loginuid.val;
+		t->auid = TREAD(btf, task, loginuid.val);
 	else
 		t->auid = 0xffffffff;
 	/*
@@ -227,8 +267,13 @@ static __always_inline void fill_task(struct lg_task *t)
 	 */
 	bpf_probe_read_kernel(&up, sizeof(up), &tp->numbers[level]);
 	t->pidns = KREAD(struct pid_namespace, up.ns, ns.inum);
-	t->mntns = task->nsproxy->mnt_ns->ns.inum;
+	t->mntns = TREAD(btf, task, nsproxy, mnt_ns, ns.inum);
 	bpf_get_current_comm(t->comm, sizeof(t->comm));
+}
+
+static __always_inline void fill_task(struct lg_task *t)
+{
+	BY_TASK_FLAVOUR(fill_task_as, t);
 }
 
 static __always_inline struct task_struct *current_task(void)
@@ -236,21 +281,47 @@ static __always_inline struct task_struct *current_task(void)
 	return (struct task_struct *)bpf_get_current_task();
 }
 
+/*
+ * kernel_cap_t was `struct kernel_cap_struct { u32 cap[2]; }` before Linux 6.3 and is
+ * `struct { u64 val; }` since. The old shape, for CO-RE to match against the running kernel
+ * (the `___` suffix is dropped when matching: this is `struct cred` with the old members).
+ */
+struct kernel_cap_struct___lg_u32 {
+	__u32 cap[2];
+};
+
+struct cred___lg_u32 {
+	struct kernel_cap_struct___lg_u32 cap_effective, cap_permitted, cap_inheritable;
+} __attribute__((preserve_access_index));
+
+/* One capability set of credentials `c` (`old`: the same, in the old shape) as 64 bits. */
+#define CAPS(btf, c, old, set)                                                  \
+	(bpf_core_field_exists((c)->set.val) ?                                  \
+		 (__u64)TREAD(btf, c, set.val) :                                \
+		 ((__u64)TREAD(btf, old, set.cap[0]) |                          \
+		  (__u64)TREAD(btf, old, set.cap[1]) << 32))
+
+static __always_inline void read_creds_as(struct lg_creds *o, const int btf)
+{
+	const struct cred *c = TREAD(btf, current_btf(), real_cred);
+	const struct cred___lg_u32 *old = (const void *)c;
+
+	o->uid = TREAD(btf, c, uid.val);
+	o->euid = TREAD(btf, c, euid.val);
+	o->suid = TREAD(btf, c, suid.val);
+	o->fsuid = TREAD(btf, c, fsuid.val);
+	o->gid = TREAD(btf, c, gid.val);
+	o->egid = TREAD(btf, c, egid.val);
+	o->sgid = TREAD(btf, c, sgid.val);
+	o->fsgid = TREAD(btf, c, fsgid.val);
+	o->cap_effective = CAPS(btf, c, old, cap_effective);
+	o->cap_permitted = CAPS(btf, c, old, cap_permitted);
+	o->cap_inheritable = CAPS(btf, c, old, cap_inheritable);
+}
+
 static __always_inline void read_creds(struct lg_creds *o)
 {
-	const struct cred *c = current_btf()->real_cred;
-
-	o->uid = c->uid.val;
-	o->euid = c->euid.val;
-	o->suid = c->suid.val;
-	o->fsuid = c->fsuid.val;
-	o->gid = c->gid.val;
-	o->egid = c->egid.val;
-	o->sgid = c->sgid.val;
-	o->fsgid = c->fsgid.val;
-	o->cap_effective = c->cap_effective.val;
-	o->cap_permitted = c->cap_permitted.val;
-	o->cap_inheritable = c->cap_inheritable.val;
+	BY_TASK_FLAVOUR(read_creds_as, o);
 }
 
 /* ---------------------------------------------------------------- exec */
@@ -265,6 +336,12 @@ static __always_inline void read_creds(struct lg_creds *o)
  * writes into a per-CPU scratch buffer (it cannot safely hold the ring-buffer pointer), with
  * offsets masked to half the buffer and reads of at most half the buffer so every write is
  * provably in bounds; the result is copied into the record afterwards.
+ *
+ * Kernels before 5.17 have no bpf_loop() (and before 5.13 refuse a program that so much as
+ * names a callback): exec_*_unrolled run the same steps in an unrolled loop, as deep. There the
+ * walk's state lives in a per-CPU map value instead of the stack: loaded from a map, the offset
+ * is an unknown number masked into bounds at each step, so the verifier checks each step once
+ * instead of once per combination of earlier steps.
  */
 struct path_walk {
 	struct dentry *d;
@@ -326,6 +403,13 @@ static long walk_step(__u64 index, void *arg)
 	return 0;
 }
 
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct path_walk);
+} walk_state SEC(".maps");
+
 static __always_inline void read_exe_path(struct lg_exec *e, struct file *f)
 {
 	struct vfsmount *vmnt = BPF_CORE_READ(f, f_path.mnt);
@@ -344,6 +428,32 @@ static __always_inline void read_exe_path(struct lg_exec *e, struct file *f)
 	e->path_truncated = !w.complete;
 }
 
+static __always_inline void read_exe_path_unrolled(struct lg_exec *e, struct file *f)
+{
+	struct vfsmount *vmnt = BPF_CORE_READ(f, f_path.mnt);
+	__u32 zero = 0;
+	struct path_walk *w = bpf_map_lookup_elem(&walk_state, &zero);
+	char *buf;
+	int i;
+
+	if (!w)
+		return;
+	w->d = BPF_CORE_READ(f, f_path.dentry);
+	w->mnt = container_of(vmnt, struct mount, mnt);
+	w->off = 0;
+	w->depth = 0;
+	w->complete = 0;
+#pragma unroll
+	for (i = 0; i < LG_PATH_DEPTH; i++)
+		if (walk_step(i, w))
+			break;
+	buf = bpf_map_lookup_elem(&path_scratch, &zero);
+	if (buf)
+		bpf_probe_read_kernel(e->path, sizeof(e->path), buf);
+	e->path_depth = w->depth;
+	e->path_truncated = !w->complete;
+}
+
 /* A memfd's file is named "memfd:<name>" (the kernel's prefix; hugetlb memfds too). */
 static __always_inline int is_memfd_prefix(const char p[6])
 {
@@ -351,15 +461,43 @@ static __always_inline int is_memfd_prefix(const char p[6])
 	       p[5] == ':';
 }
 
-static __always_inline int do_exec(__u32 old_pid, const char *filename)
+/*
+ * What exec reads from the new image (its mm and executable): the executable's link count and
+ * whether it is a memfd into `e`, its file (or NULL) and argv's bounds out.
+ */
+static __always_inline void exec_image_as(struct lg_exec *e, struct file **exe,
+					  unsigned long *start, unsigned long *end, const int btf)
 {
-	struct task_struct *task = current_btf();
-	struct lg_exec *e;
-	struct mm_struct *mm;
-	struct file *exe;
+	struct mm_struct *mm = TREAD(btf, current_btf(), mm);
+	struct file *f = TREAD(btf, mm, exe_file);
 	struct dentry *dentry;
-	unsigned long start, end, len;
 	char prefix[6] = {};
+
+	*exe = f;
+	*start = TREAD(btf, mm, arg_start);
+	*end = TREAD(btf, mm, arg_end);
+	if (!f)
+		return;
+	e->exe_nlink = TREAD(btf, f, f_inode, __i_nlink);
+	/* Which file: the agent recognizes its own executable (and redacts its secret flags). */
+	e->exe_ino = TREAD(btf, f, f_inode, i_ino);
+	e->exe_dev = TREAD(btf, f, f_inode, i_sb, s_dev);
+	/*
+	 * memfd files are named "memfd:<name>" on an internal shmem mount, where the dentry has no
+	 * directory: it is its own parent. A file on disk named "memfd:x" has a parent, and is not
+	 * fileless.
+	 */
+	dentry = TREAD(btf, f, f_path.dentry);
+	bpf_probe_read_kernel(prefix, sizeof(prefix), TREAD(btf, dentry, d_name.name));
+	if (is_memfd_prefix(prefix) && TREAD(btf, dentry, d_parent) == dentry)
+		e->memfd = 1;
+}
+
+static __always_inline int do_exec(__u32 old_pid, const char *filename, int loop)
+{
+	struct lg_exec *e;
+	struct file *exe;
+	unsigned long start, end, len;
 
 	if (is_agent())
 		return 0;
@@ -370,35 +508,26 @@ static __always_inline int do_exec(__u32 old_pid, const char *filename)
 	e->old_pid = old_pid;
 	e->args_truncated = 0;
 	e->memfd = 0;
-	e->_pad = 0;
 	fill_task(&e->task);
 	if (bpf_probe_read_kernel_str(e->filename, sizeof(e->filename), filename) < 0)
 		e->filename[0] = 0;
 
 	/* The new image is in place at this tracepoint: mm and exe_file are the new program's. */
-	mm = task->mm;
-	exe = mm->exe_file;
 	e->path[0] = 0;
 	e->path_depth = 0;
 	e->path_truncated = 0;
 	e->exe_nlink = 0;
+	e->exe_ino = 0;
+	e->exe_dev = 0;
+	BY_TASK_FLAVOUR(exec_image_as, e, &exe, &start, &end);
 	if (exe) {
-		read_exe_path(e, exe);
-		e->exe_nlink = exe->f_inode->__i_nlink;
-		/*
-		 * memfd files are named "memfd:<name>" on an internal shmem mount, where the
-		 * dentry has no directory: it is its own parent. A file on disk named "memfd:x"
-		 * has a parent, and is not fileless.
-		 */
-		dentry = exe->f_path.dentry;
-		bpf_probe_read_kernel(prefix, sizeof(prefix), dentry->d_name.name);
-		if (is_memfd_prefix(prefix) && dentry->d_parent == dentry)
-			e->memfd = 1;
+		if (loop)
+			read_exe_path(e, exe);
+		else
+			read_exe_path_unrolled(e, exe);
 	}
 
 	/* argv: one user read of [arg_start, arg_end), cut at LG_ARGS_LEN. */
-	start = mm->arg_start;
-	end = mm->arg_end;
 	len = end > start ? end - start : 0;
 	if (len > LG_ARGS_LEN) {
 		len = LG_ARGS_LEN;
@@ -421,16 +550,29 @@ static __always_inline int do_exec(__u32 old_pid, const char *filename)
 SEC("tp_btf/sched_process_exec")
 int BPF_PROG(exec_btf, struct task_struct *p, pid_t old_pid, struct linux_binprm *bprm)
 {
-	return do_exec(old_pid, bprm->filename);
+	return do_exec(old_pid, bprm->filename, 1);
 }
+
+/* __data_loc: the low 16 bits are the string's offset from the record start. */
+#define EXEC_TP_FILENAME(ctx) ((const char *)(ctx) + ((ctx)->__data_loc_filename & 0xFFFF))
 
 SEC("tracepoint/sched/sched_process_exec")
 int exec_tp(struct trace_event_raw_sched_process_exec *ctx)
 {
-	/* __data_loc: the low 16 bits are the string's offset from the record start. */
-	unsigned int off = ctx->__data_loc_filename & 0xFFFF;
+	return do_exec(ctx->old_pid, EXEC_TP_FILENAME(ctx), 1);
+}
 
-	return do_exec(ctx->old_pid, (const char *)ctx + off);
+/* Kernels without bpf_loop() (before 5.17): the unrolled path walk. */
+SEC("tp_btf/sched_process_exec")
+int BPF_PROG(exec_btf_unrolled, struct task_struct *p, pid_t old_pid, struct linux_binprm *bprm)
+{
+	return do_exec(old_pid, bprm->filename, 0);
+}
+
+SEC("tracepoint/sched/sched_process_exec")
+int exec_tp_unrolled(struct trace_event_raw_sched_process_exec *ctx)
+{
+	return do_exec(ctx->old_pid, EXEC_TP_FILENAME(ctx), 0);
 }
 
 /* ---------------------------------------------------------------- exit */
@@ -446,7 +588,7 @@ static __always_inline int do_exit(void)
 		return 0;
 	e->type = LG_EXIT;
 	fill_task(&e->task);
-	code = task->exit_code;
+	code = TREAD(HAVE_TASK_BTF, task, exit_code);
 	e->exit_code = (code >> 8) & 0xff;
 	e->signal = code & 0x7f;
 	e->core_dumped = (code & 0x80) ? 1 : 0;
@@ -461,6 +603,19 @@ static __always_inline int do_exit(void)
  */
 SEC("tp_btf/sched_process_exit")
 int BPF_PROG(exit_btf, struct task_struct *p, bool group_dead)
+{
+	if (!group_dead || is_agent())
+		return 0;
+	return do_exit();
+}
+
+/*
+ * Kernels before 6.16 where BPF trampolines work (fentry: Debian's, not every kernel): every
+ * exiting thread calls taskstats_exit(tsk, group_dead) from do_exit(), after setting its exit
+ * code, with the same group_dead the 6.16 tracepoint passes. Nothing is lost against exit_btf.
+ */
+SEC("fentry/taskstats_exit")
+int BPF_PROG(exit_fentry, struct task_struct *tsk, int group_dead)
 {
 	if (!group_dead || is_agent())
 		return 0;
@@ -1049,47 +1204,88 @@ SYSCALL_HOOKS(memfd, memfd_create)
  * per-syscall `syscalls:sys_enter_*`/`sys_exit_*` tracepoints: the kernel's syscall tracing
  * skips every compat syscall (arch_trace_is_compat_syscall). Without this section an attacker
  * could setuid, capset, ptrace, load BPF, memfd_create, accept and connect unseen through
- * `int $0x80`. The raw `sys_enter`/`sys_exit` tracepoints fire for every syscall; the programs
- * below leave at once unless the current syscall is a compat one the sensor reports, and then
- * hand it to the SAME helpers the native tracepoints use (creds_begin/creds_end,
- * ptrace_begin/ptrace_end, ...): one code path per event type.
+ * `int $0x80`. arm64 does the same to AArch32 processes' syscalls (`svc #0` from AArch32 EL0,
+ * on kernels with CONFIG_COMPAT and CPUs that run AArch32). The raw `sys_enter`/`sys_exit`
+ * tracepoints fire for every syscall; the programs below leave at once unless the current
+ * syscall is a compat one the sensor reports, and then hand it to the SAME helpers the native
+ * tracepoints use (creds_begin/creds_end, ptrace_begin/ptrace_end, ...): one code path per
+ * event type.
  *
  * They run on EVERY syscall of every task, so the order of the tests is the cost:
- *  1. the syscall number, from the context (sys_enter) or regs->orig_ax (sys_exit): a few
+ *  1. the syscall number, from the context (sys_enter) or the saved registers (sys_exit): a few
  *     compares, no helper call; almost every native syscall number fails it;
- *  2. the task's compat state: the 32-bit entry sets TS_COMPAT in current->thread_info.status
- *     before the syscall is traced and the kernel clears it on every return to user space,
- *     after the sys_exit tracepoint (arch/x86: syscall_32_enter(),
- *     arch_exit_to_user_mode_prepare()). Its value, 0x0002, is a #define (not in BTF),
- *     unchanged since it was introduced. The field is read through CO-RE and the test compiles
- *     to "not compat" where it does not exist.
+ *  2. whether the syscall is a compat one (per arch, below).
+ */
+#if defined(__TARGET_ARCH_x86)
+/*
+ * x86_64: the 32-bit entry sets TS_COMPAT in current->thread_info.status before the syscall is
+ * traced and the kernel clears it on every return to user space, after the sys_exit tracepoint
+ * (arch/x86: syscall_32_enter(), arch_exit_to_user_mode_prepare()). Its value, 0x0002, is a
+ * #define (not in BTF), unchanged since it was introduced. The field is read through CO-RE and
+ * the test compiles to "not compat" where it does not exist.
  */
 #define LG_TS_COMPAT 0x0002
 
 /* i386 syscall numbers (arch/x86/entry/syscalls/syscall_32.tbl): a fixed ABI. */
-#define IA32_SETUID16 23
-#define IA32_PTRACE 26
-#define IA32_SETGID16 46
-#define IA32_SETREUID16 70
-#define IA32_SETREGID16 71
-#define IA32_SOCKETCALL 102
-#define IA32_SETFSUID16 138
-#define IA32_SETFSGID16 139
-#define IA32_SETRESUID16 164
-#define IA32_SETRESGID16 170
-#define IA32_CAPSET 185
-#define IA32_SETREUID 203
-#define IA32_SETREGID 204
-#define IA32_SETRESUID 208
-#define IA32_SETRESGID 210
-#define IA32_SETUID 213
-#define IA32_SETGID 214
-#define IA32_SETFSUID 215
-#define IA32_SETFSGID 216
-#define IA32_MEMFD_CREATE 356
-#define IA32_BPF 357
-#define IA32_CONNECT 362
-#define IA32_ACCEPT4 364
+#define COMPAT_NR_SETUID16 23
+#define COMPAT_NR_PTRACE 26
+#define COMPAT_NR_SETGID16 46
+#define COMPAT_NR_SETREUID16 70
+#define COMPAT_NR_SETREGID16 71
+#define COMPAT_NR_SOCKETCALL 102
+#define COMPAT_NR_SETFSUID16 138
+#define COMPAT_NR_SETFSGID16 139
+#define COMPAT_NR_SETRESUID16 164
+#define COMPAT_NR_SETRESGID16 170
+#define COMPAT_NR_CAPSET 185
+#define COMPAT_NR_SETREUID 203
+#define COMPAT_NR_SETREGID 204
+#define COMPAT_NR_SETRESUID 208
+#define COMPAT_NR_SETRESGID 210
+#define COMPAT_NR_SETUID 213
+#define COMPAT_NR_SETGID 214
+#define COMPAT_NR_SETFSUID 215
+#define COMPAT_NR_SETFSGID 216
+#define COMPAT_NR_MEMFD_CREATE 356
+#define COMPAT_NR_BPF 357
+#define COMPAT_NR_CONNECT 362
+#define COMPAT_NR_ACCEPT4 364
+#elif defined(__TARGET_ARCH_arm64)
+/*
+ * arm64: a syscall is an AArch32 one exactly when it was made from AArch32 EL0, which the
+ * saved PSTATE says: SPSR_EL1.M[4] (PSR_MODE32_BIT, 0x10), an architectural bit. This is the
+ * kernel's own compat_user_mode(regs) and what in_compat_syscall() (TIF_32BIT) amounts to: an
+ * arm64 task cannot switch between the two ABIs, so no thread flag is needed.
+ */
+#define LG_PSR_MODE32_BIT 0x10
+
+/* AArch32 (EABI) syscall numbers (arch/arm64/include/asm/unistd32.h): a fixed ABI. No socketcall. */
+#define COMPAT_NR_SETUID16 23
+#define COMPAT_NR_PTRACE 26
+#define COMPAT_NR_SETGID16 46
+#define COMPAT_NR_SETREUID16 70
+#define COMPAT_NR_SETREGID16 71
+#define COMPAT_NR_SETFSUID16 138
+#define COMPAT_NR_SETFSGID16 139
+#define COMPAT_NR_SETRESUID16 164
+#define COMPAT_NR_SETRESGID16 170
+#define COMPAT_NR_CAPSET 185
+#define COMPAT_NR_SETREUID 203
+#define COMPAT_NR_SETREGID 204
+#define COMPAT_NR_SETRESUID 208
+#define COMPAT_NR_SETRESGID 210
+#define COMPAT_NR_SETUID 213
+#define COMPAT_NR_SETGID 214
+#define COMPAT_NR_SETFSUID 215
+#define COMPAT_NR_SETFSGID 216
+#define COMPAT_NR_CONNECT 283
+#define COMPAT_NR_ACCEPT 285
+#define COMPAT_NR_ACCEPT4 366
+#define COMPAT_NR_MEMFD_CREATE 385
+#define COMPAT_NR_BPF 386
+#else
+#error "the compat syscall hook knows x86 and arm64: add this arch's compat ABI (or none) here"
+#endif
 /* socketcall(call, args) multiplexer calls (include/uapi/linux/net.h). */
 #define SYS_CONNECT 3
 #define SYS_ACCEPT 5
@@ -1099,56 +1295,61 @@ SYSCALL_HOOKS(memfd, memfd_create)
  * What a compat syscall number stands for: a credential call (enum lg_cred_call, 1..LG_CAPSET;
  * the 16-bit uid/gid variants and the 32-bit ones report alike), one of the kinds below, or 0.
  */
-enum ia32_kind {
-	IA32_K_PTRACE = 16,
-	IA32_K_BPF,
-	IA32_K_MEMFD,
-	IA32_K_CONNECT,
-	IA32_K_ACCEPT4,
-	IA32_K_SOCKETCALL,
+enum compat_kind {
+	COMPAT_K_PTRACE = 16,
+	COMPAT_K_BPF,
+	COMPAT_K_MEMFD,
+	COMPAT_K_CONNECT,
+	COMPAT_K_ACCEPT4,
+	COMPAT_K_SOCKETCALL,
 };
 
-static __always_inline __u32 ia32_kind(long nr)
+static __always_inline __u32 compat_kind(long nr)
 {
 	switch (nr) {
-	case IA32_SETUID16:
-	case IA32_SETUID:
+	case COMPAT_NR_SETUID16:
+	case COMPAT_NR_SETUID:
 		return LG_SETUID;
-	case IA32_SETGID16:
-	case IA32_SETGID:
+	case COMPAT_NR_SETGID16:
+	case COMPAT_NR_SETGID:
 		return LG_SETGID;
-	case IA32_SETREUID16:
-	case IA32_SETREUID:
+	case COMPAT_NR_SETREUID16:
+	case COMPAT_NR_SETREUID:
 		return LG_SETREUID;
-	case IA32_SETREGID16:
-	case IA32_SETREGID:
+	case COMPAT_NR_SETREGID16:
+	case COMPAT_NR_SETREGID:
 		return LG_SETREGID;
-	case IA32_SETRESUID16:
-	case IA32_SETRESUID:
+	case COMPAT_NR_SETRESUID16:
+	case COMPAT_NR_SETRESUID:
 		return LG_SETRESUID;
-	case IA32_SETRESGID16:
-	case IA32_SETRESGID:
+	case COMPAT_NR_SETRESGID16:
+	case COMPAT_NR_SETRESGID:
 		return LG_SETRESGID;
-	case IA32_SETFSUID16:
-	case IA32_SETFSUID:
+	case COMPAT_NR_SETFSUID16:
+	case COMPAT_NR_SETFSUID:
 		return LG_SETFSUID;
-	case IA32_SETFSGID16:
-	case IA32_SETFSGID:
+	case COMPAT_NR_SETFSGID16:
+	case COMPAT_NR_SETFSGID:
 		return LG_SETFSGID;
-	case IA32_CAPSET:
+	case COMPAT_NR_CAPSET:
 		return LG_CAPSET;
-	case IA32_PTRACE:
-		return IA32_K_PTRACE;
-	case IA32_BPF:
-		return IA32_K_BPF;
-	case IA32_MEMFD_CREATE:
-		return IA32_K_MEMFD;
-	case IA32_CONNECT:
-		return IA32_K_CONNECT;
-	case IA32_ACCEPT4:
-		return IA32_K_ACCEPT4;
-	case IA32_SOCKETCALL:
-		return IA32_K_SOCKETCALL;
+	case COMPAT_NR_PTRACE:
+		return COMPAT_K_PTRACE;
+	case COMPAT_NR_BPF:
+		return COMPAT_K_BPF;
+	case COMPAT_NR_MEMFD_CREATE:
+		return COMPAT_K_MEMFD;
+	case COMPAT_NR_CONNECT:
+		return COMPAT_K_CONNECT;
+#ifdef COMPAT_NR_ACCEPT
+	case COMPAT_NR_ACCEPT:
+#endif
+	case COMPAT_NR_ACCEPT4:
+		return COMPAT_K_ACCEPT4;
+#ifdef COMPAT_NR_SOCKETCALL
+	case COMPAT_NR_SOCKETCALL:
+		return COMPAT_K_SOCKETCALL;
+#endif
 	}
 	return 0;
 }
@@ -1158,15 +1359,16 @@ static __always_inline __u32 ia32_kind(long nr)
  * (direct loads, the current task without a probe read), raw_tp through probe reads. `btf` is
  * a constant in each program, so only one branch is compiled into it.
  */
-static __always_inline int in_compat_syscall(int btf)
+#if defined(__TARGET_ARCH_x86)
+static __always_inline int in_compat_syscall(struct pt_regs *regs, int btf)
 {
 	struct task_struct *t;
 
 	if (btf) {
-		t = bpf_get_current_task_btf();
+		t = current_btf();
 		if (!bpf_core_field_exists(t->thread_info.status))
 			return 0;
-		return t->thread_info.status & LG_TS_COMPAT;
+		return TREAD(HAVE_TASK_BTF, t, thread_info.status) & LG_TS_COMPAT;
 	}
 	t = current_task();
 	if (!bpf_core_field_exists(t->thread_info.status))
@@ -1184,15 +1386,40 @@ static __always_inline long syscall_nr(struct pt_regs *regs, int btf)
  * truncate them too): a 64-bit caller's garbage in the upper halves must not reach us either.
  * Read only after both tests passed, so always through CO-RE probe reads.
  */
-static __always_inline __u64 ia32_arg0(struct pt_regs *regs)
+static __always_inline __u64 compat_arg0(struct pt_regs *regs)
 {
 	return (__u32)BPF_CORE_READ(regs, bx);
 }
 
-static __always_inline __u64 ia32_arg1(struct pt_regs *regs)
+static __always_inline __u64 compat_arg1(struct pt_regs *regs)
 {
 	return (__u32)BPF_CORE_READ(regs, cx);
 }
+#elif defined(__TARGET_ARCH_arm64)
+static __always_inline int in_compat_syscall(struct pt_regs *regs, int btf)
+{
+	return (btf ? regs->pstate : BPF_CORE_READ(regs, pstate)) & LG_PSR_MODE32_BIT;
+}
+
+static __always_inline long syscall_nr(struct pt_regs *regs, int btf)
+{
+	return btf ? regs->syscallno : BPF_CORE_READ(regs, syscallno);
+}
+
+/*
+ * AArch32 syscall arguments are the low 32 bits of x0, x1, ... At sys_exit x0 holds the return
+ * value: the first argument is read from orig_x0, which the syscall entry copies it to.
+ */
+static __always_inline __u64 compat_arg0(struct pt_regs *regs)
+{
+	return (__u32)BPF_CORE_READ(regs, orig_x0);
+}
+
+static __always_inline __u64 compat_arg1(struct pt_regs *regs)
+{
+	return (__u32)BPF_CORE_READ(regs, regs[1]);
+}
+#endif
 
 /*
  * The events of bpf/syscalls.bpf.h (namespace, mount, module_load, ...) see their syscalls,
@@ -1202,29 +1429,30 @@ static __always_inline void more_enter(struct pt_regs *regs, long nr, int btf);
 static __always_inline void more_exit(struct pt_regs *regs, long ret, int btf);
 
 /* At a compat sys_enter: the native programs' enter halves. */
-static __always_inline int compat_enter(struct pt_regs *regs, long nr, int btf)
+static __always_inline int compat_enter(struct pt_regs *regs, long nr, int btf, int dispatch)
 {
 	__u32 kind;
 
-	more_enter(regs, nr, btf);
-	kind = ia32_kind(nr);
-	if (!kind || !in_compat_syscall(btf))
+	if (dispatch)
+		more_enter(regs, nr, btf);
+	kind = compat_kind(nr);
+	if (!kind || !in_compat_syscall(regs, btf))
 		return 0;
 	if (kind <= LG_CAPSET)
 		return creds_begin();
 	switch (kind) {
-	case IA32_K_PTRACE:
+	case COMPAT_K_PTRACE:
 		/* compat_long_t request and pid: sign-extend as the kernel does. */
-		return ptrace_begin((__u64)(__s64)(__s32)ia32_arg0(regs),
-				    (__u64)(__s64)(__s32)ia32_arg1(regs));
-	case IA32_K_BPF:
-		return bpf_begin(ia32_arg0(regs), ia32_arg1(regs));
-	case IA32_K_MEMFD:
-		return memfd_begin(ia32_arg0(regs), ia32_arg1(regs));
-	case IA32_K_CONNECT:
+		return ptrace_begin((__u64)(__s64)(__s32)compat_arg0(regs),
+				    (__u64)(__s64)(__s32)compat_arg1(regs));
+	case COMPAT_K_BPF:
+		return bpf_begin(compat_arg0(regs), compat_arg1(regs));
+	case COMPAT_K_MEMFD:
+		return memfd_begin(compat_arg0(regs), compat_arg1(regs));
+	case COMPAT_K_CONNECT:
 		return connect_begin();
-	case IA32_K_SOCKETCALL:
-		if (ia32_arg0(regs) == SYS_CONNECT)
+	case COMPAT_K_SOCKETCALL:
+		if (compat_arg0(regs) == SYS_CONNECT)
 			return connect_begin();
 		return 0;
 	}
@@ -1233,31 +1461,32 @@ static __always_inline int compat_enter(struct pt_regs *regs, long nr, int btf)
 
 /*
  * At a compat sys_exit: the exit halves. The user registers holding the arguments are intact
- * (a syscall returns in eax only), so socketcall's call number is read again from ebx.
+ * (a syscall returns in eax / x0 only), so socketcall's call number is read again from ebx.
  */
-static __always_inline int compat_exit(struct pt_regs *regs, long ret, int btf)
+static __always_inline int compat_exit(struct pt_regs *regs, long ret, int btf, int dispatch)
 {
 	__u32 kind;
 
-	more_exit(regs, ret, btf);
-	kind = ia32_kind(syscall_nr(regs, btf));
-	if (!kind || !in_compat_syscall(btf))
+	if (dispatch)
+		more_exit(regs, ret, btf);
+	kind = compat_kind(syscall_nr(regs, btf));
+	if (!kind || !in_compat_syscall(regs, btf))
 		return 0;
 	if (kind <= LG_CAPSET)
 		return creds_end(ret, kind);
 	switch (kind) {
-	case IA32_K_PTRACE:
+	case COMPAT_K_PTRACE:
 		return ptrace_end(ret);
-	case IA32_K_BPF:
+	case COMPAT_K_BPF:
 		return bpf_end(ret);
-	case IA32_K_MEMFD:
+	case COMPAT_K_MEMFD:
 		return memfd_end(ret);
-	case IA32_K_CONNECT:
+	case COMPAT_K_CONNECT:
 		return connect_end(ret);
-	case IA32_K_ACCEPT4:
+	case COMPAT_K_ACCEPT4:
 		return do_accept(ret);
-	case IA32_K_SOCKETCALL:
-		switch (ia32_arg0(regs)) {
+	case COMPAT_K_SOCKETCALL:
+		switch (compat_arg0(regs)) {
 		case SYS_CONNECT:
 			return connect_end(ret);
 		case SYS_ACCEPT:
@@ -1269,29 +1498,59 @@ static __always_inline int compat_exit(struct pt_regs *regs, long ret, int btf)
 	return 0;
 }
 
+/*
+ * The compat hook's programs come in two sets. The dispatching set (disp_*) also serves the
+ * events of bpf/syscalls.bpf.h, whose code needs bpf_loop() (Linux 5.17+) and x86_64's syscall
+ * numbers; the plain set (compat_*) is the compat hook alone, for the kernels and architectures
+ * the dispatcher cannot run on. `dispatch` is a constant: the plain set carries none of it.
+ */
+SEC("tp_btf/sys_enter")
+int BPF_PROG(disp_enter_btf, struct pt_regs *regs, long id)
+{
+	return compat_enter(regs, id, 1, 1);
+}
+
+SEC("tp_btf/sys_exit")
+int BPF_PROG(disp_exit_btf, struct pt_regs *regs, long ret)
+{
+	return compat_exit(regs, ret, 1, 1);
+}
+
+SEC("raw_tp/sys_enter")
+int disp_enter_raw(struct bpf_raw_tracepoint_args *ctx)
+{
+	return compat_enter((struct pt_regs *)ctx->args[0], ctx->args[1], 0, 1);
+}
+
+SEC("raw_tp/sys_exit")
+int disp_exit_raw(struct bpf_raw_tracepoint_args *ctx)
+{
+	return compat_exit((struct pt_regs *)ctx->args[0], ctx->args[1], 0, 1);
+}
+
 SEC("tp_btf/sys_enter")
 int BPF_PROG(compat_enter_btf, struct pt_regs *regs, long id)
 {
-	return compat_enter(regs, id, 1);
+	return compat_enter(regs, id, 1, 0);
 }
 
 SEC("tp_btf/sys_exit")
 int BPF_PROG(compat_exit_btf, struct pt_regs *regs, long ret)
 {
-	return compat_exit(regs, ret, 1);
+	return compat_exit(regs, ret, 1, 0);
 }
 
 /* Fallback: raw tracepoints (untyped arguments, probe reads). */
 SEC("raw_tp/sys_enter")
 int compat_enter_raw(struct bpf_raw_tracepoint_args *ctx)
 {
-	return compat_enter((struct pt_regs *)ctx->args[0], ctx->args[1], 0);
+	return compat_enter((struct pt_regs *)ctx->args[0], ctx->args[1], 0, 0);
 }
 
 SEC("raw_tp/sys_exit")
 int compat_exit_raw(struct bpf_raw_tracepoint_args *ctx)
 {
-	return compat_exit((struct pt_regs *)ctx->args[0], ctx->args[1], 0);
+	return compat_exit((struct pt_regs *)ctx->args[0], ctx->args[1], 0, 0);
 }
 
 /* ---------------------------------------------------------------- issue 17: more events */

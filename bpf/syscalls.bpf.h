@@ -404,6 +404,21 @@ static __always_inline __u32 ia32_op(long nr)
  */
 static __always_inline __u64 sys_arg(struct pt_regs *regs, int i, int compat)
 {
+#if defined(__TARGET_ARCH_arm64)
+	/* arm64: x0-x4; x0 holds the result at the exit, the first argument stays in orig_x0. */
+	switch (i) {
+	case 0:
+		return BPF_CORE_READ(regs, orig_x0);
+	case 1:
+		return BPF_CORE_READ(regs, regs[1]);
+	case 2:
+		return BPF_CORE_READ(regs, regs[2]);
+	case 3:
+		return BPF_CORE_READ(regs, regs[3]);
+	default:
+		return BPF_CORE_READ(regs, regs[4]);
+	}
+#else
 	if (compat) {
 		switch (i) {
 		case 0:
@@ -430,6 +445,7 @@ static __always_inline __u64 sys_arg(struct pt_regs *regs, int i, int compat)
 	default:
 		return BPF_CORE_READ(regs, r8);
 	}
+#endif
 }
 
 /* A NUL-terminated string from the caller's memory, "" when it cannot be read. */
@@ -967,7 +983,7 @@ static __always_inline int op_wanted(__u32 op)
 }
 
 /* The op of the current syscall for the dispatcher, or LGOP_NONE; *compat says which ABI. */
-static __always_inline __u32 dispatch_op(long nr, int btf, int *compat)
+static __always_inline __u32 dispatch_op(struct pt_regs *regs, long nr, int btf, int *compat)
 {
 	__u32 native, ia32;
 
@@ -979,7 +995,7 @@ static __always_inline __u32 dispatch_op(long nr, int btf, int *compat)
 	ia32 = ia32_op(nr);
 	if (native == LGOP_NONE && ia32 == LGOP_NONE)
 		return LGOP_NONE;
-	*compat = in_compat_syscall(btf) ? 1 : 0;
+	*compat = in_compat_syscall(regs, btf) ? 1 : 0;
 	native = *compat ? ia32 : native;
 	return op_wanted(native) ? native : LGOP_NONE;
 }
@@ -990,6 +1006,9 @@ static __always_inline __u32 dispatch_op(long nr, int btf, int *compat)
  */
 static __always_inline __u64 sys_arg_fast(struct pt_regs *regs, int i, int compat, int btf)
 {
+#if defined(__TARGET_ARCH_arm64)
+	return sys_arg(regs, i, compat);
+#else
 	if (!btf)
 		return sys_arg(regs, i, compat);
 	if (compat) {
@@ -1014,13 +1033,15 @@ static __always_inline __u64 sys_arg_fast(struct pt_regs *regs, int i, int compa
 	default:
 		return regs->r8;
 	}
+#endif
 }
 
 /* Called first by the compat hook's sys_enter programs (sensor.bpf.c). */
 static __always_inline void more_enter(struct pt_regs *regs, long nr, int btf)
 {
+#if defined(__TARGET_ARCH_x86)
 	int compat = 0;
-	__u32 op = dispatch_op(nr, btf, &compat);
+	__u32 op = dispatch_op(regs, nr, btf, &compat);
 
 	if (op == LGOP_NONE)
 		return;
@@ -1036,13 +1057,15 @@ static __always_inline void more_enter(struct pt_regs *regs, long nr, int btf)
 		return;
 	}
 	op_enter(regs, op, compat);
+#endif
 }
 
 /* Called first by the compat hook's sys_exit programs. */
 static __always_inline void more_exit(struct pt_regs *regs, long ret, int btf)
 {
+#if defined(__TARGET_ARCH_x86)
 	int compat = 0;
-	__u32 op = dispatch_op(syscall_nr(regs, btf), btf, &compat);
+	__u32 op = dispatch_op(regs, syscall_nr(regs, btf), btf, &compat);
 
 	if (op == LGOP_NONE)
 		return;
@@ -1056,6 +1079,7 @@ static __always_inline void more_exit(struct pt_regs *regs, long ret, int btf)
 		return;
 	}
 	lg_op_exit(regs_number(regs), op, ret, compat);
+#endif
 }
 
 /* ---------------------------------------------------------------- per-syscall tracepoints */

@@ -49,7 +49,7 @@ impl Command {
                 "print kernel security events as JSON lines (no backend needed; needs root)"
             }
             Command::Start => {
-                "enrol, then stream events to the backend over mTLS (the production agent)"
+                "watch at once, enrol in the background, stream events to the backend over mTLS (the production agent)"
             }
             Command::Attest => "print the container, pod and selectors of a process",
             Command::Status => "ask the running agent for its health and counters",
@@ -343,6 +343,47 @@ pub fn command_help(command: Command) -> String {
     s
 }
 
+/// Characters a terminal may act on: C0 and C1 controls, DEL, and the bidirectional
+/// formatting marks that reorder what is shown.
+fn unsafe_char(c: char) -> bool {
+    c.is_control()
+        || matches!(c, '\u{200e}' | '\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}')
+}
+
+/// `s` for a terminal: characters a terminal may act on (escape sequences, bidi overrides) as
+/// `\u{..}`, everything else as is. For text from outside (settings, the agent's answers).
+pub fn printable(s: &str) -> std::borrow::Cow<'_, str> {
+    if !s.chars().any(unsafe_char) {
+        return std::borrow::Cow::Borrowed(s);
+    }
+    let mut out = String::with_capacity(s.len() + 8);
+    for c in s.chars() {
+        if unsafe_char(c) {
+            out.push_str(&format!("\\u{{{:x}}}", u32::from(c)));
+        } else {
+            out.push(c);
+        }
+    }
+    std::borrow::Cow::Owned(out)
+}
+
+/// JSON text for a terminal: the same value, with the characters a terminal may act on that
+/// JSON leaves raw (DEL, C1 controls, bidi marks; they can only be inside strings) as `\uXXXX`.
+pub fn printable_json(s: &str) -> std::borrow::Cow<'_, str> {
+    if !s.chars().any(unsafe_char) {
+        return std::borrow::Cow::Borrowed(s);
+    }
+    let mut out = String::with_capacity(s.len() + 8);
+    for c in s.chars() {
+        if unsafe_char(c) {
+            out.push_str(&format!("\\u{:04x}", u32::from(c)));
+        } else {
+            out.push(c);
+        }
+    }
+    std::borrow::Cow::Owned(out)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -418,5 +459,21 @@ mod tests {
             assert!(command_help(c).contains(c.name()));
         }
         assert!(command_help(Command::Start).contains("LINUXGUARD_SERVER"));
+    }
+
+    #[test]
+    fn printable_escapes_what_a_terminal_acts_on() {
+        assert_eq!(printable("plain: ok"), "plain: ok");
+        assert_eq!(
+            printable("a\u{1b}[31mb\u{7f}\u{9b}\u{202e}"),
+            "a\\u{1b}[31mb\\u{7f}\\u{9b}\\u{202e}"
+        );
+        let j = serde_json::json!({"k\u{1b}": "v\u{9b}\u{7f}"}).to_string();
+        let p = printable_json(&j);
+        assert!(!p.chars().any(unsafe_char), "{p}");
+        assert_eq!(
+            serde_json::from_str::<serde_json::Value>(&p).unwrap(),
+            serde_json::from_str::<serde_json::Value>(&j).unwrap()
+        );
     }
 }

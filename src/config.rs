@@ -28,7 +28,10 @@ pub enum Key {
     ServerCa,
     TenantId,
     EnrollToken,
+    EnrollTokenFile,
     ApiKey,
+    ApiKeyFile,
+    SaTokenFile,
     WorkloadId,
     NodeNameEnv,
     NodeName,
@@ -40,6 +43,7 @@ pub enum Key {
     RingBufferMb,
     StatsInterval,
     CompatSyscalls,
+    RedactFlags,
     WatchRead,
     WatchWrite,
     KubeletUrl,
@@ -56,13 +60,25 @@ pub enum Key {
     DisableContainerSelectors,
     Socket,
     SocketMode,
+    AgentUid,
     Output,
     QueueMb,
     BatchMaxEvents,
     BatchMaxBytes,
     BatchMaxAgeMs,
     MetricsAddr,
+    MetricsAllowRemote,
     ShutdownGrace,
+    FilePath,
+    FileMaxMb,
+    FileKeep,
+    SyslogAddr,
+    SyslogFacility,
+    OtlpEndpoint,
+    OtlpHeadersFile,
+    OtlpCa,
+    OtlpCert,
+    OtlpKey,
 }
 
 /// How a setting's value is checked.
@@ -85,8 +101,12 @@ pub enum Ty {
     Secret,
     /// A flag whose value is optional (`--tls-cache` or `--tls-cache DIR`).
     OptionalPath,
-    /// `ip:port` on a loopback address.
-    LoopbackAddr,
+    /// `ip:port` (a non-loopback address is allowed; `--metrics-allow-remote` silences the warning).
+    SocketAddr,
+    /// `--output`: a comma-separated list of outputs (`both` = `stdout,backend`).
+    OutputList,
+    /// `--syslog-addr`: `/dev/log`, `unix:/path`, `udp://host:port`, `tcp://host:port`.
+    SyslogAddr,
     /// The name of an environment variable (`[A-Za-z_][A-Za-z0-9_]*`) that no other setting reads.
     EnvName,
     /// Comma-separated absolute path prefixes, `default` (the built-in list) or `none`.
@@ -164,6 +184,16 @@ pub static SETTINGS: &[Setting] = &[
         "single-use enrolment token; prefer the env var (the flag leaks via ps and shell history)"
     ),
     setting!(
+        EnrollTokenFile,
+        "enroll-token-file",
+        "LINUXGUARD_ENROLL_TOKEN_FILE",
+        None,
+        Ty::Path,
+        "FILE",
+        IDENT,
+        "read the single-use token from FILE (e.g. $CREDENTIALS_DIRECTORY/enroll-token); may be removed after enrolment, and a new token written there is picked up without a restart once the identity expires"
+    ),
+    setting!(
         ApiKey,
         "api-key",
         "LINUXGUARD_API_KEY",
@@ -172,6 +202,26 @@ pub static SETTINGS: &[Setting] = &[
         "KEY",
         IDENT,
         "long-lived API key, instead of a token; prefer the env var"
+    ),
+    setting!(
+        ApiKeyFile,
+        "api-key-file",
+        "LINUXGUARD_API_KEY_FILE",
+        None,
+        Ty::Path,
+        "FILE",
+        IDENT,
+        "read the API key from FILE at each enrolment"
+    ),
+    setting!(
+        SaTokenFile,
+        "sa-token-file",
+        "LINUXGUARD_SA_TOKEN_FILE",
+        None,
+        Ty::Path,
+        "FILE",
+        IDENT,
+        "enrol with the Kubernetes service-account token projected into FILE (k8s_psat, audience linuxguard; needs the node name, pod UID and tenant id); read at each enrolment attempt"
     ),
     setting!(
         WorkloadId,
@@ -234,7 +284,7 @@ pub static SETTINGS: &[Setting] = &[
         },
         "SECS",
         IDENT,
-        "give up enrolling after this many seconds of retries"
+        "give up the first enrolment after this many seconds of retries (exit 1); enrolling again after the identity expired never gives up"
     ),
     setting!(
         ProcRoot,
@@ -287,7 +337,17 @@ pub static SETTINGS: &[Setting] = &[
         Ty::Bool,
         "",
         SENSOR,
-        "watch 32-bit (int $0x80) syscalls too; =false leaves them unseen but saves ~0.2 us per syscall of every process (docs/events.md)"
+        "watch 32-bit syscalls too (x86_64: int $0x80; arm64: AArch32 processes); =false leaves them unseen but saves ~0.2 us per syscall of every process (docs/events.md)"
+    ),
+    setting!(
+        RedactFlags,
+        "redact-flags",
+        "LINUXGUARD_REDACT_FLAGS",
+        Some(crate::events::redact::DEFAULT_FLAGS),
+        Ty::Text,
+        "LIST",
+        SENSOR,
+        "comma-separated flags whose values exec events show as [REDACTED], for every process (`--flag V`, `--flag=V`; `none`: no list); the agent's own --enroll-token and --api-key are always redacted in its own argv (docs/events.md)"
     ),
     setting!(
         WatchRead,
@@ -459,14 +519,27 @@ pub static SETTINGS: &[Setting] = &[
         "permissions of the Unix socket"
     ),
     setting!(
+        AgentUid,
+        "agent-uid",
+        "LINUXGUARD_AGENT_UID",
+        None,
+        Ty::Num {
+            min: 0,
+            max: 4_294_967_294
+        },
+        "UID",
+        ATTEST | STATUS | SHOW,
+        "the uid the agent runs as, when not root: status and attest --self believe an answer only from a server running as root, as their own uid or as this uid (docs/socket.md)"
+    ),
+    setting!(
         Output,
         "output",
         "LINUXGUARD_OUTPUT",
         Some("backend"),
-        Ty::Choice(&["backend", "stdout", "both"]),
-        "WHERE",
+        Ty::OutputList,
+        "LIST",
         START | SHOW,
-        "where `start` sends events"
+        "where `start` sends events: a comma-separated list of backend, otlp, file, syslog, stdout (both = stdout,backend); each output but stdout has its own queue and thread; without backend there is no enrolment and no --server"
     ),
     setting!(
         QueueMb,
@@ -522,10 +595,20 @@ pub static SETTINGS: &[Setting] = &[
         "metrics-addr",
         "LINUXGUARD_METRICS_ADDR",
         None,
-        Ty::LoopbackAddr,
+        Ty::SocketAddr,
         "ADDR",
         START | SHOW,
-        "serve Prometheus metrics on this loopback ip:port (off by default)"
+        "serve Prometheus metrics (/metrics) and a health check (/healthz) on this ip:port, e.g. 127.0.0.1:9464, or 0.0.0.0:9464 for a cluster's Prometheus (off by default)"
+    ),
+    setting!(
+        MetricsAllowRemote,
+        "metrics-allow-remote",
+        "LINUXGUARD_METRICS_ALLOW_REMOTE",
+        None,
+        Ty::Bool,
+        "",
+        START | SHOW,
+        "a non-loopback --metrics-addr is intended (no warning): the endpoint has no authentication and serves counters only, no event data"
     ),
     setting!(
         ShutdownGrace,
@@ -536,6 +619,112 @@ pub static SETTINGS: &[Setting] = &[
         "SECS",
         START | SHOW,
         "on SIGTERM, time allowed to flush queued events"
+    ),
+    setting!(
+        FilePath,
+        "file-path",
+        "LINUXGUARD_FILE_PATH",
+        None,
+        Ty::Path,
+        "FILE",
+        START | SHOW,
+        "--output file: append JSON lines to FILE (mode 0600; its directory is created 0700 if missing)"
+    ),
+    setting!(
+        FileMaxMb,
+        "file-max-mb",
+        "LINUXGUARD_FILE_MAX_MB",
+        Some("100"),
+        Ty::Num {
+            min: 1,
+            max: 1_048_576
+        },
+        "MB",
+        START | SHOW,
+        "--output file: rotate the file before it grows past this many MiB (renamed to FILE.1, older ones shifted)"
+    ),
+    setting!(
+        FileKeep,
+        "file-keep",
+        "LINUXGUARD_FILE_KEEP",
+        Some("5"),
+        Ty::Num { min: 1, max: 1000 },
+        "N",
+        START | SHOW,
+        "--output file: rotated files kept (FILE.1 ... FILE.N, uncompressed); the oldest is removed"
+    ),
+    setting!(
+        SyslogAddr,
+        "syslog-addr",
+        "LINUXGUARD_SYSLOG_ADDR",
+        Some("/dev/log"),
+        Ty::SyslogAddr,
+        "ADDR",
+        START | SHOW,
+        "--output syslog: the local socket (/dev/log, unix:/PATH), udp://HOST:PORT or tcp://HOST:PORT (RFC 6587 octet counting); RFC 5424 messages with the event JSON as MSG"
+    ),
+    setting!(
+        SyslogFacility,
+        "syslog-facility",
+        "LINUXGUARD_SYSLOG_FACILITY",
+        Some("local0"),
+        Ty::Choice(&[
+            "user", "daemon", "auth", "authpriv", "local0", "local1", "local2", "local3", "local4",
+            "local5", "local6", "local7"
+        ]),
+        "NAME",
+        START | SHOW,
+        "--output syslog: the facility of the messages (the severity comes from the event: info, or an alert's own)"
+    ),
+    setting!(
+        OtlpEndpoint,
+        "otlp-endpoint",
+        "LINUXGUARD_OTLP_ENDPOINT",
+        None,
+        Ty::Url,
+        "URL",
+        START | SHOW,
+        "--output otlp: the collector's OTLP/HTTP URL, http:// or https:// (/v1/logs is appended to a URL without a path); OTLP/JSON logs"
+    ),
+    setting!(
+        OtlpHeadersFile,
+        "otlp-headers-file",
+        "LINUXGUARD_OTLP_HEADERS_FILE",
+        None,
+        Ty::Path,
+        "FILE",
+        START | SHOW,
+        "--output otlp: HTTP headers sent with each request, one `Name: value` per line (tokens: never logged; read again when the file changes)"
+    ),
+    setting!(
+        OtlpCa,
+        "otlp-ca",
+        "LINUXGUARD_OTLP_CA",
+        None,
+        Ty::Path,
+        "FILE",
+        START | SHOW,
+        "--output otlp: PEM bundle that verifies an https:// collector (default: compiled-in web PKI roots)"
+    ),
+    setting!(
+        OtlpCert,
+        "otlp-cert",
+        "LINUXGUARD_OTLP_CERT",
+        None,
+        Ty::Path,
+        "FILE",
+        START | SHOW,
+        "--output otlp: client certificate chain (PEM) for mTLS, with --otlp-key"
+    ),
+    setting!(
+        OtlpKey,
+        "otlp-key",
+        "LINUXGUARD_OTLP_KEY",
+        None,
+        Ty::Path,
+        "FILE",
+        START | SHOW,
+        "--output otlp: client private key (PEM) for mTLS"
     ),
 ];
 
@@ -738,6 +927,20 @@ fn validate(s: &Setting, v: &str, name: &str) -> Result<String> {
         Ty::Text | Ty::Path if v.is_empty() => {
             bad(format!("expected {}, got an empty value", s.value_name))
         }
+        Ty::Text if s.key == Key::RedactFlags => {
+            match v
+                .split(',')
+                .map(|f| f.trim().trim_start_matches('-'))
+                .find(|f| {
+                    !f.chars()
+                        .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+                }) {
+                Some(f) => bad(format!(
+                    "{f:?} is not a flag name: give names such as password,token (comma-separated, dashes optional) or none"
+                )),
+                None => Ok(v.to_string()),
+            }
+        }
         Ty::Text | Ty::Path | Ty::Secret => Ok(v.to_string()),
         Ty::OptionalPath => Ok(if v.is_empty() {
             DEFAULT_TLS_CACHE.to_string()
@@ -777,13 +980,16 @@ fn validate(s: &Setting, v: &str, name: &str) -> Result<String> {
                 bad(format!("expected one of {}, got {v:?}", choices.join(", ")))
             }
         }
-        Ty::LoopbackAddr => match v.parse::<std::net::SocketAddr>() {
-            Ok(a) if a.ip().is_loopback() => Ok(v.to_string()),
-            Ok(_) => bad(format!(
-                "{v} is not a loopback address; metrics are served on 127.0.0.1 or [::1] only"
-            )),
+        Ty::OutputList => crate::output::parse_list(v)
+            .map(|kinds| kinds.iter().map(|k| k.name()).collect::<Vec<_>>().join(","))
+            .or_else(&bad),
+        Ty::SyslogAddr => crate::output::syslog::parse_target(v)
+            .map(|_| v.to_string())
+            .or_else(&bad),
+        Ty::SocketAddr => match v.parse::<std::net::SocketAddr>() {
+            Ok(_) => Ok(v.to_string()),
             Err(_) => bad(format!(
-                "expected ip:port such as 127.0.0.1:9464, got {v:?}"
+                "expected ip:port such as 127.0.0.1:9464 or 0.0.0.0:9464, got {v:?}"
             )),
         },
         Ty::Prefixes => check_prefixes(v).map(|()| v.to_string()).or_else(&bad),
@@ -911,6 +1117,36 @@ impl Config {
                 "--kubelet-anonymous excludes --kubelet-cert/--kubelet-key",
             ));
         }
+        let outputs = self.get(Key::Output).unwrap_or("");
+        let has = |o: &str| outputs.split(',').any(|x| x == o);
+        if has("otlp") && !self.is_set(Key::OtlpEndpoint) {
+            return Err(Error::config(format!(
+                "{} includes otlp but no collector is named: set --otlp-endpoint URL (or \
+                 LINUXGUARD_OTLP_ENDPOINT), e.g. http://otel-collector:4318",
+                self.origin_of(Key::Output)
+            )));
+        }
+        if self.is_set(Key::OtlpCert) != self.is_set(Key::OtlpKey) {
+            return Err(Error::config(
+                "--otlp-cert and --otlp-key go together: give both or neither",
+            ));
+        }
+        let plain = self
+            .get(Key::OtlpEndpoint)
+            .is_some_and(|u| u.starts_with("http://"));
+        if plain && (self.is_set(Key::OtlpCa) || self.is_set(Key::OtlpCert)) {
+            return Err(Error::config(
+                "--otlp-ca and --otlp-cert/--otlp-key need an https:// --otlp-endpoint; the one \
+                 given is plain http://",
+            ));
+        }
+        if has("file") && !self.is_set(Key::FilePath) {
+            return Err(Error::config(format!(
+                "{} includes file but no file is named: set --file-path FILE (or \
+                 LINUXGUARD_FILE_PATH), e.g. /var/log/linuxguard/events.jsonl",
+                self.origin_of(Key::Output)
+            )));
+        }
         Ok(())
     }
 
@@ -954,6 +1190,18 @@ impl Config {
                 let shown = match s.key {
                     Key::EnrollToken => redact(self.enroll_token.as_ref()),
                     Key::ApiKey => redact(self.api_key.as_ref()),
+                    // The path is not secret; what it holds is shown as the other secrets.
+                    Key::EnrollTokenFile | Key::ApiKeyFile | Key::SaTokenFile => {
+                        self.get(s.key).map_or_else(
+                            || "<unset>".to_string(),
+                            |p| {
+                                format!(
+                                    "{p} {}",
+                                    crate::secret::describe_file(std::path::Path::new(p))
+                                )
+                            },
+                        )
+                    }
                     k => self
                         .get(k)
                         .map_or_else(|| "<unset>".to_string(), str::to_string),
@@ -1066,21 +1314,27 @@ mod tests {
     }
 
     #[test]
-    fn metrics_addr_must_be_loopback() {
-        let e = resolve(
-            START,
-            &vec![(Key::MetricsAddr, Some("0.0.0.0:9464".into()))],
-            &|_| None,
-            Secrets::default(),
-        );
-        assert!(e.is_err());
-        let c = resolve(
-            START,
-            &vec![(Key::MetricsAddr, Some("127.0.0.1:9464".into()))],
-            &|_| None,
-            Secrets::default(),
-        );
-        assert!(c.is_ok());
+    fn metrics_addr_is_any_ip_and_port() {
+        for ok in ["0.0.0.0:9464", "127.0.0.1:9464", "[::]:9090", "10.1.2.3:1"] {
+            let c = resolve(
+                START,
+                &vec![(Key::MetricsAddr, Some(ok.into()))],
+                &|_| None,
+                Secrets::default(),
+            );
+            assert!(c.is_ok(), "{ok}");
+        }
+        for bad in ["localhost:9464", "0.0.0.0", ":9090", "1.2.3.4:99999"] {
+            let e = resolve(
+                START,
+                &vec![(Key::MetricsAddr, Some(bad.into()))],
+                &|_| None,
+                Secrets::default(),
+            )
+            .unwrap_err()
+            .to_string();
+            assert!(e.contains("--metrics-addr") && e.contains("ip:port"), "{e}");
+        }
     }
 
     #[test]

@@ -2,8 +2,8 @@
 //! `{"type":"stats"}` [`Snapshot`] and stderr line), the stage counters ([`Counters`]: one
 //! snapshot that feeds the heartbeat's [`HeartbeatStats`], the `status` answer and the Prometheus
 //! text), what the loop publishes across threads ([`Published`]), loop timings and the
-//! attestor's tallies. Every event the kernel produced is in exactly one of: sent, or dropped
-//! at one stage.
+//! attestor's tallies, and each output's ([`OutputCounts`], [`OutputStats`]). Every event the
+//! kernel produced is in exactly one of, for each output: sent, or dropped at one stage.
 
 use std::sync::atomic::AtomicU64;
 use std::time::Duration;
@@ -111,12 +111,14 @@ impl Stats {
     }
 }
 
-/// Every event the kernel produced is in exactly one of: sent, or dropped at one stage.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+/// Every event the kernel produced is in exactly one of: sent, or dropped at one stage. The
+/// top-level `sent`, `queue`/`upload` drops and `queued` are the primary output's (the backend
+/// when it is among the outputs, else the first one named); `outputs` has every output's.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Counters {
     /// Events read from the ring buffer.
     pub events_observed: u64,
-    /// Events accepted by the backend (or written to stdout).
+    /// Events delivered by the primary output (accepted by the backend, written to stdout...).
     pub events_sent: u64,
     /// Failed ring-buffer reservations in the kernel (per-CPU counter, summed).
     pub dropped_kernel: u64,
@@ -136,9 +138,62 @@ pub struct Counters {
     pub upload_failures: u64,
     /// The longest pass of the poll loop body.
     pub loop_body_max: Duration,
+    /// How well each event type is watched (fixed when the sensor started).
+    pub event_types: crate::sensor::EventTypes,
+    /// Every output's counters, in `--output` order.
+    pub outputs: Vec<OutputStats>,
 }
 
 impl Counters {
+    /// The loop's stage counters with `primary`'s delivery counters; `outputs` for the
+    /// per-output view.
+    pub fn new(
+        published: &Published,
+        primary: &OutputStats,
+        outputs: Vec<OutputStats>,
+    ) -> Counters {
+        use std::sync::atomic::Ordering::Relaxed;
+        Counters {
+            events_observed: published.observed.load(Relaxed),
+            events_sent: primary.events_sent,
+            dropped_kernel: published.dropped_kernel.load(Relaxed),
+            dropped_decode: published.dropped_decode.load(Relaxed),
+            dropped_queue: primary.dropped_queue,
+            dropped_upload: primary.dropped_output,
+            kubelet_misses: published.kubelet_misses.load(Relaxed),
+            queued: primary.queued,
+            batches_accepted: primary.batches,
+            upload_failures: primary.failures,
+            loop_body_max: Duration::ZERO,
+            event_types: published.event_types.get().copied().unwrap_or_default(),
+            outputs,
+        }
+    }
+
+    /// Each output's counters as `status` and the final counters line show them: `{"file":
+    /// {"eventsSent", "eventsDropped": {"decode", "queue", "output"}, "queued", "batches",
+    /// "failures"}}`. For each output, `eventsObserved` = sent + every drop once delivered.
+    pub fn outputs_json(&self) -> serde_json::Value {
+        let mut m = serde_json::Map::new();
+        for o in &self.outputs {
+            m.insert(
+                o.name.to_string(),
+                serde_json::json!({
+                    "eventsSent": o.events_sent,
+                    "eventsDropped": {
+                        "decode": self.dropped_decode,
+                        "queue": o.dropped_queue,
+                        "output": o.dropped_output,
+                    },
+                    "queued": o.queued,
+                    "batches": o.batches,
+                    "failures": o.failures,
+                }),
+            );
+        }
+        serde_json::Value::Object(m)
+    }
+
     /// The heartbeat's `stats` object, exactly as the backend contract names it (decode drops
     /// count on the queue side). The `status` answer carries the same object.
     pub fn heartbeat_stats(&self) -> HeartbeatStats {
@@ -151,6 +206,7 @@ impl Counters {
                 upload: self.dropped_upload,
             },
             kubelet_misses: self.kubelet_misses,
+            event_types: self.event_types,
         }
     }
 
@@ -174,7 +230,7 @@ impl Counters {
         metric(
             "events_sent_total",
             "counter",
-            "Events delivered to the backend or stdout.",
+            "Events delivered by the primary output (the backend when it is one of the outputs).",
             &[("", self.events_sent)],
         );
         metric(
@@ -197,7 +253,7 @@ impl Counters {
         metric(
             "queue_events",
             "gauge",
-            "Events waiting in the upload queue.",
+            "Events waiting in the primary output's queue.",
             &[("", self.queued)],
         );
         metric(
@@ -218,6 +274,76 @@ impl Counters {
             "Upload attempts that failed and were retried.",
             &[("", self.upload_failures)],
         );
+        let states = [
+            crate::sensor::HookState::Active,
+            crate::sensor::HookState::Reduced,
+            crate::sensor::HookState::Absent,
+        ];
+        let labels: Vec<(String, u64)> = self
+            .event_types
+            .iter()
+            .flat_map(|(t, now)| {
+                states.iter().map(move |s| {
+                    (
+                        format!("{{type=\"{t}\",state=\"{}\"}}", s.as_str()),
+                        u64::from(*s == now),
+                    )
+                })
+            })
+            .collect();
+        let samples: Vec<(&str, u64)> = labels.iter().map(|(l, v)| (l.as_str(), *v)).collect();
+        metric(
+            "event_type_state",
+            "gauge",
+            "How each event type is watched on this kernel: 1 for its state (active: fully; \
+             reduced: with a documented loss; absent: not at all).",
+            &samples,
+        );
+        let per = |f: fn(&OutputStats) -> u64| -> Vec<(String, u64)> {
+            self.outputs
+                .iter()
+                .map(|o| (format!("{{output=\"{}\"}}", o.name), f(o)))
+                .collect()
+        };
+        let mut labelled = |name: &str, kind: &str, help: &str, samples: Vec<(String, u64)>| {
+            let refs: Vec<(&str, u64)> = samples.iter().map(|(l, v)| (l.as_str(), *v)).collect();
+            metric(name, kind, help, &refs);
+        };
+        labelled(
+            "output_events_sent_total",
+            "counter",
+            "Events each output delivered.",
+            per(|o| o.events_sent),
+        );
+        let mut dropped = Vec::new();
+        for o in &self.outputs {
+            dropped.push((
+                format!("{{output=\"{}\",stage=\"queue\"}}", o.name),
+                o.dropped_queue,
+            ));
+            dropped.push((
+                format!("{{output=\"{}\",stage=\"output\"}}", o.name),
+                o.dropped_output,
+            ));
+        }
+        labelled(
+            "output_events_dropped_total",
+            "counter",
+            "Events each output dropped: oldest first from its full queue, or refused or lost by the output.",
+            dropped,
+        );
+        labelled(
+            "output_queue_events",
+            "gauge",
+            "Events waiting in each output's queue.",
+            per(|o| o.queued),
+        );
+        labelled(
+            "output_failures_total",
+            "counter",
+            "Delivery attempts of each output that failed and were retried.",
+            per(|o| o.failures),
+        );
         s.push_str(&format!(
             "# HELP linuxguard_loop_body_max_seconds Longest pass of the poll loop body.\n\
              # TYPE linuxguard_loop_body_max_seconds gauge\n\
@@ -229,7 +355,9 @@ impl Counters {
 }
 
 /// The heartbeat's `stats` object (backend contract: `eventsObserved`, `eventsSent`,
-/// `eventsDropped {kernel, queue, upload}`, `kubeletMisses`).
+/// `eventsDropped {kernel, queue, upload}`, `kubeletMisses`), plus `eventTypes`
+/// (`{"exec": "active", "exit": "reduced", ...}`): which event types this kernel lets the agent
+/// watch, so a fleet view shows what each node cannot see.
 #[derive(Debug, Default, Clone, Serialize, PartialEq, Eq)]
 #[serde(rename_all = "camelCase")]
 pub struct HeartbeatStats {
@@ -237,6 +365,8 @@ pub struct HeartbeatStats {
     pub events_sent: u64,
     pub events_dropped: Dropped,
     pub kubelet_misses: u64,
+    #[serde(skip_serializing_if = "crate::sensor::EventTypes::is_empty")]
+    pub event_types: crate::sensor::EventTypes,
 }
 
 #[derive(Debug, Default, Clone, Serialize, PartialEq, Eq)]
@@ -254,8 +384,52 @@ pub struct Published {
     pub dropped_kernel: AtomicU64,
     pub dropped_decode: AtomicU64,
     pub kubelet_misses: AtomicU64,
-    /// Events written to stdout (`--output stdout`).
+    /// Events written to stdout, and events stdout could not take (closed, or a failed write).
     pub stdout_sent: AtomicU64,
+    /// How well each event type is watched: set once, when the sensor has started.
+    pub event_types: std::sync::OnceLock<crate::sensor::EventTypes>,
+    pub stdout_lost: AtomicU64,
+}
+
+impl Published {
+    /// Stdout's counters as an output's (it is written on the loop thread: no queue).
+    pub fn stdout_stats(&self) -> OutputStats {
+        use std::sync::atomic::Ordering::Relaxed;
+        OutputStats {
+            name: "stdout",
+            events_sent: self.stdout_sent.load(Relaxed),
+            dropped_output: self.stdout_lost.load(Relaxed),
+            ..OutputStats::default()
+        }
+    }
+}
+
+/// One output's tallies, written by its thread (and the loop: `offered`), read by everyone.
+#[derive(Debug, Default)]
+pub struct OutputCounts {
+    /// Events the loop handed to the output (pushed into its queue).
+    pub offered: AtomicU64,
+    /// Events delivered (accepted by the receiver, written to the file or socket).
+    pub sent: AtomicU64,
+    /// Events refused by the receiver for good, or lost by the output.
+    pub dropped: AtomicU64,
+    /// Batches delivered, and delivery attempts that failed and were retried.
+    pub batches: AtomicU64,
+    pub failures: AtomicU64,
+}
+
+/// A snapshot of one output's counters.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct OutputStats {
+    pub name: &'static str,
+    pub events_sent: u64,
+    /// Dropped oldest-first from the output's full queue (or larger than a batch).
+    pub dropped_queue: u64,
+    /// Refused by the receiver, or lost by the output (a closed stdout).
+    pub dropped_output: u64,
+    pub queued: u64,
+    pub batches: u64,
+    pub failures: u64,
 }
 
 /// How long the poll loop's body takes (wake-up to back in poll).
@@ -361,14 +535,53 @@ mod tests {
 
     #[test]
     fn prometheus_text_has_help_type_and_samples() {
+        use crate::sensor::{EventTypes, HookState, HookStatus};
+        let hook = |event, state| HookStatus {
+            event,
+            state,
+            attached: None,
+            why: None,
+        };
         let c = Counters {
             dropped_queue: 5,
+            event_types: EventTypes::from_hooks(&[
+                hook("exec", HookState::Active),
+                hook("exit", HookState::Reduced),
+            ]),
             ..Default::default()
         };
+        let c = Counters {
+            outputs: vec![OutputStats {
+                name: "file",
+                events_sent: 7,
+                dropped_queue: 2,
+                ..Default::default()
+            }],
+            ..c
+        };
         let t = c.prometheus(12);
+        assert!(t.contains("linuxguard_output_events_sent_total{output=\"file\"} 7\n"));
+        assert!(t.contains(
+            "linuxguard_output_events_dropped_total{output=\"file\",stage=\"queue\"} 2\n"
+        ));
         assert!(t.contains("# TYPE linuxguard_events_dropped_total counter\n"));
         assert!(t.contains("linuxguard_events_dropped_total{stage=\"queue\"} 5\n"));
         assert!(t.contains("linuxguard_uptime_seconds 12\n"));
+        assert!(t.contains("# TYPE linuxguard_event_type_state gauge\n"));
+        assert!(t.contains("linuxguard_event_type_state{type=\"exec\",state=\"active\"} 1\n"));
+        assert!(t.contains("linuxguard_event_type_state{type=\"exit\",state=\"active\"} 0\n"));
+        assert!(t.contains("linuxguard_event_type_state{type=\"exit\",state=\"reduced\"} 1\n"));
+        assert!(
+            !t.contains("type=\"fork\""),
+            "no state for a hook the sensor did not report"
+        );
+        let hb = serde_json::to_value(c.heartbeat_stats()).expect("serialize");
+        assert_eq!(
+            hb["eventTypes"],
+            serde_json::json!({"exec": "active", "exit": "reduced"})
+        );
+        let none = serde_json::to_value(Counters::default().heartbeat_stats()).expect("serialize");
+        assert!(none.get("eventTypes").is_none(), "{none}");
         for line in t.lines().filter(|l| !l.starts_with('#')) {
             assert_eq!(line.split(' ').count(), 2, "sample line {line:?}");
         }

@@ -6,6 +6,7 @@ mod cli;
 mod config;
 mod counters;
 mod error;
+mod files;
 mod secret;
 mod stop;
 // Components, bottom up (kernel → decode → build → enrich → sink → uplink).
@@ -13,9 +14,11 @@ mod attest;
 mod events;
 mod identity;
 mod sensor;
-// The pipeline, the uplink and the local endpoints, then the loop and the commands on top.
+// The pipeline, the outputs, the uplink and the local endpoints, then the loop and the commands
+// on top.
 mod agent;
 mod cmd;
+mod output;
 mod pipeline;
 mod serve;
 mod uplink;
@@ -38,7 +41,13 @@ fn main() -> ExitCode {
         Ok(code) => code,
         Err(e) => {
             log::debug!("exiting with code {} after: {e}", e.kind().code());
-            let _ = writeln!(std::io::stderr(), "linuxguard-agent: error: {e}");
+            // Errors can carry text from outside (a file name, the agent's answer): nothing in
+            // them may act on the terminal.
+            let _ = writeln!(
+                std::io::stderr(),
+                "linuxguard-agent: error: {}",
+                cli::printable(&e.to_string())
+            );
             e.exit_code()
         }
     }

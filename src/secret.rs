@@ -1,9 +1,12 @@
-//! Secrets: a zeroize-on-drop type that never prints its value, and scrubbing the enrolment
-//! token and API key out of the process (environ and argv bytes, env table, core dumps).
+//! Secrets: a zeroize-on-drop type that never prints its value, scrubbing the enrolment
+//! token and API key out of the process (environ and argv bytes, env table, core dumps), and
+//! reading secret files (token, API key, service-account token) into zeroizing memory.
 
 use std::ffi::OsString;
 use std::fmt;
 use std::fs;
+use std::io::Read;
+use std::path::Path;
 
 use zeroize::{Zeroize, Zeroizing};
 
@@ -38,6 +41,52 @@ impl fmt::Debug for Secret {
 impl fmt::Display for Secret {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         fmt::Debug::fmt(self, f)
+    }
+}
+
+/// Largest secret file read (a projected service-account token is about 1 KiB).
+pub const MAX_SECRET_FILE: usize = 64 * 1024;
+
+/// Reads a secret file (`--enroll-token-file`, `--api-key-file`, `--sa-token-file`) into
+/// zeroizing memory, following symlinks (Kubernetes projected volumes are symlinks into a
+/// `..data` directory). The buffer is allocated once at its full size, so no growing copy is left
+/// behind; a file that is larger or not UTF-8 is refused (an empty one is for the caller to
+/// judge). Errors name the rule that failed, never the content.
+pub fn read_file(path: &Path) -> std::io::Result<Secret> {
+    use std::io::{Error, ErrorKind};
+    let mut f = fs::File::open(path)?;
+    let mut buf = Zeroizing::new(vec![0u8; MAX_SECRET_FILE + 1]);
+    let mut n = 0;
+    while n < buf.len() {
+        match f.read(&mut buf[n..]) {
+            Ok(0) => break,
+            Ok(k) => n += k,
+            Err(e) if e.kind() == ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    if n > MAX_SECRET_FILE {
+        return Err(Error::other(format!(
+            "larger than {} KiB: not a token or key file",
+            MAX_SECRET_FILE >> 10
+        )));
+    }
+    let mut bytes = std::mem::take(&mut *buf);
+    bytes.truncate(n);
+    let text = String::from_utf8(bytes).map_err(|e| {
+        e.into_bytes().zeroize();
+        Error::new(ErrorKind::InvalidData, "not UTF-8 text")
+    })?;
+    Ok(Secret::new(text))
+}
+
+/// `<set, N chars>` for a secret file that reads, else why it does not (for `show-config`).
+pub fn describe_file(path: &Path) -> String {
+    match read_file(path) {
+        Ok(s) if s.expose().trim().is_empty() => "<empty>".into(),
+        Ok(s) => Secret::new(s.expose().trim().to_string()).to_string(),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => "<missing>".into(),
+        Err(e) => format!("<unreadable: {e}>"),
     }
 }
 
@@ -335,6 +384,32 @@ mod tests {
         assert_eq!(found[1].as_ref().map(Secret::expose), Some("K1"));
         assert_eq!(args, ["agent", "start", "--server", "https://x"]);
         assert_eq!(out.flags_used, ["--enroll-token", "--api-key"]);
+    }
+
+    #[test]
+    fn secret_files_are_read_bounded_and_described_without_their_content() {
+        let dir = std::env::temp_dir().join(format!("lg-secret-{}", std::process::id()));
+        fs::create_dir_all(&dir).unwrap();
+        let f = dir.join("token");
+        fs::write(&f, "ABCDEFGHIJKLMNOPQRSTUVWX\n").unwrap();
+        assert_eq!(
+            read_file(&f).unwrap().expose(),
+            "ABCDEFGHIJKLMNOPQRSTUVWX\n"
+        );
+        assert_eq!(describe_file(&f), "<set, 24 chars>");
+        // Through a symlink, as a projected volume presents it.
+        let link = dir.join("link");
+        let _ = fs::remove_file(&link);
+        std::os::unix::fs::symlink(&f, &link).unwrap();
+        assert_eq!(read_file(&link).unwrap().chars(), 25);
+        fs::write(&f, " \n").unwrap();
+        assert_eq!(describe_file(&f), "<empty>");
+        fs::write(&f, vec![b'a'; MAX_SECRET_FILE + 1]).unwrap();
+        assert!(read_file(&f).unwrap_err().to_string().contains("larger"));
+        fs::write(&f, [0xff, 0xfe]).unwrap();
+        assert!(read_file(&f).unwrap_err().to_string().contains("UTF-8"));
+        assert_eq!(describe_file(&dir.join("nope")), "<missing>");
+        fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

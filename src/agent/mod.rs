@@ -1,7 +1,10 @@
-//! The production agent behind `start`: after the identity is established it attaches the
-//! sensor, binds the socket and the metrics endpoint, starts the uplink thread, and runs the one
-//! poll(2) loop (ring buffer → decode → enrich → queue; socket; metrics; stop) until SIGTERM or
-//! revocation. Start-up phases are logged with their durations.
+//! The production agent behind `start`: watch first, enrol in the background. It binds the
+//! socket (answering `status` from the first second, and attestation while the sensor
+//! attaches), opens the outputs, attaches the sensor, starts the uplink thread (which obtains
+//! the identity while events queue) when the backend is an output, and one thread per other
+//! queued output, and runs the one poll(2) loop (ring buffer → decode → enrich → every output's
+//! queue; socket; metrics; stop) until SIGTERM, a rejected enrolment or a revocation. Start-up
+//! phases are logged with their durations.
 
 use std::io::{self, Write};
 use std::path::PathBuf;
@@ -13,18 +16,18 @@ use nix::poll::{PollFd, PollFlags, PollTimeout};
 use serde_json::{Value, json};
 
 use crate::attest::attestor::{self, Attestor};
-use crate::config::{Config, Key};
-use crate::counters::LoopTimings;
+use crate::counters::{Counters, LoopTimings, OutputStats, Published};
 use crate::error::{Error, Result};
 use crate::events::event::Event;
 use crate::identity::plan::Plan;
-use crate::identity::session::Session;
+use crate::identity::session::{self, Session, SharedStatus, State};
+use crate::output::queue::{Channel, Line};
+use crate::output::{self, Kind, Worker};
 use crate::pipeline::sink::{JsonLines, Sink};
 use crate::pipeline::{self, POLL_INTERVAL, Pipeline};
-use crate::serve::metrics::Metrics;
+use crate::serve::metrics::{self, Metrics, Page};
 use crate::serve::socket;
 use crate::stop::Stop;
-use crate::uplink::queue::Limits;
 use crate::uplink::uploader::{Shared, Uplink};
 
 /// Kernel counters, ring fill and the socket's connection timeouts are refreshed this often.
@@ -33,14 +36,70 @@ const HOUSEKEEPING: Duration = Duration::from_secs(1);
 /// (its own timeout plus a second): the uplink has counted everything by then.
 const FINAL_HEARTBEAT_ALLOWANCE: Duration =
     Duration::from_secs(crate::uplink::uploader::FINAL_HEARTBEAT_TIMEOUT.as_secs() + 1);
+/// After the grace period, an output's last call (cut at the deadline) and the file's fsync may
+/// take this much longer before we exit without it (counting what it did not deliver as
+/// dropped): as long as the final heartbeat's allowance, so the longest stop is unchanged.
+const OUTPUT_ALLOWANCE: Duration = Duration::from_secs(5);
 
-/// Serializes drained events (once each) for the queue and/or stdout; the poll loop's sink.
+/// The outputs as the loop sees them: where each event goes, and every output's counters.
+struct Fanout {
+    /// `--output`, in order.
+    kinds: Vec<Kind>,
+    primary: Kind,
+    /// Stage counters the loop publishes (read by the uplink for heartbeats).
+    published: Arc<Published>,
+    /// The queued outputs (the backend and the output threads), each with its channel.
+    chans: Vec<(Kind, Arc<Channel>)>,
+}
+
+impl Fanout {
+    fn has(&self, k: Kind) -> bool {
+        self.kinds.contains(&k)
+    }
+
+    fn stats(&self, k: Kind) -> OutputStats {
+        if k == Kind::Stdout {
+            return self.published.stdout_stats();
+        }
+        self.chans
+            .iter()
+            .find(|(kind, _)| *kind == k)
+            .map(|(_, c)| c.stats())
+            .unwrap_or_default()
+    }
+
+    /// One snapshot of every counter: the primary output's at the top, every output's below.
+    fn counters(&self) -> Counters {
+        let all: Vec<OutputStats> = self.kinds.iter().map(|k| self.stats(*k)).collect();
+        Counters::new(&self.published, &self.stats(self.primary), all)
+    }
+
+    /// The outputs other than stdout, for a log line (`the backend`, `file, otlp`).
+    fn others_than_stdout(&self) -> String {
+        let names: Vec<&str> = self
+            .kinds
+            .iter()
+            .filter(|k| **k != Kind::Stdout)
+            .map(|k| match k {
+                Kind::Backend => "the backend",
+                k => k.name(),
+            })
+            .collect();
+        names.join(", ")
+    }
+}
+
+/// Serializes drained events (once each) for every output's queue and/or stdout; the poll
+/// loop's sink.
 struct LoopSink<'a> {
-    shared: &'a Shared,
+    out: &'a Fanout,
     stdout: Option<JsonLines<io::StdoutLock<'static>>>,
     /// The event being sent, serialized (reused from event to event).
     line: Vec<u8>,
-    lines: Vec<Vec<u8>>,
+    /// The pass's events, each serialized once and shared by every queue.
+    lines: Vec<Line>,
+    /// Events that did not serialize (counted with the decode drops).
+    unserializable: u64,
     /// Lines written to stdout, and lines that could not be (stdout closed or failed).
     stdout_sent: u64,
     stdout_lost: u64,
@@ -49,12 +108,13 @@ struct LoopSink<'a> {
 }
 
 impl<'a> LoopSink<'a> {
-    fn new(shared: &'a Shared, stdout: Option<JsonLines<io::StdoutLock<'static>>>) -> Self {
+    fn new(out: &'a Fanout, stdout: Option<JsonLines<io::StdoutLock<'static>>>) -> Self {
         LoopSink {
-            shared,
+            out,
             stdout,
             line: Vec::with_capacity(4096),
             lines: Vec::new(),
+            unserializable: 0,
             stdout_sent: 0,
             stdout_lost: 0,
             stdout_ended: None,
@@ -82,6 +142,7 @@ impl Sink for LoopSink<'_> {
         self.line.clear();
         if let Err(e) = ev.write_json(&mut self.line) {
             log::debug!("dropped an event that does not serialize: {e}");
+            self.unserializable += 1;
             return Ok(true);
         }
         match &mut self.stdout {
@@ -89,19 +150,22 @@ impl Sink for LoopSink<'_> {
                 let res = out.send_line(&self.line);
                 self.settle_stdout(res);
             }
-            // `--output stdout` and stdout is gone: this event has nowhere to go.
-            None if !self.shared.to_backend => self.stdout_lost += 1,
+            // Stdout is an output and it is gone: this event cannot go there.
+            None if self.out.has(Kind::Stdout) => self.stdout_lost += 1,
             None => {}
         }
-        if self.shared.to_backend {
-            // An exact-size copy for the queue; `line` keeps its capacity for the next event.
-            self.lines.push(self.line.clone());
+        if !self.out.chans.is_empty() {
+            // One exact-size copy shared by every queue; `line` keeps its capacity.
+            self.lines.push(Line::from(&self.line[..]));
         }
         Ok(true)
     }
 
     fn flush(&mut self) -> Result<bool> {
-        self.shared.push_all(&mut self.lines);
+        for (_, c) in &self.out.chans {
+            c.push_all(&self.lines);
+        }
+        self.lines.clear();
         if let Some(out) = &mut self.stdout {
             let res = out.flush();
             self.settle_stdout(res);
@@ -114,17 +178,18 @@ impl Sink for LoopSink<'_> {
 pub struct Agent {
     cfg_grace: Duration,
     stop: Arc<Stop>,
-    shared: Arc<Shared>,
-    uplink: Option<std::thread::JoinHandle<()>>,
-    uplink_done: std::sync::mpsc::Receiver<()>,
+    out: Arc<Fanout>,
+    /// The uplink (the backend output) when the backend is among the outputs.
+    up: Option<UplinkThread>,
+    /// The other queued outputs' threads.
+    workers: Vec<Worker>,
     // Drop order: the socket and metrics before the pipeline (which owns BPF objects).
     socket: Option<socket::Server>,
     metrics: Option<Metrics>,
     pipeline: Pipeline,
     sink_stdout: Option<JsonLines<io::StdoutLock<'static>>>,
-    /// `--output stdout` and stdout ended (closed, or the write error): the loop stops.
+    /// Stdout was the only output and it ended (closed, or the write error): the loop stops.
     output_ended: Option<std::result::Result<(), String>>,
-    agent_id: String,
     started: Instant,
     pub loop_stats: LoopTimings,
     /// `--stats-interval`: a `{"type":"stats"}` event this often (None: off).
@@ -133,6 +198,22 @@ pub struct Agent {
     stats_events: u64,
     /// Open socket connections, as of the last socket pass (for the `status` answer).
     socket_conns: usize,
+    /// Events that did not serialize (counted with the decode drops).
+    unserializable: u64,
+}
+
+/// The uplink thread and what the loop shares with it.
+struct UplinkThread {
+    shared: Arc<Shared>,
+    thread: Option<std::thread::JoinHandle<()>>,
+    done: std::sync::mpsc::Receiver<()>,
+    /// The identity's state, written by the uplink thread.
+    identity: SharedStatus,
+}
+
+/// The enrolment state word for `status` and `/healthz`: `off` without the backend.
+fn enrolment_word(identity: Option<&SharedStatus>) -> &'static str {
+    identity.map_or("off", |i| session::lock(i).state.word())
 }
 
 /// The components' options (the rest still comes from the configuration).
@@ -141,64 +222,144 @@ pub struct Options {
     pub attestor: attestor::Options,
     /// `--socket` path and mode.
     pub socket: Option<(PathBuf, u32)>,
+    /// `--output` (the list, each queue's limits, each output's own options).
+    pub outputs: output::Options,
+    /// `--metrics-addr` and `--metrics-allow-remote`.
+    pub metrics: Option<metrics::Options>,
+    /// `--shutdown-grace`.
+    pub grace: Duration,
+    /// `--stats-interval`: a `{"type":"stats"}` event this often (None: off).
+    pub stats_every: Option<Duration>,
 }
 
-/// `start` after the plan is checked: identity, sensor, socket, uplink, loop.
-pub fn run(cfg: Config, opts: Options, plan: Plan, t0: Instant) -> Result<()> {
+/// `start` after the plan is checked: socket, outputs, sensor, then the uplink (identity in the
+/// background, when the backend is an output), the output threads and the loop. `plan` is
+/// `None` when the backend is not among the outputs: no enrolment at all.
+pub fn run(opts: Options, plan: Option<Plan>, t0: Instant) -> Result<()> {
     log::info!(
         "startup: identity derived in {} ms",
         t0.elapsed().as_millis()
     );
     let stop = Arc::new(Stop::install()?);
-    let workload_id = plan.workload.hex.clone();
-    let t = Instant::now();
-    let Some(identity) = Session::start(plan, &stop)? else {
-        log::info!("stopping on {} during enrolment", stop.signal_name());
-        return Ok(());
+    // No network call: the TLS cache is read, and a start that could never obtain an identity
+    // (no credential, no usable cache) ends here with exit 3, before the sensor is loaded.
+    let session = match plan {
+        Some(p) => Some(Session::new(p, t0)?),
+        None => None,
     };
-    log::info!(
-        "startup: identity ready (enrolment or TLS cache) in {} ms ({} ms since start)",
-        t.elapsed().as_millis(),
-        t0.elapsed().as_millis()
-    );
-    let mut agent = Agent::new(&cfg, opts, identity, stop, workload_id, t0)?;
-    drop(cfg);
+    let mut agent = Agent::new(opts, session, stop, t0)?;
     agent.run()
 }
 
-impl Agent {
-    fn new(
-        cfg: &Config,
-        opts: Options,
-        identity: Session,
-        stop: Arc<Stop>,
-        workload_id: String,
-        t0: Instant,
-    ) -> Result<Agent> {
-        let output = cfg.get(Key::Output).unwrap_or("backend");
-        let to_backend = output != "stdout";
-        let to_stdout = output != "backend";
-        let limits = Limits {
-            queue_bytes: (cfg.num(Key::QueueMb).max(1) as usize) << 20,
-            batch_events: cfg.num(Key::BatchMaxEvents).max(1) as usize,
-            batch_bytes: cfg.num(Key::BatchMaxBytes).max(1024) as usize,
-            batch_age: Duration::from_millis(cfg.num(Key::BatchMaxAgeMs).max(1)),
-        };
+/// The `/healthz` answer: healthy in every enrolment state (as `status`), with the state.
+fn health_json(enrolment: &str, sensor: &str, uptime: Duration) -> String {
+    json!({
+        "status": "ok",
+        "enrolment": enrolment,
+        "sensor": sensor,
+        "uptimeSeconds": uptime.as_secs(),
+    })
+    .to_string()
+}
 
-        let t = Instant::now();
-        let mut pipeline = Pipeline::new(&opts.pipeline)?;
-        match Attestor::new(opts.attestor) {
-            Ok(a) => pipeline.set_attestor(a),
-            Err(e) => log::warn!("events will carry no container or pod fields: {e}"),
+/// While the sensor attaches on the calling thread, `status`, attestation and `/healthz` are
+/// answered here.
+fn serve_while_attaching(
+    mut server: Option<&mut socket::Server>,
+    mut metrics: Option<&mut Metrics>,
+    mut attestor: Option<&mut Attestor>,
+    identity: Option<&SharedStatus>,
+    out: &Fanout,
+    done: &std::sync::atomic::AtomicBool,
+    t0: Instant,
+) {
+    while !done.load(Ordering::SeqCst) {
+        let mut fds = Vec::with_capacity(2);
+        if let Some(s) = &server {
+            fds.push(PollFd::new(s.fd(), PollFlags::POLLIN));
         }
-        log::info!(
-            "startup: sensors attached in {} ms ({} ms since start)",
-            t.elapsed().as_millis(),
-            t0.elapsed().as_millis()
-        );
+        if let Some(m) = &metrics {
+            fds.push(PollFd::new(m.fd(), PollFlags::POLLIN));
+        }
+        match nix::poll::poll(&mut fds, PollTimeout::from(50u16)) {
+            Ok(_) | Err(nix::errno::Errno::EINTR) => {}
+            Err(_) => std::thread::sleep(Duration::from_millis(50)),
+        }
+        drop(fds);
+        if let Some(m) = metrics.as_deref_mut() {
+            m.serve(&mut |page| match page {
+                Page::Health => health_json(enrolment_word(identity), "attaching", t0.elapsed()),
+                Page::Metrics => out.counters().prometheus(t0.elapsed().as_secs()),
+            });
+        }
+        let Some(server) = server.as_deref_mut() else {
+            continue;
+        };
+        let mut answer = |req: socket::Request, peer: &socket::Peer| -> Value {
+            match req {
+                socket::Request::Status => {
+                    let id = identity.map(|i| session::lock(i).clone());
+                    let c = out.counters();
+                    socket::ok_reply(json!({
+                        "healthy": true,
+                        "enrolment": enrolment_word(identity),
+                        "agentId": id.as_ref().and_then(|i| i.agent_id.clone()),
+                        "identity": id.as_ref().map(|i| i.json()),
+                        "sensor": "attaching",
+                        "uptimeSeconds": t0.elapsed().as_secs(),
+                        "stats": c.heartbeat_stats(),
+                        "outputs": c.outputs_json(),
+                        "pipeline": {"queuedEvents": c.queued},
+                    }))
+                }
+                _ => match attestor.as_deref_mut() {
+                    Some(a) => a.answer(req, peer),
+                    None => socket::error_reply("workload attestation is not available"),
+                },
+            }
+        };
+        server.handle_ready(&mut answer);
+    }
+}
 
+impl Agent {
+    fn new(opts: Options, session: Option<Session>, stop: Arc<Stop>, t0: Instant) -> Result<Agent> {
+        let limits = opts.outputs.limits;
+        let kinds = opts.outputs.kinds.clone();
+        let identity = session.as_ref().map(Session::status);
+        let published = Arc::new(Published::default());
+        let prefix = batch_key_prefix();
+        let chan = |k: Kind| Arc::new(Channel::new(k.name(), limits, prefix.clone()));
+        let mut chans = Vec::new();
+        let shared = match &session {
+            Some(_) => {
+                let c = chan(Kind::Backend);
+                chans.push((Kind::Backend, c.clone()));
+                Some(Arc::new(Shared::new(c, published.clone())))
+            }
+            None => None,
+        };
+        // The other queued outputs open now (a file that cannot be written fails the start
+        // before the sensor loads); their threads start once the sensor is attached.
+        let mut delivers = Vec::new();
+        for k in &kinds {
+            if let Some(d) = output::open(*k, &opts.outputs)? {
+                let c = chan(*k);
+                chans.push((*k, c.clone()));
+                delivers.push((c, d));
+            }
+        }
+        let out = Arc::new(Fanout {
+            primary: opts.outputs.primary(),
+            kinds,
+            published,
+            chans,
+        });
+
+        // The socket first: `status` answers from the first second (issue: the workload
+        // endpoint is up before anything else).
         let t = Instant::now();
-        let socket = match &opts.socket {
+        let mut socket = match &opts.socket {
             None => None,
             Some((path, mode)) => match socket::Server::bind(path, *mode) {
                 Ok(s) => {
@@ -218,52 +379,127 @@ impl Agent {
                 }
             },
         };
-        let metrics = match cfg.get(Key::MetricsAddr) {
-            Some(addr) => Some(Metrics::bind(addr)?),
+        // The metrics listener too (a taken port fails the start before the sensor loads), so
+        // that `/healthz` answers while the sensor attaches.
+        let mut metrics = match &opts.metrics {
+            Some(m) => Some(Metrics::bind(m)?),
             None => None,
         };
-
-        let shared = Arc::new(Shared::new(limits, batch_key_prefix(), to_backend));
-        let agent_id = identity.agent_id().to_string();
-        let (done_tx, uplink_done) = std::sync::mpsc::sync_channel(1);
-        let uplink = {
-            let up = Uplink::new(shared.clone(), identity, workload_id, t0);
-            std::thread::Builder::new()
-                .name("lg-uplink".into())
-                .spawn(move || {
-                    up.run();
-                    let _ = done_tx.send(());
-                })
-                .map_err(|e| Error::runtime(format!("failed to start the upload thread: {e}")))?
+        let mut attestor = match Attestor::new(opts.attestor) {
+            Ok(a) => Some(a),
+            Err(e) => {
+                log::warn!("events will carry no container or pod fields: {e}");
+                None
+            }
         };
-        let sink_stdout = to_stdout.then(|| JsonLines::new(io::stdout().lock()));
+
+        // Then the sensor, before any enrolment call: a start that cannot watch (no BPF
+        // rights) ends here, before it spends a single-use token.
+        let t = Instant::now();
+        let attached = {
+            let done = std::sync::atomic::AtomicBool::new(false);
+            std::thread::scope(|scope| {
+                let serving = (socket.is_some() || metrics.is_some()).then(|| {
+                    let (server, m) = (socket.as_mut(), metrics.as_mut());
+                    let (a, id, o, done) = (attestor.as_mut(), identity.as_ref(), &*out, &done);
+                    std::thread::Builder::new()
+                        .name("lg-early-socket".into())
+                        .spawn_scoped(scope, move || {
+                            serve_while_attaching(server, m, a, id, o, done, t0)
+                        })
+                });
+                let p = Pipeline::new(&opts.pipeline);
+                done.store(true, Ordering::SeqCst);
+                if let Some(Ok(h)) = serving {
+                    let _ = h.join();
+                }
+                p
+            })
+        };
+        let mut pipeline = attached?;
+        if let Some(a) = attestor {
+            pipeline.set_attestor(a);
+        }
         log::info!(
-            "agent {agent_id} running: events to {output}; queue {} MiB, batches of at most {} events / {} bytes / {} ms",
+            "startup: sensors attached in {} ms ({} ms since start)",
+            t.elapsed().as_millis(),
+            t0.elapsed().as_millis()
+        );
+
+        let _ = out.published.event_types.set(pipeline.event_types());
+        log::info!("sensor: {}", pipeline.event_types().line());
+        let mut workers = Vec::new();
+        for (c, d) in delivers {
+            workers.push(Worker::start(c, d)?);
+        }
+        let names: Vec<&str> = out.kinds.iter().map(|k| k.name()).collect();
+        log::info!(
+            "running: events to {}; each queue {} MiB, batches of at most {} events / {} bytes / {} ms",
+            names.join(", "),
             limits.queue_bytes >> 20,
             limits.batch_events,
             limits.batch_bytes,
             limits.batch_age.as_millis()
         );
+        let up = match (session, shared, identity) {
+            (Some(session), Some(shared), Some(identity)) => {
+                let state = session.state();
+                let (done_tx, done) = std::sync::mpsc::sync_channel(1);
+                let up = Uplink::new(shared.clone(), session, t0);
+                let thread = std::thread::Builder::new()
+                    .name("lg-uplink".into())
+                    .spawn(move || {
+                        up.run();
+                        let _ = done_tx.send(());
+                    })
+                    .map_err(|e| {
+                        Error::runtime(format!("failed to start the upload thread: {e}"))
+                    })?;
+                let id = session::lock(&identity).clone();
+                match state {
+                    State::Enrolled => log::info!(
+                        "startup: agent {} watching and uploading",
+                        id.agent_id.as_deref().unwrap_or_default()
+                    ),
+                    State::Enrolling | State::Expired => log::info!(
+                        "startup: watching before the identity is ready: events queue (up to {} \
+                         MiB, oldest dropped first and counted) while waiting for {}",
+                        limits.queue_bytes >> 20,
+                        id.waiting_for
+                    ),
+                }
+                Some(UplinkThread {
+                    shared,
+                    thread: Some(thread),
+                    done,
+                    identity,
+                })
+            }
+            _ => {
+                log::info!("startup: watching; no backend among the outputs, so no enrolment");
+                None
+            }
+        };
+        let sink_stdout = out
+            .has(Kind::Stdout)
+            .then(|| JsonLines::new(io::stdout().lock()));
         Ok(Agent {
-            cfg_grace: Duration::from_secs(cfg.num(Key::ShutdownGrace)),
+            cfg_grace: opts.grace,
             stop,
-            shared,
-            uplink: Some(uplink),
-            uplink_done,
+            out,
+            up,
+            workers,
             socket,
             metrics,
             pipeline,
             sink_stdout,
             output_ended: None,
-            agent_id,
             started: t0,
             loop_stats: LoopTimings::default(),
-            stats_every: match cfg.num(Key::StatsInterval) {
-                0 => None,
-                n => Some(Duration::from_secs(n)),
-            },
+            stats_every: opts.stats_every,
             stats_events: 0,
             socket_conns: 0,
+            unserializable: 0,
         })
     }
 
@@ -274,7 +510,11 @@ impl Agent {
         let mut next_drain = Instant::now() + POLL_INTERVAL;
         let mut next_stats = self.stats_every.map(|d| Instant::now() + d);
         loop {
-            if self.shared.failed.load(Ordering::SeqCst) {
+            if self
+                .up
+                .as_ref()
+                .is_some_and(|u| u.shared.failed.load(Ordering::SeqCst))
+            {
                 return Err(self.fatal());
             }
             if self.stop.requested() || self.output_ended.is_some() {
@@ -321,10 +561,7 @@ impl Agent {
                 self.serve_socket();
             }
             if metrics_ready {
-                let text = self.prometheus();
-                if let Some(m) = &mut self.metrics {
-                    m.serve(&text);
-                }
+                self.serve_metrics();
             }
             if let (Some(at), Some(every)) = (next_stats, self.stats_every) {
                 if now >= at {
@@ -354,33 +591,33 @@ impl Agent {
     }
 
     fn drain(&mut self) -> Result<()> {
-        let shared = self.shared.clone();
-        let mut sink = LoopSink::new(&shared, self.sink_stdout.take());
+        let out = self.out.clone();
+        let mut sink = LoopSink::new(&out, self.sink_stdout.take());
         let res = self.pipeline.drain(&mut sink);
         self.settle_sink(sink);
         self.publish_counters();
         res.map(|_| ())
     }
 
-    /// Takes back stdout and its counts after a pass. With `--output stdout` a line that could
-    /// not be written is a drop at the output stage (`upload`); when stdout ends there, the agent
-    /// stops, as `watch` does. With `--output both` the backend still gets every event.
+    /// Takes back stdout and its counts after a pass. A line stdout could not take is a drop at
+    /// stdout's output stage; when stdout ends and it was the only output, the agent stops, as
+    /// `watch` does; otherwise the other outputs go on with every event.
     fn settle_sink(&mut self, mut sink: LoopSink<'_>) {
         self.sink_stdout = sink.stdout.take();
-        let c = &self.shared.published;
+        self.unserializable += sink.unserializable;
+        let c = &self.out.published;
         c.stdout_sent.fetch_add(sink.stdout_sent, Ordering::Relaxed);
-        if !self.shared.to_backend {
-            self.shared
-                .dropped_upload
-                .fetch_add(sink.stdout_lost, Ordering::Relaxed);
-        }
+        c.stdout_lost.fetch_add(sink.stdout_lost, Ordering::Relaxed);
         if let Some(ended) = sink.stdout_ended {
             let why = match &ended {
                 Ok(()) => "was closed".to_string(),
                 Err(e) => format!("failed ({e})"),
             };
-            if self.shared.to_backend {
-                log::warn!("stdout {why}: events now go to the backend only");
+            if self.out.kinds.len() > 1 {
+                log::warn!(
+                    "stdout {why}: events now go to {} only",
+                    self.out.others_than_stdout()
+                );
             } else {
                 log::warn!(
                     "stdout {why}, and it is the only output (--output stdout): stopping; \
@@ -395,8 +632,8 @@ impl Agent {
     fn send_stats_event(&mut self) -> Result<()> {
         let ev = self.pipeline.stats_event();
         self.stats_events += 1;
-        let shared = self.shared.clone();
-        let mut sink = LoopSink::new(&shared, self.sink_stdout.take());
+        let out = self.out.clone();
+        let mut sink = LoopSink::new(&out, self.sink_stdout.take());
         let res = sink.send(&ev).and_then(|_| sink.flush());
         self.settle_sink(sink);
         res.map(|_| ())
@@ -405,13 +642,14 @@ impl Agent {
     /// Copies the pipeline's and attestor's counters where the uplink reads them.
     fn publish_counters(&mut self) {
         let s = &self.pipeline.stats;
-        let c = &self.shared.published;
+        let c = &self.out.published;
         let seen: u64 = s.seen.iter().sum();
         c.observed
             .store(seen + s.user_drops + self.stats_events, Ordering::Relaxed);
         c.dropped_kernel
             .store(s.kernel_drops_total(), Ordering::Relaxed);
-        c.dropped_decode.store(s.user_drops, Ordering::Relaxed);
+        c.dropped_decode
+            .store(s.user_drops + self.unserializable, Ordering::Relaxed);
         let misses = self
             .pipeline
             .attestor_mut()
@@ -419,28 +657,45 @@ impl Agent {
         c.kubelet_misses.store(misses, Ordering::Relaxed);
     }
 
+    fn identity(&self) -> Option<&SharedStatus> {
+        self.up.as_ref().map(|u| &u.identity)
+    }
+
     /// Every counter, for the `status` answer.
     fn status_json(&mut self) -> Value {
-        let c = self.shared.counters();
+        let c = self.out.counters();
         let ls = self.loop_stats;
         let mean_us = ls.mean_body().as_micros() as u64;
         let attestor = self
             .pipeline
             .attestor_mut()
             .map_or(Value::Null, |a| a.status_json());
+        let id = self.identity().map(|i| session::lock(i).clone());
+        let queued_bytes = self
+            .out
+            .chans
+            .iter()
+            .find(|(k, _)| *k == self.out.primary)
+            .map_or(0, |(_, c)| c.queued_bytes());
         json!({
+            // Healthy in every enrolment state: a restart would not obtain the identity any
+            // sooner, and would lose the queued events (the liveness probe passes).
             "healthy": true,
-            "agentId": self.agent_id,
+            "enrolment": enrolment_word(self.identity()),
+            "agentId": id.as_ref().and_then(|i| i.agent_id.clone()),
+            "identity": id.as_ref().map(|i| i.json()),
+            "sensor": "attached",
             "uptimeSeconds": self.started.elapsed().as_secs(),
             "stats": c.heartbeat_stats(),
+            "outputs": c.outputs_json(),
             "pipeline": {
                 "droppedDecode": c.dropped_decode,
                 "queuedEvents": c.queued,
-                "queuedBytes": self.shared.queued_bytes(),
+                "queuedBytes": queued_bytes,
                 "socketConnections": self.socket_conns,
                 "processTable": self.pipeline.processes(),
-                "batchesAccepted": self.shared.batches_ok.load(Ordering::Relaxed),
-                "uploadFailures": self.shared.upload_failures.load(Ordering::Relaxed),
+                "batchesAccepted": c.batches_accepted,
+                "uploadFailures": c.upload_failures,
                 "ringBuffer": {
                     "sizeBytes": self.pipeline.stats.ring_size,
                     "fillBytes": self.pipeline.stats.ring_fill,
@@ -471,64 +726,140 @@ impl Agent {
         self.socket = Some(server);
     }
 
+    /// Answers the waiting `/metrics` and `/healthz` requests.
+    fn serve_metrics(&mut self) {
+        let Some(mut m) = self.metrics.take() else {
+            return;
+        };
+        m.serve(&mut |page| match page {
+            Page::Metrics => self.prometheus(),
+            Page::Health => health_json(
+                enrolment_word(self.identity()),
+                "attached",
+                self.started.elapsed(),
+            ),
+        });
+        self.metrics = Some(m);
+    }
+
     fn prometheus(&mut self) -> String {
-        let mut c = self.shared.counters();
+        let mut c = self.out.counters();
         c.loop_body_max = self.loop_stats.max_body;
         c.prometheus(self.started.elapsed().as_secs())
     }
 
-    fn fatal(&self) -> Error {
-        self.shared
-            .take_fatal()
-            .unwrap_or_else(|| Error::runtime("the upload thread stopped unexpectedly"))
+    /// The uplink ended with an error (rejected enrolment, revocation, enrolment timeout):
+    /// what the backend did not get is counted as dropped, the other outputs flush within the
+    /// grace period, the final counters are printed and the error returned (main prints it,
+    /// once).
+    fn fatal(&mut self) -> Error {
+        let e = self
+            .up
+            .as_ref()
+            .and_then(|u| u.shared.take_fatal())
+            .unwrap_or_else(|| Error::runtime("the upload thread stopped unexpectedly"));
+        let _ = self.drain();
+        self.pipeline.refresh_stats();
+        self.publish_counters();
+        if let Some(u) = &self.up {
+            u.shared.chan.abandon();
+        }
+        self.flush_outputs(Instant::now() + self.cfg_grace);
+        self.final_counters();
+        e
     }
 
-    /// SIGTERM: stop reading (after taking what the kernel already handed over), flush within
-    /// the grace period, final heartbeat, exit 0.
+    /// Asks every output thread to deliver what it holds until `deadline` and waits for them
+    /// (a little longer for a last call); an output still busy then is left behind, what it did
+    /// not deliver counted as dropped.
+    fn flush_outputs(&mut self, deadline: Instant) {
+        for w in &self.workers {
+            w.chan.begin_flush(deadline);
+        }
+        for w in &mut self.workers {
+            w.wait(deadline + OUTPUT_ALLOWANCE);
+        }
+    }
+
+    fn final_counters(&self) {
+        let c = self.out.counters();
+        let mut v = serde_json::to_value(c.heartbeat_stats()).unwrap_or_default();
+        if let Some(o) = v.as_object_mut() {
+            o.insert("outputs".into(), c.outputs_json());
+        }
+        let _ = writeln!(io::stderr(), "linuxguard-agent: final counters: {v}");
+    }
+
+    /// SIGTERM: stop reading (after taking what the kernel already handed over); every output
+    /// delivers what it holds within the grace period; the backend's final heartbeat; exit 0.
     fn shutdown(&mut self) -> Result<()> {
         let why = if self.output_ended.is_some() {
             "the end of stdout".to_string()
         } else {
             self.stop.signal_name()
         };
-        log::info!(
-            "stopping on {why}: flushing queued events (up to {} s), then a final heartbeat",
-            self.cfg_grace.as_secs()
-        );
         let t = Instant::now();
         self.drain()?;
         self.pipeline.refresh_stats();
         self.publish_counters();
         let deadline = Instant::now() + self.cfg_grace;
-        self.shared.begin_flush(deadline);
-        let wait = (deadline + FINAL_HEARTBEAT_ALLOWANCE).saturating_duration_since(Instant::now());
-        match self.uplink_done.recv_timeout(wait) {
-            Ok(()) => {
-                if let Some(t) = self.uplink.take() {
-                    let _ = t.join();
-                }
-            }
-            Err(_) => {
-                let left = self.shared.count_undelivered_as_dropped();
-                log::warn!(
-                    "the backend did not answer in time: exiting without waiting and without a \
-                     final heartbeat; {left} events not delivered are counted as dropped"
+        let mut uplink_running = false;
+        if let Some(u) = &self.up {
+            let state = session::lock(&u.identity).state;
+            if state == State::Enrolled {
+                log::info!(
+                    "stopping on {why}: flushing queued events (up to {} s), then a final \
+                     heartbeat",
+                    self.cfg_grace.as_secs()
+                );
+                u.shared.chan.begin_flush(deadline);
+                uplink_running = true;
+            } else {
+                // No identity: nothing can reach the backend, and the uplink may be blocked in
+                // an enrolment call; it is not waited for.
+                let left = u.shared.chan.abandon();
+                log::info!(
+                    "stopping on {why} while {}: {left} events observed and not delivered to \
+                     the backend are counted as dropped",
+                    state.word()
                 );
             }
+        } else {
+            log::info!(
+                "stopping on {why}: flushing queued events (up to {} s)",
+                self.cfg_grace.as_secs()
+            );
         }
-        if let Some(e) = self.shared.take_fatal() {
-            return Err(e);
+        self.flush_outputs(deadline);
+        if uplink_running {
+            if let Some(u) = &mut self.up {
+                let wait = (deadline + FINAL_HEARTBEAT_ALLOWANCE)
+                    .saturating_duration_since(Instant::now());
+                match u.done.recv_timeout(wait) {
+                    Ok(()) => {
+                        if let Some(t) = u.thread.take() {
+                            let _ = t.join();
+                        }
+                    }
+                    Err(_) => {
+                        let left = u.shared.chan.abandon();
+                        log::warn!(
+                            "the backend did not answer in time: exiting without waiting and \
+                             without a final heartbeat; {left} events not delivered are counted \
+                             as dropped"
+                        );
+                    }
+                }
+                if let Some(e) = u.shared.take_fatal() {
+                    return Err(e);
+                }
+            }
         }
         log::debug!(
-            "shutdown: uplink done {} ms after the signal was seen",
+            "shutdown: outputs done {} ms after the signal was seen",
             t.elapsed().as_millis()
         );
-        let c = self.shared.counters();
-        let _ = writeln!(
-            io::stderr(),
-            "linuxguard-agent: final counters: {}",
-            serde_json::to_string(&c.heartbeat_stats()).unwrap_or_default()
-        );
+        self.final_counters();
         Ok(())
     }
 }
@@ -549,9 +880,11 @@ fn batch_key_prefix() -> String {
 
 impl Drop for Agent {
     fn drop(&mut self) {
-        // The uplink may be blocked in a network call: it is not joined here (the process
-        // exits right after); it stops at its next check of the flush deadline.
-        self.shared.begin_flush(Instant::now());
+        // The output threads may be blocked in a call: they are not joined here (the process
+        // exits right after); they stop at their next check of the flush deadline.
+        for (_, c) in &self.out.chans {
+            c.begin_flush(Instant::now());
+        }
     }
 }
 

@@ -901,6 +901,7 @@ mod tests {
             Path::new(&path),
             socket::Request::AttestSelf,
             Duration::from_secs(10),
+            None,
         )
         .unwrap();
         println!("{v}");

@@ -251,12 +251,18 @@ fn memory_v1_path(line: &str) -> Option<&str> {
 }
 
 /// Reads a /proc file with a bound (cgroup files are small; mountinfo can reach a few hundred KiB).
+/// A /proc file as text, or None when it cannot be read. Bytes that are not UTF-8 (a cgroup
+/// directory may be named with any bytes) become U+FFFD: such a name is not a container id or
+/// pod uid, and the process is still found.
 pub fn read_small(path: &Path) -> Option<String> {
     use std::io::Read;
     let f = std::fs::File::open(path).ok()?;
-    let mut s = String::new();
-    f.take(4 << 20).read_to_string(&mut s).ok()?;
-    Some(s)
+    let mut b = Vec::new();
+    f.take(4 << 20).read_to_end(&mut b).ok()?;
+    Some(match String::from_utf8(b) {
+        Ok(s) => s,
+        Err(e) => String::from_utf8_lossy(e.as_bytes()).into_owned(),
+    })
 }
 
 fn find_inode(dir: &Path, id: u64, depth: usize, budget: &mut usize) -> Option<String> {

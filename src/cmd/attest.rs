@@ -21,9 +21,14 @@ pub fn run(cfg: Config, args: &Args) -> Result<()> {
         // The agent answers from its cached pod list; a new pod may need a refresh or two.
         let deadline = Instant::now() + Duration::from_secs(15);
         loop {
-            match socket::request(&path, socket::Request::AttestSelf, Duration::from_secs(5)) {
+            match socket::request(
+                &path,
+                socket::Request::AttestSelf,
+                Duration::from_secs(5),
+                crate::cmd::status::agent_uid(&cfg),
+            ) {
                 Ok(v) => {
-                    println!("{v}");
+                    println!("{}", crate::cli::printable_json(&v.to_string()));
                     return Ok(());
                 }
                 Err(e) if e.to_string().contains("retry shortly") && Instant::now() < deadline => {

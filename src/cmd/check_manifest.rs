@@ -5,12 +5,15 @@ use std::fmt;
 use std::io::Read;
 use std::path::Path;
 
-use yaml_rust2::parser::{Event, Parser};
 use yaml_rust2::{Yaml, YamlLoader};
 
 use crate::cli::Args;
+use crate::cmd::yaml_limits::{
+    self, MAX_ALIASES, MAX_DEPTH, MAX_DOCUMENTS, MAX_EXPANDED_NODES, Over,
+};
 use crate::config::{Config, Key};
 use crate::error::{Context, Error, Kind, Result};
+use crate::files::file_kind;
 
 /// Manifests bigger than this are refused (a manifest is kilobytes; this bounds the read).
 const MAX_FILE_BYTES: u64 = 16 * 1024 * 1024;
@@ -141,9 +144,26 @@ fn yaml_files_below(dir: &Path, depth: usize, out: &mut Vec<std::path::PathBuf>)
 }
 
 fn read_bounded(path: &Path) -> Result<String> {
-    let file = std::fs::File::open(path).with_context(Kind::Runtime, || {
-        format!("failed to open `{}`", path.display())
+    use std::os::unix::fs::OpenOptionsExt;
+    // O_NONBLOCK: opening a FIFO (or a device) must not wait for a writer; only regular files
+    // are read.
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(nix::libc::O_NONBLOCK | nix::libc::O_CLOEXEC)
+        .open(path)
+        .with_context(Kind::Runtime, || {
+            format!("failed to open `{}`", path.display())
+        })?;
+    let md = file.metadata().with_context(Kind::Runtime, || {
+        format!("failed to inspect `{}`", path.display())
     })?;
+    if !md.is_file() {
+        return Err(Error::config(format!(
+            "`{}` is not a regular file ({}); pass Kubernetes YAML files",
+            path.display(),
+            file_kind(&md)
+        )));
+    }
     let mut buf = Vec::new();
     file.take(MAX_FILE_BYTES + 1)
         .read_to_end(&mut buf)
@@ -165,93 +185,44 @@ fn read_bounded(path: &Path) -> Result<String> {
     })
 }
 
-/// More alias uses (`*name`) than any real manifest has.
-const MAX_ALIASES: u64 = 1_000;
-/// More nodes, once every alias is expanded, than any real manifest has (a big one is ~10^4).
-const MAX_EXPANDED_NODES: u64 = 1_000_000;
-
 /// Parses a (multi-document) YAML text; a syntax error is a configuration error naming the spot.
 pub fn parse(name: &str, text: &str) -> Result<Vec<Yaml>> {
-    // yaml-rust2's loader expands every alias by cloning the anchored node, with no limit:
-    // ten nested levels of ten aliases are a few hundred bytes and 10^10 nodes. Measure the
-    // expanded size on the event stream first (linear in the text) and refuse before loading.
-    let (aliases, nodes) = expanded_size(text);
-    if aliases > MAX_ALIASES || nodes > MAX_EXPANDED_NODES {
-        let what = if aliases > MAX_ALIASES {
-            format!("uses more than {MAX_ALIASES} YAML aliases (`*name`)")
-        } else {
-            format!(
-                "has YAML aliases (`*name`, {aliases} of them) that expand to more than {MAX_EXPANDED_NODES} nodes"
-            )
+    // yaml-rust2's loader expands every alias by cloning the anchored node, with no limit (ten
+    // nested levels of ten aliases are a few hundred bytes and 10^10 nodes), and building,
+    // cloning, dropping and checking the tree recurse once per nesting level (5,000 levels of
+    // `- ` overflow the stack). Measure on the event stream first (linear, no recursion) and
+    // refuse before loading.
+    let shape = yaml_limits::measure(text);
+    if let Some(over) = shape.over() {
+        let what = match over {
+            Over::Documents => format!(
+                "has more than {MAX_DOCUMENTS} YAML documents (`---`), more than any Kubernetes manifest file holds; split it into several files"
+            ),
+            Over::Depth => format!(
+                "nests YAML collections (or aliases of them) more than {MAX_DEPTH} levels deep, deeper than any Kubernetes object; \
+                 check the indentation (a run of `- ` or of ever-deeper keys)"
+            ),
+            Over::Aliases => format!(
+                "uses more than {MAX_ALIASES} YAML aliases (`*name`), more than any Kubernetes manifest needs; expand the anchors and \
+                 aliases (kubectl apply --dry-run=client -o yaml -f {name} prints the expanded objects) and check that output"
+            ),
+            Over::Nodes if shape.aliases == 0 => format!(
+                "has more than {MAX_EXPANDED_NODES} YAML nodes, more than any Kubernetes manifest file; split it into several files"
+            ),
+            Over::Nodes => format!(
+                "has YAML aliases (`*name`, {} of them) that expand to more than {MAX_EXPANDED_NODES} nodes, more than any \
+                 Kubernetes manifest needs; expand the anchors and aliases (kubectl apply --dry-run=client -o yaml -f {name} \
+                 prints the expanded objects) and check that output",
+                shape.aliases
+            ),
         };
-        return Err(Error::config(format!(
-            "`{name}` {what}, more than any Kubernetes manifest needs; expand the anchors and aliases (kubectl apply --dry-run=client -o yaml -f {name} prints the expanded objects) and check that output"
-        )));
+        return Err(Error::config(format!("`{name}` {what}")));
     }
     YamlLoader::load_from_str(text).map_err(|e| {
         Error::config(format!(
             "`{name}` is not valid YAML: {e}; fix the syntax (kubectl apply --dry-run=client -f {name} shows the same spot)"
         ))
     })
-}
-
-/// Number of alias uses and of nodes once every alias is expanded (saturating), from the event
-/// stream; stops early once either is over its limit. A syntax error stops the count; the loader
-/// then reports it.
-fn expanded_size(text: &str) -> (u64, u64) {
-    let mut parser = Parser::new_from_str(text);
-    // Expanded size of each anchored node, by anchor id.
-    let mut anchors: std::collections::HashMap<usize, u64> = std::collections::HashMap::new();
-    // Open collections: (anchor id, expanded size so far, the collection node itself included).
-    let mut open: Vec<(usize, u64)> = Vec::new();
-    // `open_sum` is the sum of the open collections' sizes, kept so each check is O(1).
-    let (mut aliases, mut total, mut open_sum) = (0u64, 0u64, 0u64);
-    while let Ok((event, _)) = parser.next_token() {
-        let done = match event {
-            Event::StreamEnd => break,
-            Event::Scalar(_, _, anchor, _) => {
-                if anchor != 0 {
-                    anchors.insert(anchor, 1);
-                }
-                Some(1)
-            }
-            Event::Alias(id) => {
-                aliases += 1;
-                Some(anchors.get(&id).copied().unwrap_or(1))
-            }
-            Event::SequenceStart(anchor, _) | Event::MappingStart(anchor, _) => {
-                open.push((anchor, 1));
-                open_sum = open_sum.saturating_add(1);
-                None
-            }
-            Event::SequenceEnd | Event::MappingEnd => match open.pop() {
-                Some((anchor, size)) => {
-                    open_sum = open_sum.saturating_sub(size);
-                    if anchor != 0 {
-                        anchors.insert(anchor, size);
-                    }
-                    Some(size)
-                }
-                None => None,
-            },
-            _ => None,
-        };
-        if let Some(size) = done {
-            match open.last_mut() {
-                Some((_, parent)) => {
-                    *parent = parent.saturating_add(size);
-                    open_sum = open_sum.saturating_add(size);
-                }
-                None => total = total.saturating_add(size),
-            }
-        }
-        // An open collection's running size counts too: a bomb inside one never closes early.
-        let nodes = total.saturating_add(open_sum);
-        if aliases > MAX_ALIASES || nodes > MAX_EXPANDED_NODES {
-            return (aliases, nodes);
-        }
-    }
-    (aliases, total)
 }
 
 /// Which identity variable.
@@ -1157,7 +1128,7 @@ spec:
         // Ordinary anchor use (a shared env block) still loads and is checked.
         let ok = "kind: Pod\nspec:\n  os: &os {name: linux}\n  containers:\n  - name: a\n    env: &env [{name: A, value: b}]\n  - name: b\n    env: *env\n";
         assert!(check_str("ok.yaml", ok).is_ok());
-        assert_eq!(expanded_size(ok).0, 1);
+        assert_eq!(yaml_limits::measure(ok).aliases, 1);
     }
 
     #[test]

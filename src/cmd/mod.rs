@@ -8,3 +8,4 @@ pub mod show_config;
 pub mod start;
 pub mod status;
 pub mod watch;
+pub mod yaml_limits;

@@ -5,12 +5,16 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
 use std::time::Duration;
 
+use crate::agent;
 use crate::attest::{attestor, kubelet};
-use crate::config::{Config, Key};
+use crate::config::{Config, Key, SETTINGS, Ty};
 use crate::error::Result;
+use crate::events::redact;
 use crate::identity::workload;
+use crate::output::{self, queue::Limits};
 use crate::pipeline;
 use crate::sensor;
+use crate::serve::metrics;
 
 /// `--proc-root` (default `/proc`).
 pub fn proc_root(cfg: &Config) -> PathBuf {
@@ -23,6 +27,7 @@ pub fn pipeline(cfg: &Config) -> pipeline::Options {
     let ring_buffer_mb = cfg.num(Key::RingBufferMb);
     pipeline::Options {
         proc_root: proc_root(cfg),
+        redact: redaction(cfg),
         sensor: sensor::Options {
             ring_buffer_mb,
             own_tgid: std::process::id(),
@@ -38,6 +43,18 @@ pub fn pipeline(cfg: &Config) -> pipeline::Options {
                 sensor::watch::DEFAULT_WRITE,
             ),
         },
+    }
+}
+
+/// What exec events redact: `--redact-flags` for every process; for this agent's own
+/// executable also its own secret flags (every setting of type secret, so a secret flag added
+/// later is covered), and `NAME=value` of their variables for every process.
+pub fn redaction(cfg: &Config) -> redact::Options {
+    let secrets = || SETTINGS.iter().filter(|s| matches!(s.ty, Ty::Secret));
+    redact::Options {
+        flags: redact::parse_list(cfg.get(Key::RedactFlags).unwrap_or(redact::DEFAULT_FLAGS)),
+        own_flags: secrets().map(|s| s.flag.to_string()).collect(),
+        own_env: secrets().map(|s| format!("{}=", s.env)).collect(),
     }
 }
 
@@ -61,6 +78,96 @@ pub fn attestor(cfg: &Config) -> attestor::Options {
         proc_root: proc_root(cfg),
         kubelet,
         container_selectors: !cfg.flag(Key::DisableContainerSelectors),
+    }
+}
+
+/// `--output` and each output's settings (the list was validated by the configuration);
+/// `workload` is the derived workload id (an OTLP resource attribute).
+pub fn outputs(cfg: &Config, workload: &str) -> output::Options {
+    let kinds = output::parse_list(cfg.get(Key::Output).unwrap_or("backend"))
+        .unwrap_or_else(|_| vec![output::Kind::Backend]);
+    let file = cfg.path(Key::FilePath).map(|path| output::file::Options {
+        path,
+        max_bytes: cfg.num(Key::FileMaxMb).max(1) << 20,
+        keep: cfg.num(Key::FileKeep).clamp(1, 1000) as u32,
+    });
+    let syslog = cfg
+        .get(Key::SyslogAddr)
+        .and_then(|v| output::syslog::parse_target(v).ok())
+        .map(|target| output::syslog::Options {
+            target,
+            facility: output::syslog::FACILITIES
+                .iter()
+                .find(|(n, _)| Some(*n) == cfg.get(Key::SyslogFacility))
+                .map_or(16, |(_, code)| *code),
+            hostname: hostname(),
+        });
+    let otlp = cfg.get(Key::OtlpEndpoint).map(|e| output::otlp::Options {
+        url: output::otlp::logs_url(e),
+        headers_file: cfg.path(Key::OtlpHeadersFile),
+        ca: cfg.path(Key::OtlpCa),
+        client: cfg.path(Key::OtlpCert).zip(cfg.path(Key::OtlpKey)),
+        resource: resource(cfg, workload),
+    });
+    output::Options {
+        kinds,
+        limits: Limits {
+            queue_bytes: (cfg.num(Key::QueueMb).max(1) as usize) << 20,
+            batch_events: cfg.num(Key::BatchMaxEvents).max(1) as usize,
+            batch_bytes: cfg.num(Key::BatchMaxBytes).max(1024) as usize,
+            batch_age: Duration::from_millis(cfg.num(Key::BatchMaxAgeMs).max(1)),
+        },
+        file,
+        syslog,
+        otlp,
+    }
+}
+
+/// OTLP resource attributes: the host, the service, the workload id, and in Kubernetes (the
+/// Downward API's node name and pod UID both set) the node and pod.
+fn resource(cfg: &Config, workload: &str) -> Vec<(String, String)> {
+    let mut r = vec![
+        ("host.name".to_string(), hostname()),
+        ("service.name".to_string(), "linuxguard-agent".to_string()),
+        (
+            "service.version".to_string(),
+            env!("CARGO_PKG_VERSION").to_string(),
+        ),
+        ("service.instance.id".to_string(), workload.to_string()),
+        ("linuxguard.workload.id".to_string(), workload.to_string()),
+    ];
+    if let (Some(node), Some(pod)) = (cfg.get(Key::NodeName), cfg.get(Key::PodUid)) {
+        r.push(("k8s.node.name".to_string(), node.to_string()));
+        r.push(("k8s.pod.uid".to_string(), pod.to_string()));
+    }
+    r
+}
+
+/// This host's name (`unknown` when it cannot be read).
+pub fn hostname() -> String {
+    nix::unistd::gethostname()
+        .ok()
+        .and_then(|h| h.into_string().ok())
+        .unwrap_or_else(|| "unknown".into())
+}
+
+/// `start`'s loop: its components' options, the outputs, the metrics listener, the shutdown
+/// grace and the stats-event interval.
+pub fn agent(cfg: &Config, workload: &str) -> agent::Options {
+    agent::Options {
+        pipeline: pipeline(cfg),
+        attestor: attestor(cfg),
+        socket: socket(cfg),
+        outputs: outputs(cfg, workload),
+        metrics: cfg.get(Key::MetricsAddr).map(|addr| metrics::Options {
+            addr: addr.to_string(),
+            allow_remote: cfg.flag(Key::MetricsAllowRemote),
+        }),
+        grace: Duration::from_secs(cfg.num(Key::ShutdownGrace)),
+        stats_every: match cfg.num(Key::StatsInterval) {
+            0 => None,
+            n => Some(Duration::from_secs(n)),
+        },
     }
 }
 

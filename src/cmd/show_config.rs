@@ -2,7 +2,7 @@
 
 use serde_json::{Map, Value, json};
 
-use crate::cli::Args;
+use crate::cli::{Args, printable, printable_json};
 use crate::config::{Config, Key};
 use crate::error::Result;
 use crate::identity::workload;
@@ -35,26 +35,34 @@ pub fn run(cfg: &Config, args: &Args) -> Result<()> {
             "nodeNameFrom": node_from,
             "podUid": cfg.get(Key::PodUid),
         });
-        println!("{out}");
+        println!("{}", printable_json(&out.to_string()));
         return Ok(());
     }
     println!("{:<32} {:<48} SOURCE", "SETTING", "VALUE");
     for (s, value, source, var) in &rows {
+        // Values come from flags and the environment: nothing in them may act on the terminal.
         println!(
             "{:<32} {:<48} {source} ({var})",
             format!("--{}", s.flag),
-            value
+            printable(value)
         );
     }
     println!();
-    println!("workload id: {} ({})", id.hex, id.describe());
+    println!("workload id: {} ({})", id.hex, printable(&id.describe()));
     match (cfg.get(Key::NodeName), node_from) {
-        (Some(node), Some(from)) => println!("node name:   {node} (from {from})"),
+        (Some(node), Some(from)) => println!(
+            "node name:   {} (from {})",
+            printable(node),
+            printable(&from.to_string())
+        ),
         _ => println!(
             "node name:   <unset> (read from {})",
-            cfg.var(Key::NodeName)
+            printable(&cfg.var(Key::NodeName).to_string())
         ),
     }
-    println!("pod uid:     {}", cfg.get(Key::PodUid).unwrap_or("<unset>"));
+    println!(
+        "pod uid:     {}",
+        printable(cfg.get(Key::PodUid).unwrap_or("<unset>"))
+    );
     Ok(())
 }

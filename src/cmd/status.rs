@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use serde_json::Value;
 
-use crate::cli::Args;
+use crate::cli::{Args, printable, printable_json};
 use crate::config::{Config, Key};
 use crate::error::{Error, Result};
 use crate::serve::socket;
@@ -14,11 +14,18 @@ pub fn run(cfg: Config, args: &Args) -> Result<()> {
     let path = cfg
         .path(Key::Socket)
         .expect("invariant: --socket has a default");
-    let v = socket::request(&path, socket::Request::Status, Duration::from_secs(5))?;
+    // One deadline for the whole answer (the client's), after a trusted server accepted us.
+    let v = socket::request(
+        &path,
+        socket::Request::Status,
+        Duration::from_secs(5),
+        agent_uid(&cfg),
+    )?;
+    // The answer is text from another process: nothing in it may act on the terminal.
     if args.json {
-        println!("{v}");
+        println!("{}", printable_json(&v.to_string()));
     } else {
-        print!("{}", human(&v));
+        print!("{}", printable(&human(&v)));
     }
     if v.get("healthy") == Some(&Value::Bool(true)) {
         Ok(())
@@ -29,6 +36,11 @@ pub fn run(cfg: Config, args: &Args) -> Result<()> {
             .unwrap_or("the agent reports it is not healthy");
         Err(Error::runtime(format!("unhealthy: {why}")))
     }
+}
+
+/// `--agent-uid`: a server uid the clients believe besides root and their own.
+pub fn agent_uid(cfg: &Config) -> Option<u32> {
+    cfg.get(Key::AgentUid).and_then(|v| v.parse().ok())
 }
 
 /// `key: value` lines, nested objects flattened with dots.

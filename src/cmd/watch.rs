@@ -31,7 +31,10 @@ pub fn run(cfg: Config, _args: &Args) -> Result<()> {
     };
     let stdout = io::stdout().lock();
     let mut sink = JsonLines::new(stdout);
-    log::info!("watching: events on stdout as JSON lines; Ctrl-C to stop");
+    log::info!(
+        "watching: {} (events on stdout as JSON lines; Ctrl-C to stop)",
+        p.event_types().line()
+    );
     let mut next_stats = Instant::now() + every;
     let mut open = true;
     while open && !stop.requested() {

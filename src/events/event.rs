@@ -12,6 +12,7 @@ use crate::events::activity::{
 };
 use crate::events::json::{self, key};
 use crate::events::proctable::{ANCESTRY_DEPTH, Ancestor, ProcTable};
+use crate::events::redact::Redactor;
 use crate::sensor::decode::{Comm, Creds, NsInodes, Record, Task, clone_new_names};
 
 /// Bumped on any incompatible change to the event format (docs/events.md). 2: ECS `event.*`
@@ -199,12 +200,18 @@ pub struct Process {
     pub name: Comm,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub executable: Option<Rc<str>>,
+    /// exec: the kernel could not walk the whole path (`executable` then starts with `...`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub executable_truncated: Option<bool>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub args: Option<Vec<String>>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub args_count: Option<usize>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub args_truncated: Option<bool>,
+    /// exec: secret flag values in `args` were replaced (events::redact).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub args_redacted: Option<bool>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub fileless: Option<bool>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -451,6 +458,10 @@ impl Process {
             key!(out, "executable");
             json::str(out, x);
         }
+        if let Some(b) = self.executable_truncated {
+            key!(out, "executable_truncated");
+            json::bool(out, b);
+        }
         if let Some(args) = &self.args {
             key!(out, "args");
             out.push(b'[');
@@ -468,6 +479,10 @@ impl Process {
         }
         if let Some(b) = self.args_truncated {
             key!(out, "args_truncated");
+            json::bool(out, b);
+        }
+        if let Some(b) = self.args_redacted {
+            key!(out, "args_redacted");
             json::bool(out, b);
         }
         if let Some(b) = self.fileless {
@@ -652,14 +667,16 @@ const DELETION: &[&str] = &["deletion"];
 const PROTOCOL: &[&str] = &["protocol"];
 const CONNECTION_END: &[&str] = &["connection", "end"];
 
-/// Builds events: owns the sequence counter, the host name and the clock.
+/// Builds events: owns the sequence counter, the host name, the clock and the argv redactor.
 pub struct Builder {
     pub host: Host,
     pub clock: Clock,
     seq: u64,
+    redactor: Redactor,
 }
 
 impl Builder {
+    /// With the default redaction (`--redact-flags`'s default, this process's executable).
     pub fn new(host_name: &str) -> Builder {
         Builder {
             host: Host {
@@ -667,7 +684,13 @@ impl Builder {
             },
             clock: Clock::now(),
             seq: 0,
+            redactor: Redactor::default(),
         }
+    }
+
+    /// Replaces the argv redaction (`--redact-flags`).
+    pub fn set_redactor(&mut self, r: Redactor) {
+        self.redactor = r;
     }
 
     fn next_seq(&mut self) -> u64 {
@@ -736,9 +759,11 @@ impl Builder {
                 mnt: t.mntns,
             },
             name: t.comm,
+            executable_truncated: None,
             args: None,
             args_count: None,
             args_truncated: None,
+            args_redacted: None,
             fileless: None,
             exit_code: None,
             exit_signal: None,
@@ -763,15 +788,19 @@ impl Builder {
                 } else {
                     Rc::from(x.filename)
                 };
+                let mut args = x.args;
+                let redacted = self.redactor.redact(&mut args, x.exe_dev, x.exe_ino, &exe);
                 procs.exec(t.pid, t.ppid, exe);
                 if x.old_pid != t.pid {
                     procs.exit(x.old_pid);
                 }
                 let mut e = self.base("exec", Ecs::event(PROCESS, START, "exec"), ts);
                 let mut p = self.process(t, procs);
-                p.args_count = Some(x.args.len());
-                p.args = Some(x.args);
-                p.args_truncated = Some(x.args_truncated || x.path_truncated);
+                p.executable_truncated = Some(x.path_truncated);
+                p.args_count = Some(args.len());
+                p.args = Some(args);
+                p.args_truncated = Some(x.args_truncated);
+                p.args_redacted = Some(redacted);
                 p.fileless = Some(x.memfd);
                 e.process = Some(p);
                 e
@@ -1243,6 +1272,8 @@ mod tests {
                 args_truncated: false,
                 memfd: false,
                 exe_nlink: 0,
+                exe_ino: 0,
+                exe_dev: 0,
             }),
             Record::Exec(Exec {
                 task: task(),
@@ -1254,6 +1285,8 @@ mod tests {
                 args_truncated: true,
                 memfd: true,
                 exe_nlink: 0,
+                exe_ino: 0,
+                exe_dev: 0,
             }),
             Record::Exit(Exit {
                 task: t.clone(),
@@ -1482,6 +1515,8 @@ mod tests {
                 args_truncated: false,
                 memfd: false,
                 exe_nlink: 1,
+                exe_ino: 0,
+                exe_dev: 0,
             }),
             Record::Fork(Fork {
                 task: task(),

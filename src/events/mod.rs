@@ -5,3 +5,4 @@ pub mod activity;
 pub mod event;
 pub mod json;
 pub mod proctable;
+pub mod redact;

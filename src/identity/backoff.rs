@@ -32,11 +32,6 @@ impl Backoff {
         }
     }
 
-    /// Failed attempts so far.
-    pub fn attempts(&self) -> u32 {
-        self.attempt
-    }
-
     /// The delay before the next attempt. A server's `Retry-After` is a floor: we wait at least
     /// that long (clamped to [`MAX_RETRY_AFTER`]), and at least the jittered backoff.
     pub fn next(&mut self, retry_after: Option<Duration>) -> Duration {
@@ -85,7 +80,7 @@ mod tests {
             let d = b.next(None);
             assert!(d <= window, "attempt {i}: {d:?} > {window:?}");
         }
-        assert_eq!(b.attempts(), 12);
+        assert_eq!(b.attempt, 12);
         b.reset();
         assert!(b.next(None) <= BASE);
     }

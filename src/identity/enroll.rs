@@ -1,19 +1,19 @@
 //! Enrolment: the node-generated P-256 key and CSR, the request built once and resent
-//! byte-for-byte, the response classification of the pinned contract, and the issued identity
-//! (agent id, chain, CA bundle, key) checked against our own key.
+//! byte-for-byte (with `k8s_psat`, the service-account token read again per attempt), one
+//! attempt's answer classified as the pinned contract says, and the issued identity (agent id,
+//! chain, CA bundle, key) checked against our own key.
 
 use std::fmt;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::path::PathBuf;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use rcgen::{CertificateParams, DistinguishedName, DnType, KeyPair, PKCS_ECDSA_P256_SHA256};
 use serde::{Deserialize, Serialize};
 use zeroize::Zeroizing;
 
 use crate::error::{Error, Kind, Result};
-use crate::identity::backoff::Backoff;
+use crate::identity::credential::{Credential, read_sa_token};
 use crate::identity::tls::{self, CallError, Reply, ServerTrust};
-use crate::secret::Secret;
-use crate::stop::Stop;
 
 /// Bounds for a server-sent heartbeat interval.
 pub const MIN_HEARTBEAT: u64 = 1;
@@ -35,23 +35,6 @@ pub fn csr_pem(key: &KeyPair, workload_id: &str) -> Result<String> {
         .serialize_request(key)
         .and_then(|csr| csr.pem())
         .map_err(|e| Error::runtime(format!("failed to build the CSR: {e}")))
-}
-
-/// The credential that authorises enrolment.
-pub enum Credential {
-    /// A single-use TOTP token (normalized), sent as `enrollCode`.
-    Token(Secret),
-    /// A long-lived API key, sent as `Authorization: Bearer`.
-    ApiKey(Secret),
-}
-
-impl Credential {
-    /// The normalized secret (hashed into the TLS cache tag).
-    pub fn secret(&self) -> &Secret {
-        match self {
-            Credential::Token(s) | Credential::ApiKey(s) => s,
-        }
-    }
 }
 
 /// What the agent tells the backend about itself.
@@ -76,11 +59,37 @@ struct Body<'a> {
     hostname: &'a str,
     agent_version: &'a str,
     csr: &'a str,
+    /// v1.1: only with `k8s_psat`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    attestation: Option<Attestation<'a>>,
 }
 
-/// One enrolment: key, body bytes and headers fixed at creation, resent unchanged on retries.
+#[derive(Serialize)]
+struct Attestation<'a> {
+    #[serde(rename = "type")]
+    kind: &'a str,
+    token: &'a str,
+}
+
+/// The body's fields other than the credential, kept to rebuild the body with a newer
+/// service-account token.
+struct Fields {
+    tenant_id: Option<String>,
+    workload_id: String,
+    node_name: Option<String>,
+    pod_uid: Option<String>,
+    hostname: String,
+}
+
+/// One enrolment: key, CSR, headers and body fixed at creation and resent unchanged on
+/// retries; with `k8s_psat` the token is read again before each attempt (the only byte
+/// difference the contract allows).
 pub struct Request {
     key: KeyPair,
+    csr: String,
+    fields: Fields,
+    /// The service-account token file (`k8s_psat` only).
+    sa_token_file: Option<PathBuf>,
     body: Zeroizing<Vec<u8>>,
     idempotency_key: String,
     authorization: Option<Zeroizing<String>>,
@@ -90,25 +99,6 @@ impl Request {
     pub fn new(p: &Params<'_>) -> Result<Request> {
         let key = new_key()?;
         let csr = csr_pem(&key, p.workload_id)?;
-        let enroll_code = match p.credential {
-            Credential::Token(t) => Some(t.expose()),
-            Credential::ApiKey(_) => None,
-        };
-        let body = Body {
-            tenant_id: p.tenant_id,
-            enroll_code,
-            workload_id: p.workload_id,
-            node_name: p.node_name,
-            pod_uid: p.pod_uid,
-            hostname: p.hostname,
-            agent_version: env!("CARGO_PKG_VERSION"),
-            csr: &csr,
-        };
-        // Reserve enough up front so the buffer holding the token is never reallocated (a
-        // reallocation would leave an unzeroized copy behind).
-        let mut buf = Zeroizing::new(Vec::with_capacity(16 * 1024));
-        serde_json::to_writer(&mut *buf, &body)
-            .map_err(|e| Error::runtime(format!("failed to encode the enrolment request: {e}")))?;
         let authorization = match p.credential {
             Credential::ApiKey(k) => {
                 let mut h = Zeroizing::new(String::with_capacity(k.expose().len() + 7));
@@ -116,14 +106,89 @@ impl Request {
                 h.push_str(k.expose());
                 Some(h)
             }
-            Credential::Token(_) => None,
+            Credential::Token(_) | Credential::ServiceAccount(_) => None,
         };
-        Ok(Request {
+        let mut req = Request {
             key,
-            body: buf,
+            csr,
+            fields: Fields {
+                tenant_id: p.tenant_id.map(str::to_string),
+                workload_id: p.workload_id.to_string(),
+                node_name: p.node_name.map(str::to_string),
+                pod_uid: p.pod_uid.map(str::to_string),
+                hostname: p.hostname.to_string(),
+            },
+            sa_token_file: match p.credential {
+                Credential::ServiceAccount(f) => Some(f.clone()),
+                _ => None,
+            },
+            body: Zeroizing::new(Vec::new()),
             idempotency_key: p.workload_id.to_string(),
             authorization,
-        })
+        };
+        match p.credential {
+            Credential::Token(t) => req.encode(Some(t.expose()), None)?,
+            Credential::ApiKey(_) => req.encode(None, None)?,
+            // Encoded by `prepare`, with the token as it is at each attempt.
+            Credential::ServiceAccount(_) => {}
+        }
+        Ok(req)
+    }
+
+    /// Serializes the body once into a zeroizing buffer sized up front, so the buffer holding
+    /// a secret is never reallocated (a reallocation would leave an unzeroized copy behind).
+    fn encode(&mut self, code: Option<&str>, sa_token: Option<&str>) -> Result<()> {
+        let f = &self.fields;
+        let body = Body {
+            tenant_id: f.tenant_id.as_deref(),
+            enroll_code: code,
+            workload_id: &f.workload_id,
+            node_name: f.node_name.as_deref(),
+            pod_uid: f.pod_uid.as_deref(),
+            hostname: &f.hostname,
+            agent_version: env!("CARGO_PKG_VERSION"),
+            csr: &self.csr,
+            attestation: sa_token.map(|token| Attestation {
+                kind: "k8s_psat",
+                token,
+            }),
+        };
+        // Every field but the hostname is ASCII without escapes; JSON escapes take at most
+        // six bytes per input byte.
+        let cap = 1024
+            + self.csr.len() * 2
+            + code.map_or(0, str::len)
+            + sa_token.map_or(0, str::len)
+            + 6 * (f.hostname.len()
+                + f.tenant_id.as_deref().map_or(0, str::len)
+                + f.node_name.as_deref().map_or(0, str::len)
+                + f.pod_uid.as_deref().map_or(0, str::len)
+                + f.workload_id.len());
+        let mut buf = Zeroizing::new(Vec::with_capacity(cap));
+        serde_json::to_writer(&mut *buf, &body)
+            .map_err(|e| Error::runtime(format!("failed to encode the enrolment request: {e}")))?;
+        self.body = buf;
+        Ok(())
+    }
+
+    /// Before each attempt: with `k8s_psat`, reads the service-account token again (the
+    /// kubelet rotates it) and re-encodes the body around the same CSR. Other credentials: the
+    /// body built at creation, unchanged.
+    pub fn prepare(&mut self) -> Result<()> {
+        let Some(file) = self.sa_token_file.clone() else {
+            return Ok(());
+        };
+        let token = read_sa_token(&file)?;
+        self.encode(None, Some(token.expose()))
+    }
+
+    /// After an attempt: with `k8s_psat`, drops (zeroizes) the body holding the
+    /// service-account token, so the token is not kept while waiting to retry; `prepare` reads
+    /// it again. Other bodies are kept (they are resent byte for byte).
+    pub fn release(&mut self) {
+        if self.sa_token_file.is_some() {
+            self.body = Zeroizing::new(Vec::new());
+        }
     }
 
     /// The headers sent on every attempt.
@@ -138,9 +203,14 @@ impl Request {
         h
     }
 
-    /// The exact bytes sent on every attempt.
+    /// The bytes sent by the last (or next) attempt.
     pub fn body(&self) -> &[u8] {
         &self.body
+    }
+
+    /// Whether this is a `k8s_psat` enrolment.
+    pub fn is_service_account(&self) -> bool {
+        self.sa_token_file.is_some()
     }
 }
 
@@ -265,7 +335,7 @@ impl Identity {
 }
 
 /// `enrolment failed: ...` for 400/401/403/409 and other final answers.
-fn rejected(reply: &Reply) -> Error {
+fn rejected(reply: &Reply, service_account: bool) -> Error {
     let msg = reply.error_message();
     let line = if reply.status == 409 {
         format!("enrolment failed: 409 conflict: {msg}")
@@ -277,9 +347,14 @@ fn rejected(reply: &Reply) -> Error {
             "the token is single-use and was already used by another workload: rotate the Secret \
              holding LINUXGUARD_ENROLL_TOKEN with a fresh token from the LinuxGuard console"
         }
+        401 | 403 if service_account => {
+            "the backend did not accept the service-account token: project it with audience: \
+             linuxguard, and make sure the backend trusts this cluster's service-account issuer \
+             for LINUXGUARD_TENANT_ID"
+        }
         401 | 403 => {
             "the backend does not accept this token or API key: check LINUXGUARD_ENROLL_TOKEN / \
-             LINUXGUARD_API_KEY and LINUXGUARD_TENANT_ID"
+             LINUXGUARD_API_KEY (or their _FILE settings) and LINUXGUARD_TENANT_ID"
         }
         _ => "fix the request as the message says; retrying will not help",
     };
@@ -287,96 +362,70 @@ fn rejected(reply: &Reply) -> Error {
     Error::new(Kind::EnrollRejected, format!("{line} ({hint})"))
 }
 
-/// Enrols, retrying 408/429/5xx and transport failures with backoff until `deadline`.
-/// Returns `Ok(None)` when a stop was requested while waiting.
-pub fn enroll(
+/// The answer to one enrolment attempt that is not final.
+pub enum Attempt {
+    Enrolled(Box<Identity>),
+    /// 408/429/5xx or a transport failure: try again after a backoff (at least `retry_after`).
+    Retry {
+        why: String,
+        retry_after: Option<Duration>,
+    },
+}
+
+/// One enrolment attempt, a blocking call of at most `timeout`, with the body as the last
+/// [`Request::prepare`] left it. Errors are final: a rejection (exit 4), a server certificate
+/// that does not verify (exit 3), an unusable answer (exit 1).
+pub fn attempt(
     agent: &ureq::Agent,
     server: &str,
     trust: &ServerTrust,
-    req: Request,
-    deadline: Instant,
-    timeout_secs: u64,
-    stop: &Stop,
-) -> Result<Option<Identity>> {
+    req: &Request,
+    timeout: Duration,
+) -> Result<Attempt> {
     let url = format!("{server}/agent/enroll");
-    let req = std::sync::Arc::new(req);
-    let mut backoff = Backoff::default();
-    loop {
-        if stop.requested() {
-            return Ok(None);
-        }
-        let left = deadline.saturating_duration_since(Instant::now());
-        let attempt = backoff.attempts() + 1;
-        log::debug!(
-            "enrolment attempt {attempt} to {url} ({} s left)",
-            left.as_secs()
-        );
-        // On a helper thread, so SIGTERM is not held up by a stalled server.
-        let call = {
-            let (agent, url, req) = (agent.clone(), url.clone(), req.clone());
-            move || tls::post(&agent, &url, &req.headers(), req.body(), left)
-        };
-        let Some(result) = stop.interruptible(call) else {
-            return Ok(None);
-        };
-        let (why, retry_after) = match result {
-            Ok(reply) => match reply.status {
-                200 | 201 => {
-                    // Rebuild our key from its DER: `KeyPair` is not Clone, and the request keeps
-                    // its copy until it is dropped (zeroized) below.
-                    let der = Zeroizing::new(req.key.serialize_der());
-                    let mine = KeyPair::try_from(der.as_slice()).map_err(|e| {
-                        Error::runtime(format!("failed to reload the node key: {e}"))
-                    })?;
-                    return Identity::from_success(&reply.body, mine)
-                        .map(Some)
-                        .map_err(|why| {
-                            Error::runtime(format!(
-                                "enrolment answer from {server} is unusable ({} status): {why}",
-                                reply.status
-                            ))
-                        });
-                }
-                408 | 429 | 500..=599 => (
-                    format!("{} {}", reply.status, reply.error_message()),
-                    reply.retry_after,
-                ),
-                _ => return Err(rejected(&reply)),
-            },
-            Err(CallError::Certificate(m)) => {
-                return Err(Error::config(format!(
-                    "cannot enrol with {server}: the server certificate did not verify against {}: {m}; \
-                     give the backend's CA bundle with --server-ca / LINUXGUARD_SERVER_CA",
-                    trust.describe
-                )));
+    let result = tls::post(agent, &url, &req.headers(), req.body(), timeout);
+    match result {
+        Ok(reply) => match reply.status {
+            200 | 201 => {
+                // Rebuild our key from its DER: `KeyPair` is not Clone, and the request keeps
+                // its copy until it is dropped (zeroized).
+                let der = Zeroizing::new(req.key.serialize_der());
+                let mine = KeyPair::try_from(der.as_slice())
+                    .map_err(|e| Error::runtime(format!("failed to reload the node key: {e}")))?;
+                Identity::from_success(&reply.body, mine)
+                    .map(|id| Attempt::Enrolled(Box::new(id)))
+                    .map_err(|why| {
+                        Error::runtime(format!(
+                            "enrolment answer from {server} is unusable ({} status): {why}",
+                            reply.status
+                        ))
+                    })
             }
-            Err(CallError::TooLarge) => {
-                return Err(Error::runtime(format!(
-                    "enrolment answer from {server} is larger than 1 MiB; is --server the LinuxGuard backend?"
-                )));
-            }
-            Err(CallError::Transport(m)) => (m, None),
-        };
-        let delay = backoff.next(retry_after);
-        if Instant::now() + delay >= deadline {
-            return Err(Error::runtime(format!(
-                "enrolment with {server} did not succeed within --enroll-timeout {timeout_secs} s \
-                 ({attempt} attempts); last error: {why}"
-            )));
-        }
-        log::warn!(
-            "enrolment attempt {attempt} failed: {why}; retrying in {:.1} s",
-            delay.as_secs_f64()
-        );
-        if stop.wait(delay) {
-            return Ok(None);
-        }
+            408 | 429 | 500..=599 => Ok(Attempt::Retry {
+                why: format!("{} {}", reply.status, reply.error_message()),
+                retry_after: reply.retry_after,
+            }),
+            _ => Err(rejected(&reply, req.is_service_account())),
+        },
+        Err(CallError::Certificate(m)) => Err(Error::config(format!(
+            "cannot enrol with {server}: the server certificate did not verify against {}: {m}; \
+             give the backend's CA bundle with --server-ca / LINUXGUARD_SERVER_CA",
+            trust.describe
+        ))),
+        Err(CallError::TooLarge) => Err(Error::runtime(format!(
+            "enrolment answer from {server} is larger than 1 MiB; is --server the LinuxGuard backend?"
+        ))),
+        Err(CallError::Transport(m)) => Ok(Attempt::Retry {
+            why: m,
+            retry_after: None,
+        }),
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::secret::Secret;
 
     fn params<'a>(c: &'a Credential) -> Params<'a> {
         Params {
@@ -418,6 +467,43 @@ mod tests {
             r.authorization.as_deref().map(String::as_str),
             Some("Bearer lg_0123456789abcdef")
         );
+    }
+
+    #[test]
+    fn psat_body_rereads_the_token_and_keeps_everything_else() {
+        let dir = std::env::temp_dir().join(format!("lg-enroll-psat-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let f = dir.join("token");
+        std::fs::write(&f, "aaaa.bbbb.cccc").unwrap();
+        let c = Credential::ServiceAccount(f.clone());
+        let mut r = Request::new(&params(&c)).unwrap();
+        r.prepare().unwrap();
+        let first = String::from_utf8(r.body().to_vec()).unwrap();
+        assert!(first.contains("\"enrollCode\":null"), "{first}");
+        assert!(
+            first.ends_with(
+                ",\"attestation\":{\"type\":\"k8s_psat\",\"token\":\"aaaa.bbbb.cccc\"}}"
+            ),
+            "{first}"
+        );
+        assert!(r.authorization.is_none());
+        r.release();
+        assert!(
+            r.body().is_empty(),
+            "the token is not kept between attempts"
+        );
+        // The kubelet rotated the token: only the token differs.
+        std::fs::write(&f, "dddd.eeee.ffff\n").unwrap();
+        r.prepare().unwrap();
+        let second = String::from_utf8(r.body().to_vec()).unwrap();
+        assert_eq!(
+            second.replace("dddd.eeee.ffff", "aaaa.bbbb.cccc"),
+            first,
+            "same CSR and fields"
+        );
+        std::fs::remove_file(&f).unwrap();
+        assert_eq!(r.prepare().unwrap_err().kind(), Kind::Config);
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     fn issue(key: &KeyPair) -> (String, String) {
@@ -465,7 +551,7 @@ mod tests {
             retry_after: None,
             body: br#"{"error":"token already consumed by another workload"}"#.to_vec(),
         };
-        let e = rejected(&r);
+        let e = rejected(&r, false);
         assert_eq!(e.kind(), Kind::EnrollRejected);
         assert!(e.to_string().starts_with(
             "enrolment failed: 409 conflict: token already consumed by another workload"
@@ -477,7 +563,7 @@ mod tests {
             body: br#"{"error":"enrollment token expired"}"#.to_vec(),
         };
         assert!(
-            rejected(&r)
+            rejected(&r, false)
                 .to_string()
                 .starts_with("enrolment failed: 400 enrollment token expired")
         );
@@ -486,7 +572,7 @@ mod tests {
             retry_after: None,
             body: br#"{"error":"tenantId required for TOTP enrollment"}"#.to_vec(),
         };
-        let e = rejected(&r).to_string();
+        let e = rejected(&r, false).to_string();
         assert!(e.starts_with("enrolment failed: 400 tenantId required for TOTP enrollment"));
     }
 }

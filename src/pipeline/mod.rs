@@ -18,6 +18,7 @@ use crate::counters::Stats;
 use crate::error::{Error, Result};
 use crate::events::event::{Builder, Event};
 use crate::events::proctable::{self, ProcTable};
+use crate::events::redact::{self, Redactor};
 use crate::sensor::decode::{self, DecodeError, Record};
 use crate::sensor::{self, Sensor};
 use sink::Sink;
@@ -34,6 +35,8 @@ pub struct Options {
     pub sensor: sensor::Options,
     /// `/proc` (or `--proc-root`): the process table is seeded from it.
     pub proc_root: PathBuf,
+    /// Which flag values exec events redact (`--redact-flags`, the agent's own secrets).
+    pub redact: redact::Options,
 }
 
 /// The sensor plus everything between the ring buffer and a sink.
@@ -66,23 +69,7 @@ impl Pipeline {
             ),
         }
         let sensor = Sensor::start(&opts.sensor)?;
-        let missing: Vec<&str> = sensor
-            .hooks
-            .iter()
-            .filter(|h| h.attached.is_none())
-            .map(|h| h.event)
-            .collect();
-        if missing.is_empty() {
-            log::debug!(
-                "sensor ready: all {} event types attached",
-                sensor.hooks.len()
-            );
-        } else {
-            log::warn!(
-                "sensor ready without: {} (those events will not be reported)",
-                missing.join(", ")
-            );
-        }
+        log::debug!("sensor ready: {}", sensor.event_types().line());
         let queue: Rc<RefCell<VecDeque<_>>> = Rc::new(RefCell::new(VecDeque::with_capacity(BATCH)));
         let q = queue.clone();
         let mut rb = RingBufferBuilder::new();
@@ -101,12 +88,17 @@ impl Pipeline {
             ring_size: opts.sensor.ring_buffer_mb << 20,
             ..Stats::default()
         };
+        let mut builder = Builder::new(&host);
+        builder.set_redactor(Redactor::new(
+            opts.redact.clone(),
+            redact::Identity::this_process(),
+        ));
         Ok(Pipeline {
             ring,
             queue,
             sensor,
             procs,
-            builder: Builder::new(&host),
+            builder,
             attestor: None,
             stats,
         })
@@ -193,6 +185,11 @@ impl Pipeline {
                 libbpf_rs::libbpf_sys::ring__avail_data_size(r) as u64
             }
         }
+    }
+
+    /// How well each event type is watched on this kernel (decided when the sensor started).
+    pub fn event_types(&self) -> crate::sensor::EventTypes {
+        self.sensor.event_types()
     }
 
     /// Processes in the process table.

@@ -146,13 +146,29 @@ pub struct Exec {
     pub old_pid: u32,
     /// The path as given to execve().
     pub filename: String,
-    /// The executable's absolute path from the kernel's dentry walk ("" if unknown).
+    /// The executable's absolute path from the kernel's dentry walk ("" if unknown). When the
+    /// walk stopped before the root (`path_truncated`), it starts with [`TRUNCATED_PATH`]
+    /// instead of `/`: never a plausible complete path.
     pub path: String,
     pub path_truncated: bool,
     pub args: Vec<String>,
     pub args_truncated: bool,
     pub memfd: bool,
     pub exe_nlink: u32,
+    /// The executable's file: inode number and device (`stat`'s `st_dev` encoding), 0 if
+    /// unknown.
+    pub exe_ino: u64,
+    pub exe_dev: u64,
+}
+
+/// The start of an executable path the kernel walk could not finish (too deep or too long):
+/// what follows is the end of the path, its first components are missing.
+pub const TRUNCATED_PATH: &str = "...";
+
+/// A kernel `dev_t` (major << 20 | minor) in the encoding `stat` reports (`new_encode_dev`).
+pub fn user_dev(kdev: u32) -> u64 {
+    let (major, minor) = (u64::from(kdev >> 20), u64::from(kdev & 0xf_ffff));
+    (minor & 0xff) | (major << 8) | ((minor & !0xff) << 12)
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -580,10 +596,13 @@ fn split_args(buf: &[u8], len: usize) -> Vec<String> {
 }
 
 /// The kernel writes path components leaf first, NUL-terminated, `depth` of them.
-fn join_path(buf: &[u8], depth: usize) -> String {
+fn join_path(buf: &[u8], depth: usize, truncated: bool) -> String {
     let mut parts: Vec<&[u8]> = buf.split(|&b| b == 0).take(depth).collect();
     parts.reverse();
-    let mut out = String::with_capacity(parts.iter().map(|p| p.len() + 1).sum());
+    let mut out = String::with_capacity(parts.iter().map(|p| p.len() + 1).sum::<usize>() + 3);
+    if truncated {
+        out.push_str(TRUNCATED_PATH);
+    }
     for p in parts {
         out.push('/');
         out.push_str(&String::from_utf8_lossy(p));
@@ -692,12 +711,14 @@ pub fn decode(bytes: &[u8]) -> Result<Record, DecodeError> {
                 task: task(&e.task),
                 old_pid: e.old_pid,
                 filename: cstr(&e.filename),
-                path: join_path(path, e.path_depth as usize),
+                path: join_path(path, e.path_depth as usize, e.path_truncated != 0),
                 path_truncated: e.path_truncated != 0,
                 args: split_args(args, e.args_len as usize),
                 args_truncated: e.args_truncated != 0,
                 memfd: e.memfd != 0,
                 exe_nlink: e.exe_nlink,
+                exe_ino: e.exe_ino,
+                exe_dev: user_dev(e.exe_dev),
             })
         }
         LG_EXIT => {
@@ -915,6 +936,28 @@ mod tests {
         };
         put(&mut t.comm, b"sh\0");
         t
+    }
+
+    #[test]
+    fn an_unfinished_path_walk_is_marked_and_the_file_is_identified() {
+        let mut e = types::lg_exec {
+            r#type: LG_EXEC,
+            task: task(),
+            path_depth: 3,
+            path_truncated: 1,
+            exe_ino: 77,
+            exe_dev: (259 << 20) | 0x12345,
+            ..Default::default()
+        };
+        put(&mut e.path, b"python3-aaa\0bin\0usr\0");
+        let Record::Exec(x) = decode(&bytes_of_record(&e)).expect("decode") else {
+            panic!("not an exec")
+        };
+        assert_eq!(x.path, ".../usr/bin/python3-aaa");
+        assert!(x.path_truncated);
+        assert_eq!(x.exe_ino, 77);
+        // stat's encoding of major 259, minor 0x12345.
+        assert_eq!(x.exe_dev, 0x45 | (259 << 8) | (0x12300 << 12));
     }
 
     #[test]

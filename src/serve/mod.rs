@@ -2,4 +2,6 @@
 //! the Prometheus metrics listener.
 
 pub mod metrics;
+pub mod request;
 pub mod socket;
+pub mod socket_path;

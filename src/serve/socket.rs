@@ -5,7 +5,7 @@
 use std::collections::HashMap;
 use std::io::{ErrorKind, Read, Write};
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
-use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -13,13 +13,16 @@ use std::time::{Duration, Instant};
 use nix::poll::{PollFd, PollFlags, PollTimeout};
 use nix::sys::epoll::{Epoll, EpollCreateFlags, EpollEvent, EpollFlags, EpollTimeout};
 use nix::sys::socket::{getsockopt, sockopt};
+use nix::sys::time::TimeSpec;
+use nix::sys::timerfd::{ClockId, Expiration, TimerFd, TimerFlags, TimerSetTimeFlags};
 use serde_json::{Value, json};
 
 use crate::counters::SocketStats;
 use crate::error::{Context, Error, Kind, Result};
+use crate::serve::request::{Line, TOO_LONG, frame};
+pub use crate::serve::request::{MAX_REQUEST, Request, parse_request};
+use crate::serve::socket_path;
 
-/// A request line longer than this is refused.
-pub const MAX_REQUEST: usize = 4096;
 /// A response longer than this is refused by the client.
 pub const MAX_RESPONSE: usize = 1 << 20;
 /// A connection must send its request (and take its answer) within this time.
@@ -27,10 +30,13 @@ const CONN_DEADLINE: Duration = Duration::from_secs(2);
 /// A connection must send its whole request line within this time (our clients send it at
 /// once), so a silent connection holds a slot for a quarter second, not two.
 const FIRST_LINE_DEADLINE: Duration = Duration::from_millis(250);
-/// Connections served at once; more are answered "busy" and closed.
+/// Connections from workloads served at once; more are answered "busy" and closed.
 const MAX_CONNS: usize = 64;
-/// Connections one caller (one uid in one pid namespace) may hold at once; more are "busy".
+/// Connections one caller (one uid) may hold at once; more are "busy".
 const MAX_CONNS_PER_PEER: usize = 4;
+/// Of the `MAX_CONNS` workload slots, this many are kept for uids that hold no connection, so
+/// callers already holding one cannot fill every slot between them.
+const FRESH_RESERVE: usize = 16;
 /// Extra slots, over `MAX_CONNS`, for callers with the agent's own uid and pid namespace (the
 /// `status` liveness probe runs in the agent's container), so workloads cannot starve them.
 const OWN_RESERVE: usize = MAX_CONNS_PER_PEER;
@@ -40,24 +46,13 @@ const BUSY_RETRY_FOR: Duration = Duration::from_secs(2);
 const BUSY: &str = "agent busy, retry";
 /// Accepts per `handle_ready` call, so a flood cannot hold the loop.
 const ACCEPTS_PER_CALL: usize = 64;
+/// Input discarded after a too-long line (up to its end) before the error answer, so closing
+/// does not reset the connection under the caller's read.
+const MAX_DISCARD: usize = 64 << 10;
 
+/// Epoll ids of the listener and of the deadline timer; connections count up from 1.
 const LISTENER: u64 = 0;
-
-/// What a caller asks for.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Request {
-    AttestSelf,
-    Status,
-}
-
-impl Request {
-    pub fn name(self) -> &'static str {
-        match self {
-            Request::AttestSelf => "attest-self",
-            Request::Status => "status",
-        }
-    }
-}
+const TIMER: u64 = u64::MAX;
 
 /// The process at the other end, as the kernel reports it at connect time.
 #[derive(Debug)]
@@ -69,18 +64,17 @@ pub struct Peer {
     pidfd: Option<OwnedFd>,
 }
 
-/// Who a connection counts against for the per-caller limit: the peer's uid and the inode of
-/// its pid namespace (0 when it cannot be read, e.g. a pid not visible from the agent's
-/// namespace). Each pod has its own pid namespace, so one pod cannot use another's share; on
-/// the host, each uid has its own.
+/// Who a connection counts against for the per-caller limit: the agent's own probes (its uid
+/// in its pid namespace), or a uid. The uid is `SO_PEERCRED`'s, which the kernel maps into the
+/// agent's user namespace: a caller cannot become someone new by making user or pid
+/// namespaces (`unshare -Urp` keeps its uid as the agent sees it).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct PeerKey {
-    uid: u32,
-    pidns: u64,
+enum Caller {
+    Own,
+    Uid(u32),
 }
 
 fn pidns_of(pid: &str) -> u64 {
-    use std::os::unix::fs::MetadataExt;
     std::fs::metadata(format!("/proc/{pid}/ns/pid")).map_or(0, |m| m.ino())
 }
 
@@ -99,10 +93,22 @@ impl Peer {
     }
 }
 
+/// Where a connection is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    /// Reading the request line.
+    Reading,
+    /// The line was too long: discarding the rest of it, then answering the error.
+    Discarding { discarded: usize },
+    /// Writing the answer.
+    Writing,
+}
+
 struct Conn {
     stream: UnixStream,
     peer: Peer,
-    key: PeerKey,
+    caller: Caller,
+    phase: Phase,
     inbuf: Vec<u8>,
     out: Vec<u8>,
     written: usize,
@@ -111,77 +117,134 @@ struct Conn {
     deadline: Instant,
 }
 
+impl Conn {
+    /// When this connection is cut if it makes no progress.
+    fn due(&self) -> Instant {
+        match self.phase {
+            Phase::Writing => self.deadline,
+            _ => self.first_line_deadline.min(self.deadline),
+        }
+    }
+}
+
 /// The listening socket and its connections.
 pub struct Server {
     path: PathBuf,
     listener: UnixListener,
     epoll: Epoll,
+    /// Armed at the earliest connection deadline, so a silent connection is cut on time even
+    /// when nothing else wakes the loop.
+    timer: TimerFd,
     conns: HashMap<u64, Conn>,
     next_id: u64,
-    /// The agent's own uid and pid namespace (its probes' key).
-    own: PeerKey,
+    /// The agent's own uid and pid namespace (its probes).
+    own_uid: u32,
+    own_pidns: u64,
     pub stats: SocketStats,
 }
 
+/// A listening Unix socket bound at `path` with `mode` already applied: the mode is set on the
+/// socket before `bind` (`fchmod`) and the umask is narrowed around it, so the file never
+/// exists with other permissions and no chmod follows a path.
+fn bind_with_mode(path: &Path, mode: u32) -> Result<UnixListener> {
+    use nix::sys::socket::{AddressFamily, Backlog, SockFlag, SockType, UnixAddr};
+    use nix::sys::stat::{Mode, fchmod, umask};
+    use std::os::fd::AsRawFd;
+    let fd = nix::sys::socket::socket(
+        AddressFamily::Unix,
+        SockType::Stream,
+        SockFlag::SOCK_CLOEXEC | SockFlag::SOCK_NONBLOCK,
+        None,
+    )
+    .context(Kind::Runtime, "failed to create a Unix socket")?;
+    let perm = Mode::from_bits_truncate(mode & 0o777);
+    fchmod(&fd, perm).context(Kind::Runtime, "failed to set the socket's mode")?;
+    let addr = UnixAddr::new(path).with_context(Kind::Config, || {
+        format!("`{}` is too long for a Unix socket path", path.display())
+    })?;
+    // The file's mode is the socket's mode less the umask: clear the bits of `mode` from the
+    // umask for the bind only (process-wide, but the agent's threads create no files here).
+    let old = umask(Mode::from_bits_truncate(0o777));
+    let _ = umask(old & !perm);
+    let bound = nix::sys::socket::bind(fd.as_raw_fd(), &addr);
+    let _ = umask(old);
+    bound.with_context(Kind::Runtime, || {
+        format!("failed to bind `{}`", path.display())
+    })?;
+    nix::sys::socket::listen(&fd, Backlog::new(128).unwrap_or(Backlog::MAXCONN))
+        .with_context(Kind::Runtime, || {
+            format!("failed to listen on `{}`", path.display())
+        })?;
+    // Never chmod by path: check what bind made (without following a link).
+    let md = std::fs::symlink_metadata(path).with_context(Kind::Runtime, || {
+        format!("failed to inspect the socket `{}`", path.display())
+    })?;
+    if !md.file_type().is_socket() || md.mode() & 0o777 != mode & 0o777 {
+        let _ = std::fs::remove_file(path);
+        return Err(Error::runtime(format!(
+            "the socket `{}` was created with mode {:o}, not {mode:o}",
+            path.display(),
+            md.mode() & 0o777
+        )));
+    }
+    Ok(UnixListener::from(fd))
+}
+
 impl Server {
-    /// Binds `path` with `mode` (0o660 or 0o666). A stale socket file is replaced; a live agent
-    /// already listening there is an error.
+    /// Binds `path` with `mode` (0o660 or 0o666). Every directory on the path must be safe from
+    /// other users (`socket_path::check_server_path`). A stale socket file is replaced; a live
+    /// agent already listening there is an error.
     pub fn bind(path: &Path, mode: u32) -> Result<Server> {
-        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            std::fs::create_dir_all(dir).with_context(Kind::Runtime, || {
-                format!("failed to create the socket directory `{}`", dir.display())
-            })?;
-        }
-        if let Ok(md) = std::fs::symlink_metadata(path) {
+        let own_uid = nix::unistd::geteuid().as_raw();
+        let path = socket_path::check_server_path(path, own_uid)?;
+        if let Ok(md) = std::fs::symlink_metadata(&path) {
             if !md.file_type().is_socket() {
                 return Err(Error::runtime(format!(
                     "`{}` exists and is not a socket; remove it or choose another --socket",
                     path.display()
                 )));
             }
-            if UnixStream::connect(path).is_ok() {
+            if UnixStream::connect(&path).is_ok() {
                 return Err(Error::runtime(format!(
                     "another agent is already listening on `{}`",
                     path.display()
                 )));
             }
-            std::fs::remove_file(path).with_context(Kind::Runtime, || {
+            std::fs::remove_file(&path).with_context(Kind::Runtime, || {
                 format!("failed to remove the stale socket `{}`", path.display())
             })?;
         }
-        let listener = UnixListener::bind(path).with_context(Kind::Runtime, || {
-            format!("failed to bind `{}`", path.display())
-        })?;
-        std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
-            .with_context(Kind::Runtime, || {
-                format!("failed to set mode {mode:o} on `{}`", path.display())
-            })?;
-        listener
-            .set_nonblocking(true)
-            .context(Kind::Runtime, "failed to make the socket non-blocking")?;
+        let listener = bind_with_mode(&path, mode)?;
         let epoll = Epoll::new(EpollCreateFlags::EPOLL_CLOEXEC)
             .context(Kind::Runtime, "failed to create an epoll instance")?;
         epoll
             .add(&listener, EpollEvent::new(EpollFlags::EPOLLIN, LISTENER))
             .context(Kind::Runtime, "failed to watch the socket")?;
+        let timer = TimerFd::new(
+            ClockId::CLOCK_MONOTONIC,
+            TimerFlags::TFD_NONBLOCK | TimerFlags::TFD_CLOEXEC,
+        )
+        .context(Kind::Runtime, "failed to create the socket's timer")?;
+        epoll
+            .add(&timer, EpollEvent::new(EpollFlags::EPOLLIN, TIMER))
+            .context(Kind::Runtime, "failed to watch the socket's timer")?;
         log::info!("listening on {} (mode {mode:o})", path.display());
         Ok(Server {
-            path: path.to_path_buf(),
+            path,
             listener,
             epoll,
+            timer,
             conns: HashMap::new(),
             next_id: 1,
-            own: PeerKey {
-                uid: nix::unistd::geteuid().as_raw(),
-                pidns: pidns_of("self"),
-            },
+            own_uid,
+            own_pidns: pidns_of("self"),
             stats: SocketStats::default(),
         })
     }
 
-    /// The one fd to poll for `POLLIN` (an epoll fd covering the listener and connections).
-    /// Call [`Server::handle_ready`] when it is readable, and at least once a second so slow
-    /// callers are timed out.
+    /// The one fd to poll for `POLLIN` (an epoll fd covering the listener, the connections and
+    /// a timer set to the next connection deadline). Call [`Server::handle_ready`] when it is
+    /// readable.
     pub fn fd(&self) -> BorrowedFd<'_> {
         self.epoll.0.as_fd()
     }
@@ -193,17 +256,18 @@ impl Server {
     /// Accepts, reads, answers and times out connections; never blocks. `answer` computes the
     /// reply to one request from one peer and must not block either.
     pub fn handle_ready(&mut self, answer: &mut dyn FnMut(Request, &Peer) -> Value) {
-        // Drain the epoll readiness list (level-triggered: what stays ready shows up again).
+        // Drain the epoll readiness list (level-triggered: what stays ready shows up again),
+        // and the timer's expiry count.
         let mut events = [EpollEvent::empty(); 64];
         let _ = self.epoll.wait(&mut events, EpollTimeout::ZERO);
+        let _ = nix::unistd::read(&self.timer, &mut [0u8; 8]);
         self.accept_some();
         let ids: Vec<u64> = self.conns.keys().copied().collect();
         let now = Instant::now();
         for id in ids {
             let done = match self.conns.get_mut(&id) {
                 Some(c) => {
-                    let waiting = c.out.is_empty() && !c.inbuf.contains(&b'\n');
-                    if now > c.deadline || (waiting && now > c.first_line_deadline) {
+                    if now >= c.due() {
                         self.stats.timed_out += 1;
                         true
                     } else {
@@ -215,18 +279,67 @@ impl Server {
             if done {
                 if let Some(c) = self.conns.remove(&id) {
                     let _ = self.epoll.delete(&c.stream);
+                    discard_pending(&c.stream);
                 }
             } else if let Some(c) = self.conns.get(&id) {
-                let flags = if c.out.is_empty() {
-                    EpollFlags::EPOLLIN
-                } else {
+                let flags = if c.phase == Phase::Writing {
                     EpollFlags::EPOLLOUT
+                } else {
+                    EpollFlags::EPOLLIN
                 };
                 let _ = self
                     .epoll
                     .modify(&c.stream, &mut EpollEvent::new(flags, id));
             }
         }
+        self.arm_timer();
+    }
+
+    /// Sets the timer to the earliest connection deadline (off when there is none).
+    fn arm_timer(&self) {
+        match self.conns.values().map(Conn::due).min() {
+            Some(due) => {
+                // At least 1 ms: a zero one-shot would disarm the timer.
+                let wait = due
+                    .saturating_duration_since(Instant::now())
+                    .max(Duration::from_millis(1));
+                let _ = self.timer.set(
+                    Expiration::OneShot(TimeSpec::from_duration(wait)),
+                    TimerSetTimeFlags::empty(),
+                );
+            }
+            None => {
+                let _ = self.timer.unset();
+            }
+        }
+    }
+
+    /// Whether a new connection from `caller` gets a slot.
+    fn admit(&self, caller: Caller) -> std::result::Result<(), String> {
+        let (mine, workloads) = self.conns.values().fold((0, 0), |(m, w), c| {
+            (
+                m + usize::from(c.caller == caller),
+                w + usize::from(c.caller != Caller::Own),
+            )
+        });
+        if mine >= MAX_CONNS_PER_PEER {
+            return Err(format!("{mine} of its connections open"));
+        }
+        if caller == Caller::Own {
+            return Ok(());
+        }
+        // A caller already holding a connection may not take the slots kept for the others.
+        let limit = if mine == 0 {
+            MAX_CONNS
+        } else {
+            MAX_CONNS - FRESH_RESERVE
+        };
+        if workloads >= limit {
+            return Err(format!(
+                "{workloads} workload connections open, {mine} of them its own"
+            ));
+        }
+        Ok(())
     }
 
     fn accept_some(&mut self) {
@@ -253,24 +366,19 @@ impl Server {
                 self.stats.rejected += 1;
                 continue;
             };
-            let key = PeerKey {
-                uid: cred.uid(),
-                pidns: match cred.pid() {
-                    pid if pid > 0 => pidns_of(&pid.to_string()),
-                    _ => 0,
-                },
+            let own = cred.uid() == self.own_uid
+                && self.own_pidns != 0
+                && cred.pid() > 0
+                && pidns_of(&cred.pid().to_string()) == self.own_pidns;
+            let caller = if own {
+                Caller::Own
+            } else {
+                Caller::Uid(cred.uid())
             };
-            let own = key == self.own && key.pidns != 0;
-            let (mine, others) = self.conns.values().fold((0, 0), |(m, o), c| {
-                (
-                    m + usize::from(c.key == key),
-                    o + usize::from(c.key != self.own),
-                )
-            });
-            if mine >= MAX_CONNS_PER_PEER || (!own && others >= MAX_CONNS) {
+            if let Err(why) = self.admit(caller) {
                 self.stats.rejected += 1;
                 log::debug!(
-                    "socket: busy for pid {} uid {} ({mine} of its connections open)",
+                    "socket: busy for pid {} uid {} ({why})",
                     cred.pid(),
                     cred.uid()
                 );
@@ -299,17 +407,19 @@ impl Server {
                 peer.uid,
                 peer.gid
             );
+            let now = Instant::now();
             self.conns.insert(
                 id,
                 Conn {
                     stream,
                     peer,
-                    key,
+                    caller,
+                    phase: Phase::Reading,
                     inbuf: Vec::new(),
                     out: Vec::new(),
                     written: 0,
-                    first_line_deadline: Instant::now() + FIRST_LINE_DEADLINE,
-                    deadline: Instant::now() + CONN_DEADLINE,
+                    first_line_deadline: now + FIRST_LINE_DEADLINE,
+                    deadline: now + CONN_DEADLINE,
                 },
             );
         }
@@ -322,50 +432,78 @@ impl Drop for Server {
     }
 }
 
+/// Reads and drops what the peer sent that was not read (bounded), so closing does not make
+/// the kernel reset the connection under the peer's read of its answer.
+fn discard_pending(mut stream: &UnixStream) {
+    let mut buf = [0u8; 4096];
+    let mut left = MAX_DISCARD;
+    while left > 0 {
+        match stream.read(&mut buf) {
+            Ok(0) | Err(_) => return,
+            Ok(n) => left = left.saturating_sub(n),
+        }
+    }
+}
+
 /// Moves one connection along; true when it is finished and should be closed.
 fn progress(
     c: &mut Conn,
     answer: &mut dyn FnMut(Request, &Peer) -> Value,
     stats: &mut SocketStats,
 ) -> bool {
-    if c.out.is_empty() {
-        let mut buf = [0u8; 1024];
-        loop {
-            match c.stream.read(&mut buf) {
-                Ok(0) => return true, // closed before a full line
-                Ok(n) => {
-                    c.inbuf.extend_from_slice(&buf[..n]);
-                    if c.inbuf.contains(&b'\n') {
-                        break;
-                    }
-                    if c.inbuf.len() > MAX_REQUEST {
+    let mut buf = [0u8; 1024];
+    while c.phase != Phase::Writing {
+        let n = match c.stream.read(&mut buf) {
+            Ok(n) => n,
+            Err(e) if e.kind() == ErrorKind::WouldBlock => return false,
+            Err(e) if e.kind() == ErrorKind::Interrupted => continue,
+            Err(_) => return true,
+        };
+        match c.phase {
+            Phase::Reading => {
+                if n == 0 {
+                    return true; // closed before a full line
+                }
+                c.inbuf.extend_from_slice(&buf[..n]);
+                let reply = match frame(&c.inbuf) {
+                    Line::Partial => continue,
+                    Line::Complete(raw) => match parse_request(raw) {
+                        Ok(req) => {
+                            stats.answered += 1;
+                            answer(req, &c.peer)
+                        }
+                        Err(why) => {
+                            stats.rejected += 1;
+                            error_reply(&why)
+                        }
+                    },
+                    Line::TooLong => {
                         stats.rejected += 1;
-                        c.out = line(&error_reply("request too long"));
-                        break;
+                        // Discard up to the line's end (it may already be here), then answer.
+                        let rest = c.inbuf.len().saturating_sub(MAX_REQUEST + 1);
+                        let ended = c.inbuf.contains(&b'\n');
+                        c.inbuf = Vec::new();
+                        if ended {
+                            error_reply(TOO_LONG)
+                        } else {
+                            c.phase = Phase::Discarding { discarded: rest };
+                            continue;
+                        }
                     }
-                }
-                Err(e) if e.kind() == ErrorKind::WouldBlock => return false,
-                Err(e) if e.kind() == ErrorKind::Interrupted => continue,
-                Err(_) => return true,
+                };
+                c.out = line(&reply);
+                c.phase = Phase::Writing;
             }
-        }
-        if c.out.is_empty() {
-            let end = c
-                .inbuf
-                .iter()
-                .position(|b| *b == b'\n')
-                .unwrap_or(c.inbuf.len());
-            let reply = match parse_request(&c.inbuf[..end]) {
-                Ok(req) => {
-                    stats.answered += 1;
-                    answer(req, &c.peer)
+            Phase::Discarding { discarded } => {
+                let discarded = discarded + n;
+                if n == 0 || buf[..n].contains(&b'\n') || discarded >= MAX_DISCARD {
+                    c.out = line(&error_reply(TOO_LONG));
+                    c.phase = Phase::Writing;
+                } else {
+                    c.phase = Phase::Discarding { discarded };
                 }
-                Err(why) => {
-                    stats.rejected += 1;
-                    error_reply(&why)
-                }
-            };
-            c.out = line(&reply);
+            }
+            Phase::Writing => {}
         }
     }
     loop {
@@ -384,22 +522,6 @@ fn progress(
     }
 }
 
-/// `{"request":"attest-self"}` or `{"request":"status"}`.
-pub fn parse_request(raw: &[u8]) -> std::result::Result<Request, String> {
-    let v: Value = serde_json::from_slice(raw).map_err(|_| {
-        "expected one JSON object per line, such as {\"request\":\"status\"}".to_string()
-    })?;
-    match v.get("request").and_then(Value::as_str) {
-        Some("attest-self") => Ok(Request::AttestSelf),
-        Some("status") => Ok(Request::Status),
-        Some(other) => Err(format!(
-            "unknown request {:?}; requests: attest-self, status",
-            other.chars().take(64).collect::<String>()
-        )),
-        None => Err("missing \"request\" (attest-self or status)".into()),
-    }
-}
-
 pub fn ok_reply(result: Value) -> Value {
     json!({"ok": true, "result": result})
 }
@@ -415,12 +537,20 @@ fn line(v: &Value) -> Vec<u8> {
 }
 
 /// The client: sends one request and returns the `result` of an `ok` reply, or the agent's
-/// error as a runtime error. A "busy" answer is retried for up to two seconds.
-pub fn request(path: &Path, req: Request, timeout: Duration) -> Result<Value> {
+/// error as a runtime error. Each attempt has one deadline, `timeout`, for connecting, sending
+/// and the whole answer; a "busy" answer is retried for up to two seconds. The answer is
+/// believed only from a server running as root, as the caller's uid or as `agent_uid`
+/// (`--agent-uid`; see `socket_path`).
+pub fn request(
+    path: &Path,
+    req: Request,
+    timeout: Duration,
+    agent_uid: Option<u32>,
+) -> Result<Value> {
     let give_up = Instant::now() + BUSY_RETRY_FOR;
     let mut pause = Duration::from_millis(20);
     loop {
-        match request_once(path, req, timeout) {
+        match request_once(path, req, timeout, agent_uid) {
             Err(e) if e.to_string().ends_with(BUSY) && Instant::now() + pause < give_up => {
                 log::debug!("{e}; retrying in {pause:?}");
                 std::thread::sleep(pause);
@@ -431,40 +561,104 @@ pub fn request(path: &Path, req: Request, timeout: Duration) -> Result<Value> {
     }
 }
 
-fn request_once(path: &Path, req: Request, timeout: Duration) -> Result<Value> {
-    let mut s = UnixStream::connect(path).with_context(Kind::Runtime, || {
-        format!(
-            "the agent is not running (cannot connect to `{}`; start it, or pass --socket)",
-            path.display()
-        )
+/// Connects to the agent and checks who answers (`SO_PEERCRED` of the listening process).
+fn connect_checked(path: &Path, agent_uid: Option<u32>) -> Result<UnixStream> {
+    let own = nix::unistd::geteuid().as_raw();
+    let trusted = socket_path::trusted_uids(own, agent_uid);
+    let s = UnixStream::connect(path).map_err(|e| {
+        let why = match e.kind() {
+            ErrorKind::PermissionDenied => format!(
+                "permission denied connecting to `{}` (uid {own}): the socket (or a directory on its path) does not \
+                 let this user in; run as root or as a member of the socket's group, or ask for --socket-mode 0666",
+                path.display()
+            ),
+            ErrorKind::NotFound | ErrorKind::ConnectionRefused => format!(
+                "the agent is not running (cannot connect to `{}`: {e}; start it, or pass --socket)",
+                path.display()
+            ),
+            _ => format!("cannot connect to the agent at `{}`: {e}", path.display()),
+        };
+        Error::runtime(why)
     })?;
-    s.set_read_timeout(Some(timeout))
-        .and_then(|_| s.set_write_timeout(Some(timeout)))
+    let cred = getsockopt(&s, sockopt::PeerCredentials).context(
+        Kind::Runtime,
+        "cannot read the agent socket's peer credentials",
+    )?;
+    if !trusted.contains(&cred.uid()) {
+        return Err(Error::runtime(format!(
+            "refusing the answer on `{}`: the process listening there (pid {}) runs as uid {}, not as root or as \
+             the agent's uid (believed: uid {}); another user may be impersonating the agent: check who owns the \
+             socket and its directories, or pass --agent-uid when the agent runs as that uid (docs/socket.md)",
+            path.display(),
+            cred.pid(),
+            cred.uid(),
+            trusted
+                .iter()
+                .map(u32::to_string)
+                .collect::<Vec<_>>()
+                .join(", uid ")
+        )));
+    }
+    Ok(s)
+}
+
+fn request_once(
+    path: &Path,
+    req: Request,
+    timeout: Duration,
+    agent_uid: Option<u32>,
+) -> Result<Value> {
+    let deadline = Instant::now() + timeout;
+    let mut s = connect_checked(path, agent_uid)?;
+    let left = |what: &str| -> Result<Duration> {
+        let d = deadline.saturating_duration_since(Instant::now());
+        if d.is_zero() {
+            Err(Error::runtime(format!(
+                "no {what} from the agent within {} s",
+                timeout.as_secs_f32()
+            )))
+        } else {
+            Ok(d)
+        }
+    };
+    s.set_write_timeout(Some(left("answer")?))
         .context(Kind::Runtime, "failed to set socket timeouts")?;
     // A busy agent may answer and close before our request is sent: read its answer anyway.
     let sent = s.write_all(&line(&json!({"request": req.name()})));
     let mut buf = Vec::new();
-    let mut limited = (&mut s).take(MAX_RESPONSE as u64 + 1);
     let mut chunk = [0u8; 4096];
     loop {
-        match limited.read(&mut chunk) {
+        // One deadline for the whole answer: a server trickling bytes cannot extend it.
+        let wait = left("complete answer")?;
+        s.set_read_timeout(Some(wait))
+            .context(Kind::Runtime, "failed to set socket timeouts")?;
+        match s.read(&mut chunk) {
             Ok(0) => break,
-            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+            Ok(n) => {
+                buf.extend_from_slice(&chunk[..n]);
+                if buf.len() > MAX_RESPONSE {
+                    return Err(Error::runtime("the agent's answer is over 1 MiB"));
+                }
+            }
             Err(e) if e.kind() == ErrorKind::Interrupted => continue,
             // A busy agent answers and closes without reading our request, which resets the
             // connection after its answer: what was read is the whole answer.
             Err(e) if e.kind() == ErrorKind::ConnectionReset && buf.ends_with(b"\n") => break,
+            Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {
+                sent.context(Kind::Runtime, "failed to send the request to the agent")?;
+                return Err(Error::runtime(format!(
+                    "no complete answer from the agent within {} s",
+                    timeout.as_secs_f32()
+                )));
+            }
             Err(e) => {
                 sent.context(Kind::Runtime, "failed to send the request to the agent")?;
-                return Err(e).context(Kind::Runtime, "no answer from the agent in time");
+                return Err(e).context(Kind::Runtime, "failed to read the agent's answer");
             }
         }
     }
     if buf.is_empty() {
         sent.context(Kind::Runtime, "failed to send the request to the agent")?;
-    }
-    if buf.len() > MAX_RESPONSE {
-        return Err(Error::runtime("the agent's answer is over 1 MiB"));
     }
     let v: Value =
         serde_json::from_slice(&buf).context(Kind::Runtime, "the agent's answer is not JSON")?;
@@ -475,6 +669,7 @@ fn request_once(path: &Path, req: Request, timeout: Duration) -> Result<Value> {
             .get("error")
             .and_then(Value::as_str)
             .unwrap_or("no reason given");
+        // Text from another process: main escapes what a terminal would act on when it prints.
         Err(Error::runtime(format!("the agent refused: {msg}")))
     }
 }
@@ -482,21 +677,6 @@ fn request_once(path: &Path, req: Request, timeout: Duration) -> Result<Value> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn request_parsing() {
-        assert_eq!(
-            parse_request(br#"{"request":"status"}"#),
-            Ok(Request::Status)
-        );
-        assert_eq!(
-            parse_request(br#"{"request":"attest-self"}"#),
-            Ok(Request::AttestSelf)
-        );
-        assert!(parse_request(b"").is_err());
-        assert!(parse_request(br#"{"request":"attest","pid":1}"#).is_err());
-        assert!(parse_request(b"\xff\xfe").is_err());
-    }
 
     fn serve_until(srv: &mut Server, done: impl Fn(&Server) -> bool) {
         let start = Instant::now();
@@ -514,7 +694,7 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("lg-sock-{}", std::process::id()));
         let path = dir.join("agent.sock");
         let mut srv = Server::bind(&path, 0o660).unwrap();
-        let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+        let mode = std::fs::metadata(&path).unwrap().mode() & 0o777;
         assert_eq!(mode, 0o660);
         assert!(Server::bind(&path, 0o660).is_err(), "second bind must fail");
         // A silent client, a garbage client and an oversize client, then a good one.
@@ -524,7 +704,8 @@ mod tests {
         let mut big = UnixStream::connect(&path).unwrap();
         let _ = big.write_all(&vec![b'a'; MAX_REQUEST * 2]);
         let p2 = path.clone();
-        let t = std::thread::spawn(move || request(&p2, Request::Status, Duration::from_secs(5)));
+        let t =
+            std::thread::spawn(move || request(&p2, Request::Status, Duration::from_secs(5), None));
         serve_until(&mut srv, |s| s.stats.answered >= 1 && s.stats.rejected >= 2);
         let v = t.join().unwrap().unwrap();
         assert_eq!(v["req"], "status");
@@ -560,7 +741,8 @@ mod tests {
         assert_eq!(srv.connections(), MAX_CONNS_PER_PEER);
         let started = Instant::now();
         let p2 = path.clone();
-        let t = std::thread::spawn(move || request(&p2, Request::Status, Duration::from_secs(5)));
+        let t =
+            std::thread::spawn(move || request(&p2, Request::Status, Duration::from_secs(5), None));
         serve_until(&mut srv, |s| s.stats.answered >= 1);
         let v = t.join().unwrap().expect("answered after a busy retry");
         assert_eq!(v["req"], "status");
@@ -576,6 +758,37 @@ mod tests {
         let _ = std::fs::remove_dir_all(dir);
     }
 
+    /// The agent's loop polls only `fd()`: a silent connection alone must make it readable at
+    /// its 250 ms deadline (the timer), not leave it to the next housekeeping pass.
+    #[test]
+    fn the_fd_wakes_the_loop_at_a_silent_connections_deadline() {
+        let (path, dir) = temp_socket("timer");
+        let mut srv = Server::bind(&path, 0o660).unwrap();
+        let _silent = UnixStream::connect(&path).unwrap();
+        srv.handle_ready(&mut |_, _| Value::Null);
+        assert_eq!(srv.connections(), 1);
+        let started = Instant::now();
+        let mut fds = [PollFd::new(srv.fd(), PollFlags::POLLIN)];
+        let n = nix::poll::poll(&mut fds, PollTimeout::from(2000u16)).unwrap();
+        let woke = started.elapsed();
+        assert_eq!(n, 1, "the fd became readable");
+        assert!(
+            woke > Duration::from_millis(150) && woke < Duration::from_millis(600),
+            "{woke:?}"
+        );
+        srv.handle_ready(&mut |_, _| Value::Null);
+        assert_eq!(srv.connections(), 0);
+        assert_eq!(srv.stats.timed_out, 1);
+        // Nothing left: the timer is off and the fd stays quiet.
+        let mut fds = [PollFd::new(srv.fd(), PollFlags::POLLIN)];
+        assert_eq!(
+            nix::poll::poll(&mut fds, PollTimeout::from(400u16)).unwrap(),
+            0
+        );
+        drop(srv);
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
     #[test]
     fn one_caller_holding_many_silent_connections_does_not_starve_another() {
         assert!(
@@ -585,10 +798,7 @@ mod tests {
         let (path, dir) = temp_socket("starve");
         let mut srv = Server::bind(&path, 0o666).unwrap();
         // Make this process an ordinary workload, not the agent's own probe.
-        srv.own = PeerKey {
-            uid: u32::MAX,
-            pidns: 1,
-        };
+        srv.own_uid = u32::MAX;
         let mut silent: Vec<UnixStream> = (0..MAX_CONNS + 6)
             .map(|_| UnixStream::connect(&path).unwrap())
             .collect();
@@ -602,7 +812,7 @@ mod tests {
             // SAFETY: a raw syscall changing only this thread's credentials; no memory passed.
             let rc = unsafe { nix::libc::syscall(nix::libc::SYS_setresuid, 65534, 65534, 65534) };
             assert_eq!(rc, 0);
-            request_once(&p2, Request::Status, Duration::from_secs(5))
+            request_once(&p2, Request::Status, Duration::from_secs(5), None)
         });
         serve_until(&mut srv, |s| s.stats.answered >= 1);
         let v = t.join().unwrap().expect("the other caller is answered");

@@ -1,5 +1,4 @@
-//! The uplink: the byte-bounded upload queue and the thread that posts its batches, heartbeats
-//! and renews.
+//! The uplink: the backend output's thread, which obtains the identity, posts the batches of
+//! the backend's queue (`output::queue`), heartbeats and renews.
 
-pub mod queue;
 pub mod uploader;

@@ -1,11 +1,14 @@
-//! The uplink thread: takes NDJSON batches from the shared byte-bounded queue and posts them
-//! (same key on every retry, 413 split, backoff on 429/5xx/transport), heartbeats and renews on
-//! their deadlines, and on shutdown flushes within the grace period then sends a final
-//! heartbeat. The poll loop only ever pushes into the queue, so a slow backend never stalls it.
+//! The uplink thread: obtains the identity (enrolment in the background, while the sensor
+//! already watches and events queue), takes NDJSON batches from the shared byte-bounded queue
+//! and posts them (same key on every retry, 413 split, backoff on 429/5xx/transport),
+//! heartbeats and renews on their deadlines, and on shutdown flushes within the grace period
+//! then sends a final heartbeat. One level of concurrency: every network call is a blocking
+//! call on this thread, bounded by its own timeout. The poll loop only ever pushes into the
+//! queue, so a slow backend never stalls it.
 
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use crate::counters::{Counters, Published};
@@ -13,115 +16,31 @@ use crate::error::{Error, Result};
 use crate::identity::backend::{Events, Failure};
 use crate::identity::backoff::Backoff;
 use crate::identity::session::Session;
-use crate::uplink::queue::{Batch, Limits, Queue};
+use crate::output::queue::{Batch, Channel};
 
-/// First retry of a failed batch after up to this long (full jitter), doubling per attempt.
-const RETRY_BASE: Duration = Duration::from_millis(500);
-/// Retries of a batch never wait longer than this, so delivery resumes promptly after an outage.
-const RETRY_CAP: Duration = Duration::from_secs(10);
+use crate::output::{RETRY_BASE, RETRY_CAP};
 /// At shutdown the final heartbeat gets this long (the loop waits a second more for it).
 pub const FINAL_HEARTBEAT_TIMEOUT: Duration = Duration::from_secs(4);
 
 /// What the poll loop and the uplink thread share.
 pub struct Shared {
-    queue: Mutex<Queue>,
-    wake: Condvar,
-    /// Shutdown requested: flush until this deadline, then the final heartbeat.
-    flush_until: Mutex<Option<Instant>>,
-    /// Stage counters the poll loop publishes.
-    pub published: Published,
-    /// Events accepted by the backend.
-    pub sent: AtomicU64,
-    /// Events given up on (rejected batch, or a single event over the server's size limit).
-    pub dropped_upload: AtomicU64,
-    /// Batches accepted / upload attempts that failed and will be retried.
-    pub batches_ok: AtomicU64,
-    pub upload_failures: AtomicU64,
+    /// The backend output's queue and counters.
+    pub chan: Arc<Channel>,
+    /// Stage counters the poll loop publishes (for the heartbeat).
+    pub published: Arc<Published>,
     /// Set when the uplink thread ended with an error (revocation): the loop must stop.
     pub failed: AtomicBool,
-    /// Set (under the queue lock) when the loop exits without waiting for the uplink (a call
-    /// still hanging): it counted everything undelivered, so the uplink counts nothing more.
-    abandoned: AtomicBool,
     fatal: Mutex<Option<Error>>,
-    /// Whether events go to the backend at all (`--output backend|both`).
-    pub to_backend: bool,
 }
 
 impl Shared {
-    pub fn new(limits: Limits, key_prefix: String, to_backend: bool) -> Shared {
+    pub fn new(chan: Arc<Channel>, published: Arc<Published>) -> Shared {
         Shared {
-            queue: Mutex::new(Queue::new(limits, key_prefix)),
-            wake: Condvar::new(),
-            flush_until: Mutex::new(None),
-            published: Published::default(),
-            sent: AtomicU64::new(0),
-            dropped_upload: AtomicU64::new(0),
-            batches_ok: AtomicU64::new(0),
-            upload_failures: AtomicU64::new(0),
+            chan,
+            published,
             failed: AtomicBool::new(false),
-            abandoned: AtomicBool::new(false),
             fatal: Mutex::new(None),
-            to_backend,
         }
-    }
-
-    fn queue(&self) -> MutexGuard<'_, Queue> {
-        self.queue.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    /// Appends serialized events (the poll loop, once per drained batch); wakes the uplink.
-    pub fn push_all(&self, lines: &mut Vec<Vec<u8>>) {
-        if lines.is_empty() {
-            return;
-        }
-        let now = Instant::now();
-        let mut q = self.queue();
-        for l in lines.drain(..) {
-            q.push(l, now);
-        }
-        drop(q);
-        self.wake.notify_one();
-    }
-
-    /// Asks the uplink to flush what is queued until `deadline`, then send a final heartbeat.
-    pub fn begin_flush(&self, deadline: Instant) {
-        *self.flush_until.lock().unwrap_or_else(|p| p.into_inner()) = Some(deadline);
-        let _q = self.queue();
-        self.wake.notify_all();
-    }
-
-    fn flush_deadline(&self) -> Option<Instant> {
-        *self.flush_until.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    /// At an exit that cannot wait for the uplink (a call still hanging after the grace period):
-    /// every event observed but neither sent nor dropped — queued, or in the hanging batch — is
-    /// counted as a queue drop, so the final counters still add up. Returns how many.
-    pub fn count_undelivered_as_dropped(&self) -> u64 {
-        // Under the queue lock, which the uplink also holds while it counts an answer: what it
-        // counted before is included here, and after the flag it counts nothing.
-        let mut q = self.queue();
-        self.abandoned.store(true, Ordering::SeqCst);
-        let l = &self.published;
-        let sent = if self.to_backend {
-            self.sent.load(Ordering::SeqCst)
-        } else {
-            l.stdout_sent.load(Ordering::SeqCst)
-        };
-        let accounted = sent
-            + l.dropped_decode.load(Ordering::SeqCst)
-            + q.dropped
-            + self.dropped_upload.load(Ordering::SeqCst);
-        let left = l.observed.load(Ordering::SeqCst).saturating_sub(accounted);
-        while q.take_batch(Instant::now(), true).is_some() {}
-        q.dropped += left;
-        left
-    }
-
-    /// Bytes waiting in the queue (0 when it is empty).
-    pub fn queued_bytes(&self) -> usize {
-        let q = self.queue();
-        if q.is_empty() { 0 } else { q.bytes() }
     }
 
     /// The error that ended the uplink, if any (taken once).
@@ -129,66 +48,34 @@ impl Shared {
         self.fatal.lock().unwrap_or_else(|p| p.into_inner()).take()
     }
 
-    /// One snapshot of every stage counter.
+    /// The stage counters with the backend as the primary output (what heartbeats carry).
     pub fn counters(&self) -> Counters {
-        let (dropped_queue, queued) = {
-            let q = self.queue();
-            (q.dropped, q.len() as u64)
-        };
-        let l = &self.published;
-        let sent = if self.to_backend {
-            self.sent.load(Ordering::Relaxed)
-        } else {
-            l.stdout_sent.load(Ordering::Relaxed)
-        };
-        Counters {
-            events_observed: l.observed.load(Ordering::Relaxed),
-            events_sent: sent,
-            dropped_kernel: l.dropped_kernel.load(Ordering::Relaxed),
-            dropped_decode: l.dropped_decode.load(Ordering::Relaxed),
-            dropped_queue,
-            dropped_upload: self.dropped_upload.load(Ordering::Relaxed),
-            kubelet_misses: l.kubelet_misses.load(Ordering::Relaxed),
-            queued,
-            batches_accepted: self.batches_ok.load(Ordering::Relaxed),
-            upload_failures: self.upload_failures.load(Ordering::Relaxed),
-            loop_body_max: Duration::ZERO,
-        }
+        Counters::new(&self.published, &self.chan.stats(), Vec::new())
     }
 }
 
 /// The uplink thread's state.
 pub struct Uplink {
     shared: Arc<Shared>,
-    agent: Session,
-    workload_id: String,
+    session: Session,
     started: Instant,
     /// Batches taken from the queue and not yet accepted (the one being retried, split halves).
     pending: VecDeque<Batch>,
     retry_at: Option<Instant>,
     backoff: Backoff,
     first_upload_logged: bool,
-    /// When `Session::tick` is next due.
-    next_tick: Instant,
 }
 
 impl Uplink {
-    pub fn new(
-        shared: Arc<Shared>,
-        agent: Session,
-        workload_id: String,
-        started: Instant,
-    ) -> Uplink {
+    pub fn new(shared: Arc<Shared>, session: Session, started: Instant) -> Uplink {
         Uplink {
             shared,
-            agent,
-            workload_id,
+            session,
             started,
             pending: VecDeque::new(),
             retry_at: None,
             backoff: Backoff::new(RETRY_BASE, RETRY_CAP),
             first_upload_logged: false,
-            next_tick: Instant::now(),
         }
     }
 
@@ -203,23 +90,25 @@ impl Uplink {
 
     fn serve(&mut self) -> Result<()> {
         loop {
-            if let Some(deadline) = self.shared.flush_deadline() {
+            if let Some(deadline) = self.shared.chan.flush_deadline() {
                 return self.flush(deadline);
             }
             let now = Instant::now();
-            if now >= self.next_tick {
-                // Never blocks: heartbeat/renewal calls run on a helper thread and are collected
-                // by later ticks (`next_deadline` is then a short poll interval away).
-                self.agent.stats = self.shared.counters().heartbeat_stats();
-                self.agent.tick(now)?;
-                self.next_tick = self.agent.next_deadline();
+            if now >= self.session.next_deadline() {
+                // At most one blocking call (enrolment attempt, heartbeat or renewal), bounded
+                // by its own timeout; the queue keeps filling meanwhile.
+                let stats = self.shared.counters().heartbeat_stats();
+                self.session.tick(now, &stats)?;
+                continue;
             }
-            if self.retry_at.is_none_or(|t| now >= t) {
+            let up = self.session.backend().is_some();
+            if up && self.retry_at.is_none_or(|t| now >= t) {
                 if self.pending.is_empty() {
-                    // The first batch goes out at once (start-up proof that events arrive);
-                    // later ones wait for their size or age.
+                    // The first batch goes out at once (start-up proof that events arrive,
+                    // including those queued before enrolment); later ones wait for their size
+                    // or age.
                     let force = !self.first_upload_logged;
-                    if let Some(b) = self.shared.queue().take_batch(now, force) {
+                    if let Some(b) = self.shared.chan.lock().take_batch(now, force) {
                         self.pending.push_back(b);
                     }
                 }
@@ -229,38 +118,42 @@ impl Uplink {
                 }
             }
             // Nothing to do now: sleep until the next deadline or a push.
-            let q = self.shared.queue();
-            let mut wake = self.next_tick;
-            match self.retry_at {
-                Some(t) if !self.pending.is_empty() => wake = wake.min(t),
-                _ => {
-                    if let Some(d) = q.due() {
-                        wake = wake.min(if self.first_upload_logged { d } else { now });
+            let q = self.shared.chan.lock();
+            let mut wake = self.session.next_deadline();
+            if up {
+                match self.retry_at {
+                    Some(t) if !self.pending.is_empty() => wake = wake.min(t),
+                    _ => {
+                        if let Some(d) = q.due() {
+                            wake = wake.min(if self.first_upload_logged { d } else { now });
+                        }
                     }
                 }
             }
             let left = wake.saturating_duration_since(Instant::now());
-            if !left.is_zero() && self.shared.flush_deadline().is_none() {
-                let _ = self
-                    .shared
-                    .wake
-                    .wait_timeout(q, left.min(Duration::from_secs(1)));
+            if !left.is_zero() && self.shared.chan.flush_deadline().is_none() {
+                drop(self.shared.chan.wait(q, left.min(Duration::from_secs(1))));
             }
         }
     }
 
-    /// Posts the front pending batch once and handles the answer.
-    /// Posts the oldest batch, given at most `timeout` (a failure past it is retried later).
+    /// Posts the oldest batch once, given at most `timeout` (a failure past it is retried
+    /// later), and handles the answer.
     fn send_front(&mut self, timeout: Duration) -> Result<()> {
+        let Some(backend) = self.session.backend().cloned() else {
+            return Ok(());
+        };
         let Some(b) = self.pending.pop_front() else {
             return Ok(());
         };
         let t = Instant::now();
-        let answer = self.agent.backend().post_events(&b.key, &b.body, timeout);
+        let answer = backend.post_events(&b.key, &b.body, timeout);
         // Counting happens under the queue lock, after a look at `abandoned` (see
-        // `count_undelivered_as_dropped`).
-        let mut q = self.shared.queue();
-        if self.shared.abandoned.load(Ordering::SeqCst) {
+        // `Channel::abandon`).
+        let chan = self.shared.chan.clone();
+        let counts = &chan.counts;
+        let mut q = chan.lock();
+        if chan.is_abandoned() {
             return Ok(());
         }
         if t.elapsed() > Duration::from_secs(1) {
@@ -273,10 +166,8 @@ impl Uplink {
         }
         match answer {
             Events::Accepted => {
-                self.shared
-                    .sent
-                    .fetch_add(b.events as u64, Ordering::Relaxed);
-                self.shared.batches_ok.fetch_add(1, Ordering::Relaxed);
+                counts.sent.fetch_add(b.events as u64, Ordering::Relaxed);
+                counts.batches.fetch_add(1, Ordering::Relaxed);
                 self.backoff.reset();
                 self.retry_at = None;
                 if !self.first_upload_logged {
@@ -291,7 +182,7 @@ impl Uplink {
             }
             Events::Split => {
                 if b.events < 2 {
-                    self.shared.dropped_upload.fetch_add(1, Ordering::Relaxed);
+                    counts.dropped.fetch_add(1, Ordering::Relaxed);
                     log::warn!(
                         "the backend refused a single event of {} bytes as too large (413); dropped and counted",
                         b.body.len()
@@ -306,12 +197,12 @@ impl Uplink {
                 }
             }
             Events::Failed(Failure::Revoked(why)) => {
-                return Err(self.agent.revoked("event upload", &why));
+                return Err(self.session.revoked("event upload", &why));
             }
             Events::Failed(Failure::Retry { why, retry_after }) => {
                 let mut b = b;
                 b.attempts += 1;
-                self.shared.upload_failures.fetch_add(1, Ordering::Relaxed);
+                counts.failures.fetch_add(1, Ordering::Relaxed);
                 let d = self.backoff.next(retry_after);
                 if b.attempts == 1 || b.attempts % 10 == 0 {
                     log::warn!(
@@ -327,9 +218,7 @@ impl Uplink {
                 self.pending.push_front(b);
             }
             Events::Failed(Failure::Rejected(why)) => {
-                self.shared
-                    .dropped_upload
-                    .fetch_add(b.events as u64, Ordering::Relaxed);
+                counts.dropped.fetch_add(b.events as u64, Ordering::Relaxed);
                 log::warn!(
                     "the backend rejected batch {} ({} events): {why}; dropped and counted",
                     b.key,
@@ -343,13 +232,20 @@ impl Uplink {
     /// Shutdown: post everything queued until `deadline` (no backoff waits past it), then one
     /// final heartbeat with the final counters.
     fn flush(&mut self, deadline: Instant) -> Result<()> {
+        let Some(backend) = self.session.backend().cloned() else {
+            // No identity (enrolling, or expired): nothing can be delivered or reported.
+            let pending = self.pending.iter().map(|b| b.events as u64).sum::<u64>();
+            self.shared.chan.drop_leftover(pending);
+            self.pending.clear();
+            return Ok(());
+        };
         loop {
             let now = Instant::now();
             if now >= deadline {
                 break;
             }
             if self.pending.is_empty() {
-                match self.shared.queue().take_batch(now, true) {
+                match self.shared.chan.lock().take_batch(now, true) {
                     Some(b) => self.pending.push_back(b),
                     None => break,
                 }
@@ -363,19 +259,14 @@ impl Uplink {
             // counted below with the rest, and the final heartbeat still goes out in time.
             self.send_front(deadline - now)?;
         }
-        let mut q = self.shared.queue();
-        if self.shared.abandoned.load(Ordering::SeqCst) {
+        if self.shared.chan.is_abandoned() {
             // The loop did not wait and counted what was left itself.
             return Ok(());
         }
-        let left: u64 = self.pending.iter().map(|b| b.events as u64).sum::<u64>() + q.len() as u64;
-        if left > 0 {
-            // Counted as queue drops, so the final heartbeat still adds up.
-            while q.take_batch(Instant::now(), true).is_some() {}
-            q.dropped += left;
-            self.pending.clear();
-        }
-        drop(q);
+        // Counted as queue drops, so the final heartbeat still adds up.
+        let pending = self.pending.iter().map(|b| b.events as u64).sum::<u64>();
+        let left = self.shared.chan.drop_leftover(pending);
+        self.pending.clear();
         if left > 0 {
             log::warn!(
                 "shutdown: {left} queued events could not be delivered within --shutdown-grace; \
@@ -383,9 +274,9 @@ impl Uplink {
             );
         }
         let stats = self.shared.counters().heartbeat_stats();
-        match self.agent.backend().heartbeat(
-            self.agent.agent_id(),
-            &self.workload_id,
+        match backend.heartbeat(
+            self.session.agent_id().unwrap_or_default(),
+            self.session.workload_id(),
             self.started.elapsed(),
             &stats,
             FINAL_HEARTBEAT_TIMEOUT,
@@ -406,29 +297,36 @@ impl Uplink {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::output::queue::{Limits, Line};
 
-    fn limits() -> Limits {
-        Limits {
-            queue_bytes: 64,
+    fn shared(queue_bytes: usize) -> Shared {
+        let limits = Limits {
+            queue_bytes,
             batch_events: 10,
             batch_bytes: 1024,
             batch_age: Duration::from_millis(100),
-        }
+        };
+        Shared::new(
+            Arc::new(Channel::new("backend", limits, "k".into())),
+            Arc::new(Published::default()),
+        )
+    }
+
+    fn lines(n: usize) -> Vec<Line> {
+        (0..n)
+            .map(|i| Arc::from(format!("{{\"n\":{i:02}}}").as_bytes()))
+            .collect()
     }
 
     #[test]
     fn counters_add_up_and_map_to_the_heartbeat() {
-        let sh = Shared::new(limits(), "k".into(), true);
+        let sh = shared(64);
         sh.published.observed.store(30, Ordering::Relaxed);
         sh.published.dropped_decode.store(1, Ordering::Relaxed);
         sh.published.dropped_kernel.store(4, Ordering::Relaxed);
         // 20 lines of 9 bytes (with the newline) into a 64-byte queue: 7 stay, 13 dropped.
-        let mut lines: Vec<Vec<u8>> = (0..20)
-            .map(|i| format!("{{\"n\":{i:02}}}").into_bytes())
-            .collect();
-        sh.push_all(&mut lines);
-        assert!(lines.is_empty());
-        sh.sent.store(9, Ordering::Relaxed);
+        sh.chan.push_all(&lines(20));
+        sh.chan.counts.sent.store(9, Ordering::Relaxed);
         let c = sh.counters();
         assert_eq!(c.queued, 7);
         assert_eq!(c.dropped_queue, 13);
@@ -437,22 +335,21 @@ mod tests {
         assert_eq!(hb.events_sent, 9);
         assert_eq!(hb.events_dropped.queue, 14, "queue + decode drops");
         assert_eq!(hb.events_dropped.kernel, 4);
-        assert!(sh.queued_bytes() <= 64);
+        assert!(sh.chan.queued_bytes() <= 64);
     }
 
     #[test]
     fn an_abandoned_uplink_leaves_counters_that_add_up() {
-        let sh = Shared::new(limits(), "k".into(), true);
-        // 10 observed: 3 sent, 1 undecodable, 4 queued, and 2 in a batch hanging in a post.
+        let sh = shared(1000);
+        // 10 observed: 1 undecodable; of the 9 handed to the backend 3 were sent, 4 are
+        // queued, and 2 are in a batch hanging in a post.
         sh.published.observed.store(10, Ordering::Relaxed);
         sh.published.dropped_decode.store(1, Ordering::Relaxed);
-        sh.sent.store(3, Ordering::Relaxed);
-        let mut lines: Vec<Vec<u8>> = (0..4)
-            .map(|i| format!("{{\"n\":{i}}}").into_bytes())
-            .collect();
-        sh.push_all(&mut lines);
-        assert_eq!(sh.count_undelivered_as_dropped(), 6);
-        assert!(sh.abandoned.load(Ordering::SeqCst));
+        sh.chan.push_all(&lines(9));
+        sh.chan.lock().take_batch(Instant::now(), true);
+        sh.chan.push_all(&[]);
+        sh.chan.counts.sent.store(3, Ordering::Relaxed);
+        assert_eq!(sh.chan.abandon(), 6);
         let c = sh.counters();
         assert_eq!(c.queued, 0, "the queue is emptied");
         assert_eq!(
@@ -460,24 +357,16 @@ mod tests {
             c.events_sent + c.dropped_decode + c.dropped_queue + c.dropped_upload
         );
         // A second look (the loop's own final count) finds nothing left.
-        assert_eq!(sh.count_undelivered_as_dropped(), 0);
-    }
-
-    #[test]
-    fn stdout_mode_counts_stdout_writes_as_sent() {
-        let sh = Shared::new(limits(), "k".into(), false);
-        sh.published.stdout_sent.store(5, Ordering::Relaxed);
-        sh.sent.store(99, Ordering::Relaxed);
-        assert_eq!(sh.counters().events_sent, 5);
+        assert_eq!(sh.chan.abandon(), 0);
     }
 
     #[test]
     fn flush_deadline_is_visible_to_the_uplink() {
-        let sh = Shared::new(limits(), "k".into(), true);
-        assert!(sh.flush_deadline().is_none());
+        let sh = shared(64);
+        assert!(sh.chan.flush_deadline().is_none());
         let t = Instant::now();
-        sh.begin_flush(t);
-        assert_eq!(sh.flush_deadline(), Some(t));
+        sh.chan.begin_flush(t);
+        assert_eq!(sh.chan.flush_deadline(), Some(t));
         assert!(sh.take_fatal().is_none());
     }
 }

@@ -669,3 +669,168 @@ fn backend_rejects_a_certificate_from_another_ca_with_401() {
     );
     assert_eq!(b.requests_to("/agent/heartbeat")[0]["agentId"], Value::Null);
 }
+
+/// A `k8s_psat` enrolment body (contract v1.1) for `node`/`pod` with `token`.
+fn psat_body(
+    tenant: Option<&str>,
+    node: &str,
+    pod: &str,
+    workload: &str,
+    csr: &str,
+    token: &str,
+) -> String {
+    json!({
+        "tenantId": tenant,
+        "enrollCode": null,
+        "workloadId": workload,
+        "nodeName": node,
+        "podUid": pod,
+        "hostname": node,
+        "agentVersion": "0.1.0",
+        "csr": csr,
+        "attestation": {"type": "k8s_psat", "token": token},
+    })
+    .to_string()
+}
+
+/// The reference backend verifies service-account tokens for real: RS256 and ES256 against the
+/// tenant's JWKS (kid chosen), audience, expiry, the pod and node claims; a second enrolment of
+/// the same workload is 201 with a certificate for its new CSR, never 409.
+#[test]
+fn backend_k8s_psat_verifies_tokens_and_never_conflicts() {
+    use crate::sa_issuer::{self, Claims, IssuerKey};
+    let dir = sa_issuer::dir();
+    let es = IssuerKey::es256("es-key");
+    let rs = IssuerKey::rs256("rs-key", dir.path());
+    let jwks = sa_issuer::write_jwks(dir.path(), &[&es, &rs]);
+    let b = start_backend(&["--psat-jwks", jwks.to_str().expect("utf-8 path")]);
+    let (node, pod) = ("worker-1", "7b8f9c1d-0000-4000-8000-000000000001");
+    let w = sa_issuer::workload_id(node, pod);
+    let ok = Claims::pod(node, pod);
+
+    for key in [&es, &rs] {
+        let (k1, csr1) = key_and_csr();
+        let r = enroll(
+            &b,
+            &psat_body(Some("demo"), node, pod, &w, &csr1, &key.mint(&ok)),
+            &w,
+            None,
+        );
+        assert!(r.status == 201, "{} {}", r.status, r.body);
+        let (spki, _) = leaf_spki_and_cn(r.body["certificateChain"].as_str().expect("chain"));
+        assert_eq!(
+            spki,
+            rcgen::PublicKeyData::subject_public_key_info(&k1),
+            "the certificate is for this CSR's key"
+        );
+    }
+    // Same workload, new CSR: 201 with a new certificate, same agent id; the same request
+    // again (a lost response): 200 with the same certificate.
+    let (_, csr) = key_and_csr();
+    let body = psat_body(Some("demo"), node, pod, &w, &csr, &es.mint(&ok));
+    let a = enroll(&b, &body, &w, None);
+    assert_eq!(a.status, 201, "{}", a.body);
+    let again = enroll(&b, &body, &w, None);
+    assert_eq!(again.status, 200, "{}", again.body);
+    assert_eq!(again.body["certificateChain"], a.body["certificateChain"]);
+    assert_eq!(
+        b.admin_get("/admin/stats")["enrolled"],
+        1,
+        "one agent id per workload"
+    );
+
+    let refused = |token: String, want: &str| {
+        let (_, csr) = key_and_csr();
+        let r = enroll(
+            &b,
+            &psat_body(Some("demo"), node, pod, &w, &csr, &token),
+            &w,
+            None,
+        );
+        assert_eq!(r.status, 401, "{want}: {}", r.body);
+        let e = r.body["error"].as_str().expect("error").to_string();
+        assert!(e.starts_with("service account token rejected: "), "{e}");
+        assert!(e.contains(want), "{want:?} not in {e:?}");
+    };
+    let mut c = ok.clone();
+    c.audience = vec!["https://kubernetes.default.svc".into()];
+    refused(rs.mint(&c), "audience");
+    let mut c = ok.clone();
+    c.exp_in = -120;
+    refused(es.mint(&c), "expired");
+    let mut c = ok.clone();
+    c.nbf_in = 300;
+    refused(es.mint(&c), "nbf");
+    // Another pod's token with this pod's UID in the body.
+    refused(
+        es.mint(&Claims::pod(node, "7b8f9c1d-0000-4000-8000-000000000002")),
+        "issued to pod",
+    );
+    let mut c = ok.clone();
+    c.node_name = Some("worker-2".into());
+    refused(rs.mint(&c), "issued on node");
+    // A token signed by a key the tenant does not trust, under a trusted kid: bad signature.
+    let rogue = IssuerKey::es256("es-key");
+    refused(rogue.mint(&ok), "signature");
+    refused(IssuerKey::es256("other-kid").mint(&ok), "kid \"other-kid\"");
+    let t = es.mint(&ok);
+    let (head, sig) = t.rsplit_once('.').expect("jwt");
+    let flipped = if sig.starts_with('A') { "B" } else { "A" };
+    refused(format!("{head}.{flipped}{}", &sig[1..]), "signature");
+    // No node claim (an older apiserver) is fine when the pod matches.
+    let mut c = ok.clone();
+    c.node_name = None;
+    let (_, csr) = key_and_csr();
+    let r = enroll(
+        &b,
+        &psat_body(Some("demo"), node, pod, &w, &csr, &es.mint(&c)),
+        &w,
+        None,
+    );
+    assert_eq!(r.status, 201, "{}", r.body);
+
+    // Malformed requests are 400: no tenant, a workload id that is not sha256(node:pod), a
+    // token with an Authorization header, an unknown attestation type.
+    let (_, csr) = key_and_csr();
+    let tok = es.mint(&ok);
+    let r = enroll(&b, &psat_body(None, node, pod, &w, &csr, &tok), &w, None);
+    assert_eq!(r.status, 400, "{}", r.body);
+    assert!(
+        r.body["error"]
+            .as_str()
+            .unwrap_or("")
+            .contains("tenantId required")
+    );
+    let r = enroll(
+        &b,
+        &psat_body(Some("demo"), node, pod, W1, &csr, &tok),
+        W1,
+        None,
+    );
+    assert_eq!(r.status, 400, "{}", r.body);
+    let r = enroll(
+        &b,
+        &psat_body(Some("demo"), node, pod, &w, &csr, &tok),
+        &w,
+        Some("key"),
+    );
+    assert_eq!(r.status, 400, "{}", r.body);
+    let mut v: Value =
+        serde_json::from_str(&psat_body(Some("demo"), node, pod, &w, &csr, &tok)).expect("json");
+    v["attestation"]["type"] = json!("aws_iid");
+    assert_eq!(enroll(&b, &v.to_string(), &w, None).status, 400);
+    // A tenant with no trusted issuer: 401.
+    let r = enroll(
+        &b,
+        &psat_body(Some("other"), node, pod, &w, &csr, &tok),
+        &w,
+        None,
+    );
+    assert_eq!(r.status, 401, "{}", r.body);
+    assert!(
+        r.body["error"]
+            .as_str()
+            .unwrap_or("")
+            .contains("trusts no service-account issuer")
+    );
+}

@@ -355,3 +355,74 @@ fn clean_environment_gets_no_warning() {
         assert!(stdout(&o).contains(ABC123));
     }
 }
+
+/// `--output` and each output's settings are checked before anything starts (exit 3, one line
+/// naming the setting); without `backend` among the outputs `start` asks for no `--server`
+/// (the next thing it needs is the workload identity).
+#[test]
+fn output_settings_are_checked_and_start_without_backend_needs_no_server() {
+    let start = |args: &[&str]| {
+        let o = run(agent().arg("start").args(args));
+        (o.status.code(), stderr(&o))
+    };
+    let (code, e) = start(&["--output", "backend,kafka"]);
+    assert_eq!(code, Some(3), "{e}");
+    assert!(
+        e.contains("--output") && e.contains("\"kafka\"") && e.contains("otlp, file, syslog"),
+        "{e}"
+    );
+    let (code, e) = start(&["--output", "file"]);
+    assert_eq!(code, Some(3), "{e}");
+    assert!(e.contains("--file-path FILE"), "{e}");
+    let (code, e) = start(&["--output", "stdout,otlp"]);
+    assert_eq!(code, Some(3), "{e}");
+    assert!(e.contains("--otlp-endpoint URL"), "{e}");
+    let (code, e) = start(&[
+        "--output",
+        "otlp",
+        "--otlp-endpoint",
+        "http://127.0.0.1:4318",
+        "--otlp-ca",
+        "/etc/hostname",
+    ]);
+    assert_eq!(code, Some(3), "{e}");
+    assert!(e.contains("need an https:// --otlp-endpoint"), "{e}");
+    let (code, e) = start(&[
+        "--output",
+        "otlp",
+        "--otlp-endpoint",
+        "https://c",
+        "--otlp-cert",
+        "/x",
+    ]);
+    assert_eq!(code, Some(3), "{e}");
+    assert!(e.contains("--otlp-cert and --otlp-key go together"), "{e}");
+    let (code, e) = start(&["--output", "syslog", "--syslog-addr", "syslog.example:514"]);
+    assert_eq!(code, Some(3), "{e}");
+    assert!(
+        e.contains("--syslog-addr") && e.contains("tcp://HOST:PORT"),
+        "{e}"
+    );
+    // No backend: no --server asked for; the workload identity is.
+    let (code, e) = start(&[
+        "--output",
+        "file",
+        "--file-path",
+        "/tmp/lg-never-created/e.jsonl",
+    ]);
+    assert_eq!(code, Some(3), "{e}");
+    assert!(!e.contains("no backend URL"), "{e}");
+    assert!(e.contains("cannot derive the workload id"), "{e}");
+    // `both` is shown as what it stands for.
+    let o = run(agent().args([
+        "show-config",
+        "--json",
+        "--output",
+        "both",
+        "--workload-id",
+        "abc123",
+    ]));
+    assert!(o.status.success(), "{}", stderr(&o));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).expect("show-config JSON");
+    assert!(v.to_string().contains("stdout,backend"), "{v}");
+}

@@ -80,11 +80,11 @@ pub fn is_root() -> bool {
 }
 
 /// Root-only tests call this first: as a normal user they fail loudly, never pass silently
-/// (`sudo scripts/test` runs them; CI runs as root).
+/// (`scripts/test` runs them as root, through sudo for a normal user; CI runs as root).
 pub fn require_root(what: &str) {
     assert!(
         is_root(),
-        "this test needs {what}: run the tests as root (sudo scripts/test)"
+        "this test needs {what}: run the tests as root (scripts/test elevates itself)"
     );
 }
 
@@ -421,4 +421,68 @@ pub fn build_c_helper(dir: &Path, name: &str, flags: &[&str]) -> PathBuf {
         String::from_utf8_lossy(&out.stderr)
     );
     bin
+}
+
+/// The test virtualenv's Python (`scripts/setup` creates `target/test-venv` with the packages in
+/// tests/integration/py/requirements.txt: Prometheus's parser, the OpenTelemetry protos).
+pub fn python() -> PathBuf {
+    let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/test-venv/bin/python3");
+    assert!(
+        p.exists(),
+        "{} is missing: run scripts/setup (it creates the test virtualenv)",
+        p.display()
+    );
+    p
+}
+
+/// A helper script in tests/integration/py/.
+pub fn py_script(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/integration/py")
+        .join(name)
+}
+
+/// One HTTP/1.0 GET over plain TCP: (status code, body).
+pub fn http_get(addr: &str, path: &str) -> (u16, String) {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).expect("connect");
+    s.set_read_timeout(Some(std::time::Duration::from_secs(10)))
+        .expect("timeout");
+    write!(s, "GET {path} HTTP/1.0\r\nHost: test\r\n\r\n").expect("send request");
+    let mut out = String::new();
+    s.read_to_string(&mut out).expect("read answer");
+    let (head, body) = out.split_once("\r\n\r\n").unwrap_or((&out, ""));
+    let status = head
+        .split(' ')
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or_else(|| panic!("not an HTTP answer: {out:?}"));
+    (status, body.to_string())
+}
+
+/// Prometheus text parsed by prometheus_client's own parser (panics with its message when the
+/// text does not parse): `{family: {"type", "help", "samples": [[name, labels, value]]}}`.
+pub fn prometheus_parse(text: &str) -> serde_json::Value {
+    use std::io::Write;
+    use std::process::Stdio;
+    let mut child = Command::new(python())
+        .arg(py_script("prom_parse.py"))
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run prom_parse.py");
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(text.as_bytes())
+        .expect("write metrics");
+    let o = child.wait_with_output().expect("prom_parse.py");
+    assert!(
+        o.status.success(),
+        "{}\n{text}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    serde_json::from_slice(&o.stdout).expect("prom_parse.py JSON")
 }

@@ -217,7 +217,12 @@ fn root_compat_syscalls_false_leaves_the_hook_out_and_says_so() {
     assert!(
         err.lines().any(|l| l.contains("WARN")
             && l.contains("sensor: compat")
-            && l.contains("not attached: turned off (--compat-syscalls=false)")),
+            && l.contains("not watched: turned off (--compat-syscalls=false)")),
         "{err}"
+    );
+    assert!(
+        err.lines()
+            .any(|l| l.contains("watching: ") && l.contains(" compat=absent")),
+        "the start line names the absent hook: {err}"
     );
 }

@@ -70,18 +70,18 @@ impl Run {
 /// backend keeps only its newest 20,000 events, so parallel floods would push markers out.
 static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
-fn serial() -> Option<std::sync::MutexGuard<'static, ()>> {
+pub(crate) fn serial() -> Option<std::sync::MutexGuard<'static, ()>> {
     crate::common::require_root("root and BPF");
     Some(SERIAL.lock().unwrap_or_else(|p| p.into_inner()))
 }
 
 /// A marker unique to this test run.
-fn marker(tag: &str) -> String {
+pub(crate) fn marker(tag: &str) -> String {
     crate::common::marker(&format!("e2e-{tag}"))
 }
 
 /// Runs `/bin/true <marker>-<i>` for i in 0..n (each a distinct exec the sensor reports).
-fn exec_marked(marker: &str, n: usize) {
+pub(crate) fn exec_marked(marker: &str, n: usize) {
     for i in 0..n {
         let st = Command::new("/bin/true")
             .arg(format!("{marker}-{i}"))
@@ -92,7 +92,7 @@ fn exec_marked(marker: &str, n: usize) {
 }
 
 /// How many times each marked exec reached the backend (from `/admin/events`).
-fn marked_execs(be: &Backend, marker: &str) -> HashMap<String, usize> {
+pub(crate) fn marked_execs(be: &Backend, marker: &str) -> HashMap<String, usize> {
     let mut seen = HashMap::new();
     if let Value::Array(evs) = admin_events(be) {
         for ev in evs {
@@ -113,7 +113,7 @@ fn marked_execs(be: &Backend, marker: &str) -> HashMap<String, usize> {
 }
 
 /// `GET /admin/events` (up to 20,000 events: larger than the common helper's body limit).
-fn admin_events(be: &Backend) -> Value {
+pub(crate) fn admin_events(be: &Backend) -> Value {
     let mut resp = be
         .client(None)
         .get(format!("{}/admin/events", be.url))
@@ -128,7 +128,7 @@ fn admin_events(be: &Backend) -> Value {
     serde_json::from_slice(&body).expect("/admin/events JSON")
 }
 
-fn assert_exactly_once(be: &Backend, marker: &str, n: usize) {
+pub(crate) fn assert_exactly_once(be: &Backend, marker: &str, n: usize) {
     let seen = marked_execs(be, marker);
     assert_eq!(seen.len(), n, "distinct marked execs delivered");
     let dup: Vec<_> = seen.iter().filter(|(_, c)| **c != 1).collect();
@@ -146,7 +146,7 @@ fn status(run: &Run) -> Value {
 }
 
 /// A free loopback port (bound then released).
-fn free_port() -> u16 {
+pub(crate) fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .map(|a| a.port())
@@ -419,7 +419,7 @@ fn root_e2e_sigterm_flushes_sends_final_heartbeat_and_exits_0() {
         "1",
     ]);
     let mut a = run.spawn(c);
-    a.wait_log("startup: socket", 30);
+    a.wait_log("startup: sensors attached", 30);
     // The first batch goes out at once; the marked events come after it.
     Command::new("/bin/true").status().expect("run /bin/true");
     a.wait_log("startup: first upload accepted", 10);
@@ -446,6 +446,19 @@ fn root_e2e_sigterm_flushes_sends_final_heartbeat_and_exits_0() {
         metrics.contains("linuxguard_events_dropped_total{stage=\"queue\"} 0"),
         "{metrics}"
     );
+    // Which event types this kernel lets the agent watch: in the metrics, `status` and the
+    // heartbeat (this machine's kernel has every hook).
+    assert!(
+        metrics.contains("linuxguard_event_type_state{type=\"exec\",state=\"active\"} 1\n"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("linuxguard_event_type_state{type=\"exit\",state=\"absent\"} 0\n"),
+        "{metrics}"
+    );
+    let s = status(&run);
+    assert_eq!(s["stats"]["eventTypes"]["exec"], "active", "{s}");
+    assert_eq!(s["stats"]["eventTypes"]["memfd"], "active", "{s}");
     assert!(
         marked_execs(&be, &m).is_empty(),
         "sent before the batch age"
@@ -462,6 +475,10 @@ fn root_e2e_sigterm_flushes_sends_final_heartbeat_and_exits_0() {
         st["lastHeartbeat"]["stats"]["eventsSent"], st["eventsReceived"],
         "{st}"
     );
+    assert_eq!(
+        st["lastHeartbeat"]["stats"]["eventTypes"]["exit"], "active",
+        "{st}"
+    );
     assert!(a.log().contains("final heartbeat sent"), "{}", a.log());
 }
 
@@ -473,7 +490,7 @@ fn root_e2e_garbage_on_the_socket_is_refused_without_a_crash() {
     let be = start_backend(&["--token", TOKEN]);
     let run = Run::new();
     let mut a = run.spawn(run.cmd(&be, &be.url, &[]));
-    a.wait_log("startup: socket", 30);
+    a.wait_log("startup: sensors attached", 30);
     let payloads: Vec<Vec<u8>> = vec![
         b"\x00\x01\x02garbage\xff\n".to_vec(),
         b"{\"request\": 12}\n".to_vec(),
@@ -689,7 +706,7 @@ fn root_e2e_kubelet_down_events_flow_without_pod_fields() {
             "1000",
         ],
     ));
-    a.wait_log("startup: socket", 30);
+    a.wait_log("startup: sensors attached", 30);
     let m = marker("kube");
     let down = format!("{m}-down");
     cg.run(&format!("/bin/true {down}"));
@@ -808,7 +825,7 @@ fn root_e2e_sigterm_during_an_outage_counts_what_was_not_delivered() {
 }
 
 /// The final counters an agent printed on stderr (`final counters: {...}`).
-fn final_counters(a: &Agent) -> Value {
+pub(crate) fn final_counters(a: &Agent) -> Value {
     let log = a.log();
     let line = log
         .lines()
@@ -818,7 +835,7 @@ fn final_counters(a: &Agent) -> Value {
 }
 
 /// Heartbeat-form counters add up: observed = sent + every drop (decode drops are in `queue`).
-fn assert_adds_up(stats: &Value, ctx: &str) -> u64 {
+pub(crate) fn assert_adds_up(stats: &Value, ctx: &str) -> u64 {
     let n = |v: &Value| v.as_u64().unwrap_or(0);
     let dropped = n(&stats["eventsDropped"]["queue"]) + n(&stats["eventsDropped"]["upload"]);
     assert_eq!(

@@ -21,10 +21,13 @@ const WORKLOAD: &str = "0123456789abcdef";
 /// How long the backend stalls a call in the stop tests; a stop must not wait it out.
 const STALL: Duration = Duration::from_secs(30);
 
-/// One agent run: its own cwd/HOME/TMPDIR (scanned for secrets afterwards) and a log file.
+/// One agent run: its own cwd/HOME/TMPDIR (scanned for secrets afterwards), a log file, and a
+/// directory for secret files (as systemd's $CREDENTIALS_DIRECTORY or a Secret volume: the only
+/// place besides the TLS cache where a secret may be on disk).
 struct Run {
     home: TempDir,
     logs: TempDir,
+    secrets: TempDir,
 }
 
 impl Run {
@@ -32,7 +35,15 @@ impl Run {
         Run {
             home: TempDir::new("enroll-home"),
             logs: TempDir::new("enroll-logs"),
+            secrets: TempDir::new("enroll-secrets"),
         }
+    }
+    /// Writes a secret file (mode 0600) outside HOME and returns its path.
+    fn secret_file(&self, name: &str, value: &str) -> PathBuf {
+        let p = self.secrets.path().join(name);
+        fs::write(&p, value).expect("write secret file");
+        fs::set_permissions(&p, fs::Permissions::from_mode(0o600)).expect("chmod");
+        p
     }
     fn cache(&self) -> PathBuf {
         self.home.path().join("tls")
@@ -272,19 +283,39 @@ enum Given {
     TokenFlag,
     ApiKeyEqualsFlag,
     ApiKeyEnv,
+    TokenFile,
+    ApiKeyFile,
+    SaTokenFile,
 }
 
-/// The secret (token or API key) is gone from /proc/<pid>/environ and cmdline while the agent
-/// is blocked in an enrolment call; a SIGTERM then stops it at once.
+/// The node and pod of the `k8s_psat` runs.
+const NODE: &str = "worker-7";
+const POD: &str = "0f1e2d3c-4b5a-4978-8695-a4b3c2d1e0f9";
+
+/// The secret (token, API key, service-account token) is gone from /proc/<pid>/environ and
+/// cmdline while the agent is blocked in an enrolment call (from a file it was never there);
+/// a SIGTERM then stops it at once; no log line and no file outside the cache holds it.
 fn assert_proc_clean(given: Given) {
-    let be = start_backend(&["--token", TOKEN, "--api-key", API_KEY]);
+    use crate::sa_issuer::{self, Claims, IssuerKey};
+    let issuer = sa_issuer::dir();
+    let key = IssuerKey::es256("k1");
+    let jwks = sa_issuer::write_jwks(issuer.path(), &[&key]);
+    let be = start_backend(&[
+        "--token",
+        TOKEN,
+        "--api-key",
+        API_KEY,
+        "--psat-jwks",
+        jwks.to_str().expect("path"),
+    ]);
     be.admin_post(
         "/admin/faults",
         json!({"path": "/agent/enroll", "stallSeconds": STALL.as_secs()}),
     );
     let run = Run::new();
     let mut c = run.cmd(&be);
-    let secret = match given {
+    let sa_token = key.mint(&Claims::pod(NODE, POD));
+    let secret: &str = match given {
         Given::TokenEnv => {
             c.env("LINUXGUARD_ENROLL_TOKEN", TOKEN_TYPED);
             TOKEN_TYPED
@@ -300,6 +331,28 @@ fn assert_proc_clean(given: Given) {
         Given::ApiKeyEnv => {
             c.env("LINUXGUARD_API_KEY", API_KEY);
             API_KEY
+        }
+        Given::TokenFile => {
+            c.env(
+                "LINUXGUARD_ENROLL_TOKEN_FILE",
+                run.secret_file("enroll-token", &format!("{TOKEN_TYPED}\n")),
+            );
+            TOKEN_TYPED
+        }
+        Given::ApiKeyFile => {
+            c.arg("--api-key-file")
+                .arg(run.secret_file("api-key", API_KEY));
+            API_KEY
+        }
+        Given::SaTokenFile => {
+            c.env_remove("LINUXGUARD_WORKLOAD_ID")
+                .env("LINUXGUARD_NODE_NAME", NODE)
+                .env("LINUXGUARD_POD_UID", POD)
+                .env(
+                    "LINUXGUARD_SA_TOKEN_FILE",
+                    run.secret_file("token", &sa_token),
+                );
+            &sa_token
         }
     };
     let mut a = run.spawn(c, "proc");
@@ -321,7 +374,13 @@ fn assert_proc_clean(given: Given) {
     );
     for (name, bytes) in [("environ", &environ), ("cmdline", &cmdline)] {
         let text = String::from_utf8_lossy(bytes);
-        for t in [TOKEN, TOKEN_TYPED, &TOKEN.to_lowercase(), API_KEY] {
+        for t in [
+            TOKEN,
+            TOKEN_TYPED,
+            &TOKEN.to_lowercase(),
+            API_KEY,
+            &sa_token,
+        ] {
             assert!(!text.contains(t), "secret bytes in /proc/{pid}/{name}");
         }
         // No 8-character run of the secret either (partial scrubbing would show).
@@ -348,6 +407,14 @@ fn assert_proc_clean(given: Given) {
         }
         Given::TokenEnv => assert!(env.contains("LINUXGUARD_ENROLL_TOKEN="), "{env:?}"),
         Given::ApiKeyEnv => assert!(env.contains("LINUXGUARD_API_KEY="), "{env:?}"),
+        Given::TokenFile => assert!(env.contains("LINUXGUARD_ENROLL_TOKEN_FILE="), "{env:?}"),
+        Given::ApiKeyFile => assert!(cmd.contains("--api-key-file"), "{cmd:?}"),
+        Given::SaTokenFile => {
+            assert!(env.contains("LINUXGUARD_SA_TOKEN_FILE="), "{env:?}");
+            // The request carried the token (so the scans below look for something real).
+            let r = enroll_requests(&be).pop().expect("the enrol request");
+            assert!(r["body"].as_str().unwrap_or("").contains(&sa_token));
+        }
     }
     // SIGTERM while the enrol call is stalled: a clean stop that does not wait out the stall.
     let t = Instant::now();
@@ -357,7 +424,7 @@ fn assert_proc_clean(given: Given) {
         "stop waited for the stalled call: {:?}",
         t.elapsed()
     );
-    run.assert_no_secrets(&[]);
+    run.assert_no_secrets(&[&sa_token]);
 }
 
 #[test]
@@ -374,6 +441,13 @@ fn token_from_flag_is_absent_from_proc_while_enrolling() {
 fn api_key_from_env_or_equals_flag_is_absent_from_proc_while_enrolling() {
     assert_proc_clean(Given::ApiKeyEnv);
     assert_proc_clean(Given::ApiKeyEqualsFlag);
+}
+
+#[test]
+fn secrets_from_files_are_absent_from_proc_logs_and_files() {
+    assert_proc_clean(Given::TokenFile);
+    assert_proc_clean(Given::ApiKeyFile);
+    assert_proc_clean(Given::SaTokenFile);
 }
 
 /// A lost enrolment response (token consumed, no answer) is retried with the same bytes and
@@ -893,6 +967,94 @@ fn sigterm_during_a_stalled_heartbeat_stops_promptly() {
     let t = Instant::now();
     assert_eq!(a.term(STALL.as_secs() / 2).code(), Some(0), "{}", a.log());
     // `start` also detaches the sensor on the way out (the kernel serializes the ~30 link
-    // releases, ~1.2 s on a quiet machine): the bound only proves the stall was not waited out.
+    // releases, ~1.2 s on a quiet machine): the bound only proves the stall was not waited out
+    // (the uplink thread is blocked in the call; the loop gives it --shutdown-grace plus the
+    // final heartbeat's allowance, 5 + 5 s, then exits and counts what was not delivered).
+    eprintln!(
+        "stopped {:?} after SIGTERM during a stalled heartbeat",
+        t.elapsed()
+    );
     assert!(t.elapsed() < STALL / 2, "stop took {:?}", t.elapsed());
+}
+
+/// `--enroll-token-file`: enrols; the file may then be removed (a systemd credential, a
+/// one-shot Secret) and a later start with a valid cache and no secret reuses it without an
+/// enrolment call (contract v1.1); with no cache and no secret, a clear configuration error.
+/// `show-config` shows what the file holds as `<set, N chars>`.
+#[test]
+fn token_file_may_be_removed_after_enrolment() {
+    let be = start_backend(&["--token", TOKEN, "--heartbeat-interval-secs", "1"]);
+    let run = Run::new();
+    let file = run.secret_file("enroll-token", &format!("{TOKEN_TYPED}\n"));
+    let o = common::agent()
+        .args([
+            "show-config",
+            "--json",
+            "--workload-id",
+            WORKLOAD,
+            "--enroll-token-file",
+        ])
+        .arg(&file)
+        .output()
+        .expect("show-config");
+    assert!(o.status.success(), "{}", common::stderr(&o));
+    let v: Value = serde_json::from_slice(&o.stdout).expect("json");
+    let shown = v["settings"]["enroll-token-file"]["value"]
+        .as_str()
+        .expect("value")
+        .to_string();
+    assert_eq!(shown, format!("{} <set, 29 chars>", file.display()));
+    let out = common::stdout(&o);
+    assert!(!out.contains(TOKEN) && !out.contains(TOKEN_TYPED), "{out}");
+
+    let calls = || stats(&be)["enrollCalls"].as_u64().unwrap_or(0);
+    let mut c = run.cmd(&be);
+    c.env("LINUXGUARD_ENROLL_TOKEN_FILE", &file);
+    let mut a = run.spawn(c, "file1");
+    a.wait_log("enrolled as agent", 15);
+    a.wait_log("first heartbeat accepted", 10);
+    assert_eq!(a.term(STALL.as_secs() / 2).code(), Some(0), "{}", a.log());
+    assert_eq!(calls(), 1);
+    let body: Value = serde_json::from_str(enroll_requests(&be)[0]["body"].as_str().expect("body"))
+        .expect("json");
+    assert_eq!(
+        body["enrollCode"], TOKEN,
+        "the normalized token from the file"
+    );
+    let agent = run.cached()["agentId"].clone();
+
+    // The token file is gone: the cache is reused for the same workload id, no enrol call.
+    fs::remove_file(&file).expect("remove the token file");
+    let mut c = run.cmd(&be);
+    c.env("LINUXGUARD_ENROLL_TOKEN_FILE", &file);
+    let mut a = run.spawn(c, "file2");
+    a.wait_log("matched by workload id", 15);
+    a.wait_log("first heartbeat accepted", 10);
+    assert_eq!(a.term(STALL.as_secs() / 2).code(), Some(0), "{}", a.log());
+    assert_eq!(calls(), 1, "no enrolment call without a secret");
+    assert_eq!(run.cached()["agentId"], agent);
+    // Nor with no credential setting at all.
+    let mut a = run.spawn(run.cmd(&be), "bare");
+    a.wait_log("matched by workload id", 15);
+    a.wait_log("first heartbeat accepted", 10);
+    assert_eq!(a.term(STALL.as_secs() / 2).code(), Some(0), "{}", a.log());
+    assert_eq!(calls(), 1);
+
+    // Another workload id with that cache and no secret: nothing usable, exit 3, cache kept.
+    let mut c = run.cmd(&be);
+    c.env("LINUXGUARD_ENROLL_TOKEN_FILE", &file)
+        .env("LINUXGUARD_WORKLOAD_ID", "feedface");
+    let log = expect_exit(&run, c, 3, "no enrolment credential");
+    assert!(
+        log.contains("does not exist") && log.contains("another workload id"),
+        "{log}"
+    );
+    assert!(run.cache().join("identity.json").exists());
+    // No cache at all and no secret: exit 3 before any call.
+    fs::remove_dir_all(run.cache()).expect("remove cache");
+    let mut c = run.cmd(&be);
+    c.env("LINUXGUARD_ENROLL_TOKEN_FILE", &file);
+    expect_exit(&run, c, 3, "no enrolment credential");
+    assert_eq!(calls(), 1);
+    run.assert_no_secrets(&[]);
 }

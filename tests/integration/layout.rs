@@ -1,6 +1,7 @@
 //! The house as docs/architecture.md draws it: every source file in the layer table once, each
 //! opening with a `//!` line; folders import each other without circles and never import the
-//! layers above them; no file holds more than a tenth of the crate's non-test lines.
+//! layers above them; only the entry and the commands read the configuration; no file holds
+//! more than a tenth of the crate's non-test lines.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
@@ -123,6 +124,15 @@ fn folders_import_each_other_without_circles_and_never_upward() {
             );
         }
     }
+    // Components take their own typed options: only the entry and the commands read `Config`.
+    for (from, tos) in &edges {
+        if tos.contains("config") {
+            assert!(
+                ["main", "cli", "cmd"].contains(&from.as_str()),
+                "{from} imports config: components take typed options (cmd/options.rs builds them)"
+            );
+        }
+    }
     // No circles: repeatedly remove units that import nothing left.
     let mut left = edges.clone();
     loop {
@@ -141,6 +151,61 @@ fn folders_import_each_other_without_circles_and_never_upward() {
     assert!(
         left.is_empty(),
         "folders that import each other in a circle: {left:?}"
+    );
+}
+
+/// The module a `crate::` path names: `a/b` when `src/a/b.rs` exists, else `a` (a top file or a
+/// folder's facade).
+fn module_of(path: &str) -> String {
+    let mut parts = path.split("::");
+    let a = parts.next().unwrap_or_default();
+    if let Some(b) = parts.next() {
+        if root().join("src").join(a).join(format!("{b}.rs")).exists() {
+            return format!("{a}/{b}");
+        }
+    }
+    a.to_string()
+}
+
+/// Files import each other without circles too (a folder's facade, `mod.rs`, aside).
+#[test]
+fn files_import_each_other_without_circles() {
+    let mut edges: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+    for rel in sources() {
+        let from = rel
+            .trim_end_matches(".rs")
+            .trim_end_matches("/mod")
+            .to_string();
+        let text = non_test(&rel);
+        for (i, _) in text.match_indices("crate::") {
+            let path: String = text[i + 7..]
+                .chars()
+                .take_while(|c| c.is_ascii_alphanumeric() || *c == '_' || *c == ':')
+                .collect();
+            let to = module_of(path.trim_end_matches(':'));
+            let facade = !to.contains('/') && root().join("src").join(&to).is_dir();
+            if to != from && !facade {
+                edges.entry(from.clone()).or_default().insert(to);
+            }
+        }
+    }
+    let mut left = edges;
+    loop {
+        let sinks: Vec<String> = left
+            .iter()
+            .filter(|(_, tos)| tos.iter().all(|t| !left.contains_key(t)))
+            .map(|(k, _)| k.clone())
+            .collect();
+        if sinks.is_empty() {
+            break;
+        }
+        for k in sinks {
+            left.remove(&k);
+        }
+    }
+    assert!(
+        left.is_empty(),
+        "files that import each other in a circle: {left:?}"
     );
 }
 

@@ -235,7 +235,142 @@ fn deeply_nested_yaml_is_refused_without_a_crash() {
     assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
 }
 
-/// The image definition: scratch, the binary alone, exec-form entrypoint, `start` by default.
+/// The static release binary (`scripts/setup` and `scripts/test` build it before the tests): its
+/// main thread's stack and code differ from the debug build's, so the nesting limit is checked
+/// on it too.
+fn static_binary() -> PathBuf {
+    let p = repo(&format!(
+        "target/{}-unknown-linux-musl/release/linuxguard-agent",
+        std::env::consts::ARCH
+    ));
+    assert!(
+        p.exists(),
+        "{} is missing: build it first (cargo build --release --target <arch>-unknown-linux-musl --features static)",
+        p.display()
+    );
+    p
+}
+
+/// Block nesting (`- - - ...`, ever-deeper keys) of 5,000 and 50,000 levels, aliases that nest
+/// their anchored node deeper still: a clean configuration error (exit 3) naming the limit, in
+/// the debug and the static release binary, never a stack overflow.
+#[test]
+fn deep_block_nesting_is_refused_without_a_crash_in_debug_and_release() {
+    let dir = TempDir::new("manifest-deep-block");
+    let seq = |n: usize| format!("kind: Pod\nspec:\n{}a\n", "- ".repeat(n));
+    let map = |n: usize| {
+        let mut t = String::from("kind: Pod\nspec:\n");
+        for i in 0..n {
+            t.push_str(&" ".repeat(i + 1));
+            t.push_str("k:\n");
+        }
+        t + &" ".repeat(n + 1) + "v\n"
+    };
+    let alias = format!(
+        "a: &d {}x{}\nb: {}*d{}\n",
+        "[".repeat(200),
+        "]".repeat(200),
+        "[".repeat(200),
+        "]".repeat(200)
+    );
+    let cases = [
+        ("seq5k", seq(5_000)),
+        ("seq50k", seq(50_000)),
+        ("map3k", map(3_000)),
+        ("alias", alias),
+    ];
+    let bins = [PathBuf::from(crate::common::AGENT), static_binary()];
+    for (name, text) in &cases {
+        let f = dir.path().join(format!("{name}.yaml"));
+        std::fs::write(&f, text).expect("write");
+        for bin in &bins {
+            let out = run(std::process::Command::new(bin)
+                .arg("check-manifest")
+                .arg(&f));
+            let err = stderr(&out);
+            assert_eq!(
+                out.status.code(),
+                Some(3),
+                "{name} with {}: {:?} {err}",
+                bin.display(),
+                out.status
+            );
+            assert!(
+                err.contains("more than 256 levels deep"),
+                "{name} with {}: {err}",
+                bin.display()
+            );
+        }
+    }
+    // Just inside the limit: loaded and checked (no finding for this shape) by both.
+    let f = dir.path().join("ok.yaml");
+    std::fs::write(&f, seq(254)).expect("write");
+    for bin in &bins {
+        let out = run(std::process::Command::new(bin)
+            .arg("check-manifest")
+            .arg(&f));
+        assert!(out.status.success(), "{}: {}", bin.display(), stderr(&out));
+    }
+}
+
+/// A FIFO as FILE: refused at once, not read (it would block forever).
+#[test]
+fn fifo_and_directory_are_refused_without_blocking() {
+    let dir = TempDir::new("manifest-fifo");
+    let fifo = dir.path().join("m.yaml");
+    nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600)).expect("mkfifo");
+    let mut child = agent()
+        .arg("check-manifest")
+        .arg(&fifo)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    let end = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while child.try_wait().expect("wait").is_none() {
+        if std::time::Instant::now() > end {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("check-manifest blocked on a FIFO for 10 s");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let out = child.wait_with_output().expect("output");
+    assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("is not a regular file (a FIFO)"),
+        "{}",
+        stderr(&out)
+    );
+    // In a directory (which stands for its .yaml files), a FIFO is not a file: skipped.
+    let out = run(agent().arg("check-manifest").arg(dir.path()));
+    assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
+    assert!(stderr(&out).contains("holds no .yaml"), "{}", stderr(&out));
+}
+
+/// 200,000 documents: refused by the document-count limit, with its own message (not blamed on
+/// aliases there are none of).
+#[test]
+fn too_many_documents_have_their_own_message() {
+    let dir = TempDir::new("manifest-docs");
+    let f = dir.path().join("docs.yaml");
+    std::fs::write(&f, "---\nkind: Pod\n".repeat(200_000)).expect("write");
+    let out = run(agent().arg("check-manifest").arg(&f));
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(3), "{err}");
+    assert!(err.contains("more than 10000 YAML documents"), "{err}");
+    assert!(!err.contains("alias"), "{err}");
+    // Many plain nodes in few documents: the node limit, without blaming aliases either.
+    std::fs::write(&f, "a: [".to_string() + &"1,".repeat(1_100_000) + "1]\n").expect("write");
+    let out = run(agent().arg("check-manifest").arg(&f));
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(3), "{err}");
+    assert!(err.contains("more than 1000000 YAML nodes"), "{err}");
+    assert!(!err.contains("alias"), "{err}");
+}
+
+/// The image definition: scratch, the binary alone (of the arch `TARGET` names: x86_64 unless
+/// the arm64 build says aarch64), exec-form entrypoint, `start` by default.
 /// (`scripts/image-test` builds and runs it; this catches edits that would add a shell.)
 #[test]
 fn containerfile_is_scratch_with_exec_form_entrypoint() {
@@ -249,7 +384,8 @@ fn containerfile_is_scratch_with_exec_form_entrypoint() {
         lines,
         [
             "FROM scratch",
-            "COPY target/x86_64-unknown-linux-musl/release/linuxguard-agent /usr/local/bin/linuxguard-agent",
+            "ARG TARGET=x86_64-unknown-linux-musl",
+            "COPY target/${TARGET}/release/linuxguard-agent /usr/local/bin/linuxguard-agent",
             r#"ENTRYPOINT ["/usr/local/bin/linuxguard-agent"]"#,
             r#"CMD ["start"]"#,
         ]

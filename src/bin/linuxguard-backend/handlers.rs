@@ -140,7 +140,11 @@ struct EnrollBody<'a> {
     tenant: Option<&'a str>,
     code: Option<&'a str>,
     workload_id: &'a str,
+    node_name: Option<&'a str>,
+    pod_uid: Option<&'a str>,
     csr_pem: &'a str,
+    /// v1.1 `attestation: {"type": "k8s_psat", "token": ...}`: the token.
+    psat: Option<&'a str>,
 }
 
 fn parse_enroll<'a>(req: &Request, m: &'a Map<String, Value>) -> Result<EnrollBody<'a>, String> {
@@ -158,16 +162,35 @@ fn parse_enroll<'a>(req: &Request, m: &'a Map<String, Value>) -> Result<EnrollBo
         }
         Some(_) => {}
     }
-    opt_string_field(m, "nodeName")?;
-    opt_string_field(m, "podUid")?;
+    let node_name = opt_string_field(m, "nodeName")?;
+    let pod_uid = opt_string_field(m, "podUid")?;
     string_field(m, "hostname")?;
     string_field(m, "agentVersion")?;
     let csr_pem = string_field(m, "csr")?;
+    let psat = match m.get("attestation") {
+        None | Some(Value::Null) => None,
+        Some(Value::Object(a)) => {
+            match a.get("type").and_then(Value::as_str) {
+                Some("k8s_psat") => {}
+                Some(t) => {
+                    return Err(format!(
+                        "unknown attestation type `{t}` (k8s_psat is known)"
+                    ));
+                }
+                None => return Err("`attestation.type` is required".into()),
+            }
+            Some(string_field(a, "token").map_err(|e| format!("attestation: {e}"))?)
+        }
+        Some(_) => return Err("`attestation` must be an object or null".into()),
+    };
     Ok(EnrollBody {
         tenant,
         code,
         workload_id,
+        node_name,
+        pod_uid,
         csr_pem,
+        psat,
     })
 }
 
@@ -221,6 +244,15 @@ fn enroll(state: &Mutex<State>, ca: &Ca, req: &Request) -> Handled {
             .or_else(|| a.strip_prefix("bearer "))
             .map(str::trim)
     });
+    if let Some(token) = body.psat {
+        if bearer.is_some() {
+            return reply(Response::error(
+                400,
+                "no Authorization header with k8s_psat attestation (the token is in the body)",
+            ));
+        }
+        return enroll_psat(state, ca, &body, &csr, token);
+    }
     let mut st = lock(state);
     let now = Instant::now();
     match bearer {
@@ -330,6 +362,111 @@ fn enroll(state: &Mutex<State>, ca: &Ca, req: &Request) -> Handled {
                 agent_id: Some(e.agent_id),
             }
         }
+    }
+}
+
+/// `k8s_psat`: the body's shape, then the token against the tenant's issuer keys, then the
+/// pod and node claims against the body. Not single-use: a new enrolment of the same workload id
+/// gets a certificate for its new CSR (201), never 409.
+fn enroll_psat(
+    state: &Mutex<State>,
+    ca: &Ca,
+    body: &EnrollBody<'_>,
+    csr: &ca::Csr,
+    token: &str,
+) -> Handled {
+    if body.code.is_some() {
+        return reply(Response::error(
+            400,
+            "`enrollCode` must be null with k8s_psat attestation",
+        ));
+    }
+    let Some(tenant) = body.tenant.filter(|t| !t.is_empty()) else {
+        return reply(Response::error(
+            400,
+            "tenantId required for k8s_psat attestation",
+        ));
+    };
+    let (Some(node), Some(pod)) = (body.node_name, body.pod_uid) else {
+        return reply(Response::error(
+            400,
+            "nodeName and podUid are required with k8s_psat attestation",
+        ));
+    };
+    let derived: String = {
+        use sha2::Digest;
+        sha2::Sha256::digest(format!("{node}:{pod}").as_bytes())
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect()
+    };
+    if body.workload_id != derived {
+        return reply(Response::error(
+            400,
+            "with k8s_psat attestation workloadId must be hex(sha256(nodeName + \":\" + podUid))",
+        ));
+    }
+    let rejected = |why: &str| {
+        reply(Response::error(
+            401,
+            &format!("service account token rejected: {why}"),
+        ))
+    };
+    let mut st = lock(state);
+    let Some(jwks) = st.psat_issuer(tenant) else {
+        return rejected(&format!(
+            "tenant `{tenant}` trusts no service-account issuer"
+        ));
+    };
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let v = match crate::psat::verify(jwks, token, now) {
+        Ok(v) => v,
+        Err(why) => return rejected(&why),
+    };
+    if v.pod_uid != pod {
+        return rejected(&format!(
+            "the token was issued to pod {}, not to podUid {pod}",
+            v.pod_uid
+        ));
+    }
+    if let Some(n) = v.node_name.as_deref().filter(|n| *n != node) {
+        return rejected(&format!(
+            "the token was issued on node {n}, not on nodeName {node}"
+        ));
+    }
+    // The same request again (a lost response): the same certificate, 200. A new CSR (a
+    // restart without a cache, or an expired leaf): a new certificate, same agent id, 201.
+    // After a revocation the workload gets a new identity.
+    let existing = st
+        .psat_enrolment(tenant, body.workload_id)
+        .filter(|e| !st.is_revoked(&e.agent_id))
+        .cloned();
+    let (status, e) = match existing {
+        Some(e) if e.csr_pem == body.csr_pem => (200, e),
+        other => {
+            let id = match other.map(|e| e.agent_id).map_or_else(ca::new_agent_id, Ok) {
+                Ok(id) => id,
+                Err(e) => return internal(&e),
+            };
+            match issue(&st, ca, csr, body.csr_pem, id, body.workload_id) {
+                Ok(e) => {
+                    st.store_psat_enrolment(tenant, e.clone());
+                    (201, e)
+                }
+                Err(e) => return internal(&e),
+            }
+        }
+    };
+    log::info!(
+        "k8s_psat: {} on node {node} enrolled as {} ({status})",
+        v.subject,
+        e.agent_id
+    );
+    Handled {
+        response: Response::json(status, &success(&st, ca, &e)),
+        agent_id: Some(e.agent_id),
     }
 }
 

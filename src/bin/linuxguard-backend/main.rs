@@ -6,6 +6,7 @@ mod ca;
 mod handlers;
 mod http;
 mod mtls;
+mod psat;
 mod server;
 mod state;
 
@@ -20,11 +21,14 @@ use state::{Settings, State};
 
 const USAGE: &str = "\
 usage: linuxguard-backend --state-dir DIR [--listen ADDR] [--tenant ID] [--token TOKEN]...
-           [--expired-token TOKEN]... [--api-key KEY]... [--cert-lifetime-secs N]
-           [--heartbeat-interval-secs N] [--token-ttl-secs N] [--max-batch-bytes N]
+           [--expired-token TOKEN]... [--api-key KEY]... [--psat-jwks [TENANT=]FILE]...
+           [--cert-lifetime-secs N] [--heartbeat-interval-secs N] [--token-ttl-secs N]
+           [--max-batch-bytes N]
 
 The reference LinuxGuard backend (test and demo use). Keeps its CA in DIR (ca.pem, ca-key.pem),
-writes its base URL to DIR/url. With no --token/--api-key it generates and prints one token.
+writes its base URL to DIR/url. With no --token/--api-key/--psat-jwks it generates and prints
+one token. --psat-jwks: the service-account issuer keys (a JWKS: RS256/ES256) a tenant (default
+--tenant) trusts for k8s_psat enrolment. --cert-lifetime-secs: leaf lifetime (default 86400).
 Admin API (loopback only): /admin/faults, /admin/revoke, /admin/tokens, /admin/requests,
 /admin/stats, /admin/events.";
 
@@ -37,6 +41,8 @@ struct Args {
     tokens: Vec<String>,
     expired_tokens: Vec<String>,
     api_keys: Vec<String>,
+    /// `--psat-jwks [TENANT=]FILE`: (tenant or None for --tenant, file).
+    psat_jwks: Vec<(Option<String>, PathBuf)>,
     cert_lifetime_secs: u64,
     heartbeat_interval_secs: u64,
     token_ttl_secs: u64,
@@ -54,6 +60,7 @@ fn parse_args(argv: Vec<std::ffi::OsString>) -> Result<Option<Args>, String> {
         tokens: Vec::new(),
         expired_tokens: Vec::new(),
         api_keys: Vec::new(),
+        psat_jwks: Vec::new(),
         cert_lifetime_secs: 86400,
         heartbeat_interval_secs: 30,
         token_ttl_secs: 3600,
@@ -80,6 +87,15 @@ fn parse_args(argv: Vec<std::ffi::OsString>) -> Result<Option<Args>, String> {
             Long("api-key") => a
                 .api_keys
                 .push(p.value().map_err(err)?.string().map_err(err)?),
+            Long("psat-jwks") => {
+                let v = p.value().map_err(err)?.string().map_err(err)?;
+                a.psat_jwks.push(match v.split_once('=') {
+                    Some((t, f)) if !t.is_empty() && !t.contains('/') => {
+                        (Some(t.to_string()), PathBuf::from(f))
+                    }
+                    _ => (None, PathBuf::from(v)),
+                });
+            }
             Long("cert-lifetime-secs") => {
                 a.cert_lifetime_secs = num(&mut p, "--cert-lifetime-secs")?
             }
@@ -129,6 +145,16 @@ fn run(args: Args) -> Result<(), String> {
     }
     for k in &args.api_keys {
         st.add_api_key(k);
+    }
+    for (tenant, file) in &args.psat_jwks {
+        let tenant = tenant.as_deref().unwrap_or(&args.tenant);
+        let jwks = psat::Jwks::load(file)?;
+        log::info!(
+            "k8s_psat: tenant `{tenant}` trusts {} service-account issuer key(s) from `{}`",
+            jwks.len(),
+            file.display()
+        );
+        st.add_psat_issuer(tenant, jwks);
     }
     let mut out = std::io::stdout().lock();
     if !st.has_credentials() {
@@ -217,6 +243,21 @@ mod tests {
         assert_eq!(a.tokens, ["AAA", "BBB"]);
         assert_eq!(a.cert_lifetime_secs, 5);
         assert_eq!(a.max_batch_bytes, 1048576);
+        let a = args(&[
+            "--state-dir",
+            "x",
+            "--psat-jwks",
+            "/a/jwks.json",
+            "--psat-jwks",
+            "acme=/b/jwks.json",
+        ])
+        .expect("ok")
+        .expect("some");
+        assert_eq!(a.psat_jwks[0], (None, PathBuf::from("/a/jwks.json")));
+        assert_eq!(
+            a.psat_jwks[1],
+            (Some("acme".into()), PathBuf::from("/b/jwks.json"))
+        );
     }
 
     #[test]

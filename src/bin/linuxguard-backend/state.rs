@@ -166,6 +166,10 @@ pub struct State {
     api_keys: HashSet<String>,
     /// API-key enrolments by (key, workload id).
     key_enrolments: HashMap<(String, String), Enrolment>,
+    /// The service-account issuer keys each tenant trusts (`k8s_psat`), by tenant.
+    psat_issuers: HashMap<String, crate::psat::Jwks>,
+    /// `k8s_psat` enrolments by (tenant, workload id).
+    psat_enrolments: HashMap<(String, String), Enrolment>,
     /// Every agent id issued.
     pub agents: HashSet<String>,
     revoked: HashSet<String>,
@@ -187,6 +191,8 @@ impl State {
             tokens: HashMap::new(),
             api_keys: HashSet::new(),
             key_enrolments: HashMap::new(),
+            psat_issuers: HashMap::new(),
+            psat_enrolments: HashMap::new(),
             agents: HashSet::new(),
             revoked: HashSet::new(),
             batches: HashSet::new(),
@@ -220,7 +226,7 @@ impl State {
     }
 
     pub fn has_credentials(&self) -> bool {
-        !self.tokens.is_empty() || !self.api_keys.is_empty()
+        !self.tokens.is_empty() || !self.api_keys.is_empty() || !self.psat_issuers.is_empty()
     }
 
     /// The token rules. A replay by the same workload id is honoured even after expiry (the
@@ -272,6 +278,26 @@ impl State {
         self.agents.insert(e.agent_id.clone());
         self.key_enrolments
             .insert((key.to_string(), e.workload_id.clone()), e);
+    }
+
+    /// Trusts `jwks` for `k8s_psat` enrolments into `tenant`.
+    pub fn add_psat_issuer(&mut self, tenant: &str, jwks: crate::psat::Jwks) {
+        self.psat_issuers.insert(tenant.to_string(), jwks);
+    }
+
+    pub fn psat_issuer(&self, tenant: &str) -> Option<&crate::psat::Jwks> {
+        self.psat_issuers.get(tenant)
+    }
+
+    pub fn psat_enrolment(&self, tenant: &str, workload_id: &str) -> Option<&Enrolment> {
+        self.psat_enrolments
+            .get(&(tenant.to_string(), workload_id.to_string()))
+    }
+
+    pub fn store_psat_enrolment(&mut self, tenant: &str, e: Enrolment) {
+        self.agents.insert(e.agent_id.clone());
+        self.psat_enrolments
+            .insert((tenant.to_string(), e.workload_id.clone()), e);
     }
 
     /// Revokes one agent, or every known agent when `None`. Returns how many.

@@ -1,0 +1,122 @@
+#!/bin/sh
+# scripts/matrix/checks.sh: the kernel matrix's checks, run inside each booted kernel by the
+# guest's init (and on the host itself for the host's row). POSIX sh (busybox ash in the guest).
+# Starts `watch`, makes one event of every type with lgt (and compat32 where there is one),
+# runs an exec storm, stops the agent, and prints for scripts/kernel-matrix to judge:
+#   LG-STATES <type>=<active|reduced|absent> ...   what the agent's start line says
+#   LG-CHECK <type> <check> <pass|fail> <detail>   one per check; <type> is the event type
+#                                                  the check needs (it must pass where active)
+#   LG-AGENT <line>                                the agent's stderr (warnings, start line)
+#   LG-DONE                                        the end (missing: the guest died)
+# Environment: LG_AGENT, LG_LGT (paths), LG_COMPAT32 (optional), LG_WORK (a scratch dir),
+# LG_STORM (execs in the storm, default 2000), LG_LOG_LEVEL (the agent's, default info).
+set -u
+AGENT=${LG_AGENT:?} LGT=${LG_LGT:?} WORK=${LG_WORK:?} STORM=${LG_STORM:-2000}
+COMPAT32=${LG_COMPAT32:-}
+EV=$WORK/events.json ERR=$WORK/agent.err
+rm -f "$EV" "$ERR"
+
+check() { echo "LG-CHECK $1 $2 $3 $4"; }
+# has PATTERN...: some line of the events matches every (fixed-string) pattern.
+has() {
+	f=$EV
+	for p in "$@"; do
+		grep -F -e "$p" "$f" > "$WORK/has.$$" || { rm -f "$WORK/has.$$"; return 1; }
+		mv "$WORK/has.$$" "$WORK/has.in"
+		f=$WORK/has.in
+	done
+	return 0
+}
+seen() { # seen TYPE CHECK DETAIL PATTERN...
+	t=$1 c=$2 d=$3
+	shift 3
+	if has "$@"; then
+		check "$t" "$c" pass "$d"
+	else
+		check "$t" "$c" fail "$d"
+		# What came closest: events matching the last pattern (the most specific one).
+		eval "last=\${$#}"
+		grep -F -e "$last" "$EV" | head -3 | cut -c1-700 | sed 's/^/LG-NEAR /'
+	fi
+}
+
+"$AGENT" watch --log-level "${LG_LOG_LEVEL:-info}" > "$EV" 2> "$ERR" &
+agent=$!
+# Ready when the start line is out; give up when the agent exits or after 300 s (TCG is slow).
+i=0
+while ! grep -q 'watching' "$ERR" 2>/dev/null; do
+	if ! kill -0 "$agent" 2>/dev/null || [ $i -ge 3000 ]; then
+		break
+	fi
+	sleep 0.1
+	i=$((i + 1))
+done
+echo "LG-READY $((i / 10)).$((i % 10))s"
+if ! grep -q 'watching' "$ERR"; then
+	sed 's/^/LG-AGENT /' "$ERR"
+	wait "$agent"
+	echo "LG-AGENT-EXIT $?"
+	echo "LG-DONE"
+	exit 0
+fi
+# The start line: `watching: exec=active exit=reduced ...`.
+echo "LG-STATES $(grep -m1 'watching' "$ERR" | grep -o '[a-z_0-9]*=\(active\|reduced\|absent\)' | tr '\n' ' ')"
+
+# Every event of the checks below, each with what identifies it.
+word=lg-argv-$$
+"$LGT" exit 7 "$word" &
+exec_pid=$!
+wait $exec_pid
+fork_child=$("$LGT" fork | sed -n 's/^child=//p')
+tcp_port=$("$LGT" tcp | sed -n 's/^port=//p')
+"$LGT" setuid &
+setuid_pid=$!
+wait $setuid_pid
+"$LGT" capset &
+capset_pid=$!
+wait $capset_pid
+ptrace_target=$("$LGT" ptrace | sed -n 's/^target=//p')
+"$LGT" bpf > /dev/null
+"$LGT" memfd
+if [ -n "$COMPAT32" ]; then
+	"$COMPAT32" memfd lg-compat-$$ > /dev/null
+fi
+t0=$(cut -d' ' -f1 /proc/uptime)
+"$LGT" storm "$STORM" lg-storm-$$ > "$WORK/storm.out"
+t1=$(cut -d' ' -f1 /proc/uptime)
+echo "LG-STORM $(cat "$WORK/storm.out") in $(awk "BEGIN{print $t1 - $t0}")s"
+sleep 1
+kill -INT $agent
+wait $agent
+echo "LG-AGENT-EXIT $?"
+sed 's/^/LG-AGENT /' "$ERR"
+
+seen exec exec-argv "$LGT (path walked) argv [$LGT exit 7 $word]" '"type":"exec"' \
+	"\"pid\":$exec_pid," "\"executable\":\"$LGT\"," "\"args\":[\"$LGT\",\"exit\",\"7\",\"$word\"]"
+seen exit exit-code "pid $exec_pid exit 7" '"type":"exit"' "\"process\":{\"pid\":$exec_pid," \
+	'"exit_code":7,'
+seen fork fork "child ${fork_child:-?}" '"type":"fork"' "\"process\":{\"pid\":${fork_child:-x},"
+seen connect connect "127.0.0.1:${tcp_port:-?}" '"type":"connect"' \
+	"\"destination\":{\"ip\":\"127.0.0.1\",\"port\":${tcp_port:-x}}"
+seen accept accept "127.0.0.1:${tcp_port:-?}" '"type":"accept"' \
+	"\"destination\":{\"ip\":\"127.0.0.1\",\"port\":${tcp_port:-x}}"
+seen setuid setuid "pid $setuid_pid uid 0 -> 65534" '"type":"setuid"' \
+	"\"process\":{\"pid\":$setuid_pid," '"new":{"uid":65534,'
+seen capset capset "pid $capset_pid" '"type":"capset"' "\"process\":{\"pid\":$capset_pid,"
+seen ptrace ptrace-attach "target ${ptrace_target:-?}" '"type":"ptrace"' '"request":"attach"' \
+	"\"target\":{\"pid\":${ptrace_target:-x}"
+seen bpf_load bpf-prog-load "prog lgt_prog" '"type":"bpf_load"' '"prog_name":"lgt_prog"'
+seen memfd memfd-create "memfd lgt_memfd" '"type":"memfd"' '"name":"lgt_memfd"'
+seen exec memfd-exec "fileless exec of memfd:lgt_memfd" '"type":"exec"' '"fileless":true' \
+	'"exit","0","fileless"]'
+if [ -n "$COMPAT32" ]; then
+	seen compat int80-memfd "int \$0x80 memfd_create lg-compat-$$" '"type":"memfd"' \
+		"\"name\":\"lg-compat-$$\""
+fi
+n=$(grep -F '"type":"exec"' "$EV" | grep -c -F "\"exit\",\"0\",\"lg-storm-$$\"]")
+if [ "$n" -eq "$STORM" ]; then r=pass; else r=fail; fi
+check exec storm $r "$n of $STORM execs delivered"
+final=$(grep -m1 'final' "$ERR")
+if echo "$final" | grep -q 'dropped_kernel=0 dropped_user=0'; then r=pass; else r=fail; fi
+check - no-drops $r "$(echo "$final" | grep -o 'dropped_kernel=[0-9]* dropped_user=[0-9]*')"
+echo "LG-DONE"

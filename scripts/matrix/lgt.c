@@ -1,0 +1,209 @@
+/*
+ * lgt.c: the kernel matrix's guest test program (scripts/kernel-matrix). Built static, it runs
+ * inside each booted kernel and makes one kind of event per run, printing on one line what the
+ * guest's checks need to find that event in the agent's output (`key=value` words).
+ *
+ *   lgt exit CODE [WORD...]  exits with CODE (an exec with argv, then an exit)
+ *   lgt fork                 forks a child that exits 0; prints child=PID
+ *   lgt tcp                  listens on 127.0.0.1, connects to it, accepts; prints port=PORT
+ *   lgt setuid               setuid(65534) (run as root)
+ *   lgt capset               drops CAP_NET_RAW from its effective and permitted sets (as root)
+ *   lgt ptrace               PTRACE_ATTACH to a child of its own; prints target=PID
+ *   lgt memfd                copies itself into memfd "lgt_memfd" and executes that with
+ *                            `exit 0 fileless` (memfd_create, then a fileless exec)
+ *   lgt bpf                  BPF_PROG_LOAD of a two-instruction socket filter named "lgt_prog"
+ *   lgt storm N WORD         N times: fork, exec `lgt exit 0 WORD`, wait; exits 1 if any failed
+ */
+#define _GNU_SOURCE
+#include <arpa/inet.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <linux/bpf.h>
+#include <linux/capability.h>
+#include <netinet/in.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/ptrace.h>
+#include <sys/resource.h>
+#include <sys/socket.h>
+#include <sys/syscall.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+static int fail(const char *what)
+{
+	fprintf(stderr, "lgt: %s: %s\n", what, strerror(errno));
+	return 1;
+}
+
+static int do_tcp(void)
+{
+	struct sockaddr_in a = { .sin_family = AF_INET };
+	socklen_t len = sizeof(a);
+	int l = socket(AF_INET, SOCK_STREAM, 0), c, s;
+
+	a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+	if (l < 0 || bind(l, (struct sockaddr *)&a, sizeof(a)) || listen(l, 1) ||
+	    getsockname(l, (struct sockaddr *)&a, &len))
+		return fail("listen");
+	c = socket(AF_INET, SOCK_STREAM, 0);
+	if (c < 0 || connect(c, (struct sockaddr *)&a, sizeof(a)))
+		return fail("connect");
+	s = accept(l, NULL, NULL);
+	if (s < 0)
+		return fail("accept");
+	printf("port=%d\n", ntohs(a.sin_port));
+	return 0;
+}
+
+static int do_ptrace(void)
+{
+	int st;
+	pid_t child = fork();
+
+	if (child < 0)
+		return fail("fork");
+	if (child == 0) {
+		for (;;)
+			pause();
+	}
+	if (ptrace(PTRACE_ATTACH, child, 0, 0))
+		return fail("ptrace");
+	waitpid(child, &st, 0);
+	ptrace(PTRACE_DETACH, child, 0, 0);
+	kill(child, SIGKILL);
+	waitpid(child, &st, 0);
+	printf("target=%d\n", child);
+	return 0;
+}
+
+static int do_memfd(void)
+{
+	static char buf[1 << 16];
+	int in = open("/proc/self/exe", O_RDONLY);
+	int fd = syscall(SYS_memfd_create, "lgt_memfd", 0);
+	ssize_t n;
+	char *argv[] = { "lgt", "exit", "0", "fileless", NULL };
+	char *envp[] = { NULL };
+
+	if (in < 0 || fd < 0)
+		return fail("memfd_create");
+	while ((n = read(in, buf, sizeof(buf))) > 0)
+		if (write(fd, buf, n) != n)
+			return fail("write");
+	close(in);
+	fflush(stdout);
+	syscall(SYS_execveat, fd, "", argv, envp, AT_EMPTY_PATH);
+	/* Debian's 5.10 answers ENOENT in the matrix's guest (no /dev/fd there): by its /proc name. */
+	snprintf(buf, sizeof(buf), "/proc/self/fd/%d", fd);
+	execve(buf, argv, envp);
+	return fail("execve of the memfd");
+}
+
+static int do_bpf(void)
+{
+	struct bpf_insn insns[2] = {
+		{ .code = BPF_ALU64 | BPF_MOV | BPF_K, .dst_reg = 0 },
+		{ .code = BPF_JMP | BPF_EXIT },
+	};
+	union bpf_attr attr;
+	long fd;
+
+	/* Before 5.11 BPF memory counts against RLIMIT_MEMLOCK (64 KiB by default). */
+	setrlimit(RLIMIT_MEMLOCK, &(struct rlimit){ RLIM_INFINITY, RLIM_INFINITY });
+	memset(&attr, 0, sizeof(attr));
+	attr.prog_type = BPF_PROG_TYPE_SOCKET_FILTER;
+	attr.insn_cnt = 2;
+	attr.insns = (unsigned long)insns;
+	attr.license = (unsigned long)"GPL";
+	strcpy(attr.prog_name, "lgt_prog");
+	fd = syscall(SYS_bpf, BPF_PROG_LOAD, &attr, sizeof(attr));
+	if (fd < 0)
+		return fail("bpf");
+	printf("fd=%ld\n", fd);
+	return 0;
+}
+
+static int do_capset(void)
+{
+	struct __user_cap_header_struct h = { .version = _LINUX_CAPABILITY_VERSION_3 };
+	struct __user_cap_data_struct d[2];
+
+	if (syscall(SYS_capget, &h, d))
+		return fail("capget");
+	d[0].effective &= ~(1u << CAP_NET_RAW);
+	d[0].permitted &= ~(1u << CAP_NET_RAW);
+	if (syscall(SYS_capset, &h, d))
+		return fail("capset");
+	return 0;
+}
+
+static int do_storm(long n, char *word)
+{
+	static char self[4096];
+	char *argv[] = { self, "exit", "0", word, NULL };
+	char *envp[] = { NULL };
+	long bad = 0;
+
+	if (readlink("/proc/self/exe", self, sizeof(self) - 1) <= 0)
+		return fail("readlink /proc/self/exe");
+
+	for (long i = 0; i < n; i++) {
+		int st;
+		pid_t p = fork();
+
+		if (p < 0)
+			return fail("fork");
+		if (p == 0) {
+			execve(argv[0], argv, envp);
+			_exit(127);
+		}
+		if (waitpid(p, &st, 0) < 0 || !WIFEXITED(st) || WEXITSTATUS(st))
+			bad++;
+	}
+	printf("execs=%ld failed=%ld\n", n, bad);
+	return bad != 0;
+}
+
+int main(int argc, char **argv)
+{
+	const char *what = argc > 1 ? argv[1] : "";
+
+	if (!strcmp(what, "exit") && argc > 2)
+		return atoi(argv[2]);
+	if (!strcmp(what, "fork")) {
+		int st;
+		pid_t p = fork();
+
+		if (p < 0)
+			return fail("fork");
+		if (p == 0)
+			_exit(0);
+		waitpid(p, &st, 0);
+		printf("child=%d\n", p);
+		return 0;
+	}
+	if (!strcmp(what, "tcp"))
+		return do_tcp();
+	if (!strcmp(what, "setuid")) {
+		if (setuid(65534))
+			return fail("setuid");
+		return 0;
+	}
+	if (!strcmp(what, "capset"))
+		return do_capset();
+	if (!strcmp(what, "ptrace"))
+		return do_ptrace();
+	if (!strcmp(what, "memfd"))
+		return do_memfd();
+	if (!strcmp(what, "bpf"))
+		return do_bpf();
+	if (!strcmp(what, "storm") && argc > 3)
+		return do_storm(atol(argv[2]), argv[3]);
+	fprintf(stderr, "usage: lgt exit CODE [WORD...] | fork | tcp | setuid | capset | ptrace | memfd | bpf"
+			" | capset | storm N WORD\n");
+	return 2;
+}
