@@ -27,7 +27,13 @@ enum lg_type {
 	LG_PTRACE = 7,
 	LG_BPF_LOAD = 8,
 	LG_MEMFD = 9,
-	LG_TYPE_MAX = 10,
+	LG_NAMESPACE = 10,
+	LG_MOUNT = 11,
+	LG_MODULE_LOAD = 12,
+	LG_FILE = 13,
+	LG_DNS = 14,
+	LG_CONNECTION_CLOSE = 15,
+	LG_TYPE_MAX = 16,
 };
 
 /* Which syscall changed credentials (lg_creds_event.syscall). */
@@ -145,6 +151,146 @@ struct lg_memfd {
 	__s32 ret;		/* the fd, or -errno */
 	__u32 _pad;
 	char name[LG_NAME_LEN];
+};
+
+/* ---------------------------------------------------------------- namespace, mount, modules, files */
+
+#define LG_STR_LEN 256	    /* strings from the caller's memory (mount source/target, module params) */
+#define LG_FSTYPE_LEN 32    /* file-system type names */
+#define LG_FPATH_LEN 512    /* kernel-composed absolute paths (file events, module files); a power of two */
+
+/* Which syscall (lg_namespace.syscall). */
+enum lg_ns_call {
+	LG_NS_SETNS = 1,
+	LG_NS_UNSHARE = 2,
+	LG_NS_CLONE = 3,
+	LG_NS_CLONE3 = 4,
+};
+
+/* A task's namespaces, as inode numbers (0: unknown). pid and time: where its children go. */
+struct lg_ns {
+	__u32 mnt, uts, ipc, net, pid, user, cgroup, time;
+};
+
+struct lg_namespace {
+	__u32 type;
+	__u32 syscall;		/* enum lg_ns_call */
+	struct lg_task task;
+	__u64 flags;		/* CLONE_NEW* asked for (setns: its nstype argument) */
+	__s32 ret;		/* 0, the child's pid (clone), or -errno */
+	__u32 _pad;
+	struct lg_ns from;	/* before the call */
+	struct lg_ns to;	/* after it (clone: the child's); all 0 when unknown */
+};
+
+enum lg_mount_call {
+	LG_MOUNT_MOUNT = 1,
+	LG_MOUNT_UMOUNT = 2,
+	LG_MOUNT_MOVE_MOUNT = 3,
+	LG_MOUNT_FSMOUNT = 4,
+	LG_MOUNT_OPEN_TREE = 5,
+	LG_MOUNT_PIVOT_ROOT = 6,
+};
+
+struct lg_mount {
+	__u32 type;
+	__u32 syscall;		/* enum lg_mount_call */
+	struct lg_task task;
+	__u64 flags;		/* the call's flags argument (mount: MS_*, umount2: MNT_*, ...) */
+	__s32 ret;		/* 0, a file descriptor (fsmount, open_tree), or -errno */
+	__u32 _pad;
+	char source[LG_STR_LEN];
+	char target[LG_STR_LEN];
+	char fstype[LG_FSTYPE_LEN];
+};
+
+enum lg_module_call {
+	LG_MODULE_INIT = 1,	/* init_module(image, len, params) */
+	LG_MODULE_FINIT = 2,	/* finit_module(fd, params, flags) */
+};
+
+struct lg_module_load {
+	__u32 type;
+	__u32 syscall;		/* enum lg_module_call */
+	struct lg_task task;
+	__s32 ret;		/* 0 or -errno */
+	__u32 flags;		/* finit_module flags */
+	__u64 len;		/* init_module: bytes of the image */
+	__u32 path_len;		/* bytes used in path (finit_module) */
+	__u32 path_truncated;
+	char name[LG_NAME_LEN];	/* the module's name (from module:module_load, when the kernel has it) */
+	char params[LG_STR_LEN];
+	char path[LG_FPATH_LEN];	/* finit_module: the file, as the kernel resolved it */
+};
+
+/* What a file event did (lg_file.op). */
+enum lg_file_op {
+	LG_FILE_READ = 1,	/* opened for reading (a read-watched path) */
+	LG_FILE_WRITE = 2,	/* opened for writing */
+	LG_FILE_CREATE = 3,	/* created by an open (O_CREAT) */
+	LG_FILE_RENAME = 4,	/* path: the new name, old_path: the old one */
+	LG_FILE_DELETE = 5,	/* unlink, rmdir */
+	LG_FILE_CHMOD = 6,	/* mode: the mode asked for */
+	LG_FILE_MKDIR = 7,
+	LG_FILE_LINK = 8,	/* a hard link: path the new name, old_path the existing file */
+	LG_FILE_SYMLINK = 9,	/* path the new link, old_path its target as written */
+};
+
+/* lg_file.flags */
+#define LG_FILE_F_CALLER 1	/* the path was composed from the caller's string (not a file) */
+#define LG_FILE_F_TRUNCATED 2	/* a path was cut */
+#define LG_FILE_F_WATCH_READ 4	/* matched the read list */
+#define LG_FILE_F_WATCH_WRITE 8	/* matched the write list */
+
+struct lg_file {
+	__u32 type;
+	__u32 op;		/* enum lg_file_op */
+	struct lg_task task;
+	__s32 ret;		/* the fd (opens), 0, or -errno */
+	__u32 mode;		/* chmod: the mode asked for */
+	__u32 flags;		/* LG_FILE_F_* */
+	__u16 path_len;
+	__u16 old_path_len;
+	char path[LG_FPATH_LEN];
+	char old_path[LG_FPATH_LEN];
+};
+
+/* ---------------------------------------------------------------- dns */
+
+#define LG_DNS_LEN 288	/* bytes of a DNS message copied: the header and a longest question */
+
+/* A UDP datagram sent to port 53: the question is parsed in user space (src/sensor/dns.rs). */
+struct lg_dns {
+	__u32 type;
+	__u16 family;		/* AF_INET / AF_INET6 */
+	__u16 dport;		/* host byte order */
+	struct lg_task task;
+	__u16 sport;		/* 0 when the socket is not bound yet */
+	__u16 _pad;
+	__u32 len;		/* bytes the caller sent */
+	__u32 captured;		/* bytes in payload */
+	__u32 _pad2;
+	__u8 daddr[16];		/* IPv4 uses the first 4 bytes */
+	__u8 saddr[16];
+	__u8 payload[LG_DNS_LEN];
+};
+
+/* ---------------------------------------------------------------- connection_close */
+
+/* A TCP connection this host opened or accepted, at its end. */
+struct lg_connection_close {
+	__u32 type;
+	__u16 family;		/* AF_INET / AF_INET6 */
+	__u8 inbound;		/* 1: accepted, 0: connected */
+	__u8 _pad;
+	struct lg_task task;	/* the owner, as it was at connect()/accept(); ts_boot_ns: the end */
+	__u64 start_ns;		/* boot clock at connect()/accept() */
+	__u64 bytes_sent;	/* tcp_sock.bytes_acked: sent and acknowledged by the peer */
+	__u64 bytes_received;	/* tcp_sock.bytes_received */
+	__u16 sport, dport;	/* host byte order; s = local, d = remote */
+	__u32 _pad2;
+	__u8 saddr[16];		/* IPv4 uses the first 4 bytes */
+	__u8 daddr[16];
 };
 
 #endif /* LG_EVENTS_H */

@@ -1421,11 +1421,21 @@ static __always_inline __u64 compat_arg1(struct pt_regs *regs)
 }
 #endif
 
-/* At a compat sys_enter: the native programs' enter halves. */
-static __always_inline int compat_enter(struct pt_regs *regs, long nr, int btf)
-{
-	__u32 kind = compat_kind(nr);
+/*
+ * The events of bpf/syscalls.bpf.h (namespace, mount, module_load, ...) see their syscalls,
+ * native and 32-bit, through these same two programs, first thing (defined there).
+ */
+static __always_inline void more_enter(struct pt_regs *regs, long nr, int btf);
+static __always_inline void more_exit(struct pt_regs *regs, long ret, int btf);
 
+/* At a compat sys_enter: the native programs' enter halves. */
+static __always_inline int compat_enter(struct pt_regs *regs, long nr, int btf, int dispatch)
+{
+	__u32 kind;
+
+	if (dispatch)
+		more_enter(regs, nr, btf);
+	kind = compat_kind(nr);
 	if (!kind || !in_compat_syscall(regs, btf))
 		return 0;
 	if (kind <= LG_CAPSET)
@@ -1453,10 +1463,13 @@ static __always_inline int compat_enter(struct pt_regs *regs, long nr, int btf)
  * At a compat sys_exit: the exit halves. The user registers holding the arguments are intact
  * (a syscall returns in eax / x0 only), so socketcall's call number is read again from ebx.
  */
-static __always_inline int compat_exit(struct pt_regs *regs, long ret, int btf)
+static __always_inline int compat_exit(struct pt_regs *regs, long ret, int btf, int dispatch)
 {
-	__u32 kind = compat_kind(syscall_nr(regs, btf));
+	__u32 kind;
 
+	if (dispatch)
+		more_exit(regs, ret, btf);
+	kind = compat_kind(syscall_nr(regs, btf));
 	if (!kind || !in_compat_syscall(regs, btf))
 		return 0;
 	if (kind <= LG_CAPSET)
@@ -1485,27 +1498,61 @@ static __always_inline int compat_exit(struct pt_regs *regs, long ret, int btf)
 	return 0;
 }
 
+/*
+ * The compat hook's programs come in two sets. The dispatching set (disp_*) also serves the
+ * events of bpf/syscalls.bpf.h, whose code needs bpf_loop() (Linux 5.17+) and x86_64's syscall
+ * numbers; the plain set (compat_*) is the compat hook alone, for the kernels and architectures
+ * the dispatcher cannot run on. `dispatch` is a constant: the plain set carries none of it.
+ */
+SEC("tp_btf/sys_enter")
+int BPF_PROG(disp_enter_btf, struct pt_regs *regs, long id)
+{
+	return compat_enter(regs, id, 1, 1);
+}
+
+SEC("tp_btf/sys_exit")
+int BPF_PROG(disp_exit_btf, struct pt_regs *regs, long ret)
+{
+	return compat_exit(regs, ret, 1, 1);
+}
+
+SEC("raw_tp/sys_enter")
+int disp_enter_raw(struct bpf_raw_tracepoint_args *ctx)
+{
+	return compat_enter((struct pt_regs *)ctx->args[0], ctx->args[1], 0, 1);
+}
+
+SEC("raw_tp/sys_exit")
+int disp_exit_raw(struct bpf_raw_tracepoint_args *ctx)
+{
+	return compat_exit((struct pt_regs *)ctx->args[0], ctx->args[1], 0, 1);
+}
+
 SEC("tp_btf/sys_enter")
 int BPF_PROG(compat_enter_btf, struct pt_regs *regs, long id)
 {
-	return compat_enter(regs, id, 1);
+	return compat_enter(regs, id, 1, 0);
 }
 
 SEC("tp_btf/sys_exit")
 int BPF_PROG(compat_exit_btf, struct pt_regs *regs, long ret)
 {
-	return compat_exit(regs, ret, 1);
+	return compat_exit(regs, ret, 1, 0);
 }
 
 /* Fallback: raw tracepoints (untyped arguments, probe reads). */
 SEC("raw_tp/sys_enter")
 int compat_enter_raw(struct bpf_raw_tracepoint_args *ctx)
 {
-	return compat_enter((struct pt_regs *)ctx->args[0], ctx->args[1], 0);
+	return compat_enter((struct pt_regs *)ctx->args[0], ctx->args[1], 0, 0);
 }
 
 SEC("raw_tp/sys_exit")
 int compat_exit_raw(struct bpf_raw_tracepoint_args *ctx)
 {
-	return compat_exit((struct pt_regs *)ctx->args[0], ctx->args[1], 0);
+	return compat_exit((struct pt_regs *)ctx->args[0], ctx->args[1], 0, 0);
 }
+
+/* ---------------------------------------------------------------- issue 17: more events */
+
+#include "syscalls.bpf.h"

@@ -45,6 +45,8 @@ pub enum Key {
     StatsInterval,
     CompatSyscalls,
     RedactFlags,
+    WatchRead,
+    WatchWrite,
     KubeletUrl,
     KubeletReadOnlyPort,
     KubeletSecurePort,
@@ -112,6 +114,8 @@ pub enum Ty {
     PathList,
     /// The name of an environment variable (`[A-Za-z_][A-Za-z0-9_]*`) that no other setting reads.
     EnvName,
+    /// Comma-separated absolute path prefixes, `default` (the built-in list) or `none`.
+    Prefixes,
 }
 
 pub struct Setting {
@@ -349,6 +353,26 @@ pub static SETTINGS: &[Setting] = &[
         "LIST",
         SENSOR,
         "comma-separated flags whose values exec events show as [REDACTED], for every process (`--flag V`, `--flag=V`; `none`: no list); the agent's own --enroll-token and --api-key are always redacted in its own argv (docs/events.md)"
+    ),
+    setting!(
+        WatchRead,
+        "watch-read",
+        "LINUXGUARD_WATCH_READ",
+        Some("default"),
+        Ty::Prefixes,
+        "PATHS",
+        SENSOR,
+        "report opens for reading of files below these path prefixes (comma-separated; `default`: credential files, see docs/events.md; `none`)"
+    ),
+    setting!(
+        WatchWrite,
+        "watch-write",
+        "LINUXGUARD_WATCH_WRITE",
+        Some("default"),
+        Ty::Prefixes,
+        "PATHS",
+        SENSOR,
+        "report writes, creates, renames, deletes and mode changes below these path prefixes (comma-separated; `default`: /etc, binary, library, boot, cron and SSH key dirs, see docs/events.md; `none`)"
     ),
     setting!(
         KubeletUrl,
@@ -1009,6 +1033,7 @@ fn validate(s: &Setting, v: &str, name: &str) -> Result<String> {
                 "expected ip:port such as 127.0.0.1:9464 or 0.0.0.0:9464, got {v:?}"
             )),
         },
+        Ty::Prefixes => check_prefixes(v).map(|()| v.to_string()).or_else(&bad),
         Ty::EnvName => {
             if let Some(other) = SETTINGS
                 .iter()
@@ -1028,6 +1053,47 @@ fn validate(s: &Setting, v: &str, name: &str) -> Result<String> {
             }
         }
     }
+}
+
+/// A watch list: `none`, or comma-separated items each `default` or an absolute path prefix
+/// (at most 255 bytes, no `.` or `..` component: the kernel compares them with resolved paths;
+/// `*` only as a whole component).
+fn check_prefixes(v: &str) -> std::result::Result<(), String> {
+    let how = "give absolute path prefixes separated by commas (`default` adds the built-in \
+               list, `none` watches nothing)";
+    if v.trim() == "none" {
+        return Ok(());
+    }
+    for item in v.split(',').map(str::trim) {
+        if item == "default" {
+            continue;
+        }
+        if item.is_empty() {
+            return Err(format!("an empty item in {v:?}: {how}"));
+        }
+        if !item.starts_with('/') {
+            return Err(format!("{item:?} is not an absolute path: {how}"));
+        }
+        if item.len() > 255 {
+            return Err(format!("{item:?} is longer than 255 bytes"));
+        }
+        if item.contains('\0') {
+            return Err(format!("{item:?} contains a NUL byte"));
+        }
+        for c in item.split('/') {
+            if c == "." || c == ".." {
+                return Err(format!(
+                    "{item:?} has a `{c}` component: the kernel compares resolved paths, write it without"
+                ));
+            }
+            if c.contains('*') && c != "*" {
+                return Err(format!(
+                    "{item:?}: `*` stands for one whole path component only (as in /home/*/.ssh/)"
+                ));
+            }
+        }
+    }
+    Ok(())
 }
 
 /// A portable environment variable name (POSIX, and Kubernetes' C_IDENTIFIER):

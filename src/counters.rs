@@ -41,6 +41,8 @@ pub struct Stats {
     pub kernel_drops: [u64; crate::sensor::decode::LG_TYPE_MAX],
     /// Records lost in user space (undecodable records).
     pub user_drops: u64,
+    /// `dns` events whose payload was not a well-formed query (delivered without a question).
+    pub dns_malformed: u64,
     pub ring_size: u64,
     pub ring_fill: u64,
     pub ring_fill_max: u64,
@@ -55,6 +57,7 @@ pub struct Snapshot {
     pub dropped_kernel: u64,
     pub dropped_kernel_by_type: serde_json::Map<String, serde_json::Value>,
     pub dropped_user: u64,
+    pub dns_malformed: u64,
     pub ring_buffer: Ring,
     pub rules: RuleCounts,
 }
@@ -100,6 +103,7 @@ impl Stats {
             dropped_kernel: self.kernel_drops_total(),
             dropped_kernel_by_type,
             dropped_user: self.user_drops,
+            dns_malformed: self.dns_malformed,
             ring_buffer: Ring {
                 size_bytes: self.ring_size,
                 fill_bytes: self.ring_fill,

@@ -36,6 +36,14 @@ pub fn pipeline(cfg: &Config) -> pipeline::Options {
             // An eighth of the ring: batches under load, far from filling it.
             wakeup_bytes: (ring_buffer_mb << 20) / 8,
             compat_syscalls: cfg.flag(Key::CompatSyscalls),
+            watch_read: sensor::watch::resolve(
+                cfg.get(Key::WatchRead).unwrap_or("default"),
+                sensor::watch::DEFAULT_READ,
+            ),
+            watch_write: sensor::watch::resolve(
+                cfg.get(Key::WatchWrite).unwrap_or("default"),
+                sensor::watch::DEFAULT_WRITE,
+            ),
         },
     }
 }

@@ -1,5 +1,6 @@
 //! What an alert event (`"type":"alert"`, docs/events.md) adds to the event object: the rule,
-//! the ECS severity, the MITRE ATT&CK technique ids and what triggered it. The rules
+//! the MITRE ATT&CK technique ids and what triggered it (the ECS severity goes into the event's
+//! `event` object). The rules
 //! (src/rules/) fill it; the builder gives the alert its own `seq`.
 
 use serde::Serialize;
@@ -7,7 +8,9 @@ use serde::Serialize;
 #[derive(Serialize, Debug, Clone)]
 pub struct AlertInfo {
     pub rule: RuleRef,
-    pub event: Severity,
+    /// ECS `event.severity` (21 low, 47 medium, 73 high, 99 critical), written in `event`.
+    #[serde(skip)]
+    pub severity: u8,
     pub threat: Threat,
     pub trigger: Trigger,
 }
@@ -21,12 +24,6 @@ pub struct RuleRef {
     pub severity: &'static str,
     /// Where the rule came from (`default` or the rule file's path).
     pub ruleset: String,
-}
-
-/// ECS `event.severity`: a number (21 low, 47 medium, 73 high, 99 critical).
-#[derive(Serialize, Debug, Clone)]
-pub struct Severity {
-    pub severity: u8,
 }
 
 #[derive(Serialize, Debug, Clone)]
@@ -51,7 +48,7 @@ pub struct Trigger {
 }
 
 impl AlertInfo {
-    /// Appends `,"rule":{...},"event":{...},"threat":{...},"trigger":{...}` (the keys as the
+    /// Appends `,"rule":{...},"threat":{...},"trigger":{...}` (the keys as the
     /// serde derive of a flattened field writes them).
     pub fn write_json(&self, out: &mut Vec<u8>) -> serde_json::Result<()> {
         let text = serde_json::to_vec(self)?;

@@ -7,14 +7,18 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde::{Serialize, Serializer};
 
+use crate::events::activity::{
+    self, DnsInfo, DnsQuestion, FileInfo, ModuleInfo, MountInfo, NamespaceInfo,
+};
 use crate::events::alert::AlertInfo;
 use crate::events::json::{self, key};
 use crate::events::proctable::{ANCESTRY_DEPTH, Ancestor, ProcTable};
 use crate::events::redact::Redactor;
-use crate::sensor::decode::{Comm, Creds, Record, Task};
+use crate::sensor::decode::{Comm, Creds, NsInodes, Record, Task, clone_new_names};
 
-/// Bumped on any incompatible change to the event format (docs/events.md).
-pub const SCHEMA_VERSION: u32 = 1;
+/// Bumped on any incompatible change to the event format (docs/events.md). 2: ECS `event.*`
+/// fields on every event, user and group ids as strings (ECS keywords).
+pub const SCHEMA_VERSION: u32 = 2;
 
 #[derive(Serialize, Debug)]
 pub struct Event {
@@ -24,6 +28,8 @@ pub struct Event {
     #[serde(rename = "@timestamp")]
     pub timestamp: Timestamp,
     pub seq: u64,
+    /// ECS categorization (`event.kind`, `event.category`, `event.type`, `event.action`, ...).
+    pub event: Ecs,
     pub host: Host,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub process: Option<Process>,
@@ -52,6 +58,16 @@ pub struct Event {
     #[serde(flatten)]
     pub alert: Option<Box<AlertInfo>>,
     #[serde(skip_serializing_if = "Option::is_none")]
+    pub namespace: Option<Box<NamespaceInfo>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub mount: Option<Box<MountInfo>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub module: Option<Box<ModuleInfo>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub file: Option<Box<FileInfo>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub dns: Option<Box<DnsInfo>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub stats: Option<Box<crate::counters::Snapshot>>,
 }
 
@@ -63,6 +79,88 @@ pub struct Host {
 #[derive(Serialize, Debug, Clone, Default)]
 pub struct Id {
     pub id: u32,
+}
+
+/// A user or group id: an ECS keyword, so a string (`{"id":"1000"}`).
+#[derive(Serialize, Debug, Default, Clone)]
+pub struct KeywordId {
+    #[serde(serialize_with = "as_string")]
+    pub id: u32,
+}
+
+fn as_string<S: Serializer>(v: &u32, s: S) -> Result<S::Ok, S::Error> {
+    s.collect_str(v)
+}
+
+/// The ECS 8 `event` object: how Elastic (and any ECS consumer) routes the event. Every value
+/// is one of ECS's allowed values (docs/events.md has the table per type).
+#[derive(Serialize, Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Ecs {
+    /// `event` for what the kernel saw, `metric` for the agent's own counters.
+    pub kind: &'static str,
+    pub category: &'static [&'static str],
+    #[serde(rename = "type")]
+    pub types: &'static [&'static str],
+    /// What happened, in this agent's words (`exec`, `connect`, `setresuid`, ...).
+    pub action: &'static str,
+    /// `success` / `failure` (/ `unknown`) where the operation has a result.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub outcome: Option<&'static str>,
+    /// Nanoseconds the observed activity lasted (`connection_close`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub duration: Option<u64>,
+    /// Alerts: the rule's ECS severity (21 low, 47 medium, 73 high, 99 critical).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub severity: Option<u8>,
+}
+
+impl Ecs {
+    /// An `event` of `category` and `types`.
+    pub const fn event(
+        category: &'static [&'static str],
+        types: &'static [&'static str],
+        action: &'static str,
+    ) -> Ecs {
+        Ecs {
+            kind: "event",
+            category,
+            types,
+            action,
+            outcome: None,
+            duration: None,
+            severity: None,
+        }
+    }
+
+    /// With `event.outcome` from a syscall result: negative is a failure.
+    pub fn result(mut self, ret: i64) -> Ecs {
+        self.outcome = Some(if ret < 0 { "failure" } else { "success" });
+        self
+    }
+
+    fn write_json(&self, out: &mut Vec<u8>) {
+        key!(out, open "kind");
+        json::str(out, self.kind);
+        key!(out, "category");
+        activity::write_strs(out, self.category);
+        key!(out, "type");
+        activity::write_strs(out, self.types);
+        key!(out, "action");
+        json::str(out, self.action);
+        if let Some(o) = self.outcome {
+            key!(out, "outcome");
+            json::str(out, o);
+        }
+        if let Some(d) = self.duration {
+            key!(out, "duration");
+            json::uint(out, d);
+        }
+        if let Some(v) = self.severity {
+            key!(out, "severity");
+            json::uint(out, v.into());
+        }
+        out.push(b'}');
+    }
 }
 
 /// The ancestry chain, parent first: a fixed array, so building an event allocates no list.
@@ -131,12 +229,12 @@ pub struct Process {
     pub fileless: Option<bool>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub start: Option<Timestamp>,
-    pub user: Id,
-    pub real_user: Id,
-    pub group: Id,
-    pub real_group: Id,
+    pub user: KeywordId,
+    pub real_user: KeywordId,
+    pub group: KeywordId,
+    pub real_group: KeywordId,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub login_user: Option<Id>,
+    pub login_user: Option<KeywordId>,
     pub parent: Ancestor,
     pub ancestry: Ancestry,
     pub cgroup: Cgroup,
@@ -157,6 +255,9 @@ pub struct Process {
 pub struct Endpoint {
     pub ip: String,
     pub port: u16,
+    /// Bytes this side sent (`connection_close`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub bytes: Option<u64>,
 }
 
 #[derive(Serialize, Debug)]
@@ -165,8 +266,15 @@ pub struct Network {
     #[serde(rename = "type")]
     pub kind: &'static str,
     pub direction: &'static str,
+    /// The application protocol (`dns`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub protocol: Option<&'static str>,
+    /// Bytes both ways (`connection_close`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub bytes: Option<u64>,
     /// connect(): 0, or -errno (-115 EINPROGRESS: non-blocking, still connecting); accept: the fd.
-    pub result: i32,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub result: Option<i32>,
 }
 
 #[derive(Serialize, Debug)]
@@ -202,6 +310,11 @@ pub struct MemfdInfo {
     pub result: i32,
 }
 
+/// `Some(s)` unless `s` is empty.
+fn non_empty(s: String) -> Option<String> {
+    (!s.is_empty()).then_some(s)
+}
+
 impl Event {
     /// Appends the event as one JSON object (no newline) to `out`, a buffer the sink reuses.
     ///
@@ -218,6 +331,8 @@ impl Event {
         json::timestamp(out, self.timestamp.0);
         key!(out, "seq");
         json::uint(out, self.seq);
+        key!(out, "event");
+        self.event.write_json(out);
         key!(out, "host");
         key!(out, open "name");
         json::str(out, &self.host.name);
@@ -250,8 +365,18 @@ impl Event {
             json::str(out, n.kind);
             key!(out, "direction");
             json::str(out, n.direction);
-            key!(out, "result");
-            json::int(out, n.result.into());
+            if let Some(p) = n.protocol {
+                key!(out, "protocol");
+                json::str(out, p);
+            }
+            if let Some(b) = n.bytes {
+                key!(out, "bytes");
+                json::uint(out, b);
+            }
+            if let Some(r) = n.result {
+                key!(out, "result");
+                json::int(out, r.into());
+            }
             out.push(b'}');
         }
         if let Some(c) = &self.credentials {
@@ -303,6 +428,16 @@ impl Event {
         if let Some(a) = &self.alert {
             a.write_json(out)?;
         }
+        activity::write_json(
+            &activity::Objects {
+                namespace: self.namespace.as_deref(),
+                mount: self.mount.as_deref(),
+                module: self.module.as_deref(),
+                file: self.file.as_deref(),
+                dns: self.dns.as_deref(),
+            },
+            out,
+        );
         if let Some(s) = &self.stats {
             key!(out, "stats");
             serde_json::to_writer(&mut *out, s)?;
@@ -317,6 +452,14 @@ fn write_id(out: &mut Vec<u8>, id: u32) {
     key!(out, open "id");
     json::uint(out, id.into());
     out.push(b'}');
+}
+
+/// `{"id":"N"}` (an ECS keyword id; digits need no escaping).
+fn write_keyword_id(out: &mut Vec<u8>, id: u32) {
+    key!(out, open "id");
+    out.push(b'"');
+    json::uint(out, id.into());
+    out.extend_from_slice(b"\"}");
 }
 
 impl Process {
@@ -367,16 +510,16 @@ impl Process {
             json::timestamp(out, t.0);
         }
         key!(out, "user");
-        write_id(out, self.user.id);
+        write_keyword_id(out, self.user.id);
         key!(out, "real_user");
-        write_id(out, self.real_user.id);
+        write_keyword_id(out, self.real_user.id);
         key!(out, "group");
-        write_id(out, self.group.id);
+        write_keyword_id(out, self.group.id);
         key!(out, "real_group");
-        write_id(out, self.real_group.id);
+        write_keyword_id(out, self.real_group.id);
         if let Some(l) = &self.login_user {
             key!(out, "login_user");
-            write_id(out, l.id);
+            write_keyword_id(out, l.id);
         }
         key!(out, "parent");
         out.extend_from_slice(self.parent.json().as_bytes());
@@ -429,6 +572,10 @@ impl Endpoint {
         json::str(out, &self.ip);
         key!(out, "port");
         json::uint(out, self.port.into());
+        if let Some(b) = self.bytes {
+            key!(out, "bytes");
+            json::uint(out, b);
+        }
         out.push(b'}');
     }
 }
@@ -520,6 +667,22 @@ impl Clock {
     }
 }
 
+// ECS 8 `event.category` and `event.type` values (each an allowed value of ECS).
+const PROCESS: &[&str] = &["process"];
+const NETWORK: &[&str] = &["network"];
+const DRIVER: &[&str] = &["driver"];
+const FILE: &[&str] = &["file"];
+const START: &[&str] = &["start"];
+const END: &[&str] = &["end"];
+const CHANGE: &[&str] = &["change"];
+const ACCESS: &[&str] = &["access"];
+const CREATION: &[&str] = &["creation"];
+const CONNECTION_START: &[&str] = &["connection", "start"];
+const CONFIGURATION: &[&str] = &["configuration"];
+const DELETION: &[&str] = &["deletion"];
+const PROTOCOL: &[&str] = &["protocol"];
+const CONNECTION_END: &[&str] = &["connection", "end"];
+
 /// Builds events: owns the sequence counter, the host name, the clock and the argv redactor.
 pub struct Builder {
     pub host: Host,
@@ -551,12 +714,13 @@ impl Builder {
         self.seq
     }
 
-    fn base(&mut self, kind: &'static str, timestamp: Timestamp) -> Event {
+    fn base(&mut self, kind: &'static str, event: Ecs, timestamp: Timestamp) -> Event {
         Event {
             kind,
             schema_version: SCHEMA_VERSION,
             timestamp,
             seq: self.next_seq(),
+            event,
             host: self.host.clone(),
             process: None,
             container: None,
@@ -569,6 +733,11 @@ impl Builder {
             bpf: None,
             memfd: None,
             alert: None,
+            namespace: None,
+            mount: None,
+            module: None,
+            file: None,
+            dns: None,
             stats: None,
         }
     }
@@ -576,7 +745,12 @@ impl Builder {
     /// An alert about `trigger`: its own `seq`, the trigger's time, host, container and pod,
     /// and the trigger's process without the fields only exec and exit have.
     pub fn alert(&mut self, trigger: &Event, info: AlertInfo) -> Event {
-        let mut e = self.base("alert", trigger.timestamp);
+        let ecs = Ecs {
+            kind: "alert",
+            severity: Some(info.severity),
+            ..Ecs::event(&["intrusion_detection"], &["info"], "rule_match")
+        };
+        let mut e = self.base("alert", ecs, trigger.timestamp);
         e.process = trigger.process.as_ref().map(|p| Process {
             executable_truncated: None,
             args: None,
@@ -598,7 +772,11 @@ impl Builder {
     }
 
     pub fn stats(&mut self, snapshot: crate::counters::Snapshot) -> Event {
-        let mut e = self.base("stats", Timestamp::now());
+        let ecs = Ecs {
+            kind: "metric",
+            ..Ecs::event(&["host"], &["info"], "stats")
+        };
+        let mut e = self.base("stats", ecs, Timestamp::now());
         e.stats = Some(Box::new(snapshot));
         e
     }
@@ -611,11 +789,11 @@ impl Builder {
             thread: Id { id: t.tid },
             executable: procs.executable(t.pid),
             start: (t.start_boot_ns != 0).then(|| self.clock.at(t.start_boot_ns)),
-            user: Id { id: t.euid },
-            real_user: Id { id: t.uid },
-            group: Id { id: t.egid },
-            real_group: Id { id: t.gid },
-            login_user: (t.auid != u32::MAX).then_some(Id { id: t.auid }),
+            user: KeywordId { id: t.euid },
+            real_user: KeywordId { id: t.uid },
+            group: KeywordId { id: t.egid },
+            real_group: KeywordId { id: t.gid },
+            login_user: (t.auid != u32::MAX).then_some(KeywordId { id: t.auid }),
             parent: procs.ancestor(t.ppid),
             ancestry: procs.ancestry(t.ppid).collect(),
             cgroup: Cgroup {
@@ -662,7 +840,7 @@ impl Builder {
                 if x.old_pid != t.pid {
                     procs.exit(x.old_pid);
                 }
-                let mut e = self.base("exec", ts);
+                let mut e = self.base("exec", Ecs::event(PROCESS, START, "exec"), ts);
                 let mut p = self.process(t, procs);
                 p.executable_truncated = Some(x.path_truncated);
                 p.args_count = Some(args.len());
@@ -675,7 +853,7 @@ impl Builder {
             }
             Record::Exit(x) => {
                 let t = x.task;
-                let mut e = self.base("exit", ts);
+                let mut e = self.base("exit", Ecs::event(PROCESS, END, "exit"), ts);
                 let pid = t.pid;
                 let lifetime =
                     (t.start_boot_ns != 0).then(|| t.ts_boot_ns.saturating_sub(t.start_boot_ns));
@@ -699,22 +877,34 @@ impl Builder {
                     start_boot_ns: x.child_start_boot_ns,
                     ..x.task
                 };
-                let mut e = self.base("fork", ts);
+                let mut e = self.base("fork", Ecs::event(PROCESS, START, "fork"), ts);
                 e.process = Some(self.process(child, procs));
                 e
             }
             Record::Sock(x) => {
-                let mut e = self.base(if x.inbound { "accept" } else { "connect" }, ts);
+                let (kind, mut ecs) = if x.inbound {
+                    ("accept", Ecs::event(NETWORK, CONNECTION_START, "accept"))
+                } else {
+                    ("connect", Ecs::event(NETWORK, CONNECTION_START, "connect"))
+                };
+                ecs = ecs.result(x.ret.into());
+                // A non-blocking connect still in progress has no outcome yet.
+                if !x.inbound && x.ret == -nix::libc::EINPROGRESS {
+                    ecs.outcome = Some("unknown");
+                }
+                let mut e = self.base(kind, ecs, ts);
                 e.process = Some(self.process(x.task, procs));
                 // ECS: `source` is who started the connection. For connect that is this host,
                 // for accept it is the remote client (the kernel side reports local/remote).
                 let local = Endpoint {
                     ip: x.src.to_string(),
                     port: x.sport,
+                    bytes: None,
                 };
                 let remote = Endpoint {
                     ip: x.dst.to_string(),
                     port: x.dport,
+                    bytes: None,
                 };
                 let (source, destination) = if x.inbound {
                     (remote, local)
@@ -727,7 +917,9 @@ impl Builder {
                     transport: "tcp",
                     kind: if x.dst.is_ipv4() { "ipv4" } else { "ipv6" },
                     direction: if x.inbound { "ingress" } else { "egress" },
-                    result: x.ret,
+                    protocol: None,
+                    bytes: None,
+                    result: Some(x.ret),
                 });
                 e
             }
@@ -737,7 +929,8 @@ impl Builder {
                 } else {
                     "setuid"
                 };
-                let mut e = self.base(kind, ts);
+                let ecs = Ecs::event(PROCESS, CHANGE, x.syscall).result(0);
+                let mut e = self.base(kind, ecs, ts);
                 e.process = Some(self.process(x.task, procs));
                 e.credentials = Some(Box::new(Credentials {
                     syscall: x.syscall,
@@ -747,7 +940,13 @@ impl Builder {
                 e
             }
             Record::Ptrace(x) => {
-                let mut e = self.base("ptrace", ts);
+                let action = if x.request == "seize" {
+                    "ptrace_seize"
+                } else {
+                    "ptrace_attach"
+                };
+                let ecs = Ecs::event(PROCESS, ACCESS, action).result(x.ret.into());
+                let mut e = self.base("ptrace", ecs, ts);
                 e.process = Some(self.process(x.task, procs));
                 e.ptrace = Some(PtraceInfo {
                     request: x.request,
@@ -762,7 +961,8 @@ impl Builder {
                 e
             }
             Record::BpfLoad(x) => {
-                let mut e = self.base("bpf_load", ts);
+                let ecs = Ecs::event(DRIVER, START, "bpf_prog_load").result(x.ret.into());
+                let mut e = self.base("bpf_load", ecs, ts);
                 e.process = Some(self.process(x.task, procs));
                 e.bpf = Some(BpfInfo {
                     prog_type: x.prog_type,
@@ -772,8 +972,185 @@ impl Builder {
                 });
                 e
             }
+            Record::Namespace(x) => {
+                let ecs = Ecs::event(PROCESS, CHANGE, x.syscall).result(x.ret.into());
+                let mut e = self.base("namespace", ecs, ts);
+                e.process = Some(self.process(x.task, procs));
+                let to = (x.to != NsInodes::default()).then_some(x.to);
+                let changed = match &to {
+                    Some(to) => x
+                        .from
+                        .named()
+                        .into_iter()
+                        .zip(to.named())
+                        .filter(|((_, a), (_, b))| a != b)
+                        .map(|((n, _), _)| n)
+                        .collect(),
+                    None => Vec::new(),
+                };
+                e.namespace = Some(Box::new(NamespaceInfo {
+                    syscall: x.syscall,
+                    requested: clone_new_names(x.flags),
+                    changed,
+                    from: x.from,
+                    to,
+                    result: x.ret,
+                }));
+                e
+            }
+            Record::Mount(x) => {
+                let ecs = Ecs::event(CONFIGURATION, CHANGE, x.syscall).result(x.ret.into());
+                let mut e = self.base("mount", ecs, ts);
+                e.process = Some(self.process(x.task, procs));
+                e.mount = Some(Box::new(MountInfo {
+                    syscall: x.syscall,
+                    source: non_empty(x.source),
+                    target: non_empty(x.target),
+                    fs_type: non_empty(x.fstype),
+                    flags: x.flags,
+                    result: x.ret,
+                }));
+                e
+            }
+            Record::ModuleLoad(x) => {
+                let ecs = Ecs::event(DRIVER, START, x.syscall).result(x.ret.into());
+                let mut e = self.base("module_load", ecs, ts);
+                e.process = Some(self.process(x.task, procs));
+                let init = x.syscall == "init_module";
+                e.module = Some(Box::new(ModuleInfo {
+                    syscall: x.syscall,
+                    name: non_empty(x.name),
+                    path: non_empty(x.path),
+                    path_truncated: x.path_truncated,
+                    size: init.then_some(x.len),
+                    params: x.params,
+                    flags: x.flags,
+                    result: x.ret,
+                }));
+                e
+            }
+            Record::File(x) => {
+                use crate::sensor::decode::FileOp;
+                let (types, action) = match x.op {
+                    FileOp::Read => (ACCESS, "open"),
+                    FileOp::Write => (CHANGE, "write"),
+                    FileOp::Create => (CREATION, "create"),
+                    FileOp::Rename => (CHANGE, "rename"),
+                    FileOp::Delete => (DELETION, "delete"),
+                    FileOp::Chmod => (CHANGE, "chmod"),
+                    FileOp::Mkdir => (CREATION, "mkdir"),
+                    FileOp::Link => (CREATION, "link"),
+                    FileOp::Symlink => (CREATION, "symlink"),
+                };
+                let ecs = Ecs::event(FILE, types, action).result(x.ret.into());
+                let mut e = self.base("file", ecs, ts);
+                e.process = Some(self.process(x.task, procs));
+                let watch = if x.watch_write && x.op != FileOp::Read {
+                    "write"
+                } else if x.watch_read {
+                    "read"
+                } else {
+                    "unknown"
+                };
+                let (old_path, target_path) = match x.op {
+                    FileOp::Symlink => (None, Some(x.old_path)),
+                    _ => (non_empty(x.old_path), None),
+                };
+                e.file = Some(Box::new(FileInfo {
+                    path: x.path,
+                    old_path,
+                    target_path,
+                    mode: (x.op == FileOp::Chmod).then(|| format!("{:04o}", x.mode)),
+                    watch,
+                    result: x.ret,
+                    path_from_caller: x.from_caller,
+                    path_truncated: x.truncated,
+                }));
+                e
+            }
+            Record::Dns(x) => {
+                use crate::sensor::dns;
+                let ecs = Ecs::event(NETWORK, PROTOCOL, "dns_query");
+                let mut e = self.base("dns", ecs, ts);
+                e.process = Some(self.process(x.task, procs));
+                e.source = Some(Endpoint {
+                    ip: x.src.to_string(),
+                    port: x.sport,
+                    bytes: None,
+                });
+                e.destination = Some(Endpoint {
+                    ip: x.dst.to_string(),
+                    port: x.dport,
+                    bytes: None,
+                });
+                e.network = Some(Network {
+                    transport: "udp",
+                    kind: if x.dst.is_ipv4() { "ipv4" } else { "ipv6" },
+                    direction: "egress",
+                    protocol: Some("dns"),
+                    bytes: None,
+                    result: None,
+                });
+                let mut info = DnsInfo {
+                    kind: "query",
+                    id: None,
+                    op_code: None,
+                    question: None,
+                    size: x.len,
+                    malformed: None,
+                };
+                match dns::parse(&x.payload) {
+                    Ok(q) => {
+                        info.id = Some(q.id.to_string());
+                        info.op_code = Some(dns::opcode_name(q.opcode).into_owned());
+                        info.question = Some(DnsQuestion {
+                            name: q.name,
+                            kind: dns::type_name(q.qtype).into_owned(),
+                            class: dns::class_name(q.qclass).into_owned(),
+                        });
+                    }
+                    Err(m) => info.malformed = Some(m.as_str()),
+                }
+                e.dns = Some(Box::new(info));
+                e
+            }
+            Record::ConnectionClose(x) => {
+                let mut ecs = Ecs::event(NETWORK, CONNECTION_END, "connection_close");
+                ecs.duration = Some(x.task.ts_boot_ns.saturating_sub(x.start_ns));
+                let mut e = self.base("connection_close", ecs, ts);
+                e.process = Some(self.process(x.task, procs));
+                // As for connect/accept: `source` started the connection; each side's bytes
+                // are what it sent.
+                let local = Endpoint {
+                    ip: x.src.to_string(),
+                    port: x.sport,
+                    bytes: Some(x.bytes_sent),
+                };
+                let remote = Endpoint {
+                    ip: x.dst.to_string(),
+                    port: x.dport,
+                    bytes: Some(x.bytes_received),
+                };
+                let (source, destination) = if x.inbound {
+                    (remote, local)
+                } else {
+                    (local, remote)
+                };
+                e.source = Some(source);
+                e.destination = Some(destination);
+                e.network = Some(Network {
+                    transport: "tcp",
+                    kind: if x.dst.is_ipv4() { "ipv4" } else { "ipv6" },
+                    direction: if x.inbound { "ingress" } else { "egress" },
+                    protocol: None,
+                    bytes: Some(x.bytes_sent.saturating_add(x.bytes_received)),
+                    result: None,
+                });
+                e
+            }
             Record::Memfd(x) => {
-                let mut e = self.base("memfd", ts);
+                let ecs = Ecs::event(FILE, CREATION, "memfd_create").result(x.ret.into());
+                let mut e = self.base("memfd", ecs, ts);
                 e.process = Some(self.process(x.task, procs));
                 e.memfd = Some(MemfdInfo {
                     name: x.name,
@@ -797,7 +1174,8 @@ mod tests {
     use crate::sensor::decode::*;
 
     const DOC: &str = include_str!("../../docs/events.md");
-    const KERNEL_TYPES: [&str; 10] = crate::sensor::decode::EVENT_TYPES;
+    const KERNEL_TYPES: [&str; crate::sensor::decode::EVENT_TYPES.len()] =
+        crate::sensor::decode::EVENT_TYPES;
 
     struct Row {
         ty: String,
@@ -1005,10 +1383,139 @@ mod tests {
                 ret: -13,
             }),
             Record::Memfd(Memfd {
-                task: t,
+                task: t.clone(),
                 name: odd.into(),
                 flags: u32::MAX,
                 ret: -24,
+            }),
+            Record::Namespace(NamespaceChange {
+                task: t.clone(),
+                syscall: "clone3",
+                flags: u64::MAX,
+                ret: -1,
+                from: NsInodes {
+                    mnt: u32::MAX,
+                    ..NsInodes::default()
+                },
+                to: NsInodes::default(),
+            }),
+            Record::Namespace(NamespaceChange {
+                task: task(),
+                syscall: "setns",
+                flags: 0,
+                ret: 0,
+                from: NsInodes::default(),
+                to: NsInodes {
+                    net: 7,
+                    ..NsInodes::default()
+                },
+            }),
+            Record::Mount(Mount {
+                task: t.clone(),
+                syscall: "mount",
+                flags: u64::MAX,
+                ret: i32::MIN,
+                source: odd.into(),
+                target: String::new(),
+                fstype: odd.into(),
+            }),
+            Record::Mount(Mount {
+                task: task(),
+                syscall: "umount",
+                flags: 0,
+                ret: 0,
+                source: String::new(),
+                target: odd.into(),
+                fstype: String::new(),
+            }),
+            Record::ModuleLoad(ModuleLoad {
+                task: t.clone(),
+                syscall: "finit_module",
+                ret: -38,
+                flags: u32::MAX,
+                len: 0,
+                name: odd.into(),
+                params: odd.into(),
+                path: odd.into(),
+                path_truncated: true,
+            }),
+            Record::File(FileChange {
+                task: t.clone(),
+                op: FileOp::Symlink,
+                ret: -13,
+                mode: 0,
+                path: odd.into(),
+                old_path: odd.into(),
+                from_caller: true,
+                truncated: true,
+                watch_read: false,
+                watch_write: true,
+            }),
+            Record::File(FileChange {
+                task: task(),
+                op: FileOp::Chmod,
+                ret: 0,
+                mode: 0o4755,
+                path: "/usr/bin/x".into(),
+                old_path: String::new(),
+                from_caller: false,
+                truncated: false,
+                watch_read: false,
+                watch_write: false,
+            }),
+            Record::File(FileChange {
+                task: task(),
+                op: FileOp::Rename,
+                ret: 0,
+                mode: 0,
+                path: "/etc/cron.d/job".into(),
+                old_path: odd.into(),
+                from_caller: true,
+                truncated: false,
+                watch_read: false,
+                watch_write: true,
+            }),
+            Record::Dns(DnsQuery {
+                task: t.clone(),
+                src: "::1".parse().expect("ip"),
+                sport: 0,
+                dst: "::1".parse().expect("ip"),
+                dport: 53,
+                len: u32::MAX,
+                payload: vec![0xff; 3],
+            }),
+            Record::Dns(DnsQuery {
+                task: task(),
+                src: IpAddr::from([10, 0, 0, 1]),
+                sport: 5353,
+                dst: IpAddr::from([10, 0, 0, 2]),
+                dport: 53,
+                len: 20,
+                payload: vec![
+                    0, 1, 1, 0, 0, 1, 0, 0, 0, 0, 0, 0, 3, b'q', b'"', 0xff, 0, 0, 1, 0, 1,
+                ],
+            }),
+            Record::ConnectionClose(ConnClose {
+                task: t.clone(),
+                inbound: true,
+                src: "::1".parse().expect("ip"),
+                sport: 1,
+                dst: "fe80::2".parse().expect("ip"),
+                dport: u16::MAX,
+                start_ns: u64::MAX,
+                bytes_sent: u64::MAX,
+                bytes_received: u64::MAX,
+            }),
+            Record::ModuleLoad(ModuleLoad {
+                task: t,
+                syscall: "init_module",
+                ret: 0,
+                flags: 0,
+                len: u64::MAX,
+                name: String::new(),
+                params: String::new(),
+                path: String::new(),
+                path_truncated: false,
             }),
         ];
         for r in recs {
@@ -1106,6 +1613,77 @@ mod tests {
                 flags: 1,
                 ret: 3,
             }),
+            Record::Namespace(NamespaceChange {
+                task: task(),
+                syscall: "unshare",
+                flags: nix::libc::CLONE_NEWNS as u64 | nix::libc::CLONE_NEWUTS as u64,
+                ret: 0,
+                from: NsInodes {
+                    mnt: 4026531841,
+                    uts: 4026531838,
+                    ..NsInodes::default()
+                },
+                to: NsInodes {
+                    mnt: 4026532200,
+                    uts: 4026532201,
+                    ..NsInodes::default()
+                },
+            }),
+            Record::Mount(Mount {
+                task: task(),
+                syscall: "mount",
+                flags: 0,
+                ret: 0,
+                source: "/dev/sda1".into(),
+                target: "/mnt".into(),
+                fstype: "ext4".into(),
+            }),
+            Record::ModuleLoad(ModuleLoad {
+                task: task(),
+                syscall: "finit_module",
+                ret: 0,
+                flags: 0,
+                len: 0,
+                name: "dummy".into(),
+                params: String::new(),
+                path: "/usr/lib/modules/6.1.0/kernel/drivers/net/dummy.ko".into(),
+                path_truncated: false,
+            }),
+            Record::File(FileChange {
+                task: task(),
+                op: FileOp::Read,
+                ret: 3,
+                mode: 0,
+                path: "/etc/shadow".into(),
+                old_path: String::new(),
+                from_caller: false,
+                truncated: false,
+                watch_read: true,
+                watch_write: false,
+            }),
+            Record::Dns(DnsQuery {
+                task: task(),
+                src: IpAddr::from([127, 0, 0, 1]),
+                sport: 40000,
+                dst: IpAddr::from([127, 0, 0, 53]),
+                dport: 53,
+                len: 29,
+                payload: vec![
+                    0x12, 0x34, 1, 0, 0, 1, 0, 0, 0, 0, 0, 0, 7, b'e', b'x', b'a', b'm', b'p',
+                    b'l', b'e', 3, b'c', b'o', b'm', 0, 0, 1, 0, 1,
+                ],
+            }),
+            Record::ConnectionClose(ConnClose {
+                task: task(),
+                inbound: false,
+                src: IpAddr::from([127, 0, 0, 1]),
+                sport: 40000,
+                dst: IpAddr::from([127, 0, 0, 1]),
+                dport: 80,
+                start_ns: 1_500_000_000,
+                bytes_sent: 120,
+                bytes_received: 4096,
+            }),
             Record::Exit(Exit {
                 task: task(),
                 exit_code: 7,
@@ -1134,7 +1712,7 @@ mod tests {
                 severity: "high",
                 ruleset: "default".into(),
             },
-            event: crate::events::alert::Severity { severity: 73 },
+            severity: 73,
             threat: crate::events::alert::Threat {
                 framework: "MITRE ATT&CK",
                 technique: crate::events::alert::Technique {
@@ -1195,6 +1773,107 @@ mod tests {
             .chain(["alert".to_string(), "stats".to_string()])
             .collect();
         assert_eq!(types_seen, expected);
+    }
+
+    /// ECS 8's allowed values, and for each category the types ECS expects with it.
+    const ECS_CATEGORY_TYPES: &[(&str, &[&str])] = &[
+        ("process", &["access", "change", "end", "info", "start"]),
+        (
+            "network",
+            &[
+                "access",
+                "allowed",
+                "connection",
+                "denied",
+                "end",
+                "info",
+                "protocol",
+                "start",
+            ],
+        ),
+        (
+            "file",
+            &["access", "change", "creation", "deletion", "info"],
+        ),
+        ("driver", &["change", "end", "info", "start"]),
+        ("intrusion_detection", &["allowed", "denied", "info"]),
+        ("host", &["access", "change", "end", "info", "start"]),
+        (
+            "configuration",
+            &["access", "change", "creation", "deletion", "info"],
+        ),
+    ];
+
+    /// Every event's `event.*` values are ECS 8 allowed values that go together, and match the
+    /// "ECS categorization" table of docs/events.md row for row.
+    #[test]
+    fn ecs_fields_are_allowed_values_and_documented() {
+        let table: BTreeMap<String, Vec<String>> = DOC
+            .split("## ECS categorization")
+            .nth(1)
+            .and_then(|rest| rest.split("\n## ").next())
+            .expect("docs/events.md has an ECS categorization section")
+            .lines()
+            .filter(|l| l.starts_with("| ") && !l.starts_with("| type") && !l.starts_with("|---"))
+            .map(|l| {
+                let c: Vec<String> = l.split('|').map(|c| c.trim().to_string()).collect();
+                (c[1].clone(), c[2..6].to_vec())
+            })
+            .collect();
+        for ev in every_event() {
+            let ty = ev["type"].as_str().expect("type");
+            let e = &ev["event"];
+            let strs = |k: &str| -> Vec<&str> {
+                e[k].as_array()
+                    .unwrap_or_else(|| panic!("{ty}: event.{k} is not an array"))
+                    .iter()
+                    .map(|v| v.as_str().expect("string"))
+                    .collect()
+            };
+            let kind = e["kind"].as_str().expect("event.kind");
+            assert!(["event", "metric", "alert"].contains(&kind), "{ty}: {kind}");
+            let (cats, types) = (strs("category"), strs("type"));
+            for c in &cats {
+                let allowed = ECS_CATEGORY_TYPES
+                    .iter()
+                    .find(|(n, _)| n == c)
+                    .unwrap_or_else(|| panic!("{ty}: category {c} is not used by ECS here"))
+                    .1;
+                for t in &types {
+                    assert!(allowed.contains(t), "{ty}: ECS has no type {t} for {c}");
+                }
+            }
+            if let Some(o) = e.get("outcome") {
+                assert!(["success", "failure", "unknown"].contains(&o.as_str().expect("outcome")));
+            }
+            let row = table
+                .get(ty)
+                .unwrap_or_else(|| panic!("{ty}: no row in the ECS categorization table"));
+            assert_eq!(row[0], kind, "{ty}: event.kind");
+            assert_eq!(row[1], cats.join(", "), "{ty}: event.category");
+            let action = e["action"].as_str().expect("event.action");
+            // One type for the whole row, or `type (`action`, ...); type (...)` per action.
+            let typed = row[2]
+                .split("; ")
+                .any(|entry| match entry.split_once(" (") {
+                    Some((t, acts)) => {
+                        t == types.join(", ") && acts.contains(&format!("`{action}`"))
+                    }
+                    None => entry == types.join(", "),
+                });
+            assert!(
+                typed,
+                "{ty}: event.type {types:?} for {action} is not {}",
+                row[2]
+            );
+            assert!(
+                row[3] == format!("`{action}`")
+                    || row[3].contains(&format!("`{action}`"))
+                    || row[3].starts_with("the syscall"),
+                "{ty}: event.action {action} is not in the table ({})",
+                row[3]
+            );
+        }
     }
 
     #[test]
@@ -1269,7 +1948,7 @@ mod tests {
         );
         assert_eq!(
             text(&fork),
-            r#"{"type":"fork","schema_version":1,"@timestamp":"2023-11-14T22:13:22.000000000Z","seq":1,"host":{"name":"h"},"process":{"pid":8,"thread":{"id":8},"name":"w\"q","executable":"/bin/w","start":"2023-11-14T22:13:20.000000005Z","user":{"id":1000},"real_user":{"id":1000},"group":{"id":1000},"real_group":{"id":1000},"parent":{"pid":7,"executable":"/bin/w"},"ancestry":[{"pid":7,"executable":"/bin/w"},{"pid":6,"executable":"/bin/p6"},{"pid":5,"executable":"/bin/p5"},{"pid":4,"executable":"/bin/p4"}],"cgroup":{"id":1},"namespaces":{"pid":4026531836,"mnt":4026531832}}}"#
+            r#"{"type":"fork","schema_version":2,"@timestamp":"2023-11-14T22:13:22.000000000Z","seq":1,"event":{"kind":"event","category":["process"],"type":["start"],"action":"fork"},"host":{"name":"h"},"process":{"pid":8,"thread":{"id":8},"name":"w\"q","executable":"/bin/w","start":"2023-11-14T22:13:20.000000005Z","user":{"id":"1000"},"real_user":{"id":"1000"},"group":{"id":"1000"},"real_group":{"id":"1000"},"parent":{"pid":7,"executable":"/bin/w"},"ancestry":[{"pid":7,"executable":"/bin/w"},{"pid":6,"executable":"/bin/p6"},{"pid":5,"executable":"/bin/p5"},{"pid":4,"executable":"/bin/p4"}],"cgroup":{"id":1},"namespaces":{"pid":4026531836,"mnt":4026531832}}}"#
         );
         let exit = b.build(
             Record::Exit(Exit {
@@ -1282,7 +1961,7 @@ mod tests {
         );
         assert_eq!(
             text(&exit),
-            r#"{"type":"exit","schema_version":1,"@timestamp":"2023-11-14T22:13:22.000000000Z","seq":2,"host":{"name":"h"},"process":{"pid":7,"thread":{"id":7},"name":"w\"q","executable":"/bin/w","start":"2023-11-14T22:13:21.000000000Z","user":{"id":1000},"real_user":{"id":1000},"group":{"id":1000},"real_group":{"id":1000},"parent":{"pid":99},"ancestry":[],"cgroup":{"id":1},"namespaces":{"pid":4026531836,"mnt":4026531832},"exit_code":0,"exit_signal":9,"core_dumped":true,"end":"2023-11-14T22:13:22.000000000Z","lifetime_ns":1000000000}}"#
+            r#"{"type":"exit","schema_version":2,"@timestamp":"2023-11-14T22:13:22.000000000Z","seq":2,"event":{"kind":"event","category":["process"],"type":["end"],"action":"exit"},"host":{"name":"h"},"process":{"pid":7,"thread":{"id":7},"name":"w\"q","executable":"/bin/w","start":"2023-11-14T22:13:21.000000000Z","user":{"id":"1000"},"real_user":{"id":"1000"},"group":{"id":"1000"},"real_group":{"id":"1000"},"parent":{"pid":99},"ancestry":[],"cgroup":{"id":1},"namespaces":{"pid":4026531836,"mnt":4026531832},"exit_code":0,"exit_signal":9,"core_dumped":true,"end":"2023-11-14T22:13:22.000000000Z","lifetime_ns":1000000000}}"#
         );
         assert!(procs.executable(7).is_none(), "exit removes the process");
     }

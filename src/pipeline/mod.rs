@@ -168,6 +168,9 @@ impl Pipeline {
                             enrich(&mut ev, a);
                         }
                         self.stats.count(ev.kind);
+                        if ev.dns.as_ref().is_some_and(|d| d.malformed.is_some()) {
+                            self.stats.dns_malformed += 1;
+                        }
                         if open && !sink.send(&ev)? {
                             open = false;
                         }

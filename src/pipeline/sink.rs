@@ -162,7 +162,7 @@ pub fn alert_line(ev: &Event) -> Option<String> {
         "{} {} {} {}: {}",
         ev.timestamp,
         a.rule.severity.to_uppercase(),
-        a.event.severity,
+        a.severity,
         clean(&a.rule.id),
         clean(&a.rule.name)
     );

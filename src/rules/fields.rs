@@ -314,7 +314,162 @@ static FIELDS: &[Field] = &[
     field!("network.result", Int, |e, f| e
         .network
         .as_ref()
+        .and_then(|n| n.result)
+        .is_some_and(|n| int(f, n))),
+    field!("network.protocol", Str, |e, f| e
+        .network
+        .as_ref()
+        .and_then(|n| n.protocol)
+        .is_some_and(|n| text(f, n))),
+    field!("network.bytes", Int, |e, f| e
+        .network
+        .as_ref()
+        .and_then(|n| n.bytes)
+        .is_some_and(|n| int(f, n.min(i64::MAX as u64) as i64))),
+    field!("source.bytes", Int, |e, f| e
+        .source
+        .as_ref()
+        .and_then(|n| n.bytes)
+        .is_some_and(|n| int(f, n.min(i64::MAX as u64) as i64))),
+    field!("destination.bytes", Int, |e, f| e
+        .destination
+        .as_ref()
+        .and_then(|n| n.bytes)
+        .is_some_and(|n| int(f, n.min(i64::MAX as u64) as i64))),
+    field!("event.action", Str, |e, f| text(f, e.event.action)),
+    field!("event.outcome", Str, |e, f| e
+        .event
+        .outcome
+        .is_some_and(|o| text(f, o))),
+    field!("event.category", Str, list, |e, f| e
+        .event
+        .category
+        .iter()
+        .any(|c| text(f, c))),
+    field!("event.type", Str, list, |e, f| e
+        .event
+        .types
+        .iter()
+        .any(|c| text(f, c))),
+    field!("namespace.syscall", Str, |e, f| e
+        .namespace
+        .as_ref()
+        .is_some_and(|n| text(f, n.syscall))),
+    field!("namespace.requested", Str, list, |e, f| e
+        .namespace
+        .as_ref()
+        .is_some_and(|n| n.requested.iter().any(|x| text(f, x)))),
+    field!("namespace.changed", Str, list, |e, f| e
+        .namespace
+        .as_ref()
+        .is_some_and(|n| n.changed.iter().any(|x| text(f, x)))),
+    field!("namespace.result", Int, |e, f| e
+        .namespace
+        .as_ref()
         .is_some_and(|n| int(f, n.result))),
+    field!("mount.syscall", Str, |e, f| e
+        .mount
+        .as_ref()
+        .is_some_and(|m| text(f, m.syscall))),
+    field!("mount.source", Str, |e, f| e
+        .mount
+        .as_ref()
+        .and_then(|m| m.source.as_deref())
+        .is_some_and(|x| text(f, x))),
+    field!("mount.target", Str, |e, f| e
+        .mount
+        .as_ref()
+        .and_then(|m| m.target.as_deref())
+        .is_some_and(|x| text(f, x))),
+    field!("mount.fs_type", Str, |e, f| e
+        .mount
+        .as_ref()
+        .and_then(|m| m.fs_type.as_deref())
+        .is_some_and(|x| text(f, x))),
+    field!("mount.flags", Int, |e, f| e
+        .mount
+        .as_ref()
+        .is_some_and(|m| int(f, m.flags as i64))),
+    field!("mount.result", Int, |e, f| e
+        .mount
+        .as_ref()
+        .is_some_and(|m| int(f, m.result))),
+    field!("module.syscall", Str, |e, f| e
+        .module
+        .as_ref()
+        .is_some_and(|m| text(f, m.syscall))),
+    field!("module.name", Str, |e, f| e
+        .module
+        .as_ref()
+        .and_then(|m| m.name.as_deref())
+        .is_some_and(|x| text(f, x))),
+    field!("module.path", Str, |e, f| e
+        .module
+        .as_ref()
+        .and_then(|m| m.path.as_deref())
+        .is_some_and(|x| text(f, x))),
+    field!("module.params", Str, |e, f| e
+        .module
+        .as_ref()
+        .is_some_and(|m| text(f, &m.params))),
+    field!("module.flags", Int, |e, f| e
+        .module
+        .as_ref()
+        .is_some_and(|m| int(f, m.flags))),
+    field!("module.result", Int, |e, f| e
+        .module
+        .as_ref()
+        .is_some_and(|m| int(f, m.result))),
+    field!("file.path", Str, |e, f| e
+        .file
+        .as_ref()
+        .is_some_and(|x| text(f, &x.path))),
+    field!("file.old_path", Str, |e, f| e
+        .file
+        .as_ref()
+        .and_then(|x| x.old_path.as_deref())
+        .is_some_and(|x| text(f, x))),
+    field!("file.target_path", Str, |e, f| e
+        .file
+        .as_ref()
+        .and_then(|x| x.target_path.as_deref())
+        .is_some_and(|x| text(f, x))),
+    field!("file.mode", Str, |e, f| e
+        .file
+        .as_ref()
+        .and_then(|x| x.mode.as_deref())
+        .is_some_and(|x| text(f, x))),
+    field!("file.watch", Str, |e, f| e
+        .file
+        .as_ref()
+        .is_some_and(|x| text(f, x.watch))),
+    field!("file.result", Int, |e, f| e
+        .file
+        .as_ref()
+        .is_some_and(|x| int(f, x.result))),
+    field!("file.path_from_caller", Bool, |e, f| e
+        .file
+        .as_ref()
+        .is_some_and(|x| f(Val::Bool(x.path_from_caller)))),
+    field!("dns.question.name", Str, |e, f| e
+        .dns
+        .as_ref()
+        .and_then(|d| d.question.as_ref())
+        .is_some_and(|q| text(f, &q.name))),
+    field!("dns.question.type", Str, |e, f| e
+        .dns
+        .as_ref()
+        .and_then(|d| d.question.as_ref())
+        .is_some_and(|q| text(f, &q.kind))),
+    field!("dns.size", Int, |e, f| e
+        .dns
+        .as_ref()
+        .is_some_and(|d| int(f, d.size))),
+    field!("dns.malformed", Str, |e, f| e
+        .dns
+        .as_ref()
+        .and_then(|d| d.malformed)
+        .is_some_and(|m| text(f, m))),
     field!("credentials.syscall", Str, |e, f| e
         .credentials
         .as_ref()

@@ -11,9 +11,7 @@ pub mod yaml;
 use std::path::{Path, PathBuf};
 
 use crate::counters::RuleCounts;
-use crate::events::alert::{
-    AlertInfo, RuleRef, Severity as EcsSeverity, Technique, Threat, Trigger,
-};
+use crate::events::alert::{AlertInfo, RuleRef, Technique, Threat, Trigger};
 use crate::events::event::Event;
 use crate::sensor::decode::EVENT_TYPES;
 pub use load::{Finding, Rule, Source};
@@ -187,9 +185,7 @@ fn alert(r: &Rule, ev: &Event) -> AlertInfo {
             severity: r.severity.word(),
             ruleset: r.ruleset.clone(),
         },
-        event: EcsSeverity {
-            severity: r.severity.number(),
-        },
+        severity: r.severity.number(),
         threat: Threat {
             framework: "MITRE ATT&CK",
             technique: Technique {

@@ -18,6 +18,12 @@ pub const LG_CREDS: u32 = types::lg_type::LG_CREDS.0;
 pub const LG_PTRACE: u32 = types::lg_type::LG_PTRACE.0;
 pub const LG_BPF_LOAD: u32 = types::lg_type::LG_BPF_LOAD.0;
 pub const LG_MEMFD: u32 = types::lg_type::LG_MEMFD.0;
+pub const LG_NAMESPACE: u32 = types::lg_type::LG_NAMESPACE.0;
+pub const LG_MOUNT: u32 = types::lg_type::LG_MOUNT.0;
+pub const LG_MODULE_LOAD: u32 = types::lg_type::LG_MODULE_LOAD.0;
+pub const LG_FILE: u32 = types::lg_type::LG_FILE.0;
+pub const LG_DNS: u32 = types::lg_type::LG_DNS.0;
+pub const LG_CONNECTION_CLOSE: u32 = types::lg_type::LG_CONNECTION_CLOSE.0;
 /// One past the largest record type: the length of per-type counter arrays.
 pub const LG_TYPE_MAX: usize = types::lg_type::LG_TYPE_MAX.0 as usize;
 
@@ -27,8 +33,23 @@ pub const TYPE_NAMES: [&str; LG_TYPE_MAX] = consts::LG_RECORD_NAMES;
 
 /// Every event `"type"` the kernel's records become, in output order: one per record type,
 /// except that a `creds` record is reported as `setuid` or `capset` by the call that made it.
-pub const EVENT_TYPES: [&str; 10] = [
-    "exec", "exit", "fork", "connect", "accept", "setuid", "capset", "ptrace", "bpf_load", "memfd",
+pub const EVENT_TYPES: [&str; 16] = [
+    "exec",
+    "exit",
+    "fork",
+    "connect",
+    "accept",
+    "setuid",
+    "capset",
+    "ptrace",
+    "bpf_load",
+    "memfd",
+    "namespace",
+    "mount",
+    "module_load",
+    "file",
+    "dns",
+    "connection_close",
 ];
 
 /// Why a record could not be decoded (counted as a user-space drop).
@@ -239,6 +260,162 @@ pub struct Memfd {
     pub ret: i32,
 }
 
+/// A task's namespaces as inode numbers (0: unknown); `pid` and `time` are where its children
+/// go (`pid_for_children`, `time_for_children`), which is what setns/unshare change.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize)]
+pub struct NsInodes {
+    pub mnt: u32,
+    pub uts: u32,
+    pub ipc: u32,
+    pub net: u32,
+    pub pid: u32,
+    pub user: u32,
+    pub cgroup: u32,
+    pub time: u32,
+}
+
+impl NsInodes {
+    /// Each namespace's name (as in /proc/PID/ns) and inode.
+    pub fn named(&self) -> [(&'static str, u32); 8] {
+        [
+            ("mnt", self.mnt),
+            ("uts", self.uts),
+            ("ipc", self.ipc),
+            ("net", self.net),
+            ("pid", self.pid),
+            ("user", self.user),
+            ("cgroup", self.cgroup),
+            ("time", self.time),
+        ]
+    }
+}
+
+/// The namespace names of a CLONE_NEW* mask (setns's nstype too), in `NsInodes` order.
+pub fn clone_new_names(flags: u64) -> Vec<&'static str> {
+    use nix::libc as l;
+    [
+        (l::CLONE_NEWNS, "mnt"),
+        (l::CLONE_NEWUTS, "uts"),
+        (l::CLONE_NEWIPC, "ipc"),
+        (l::CLONE_NEWNET, "net"),
+        (l::CLONE_NEWPID, "pid"),
+        (l::CLONE_NEWUSER, "user"),
+        (l::CLONE_NEWCGROUP, "cgroup"),
+        (0x80, "time"), // CLONE_NEWTIME (libc does not export it for every target)
+    ]
+    .into_iter()
+    .filter(|(bit, _)| flags & (*bit as u32 as u64) != 0)
+    .map(|(_, name)| name)
+    .collect()
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NamespaceChange {
+    pub task: Task,
+    /// `setns`, `unshare`, `clone` or `clone3`.
+    pub syscall: &'static str,
+    /// CLONE_NEW* asked for (setns: its nstype argument, 0 = any).
+    pub flags: u64,
+    /// 0, the child's pid (clone), or -errno.
+    pub ret: i32,
+    pub from: NsInodes,
+    /// After the call (clone: the child's); all 0 when unknown.
+    pub to: NsInodes,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Mount {
+    pub task: Task,
+    /// `mount`, `umount`, `move_mount`, `fsmount`, `open_tree` or `pivot_root`.
+    pub syscall: &'static str,
+    pub flags: u64,
+    pub ret: i32,
+    pub source: String,
+    pub target: String,
+    pub fstype: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ModuleLoad {
+    pub task: Task,
+    /// `init_module` or `finit_module`.
+    pub syscall: &'static str,
+    pub ret: i32,
+    pub flags: u32,
+    /// init_module: bytes of the image.
+    pub len: u64,
+    /// From `module:module_load` where the kernel has it ("" otherwise).
+    pub name: String,
+    pub params: String,
+    /// finit_module: the file as the kernel resolved it ("" for init_module).
+    pub path: String,
+    pub path_truncated: bool,
+}
+
+/// What a file event did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FileOp {
+    Read,
+    Write,
+    Create,
+    Rename,
+    Delete,
+    Chmod,
+    Mkdir,
+    Link,
+    Symlink,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FileChange {
+    pub task: Task,
+    pub op: FileOp,
+    /// The fd (opens), 0, or -errno.
+    pub ret: i32,
+    /// chmod: the mode asked for.
+    pub mode: u32,
+    /// Absolute: the kernel's (opens, fchmod), or composed from the caller's string.
+    pub path: String,
+    /// rename: the old name; link: the existing file; symlink: the target as written.
+    pub old_path: String,
+    /// The path (or part of it) is the caller's string, not the kernel's file.
+    pub from_caller: bool,
+    pub truncated: bool,
+    pub watch_read: bool,
+    pub watch_write: bool,
+}
+
+/// A UDP datagram sent to port 53 (its question is parsed when the event is built).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DnsQuery {
+    pub task: Task,
+    pub src: IpAddr,
+    /// 0 when the socket was not bound yet.
+    pub sport: u16,
+    pub dst: IpAddr,
+    pub dport: u16,
+    /// Bytes the caller sent.
+    pub len: u32,
+    /// The first bytes of the message (at most `LG_DNS_LEN`).
+    pub payload: Vec<u8>,
+}
+
+/// A TCP connection's end, with the process that owned it (as at connect/accept).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConnClose {
+    /// The owner; `ts_boot_ns` is the end.
+    pub task: Task,
+    pub inbound: bool,
+    pub src: IpAddr,
+    pub sport: u16,
+    pub dst: IpAddr,
+    pub dport: u16,
+    /// Boot-clock ns at connect()/accept().
+    pub start_ns: u64,
+    pub bytes_sent: u64,
+    pub bytes_received: u64,
+}
+
 /// One decoded kernel record.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Record {
@@ -250,6 +427,12 @@ pub enum Record {
     Ptrace(Ptrace),
     BpfLoad(BpfLoad),
     Memfd(Memfd),
+    Namespace(NamespaceChange),
+    Mount(Mount),
+    ModuleLoad(ModuleLoad),
+    File(FileChange),
+    Dns(DnsQuery),
+    ConnectionClose(ConnClose),
 }
 
 impl Record {
@@ -263,6 +446,12 @@ impl Record {
             Record::Ptrace(e) => &e.task,
             Record::BpfLoad(e) => &e.task,
             Record::Memfd(e) => &e.task,
+            Record::Namespace(e) => &e.task,
+            Record::Mount(e) => &e.task,
+            Record::ModuleLoad(e) => &e.task,
+            Record::File(e) => &e.task,
+            Record::Dns(e) => &e.task,
+            Record::ConnectionClose(e) => &e.task,
         }
     }
 }
@@ -289,6 +478,18 @@ unsafe impl Pod for types::lg_ptrace {}
 unsafe impl Pod for types::lg_bpf_load {}
 // SAFETY: as above.
 unsafe impl Pod for types::lg_memfd {}
+// SAFETY: as above.
+unsafe impl Pod for types::lg_namespace {}
+// SAFETY: as above.
+unsafe impl Pod for types::lg_mount {}
+// SAFETY: as above.
+unsafe impl Pod for types::lg_module_load {}
+// SAFETY: as above.
+unsafe impl Pod for types::lg_file {}
+// SAFETY: as above.
+unsafe impl Pod for types::lg_dns {}
+// SAFETY: as above.
+unsafe impl Pod for types::lg_connection_close {}
 
 /// `bytes` as a `T` when the length is exactly `size_of::<T>()`: borrowed in place when the
 /// bytes are aligned for `T` (ring-buffer records always are: libbpf hands out 8-byte aligned
@@ -318,6 +519,31 @@ fn read<T: Pod + Clone>(ty: u32, bytes: &[u8]) -> Result<Cow<'_, T>, DecodeError
         std::ptr::copy_nonoverlapping(bytes.as_ptr(), (&mut out as *mut T).cast::<u8>(), want);
     }
     Ok(Cow::Owned(out))
+}
+
+/// A record of variable length (`dns`: its payload is cut to what was captured): at least
+/// `min` bytes and at most size_of::<T>(), the rest of the `T` zero.
+fn read_prefix<T: Pod + Clone>(ty: u32, bytes: &[u8], min: usize) -> Result<T, DecodeError> {
+    let want = std::mem::size_of::<T>();
+    if bytes.len() < min || bytes.len() > want {
+        return Err(DecodeError::WrongSize {
+            ty,
+            len: bytes.len(),
+            want,
+        });
+    }
+    let mut out = T::default();
+    // SAFETY: `T: Pod` accepts any bit pattern, the destination is a valid, aligned `T` of
+    // `want` bytes, and at most `want` bytes are copied (checked above) from `bytes`, which
+    // has that many; the regions cannot overlap (`out` is a fresh local).
+    unsafe {
+        std::ptr::copy_nonoverlapping(
+            bytes.as_ptr(),
+            (&mut out as *mut T).cast::<u8>(),
+            bytes.len(),
+        );
+    }
+    Ok(out)
 }
 
 /// A NUL-terminated C string in a fixed array, lossily as UTF-8.
@@ -424,6 +650,52 @@ fn cred_call(n: u32) -> &'static str {
     }
 }
 
+fn ns_inodes(n: &types::lg_ns) -> NsInodes {
+    NsInodes {
+        mnt: n.mnt,
+        uts: n.uts,
+        ipc: n.ipc,
+        net: n.net,
+        pid: n.pid,
+        user: n.user,
+        cgroup: n.cgroup,
+        time: n.time,
+    }
+}
+
+fn ns_call(n: u32) -> &'static str {
+    use types::lg_ns_call as C;
+    match C(n) {
+        C::LG_NS_SETNS => "setns",
+        C::LG_NS_UNSHARE => "unshare",
+        C::LG_NS_CLONE => "clone",
+        C::LG_NS_CLONE3 => "clone3",
+        _ => "unknown",
+    }
+}
+
+fn mount_call(n: u32) -> &'static str {
+    use types::lg_mount_call as C;
+    match C(n) {
+        C::LG_MOUNT_MOUNT => "mount",
+        C::LG_MOUNT_UMOUNT => "umount",
+        C::LG_MOUNT_MOVE_MOUNT => "move_mount",
+        C::LG_MOUNT_FSMOUNT => "fsmount",
+        C::LG_MOUNT_OPEN_TREE => "open_tree",
+        C::LG_MOUNT_PIVOT_ROOT => "pivot_root",
+        _ => "unknown",
+    }
+}
+
+/// The first `len` bytes of a kernel-composed path buffer (`LG_FPATH_LEN`), lossily as UTF-8.
+fn path_of<const N: usize>(a: &[i8; N], len: u32) -> String {
+    let bytes = bytes_of(a);
+    let len = (len as usize).min(N);
+    let used = &bytes[..len];
+    let end = used.iter().position(|&b| b == 0).unwrap_or(len);
+    String::from_utf8_lossy(&used[..end]).into_owned()
+}
+
 /// Decodes one ring-buffer record.
 pub fn decode(bytes: &[u8]) -> Result<Record, DecodeError> {
     let Some(head) = bytes.get(..4) else {
@@ -518,6 +790,106 @@ pub fn decode(bytes: &[u8]) -> Result<Record, DecodeError> {
                 name: cstr(&e.name),
                 flags: e.flags,
                 ret: e.ret,
+            })
+        }
+        LG_NAMESPACE => {
+            let e = read::<types::lg_namespace>(ty, bytes)?;
+            Record::Namespace(NamespaceChange {
+                task: task(&e.task),
+                syscall: ns_call(e.syscall),
+                flags: e.flags,
+                ret: e.ret,
+                from: ns_inodes(&e.from),
+                to: ns_inodes(&e.to),
+            })
+        }
+        LG_MOUNT => {
+            let e = read::<types::lg_mount>(ty, bytes)?;
+            Record::Mount(Mount {
+                task: task(&e.task),
+                syscall: mount_call(e.syscall),
+                flags: e.flags,
+                ret: e.ret,
+                source: cstr(&e.source),
+                target: cstr(&e.target),
+                fstype: cstr(&e.fstype),
+            })
+        }
+        LG_MODULE_LOAD => {
+            let e = read::<types::lg_module_load>(ty, bytes)?;
+            Record::ModuleLoad(ModuleLoad {
+                task: task(&e.task),
+                syscall: if e.syscall == types::lg_module_call::LG_MODULE_FINIT.0 {
+                    "finit_module"
+                } else {
+                    "init_module"
+                },
+                ret: e.ret,
+                flags: e.flags,
+                len: e.len,
+                name: cstr(&e.name),
+                params: cstr(&e.params),
+                path: path_of(&e.path, e.path_len),
+                path_truncated: e.path_truncated != 0,
+            })
+        }
+        LG_FILE => {
+            let e = read::<types::lg_file>(ty, bytes)?;
+            use types::lg_file_op as O;
+            let op = match O(e.op) {
+                O::LG_FILE_READ => FileOp::Read,
+                O::LG_FILE_WRITE => FileOp::Write,
+                O::LG_FILE_CREATE => FileOp::Create,
+                O::LG_FILE_RENAME => FileOp::Rename,
+                O::LG_FILE_DELETE => FileOp::Delete,
+                O::LG_FILE_CHMOD => FileOp::Chmod,
+                O::LG_FILE_MKDIR => FileOp::Mkdir,
+                O::LG_FILE_LINK => FileOp::Link,
+                O::LG_FILE_SYMLINK => FileOp::Symlink,
+                _ => return Err(DecodeError::UnknownType(ty)),
+            };
+            let has = |bit: usize| e.flags & bit as u32 != 0;
+            Record::File(FileChange {
+                task: task(&e.task),
+                op,
+                ret: e.ret,
+                mode: e.mode,
+                path: path_of(&e.path, e.path_len.into()),
+                old_path: path_of(&e.old_path, e.old_path_len.into()),
+                from_caller: has(consts::LG_FILE_F_CALLER),
+                truncated: has(consts::LG_FILE_F_TRUNCATED),
+                watch_read: has(consts::LG_FILE_F_WATCH_READ),
+                watch_write: has(consts::LG_FILE_F_WATCH_WRITE),
+            })
+        }
+        LG_DNS => {
+            let head = std::mem::offset_of!(types::lg_dns, payload);
+            let e = read_prefix::<types::lg_dns>(ty, bytes, head)?;
+            let n = (e.captured as usize)
+                .min(e.payload.len())
+                .min(bytes.len() - head);
+            Record::Dns(DnsQuery {
+                task: task(&e.task),
+                src: ip(e.family, &e.saddr),
+                sport: e.sport,
+                dst: ip(e.family, &e.daddr),
+                dport: e.dport,
+                len: e.len,
+                payload: e.payload[..n].to_vec(),
+            })
+        }
+        LG_CONNECTION_CLOSE => {
+            let e = read::<types::lg_connection_close>(ty, bytes)?;
+            Record::ConnectionClose(ConnClose {
+                task: task(&e.task),
+                inbound: e.inbound != 0,
+                src: ip(e.family, &e.saddr),
+                sport: e.sport,
+                dst: ip(e.family, &e.daddr),
+                dport: e.dport,
+                start_ns: e.start_ns,
+                bytes_sent: e.bytes_sent,
+                bytes_received: e.bytes_received,
             })
         }
         other => return Err(DecodeError::UnknownType(other)),
@@ -778,6 +1150,54 @@ mod tests {
             panic!("not memfd")
         };
         assert_eq!((x.name.as_str(), x.flags, x.ret), ("payload", 1, 3));
+    }
+
+    /// dns records are cut after their payload: any length from the payload's start to the
+    /// whole struct decodes, the payload bounded by both `captured` and the bytes there are.
+    #[test]
+    fn dns_records_of_every_length_decode() {
+        let mut d = types::lg_dns {
+            r#type: LG_DNS,
+            family: 2,
+            dport: 53,
+            task: task(),
+            sport: 4000,
+            len: 20,
+            captured: 20,
+            ..Default::default()
+        };
+        d.daddr[..4].copy_from_slice(&[127, 0, 0, 53]);
+        for (i, b) in d.payload.iter_mut().enumerate().take(20) {
+            *b = i as u8;
+        }
+        let full = bytes_of_record(&d);
+        let head = std::mem::offset_of!(types::lg_dns, payload);
+        let cut = (head + 20 + 7) & !7;
+        let Record::Dns(x) = decode(&full[..cut]).expect("decode") else {
+            panic!("not dns")
+        };
+        assert_eq!(x.payload, (0..20).collect::<Vec<u8>>());
+        assert_eq!(
+            (x.dst.to_string(), x.dport, x.sport),
+            ("127.0.0.53".into(), 53, 4000)
+        );
+        assert_eq!(decode(&full).map(|r| r.task().pid), Ok(42));
+        // captured larger than the bytes sent: bounded by the record.
+        d.captured = 500;
+        let Record::Dns(x) = decode(&bytes_of_record(&d)[..head + 8]).expect("decode") else {
+            panic!("not dns")
+        };
+        assert_eq!(x.payload.len(), 8);
+        assert!(matches!(
+            decode(&full[..head - 1]),
+            Err(DecodeError::WrongSize { .. })
+        ));
+        let mut longer = full.clone();
+        longer.extend_from_slice(&[0; 8]);
+        assert!(matches!(
+            decode(&longer),
+            Err(DecodeError::WrongSize { .. })
+        ));
     }
 
     #[test]

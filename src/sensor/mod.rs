@@ -21,10 +21,12 @@ use libbpf_rs::{Link, MapCore, MapFlags, OpenObject, PrintLevel};
 use crate::error::{Error, Result};
 
 pub mod decode;
+pub mod dns;
 mod load_log;
 pub mod skel;
+pub mod watch;
 
-use skel::{OpenSensorSkel, SensorSkel, SensorSkelBuilder};
+use skel::{OpenSensorSkel, SensorSkel, SensorSkelBuilder, consts};
 
 const TRACEFS: &str = "/sys/kernel/tracing";
 const VMLINUX_BTF: &str = "/sys/kernel/btf/vmlinux";
@@ -229,6 +231,216 @@ const HOOKS: &[Hook] = &[
         alts: sys!("memfd_enter" => "sys_enter_memfd_create", "memfd_exit" => "sys_exit_memfd_create"),
         lost: "memfd_create calls are NOT reported (fileless executions still are, as exec)",
     },
+    // Issue 17's events. Where the compat hook runs its dispatching programs (x86_64, Linux
+    // 5.17+), those two programs already see every syscall and serve these events too (the
+    // dispatcher, bpf/syscalls.bpf.h): a syscall none of them wants costs a bit test and nothing
+    // is attached per syscall. Elsewhere each event uses its own `syscalls:*` tracepoints.
+    Hook {
+        event: "namespace",
+        alts: &[
+            DISPATCH_BTF,
+            DISPATCH_RAW,
+            Alt {
+                progs: &[
+                    (
+                        "ns_setns_enter",
+                        Via::Tracepoint("syscalls", "sys_enter_setns"),
+                    ),
+                    (
+                        "ns_setns_exit",
+                        Via::Tracepoint("syscalls", "sys_exit_setns"),
+                    ),
+                    (
+                        "ns_unshare_enter",
+                        Via::Tracepoint("syscalls", "sys_enter_unshare"),
+                    ),
+                    (
+                        "ns_unshare_exit",
+                        Via::Tracepoint("syscalls", "sys_exit_unshare"),
+                    ),
+                    (
+                        "ns_clone_enter",
+                        Via::Tracepoint("syscalls", "sys_enter_clone"),
+                    ),
+                    (
+                        "ns_clone_exit",
+                        Via::Tracepoint("syscalls", "sys_exit_clone"),
+                    ),
+                    (
+                        "ns_clone3_enter",
+                        Via::Tracepoint("syscalls", "sys_enter_clone3"),
+                    ),
+                    (
+                        "ns_clone3_exit",
+                        Via::Tracepoint("syscalls", "sys_exit_clone3"),
+                    ),
+                ],
+                helpers: &[TASK_PT_REGS],
+                ..ALT
+            },
+        ],
+        lost: "namespace changes (setns, unshare, clone with CLONE_NEW*) are NOT reported",
+    },
+    Hook {
+        event: "mount",
+        alts: &[
+            DISPATCH_BTF,
+            DISPATCH_RAW,
+            Alt {
+                progs: &[
+                    (
+                        "mount_mount_exit",
+                        Via::Tracepoint("syscalls", "sys_exit_mount"),
+                    ),
+                    (
+                        "mount_umount_exit",
+                        Via::Tracepoint("syscalls", "sys_exit_umount"),
+                    ),
+                    (
+                        "mount_move_exit",
+                        Via::Tracepoint("syscalls", "sys_exit_move_mount"),
+                    ),
+                    (
+                        "mount_fsmount_exit",
+                        Via::Tracepoint("syscalls", "sys_exit_fsmount"),
+                    ),
+                    (
+                        "mount_open_tree_exit",
+                        Via::Tracepoint("syscalls", "sys_exit_open_tree"),
+                    ),
+                    (
+                        "mount_pivot_root_exit",
+                        Via::Tracepoint("syscalls", "sys_exit_pivot_root"),
+                    ),
+                ],
+                helpers: &[BPF_LOOP],
+                ..ALT
+            },
+        ],
+        lost: "mounts (mount, umount, move_mount, fsmount, open_tree, pivot_root) are NOT reported",
+    },
+    // Opens, renames, deletes, mode changes... of watched paths (bpf/file.bpf.h), filtered in
+    // the kernel against the watch lists. Without the dispatcher: each syscall's tracepoints;
+    // fchmodat2 is Linux 6.6+, and arm64 has only the *at calls (open, rename... do not exist).
+    Hook {
+        event: "file",
+        alts: &[
+            DISPATCH_BTF,
+            DISPATCH_RAW,
+            Alt {
+                progs: FILE_TPS,
+                helpers: &[BPF_LOOP],
+                ..ALT
+            },
+            Alt {
+                progs: FILE_TPS.split_at(FILE_TPS.len() - 1).0,
+                helpers: &[BPF_LOOP],
+                ..ALT
+            },
+            Alt {
+                progs: FILE_TPS.split_at(FILE_AT).1,
+                helpers: &[BPF_LOOP],
+                ..ALT
+            },
+            Alt {
+                progs: FILE_TPS
+                    .split_at(FILE_AT)
+                    .1
+                    .split_at(FILE_TPS.len() - FILE_AT - 1)
+                    .0,
+                helpers: &[BPF_LOOP],
+                ..ALT
+            },
+        ],
+        lost: "reads of credential files and changes below the watched directories are NOT \
+               reported",
+    },
+    // TCP connections' ends (bpf/conn.bpf.h): a second program on inet_sock_set_state, and
+    // the owners of accepted connections noted at accept()'s return (by the dispatcher, else by
+    // programs of their own on the accept tracepoints).
+    Hook {
+        event: "connection_close",
+        alts: &[
+            Alt {
+                progs: &[CLOSE_BTF, DISPATCH_BTF.progs[0], DISPATCH_BTF.progs[1]],
+                ..DISPATCH_BTF
+            },
+            Alt {
+                progs: &[CLOSE_TP, DISPATCH_RAW.progs[0], DISPATCH_RAW.progs[1]],
+                ..DISPATCH_RAW
+            },
+            Alt {
+                progs: &[CLOSE_BTF, CLOSE_ACCEPT4, CLOSE_ACCEPT],
+                ..ALT
+            },
+            Alt {
+                progs: &[CLOSE_TP, CLOSE_ACCEPT4, CLOSE_ACCEPT],
+                ..ALT
+            },
+        ],
+        lost: "TCP connection ends (bytes, duration) are NOT reported",
+    },
+    // DNS questions sent over UDP to port 53 (bpf/dns.bpf.h), at the sends' entry.
+    Hook {
+        event: "dns",
+        alts: &[
+            DISPATCH_BTF,
+            DISPATCH_RAW,
+            Alt {
+                progs: &[
+                    (
+                        "dns_sendto_enter",
+                        Via::Tracepoint("syscalls", "sys_enter_sendto"),
+                    ),
+                    (
+                        "dns_sendmsg_enter",
+                        Via::Tracepoint("syscalls", "sys_enter_sendmsg"),
+                    ),
+                    (
+                        "dns_sendmmsg_enter",
+                        Via::Tracepoint("syscalls", "sys_enter_sendmmsg"),
+                    ),
+                ],
+                helpers: &[TASK_PT_REGS],
+                ..ALT
+            },
+        ],
+        lost: "DNS questions are NOT reported",
+    },
+    // Kernels without loadable modules (like the development machine's) have neither the
+    // `module:module_load` tracepoint (the module's name) nor `syscalls:*_init_module`: there
+    // the dispatcher alone still reports the attempts (they fail with ENOSYS).
+    Hook {
+        event: "module_load",
+        alts: &[
+            Alt {
+                progs: &[DISPATCH_BTF.progs[0], DISPATCH_BTF.progs[1], MODULE_NAME],
+                ..DISPATCH_BTF
+            },
+            Alt {
+                progs: &[DISPATCH_RAW.progs[0], DISPATCH_RAW.progs[1], MODULE_NAME],
+                ..DISPATCH_RAW
+            },
+            Alt {
+                progs: &[
+                    (
+                        "module_init_exit",
+                        Via::Tracepoint("syscalls", "sys_exit_init_module"),
+                    ),
+                    (
+                        "module_finit_exit",
+                        Via::Tracepoint("syscalls", "sys_exit_finit_module"),
+                    ),
+                    MODULE_NAME,
+                ],
+                helpers: &[BPF_LOOP],
+                ..ALT
+            },
+            DISPATCH_BTF,
+            DISPATCH_RAW,
+        ],
+        lost: "kernel module loads are NOT reported",
+    },
     // 32-bit syscalls (x86 `int $0x80`..., arm64 AArch32 processes) skip every `syscalls:*`
     // tracepoint above: these see
     // every syscall, leave at once unless it is a compat one, and report setuid, capset,
@@ -236,11 +448,14 @@ const HOOKS: &[Hook] = &[
     Hook {
         event: COMPAT,
         alts: &[
+            DISPATCH_BTF,
+            DISPATCH_RAW,
             Alt {
                 progs: &[
                     ("compat_enter_btf", Via::TpBtf("sys_enter", 2)),
                     ("compat_exit_btf", Via::TpBtf("sys_exit", 2)),
                 ],
+                loss: Some(COMPAT_UNDISPATCHED),
                 ..ALT
             },
             Alt {
@@ -248,16 +463,176 @@ const HOOKS: &[Hook] = &[
                     ("compat_enter_raw", Via::RawTp("raw_syscalls", "sys_enter")),
                     ("compat_exit_raw", Via::RawTp("raw_syscalls", "sys_exit")),
                 ],
+                loss: Some(COMPAT_UNDISPATCHED),
                 ..ALT
             },
         ],
-        lost: "32-bit (int $0x80) setuid, capset, ptrace, bpf, memfd_create, connect and accept \
-               are NOT reported",
+        lost: "32-bit (int $0x80) setuid, capset, ptrace, bpf, memfd_create, connect, accept, \
+               namespace, mount, module, file and DNS syscalls are NOT reported",
     },
 ];
 
 /// The hook for 32-bit syscalls: only wanted where they can happen.
 const COMPAT: &str = "compat";
+
+/// The dispatching programs of the compat hook (bpf/sensor.bpf.c `disp_*`), which also serve
+/// the events of bpf/syscalls.bpf.h. They need bpf_loop() and know x86_64's syscall numbers
+/// only; the other hooks may use them only when the compat hook runs them.
+const DISPATCH_BTF: Alt = Alt {
+    progs: &[
+        ("disp_enter_btf", Via::TpBtf("sys_enter", 2)),
+        ("disp_exit_btf", Via::TpBtf("sys_exit", 2)),
+    ],
+    helpers: &[BPF_LOOP],
+    loss: None,
+};
+const DISPATCH_RAW: Alt = Alt {
+    progs: &[
+        ("disp_enter_raw", Via::RawTp("raw_syscalls", "sys_enter")),
+        ("disp_exit_raw", Via::RawTp("raw_syscalls", "sys_exit")),
+    ],
+    helpers: &[BPF_LOOP],
+    loss: None,
+};
+
+/// What the compat hook's plain programs leave out compared with the dispatching ones.
+#[cfg(target_arch = "x86_64")]
+const COMPAT_UNDISPATCHED: &str = "32-bit (int $0x80) namespace, mount, module, file and DNS \
+                                   syscalls are not reported (the dispatcher needs bpf_loop, \
+                                   Linux 5.17+)";
+#[cfg(target_arch = "aarch64")]
+const COMPAT_UNDISPATCHED: &str = "AArch32 processes' namespace, mount, module, file and DNS \
+                                   syscalls are not reported (the dispatcher knows x86_64's \
+                                   syscall numbers only)";
+
+/// bpf_task_pt_regs() (Linux 5.15+): the per-syscall tracepoint programs of bpf/syscalls.bpf.h
+/// read the call's arguments from the task's saved registers.
+const TASK_PT_REGS: (libbpf_rs::libbpf_sys::bpf_func_id, &str) = (
+    libbpf_rs::libbpf_sys::BPF_FUNC_task_pt_regs,
+    "bpf_task_pt_regs (Linux 5.15+)",
+);
+
+/// The file event's own tracepoints (without the dispatcher): first the calls only x86_64 has
+/// (`FILE_AT` of them), then the ones every architecture has, fchmodat2 (Linux 6.6+) last.
+const FILE_TPS: &[(&str, Via)] = &[
+    (
+        "file_open_exit",
+        Via::Tracepoint("syscalls", "sys_exit_open"),
+    ),
+    (
+        "file_creat_exit",
+        Via::Tracepoint("syscalls", "sys_exit_creat"),
+    ),
+    (
+        "file_rename_exit",
+        Via::Tracepoint("syscalls", "sys_exit_rename"),
+    ),
+    (
+        "file_renameat_exit",
+        Via::Tracepoint("syscalls", "sys_exit_renameat"),
+    ),
+    (
+        "file_unlink_exit",
+        Via::Tracepoint("syscalls", "sys_exit_unlink"),
+    ),
+    (
+        "file_rmdir_exit",
+        Via::Tracepoint("syscalls", "sys_exit_rmdir"),
+    ),
+    (
+        "file_chmod_exit",
+        Via::Tracepoint("syscalls", "sys_exit_chmod"),
+    ),
+    (
+        "file_mkdir_exit",
+        Via::Tracepoint("syscalls", "sys_exit_mkdir"),
+    ),
+    (
+        "file_link_exit",
+        Via::Tracepoint("syscalls", "sys_exit_link"),
+    ),
+    (
+        "file_symlink_exit",
+        Via::Tracepoint("syscalls", "sys_exit_symlink"),
+    ),
+    (
+        "file_openat_exit",
+        Via::Tracepoint("syscalls", "sys_exit_openat"),
+    ),
+    (
+        "file_openat2_exit",
+        Via::Tracepoint("syscalls", "sys_exit_openat2"),
+    ),
+    (
+        "file_open_by_handle_exit",
+        Via::Tracepoint("syscalls", "sys_exit_open_by_handle_at"),
+    ),
+    (
+        "file_renameat2_exit",
+        Via::Tracepoint("syscalls", "sys_exit_renameat2"),
+    ),
+    (
+        "file_unlinkat_exit",
+        Via::Tracepoint("syscalls", "sys_exit_unlinkat"),
+    ),
+    (
+        "file_fchmod_exit",
+        Via::Tracepoint("syscalls", "sys_exit_fchmod"),
+    ),
+    (
+        "file_fchmodat_exit",
+        Via::Tracepoint("syscalls", "sys_exit_fchmodat"),
+    ),
+    (
+        "file_mkdirat_exit",
+        Via::Tracepoint("syscalls", "sys_exit_mkdirat"),
+    ),
+    (
+        "file_linkat_exit",
+        Via::Tracepoint("syscalls", "sys_exit_linkat"),
+    ),
+    (
+        "file_symlinkat_exit",
+        Via::Tracepoint("syscalls", "sys_exit_symlinkat"),
+    ),
+    (
+        "file_fchmodat2_exit",
+        Via::Tracepoint("syscalls", "sys_exit_fchmodat2"),
+    ),
+];
+const FILE_AT: usize = 10;
+
+/// connection_close's programs (bpf/conn.bpf.h).
+const CLOSE_BTF: (&str, Via) = ("close_btf", Via::TpBtf("inet_sock_set_state", 3));
+const CLOSE_TP: (&str, Via) = ("close_tp", Via::Tracepoint("sock", "inet_sock_set_state"));
+const CLOSE_ACCEPT4: (&str, Via) = (
+    "close_accept4_exit",
+    Via::Tracepoint("syscalls", "sys_exit_accept4"),
+);
+const CLOSE_ACCEPT: (&str, Via) = (
+    "close_accept_exit",
+    Via::Tracepoint("syscalls", "sys_exit_accept"),
+);
+
+/// The loaded module's name (module:module_load), where the kernel has loadable modules.
+const MODULE_NAME: (&str, Via) = ("module_load_tp", Via::Tracepoint("module", "module_load"));
+
+/// Whether `alt` runs the dispatcher (bpf/syscalls.bpf.h).
+fn is_dispatch(alt: &Alt) -> bool {
+    alt.progs.iter().any(|(n, _)| n.starts_with("disp_"))
+}
+
+/// The events the chosen alternatives serve through the dispatcher (its `want_*` knobs).
+fn dispatched(choice: &Choice) -> Vec<&'static str> {
+    HOOKS
+        .iter()
+        .zip(choice)
+        .filter(|(h, _)| h.event != COMPAT)
+        .filter_map(|(h, (c, _))| c.map(|i| (h, &h.alts[i])))
+        .filter(|(_, a)| is_dispatch(a))
+        .map(|(h, _)| h.event)
+        .collect()
+}
 
 /// Functions the kernel has only when it can run 32-bit syscalls (CONFIG_IA32_EMULATION on
 /// x86_64): `do_fast_syscall_32` since 4.3, `ia32_sys_call` since 6.10, and the ia32 syscall
@@ -273,7 +648,8 @@ const COMPAT_ENTRY_FUNCS: &[&str] = &["do_el0_svc_compat", "compat_arm_syscall"]
 /// The 32-bit syscalls the compat hook reports, for the warning when it is turned off.
 #[cfg(target_arch = "x86_64")]
 const COMPAT_OFF: &str = "turned off (--compat-syscalls=false): 32-bit (int $0x80) setuid, \
-                          capset, ptrace, bpf, memfd_create, connect and accept are NOT reported";
+                          capset, ptrace, bpf, memfd_create, connect, accept, namespace, mount, \
+                          module, file and DNS syscalls are NOT reported";
 #[cfg(target_arch = "aarch64")]
 const COMPAT_OFF: &str = "turned off (--compat-syscalls=false): AArch32 processes' setuid, \
                           capset, ptrace, bpf, memfd_create, connect and accept are NOT reported";
@@ -370,6 +746,10 @@ pub struct Options {
     pub wakeup_bytes: u64,
     /// Watch 32-bit syscalls too (`--compat-syscalls`): two more programs run on every syscall.
     pub compat_syscalls: bool,
+    /// Path prefixes whose opens for reading are reported (`--watch-read`, resolved).
+    pub watch_read: Vec<String>,
+    /// Path prefixes below which changes are reported (`--watch-write`, resolved).
+    pub watch_write: Vec<String>,
 }
 
 /// How well the sensor watches one event type on this kernel.
@@ -558,6 +938,10 @@ fn unneeded(opts: &Options, btf: Option<&libbpf_rs::btf::Btf<'_>>) -> Vec<Skip> 
                     None
                 }
             }
+            "file" if opts.watch_read.is_empty() && opts.watch_write.is_empty() => Some((
+                log::Level::Info,
+                "both watch lists are empty (--watch-read none, --watch-write none)",
+            )),
             _ => None,
         })
         .collect()
@@ -600,6 +984,9 @@ impl Offer<'_> {
 
     /// Why `alt` cannot run here, or None when it may.
     fn lacks(&self, alt: &Alt) -> Option<String> {
+        if is_dispatch(alt) && !cfg!(target_arch = "x86_64") {
+            return Some("the dispatcher knows x86_64's syscall numbers only".into());
+        }
         for (id, name) in alt.helpers {
             if !self.helpers.iter().any(|(h, ok)| h == id && *ok) {
                 return Some(format!("the kernel has no {name}"));
@@ -659,23 +1046,35 @@ type Choice = Vec<(Option<usize>, Vec<String>)>;
 /// the kernel refused earlier ones). Also says, per hook, why the alternatives before the
 /// chosen one could not be used.
 fn probe(offer: &Offer<'_>, skip: &[Skip], from: &[usize]) -> Choice {
+    let pick = |h: &Hook, skip: &Skip, from: usize, dispatching: bool| {
+        let mut why = Vec::new();
+        if skip.is_some() {
+            return (None, why);
+        }
+        for (i, alt) in h.alts.iter().enumerate().skip(from) {
+            let lacks = if h.event != COMPAT && is_dispatch(alt) && !dispatching {
+                Some("the compat hook does not run the dispatcher".to_string())
+            } else {
+                offer.lacks(alt)
+            };
+            match lacks {
+                None => return (Some(i), why),
+                Some(w) => why.push(w),
+            }
+        }
+        (None, why)
+    };
+    // The dispatcher serves other hooks only where the compat hook runs it: decide that first.
+    let compat = HOOKS.iter().position(|h| h.event == COMPAT);
+    let dispatching = compat.is_some_and(|c| {
+        let (alt, _) = pick(&HOOKS[c], &skip[c], from[c], false);
+        alt.is_some_and(|a| is_dispatch(&HOOKS[c].alts[a]))
+    });
     HOOKS
         .iter()
         .zip(skip)
         .zip(from)
-        .map(|((h, skip), from)| {
-            let mut why = Vec::new();
-            if skip.is_some() {
-                return (None, why);
-            }
-            for (i, alt) in h.alts.iter().enumerate().skip(*from) {
-                match offer.lacks(alt) {
-                    None => return (Some(i), why),
-                    Some(w) => why.push(w),
-                }
-            }
-            (None, why)
-        })
+        .map(|((h, skip), from)| pick(h, skip, *from, dispatching))
         .collect()
 }
 
@@ -703,7 +1102,7 @@ fn via_name(via: &Via) -> String {
 }
 
 /// Opens the skeleton and sets the knobs; `wanted` names the programs to load.
-fn open(opts: &Options, wanted: &[&str]) -> Result<OpenSensorSkel<'static>> {
+fn open(opts: &Options, wanted: &[&str], dispatched: &[&str]) -> Result<OpenSensorSkel<'static>> {
     // The open object must outlive the skeleton, which lives as long as the process needs the
     // sensor: leaking one small allocation per load is the simplest correct owner.
     let storage: &'static mut MaybeUninit<OpenObject> = Box::leak(Box::new(MaybeUninit::uninit()));
@@ -720,6 +1119,35 @@ fn open(opts: &Options, wanted: &[&str]) -> Result<OpenSensorSkel<'static>> {
     // Each CPU looks at the ring's fill after its share of wakeup_bytes (bpf/sensor.bpf.c).
     let cpus = libbpf_rs::num_possible_cpus().map_or(1, |n| n.max(1)) as u64;
     rodata.wakeup_check_bytes = opts.wakeup_bytes / cpus;
+    rodata.want_ns = dispatched.contains(&"namespace");
+    rodata.want_mount = dispatched.contains(&"mount");
+    rodata.want_module = dispatched.contains(&"module_load");
+    rodata.want_file = dispatched.contains(&"file");
+    rodata.want_dns = dispatched.contains(&"dns");
+    rodata.want_close = dispatched.contains(&"connection_close");
+    rodata.watch_reads = !opts.watch_read.is_empty();
+    // The fast path's first-component filter (bpf/file.bpf.h); none: every path is looked up.
+    let entries = watch::entries(&opts.watch_read, &opts.watch_write);
+    let tops = watch::tops(&entries).unwrap_or_default();
+    rodata.top_count = tops.len() as u32;
+    for (i, t) in tops.iter().enumerate() {
+        rodata.top_lo[i] = t.lo;
+        rodata.top_hi[i] = t.hi;
+        rodata.top_mlo[i] = t.mlo;
+        rodata.top_mhi[i] = t.mhi;
+        rodata.top_len[i] = t.len;
+        rodata.top_exact[i] = u8::from(t.exact);
+        rodata.top_lists[i] = t.lists as u8;
+        let first = (t.lo & 0xff) as usize;
+        for (list, bit) in [
+            (0, consts::LG_FILE_F_WATCH_READ),
+            (1, consts::LG_FILE_F_WATCH_WRITE),
+        ] {
+            if t.lists & bit as u32 != 0 {
+                rodata.top_first[list][first >> 6] |= 1 << (first & 63);
+            }
+        }
+    }
     let bytes = u32::try_from(opts.ring_buffer_mb << 20)
         .map_err(|_| Error::config("--ring-buffer-mb is too large (at most 1024)"))?;
     open.maps
@@ -736,6 +1164,33 @@ fn open(opts: &Options, wanted: &[&str]) -> Result<OpenSensorSkel<'static>> {
         }
     }
     Ok(open)
+}
+
+/// Puts the watch lists into the kernel's trie (before anything is attached).
+fn fill_watch(skel: &SensorSkel<'static>, opts: &Options) -> Result<()> {
+    let entries = watch::entries(&opts.watch_read, &opts.watch_write);
+    if entries.len() > watch::MAX_ENTRIES {
+        return Err(Error::config(format!(
+            "the watch lists have {} prefixes after expanding `*`; at most {} fit in the kernel's \
+             table: shorten --watch-read/--watch-write",
+            entries.len(),
+            watch::MAX_ENTRIES
+        )));
+    }
+    for (prefix, lists) in &entries {
+        skel.maps
+            .watch
+            .update(&watch::key(prefix), &lists.to_ne_bytes(), MapFlags::ANY)
+            .map_err(|e| {
+                Error::runtime(format!("failed to fill the watch list ({prefix}): {e}"))
+            })?;
+    }
+    log::debug!(
+        "file: watching {} prefixes for reads, {} for changes",
+        opts.watch_read.len(),
+        opts.watch_write.len()
+    );
+    Ok(())
 }
 
 /// What the start-up has ruled out so far, per hook: the first alternative it may still take,
@@ -755,21 +1210,36 @@ impl Tried {
 }
 
 /// Attaches every program of `alt`; an error names the program and the kernel's answer.
-fn attach(skel: &mut SensorSkel<'static>, alt: &Alt) -> std::result::Result<Vec<Link>, String> {
+/// Programs several hooks share (the dispatcher) are attached once: `done` names those attached.
+fn attach(
+    skel: &mut SensorSkel<'static>,
+    alt: &Alt,
+    done: &mut Vec<&'static str>,
+) -> std::result::Result<Vec<Link>, String> {
     let mut links = Vec::new();
     for (name, _) in alt.progs {
+        if done.contains(name) {
+            continue;
+        }
         let prog = skel
             .object()
             .progs_mut()
             .find(|p| p.name() == *name)
             .map(|p| p.attach());
         match prog {
-            Some(Ok(link)) => links.push(link),
+            Some(Ok(link)) => links.push((*name, link)),
             Some(Err(e)) => return Err(format!("the kernel refused to attach {name}: {e}")),
             None => return Err(format!("{name} is not in the object")),
         }
     }
-    Ok(links)
+    // Only a whole alternative counts as attached (a partial one's links drop with it).
+    Ok(links
+        .into_iter()
+        .map(|(name, link)| {
+            done.push(name);
+            link
+        })
+        .collect())
 }
 
 /// How `alt` is attached, for the log: "tp_btf/sched_process_exec", "a, b" or "a (+3 more)".
@@ -883,15 +1353,17 @@ impl Sensor {
         let rounds = HOOKS.iter().map(|h| h.alts.len()).sum::<usize>() + 1;
         for _ in 0..rounds {
             let (mut skel, choice) = Self::load(opts, &offer, &skip, &mut tried)?;
+            fill_watch(&skel, opts)?;
             let mut links = Vec::new();
             let mut attached: Vec<std::result::Result<Option<String>, String>> = Vec::new();
             let mut retry = false;
+            let mut done = Vec::new();
             for (i, (hook, (alt, _))) in HOOKS.iter().zip(&choice).enumerate() {
                 let Some(a) = alt else {
                     attached.push(Ok(None));
                     continue;
                 };
-                match attach(&mut skel, &hook.alts[*a]) {
+                match attach(&mut skel, &hook.alts[*a], &mut done) {
                     Ok(these) => {
                         links.extend(these);
                         attached.push(Ok(Some(shown_vias(&hook.alts[*a]))));
@@ -961,7 +1433,7 @@ impl Sensor {
                 .filter_map(|(h, (c, _))| c.map(|i| &h.alts[i]))
                 .flat_map(|a| a.progs.iter().map(|(n, _)| *n))
                 .collect();
-            let open = open(opts, &wanted)?;
+            let open = open(opts, &wanted, &dispatched(&choice))?;
             let (res, msgs) = load_log::capture(|| open.load());
             let err = match res {
                 Ok(skel) => return Ok((skel, choice)),
@@ -973,6 +1445,8 @@ impl Sensor {
                     .iter()
                     .zip(&choice)
                     .enumerate()
+                    // The dispatcher's programs belong to the compat hook (last), shared or not.
+                    .rev()
                     .find_map(|(i, (h, (c, _)))| {
                         let c = (*c)?;
                         h.alts[c]
@@ -1080,7 +1554,9 @@ pub fn load_all_for_test(opts: &Options) -> Result<usize> {
         .collect();
     all.sort_unstable();
     all.dedup();
-    let open = open(opts, &all)?;
+    // Every event's dispatcher code too, so that the verifier sees all of it.
+    let events: Vec<&str> = HOOKS.iter().map(|h| h.event).collect();
+    let open = open(opts, &all, &events)?;
     let (res, msgs) = load_log::capture(|| open.load());
     res.map_err(|e| {
         let why = load_log::refusal(&msgs)
@@ -1111,6 +1587,8 @@ mod tests {
             own_tgid: 0,
             wakeup_bytes: 0,
             compat_syscalls: true,
+            watch_read: watch::resolve("default", watch::DEFAULT_READ),
+            watch_write: watch::resolve("default", watch::DEFAULT_WRITE),
         }
     }
 
@@ -1308,16 +1786,32 @@ mod tests {
         // A hook left out is neither loaded nor attached.
         let mut skip = vec![None; HOOKS.len()];
         skip[idx] = Some((log::Level::Info, "no 32-bit syscalls"));
-        let offer = Offer {
+        let mut offer = Offer {
             btf: Some(&btf),
             allow_btf: true,
-            helpers: vec![],
+            helpers: vec![(BPF_LOOP.0, true), (TASK_PT_REGS.0, true)],
         };
         assert_eq!(probe(&offer, &skip, &[0; HOOK_COUNT])[idx].0, None);
-        assert_eq!(
-            probe(&offer, &vec![None; HOOKS.len()], &[0; HOOK_COUNT])[idx].0,
-            Some(0)
-        );
+        let all = vec![None; HOOKS.len()];
+        let dispatching = cfg!(target_arch = "x86_64");
+        let first = usize::from(!dispatching) * 2;
+        assert_eq!(probe(&offer, &all, &[0; HOOK_COUNT])[idx].0, Some(first));
+        // The other hooks take the dispatcher only where the compat hook runs it.
+        let ns = HOOKS.iter().position(|h| h.event == "namespace").unwrap();
+        let ns_alt = probe(&offer, &all, &[0; HOOK_COUNT])[ns].0.unwrap();
+        assert_eq!(is_dispatch(&HOOKS[ns].alts[ns_alt]), dispatching);
+        assert!(!is_dispatch(
+            &HOOKS[ns].alts[probe(&offer, &skip, &[0; HOOK_COUNT])[ns].0.unwrap()]
+        ));
+        // Without bpf_loop (before 5.17) the compat hook runs its plain programs, reduced, and
+        // the dispatched events use their own tracepoints where those can run without it.
+        offer.helpers = vec![(BPF_LOOP.0, false), (TASK_PT_REGS.0, true)];
+        let choice = probe(&offer, &all, &[0; HOOK_COUNT]);
+        let compat = &HOOKS[idx].alts[choice[idx].0.unwrap()];
+        assert!(!is_dispatch(compat) && compat.loss.is_some());
+        assert!(!is_dispatch(&HOOKS[ns].alts[choice[ns].0.unwrap()]));
+        let file = HOOKS.iter().position(|h| h.event == "file").unwrap();
+        assert_eq!(choice[file].0, None, "the file event needs bpf_loop");
     }
 
     /// A program the kernel refuses costs only its own event type: fork falls back to its
@@ -1592,8 +2086,11 @@ mod tests {
         let s = Sensor::start_with(&opts, false).unwrap_or_else(|e| panic!("{e}"));
         for h in &s.hooks {
             let via = h.attached.as_deref().unwrap_or("none");
-            // The compat hook's fallback is the raw tracepoint.
-            let want = if h.event == COMPAT {
+            // The compat hook's fallback is the raw tracepoint, and the events it dispatches
+            // follow it (connection_close: its first program).
+            let def = HOOKS.iter().find(|d| d.event == h.event).expect("hook");
+            let dispatched_first = def.alts[0].progs[0].0.starts_with("disp_");
+            let want = if h.event == COMPAT || dispatched_first {
                 "raw_tp/"
             } else {
                 "tracepoint/"

@@ -111,7 +111,7 @@ fn root_compat_int80_memfd_setuid_capset_ptrace_bpf_are_reported_like_native_one
     assert_eq!(u["credentials"]["new"]["euid"], 65534);
     assert_eq!(u["credentials"]["new"]["suid"], 65534);
     assert_eq!(u["credentials"]["new"]["cap_effective"], "0x0");
-    assert_eq!(u["process"]["user"]["id"], 65534);
+    assert_eq!(u["process"]["user"]["id"], "65534");
     assert_eq!(count(&w, |v| v["type"] == "setuid" && pid_of(v) == pid), 2);
 
     // capset (185) dropping CAP_NET_RAW (bit 13) from the effective and permitted sets.

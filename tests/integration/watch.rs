@@ -110,7 +110,11 @@ fn root_watch_reports_exec_fork_exit_of_a_child() {
     assert_eq!(exec["process"]["args_count"], 4);
     assert_eq!(exec["process"]["args_truncated"], false);
     assert_eq!(exec["process"]["parent"]["pid"], std::process::id());
-    assert_eq!(exec["process"]["user"]["id"], 0);
+    assert_eq!(exec["process"]["user"]["id"], "0");
+    assert_eq!(
+        exec["event"],
+        serde_json::json!({"kind": "event", "category": ["process"], "type": ["start"], "action": "exec"})
+    );
     assert_eq!(exec["process"]["fileless"], false);
     assert!(exec["process"]["namespaces"]["pid"].as_u64().unwrap_or(0) > 0);
     assert!(
@@ -204,7 +208,7 @@ fn root_watch_reports_setuid_in_a_child() {
     assert_eq!(g["credentials"]["new"]["gid"], 65534);
     // The exec that follows runs with the new credentials.
     let exec = w.wait_for("exec", |v| v["type"] == "exec" && pid_of(v) == pid);
-    assert_eq!(exec["process"]["user"]["id"], 65534);
+    assert_eq!(exec["process"]["user"]["id"], "65534");
     let (status, err) = w.stop();
     assert!(status.success(), "watch failed: {err}");
 }
@@ -261,7 +265,7 @@ fn root_watch_stats_events_and_closed_stdout_end_cleanly() {
     // --stats-interval: {"type":"stats"} events on stdout.
     let w = Watch::start(&["--stats-interval", "1"]);
     let s = w.wait_for("stats", |v| v["type"] == "stats");
-    assert_eq!(s["schema_version"], 1);
+    assert_eq!(s["schema_version"], 2);
     assert!(s["stats"]["seen"]["exec"].is_u64());
     assert!(s["stats"]["dropped_kernel"].is_u64());
     assert!(s["stats"]["dropped_user"].is_u64());

@@ -1,0 +1,196 @@
+/* SPDX-License-Identifier: GPL-2.0 */
+/*
+ * paths.bpf.h: absolute paths as the KERNEL resolved them, composed root first from a dentry
+ * and its mount (the file an open returned, the file behind a descriptor, a working
+ * directory), for file events and module files. Included by sensor.bpf.c after its helpers.
+ *
+ * Two passes, each a bpf_loop (verified once, whatever the depth):
+ *  1. walk: from the dentry up to the root of its mount tree, crossing mounts, noting each
+ *     component's name pointer and length, leaf first, into a ring of LG_FDEPTH slots (a path
+ *     deeper than that keeps its top LG_FDEPTH components: the prefix the watch lists need);
+ *  2. compose: those components root first, "/a/b/c", into a per-CPU buffer whose first 256
+ *     bytes are also the key of the watch lists' LPM trie (bpf/file.bpf.h).
+ * Offsets are masked to LG_FPATH_LEN and each read is at most 255 bytes (NAME_MAX), into a
+ * buffer of twice LG_FPATH_LEN, so every write is provably in bounds.
+ */
+#ifndef LG_PATHS_BPF_H
+#define LG_PATHS_BPF_H
+
+#define LG_FDEPTH 32	  /* components kept (a power of two) */
+#define LG_FWALK_MAX 128  /* dentries and mount crossings walked at most */
+#define LG_NAME_MAX 255
+
+/* Per-CPU scratch of the path code (too large for the 512-byte stack). */
+struct lg_pscratch {
+	const unsigned char *names[LG_FDEPTH];
+	__u32 lens[LG_FDEPTH];
+	/* keylen + path form the LPM key {prefixlen in bits, data}: keep them adjacent. */
+	__u32 keylen;
+	char path[2 * LG_FPATH_LEN];
+	/* A second path (rename's old name) and the normalizer's output. */
+	__u32 keylen2;
+	char path2[2 * LG_FPATH_LEN];
+	/* Offsets of the '/' before each kept component while normalizing. */
+	__u16 stack[64];
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct lg_pscratch);
+} pscratch SEC(".maps");
+
+static __always_inline struct lg_pscratch *pscratch_get(void)
+{
+	__u32 zero = 0;
+
+	return bpf_map_lookup_elem(&pscratch, &zero);
+}
+
+/* How a walk ended. */
+#define LG_WALK_RUNNING 0
+#define LG_WALK_ROOT 1	  /* reached the root of the mount tree: an absolute path */
+#define LG_WALK_ANON 2	  /* a dentry without a directory (pipe, socket, memfd, anon inode) */
+
+struct fwalk_ctx {
+	struct dentry *d;
+	struct mount *mnt;
+	__u32 depth;
+	__u32 state;
+};
+
+static long fwalk_step(__u64 index, void *arg)
+{
+	struct fwalk_ctx *w = arg;
+	struct lg_pscratch *s = pscratch_get();
+	struct dentry *d = w->d, *parent;
+	struct mount *mnt = w->mnt, *up;
+	__u32 i;
+
+	if (!s || !d || !mnt)
+		return 1;
+	if (d == KREAD(struct mount, mnt, mnt.mnt_root)) {
+		up = KREAD(struct mount, mnt, mnt_parent);
+		if (up == mnt) {
+			w->state = LG_WALK_ROOT;
+			return 1;
+		}
+		w->d = KREAD(struct mount, mnt, mnt_mountpoint);
+		w->mnt = up;
+		return 0;
+	}
+	parent = KREAD(struct dentry, d, d_parent);
+	if (parent == d) {
+		w->state = LG_WALK_ANON;
+		return 1;
+	}
+	i = w->depth & (LG_FDEPTH - 1);
+	s->names[i] = KREAD(struct dentry, d, d_name.name);
+	s->lens[i] = KREAD(struct dentry, d, d_name.len);
+	w->depth++;
+	w->d = parent;
+	return 0;
+}
+
+struct fcompose_ctx {
+	__u32 depth;	/* components noted by the walk */
+	__u32 off;	/* bytes written */
+	__u32 truncated;
+	__u32 _pad;	/* a multiple of 8 bytes, see fnorm_ctx in file.bpf.h */
+};
+
+static long fcompose_step(__u64 index, void *arg)
+{
+	struct fcompose_ctx *c = arg;
+	struct lg_pscratch *s = pscratch_get();
+	__u32 j, len, off = c->off;
+
+	if (!s || index >= c->depth || index >= LG_FDEPTH)
+		return 1;
+	j = (c->depth - 1 - (__u32)index) & (LG_FDEPTH - 1);
+	len = s->lens[j];
+	if (len > LG_NAME_MAX)
+		len = LG_NAME_MAX;
+	/* Room for '/', the name and the final NUL. */
+	if (off + 1 + len >= LG_FPATH_LEN) {
+		c->truncated = 1;
+		return 1;
+	}
+	s->path[off & (LG_FPATH_LEN - 1)] = '/';
+	off++;
+	if (bpf_probe_read_kernel(&s->path[off & (LG_FPATH_LEN - 1)], len & LG_NAME_MAX,
+				  s->names[j]) < 0) {
+		c->truncated = 1;
+		return 1;
+	}
+	c->off = off + len;
+	return 0;
+}
+
+/* The result of composing a path into pscratch.path. */
+struct lg_composed {
+	__u32 len;	 /* bytes of the path (no NUL) */
+	__u32 state;	 /* LG_WALK_* */
+	__u32 truncated; /* deeper than LG_FDEPTH, longer than LG_FPATH_LEN, or a walk cut short */
+};
+
+/* Pass 1 alone: the components of (dentry d, mount vm) into s->names/lens. */
+static __always_inline struct fwalk_ctx walk_dentry(struct dentry *d, struct vfsmount *vm)
+{
+	struct fwalk_ctx w = {
+		.d = d,
+		.mnt = container_of(vm, struct mount, mnt),
+	};
+
+	bpf_loop(LG_FWALK_MAX, fwalk_step, &w, 0);
+	return w;
+}
+
+/*
+ * Pass 2: the walked components as the absolute path into s->path, NUL-terminated, and the
+ * LPM key length (s->keylen, bits of at most the first 256 bytes).
+ */
+static __always_inline struct lg_composed compose_walked(struct lg_pscratch *s,
+							  struct fwalk_ctx *w)
+{
+	struct fcompose_ctx c = { .depth = w->depth };
+	struct lg_composed r = { .state = w->state };
+
+	bpf_loop(LG_FDEPTH, fcompose_step, &c, 0);
+	if (c.off == 0) {
+		s->path[0] = '/';
+		c.off = 1;
+	}
+	s->path[c.off & (LG_FPATH_LEN - 1)] = 0;
+	r.len = c.off;
+	r.truncated = c.truncated || w->depth > LG_FDEPTH || w->state == LG_WALK_RUNNING;
+	s->keylen = (c.off > 256 ? 256 : c.off) * 8;
+	return r;
+}
+
+/* The absolute path of (dentry d, mount vm): both passes. */
+static __always_inline struct lg_composed compose_dentry(struct lg_pscratch *s, struct dentry *d,
+							  struct vfsmount *vm)
+{
+	struct fwalk_ctx w = walk_dentry(d, vm);
+
+	return compose_walked(s, &w);
+}
+
+/* The path of an open file. */
+static __always_inline struct lg_composed compose_file(struct lg_pscratch *s, struct file *f)
+{
+	return compose_dentry(s, BPF_CORE_READ(f, f_path.dentry), BPF_CORE_READ(f, f_path.mnt));
+}
+
+/*
+ * Copies the composed path out of the scratch into a record's buffer: all LG_FPATH_LEN bytes
+ * (a constant size keeps the verifier simple); user space reads the record's length.
+ */
+static __always_inline void copy_path(char dst[LG_FPATH_LEN], const char *src)
+{
+	bpf_probe_read_kernel(dst, LG_FPATH_LEN, src);
+}
+
+#endif /* LG_PATHS_BPF_H */
