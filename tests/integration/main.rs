@@ -20,6 +20,7 @@ mod layout;
 mod manifest;
 mod network;
 mod outputs;
+mod rules;
 mod sa_issuer;
 mod system;
 mod watch;
