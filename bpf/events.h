@@ -80,6 +80,7 @@ struct lg_exec {
 	__u8 path_truncated;	/* deeper than LG_PATH_DEPTH or longer than LG_PATH_LEN */
 	__u8 memfd;		/* the executable is a memfd (fileless execution) */
 	__u8 path_depth;	/* components in path */
+	__u8 stdio_sockets;	/* bit i: descriptor i (0 stdin, 1 stdout, 2 stderr) is a socket */
 	__u32 exe_nlink;	/* link count of the executable's inode (0: deleted/anonymous) */
 	__u32 old_pid;		/* pid before exec (differs when a thread exec'd) */
 	__u32 exe_dev;		/* the executable's device (kernel dev_t: major << 20 | minor) */

@@ -493,6 +493,43 @@ static __always_inline void exec_image_as(struct lg_exec *e, struct file **exe,
 		e->memfd = 1;
 }
 
+#define LG_S_IFMT 0170000
+#define LG_S_IFSOCK 0140000
+
+/*
+ * Which of descriptors 0-2 of the current task are sockets (bit i for descriptor i): a shell
+ * whose stdin/stdout is a network connection is a reverse shell. files->fdt->fd[i]->f_inode->
+ * i_mode, probe reads (CO-RE) so it runs the same on every kernel; 3 + 3 x 2 reads per exec.
+ */
+static __always_inline __u8 stdio_sockets(void)
+{
+	struct task_struct *t = (struct task_struct *)bpf_get_current_task();
+	struct fdtable *fdt = BPF_CORE_READ(t, files, fdt);
+	struct file **fds;
+	unsigned int max;
+	__u8 out = 0;
+	int i;
+
+	if (!fdt)
+		return 0;
+	fds = BPF_CORE_READ(fdt, fd);
+	max = BPF_CORE_READ(fdt, max_fds);
+	for (i = 0; i < 3; i++) {
+		struct file *f = NULL;
+		umode_t mode;
+
+		if ((unsigned int)i >= max)
+			break;
+		bpf_probe_read_kernel(&f, sizeof(f), &fds[i]);
+		if (!f)
+			continue;
+		mode = BPF_CORE_READ(f, f_inode, i_mode);
+		if ((mode & LG_S_IFMT) == LG_S_IFSOCK)
+			out |= 1 << i;
+	}
+	return out;
+}
+
 static __always_inline int do_exec(__u32 old_pid, const char *filename, int loop)
 {
 	struct lg_exec *e;
@@ -508,6 +545,7 @@ static __always_inline int do_exec(__u32 old_pid, const char *filename, int loop
 	e->old_pid = old_pid;
 	e->args_truncated = 0;
 	e->memfd = 0;
+	e->stdio_sockets = stdio_sockets();
 	fill_task(&e->task);
 	if (bpf_probe_read_kernel_str(e->filename, sizeof(e->filename), filename) < 0)
 		e->filename[0] = 0;

@@ -163,6 +163,28 @@ impl Ecs {
     }
 }
 
+/// Which of descriptors 0-2 are sockets (bit i for descriptor i), as the list of their names.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct StdioSockets(pub u8);
+
+impl StdioSockets {
+    const NAMES: [&'static str; 3] = ["stdin", "stdout", "stderr"];
+
+    pub fn names(self) -> impl Iterator<Item = &'static str> {
+        Self::NAMES
+            .into_iter()
+            .enumerate()
+            .filter(move |(i, _)| self.0 & (1 << i) != 0)
+            .map(|(_, n)| n)
+    }
+}
+
+impl Serialize for StdioSockets {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_seq(self.names())
+    }
+}
+
 /// The ancestry chain, parent first: a fixed array, so building an event allocates no list.
 #[derive(Debug, Default, Clone)]
 pub struct Ancestry {
@@ -227,6 +249,9 @@ pub struct Process {
     pub args_redacted: Option<bool>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub fileless: Option<bool>,
+    /// exec: which of stdin, stdout, stderr were sockets (a reverse shell's are).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub stdio_sockets: Option<StdioSockets>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub start: Option<Timestamp>,
     pub user: KeywordId,
@@ -505,6 +530,17 @@ impl Process {
             key!(out, "fileless");
             json::bool(out, b);
         }
+        if let Some(s) = self.stdio_sockets {
+            key!(out, "stdio_sockets");
+            out.push(b'[');
+            for (i, n) in s.names().enumerate() {
+                if i > 0 {
+                    out.push(b',');
+                }
+                json::str(out, n);
+            }
+            out.push(b']');
+        }
         if let Some(t) = self.start {
             key!(out, "start");
             json::timestamp(out, t.0);
@@ -758,6 +794,7 @@ impl Builder {
             args_truncated: None,
             args_redacted: None,
             fileless: None,
+            stdio_sockets: None,
             exit_code: None,
             exit_signal: None,
             core_dumped: None,
@@ -811,6 +848,7 @@ impl Builder {
             args_truncated: None,
             args_redacted: None,
             fileless: None,
+            stdio_sockets: None,
             exit_code: None,
             exit_signal: None,
             core_dumped: None,
@@ -848,6 +886,7 @@ impl Builder {
                 p.args_truncated = Some(x.args_truncated);
                 p.args_redacted = Some(redacted);
                 p.fileless = Some(x.memfd);
+                p.stdio_sockets = Some(StdioSockets(x.stdio_sockets));
                 e.process = Some(p);
                 e
             }
@@ -1321,6 +1360,7 @@ mod tests {
                 args: vec![odd.into(), String::new(), "\0".into()],
                 args_truncated: false,
                 memfd: false,
+                stdio_sockets: 0,
                 exe_nlink: 0,
                 exe_ino: 0,
                 exe_dev: 0,
@@ -1334,6 +1374,7 @@ mod tests {
                 args: Vec::new(),
                 args_truncated: true,
                 memfd: true,
+                stdio_sockets: 5,
                 exe_nlink: 0,
                 exe_ino: 0,
                 exe_dev: 0,
@@ -1564,6 +1605,7 @@ mod tests {
                 args: vec!["tool".into(), "-x".into()],
                 args_truncated: false,
                 memfd: false,
+                stdio_sockets: 0,
                 exe_nlink: 1,
                 exe_ino: 0,
                 exe_dev: 0,

@@ -224,6 +224,11 @@ static FIELDS: &[Field] = &[
         .is_some_and(|n| int(f, n as i64))),
     proc_opt!("process.args_truncated", Bool, args_truncated),
     proc_opt!("process.fileless", Bool, fileless),
+    field!("process.stdio_sockets", Str, list, |e, f| e
+        .process
+        .as_ref()
+        .and_then(|p| p.stdio_sockets)
+        .is_some_and(|s| s.names().any(|n| text(f, n)))),
     proc_int!("process.user.id", user.id),
     proc_int!("process.real_user.id", real_user.id),
     proc_int!("process.group.id", group.id),

@@ -61,6 +61,7 @@ impl World {
             args: vec![comm.into(), "-i".into()],
             args_truncated: false,
             memfd,
+            stdio_sockets: if comm == "sh" && pid == 600 { 3 } else { 0 },
             exe_nlink: 1,
             exe_ino: 0,
             exe_dev: 0,
@@ -176,6 +177,9 @@ fn each_default_rule_fires_on_its_behaviour_only() {
     assert_eq!(ids(&r, &ev), ["lg.execution.reverse_shell_connect"]);
     let ev = w.build(Record::Sock(sock("curl")));
     assert!(ids(&r, &ev).is_empty());
+    // A shell whose stdin/stdout are sockets.
+    let ev = w.exec(600, 200, "/usr/bin/sh", false);
+    assert_eq!(ids(&r, &ev), ["lg.execution.reverse_shell_stdio"]);
     // A web server's shell in a container (and not outside one).
     let mut ev = w.exec(500, 100, "/usr/bin/sh", false);
     assert!(ids(&r, &ev).is_empty(), "no container");

