@@ -497,37 +497,36 @@ static __always_inline void exec_image_as(struct lg_exec *e, struct file **exe,
 #define LG_S_IFSOCK 0140000
 
 /*
- * Which of descriptors 0-2 of the current task are sockets (bit i for descriptor i): a shell
- * whose stdin/stdout is a network connection is a reverse shell. files->fdt->fd[i]->f_inode->
- * i_mode, probe reads (CO-RE) so it runs the same on every kernel; 3 + 3 x 2 reads per exec.
+ * Which of descriptors 0-2 of the current task are sockets, into e->stdio_sockets (bit i for
+ * descriptor i): a shell whose stdin/stdout is a network connection is a reverse shell.
+ * files->fdt (plain loads where the task is a BTF pointer, see TREAD), the three slots of
+ * fdt->fd in one read (an fd table has at least BITS_PER_LONG slots), then each open file's
+ * f_inode->i_mode (CO-RE probe reads): 1 + 2 x 3 reads per exec.
  */
-static __always_inline __u8 stdio_sockets(void)
+static __always_inline void stdio_sockets_as(struct lg_exec *e, const int btf)
 {
-	struct task_struct *t = (struct task_struct *)bpf_get_current_task();
-	struct fdtable *fdt = BPF_CORE_READ(t, files, fdt);
-	struct file **fds;
-	unsigned int max;
+	struct files_struct *files = TREAD(btf, current_btf(), files);
+	struct fdtable *fdt;
+	struct file *f[3] = {};
+	umode_t mode;
 	__u8 out = 0;
 	int i;
 
-	if (!fdt)
-		return 0;
-	fds = BPF_CORE_READ(fdt, fd);
-	max = BPF_CORE_READ(fdt, max_fds);
+	if (!files)
+		return;
+	fdt = TREAD(btf, files, fdt);
+	if (!fdt || TREAD(btf, fdt, max_fds) < 3)
+		return;
+	if (bpf_probe_read_kernel(f, sizeof(f), TREAD(btf, fdt, fd)) < 0)
+		return;
 	for (i = 0; i < 3; i++) {
-		struct file *f = NULL;
-		umode_t mode;
-
-		if ((unsigned int)i >= max)
-			break;
-		bpf_probe_read_kernel(&f, sizeof(f), &fds[i]);
-		if (!f)
+		if (!f[i])
 			continue;
-		mode = BPF_CORE_READ(f, f_inode, i_mode);
+		mode = BPF_CORE_READ(f[i], f_inode, i_mode);
 		if ((mode & LG_S_IFMT) == LG_S_IFSOCK)
 			out |= 1 << i;
 	}
-	return out;
+	e->stdio_sockets = out;
 }
 
 static __always_inline int do_exec(__u32 old_pid, const char *filename, int loop)
@@ -545,7 +544,8 @@ static __always_inline int do_exec(__u32 old_pid, const char *filename, int loop
 	e->old_pid = old_pid;
 	e->args_truncated = 0;
 	e->memfd = 0;
-	e->stdio_sockets = stdio_sockets();
+	e->stdio_sockets = 0;
+	BY_TASK_FLAVOUR(stdio_sockets_as, e);
 	fill_task(&e->task);
 	if (bpf_probe_read_kernel_str(e->filename, sizeof(e->filename), filename) < 0)
 		e->filename[0] = 0;
