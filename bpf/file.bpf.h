@@ -255,7 +255,7 @@ static long fnorm_step(__u64 index, void *arg)
 
 	if (!s || r > c->len || r >= LG_FPATH_LEN)
 		return 1;
-	ch = r < c->len ? s->path[r & (LG_FPATH_LEN - 1)] : '/';
+	ch = r < c->len ? s->path[PIDX(r)] : '/';
 	if (r == 0) {
 		/* Composed paths start at the root. */
 		s->path[0] = '/';
@@ -265,7 +265,7 @@ static long fnorm_step(__u64 index, void *arg)
 		return 0;
 	}
 	if (ch != '/') {
-		s->path[c->w & (LG_FPATH_LEN - 1)] = ch;
+		s->path[PIDX(c->w)] = ch;
 		c->w++;
 		if (ch == '.' && c->kind < 2)
 			c->kind++;
@@ -279,7 +279,7 @@ static long fnorm_step(__u64 index, void *arg)
 		s->stack[c->sp & 63] = c->start;
 		c->sp++;
 		if (r < c->len) {
-			s->path[c->w & (LG_FPATH_LEN - 1)] = '/';
+			s->path[PIDX(c->w)] = '/';
 			c->w++;
 			c->start = c->w;
 		}
@@ -310,13 +310,13 @@ static __always_inline __u32 normalize(struct lg_pscratch *s, __u32 len)
 	bpf_loop(LG_FPATH_LEN, fnorm_step, &c, 0);
 	w = c.w;
 	/* A dropped last component leaves a slash behind: not for the root itself. */
-	if (w > 1 && s->path[(w - 1) & (LG_FPATH_LEN - 1)] == '/')
+	if (w > 1 && s->path[PIDX((w - 1))] == '/')
 		w--;
 	if (w == 0) {
 		s->path[0] = '/';
 		w = 1;
 	}
-	s->path[w & (LG_FPATH_LEN - 1)] = 0;
+	s->path[PIDX(w)] = 0;
 	s->keylen = (w > 256 ? 256 : w) * 8;
 	return w;
 }
@@ -356,10 +356,10 @@ static __always_inline struct lg_composed compose_caller(struct lg_pscratch *s, 
 			r.truncated = 1;
 			return r;
 		}
-		s->path[off & (LG_FPATH_LEN - 1)] = '/';
+		s->path[PIDX(off)] = '/';
 		off++;
 	}
-	n = bpf_probe_read_user_str(&s->path[off & (LG_FPATH_LEN - 1)], LG_STR_LEN,
+	n = bpf_probe_read_user_str(&s->path[PIDX(off)], LG_STR_LEN,
 				    (const void *)uptr);
 	if (n > 0)
 		off += n - 1;

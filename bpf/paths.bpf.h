@@ -20,6 +20,18 @@
 #define LG_FWALK_MAX 128  /* dentries and mount crossings walked at most */
 #define LG_NAME_MAX 255
 
+/*
+ * An index into a path buffer, masked where the verifier sees it: the barrier keeps the
+ * compiler from dropping the mask after a bounds check it already knows, which a verifier
+ * that does not carry that check through a stack spill (Linux 6.1) refuses as unbounded.
+ */
+#define PIDX(i)                                                                 \
+	({                                                                      \
+		__u32 __pidx = (i);                                             \
+		barrier_var(__pidx);                                            \
+		__pidx & (LG_FPATH_LEN - 1);                                    \
+	})
+
 /* Per-CPU scratch of the path code (too large for the 512-byte stack). */
 struct lg_pscratch {
 	const unsigned char *names[LG_FDEPTH];
@@ -117,9 +129,9 @@ static long fcompose_step(__u64 index, void *arg)
 		c->truncated = 1;
 		return 1;
 	}
-	s->path[off & (LG_FPATH_LEN - 1)] = '/';
+	s->path[PIDX(off)] = '/';
 	off++;
-	if (bpf_probe_read_kernel(&s->path[off & (LG_FPATH_LEN - 1)], len & LG_NAME_MAX,
+	if (bpf_probe_read_kernel(&s->path[PIDX(off)], len & LG_NAME_MAX,
 				  s->names[j]) < 0) {
 		c->truncated = 1;
 		return 1;
@@ -162,7 +174,7 @@ static __always_inline struct lg_composed compose_walked(struct lg_pscratch *s,
 		s->path[0] = '/';
 		c.off = 1;
 	}
-	s->path[c.off & (LG_FPATH_LEN - 1)] = 0;
+	s->path[PIDX(c.off)] = 0;
 	r.len = c.off;
 	r.truncated = c.truncated || w->depth > LG_FDEPTH || w->state == LG_WALK_RUNNING;
 	s->keylen = (c.off > 256 ? 256 : c.off) * 8;

@@ -1131,17 +1131,22 @@ LGOP_TP_EXIT(mount_move_exit, move_mount, LGOP_MOVE_MOUNT)
 LGOP_TP_EXIT(mount_fsmount_exit, fsmount, LGOP_FSMOUNT)
 LGOP_TP_EXIT(mount_open_tree_exit, open_tree, LGOP_OPEN_TREE)
 LGOP_TP_EXIT(mount_pivot_root_exit, pivot_root, LGOP_PIVOT_ROOT)
-#define DNS_TP_ENTER(prog, sys, kind)                                              \
+/*
+ * The sends' tracepoints carry their arguments: no saved registers needed. A program may read
+ * only the arguments its syscall has (the kernel refuses to attach one that reads past the
+ * tracepoint's record: sendmsg and sendmmsg have no fifth), hence `addr`.
+ */
+#define DNS_TP_ENTER(prog, sys, kind, addr)                                        \
 	SEC("tracepoint/syscalls/sys_enter_" #sys)                                 \
 	int prog(struct trace_event_raw_sys_enter *ctx)                            \
 	{                                                                          \
 		return lg_dns_send((int)ctx->args[0], ctx->args[1], ctx->args[2],  \
-				   ctx->args[4], kind);                            \
+				   addr, kind);                                    \
 	}
 
-DNS_TP_ENTER(dns_sendto_enter, sendto, 1)
-DNS_TP_ENTER(dns_sendmsg_enter, sendmsg, 2)
-DNS_TP_ENTER(dns_sendmmsg_enter, sendmmsg, 3)
+DNS_TP_ENTER(dns_sendto_enter, sendto, 1, ctx->args[4])
+DNS_TP_ENTER(dns_sendmsg_enter, sendmsg, 2, 0)
+DNS_TP_ENTER(dns_sendmmsg_enter, sendmmsg, 3, 0)
 LGOP_TP_EXIT(file_open_exit, open, LGOP_OPEN)
 LGOP_TP_EXIT(file_creat_exit, creat, LGOP_CREAT)
 LGOP_TP_EXIT(file_openat_exit, openat, LGOP_OPENAT)

@@ -40,6 +40,9 @@ seen() { # seen TYPE CHECK DETAIL PATTERN...
 	fi
 }
 
+# A credential file for the file check (the guest's /etc has none).
+[ -e /etc/shadow ] || { mkdir -p /etc; echo 'root:*:1::::::' > /etc/shadow; chmod 600 /etc/shadow; }
+mkdir -p "$WORK/mnt"
 "$AGENT" watch --log-level "${LG_LOG_LEVEL:-info}" > "$EV" 2> "$ERR" &
 agent=$!
 # Ready when the start line is out; give up when the agent exits or after 300 s (TCG is slow).
@@ -78,6 +81,13 @@ wait $capset_pid
 ptrace_target=$("$LGT" ptrace | sed -n 's/^target=//p')
 "$LGT" bpf > /dev/null
 "$LGT" memfd
+ns_pid=$("$LGT" ns | sed -n 's/^pid=//p')
+mount_pid=$("$LGT" mount "$WORK/mnt" | sed -n 's/^pid=//p')
+module_pid=$("$LGT" module | sed -n 's/^pid=//p')
+dns_pid=$("$LGT" dns | sed -n 's/^pid=//p')
+"$LGT" exit 0 < /etc/shadow &
+shadow_pid=$!
+wait $shadow_pid
 if [ -n "$COMPAT32" ]; then
 	"$COMPAT32" memfd lg-compat-$$ > /dev/null
 fi
@@ -109,6 +119,18 @@ seen bpf_load bpf-prog-load "prog lgt_prog" '"type":"bpf_load"' '"prog_name":"lg
 seen memfd memfd-create "memfd lgt_memfd" '"type":"memfd"' '"name":"lgt_memfd"'
 seen exec memfd-exec "fileless exec of memfd:lgt_memfd" '"type":"exec"' '"fileless":true' \
 	'"exit","0","fileless"]'
+seen namespace unshare "pid ${ns_pid:-?} unshare(CLONE_NEWUTS)" '"type":"namespace"' \
+	"\"pid\":${ns_pid:-x}," '"action":"unshare"'
+seen mount mount-tmpfs "pid ${mount_pid:-?} tmpfs lgt-src" '"type":"mount"' \
+	"\"pid\":${mount_pid:-x}," '"source":"lgt-src"' '"fs_type":"tmpfs"'
+seen module_load finit-module "pid ${module_pid:-?} finit_module attempt" '"type":"module_load"' \
+	"\"pid\":${module_pid:-x}," '"action":"finit_module"'
+seen dns dns-question "pid ${dns_pid:-?} A lgt-probe.example" '"type":"dns"' \
+	"\"pid\":${dns_pid:-x}," 'lgt-probe.example'
+seen file shadow-read "pid $shadow_pid opens /etc/shadow (the shell's redirection)" '"type":"file"' \
+	'"path":"/etc/shadow"' '"action":"open"'
+seen connection_close tcp-close "127.0.0.1:${tcp_port:-?} ends" '"type":"connection_close"' \
+	"\"port\":${tcp_port:-x},"
 if [ -n "$COMPAT32" ]; then
 	seen compat int80-memfd "int \$0x80 memfd_create lg-compat-$$" '"type":"memfd"' \
 		"\"name\":\"lg-compat-$$\""

@@ -13,6 +13,12 @@
  *                            `exit 0 fileless` (memfd_create, then a fileless exec)
  *   lgt bpf                  BPF_PROG_LOAD of a two-instruction socket filter named "lgt_prog"
  *   lgt storm N WORD         N times: fork, exec `lgt exit 0 WORD`, wait; exits 1 if any failed
+ *   lgt ns                   unshare(CLONE_NEWUTS); prints pid=PID
+ *   lgt mount DIR            mounts a tmpfs named "lgt-src" on DIR and unmounts it; prints pid=PID
+ *   lgt module               finit_module of /dev/null with params "lgt_mark=1" (fails: no
+ *                            module there, the attempt is what is reported); prints pid=PID
+ *   lgt dns                  one DNS question (A lgt-probe.example) over UDP to 127.0.0.1:53;
+ *                            prints pid=PID
  */
 #define _GNU_SOURCE
 #include <arpa/inet.h>
@@ -26,6 +32,8 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <sys/mount.h>
+#include <sched.h>
 #include <sys/ptrace.h>
 #include <sys/resource.h>
 #include <sys/socket.h>
@@ -168,6 +176,28 @@ static int do_storm(long n, char *word)
 	return bad != 0;
 }
 
+
+/* One DNS question for "lgt-probe.example" (type A) to 127.0.0.1:53; nobody needs to answer. */
+static int do_dns(void)
+{
+	static const unsigned char q[] = {
+		0x12, 0x34, 0x01, 0x00, 0x00, 0x01, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00,
+		9, 'l', 'g', 't', '-', 'p', 'r', 'o', 'b', 'e',
+		7, 'e', 'x', 'a', 'm', 'p', 'l', 'e', 0, 0x00, 0x01, 0x00, 0x01,
+	};
+	struct sockaddr_in a = { .sin_family = AF_INET, .sin_port = htons(53) };
+	int fd = socket(AF_INET, SOCK_DGRAM, 0);
+
+	if (fd < 0)
+		return fail("socket");
+	a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+	if (sendto(fd, q, sizeof(q), 0, (struct sockaddr *)&a, sizeof(a)) < 0)
+		return fail("sendto");
+	close(fd);
+	printf("pid=%d\n", getpid());
+	return 0;
+}
+
 int main(int argc, char **argv)
 {
 	const char *what = argc > 1 ? argv[1] : "";
@@ -201,9 +231,32 @@ int main(int argc, char **argv)
 		return do_memfd();
 	if (!strcmp(what, "bpf"))
 		return do_bpf();
+	if (!strcmp(what, "ns")) {
+		if (unshare(CLONE_NEWUTS))
+			return fail("unshare");
+		printf("pid=%d\n", getpid());
+		return 0;
+	}
+	if (!strcmp(what, "mount") && argc > 2) {
+		if (mount("lgt-src", argv[2], "tmpfs", 0, NULL))
+			return fail("mount");
+		umount(argv[2]);
+		printf("pid=%d\n", getpid());
+		return 0;
+	}
+	if (!strcmp(what, "module")) {
+		int fd = open("/dev/null", O_RDONLY);
+
+		/* Fails (not a module, or no module support): the attempt is the event. */
+		syscall(SYS_finit_module, fd, "lgt_mark=1", 0);
+		printf("pid=%d\n", getpid());
+		return 0;
+	}
+	if (!strcmp(what, "dns"))
+		return do_dns();
 	if (!strcmp(what, "storm") && argc > 3)
 		return do_storm(atol(argv[2]), argv[3]);
 	fprintf(stderr, "usage: lgt exit CODE [WORD...] | fork | tcp | setuid | capset | ptrace | memfd | bpf"
-			" | capset | storm N WORD\n");
+			" | storm N WORD | ns | mount DIR | module | dns\n");
 	return 2;
 }

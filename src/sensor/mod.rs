@@ -401,7 +401,6 @@ const HOOKS: &[Hook] = &[
                         Via::Tracepoint("syscalls", "sys_enter_sendmmsg"),
                     ),
                 ],
-                helpers: &[TASK_PT_REGS],
                 ..ALT
             },
         ],
@@ -498,8 +497,7 @@ const DISPATCH_RAW: Alt = Alt {
 /// What the compat hook's plain programs leave out compared with the dispatching ones.
 #[cfg(target_arch = "x86_64")]
 const COMPAT_UNDISPATCHED: &str = "32-bit (int $0x80) namespace, mount, module, file and DNS \
-                                   syscalls are not reported (the dispatcher needs bpf_loop, \
-                                   Linux 5.17+)";
+                                   syscalls are not reported (the dispatcher cannot run here)";
 #[cfg(target_arch = "aarch64")]
 const COMPAT_UNDISPATCHED: &str = "AArch32 processes' namespace, mount, module, file and DNS \
                                    syscalls are not reported (the dispatcher knows x86_64's \
@@ -984,8 +982,19 @@ impl Offer<'_> {
 
     /// Why `alt` cannot run here, or None when it may.
     fn lacks(&self, alt: &Alt) -> Option<String> {
-        if is_dispatch(alt) && !cfg!(target_arch = "x86_64") {
-            return Some("the dispatcher knows x86_64's syscall numbers only".into());
+        if is_dispatch(alt) {
+            use libbpf_rs::btf::types::Func;
+            if !cfg!(target_arch = "x86_64") {
+                return Some("the dispatcher knows x86_64's syscall numbers only".into());
+            }
+            // Without it the path walks take their bpf_loop form, and the dispatcher's two
+            // programs then exceed what Linux 6.1's verifier explores (1M instructions).
+            let kfunc = self
+                .btf
+                .and_then(|b| b.type_by_name::<Func<'_>>("bpf_rdonly_cast"));
+            if kfunc.is_none() {
+                return Some("the kernel has no bpf_rdonly_cast (Linux 6.2+)".into());
+            }
         }
         for (id, name) in alt.helpers {
             if !self.helpers.iter().any(|(h, ok)| h == id && *ok) {
@@ -1046,14 +1055,21 @@ type Choice = Vec<(Option<usize>, Vec<String>)>;
 /// the kernel refused earlier ones). Also says, per hook, why the alternatives before the
 /// chosen one could not be used.
 fn probe(offer: &Offer<'_>, skip: &[Skip], from: &[usize]) -> Choice {
-    let pick = |h: &Hook, skip: &Skip, from: usize, dispatching: bool| {
+    let pick = |h: &Hook, skip: &Skip, from: usize, dispatching: Option<&Alt>| {
         let mut why = Vec::new();
         if skip.is_some() {
             return (None, why);
         }
         for (i, alt) in h.alts.iter().enumerate().skip(from) {
-            let lacks = if h.event != COMPAT && is_dispatch(alt) && !dispatching {
-                Some("the compat hook does not run the dispatcher".to_string())
+            // The same flavour (tp_btf or raw_tp) of the dispatcher as the compat hook runs.
+            let runs = |d: &Alt| {
+                alt.progs
+                    .iter()
+                    .filter(|(n, _)| n.starts_with("disp_"))
+                    .all(|p| d.progs.contains(p))
+            };
+            let lacks = if h.event != COMPAT && is_dispatch(alt) && !dispatching.is_some_and(runs) {
+                Some("the compat hook does not run this dispatcher".to_string())
             } else {
                 offer.lacks(alt)
             };
@@ -1066,9 +1082,9 @@ fn probe(offer: &Offer<'_>, skip: &[Skip], from: &[usize]) -> Choice {
     };
     // The dispatcher serves other hooks only where the compat hook runs it: decide that first.
     let compat = HOOKS.iter().position(|h| h.event == COMPAT);
-    let dispatching = compat.is_some_and(|c| {
-        let (alt, _) = pick(&HOOKS[c], &skip[c], from[c], false);
-        alt.is_some_and(|a| is_dispatch(&HOOKS[c].alts[a]))
+    let dispatching = compat.and_then(|c| {
+        let (alt, _) = pick(&HOOKS[c], &skip[c], from[c], None);
+        alt.map(|a| &HOOKS[c].alts[a]).filter(|a| is_dispatch(a))
     });
     HOOKS
         .iter()

@@ -212,7 +212,7 @@ fn root_dns_malformed_payloads_are_reported_and_counted() {
 }
 
 /// 10,000 queries in bursts of 1,000: every one delivered, none dropped, each parsed. (The
-/// unpaced storm is the benchmark's: scripts/bench-storms-17.sh, with the release build; the
+/// unpaced storm is the benchmark's: scripts/bench (scripts/bench-open-dns.sh), with the release build; the
 /// debug build these tests run reads the ring buffer several times slower.)
 #[test]
 fn root_dns_storm_of_ten_thousand_queries_is_delivered_whole() {

@@ -1,5 +1,5 @@
 # shellcheck shell=bash
-# scripts/bench-storms-17.sh: the workloads for issue 17's cost bars, for scripts/bench (sourced,
+# scripts/bench-open-dns.sh: the open-loop and DNS-storm workloads of scripts/bench (sourced,
 # not run). With OUT set: builds into $OUT
 #   openloop [FILE [write]]   best of 5 runs of 200,000 open+close of FILE (default: a file under
 #                             /dev/shm, outside every default watch list), read-only or for writing;
@@ -12,7 +12,7 @@
 #                             events whose dns.question.name ends in .lg-storm.test: the bar is
 #                             all N delivered and stats.dropped_kernel 0.
 # Example (as root, from the repository):
-#   OUT=$(mktemp -d); . scripts/bench-storms-17.sh
+#   OUT=$(mktemp -d); . scripts/bench-open-dns.sh
 #   "$OUT/openloop"; target/release/linuxguard-agent watch > "$OUT/ev.json" & sleep 2
 #   "$OUT/openloop"; "$OUT/dnsstorm" 10000; kill -INT %1; wait
 #   grep -c '"name":"q[0-9]*.lg-storm.test"' "$OUT/ev.json"
