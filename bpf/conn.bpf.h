@@ -27,7 +27,8 @@ struct conn_owner {
 	__u64 start_ns;
 	__u8 inbound;
 	__u8 established;
-	__u16 _pad;
+	__u8 excluded; /* LG_FILTER_* + 1 of the owner's exclusion, or 0 */
+	__u8 _pad;
 	__u32 _pad2;
 };
 
@@ -63,6 +64,8 @@ static __always_inline void conn_note(const void *sk, __u8 inbound)
 	o->inbound = inbound;
 	/* An accepted connection is established; a connect is once it gets there. */
 	o->established = inbound;
+	/* Decided now, in the owner's context; counted at the close that is then not reported. */
+	o->excluded = have_exclusions ? exclusion() : 0;
 	o->_pad = 0;
 	o->_pad2 = 0;
 	bpf_map_update_elem(&conn_owners, &key, o, BPF_ANY);
@@ -127,8 +130,10 @@ static __always_inline int conn_state(const struct sock *sk, int newstate)
 		o->established = 1;
 		return 0;
 	}
-	if (o->established) {
-		e = reserve(sizeof(*e), LG_CONNECTION_CLOSE);
+	if (o->established && o->excluded) {
+		count_filtered(o->excluded - 1);
+	} else if (o->established) {
+		e = reserve_unchecked(sizeof(*e), LG_CONNECTION_CLOSE);
 		if (e) {
 			family = BPF_CORE_READ(sk, __sk_common.skc_family);
 			e->type = LG_CONNECTION_CLOSE;

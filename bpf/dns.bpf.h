@@ -71,6 +71,9 @@ static __always_inline void output(void *e, __u64 size, __u32 type)
 	__u32 zero = 0;
 	__u64 *n;
 
+	/* The other way into the ring (reserve() is the first): excluded tasks stop here too. */
+	if (excluded())
+		return;
 	if (wakeup_bytes) {
 		flags = BPF_RB_NO_WAKEUP;
 		n = bpf_map_lookup_elem(&unchecked, &zero);

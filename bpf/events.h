@@ -36,6 +36,23 @@ enum lg_type {
 	LG_TYPE_MAX = 16,
 };
 
+/*
+ * The in-kernel exclusions (--exclude, rule files' `exclude:`): which one kept a record out of
+ * the ring buffer (the index of the `filtered` counters), and the bits of `exclude_kinds`.
+ */
+enum lg_filter {
+	LG_FILTER_EXE = 0,	/* an excluded executable, or a process it started */
+	LG_FILTER_UID = 1,	/* an excluded real uid */
+	LG_FILTER_CGROUP = 2,	/* an excluded cgroup (v2 id) */
+	LG_FILTER_MAX = 3,
+};
+
+/* An executable, as the kernel names its file: the superblock's dev_t and the inode number. */
+struct lg_exe_key {
+	__u64 dev;		/* s_dev (major << 20 | minor) */
+	__u64 ino;
+};
+
 /* Which syscall changed credentials (lg_creds_event.syscall). */
 enum lg_cred_call {
 	LG_SETUID = 1,

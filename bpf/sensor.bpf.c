@@ -44,6 +44,14 @@ const volatile __u64 wakeup_bytes = 0;
  * still woken before a quarter of the ring is full.
  */
 const volatile __u64 wakeup_check_bytes = 0;
+/*
+ * In-kernel exclusions (--exclude, rule files' `exclude:`): 0 when none can be configured, and
+ * the verifier drops the checks entirely. Which kinds are in use right now is exclude_kinds
+ * (.bss, written by user space at start and at every SIGHUP, so a kind costs nothing until it
+ * has an entry).
+ */
+const volatile bool have_exclusions = false;
+__u32 exclude_kinds = 0; /* bit LG_FILTER_* set: that kind's map has entries */
 
 /* Dummy instances: make the skeleton emit `types::*` for every record. */
 struct lg_exec _lg_exec = {};
@@ -57,6 +65,8 @@ struct lg_memfd _lg_memfd = {};
 /* ...and for the record-type and syscall numbers, so Rust does not restate them. */
 enum lg_type _lg_type = LG_EXEC;
 enum lg_cred_call _lg_cred_call = LG_SETUID;
+enum lg_filter _lg_filter = LG_FILTER_EXE;
+struct lg_exe_key _lg_exe_key = {};
 
 #define AF_INET 2
 #define AF_INET6 10
@@ -101,6 +111,116 @@ static __always_inline int is_agent(void)
 	return agent_tgid && (bpf_get_current_pid_tgid() >> 32) == agent_tgid;
 }
 
+/* ---------------------------------------------------------------- exclusions */
+
+/* Excluded executables, uids and cgroups (filled by user space; the value is unused). */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 1024);
+	__type(key, struct lg_exe_key);
+	__type(value, __u8);
+} exclude_exe SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 1024);
+	__type(key, __u32);
+	__type(value, __u8);
+} exclude_uid SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 1024);
+	__type(key, __u64);
+	__type(value, __u8);
+} exclude_cgroup SEC(".maps");
+
+/*
+ * Processes (by tgid) that run an excluded executable or descend from one: marked at exec,
+ * inherited at fork, forgotten at exit (and by LRU, which can only make a process visible again).
+ */
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 32768);
+	__type(key, __u32);
+	__type(value, __u8);
+} excluded_procs SEC(".maps");
+
+/* Records kept out of the ring on purpose, per LG_FILTER_*, per CPU: filtered, not dropped. */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, LG_FILTER_MAX);
+	__type(key, __u32);
+	__type(value, __u64);
+} filtered SEC(".maps");
+
+static __always_inline void count_filtered(__u32 filter)
+{
+	__u64 *n = bpf_map_lookup_elem(&filtered, &filter);
+
+	if (n)
+		*n += 1;
+}
+
+/* Which exclusion covers the current task: LG_FILTER_* + 1, or 0 for none. */
+static __always_inline __u32 exclusion(void)
+{
+	__u32 kinds = exclude_kinds;
+	__u32 tgid, uid;
+	__u64 cg;
+
+	if (kinds & (1 << LG_FILTER_EXE)) {
+		tgid = bpf_get_current_pid_tgid() >> 32;
+		if (bpf_map_lookup_elem(&excluded_procs, &tgid))
+			return LG_FILTER_EXE + 1;
+	}
+	if (kinds & (1 << LG_FILTER_UID)) {
+		uid = (__u32)bpf_get_current_uid_gid();
+		if (bpf_map_lookup_elem(&exclude_uid, &uid))
+			return LG_FILTER_UID + 1;
+	}
+	if (kinds & (1 << LG_FILTER_CGROUP)) {
+		cg = bpf_get_current_cgroup_id();
+		if (bpf_map_lookup_elem(&exclude_cgroup, &cg))
+			return LG_FILTER_CGROUP + 1;
+	}
+	return 0;
+}
+
+/* Whether the current task's records stay out of the ring (counted as filtered). */
+static __always_inline int excluded(void)
+{
+	__u32 f;
+
+	if (!have_exclusions)
+		return 0;
+	f = exclusion();
+	if (!f)
+		return 0;
+	count_filtered(f - 1);
+	return 1;
+}
+
+/* Marks process `tgid` excluded (LG_FILTER_EXE). */
+static __always_inline void mark_excluded(__u32 tgid)
+{
+	__u8 one = 1;
+
+	bpf_map_update_elem(&excluded_procs, &tgid, &one, BPF_ANY);
+}
+
+/* A fork: the child of a marked process is marked too. */
+static __always_inline void inherit_exclusion(__u32 child_tgid)
+{
+	__u32 tgid;
+
+	if (!have_exclusions || !(exclude_kinds & (1 << LG_FILTER_EXE)))
+		return;
+	tgid = bpf_get_current_pid_tgid() >> 32;
+	if (bpf_map_lookup_elem(&excluded_procs, &tgid))
+		mark_excluded(child_tgid);
+}
+
 static __always_inline void count_drop(__u32 type)
 {
 	__u64 *n = bpf_map_lookup_elem(&drops, &type);
@@ -109,14 +229,29 @@ static __always_inline void count_drop(__u32 type)
 		*n += 1;
 }
 
-/* Reserve a record of `size` bytes, counting the failure. */
-static __always_inline void *reserve(__u64 size, __u32 type)
+/*
+ * Reserve a record of `size` bytes, counting the failure; for a record about some other task
+ * than the current one (connection_close: the owner's exclusion was decided at connect).
+ */
+static __always_inline void *reserve_unchecked(__u64 size, __u32 type)
 {
 	void *e = bpf_ringbuf_reserve(&events, size, 0);
 
 	if (!e)
 		count_drop(type);
 	return e;
+}
+
+/*
+ * Reserve a record of `size` bytes about the current task, counting the failure: every record
+ * passes here (or dns.bpf.h's output()), so an excluded task's never reach the ring (NULL,
+ * counted as filtered).
+ */
+static __always_inline void *reserve(__u64 size, __u32 type)
+{
+	if (excluded())
+		return NULL;
+	return reserve_unchecked(size, type);
 }
 
 /* Bytes this CPU has submitted since it last looked at the ring's fill. */
@@ -529,13 +664,43 @@ static __always_inline void stdio_sockets_as(struct lg_exec *e, const int btf)
 	e->stdio_sockets = out;
 }
 
+/* The new image's executable as exclude_exe keys it (zero where there is none). */
+static __always_inline void exe_key_as(struct lg_exe_key *k, const int btf)
+{
+	struct mm_struct *mm = TREAD(btf, current_btf(), mm);
+	struct file *f = TREAD(btf, mm, exe_file);
+
+	if (!f)
+		return;
+	k->ino = TREAD(btf, f, f_inode, i_ino);
+	k->dev = TREAD(btf, f, f_inode, i_sb, s_dev);
+}
+
+/*
+ * An exec of an excluded executable marks the process (its later records, and its children's,
+ * stay out of the ring: see exclusion()); counted as filtered.
+ */
+static __always_inline int exec_excluded(void)
+{
+	struct lg_exe_key k = {};
+
+	if (!have_exclusions || !(exclude_kinds & (1 << LG_FILTER_EXE)))
+		return 0;
+	BY_TASK_FLAVOUR(exe_key_as, &k);
+	if (!bpf_map_lookup_elem(&exclude_exe, &k))
+		return 0;
+	mark_excluded(bpf_get_current_pid_tgid() >> 32);
+	count_filtered(LG_FILTER_EXE);
+	return 1;
+}
+
 static __always_inline int do_exec(__u32 old_pid, const char *filename, int loop)
 {
 	struct lg_exec *e;
 	struct file *exe;
 	unsigned long start, end, len;
 
-	if (is_agent())
+	if (is_agent() || exec_excluded())
 		return 0;
 	e = reserve(sizeof(*e), LG_EXEC);
 	if (!e)
@@ -619,9 +784,14 @@ static __always_inline int do_exit(void)
 {
 	struct task_struct *task = current_btf();
 	struct lg_exit *e;
+	__u32 tgid;
 	int code;
 
 	e = reserve(sizeof(*e), LG_EXIT);
+	if (have_exclusions && (exclude_kinds & (1 << LG_FILTER_EXE))) {
+		tgid = bpf_get_current_pid_tgid() >> 32;
+		bpf_map_delete_elem(&excluded_procs, &tgid);
+	}
 	if (!e)
 		return 0;
 	e->type = LG_EXIT;
@@ -688,6 +858,7 @@ int BPF_PROG(fork_btf, struct task_struct *parent, struct task_struct *child)
 	/* New threads share the parent's tgid: only new processes are reported. */
 	if (child_tgid == parent->tgid)
 		return 0;
+	inherit_exclusion(child_tgid);
 	e = reserve(sizeof(*e), LG_FORK);
 	if (!e)
 		return 0;
@@ -710,6 +881,8 @@ int fork_tp(struct trace_event_raw_sched_process_fork *ctx)
 
 	if (is_agent())
 		return 0;
+	/* A new thread's id may be marked too: harmless (never a tgid while the thread lives). */
+	inherit_exclusion(ctx->child_pid);
 	e = reserve(sizeof(*e), LG_FORK);
 	if (!e)
 		return 0;

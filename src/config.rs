@@ -82,6 +82,7 @@ pub enum Key {
     OtlpKey,
     Rules,
     NoDefaultRules,
+    Exclude,
 }
 
 /// How a setting's value is checked.
@@ -116,6 +117,8 @@ pub enum Ty {
     EnvName,
     /// Comma-separated absolute path prefixes, `default` (the built-in list) or `none`.
     Prefixes,
+    /// `--exclude`: comma-separated `exe:/path`, `uid:N`, `cgroup:/path`, or `none`.
+    Exclusions,
 }
 
 pub struct Setting {
@@ -751,6 +754,16 @@ pub static SETTINGS: &[Setting] = &[
         SENSOR | RULES,
         "do not load the compiled-in default rules (only --rules files)"
     ),
+    setting!(
+        Exclude,
+        "exclude",
+        "LINUXGUARD_EXCLUDE",
+        None,
+        Ty::Exclusions,
+        "LIST",
+        SENSOR,
+        "drop in the kernel every event of these (comma-separated): exe:/abs/path (the executable's processes and their descendants), uid:N (a real uid), cgroup:/path (a cgroup v2 directory below /sys/fs/cgroup); counted as filtered, never seen by rules or outputs (docs/rules.md)"
+    ),
 ];
 
 pub fn by_flag(flag: &str) -> Option<&'static Setting> {
@@ -1034,6 +1047,14 @@ fn validate(s: &Setting, v: &str, name: &str) -> Result<String> {
             )),
         },
         Ty::Prefixes => check_prefixes(v).map(|()| v.to_string()).or_else(&bad),
+        Ty::Exclusions => crate::sensor::exclude::parse_list(v)
+            .map(|l| {
+                l.iter()
+                    .map(ToString::to_string)
+                    .collect::<Vec<_>>()
+                    .join(",")
+            })
+            .or_else(&bad),
         Ty::EnvName => {
             if let Some(other) = SETTINGS
                 .iter()

@@ -25,6 +25,10 @@ const fn counted_types() -> [&'static str; EVENT_TYPES.len() + 1] {
     out
 }
 
+/// The in-kernel exclusion kinds, in `filtered` order.
+pub const FILTERS: usize = crate::sensor::exclude::KINDS;
+use crate::sensor::exclude::KIND_NAMES as FILTER_NAMES;
+
 /// The rules' tallies (src/rules/): rules in use, reloads that took and that were refused.
 #[derive(Debug, Default, Clone, Copy, Serialize, PartialEq, Eq)]
 pub struct RuleCounts {
@@ -39,6 +43,9 @@ pub struct Stats {
     pub seen: [u64; TYPES.len()],
     /// Failed reservations in the kernel, per kernel record type (`decode::TYPE_NAMES`).
     pub kernel_drops: [u64; crate::sensor::decode::LG_TYPE_MAX],
+    /// Records the kernel kept out of the ring on purpose (`--exclude`, rule files'
+    /// `exclude:`), per kind (`exclude::KIND_NAMES`): filtered, not dropped.
+    pub kernel_filtered: [u64; FILTERS],
     /// Records lost in user space (undecodable records).
     pub user_drops: u64,
     /// `dns` events whose payload was not a well-formed query (delivered without a question).
@@ -57,6 +64,9 @@ pub struct Snapshot {
     pub dropped_kernel: u64,
     pub dropped_kernel_by_type: serde_json::Map<String, serde_json::Value>,
     pub dropped_user: u64,
+    /// Events excluded in the kernel on purpose (not drops): total and per kind.
+    pub filtered_kernel: u64,
+    pub filtered_kernel_by_filter: serde_json::Map<String, serde_json::Value>,
     pub dns_malformed: u64,
     pub ring_buffer: Ring,
     pub rules: RuleCounts,
@@ -103,6 +113,12 @@ impl Stats {
             dropped_kernel: self.kernel_drops_total(),
             dropped_kernel_by_type,
             dropped_user: self.user_drops,
+            filtered_kernel: self.kernel_filtered.iter().sum(),
+            filtered_kernel_by_filter: FILTER_NAMES
+                .iter()
+                .zip(self.kernel_filtered)
+                .map(|(t, n)| (t.to_string(), n.into()))
+                .collect(),
             dns_malformed: self.dns_malformed,
             ring_buffer: Ring {
                 size_bytes: self.ring_size,
@@ -122,11 +138,12 @@ impl Stats {
             .map(|(t, n)| format!("{t}={n}"))
             .collect();
         format!(
-            "stats: seen {} [{}] dropped_kernel={} dropped_user={} ring_fill={}/{} (max {})",
+            "stats: seen {} [{}] dropped_kernel={} dropped_user={} filtered_kernel={} ring_fill={}/{} (max {})",
             self.seen.iter().sum::<u64>(),
             seen.join(" "),
             self.kernel_drops_total(),
             self.user_drops,
+            self.kernel_filtered.iter().sum::<u64>(),
             self.ring_fill,
             self.ring_size,
             self.ring_fill_max
@@ -153,6 +170,8 @@ pub struct Counters {
     pub dropped_upload: u64,
     /// Events that left without pod fields because the kubelet could not answer in time.
     pub kubelet_misses: u64,
+    /// Records excluded in the kernel on purpose (`--exclude`), per kind: not drops.
+    pub filtered_kernel: [u64; FILTERS],
     /// Events waiting in the upload queue now.
     pub queued: u64,
     /// Event batches accepted by the backend.
@@ -184,6 +203,7 @@ impl Counters {
             dropped_queue: primary.dropped_queue,
             dropped_upload: primary.dropped_output,
             kubelet_misses: published.kubelet_misses.load(Relaxed),
+            filtered_kernel: std::array::from_fn(|i| published.filtered_kernel[i].load(Relaxed)),
             queued: primary.queued,
             batches_accepted: primary.batches,
             upload_failures: primary.failures,
@@ -266,6 +286,18 @@ impl Counters {
                 ("{stage=\"queue\"}", self.dropped_queue),
                 ("{stage=\"upload\"}", self.dropped_upload),
             ],
+        );
+        let filtered: Vec<(String, u64)> = FILTER_NAMES
+            .iter()
+            .zip(self.filtered_kernel)
+            .map(|(f, n)| (format!("{{filter=\"{f}\"}}"), n))
+            .collect();
+        let filtered: Vec<(&str, u64)> = filtered.iter().map(|(l, n)| (l.as_str(), *n)).collect();
+        metric(
+            "events_filtered_total",
+            "counter",
+            "Events excluded in the kernel on purpose (--exclude, rule files' exclude:), by kind: not drops.",
+            &filtered,
         );
         metric(
             "kubelet_misses_total",
@@ -407,6 +439,7 @@ pub struct Published {
     pub dropped_kernel: AtomicU64,
     pub dropped_decode: AtomicU64,
     pub kubelet_misses: AtomicU64,
+    pub filtered_kernel: [AtomicU64; FILTERS],
     /// Events written to stdout, and events stdout could not take (closed, or a failed write).
     pub stdout_sent: AtomicU64,
     /// How well each event type is watched: set once, when the sensor has started.

@@ -653,6 +653,9 @@ impl Agent {
             .store(s.kernel_drops_total(), Ordering::Relaxed);
         c.dropped_decode
             .store(s.user_drops + self.unserializable, Ordering::Relaxed);
+        for (to, n) in c.filtered_kernel.iter().zip(s.kernel_filtered) {
+            to.store(n, Ordering::Relaxed);
+        }
         let misses = self
             .pipeline
             .attestor_mut()

@@ -44,6 +44,15 @@ pub fn pipeline(cfg: &Config) -> pipeline::Options {
                 cfg.get(Key::WatchWrite).unwrap_or("default"),
                 sensor::watch::DEFAULT_WRITE,
             ),
+            exclude: sensor::exclude::Options {
+                items: cfg
+                    .get(Key::Exclude)
+                    .and_then(|v| sensor::exclude::parse_list(v).ok())
+                    .unwrap_or_default(),
+                // Rule files may gain `exclude:` items at SIGHUP.
+                reloadable: cfg.is_set(Key::Rules),
+                proc_root: proc_root(cfg),
+            },
         },
     }
 }

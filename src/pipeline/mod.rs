@@ -55,6 +55,8 @@ pub struct Pipeline {
     attestor: Option<crate::attest::attestor::Attestor>,
     /// The detection rules; `None` when there are none to evaluate.
     rules: Option<Rules>,
+    /// `--exclude`'s items (a reload merges the rule files' anew with these).
+    cli_exclude: Vec<sensor::exclude::Exclusion>,
     /// The alerts of the event being handled (reused).
     alerts: Vec<AlertInfo>,
     pub stats: Stats,
@@ -89,7 +91,17 @@ impl Pipeline {
                 proc_root.display()
             ),
         }
-        let sensor = Sensor::start(&opts.sensor)?;
+        // The rule files' exclusions join --exclude's, in the kernel before anything attaches.
+        let mut sensor_opts = opts.sensor.clone();
+        let cli_exclude = opts.sensor.exclude.items.clone();
+        if let Some(r) = &rules {
+            for x in &r.exclude {
+                if !sensor_opts.exclude.items.contains(x) {
+                    sensor_opts.exclude.items.push(x.clone());
+                }
+            }
+        }
+        let sensor = Sensor::start(&sensor_opts)?;
         log::debug!("sensor ready: {}", sensor.event_types().line());
         let queue: Rc<RefCell<VecDeque<_>>> = Rc::new(RefCell::new(VecDeque::with_capacity(BATCH)));
         let q = queue.clone();
@@ -123,6 +135,7 @@ impl Pipeline {
             builder,
             attestor: None,
             rules,
+            cli_exclude,
             alerts: Vec::new(),
             stats,
         })
@@ -204,7 +217,17 @@ impl Pipeline {
     pub fn reload_rules(&mut self) {
         match &mut self.rules {
             Some(r) => {
-                r.reload();
+                if r.reload() {
+                    let mut items = self.cli_exclude.clone();
+                    for x in &r.exclude {
+                        if !items.contains(x) {
+                            items.push(x.clone());
+                        }
+                    }
+                    for why in self.sensor.set_exclusions(&items) {
+                        log::warn!("SIGHUP: exclusion not applied: {why}");
+                    }
+                }
                 self.stats.rules = r.counts;
             }
             None => log::info!("SIGHUP: no rules to reload (--no-default-rules and no --rules)"),
@@ -214,6 +237,7 @@ impl Pipeline {
     /// Refreshes the kernel counters and ring-buffer fill, and re-syncs the clock.
     pub fn refresh_stats(&mut self) {
         self.stats.kernel_drops = self.sensor.kernel_drops();
+        self.stats.kernel_filtered = self.sensor.kernel_filtered();
         self.stats.observe_fill(self.ring_fill());
         self.builder.clock = crate::events::event::Clock::now();
     }

@@ -8,6 +8,7 @@ use std::collections::HashMap;
 use crate::rules::lang::{self, Cond, Expr, FieldRef, Scope};
 use crate::rules::yaml::{self, Kind, Node, Problem};
 use crate::sensor::decode::EVENT_TYPES;
+use crate::sensor::exclude::{self, Exclusion};
 
 /// A rule file's text and the name findings give it (`default` or its path).
 pub struct Source {
@@ -104,6 +105,8 @@ struct Loader<'a> {
     list_locs: HashMap<String, Loc>,
     macros: Vec<(String, String, Loc)>,
     rules: Vec<RawRule>,
+    /// The `exclude:` items of every file, in order (pushed into the kernel's maps).
+    exclude: Vec<Exclusion>,
 }
 
 fn is_name(s: &str) -> bool {
@@ -159,7 +162,7 @@ impl Loader<'_> {
                 file,
                 Problem::at(
                     root.line,
-                    "a rule file is a list of items, each `- rule:`, `- list:` or `- macro:`",
+                    "a rule file is a list of items, each `- rule:`, `- list:`, `- macro:` or `- exclude:`",
                 ),
             );
         };
@@ -176,7 +179,7 @@ impl Loader<'_> {
             .ok_or_else(|| {
                 Problem::at(
                     item.line,
-                    "expected an item with `rule:`, `list:` or `macro:`",
+                    "expected an item with `rule:`, `list:`, `macro:` or `exclude:`",
                 )
             })?
             .collect();
@@ -196,10 +199,12 @@ impl Loader<'_> {
             &["list", "items", "append"]
         } else if get("macro").is_some() {
             &["macro", "condition"]
+        } else if get("exclude").is_some() {
+            &["exclude"]
         } else {
             return Err(Problem::at(
                 item.line,
-                "expected an item with `rule:`, `list:` or `macro:`",
+                "expected an item with `rule:`, `list:`, `macro:` or `exclude:`",
             ));
         };
         for (k, _, line) in &entries {
@@ -211,6 +216,16 @@ impl Loader<'_> {
             }
         }
         let line = item.line;
+        if let Some(n) = get("exclude") {
+            for (s, l) in n.strings()? {
+                let x =
+                    exclude::parse_item(&s).map_err(|e| Problem::at(l, format!("exclude: {e}")))?;
+                if !self.exclude.contains(&x) {
+                    self.exclude.push(x);
+                }
+            }
+            return Ok(());
+        }
         if let Some(n) = get("list") {
             let name = scalar(n, "list")?;
             if !is_name(&name) {
@@ -376,7 +391,7 @@ impl Loader<'_> {
         Ok(())
     }
 
-    fn compile(mut self) -> Result<Vec<Rule>, Vec<Finding>> {
+    fn compile(mut self) -> Result<Loaded, Vec<Finding>> {
         let lists = std::mem::take(&mut self.lists);
         let is_list = |n: &str| lists.contains_key(n);
         let mut macros = HashMap::new();
@@ -439,15 +454,30 @@ impl Loader<'_> {
             }
         }
         if self.findings.is_empty() {
-            Ok(out)
+            Ok(Loaded {
+                rules: out,
+                exclude: self.exclude,
+            })
         } else {
             Err(self.findings)
         }
     }
 }
 
+/// What rule files hold: the compiled rules and the exclusions for the kernel.
+#[derive(Debug, Default)]
+pub struct Loaded {
+    pub rules: Vec<Rule>,
+    pub exclude: Vec<Exclusion>,
+}
+
 /// Loads the sources in order into one rule set, or every finding.
 pub fn load(sources: &[Source]) -> Result<Vec<Rule>, Vec<Finding>> {
+    load_all(sources).map(|l| l.rules)
+}
+
+/// Loads the sources in order into one rule set and their exclusions, or every finding.
+pub fn load_all(sources: &[Source]) -> Result<Loaded, Vec<Finding>> {
     let mut l = Loader {
         sources,
         findings: Vec::new(),
@@ -455,6 +485,7 @@ pub fn load(sources: &[Source]) -> Result<Vec<Rule>, Vec<Finding>> {
         list_locs: HashMap::new(),
         macros: Vec::new(),
         rules: Vec::new(),
+        exclude: Vec::new(),
     };
     for i in 0..sources.len() {
         l.source(i);

@@ -42,6 +42,8 @@ pub struct Rules {
     rules: Vec<Rule>,
     /// Per `EVENT_TYPES` index, the rules of that type.
     by_type: Vec<Vec<u32>>,
+    /// The files' `exclude:` items (the sensor pushes them into the kernel).
+    pub exclude: Vec<crate::sensor::exclude::Exclusion>,
     pub counts: RuleCounts,
 }
 
@@ -107,16 +109,18 @@ pub fn check(opts: &Options) -> Result<usize, Vec<Finding>> {
 impl Rules {
     /// Loads the rule set, or fails with every finding (one per line).
     pub fn new(opts: Options) -> Result<Rules, Vec<Finding>> {
-        let rules = load::load(&sources(&opts)?)?;
+        let loaded = load::load_all(&sources(&opts)?)?;
         let mut r = Rules {
             opts,
             ..Rules::default()
         };
-        r.install(rules);
+        r.install(loaded);
         Ok(r)
     }
 
-    fn install(&mut self, rules: Vec<Rule>) {
+    fn install(&mut self, loaded: load::Loaded) {
+        let rules = loaded.rules;
+        self.exclude = loaded.exclude;
         let mut by_type = vec![Vec::new(); EVENT_TYPES.len()];
         for (i, r) in rules.iter().enumerate() {
             for &t in &r.types {
@@ -131,10 +135,10 @@ impl Rules {
     /// Re-reads every rule file (`SIGHUP`). On any finding the running rules stay and the
     /// findings are logged; counted either way.
     pub fn reload(&mut self) -> bool {
-        match sources(&self.opts).and_then(|s| load::load(&s)) {
-            Ok(rules) => {
-                let n = rules.len();
-                self.install(rules);
+        match sources(&self.opts).and_then(|s| load::load_all(&s)) {
+            Ok(loaded) => {
+                let n = loaded.rules.len();
+                self.install(loaded);
                 self.counts.reloads += 1;
                 log::info!("rules reloaded: {n} rules in use");
                 true

@@ -22,6 +22,7 @@ use crate::error::{Error, Result};
 
 pub mod decode;
 pub mod dns;
+pub mod exclude;
 mod load_log;
 pub mod skel;
 pub mod watch;
@@ -748,6 +749,8 @@ pub struct Options {
     pub watch_read: Vec<String>,
     /// Path prefixes below which changes are reported (`--watch-write`, resolved).
     pub watch_write: Vec<String>,
+    /// In-kernel exclusions (`--exclude` and the rule files' `exclude:`).
+    pub exclude: exclude::Options,
 }
 
 /// How well the sensor watches one event type on this kernel.
@@ -841,6 +844,10 @@ impl serde::Serialize for EventTypes {
 pub struct Sensor {
     skel: SensorSkel<'static>,
     _links: Vec<Link>,
+    /// Whether the kernel's exclusion checks are loaded, and the keys now in its maps.
+    exclusions_loaded: bool,
+    excluded: exclude::Resolved,
+    proc_root: std::path::PathBuf,
     /// One entry per hook, in `HOOKS` order.
     pub hooks: Vec<HookStatus>,
 }
@@ -1142,6 +1149,7 @@ fn open(opts: &Options, wanted: &[&str], dispatched: &[&str]) -> Result<OpenSens
     rodata.want_dns = dispatched.contains(&"dns");
     rodata.want_close = dispatched.contains(&"connection_close");
     rodata.watch_reads = !opts.watch_read.is_empty();
+    rodata.have_exclusions = opts.exclude.in_kernel();
     // The fast path's first-component filter (bpf/file.bpf.h); none: every path is looked up.
     let entries = watch::entries(&opts.watch_read, &opts.watch_write);
     let tops = watch::tops(&entries).unwrap_or_default();
@@ -1206,6 +1214,89 @@ fn fill_watch(skel: &SensorSkel<'static>, opts: &Options) -> Result<()> {
         opts.watch_read.len(),
         opts.watch_write.len()
     );
+    Ok(())
+}
+
+/// Makes the kernel's exclusion maps hold `new` (in place: new keys first, then the old ones
+/// that went), re-marks the running processes of excluded executables when that set changed,
+/// and sets `exclude_kinds`, the kinds the kernel checks.
+fn fill_exclusions(
+    skel: &mut SensorSkel<'static>,
+    now: &mut exclude::Resolved,
+    new: exclude::Resolved,
+    proc_root: &Path,
+) -> Result<()> {
+    let fail = |what: &str, e: libbpf_rs::Error| {
+        Error::runtime(format!(
+            "failed to update the kernel's {what} exclusions: {e}"
+        ))
+    };
+    let one = [1u8];
+    let exe_key = |k: &exclude::ExeKey| {
+        let mut b = [0u8; 16];
+        b[..8].copy_from_slice(&k.0.to_ne_bytes());
+        b[8..].copy_from_slice(&k.1.to_ne_bytes());
+        b
+    };
+    let maps = &skel.maps;
+    for k in new.exe.difference(&now.exe) {
+        maps.exclude_exe
+            .update(&exe_key(k), &one, MapFlags::ANY)
+            .map_err(|e| fail("executable", e))?;
+    }
+    for k in new.uid.difference(&now.uid) {
+        maps.exclude_uid
+            .update(&k.to_ne_bytes(), &one, MapFlags::ANY)
+            .map_err(|e| fail("uid", e))?;
+    }
+    for k in new.cgroup.difference(&now.cgroup) {
+        maps.exclude_cgroup
+            .update(&k.to_ne_bytes(), &one, MapFlags::ANY)
+            .map_err(|e| fail("cgroup", e))?;
+    }
+    let exe_changed = new.exe != now.exe;
+    if exe_changed {
+        // Forget every mark, then mark what runs the new set (a moment where they are seen).
+        let marks: Vec<Vec<u8>> = maps.excluded_procs.keys().collect();
+        for k in marks {
+            let _ = maps.excluded_procs.delete(&k);
+        }
+        for tgid in exclude::running(proc_root, &new.exe) {
+            maps.excluded_procs
+                .update(&tgid.to_ne_bytes(), &one, MapFlags::ANY)
+                .map_err(|e| fail("process", e))?;
+        }
+    }
+    use skel::types::lg_filter;
+    let kinds = u32::from(!new.exe.is_empty()) << lg_filter::LG_FILTER_EXE.0
+        | u32::from(!new.uid.is_empty()) << lg_filter::LG_FILTER_UID.0
+        | u32::from(!new.cgroup.is_empty()) << lg_filter::LG_FILTER_CGROUP.0;
+    if let Some(bss) = skel.maps.bss_data.as_deref_mut() {
+        bss.exclude_kinds = kinds;
+    } else if kinds != 0 {
+        return Err(Error::runtime(
+            "the BPF object's .bss is not mapped: exclusions cannot be set",
+        ));
+    }
+    let maps = &skel.maps;
+    for k in now.exe.difference(&new.exe) {
+        let _ = maps.exclude_exe.delete(&exe_key(k));
+    }
+    for k in now.uid.difference(&new.uid) {
+        let _ = maps.exclude_uid.delete(&k.to_ne_bytes());
+    }
+    for k in now.cgroup.difference(&new.cgroup) {
+        let _ = maps.exclude_cgroup.delete(&k.to_ne_bytes());
+    }
+    if kinds != 0 {
+        log::info!(
+            "excluding in the kernel: {} executables, {} uids, {} cgroups",
+            new.exe.len(),
+            new.uid.len(),
+            new.cgroup.len()
+        );
+    }
+    *now = new;
     Ok(())
 }
 
@@ -1370,6 +1461,16 @@ impl Sensor {
         for _ in 0..rounds {
             let (mut skel, choice) = Self::load(opts, &offer, &skip, &mut tried)?;
             fill_watch(&skel, opts)?;
+            // Before anything is attached: no record of an excluded process is ever produced.
+            let (resolved, bad) =
+                exclude::resolve(&opts.exclude.items, Path::new(exclude::CGROUP_ROOT));
+            if let Some(b) = bad.first() {
+                return Err(Error::config(format!(
+                    "--exclude {b} (fix or remove the item; rule files' `exclude:` too)"
+                )));
+            }
+            let mut excluded = exclude::Resolved::default();
+            fill_exclusions(&mut skel, &mut excluded, resolved, &opts.exclude.proc_root)?;
             let mut links = Vec::new();
             let mut attached: Vec<std::result::Result<Option<String>, String>> = Vec::new();
             let mut retry = false;
@@ -1422,6 +1523,9 @@ impl Sensor {
             return Ok(Sensor {
                 skel,
                 _links: links,
+                exclusions_loaded: opts.exclude.in_kernel(),
+                excluded,
+                proc_root: opts.exclude.proc_root.clone(),
                 hooks,
             });
         }
@@ -1506,6 +1610,47 @@ impl Sensor {
     /// The `events` ring buffer map, for a `RingBufferBuilder`.
     pub fn events_map(&self) -> &libbpf_rs::MapMut<'static> {
         &self.skel.maps.events
+    }
+
+    /// Replaces the exclusions in force (`SIGHUP`): the kernel's maps are updated in place. An
+    /// item that cannot be resolved is skipped and named in the returned reasons.
+    pub fn set_exclusions(&mut self, items: &[exclude::Exclusion]) -> Vec<String> {
+        let (resolved, mut bad) = exclude::resolve(items, Path::new(exclude::CGROUP_ROOT));
+        if !self.exclusions_loaded {
+            if !items.is_empty() {
+                bad.push(
+                    "the agent started without exclusions and without --rules, so the kernel's                      exclusion checks are not loaded: restart the agent to apply them"
+                        .into(),
+                );
+            }
+            return bad;
+        }
+        if let Err(e) = fill_exclusions(
+            &mut self.skel,
+            &mut self.excluded,
+            resolved,
+            &self.proc_root,
+        ) {
+            bad.push(e.to_string());
+        }
+        bad
+    }
+
+    /// Records the kernel kept out of the ring on purpose, per exclusion kind (exe, uid,
+    /// cgroup: `enum lg_filter`), summed over CPUs.
+    pub fn kernel_filtered(&self) -> [u64; exclude::KINDS] {
+        let mut out = [0u64; exclude::KINDS];
+        for (i, slot) in out.iter_mut().enumerate() {
+            let key = (i as u32).to_ne_bytes();
+            if let Ok(Some(cpus)) = self.skel.maps.filtered.lookup_percpu(&key, MapFlags::ANY) {
+                *slot = cpus
+                    .iter()
+                    .filter_map(|v| v.get(..8).and_then(|b| b.try_into().ok()))
+                    .map(u64::from_ne_bytes)
+                    .sum();
+            }
+        }
+        out
     }
 
     /// Failed ring-buffer reservations per record type, summed over CPUs.
@@ -1605,6 +1750,7 @@ mod tests {
             compat_syscalls: true,
             watch_read: watch::resolve("default", watch::DEFAULT_READ),
             watch_write: watch::resolve("default", watch::DEFAULT_WRITE),
+            exclude: exclude::Options::default(),
         }
     }
 
