@@ -12,6 +12,7 @@ mod cli;
 mod compat;
 mod e2e;
 mod enroll;
+mod exclude;
 mod files;
 mod fleet;
 mod hardening;
