@@ -418,3 +418,31 @@ pub fn bench_median_ns(rules: &Rules, evs: &[Event], rounds: usize) -> u64 {
     times.sort_unstable();
     times[times.len() / 2]
 }
+
+#[test]
+fn exclude_items_are_collected_and_a_bad_one_is_a_finding() {
+    use crate::sensor::exclude::Exclusion;
+    let l = load::load_all(&[
+        Source {
+            name: "a.yaml".into(),
+            text: "- exclude: [uid:998, 'exe:/usr/bin/x']\n".into(),
+        },
+        Source {
+            name: "b.yaml".into(),
+            text: "- exclude:\n  - uid:998\n  - cgroup:/system.slice/x.service\n".into(),
+        },
+    ])
+    .expect("loads");
+    assert_eq!(
+        l.exclude,
+        vec![
+            Exclusion::Uid(998),
+            Exclusion::Exe("/usr/bin/x".into()),
+            Exclusion::Cgroup("/system.slice/x.service".into()),
+        ]
+    );
+    let f = first_finding("- exclude:\n  - uid:1\n  - uid:nobody\n");
+    assert!(f.starts_with("my.yaml:3: exclude: "), "{f}");
+    let f = first_finding("- exclude: [uid:1]\n  name: x\n");
+    assert!(f.contains("unknown key `name`"), "{f}");
+}
