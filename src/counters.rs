@@ -620,6 +620,8 @@ mod tests {
         assert!(t.contains(
             "linuxguard_output_events_dropped_total{output=\"file\",stage=\"queue\"} 2\n"
         ));
+        assert!(t.contains("# TYPE linuxguard_events_filtered_total counter\n"));
+        assert!(t.contains("linuxguard_events_filtered_total{filter=\"uid\"} 0\n"));
         assert!(t.contains("# TYPE linuxguard_events_dropped_total counter\n"));
         assert!(t.contains("linuxguard_events_dropped_total{stage=\"queue\"} 5\n"));
         assert!(t.contains("linuxguard_uptime_seconds 12\n"));

@@ -8,7 +8,7 @@ use std::fmt;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
-/// Where cgroup v2 is mounted; `cgroup:` paths are below it.
+/// Where cgroups are mounted (cgroup v2 itself on unified hosts, see [`cgroup2_root`]).
 pub const CGROUP_ROOT: &str = "/sys/fs/cgroup";
 /// The kinds, in the order of the kernel's `filtered` counters (`enum lg_filter`).
 pub const KINDS: usize = 3;
@@ -24,8 +24,8 @@ pub enum Exclusion {
     Exe(PathBuf),
     /// A real uid.
     Uid(u32),
-    /// A cgroup v2 directory (the path below [`CGROUP_ROOT`], starting with `/`): exactly that
-    /// cgroup, not its children.
+    /// A cgroup v2 directory (the path below the cgroup v2 mount, [`cgroup2_root`], starting
+    /// with `/`): exactly that cgroup, not its children.
     Cgroup(PathBuf),
 }
 
@@ -155,7 +155,11 @@ pub fn resolve(items: &[Exclusion], cgroup_root: &Path) -> (Resolved, Vec<String
             }
             Exclusion::Cgroup(p) => {
                 let rel = p.strip_prefix("/").unwrap_or(p);
-                let dir = cgroup_root.join(rel);
+                let mut dir = cgroup_root.join(rel);
+                // `cgroup:/sys/fs/cgroup/unified/x` on a hybrid host: below the v2 mount too.
+                if !dir.exists() && Path::new(CGROUP_ROOT).join(rel).exists() {
+                    dir = Path::new(CGROUP_ROOT).join(rel);
+                }
                 match cgroup_id(&dir) {
                     Ok(id) => {
                         r.cgroup.insert(id);
@@ -177,6 +181,21 @@ pub fn resolve(items: &[Exclusion], cgroup_root: &Path) -> (Resolved, Vec<String
         }
     }
     (r, bad)
+}
+
+/// Where cgroup v2 is mounted: `/sys/fs/cgroup` on unified hosts, `/sys/fs/cgroup/unified` on
+/// hybrid ones (the first `cgroup2` mount in /proc/self/mounts); `cgroup:` paths are below it.
+pub fn cgroup2_root() -> PathBuf {
+    std::fs::read_to_string("/proc/self/mounts")
+        .ok()
+        .and_then(|m| {
+            m.lines().find_map(|l| {
+                let mut f = l.split_whitespace();
+                let (_, at, ty) = (f.next()?, f.next()?, f.next()?);
+                (ty == "cgroup2").then(|| PathBuf::from(at))
+            })
+        })
+        .unwrap_or_else(|| PathBuf::from(CGROUP_ROOT))
 }
 
 /// A cgroup v2 directory's id: its inode number (kernfs), as bpf_get_current_cgroup_id() gives.

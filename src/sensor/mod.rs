@@ -1462,8 +1462,7 @@ impl Sensor {
             let (mut skel, choice) = Self::load(opts, &offer, &skip, &mut tried)?;
             fill_watch(&skel, opts)?;
             // Before anything is attached: no record of an excluded process is ever produced.
-            let (resolved, bad) =
-                exclude::resolve(&opts.exclude.items, Path::new(exclude::CGROUP_ROOT));
+            let (resolved, bad) = exclude::resolve(&opts.exclude.items, &exclude::cgroup2_root());
             if let Some(b) = bad.first() {
                 return Err(Error::config(format!(
                     "--exclude {b} (fix or remove the item; rule files' `exclude:` too)"
@@ -1615,7 +1614,7 @@ impl Sensor {
     /// Replaces the exclusions in force (`SIGHUP`): the kernel's maps are updated in place. An
     /// item that cannot be resolved is skipped and named in the returned reasons.
     pub fn set_exclusions(&mut self, items: &[exclude::Exclusion]) -> Vec<String> {
-        let (resolved, mut bad) = exclude::resolve(items, Path::new(exclude::CGROUP_ROOT));
+        let (resolved, mut bad) = exclude::resolve(items, &exclude::cgroup2_root());
         if !self.exclusions_loaded {
             if !items.is_empty() {
                 bad.push(

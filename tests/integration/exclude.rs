@@ -312,3 +312,59 @@ fn root_an_exclude_that_names_no_file_stops_the_start() {
         stderr(&o)
     );
 }
+
+#[test]
+fn root_an_excluded_cgroup_is_dropped() {
+    crate::common::require_root("root");
+    let name = format!("lg-exclude-test-{}", std::process::id());
+    // cgroup v2: /sys/fs/cgroup, or /sys/fs/cgroup/unified on a hybrid host (this VM's).
+    let mounts = std::fs::read_to_string("/proc/self/mounts").expect("mounts");
+    let root = mounts
+        .lines()
+        .find_map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            (f.get(2) == Some(&"cgroup2")).then(|| f[1].to_string())
+        })
+        .expect("a cgroup2 mount");
+    let dir = std::path::Path::new(&root).join(&name);
+    std::fs::create_dir(&dir).expect("create a cgroup");
+    struct Rm(std::path::PathBuf);
+    impl Drop for Rm {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir(&self.0);
+        }
+    }
+    let _rm = Rm(dir.clone());
+    let excl = format!("cgroup:/{name}");
+    let w = Watch::start(&["--exclude", &excl, "--stats-interval", "1"]);
+    let before = filtered_after(&w, "cgroup", 0);
+    let inside = marker("in-cgroup");
+    // The shell moves itself into the cgroup, then runs /bin/true there.
+    let procs = dir.join("cgroup.procs");
+    let s = Command::new("/bin/sh")
+        .args([
+            "-c",
+            &format!("echo $$ > {}; /bin/true {inside}", procs.display()),
+        ])
+        .status()
+        .expect("sh");
+    assert!(s.success());
+    let outside = marker("outside");
+    Command::new("/bin/true")
+        .arg(&outside)
+        .status()
+        .expect("true");
+    w.wait_for("the exec outside the cgroup", |v| {
+        v["type"] == "exec" && has_marker(v, &outside)
+    });
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(
+        true_execs(&w, &inside).is_empty(),
+        "an exec in the excluded cgroup was reported"
+    );
+    // At least /bin/true's exec and exit, and the shell's exit.
+    let n = filtered_after(&w, "cgroup", received(&w)) - before;
+    assert!(n >= 3, "filtered by cgroup: {n}");
+    let (status, err) = w.stop();
+    assert!(status.success(), "watch failed: {err}");
+}
