@@ -32,6 +32,9 @@ use crate::uplink::uploader::{Shared, Uplink};
 
 /// Kernel counters, ring fill and the socket's connection timeouts are refreshed this often.
 const HOUSEKEEPING: Duration = Duration::from_secs(1);
+/// The longest one pass over the ring may take in the loop (whole batches): a flood of events
+/// then delays a `status` or metrics request by about this much instead of until the ring is empty.
+const DRAIN_BUDGET: Duration = Duration::from_millis(50);
 /// After the grace period, the final heartbeat may take this much longer before we exit anyway
 /// (its own timeout plus a second): the uplink has counted everything by then.
 const FINAL_HEARTBEAT_ALLOWANCE: Duration =
@@ -556,7 +559,8 @@ impl Agent {
                 self.pipeline.reload_rules();
             }
             if ring_ready || body >= next_drain {
-                self.drain()?;
+                // Bounded: under a flood the socket and the metrics are served between passes.
+                self.drain_within(Some(DRAIN_BUDGET))?;
                 next_drain = Instant::now() + POLL_INTERVAL;
             }
             let now = Instant::now();
@@ -593,10 +597,15 @@ impl Agent {
         }
     }
 
+    /// Everything in the ring (at shutdown and before the final counts).
     fn drain(&mut self) -> Result<()> {
+        self.drain_within(None)
+    }
+
+    fn drain_within(&mut self, budget: Option<Duration>) -> Result<()> {
         let out = self.out.clone();
         let mut sink = LoopSink::new(&out, self.sink_stdout.take());
-        let res = self.pipeline.drain(&mut sink);
+        let res = self.pipeline.drain_within(&mut sink, budget);
         self.settle_sink(sink);
         self.publish_counters();
         res.map(|_| ())

@@ -162,6 +162,17 @@ impl Pipeline {
     /// Moves every waiting record to `sink`, in batches, flushing after each batch.
     /// Returns `Ok(false)` when the sink closed.
     pub fn drain(&mut self, sink: &mut dyn Sink) -> Result<bool> {
+        self.drain_within(sink, None)
+    }
+
+    /// As `drain`, but returns after the batch that ends past `budget` (the rest stays in the
+    /// ring for the next pass), so a loop serving other descriptors is not held by a flood.
+    pub fn drain_within(
+        &mut self,
+        sink: &mut dyn Sink,
+        budget: Option<std::time::Duration>,
+    ) -> Result<bool> {
+        let started = std::time::Instant::now();
         let fill = self.ring_fill();
         self.stats.observe_fill(fill);
         loop {
@@ -207,7 +218,7 @@ impl Pipeline {
             if !open || !sink.flush()? {
                 return Ok(false);
             }
-            if (n as usize) < BATCH {
+            if (n as usize) < BATCH || budget.is_some_and(|b| started.elapsed() >= b) {
                 return Ok(true);
             }
         }

@@ -497,12 +497,11 @@ const DISPATCH_RAW: Alt = Alt {
 
 /// What the compat hook's plain programs leave out compared with the dispatching ones.
 #[cfg(target_arch = "x86_64")]
-const COMPAT_UNDISPATCHED: &str = "32-bit (int $0x80) namespace, mount, module, file and DNS \
-                                   syscalls are not reported (the dispatcher cannot run here)";
+const COMPAT_UNDISPATCHED: &str =
+    "32-bit (int $0x80) namespace, mount, module, file and DNS syscalls are not reported";
 #[cfg(target_arch = "aarch64")]
-const COMPAT_UNDISPATCHED: &str = "AArch32 processes' namespace, mount, module, file and DNS \
-                                   syscalls are not reported (the dispatcher knows x86_64's \
-                                   syscall numbers only)";
+const COMPAT_UNDISPATCHED: &str =
+    "AArch32 processes' namespace, mount, module, file and DNS syscalls are not reported";
 
 /// bpf_task_pt_regs() (Linux 5.15+): the per-syscall tracepoint programs of bpf/syscalls.bpf.h
 /// read the call's arguments from the task's saved registers.
