@@ -24,6 +24,7 @@
 #define LG_FILE_BPF_H
 
 #include "paths.bpf.h"
+#include "sysargs.bpf.h"
 
 /* The dispatcher serves file events (set by user space before load). */
 const volatile bool want_file = false;
@@ -88,25 +89,6 @@ const volatile __u8 top_exact[LG_TOPS]; /* the prefix goes on after it ('/'): le
 const volatile __u8 top_lists[LG_TOPS]; /* LG_FILE_F_WATCH_* of the entries with that start */
 const volatile __u64 top_first[2][4];	/* read list, write list: the first bytes they start with */
 
-/*
- * The file behind descriptor fd of the current task, with plain loads through untrusted BTF
- * pointers. The slot fdt->fd[fd] is reached by casting its address (a plain number: fdt->fd
- * is a pointer to pointers, which the verifier treats as a number) to a kernel type whose
- * first member is a pointer (struct callback_head, in every kernel): that member IS the slot.
- */
-static __always_inline struct file *fd_file_fast(long fd)
-{
-	struct fdtable *fdt;
-	unsigned long slot;
-
-	if (!bpf_ksym_exists(bpf_rdonly_cast))
-		return fd_file(fd);
-	fdt = current_btf()->files->fdt;
-	if (fd < 0 || !fdt || fd >= fdt->max_fds)
-		return NULL;
-	slot = (unsigned long)fdt->fd + fd * sizeof(void *);
-	return bpf_core_cast(bpf_core_cast((void *)slot, struct callback_head)->next, struct file);
-}
 
 /* The first 16 bytes of a name (beyond its end: whatever follows, masked off by the caller). */
 static __always_inline void name16(const unsigned char *name, __u64 *lo, __u64 *hi)

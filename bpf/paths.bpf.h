@@ -53,6 +53,26 @@ struct {
 	__type(value, struct lg_pscratch);
 } pscratch SEC(".maps");
 
+/*
+ * The file behind descriptor fd of the current task, with plain loads through untrusted BTF
+ * pointers. The slot fdt->fd[fd] is reached by casting its address (a plain number: fdt->fd
+ * is a pointer to pointers, which the verifier treats as a number) to a kernel type whose
+ * first member is a pointer (struct callback_head, in every kernel): that member IS the slot.
+ */
+static __always_inline struct file *fd_file_fast(long fd)
+{
+	struct fdtable *fdt;
+	unsigned long slot;
+
+	if (!bpf_ksym_exists(bpf_rdonly_cast))
+		return fd_file(fd);
+	fdt = current_btf()->files->fdt;
+	if (fd < 0 || !fdt || fd >= fdt->max_fds)
+		return NULL;
+	slot = (unsigned long)fdt->fd + fd * sizeof(void *);
+	return bpf_core_cast(bpf_core_cast((void *)slot, struct callback_head)->next, struct file);
+}
+
 static __always_inline struct lg_pscratch *pscratch_get(void)
 {
 	__u32 zero = 0;
