@@ -682,10 +682,13 @@ impl Receiver {
         std::fs::read_to_string(self.dir.path().join("err")).unwrap_or_default()
     }
 
-    /// Every record received so far.
+    /// Every record received so far: whole lines only (the receiver may be writing the last
+    /// one while it is read).
     fn records(&self) -> Vec<Value> {
-        std::fs::read_to_string(self.dir.path().join("records.jsonl"))
-            .unwrap_or_default()
+        let text =
+            std::fs::read_to_string(self.dir.path().join("records.jsonl")).unwrap_or_default();
+        let whole = text.rfind('\n').map_or("", |end| &text[..end]);
+        whole
             .lines()
             .map(|l| serde_json::from_str(l).expect("receiver record"))
             .collect()
