@@ -785,13 +785,20 @@ static __always_inline int do_exit(void)
 	struct task_struct *task = current_btf();
 	struct lg_exit *e;
 	__u32 tgid;
-	int code;
+	int code, skip;
 
-	e = reserve(sizeof(*e), LG_EXIT);
+	/*
+	 * Decided before reserving, and the mark forgotten before too: a helper call while the
+	 * reservation is held left it "unreleased" for the verifiers of 5.10 and 6.1.
+	 */
+	skip = excluded();
 	if (have_exclusions && (exclude_kinds & (1 << LG_FILTER_EXE))) {
 		tgid = bpf_get_current_pid_tgid() >> 32;
 		bpf_map_delete_elem(&excluded_procs, &tgid);
 	}
+	if (skip)
+		return 0;
+	e = reserve_unchecked(sizeof(*e), LG_EXIT);
 	if (!e)
 		return 0;
 	e->type = LG_EXIT;
