@@ -125,24 +125,20 @@ struct ftop_ctx {
 
 static __always_inline long ftop_one(struct ftop_ctx *w)
 {
-	struct dentry *d = w->d, *parent;
-	struct mount *mnt = w->mnt, *up;
+	struct dentry *d = w->d, *parent = NULL;
+	struct mount *mnt = w->mnt;
+	__u32 st;
 
 	if (!d || !mnt)
 		return 1;
-	if (d == KREAD(struct mount, mnt, mnt.mnt_root)) {
-		up = KREAD(struct mount, mnt, mnt_parent);
-		if (up == mnt) {
-			w->state = LG_WALK_ROOT;
-			return 1;
-		}
-		w->d = KREAD(struct mount, mnt, mnt_mountpoint);
-		w->mnt = up;
+	st = walk_up(&d, &mnt, &parent);
+	if (st == LG_WALK_CROSSED) {
+		w->d = d;
+		w->mnt = mnt;
 		return 0;
 	}
-	parent = KREAD(struct dentry, d, d_parent);
-	if (parent == d) {
-		w->state = LG_WALK_ANON;
+	if (st != LG_WALK_RUNNING) {
+		w->state = st;
 		return 1;
 	}
 	w->name = KREAD(struct dentry, d, d_name.name);

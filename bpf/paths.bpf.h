@@ -92,29 +92,49 @@ struct fwalk_ctx {
 	__u32 state;
 };
 
+/* walk_up()'s answer when it crossed from a mount's root to its mountpoint (no name there). */
+#define LG_WALK_CROSSED 0xff
+
+/*
+ * One step of a walk up from dentry *d in mount *mnt, for both walks (fwalk_step here, ftop_one
+ * in file.bpf.h): LG_WALK_RUNNING with *parent set when d is a name to note, LG_WALK_CROSSED
+ * after moving *d and *mnt to the mount's mountpoint, or the stop state LG_WALK_ROOT (the root)
+ * or LG_WALK_ANON (a dentry that is its own parent: not in the tree).
+ */
+static __always_inline __u32 walk_up(struct dentry **d, struct mount **mnt, struct dentry **parent)
+{
+	struct mount *up;
+
+	if (*d == KREAD(struct mount, *mnt, mnt.mnt_root)) {
+		up = KREAD(struct mount, *mnt, mnt_parent);
+		if (up == *mnt)
+			return LG_WALK_ROOT;
+		*d = KREAD(struct mount, *mnt, mnt_mountpoint);
+		*mnt = up;
+		return LG_WALK_CROSSED;
+	}
+	*parent = KREAD(struct dentry, *d, d_parent);
+	return *parent == *d ? LG_WALK_ANON : LG_WALK_RUNNING;
+}
+
 static long fwalk_step(__u64 index, void *arg)
 {
 	struct fwalk_ctx *w = arg;
 	struct lg_pscratch *s = pscratch_get();
-	struct dentry *d = w->d, *parent;
-	struct mount *mnt = w->mnt, *up;
-	__u32 i;
+	struct dentry *d = w->d, *parent = NULL;
+	struct mount *mnt = w->mnt;
+	__u32 i, st;
 
 	if (!s || !d || !mnt)
 		return 1;
-	if (d == KREAD(struct mount, mnt, mnt.mnt_root)) {
-		up = KREAD(struct mount, mnt, mnt_parent);
-		if (up == mnt) {
-			w->state = LG_WALK_ROOT;
-			return 1;
-		}
-		w->d = KREAD(struct mount, mnt, mnt_mountpoint);
-		w->mnt = up;
+	st = walk_up(&d, &mnt, &parent);
+	if (st == LG_WALK_CROSSED) {
+		w->d = d;
+		w->mnt = mnt;
 		return 0;
 	}
-	parent = KREAD(struct dentry, d, d_parent);
-	if (parent == d) {
-		w->state = LG_WALK_ANON;
+	if (st != LG_WALK_RUNNING) {
+		w->state = st;
 		return 1;
 	}
 	i = w->depth & (LG_FDEPTH - 1);
