@@ -252,6 +252,7 @@ enum lg_file_op {
 	LG_FILE_MKDIR = 7,
 	LG_FILE_LINK = 8,	/* a hard link: path the new name, old_path the existing file */
 	LG_FILE_SYMLINK = 9,	/* path the new link, old_path its target as written */
+	LG_FILE_CONNECT = 10,	/* a Unix socket connect(): path the socket file (connect list) */
 };
 
 /* lg_file.flags */
@@ -259,6 +260,7 @@ enum lg_file_op {
 #define LG_FILE_F_TRUNCATED 2	/* a path was cut */
 #define LG_FILE_F_WATCH_READ 4	/* matched the read list */
 #define LG_FILE_F_WATCH_WRITE 8	/* matched the write list */
+#define LG_FILE_F_WATCH_CONNECT 16 /* matched the connect list */
 
 struct lg_file {
 	__u32 type;

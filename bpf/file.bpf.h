@@ -19,6 +19,10 @@
  * to (the working directory or the dirfd) is still the kernel's, composed from its dentries,
  * the string is appended and `.`/`..` are folded lexically; symlinks inside the string are not
  * followed. Those events carry LG_FILE_F_CALLER (docs/events.md: known blind spots).
+ *
+ * Unix socket connects are judged by the socket file the kernel connected to (the connect list,
+ * LG_FILE_F_WATCH_CONNECT: the container runtimes' API sockets by default), see
+ * file_connect_end().
  */
 #ifndef LG_FILE_BPF_H
 #define LG_FILE_BPF_H
@@ -30,6 +34,8 @@
 const volatile bool want_file = false;
 /* The read list is not empty: read-only opens need a look at all. */
 const volatile bool watch_reads = false;
+/* The connect list is not empty: Unix socket connects need a look at all. */
+const volatile bool watch_connects = false;
 
 struct lg_file _lg_file = {};
 enum lg_file_op _lg_file_op = LG_FILE_READ;
@@ -578,6 +584,76 @@ static __always_inline int file_fchmod_end(struct pt_regs *regs, long ret, int c
 	file_report(s, LG_FILE_CHMOD, ret,
 		    LG_FILE_F_WATCH_WRITE | (c.truncated ? LG_FILE_F_TRUNCATED : 0),
 		    sys_arg(regs, 1, compat) & 07777, c.len, 0);
+	return 0;
+}
+
+/* ---------------------------------------------------------------- Unix socket connects */
+
+/*
+ * At connect(fd, addr, len)'s exit: a Unix socket connected to a socket file on the connect list.
+ * A connected socket is judged by the kernel's objects: its peer (for a stream socket the
+ * server's end of this connection, which the kernel gives the listener's path; for a datagram
+ * socket the bound socket itself) holds the path the server bound, as a dentry and a mount,
+ * composed like an opened file's. So a symlink, a relative name, or the socket bind-mounted into
+ * a container (`-v /run/docker.sock:/var/run/docker.sock`) all end in the socket's own path as
+ * the server's mount namespace sees it. A connect refused for the socket file's permissions
+ * (EACCES, EPERM) has no peer: the caller's sun_path is used, like a refused open's string.
+ * Abstract sockets have no file and are not reported.
+ */
+static __always_inline int file_connect_end(struct pt_regs *regs, long ret, int compat)
+{
+	struct lg_pscratch *s;
+	struct lg_composed c;
+	struct unix_sock *peer;
+	struct socket *sock;
+	struct sock *sk;
+	struct dentry *d;
+	struct file *f;
+	__u32 got, flags = 0;
+	__u16 family = 0;
+	char first = 0;
+	__u64 uaddr;
+
+	if (!watch_connects || is_agent())
+		return 0;
+	s = pscratch_get();
+	if (!s)
+		return 0;
+	if (ret == 0) {
+		f = fd_file((int)sys_arg(regs, 0, compat));
+		if (!f)
+			return 0;
+		/* A struct socket points back at its file (the slot may have been reused). */
+		sock = BPF_CORE_READ(f, private_data);
+		if (!sock || BPF_CORE_READ(sock, file) != f)
+			return 0;
+		sk = BPF_CORE_READ(sock, sk);
+		if (!sk || BPF_CORE_READ(sk, __sk_common.skc_family) != AF_UNIX)
+			return 0;
+		peer = (struct unix_sock *)BPF_CORE_READ((struct unix_sock *)sk, peer);
+		d = peer ? BPF_CORE_READ(peer, path.dentry) : NULL;
+		if (!d)
+			return 0;
+		c = compose_dentry(s, d, BPF_CORE_READ(peer, path.mnt));
+	} else if (ret == -LG_EACCES || ret == -LG_EPERM) {
+		uaddr = sys_arg(regs, 1, compat);
+		bpf_probe_read_user(&family, sizeof(family), (const void *)uaddr);
+		bpf_probe_read_user(&first, 1, (const void *)(uaddr + sizeof(family)));
+		if (family != AF_UNIX || !first)
+			return 0;
+		c = compose_caller(s, LG_AT_FDCWD, uaddr + sizeof(family));
+		flags = LG_FILE_F_CALLER;
+	} else {
+		return 0;
+	}
+	if (!c.len || c.state == LG_WALK_ANON)
+		return 0;
+	got = watched(s);
+	if (!(got & LG_FILE_F_WATCH_CONNECT))
+		return 0;
+	file_report(s, LG_FILE_CONNECT, ret,
+		    LG_FILE_F_WATCH_CONNECT | flags | (c.truncated ? LG_FILE_F_TRUNCATED : 0), 0,
+		    c.len, 0);
 	return 0;
 }
 

@@ -68,6 +68,7 @@ enum lg_cred_call _lg_cred_call = LG_SETUID;
 enum lg_filter _lg_filter = LG_FILTER_EXE;
 struct lg_exe_key _lg_exe_key = {};
 
+#define AF_UNIX 1
 #define AF_INET 2
 #define AF_INET6 10
 #define IPPROTO_TCP 6

@@ -83,6 +83,7 @@ enum lg_module_call _lg_module_call = LG_MODULE_INIT;
 #define NR_RENAMEAT2 316
 #define NR_OPENAT2 437
 #define NR_FCHMODAT2 452
+#define NR_CONNECT 42
 /* i386 numbers (syscall_32.tbl). */
 #define IA32_OPEN 5
 #define IA32_CREAT 8
@@ -103,6 +104,7 @@ enum lg_module_call _lg_module_call = LG_MODULE_INIT;
 #define IA32_FCHMODAT 306
 #define IA32_OPEN_BY_HANDLE_AT 342
 #define IA32_RENAMEAT2 353
+#define IA32_CONNECT 362
 #define IA32_MOUNT 21
 #define IA32_OLDUMOUNT 22
 #define IA32_UMOUNT2 52
@@ -161,6 +163,8 @@ enum lg_module_call _lg_module_call = LG_MODULE_INIT;
 	NRBIT(NR_RENAMEAT2, w) | \
 	NRBIT(NR_OPENAT2, w) | \
 	NRBIT(NR_FCHMODAT2, w) | \
+	NRBIT(NR_CONNECT, w) | \
+	NRBIT(IA32_CONNECT, w) | \
 	NRBIT(IA32_OPEN, w) | \
 	NRBIT(IA32_CREAT, w) | \
 	NRBIT(IA32_LINK, w) | \
@@ -235,6 +239,7 @@ enum lg_op {
 	LGOP_LINKAT,
 	LGOP_SYMLINK,
 	LGOP_SYMLINKAT,
+	LGOP_CONNECT,
 };
 
 static __always_inline __u32 native_op(long nr)
@@ -313,6 +318,8 @@ static __always_inline __u32 native_op(long nr)
 		return LGOP_SYMLINK;
 	case NR_SYMLINKAT:
 		return LGOP_SYMLINKAT;
+	case NR_CONNECT:
+		return LGOP_CONNECT;
 	}
 	return LGOP_NONE;
 }
@@ -394,6 +401,8 @@ static __always_inline __u32 ia32_op(long nr)
 		return LGOP_SYMLINK;
 	case IA32_SYMLINKAT:
 		return LGOP_SYMLINKAT;
+	case IA32_CONNECT:
+		return LGOP_CONNECT;
 	}
 	return LGOP_NONE;
 }
@@ -804,6 +813,8 @@ static __always_inline int file_end(struct pt_regs *regs, __u32 op, long ret, in
 		return file_path_end(regs, ret, compat, LG_FILE_SYMLINK, -1, 1, -1, -1, 0, 0);
 	case LGOP_SYMLINKAT:
 		return file_path_end(regs, ret, compat, LG_FILE_SYMLINK, 1, 2, -1, -1, 0, 0);
+	case LGOP_CONNECT:
+		return file_connect_end(regs, ret, compat);
 	}
 	return 0;
 }
@@ -1119,6 +1130,7 @@ LGOP_TP_EXIT(file_link_exit, link, LGOP_LINK)
 LGOP_TP_EXIT(file_linkat_exit, linkat, LGOP_LINKAT)
 LGOP_TP_EXIT(file_symlink_exit, symlink, LGOP_SYMLINK)
 LGOP_TP_EXIT(file_symlinkat_exit, symlinkat, LGOP_SYMLINKAT)
+LGOP_TP_EXIT(file_connect_exit, connect, LGOP_CONNECT)
 LGOP_TP_EXIT(module_init_exit, init_module, LGOP_INIT_MODULE)
 LGOP_TP_EXIT(module_finit_exit, finit_module, LGOP_FINIT_MODULE)
 

@@ -47,6 +47,7 @@ pub enum Key {
     RedactFlags,
     WatchRead,
     WatchWrite,
+    WatchConnect,
     KubeletUrl,
     KubeletReadOnlyPort,
     KubeletSecurePort,
@@ -376,6 +377,16 @@ pub static SETTINGS: &[Setting] = &[
         "PATHS",
         SENSOR,
         "report writes, creates, renames, deletes and mode changes below these path prefixes (comma-separated; `default`: /etc, binary, library, boot, cron and SSH key dirs, see docs/events.md; `none`)"
+    ),
+    setting!(
+        WatchConnect,
+        "watch-connect",
+        "LINUXGUARD_WATCH_CONNECT",
+        Some("default"),
+        Ty::Prefixes,
+        "PATHS",
+        SENSOR,
+        "report Unix socket connects to socket files below these path prefixes (comma-separated; `default`: the container runtimes' API sockets, see docs/events.md; `none`)"
     ),
     setting!(
         KubeletUrl,

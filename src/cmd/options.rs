@@ -44,6 +44,10 @@ pub fn pipeline(cfg: &Config) -> pipeline::Options {
                 cfg.get(Key::WatchWrite).unwrap_or("default"),
                 sensor::watch::DEFAULT_WRITE,
             ),
+            watch_connect: sensor::watch::resolve(
+                cfg.get(Key::WatchConnect).unwrap_or("default"),
+                sensor::watch::DEFAULT_CONNECT,
+            ),
             exclude: sensor::exclude::Options {
                 items: cfg
                     .get(Key::Exclude)

@@ -12,7 +12,7 @@ use crate::events::activity::{
 };
 use crate::events::alert::AlertInfo;
 use crate::events::json::{self, key};
-use crate::events::proctable::{ANCESTRY_DEPTH, Ancestor, ProcTable};
+use crate::events::proctable::{ANCESTRY_DEPTH, Ancestor, ExecAt, ProcTable};
 use crate::events::redact::Redactor;
 use crate::sensor::decode::{Comm, Creds, NsInodes, Record, Task, clone_new_names};
 
@@ -249,6 +249,10 @@ pub struct Process {
     pub args_redacted: Option<bool>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub fileless: Option<bool>,
+    /// Present (true) when the process runs an executable it was given in another cgroup
+    /// (events::proctable: a container runtime's processes in the container they set up).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub exec_outside: Option<bool>,
     /// exec: which of stdin, stdout, stderr were sockets (a reverse shell's are).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub stdio_sockets: Option<StdioSockets>,
@@ -528,6 +532,10 @@ impl Process {
         }
         if let Some(b) = self.fileless {
             key!(out, "fileless");
+            json::bool(out, b);
+        }
+        if let Some(b) = self.exec_outside {
+            key!(out, "exec_outside");
             json::bool(out, b);
         }
         if let Some(s) = self.stdio_sockets {
@@ -841,6 +849,16 @@ impl Builder {
                 pid: t.pidns,
                 mnt: t.mntns,
             },
+            exec_outside: procs
+                .exec_outside(
+                    t.pid,
+                    ExecAt {
+                        cgroup: t.cgroup_id,
+                        memcg: t.memcg_v1_id,
+                        mntns: u64::from(t.mntns),
+                    },
+                )
+                .then_some(true),
             name: t.comm,
             executable_truncated: None,
             args: None,
@@ -874,7 +892,16 @@ impl Builder {
                 };
                 let mut args = x.args;
                 let redacted = self.redactor.redact(&mut args, x.exe_dev, x.exe_ino, &exe);
-                procs.exec(t.pid, t.ppid, exe);
+                procs.exec(
+                    t.pid,
+                    t.ppid,
+                    exe,
+                    ExecAt {
+                        cgroup: t.cgroup_id,
+                        memcg: t.memcg_v1_id,
+                        mntns: u64::from(t.mntns),
+                    },
+                );
                 if x.old_pid != t.pid {
                     procs.exit(x.old_pid);
                 }
@@ -1080,11 +1107,14 @@ impl Builder {
                     FileOp::Mkdir => (CREATION, "mkdir"),
                     FileOp::Link => (CREATION, "link"),
                     FileOp::Symlink => (CREATION, "symlink"),
+                    FileOp::Connect => (ACCESS, "connect"),
                 };
                 let ecs = Ecs::event(FILE, types, action).result(x.ret.into());
                 let mut e = self.base("file", ecs, ts);
                 e.process = Some(self.process(x.task, procs));
-                let watch = if x.watch_write && x.op != FileOp::Read {
+                let watch = if x.op == FileOp::Connect {
+                    "connect"
+                } else if x.watch_write && x.op != FileOp::Read {
                     "write"
                 } else if x.watch_read {
                     "read"
@@ -1341,8 +1371,8 @@ mod tests {
     fn fast_writer_matches_serde_byte_for_byte() {
         let odd = "q\"b\\s\u{1}\n\t\u{7f}é€😀/x";
         let mut procs = ProcTable::new(64);
-        procs.exec(200, 1, odd);
-        procs.exec(300, 200, "");
+        procs.exec(200, 1, odd, ExecAt::default());
+        procs.exec(300, 200, "", ExecAt::default());
         let mut b = Builder::new(odd);
         let t = Task {
             comm: odd.into(),
@@ -1491,6 +1521,7 @@ mod tests {
                 truncated: true,
                 watch_read: false,
                 watch_write: true,
+                watch_connect: false,
             }),
             Record::File(FileChange {
                 task: task(),
@@ -1503,6 +1534,7 @@ mod tests {
                 truncated: false,
                 watch_read: false,
                 watch_write: false,
+                watch_connect: false,
             }),
             Record::File(FileChange {
                 task: task(),
@@ -1515,6 +1547,7 @@ mod tests {
                 truncated: false,
                 watch_read: false,
                 watch_write: true,
+                watch_connect: false,
             }),
             Record::Dns(DnsQuery {
                 task: t.clone(),
@@ -1580,11 +1613,11 @@ mod tests {
     /// One event of every type, built the way the pipeline builds them, as printed.
     fn every_event_text() -> Vec<String> {
         let mut procs = ProcTable::new(64);
-        procs.exec(1, 0, "/sbin/init");
-        procs.exec(100, 1, "/usr/sbin/sshd");
-        procs.exec(200, 100, "/usr/bin/bash");
-        procs.exec(300, 200, "/usr/bin/tool");
-        procs.exec(9, 1, "/usr/bin/victim");
+        procs.exec(1, 0, "/sbin/init", ExecAt::default());
+        procs.exec(100, 1, "/usr/sbin/sshd", ExecAt::default());
+        procs.exec(200, 100, "/usr/bin/bash", ExecAt::default());
+        procs.exec(300, 200, "/usr/bin/tool", ExecAt::default());
+        procs.exec(9, 1, "/usr/bin/victim", ExecAt::default());
         let mut b = Builder::new("testhost");
         let sock = |inbound| Sock {
             task: task(),
@@ -1702,6 +1735,7 @@ mod tests {
                 truncated: false,
                 watch_read: true,
                 watch_write: false,
+                watch_connect: false,
             }),
             Record::Dns(DnsQuery {
                 task: task(),
@@ -1965,7 +1999,7 @@ mod tests {
     fn exact_text_of_fork_and_exit_events() {
         let mut procs = ProcTable::new(64);
         for pid in 1..=6 {
-            procs.exec(pid, pid - 1, format!("/bin/p{pid}"));
+            procs.exec(pid, pid - 1, format!("/bin/p{pid}"), ExecAt::default());
         }
         let mut b = Builder::new("h");
         b.clock = Clock {
@@ -1979,7 +2013,7 @@ mod tests {
             comm: "w\"q".into(),
             ..task()
         };
-        procs.exec(7, 6, "/bin/w");
+        procs.exec(7, 6, "/bin/w", ExecAt::default());
         let fork = b.build(
             Record::Fork(Fork {
                 task: t.clone(),

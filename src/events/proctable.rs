@@ -23,6 +23,9 @@ pub struct Proc {
     pub ppid: u32,
     /// Absolute path of the executable ("" for kernel threads or when unknown).
     pub executable: Rc<str>,
+    /// Where the process was at its exec (a fork inherits both): its cgroup and its mount
+    /// namespace (0: unknown, a process seeded from /proc).
+    pub exec_at: ExecAt,
     pid: u32,
     /// The process as its descendants' events name it; made when first needed (most
     /// processes in a churn never have a child that reports).
@@ -30,10 +33,11 @@ pub struct Proc {
 }
 
 impl Proc {
-    fn new(pid: u32, ppid: u32, executable: Rc<str>) -> Proc {
+    fn new(pid: u32, ppid: u32, executable: Rc<str>, exec_at: ExecAt) -> Proc {
         Proc {
             ppid,
             executable,
+            exec_at,
             pid,
             as_ancestor: OnceCell::new(),
         }
@@ -104,8 +108,19 @@ impl Serialize for Ancestor {
     }
 }
 
+/// Where a process was when it exec'd.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ExecAt {
+    /// The cgroup v2 id and, on a hybrid or v1 system, the v1 memory cgroup's (0: none).
+    pub cgroup: u64,
+    pub memcg: u64,
+    pub mntns: u64,
+}
+
 pub struct ProcTable {
     lru: LruCache<u32, Proc>,
+    /// The host's mount namespace (pid 1's, read at `seed`); 0: unknown.
+    host_mntns: u64,
 }
 
 impl ProcTable {
@@ -113,12 +128,20 @@ impl ProcTable {
         let cap = NonZeroUsize::new(capacity.max(1)).expect("invariant: capacity is at least 1");
         ProcTable {
             lru: LruCache::new(cap),
+            host_mntns: 0,
         }
     }
 
     /// Reads every `<proc_root>/<pid>` (ppid from `stat`, executable from the `exe` link).
     /// Processes that vanish while being read are skipped. Returns how many were added.
+    /// Also notes the host's mount namespace: pid 1's, else (its link unreadable, as in some
+    /// sandboxes) the agent's own.
     pub fn seed(&mut self, proc_root: &Path) -> std::io::Result<usize> {
+        self.host_mntns = [proc_root.join("1/ns/mnt"), "/proc/self/ns/mnt".into()]
+            .iter()
+            .find_map(|p| std::fs::read_link(p).ok())
+            .and_then(|l| parse_ns_link(&l.to_string_lossy()))
+            .unwrap_or(0);
         let mut n = 0;
         for entry in std::fs::read_dir(proc_root)?.flatten() {
             let Some(pid) = entry
@@ -137,8 +160,10 @@ impl ProcTable {
             let exe = std::fs::read_link(entry.path().join("exe"))
                 .map(|p| p.to_string_lossy().into_owned())
                 .unwrap_or_default();
-            self.lru
-                .put(pid, Proc::new(pid, ppid, Rc::from(exe.as_str())));
+            self.lru.put(
+                pid,
+                Proc::new(pid, ppid, Rc::from(exe.as_str()), ExecAt::default()),
+            );
             n += 1;
         }
         Ok(n)
@@ -148,19 +173,21 @@ impl ProcTable {
         self.lru.len()
     }
 
-    /// A process exec'd: its executable changed.
-    pub fn exec(&mut self, pid: u32, ppid: u32, executable: impl Into<Rc<str>>) {
-        self.lru.put(pid, Proc::new(pid, ppid, executable.into()));
+    /// A process exec'd (`at`: where it was): its executable changed.
+    pub fn exec(&mut self, pid: u32, ppid: u32, executable: impl Into<Rc<str>>, at: ExecAt) {
+        self.lru
+            .put(pid, Proc::new(pid, ppid, executable.into(), at));
     }
 
     /// A process forked: the child runs the parent's executable until it execs.
     pub fn fork(&mut self, parent: u32, child: u32) {
-        let executable = self
+        let (executable, at) = self
             .lru
             .get(&parent)
-            .map(|p| p.executable.clone())
-            .unwrap_or_else(|| Rc::from(""));
-        self.lru.put(child, Proc::new(child, parent, executable));
+            .map(|p| (p.executable.clone(), p.exec_at))
+            .unwrap_or_else(|| (Rc::from(""), ExecAt::default()));
+        self.lru
+            .put(child, Proc::new(child, parent, executable, at));
     }
 
     /// A process exited (call after its event was built: the event still needs the entry).
@@ -179,6 +206,23 @@ impl ProcTable {
             .get(&pid)
             .map(|p| p.executable.clone())
             .filter(|e| !e.is_empty())
+    }
+
+    /// Whether `pid`, now at `now`, runs an executable it was given elsewhere: exec'd in
+    /// another cgroup, or in the host's mount namespace and now in another one. That is a
+    /// container runtime's own processes while they set up the container whose cgroup and
+    /// namespaces they entered (runc's are moved into the cgroup after their exec, or exec a
+    /// copy of runc once inside it but still in the host's mount namespace). A process exec'd
+    /// inside a container cannot be made to match without leaving the container's cgroup.
+    /// False when unknown.
+    pub fn exec_outside(&mut self, pid: u32, now: ExecAt) -> bool {
+        let host = self.host_mntns;
+        self.lru.get(&pid).is_some_and(|p| {
+            let at = p.exec_at;
+            let known = at.cgroup != 0 && now.cgroup != 0;
+            (known && (at.cgroup != now.cgroup || at.memcg != now.memcg))
+                || (host != 0 && at.mntns == host && now.mntns != host)
+        })
     }
 
     /// `pid` as an ancestor: from the table, else with its pid alone.
@@ -203,6 +247,11 @@ impl ProcTable {
     }
 }
 
+/// The inode of a namespace link's text (`mnt:[4026531841]`).
+fn parse_ns_link(link: &str) -> Option<u64> {
+    link.split_once(":[")?.1.strip_suffix(']')?.parse().ok()
+}
+
 /// The ppid from a `/proc/<pid>/stat` line: the 2nd field after the `)` that closes `comm`
 /// (comm itself may contain spaces and parentheses).
 fn parse_stat_ppid(stat: &str) -> Option<u32> {
@@ -225,15 +274,15 @@ mod tests {
     #[test]
     fn fork_exec_exit_and_ancestry() {
         let mut t = ProcTable::new(8);
-        t.exec(1, 0, "/sbin/init");
+        t.exec(1, 0, "/sbin/init", ExecAt::default());
         t.fork(1, 10);
         assert_eq!(t.executable(10).as_deref(), Some("/sbin/init"));
-        t.exec(10, 1, "/bin/sh");
+        t.exec(10, 1, "/bin/sh", ExecAt::default());
         t.fork(10, 11);
-        t.exec(11, 10, "/bin/true");
+        t.exec(11, 10, "/bin/true", ExecAt::default());
         let chain: Vec<u32> = t.ancestry(11).map(|a| a.pid()).collect();
         assert_eq!(chain, vec![11, 10, 1]);
-        t.exec(2, 2, "/self-parent");
+        t.exec(2, 2, "/self-parent", ExecAt::default());
         let chain: Vec<u32> = t.ancestry(2).map(|a| a.pid()).collect();
         assert_eq!(
             chain,
@@ -253,11 +302,58 @@ mod tests {
         assert!(t.get(11).is_none());
     }
 
+    /// A container runtime's steps (runc here): exec'd outside, moved into the container's
+    /// cgroup, a copy of itself exec'd there while still in the host's mount namespace, a
+    /// child that unshares; then the container's program. Only the runtime's steps match.
+    #[test]
+    fn exec_outside_tells_the_runtime_from_the_container() {
+        let mut t = ProcTable::new(8);
+        t.host_mntns = 100;
+        let host = ExecAt {
+            cgroup: 1,
+            memcg: 5,
+            mntns: 100,
+        };
+        let ctr = ExecAt { memcg: 9, ..host };
+        let ctr_ns = ExecAt { mntns: 200, ..ctr };
+        t.exec(10, 1, "/usr/sbin/runc", host);
+        assert!(!t.exec_outside(10, host), "not moved");
+        // Moved into the container's cgroup (a v1 memory cgroup here: the v2 id stays 1).
+        assert!(t.exec_outside(10, ctr));
+        // Re-exec'd there (runc's /dev/fd/N copy), still in the host's mount namespace.
+        t.exec(10, 1, "/dev/fd/6", ctr);
+        assert!(!t.exec_outside(10, ctr));
+        t.fork(10, 11);
+        assert!(t.exec_outside(11, ctr_ns), "its child, unshared");
+        // The container's program, exec'd inside: nothing it does afterwards matches.
+        t.exec(11, 10, "/bin/sh", ctr_ns);
+        assert!(!t.exec_outside(11, ctr_ns));
+        t.fork(11, 12);
+        assert!(
+            !t.exec_outside(
+                12,
+                ExecAt {
+                    mntns: 300,
+                    ..ctr_ns
+                }
+            ),
+            "a further unshare"
+        );
+        // Unknown processes (seeded from /proc) never match.
+        assert!(!t.exec_outside(99, ctr_ns));
+    }
+
+    #[test]
+    fn ns_links_parse() {
+        assert_eq!(parse_ns_link("mnt:[4026531841]"), Some(4026531841));
+        assert_eq!(parse_ns_link("mnt:4026531841"), None);
+    }
+
     #[test]
     fn bounded_under_churn() {
         let mut t = ProcTable::new(100);
         for pid in 0..10_000 {
-            t.exec(pid, 1, "/bin/x");
+            t.exec(pid, 1, "/bin/x", ExecAt::default());
         }
         assert_eq!(t.len(), 100);
     }

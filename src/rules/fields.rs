@@ -224,6 +224,12 @@ static FIELDS: &[Field] = &[
         .is_some_and(|n| int(f, n as i64))),
     proc_opt!("process.args_truncated", Bool, args_truncated),
     proc_opt!("process.fileless", Bool, fileless),
+    field!("process.exec_outside", Bool, |e, f| f(Val::Bool(
+        e.process
+            .as_ref()
+            .and_then(|p| p.exec_outside)
+            .unwrap_or(false)
+    ))),
     field!("process.stdio_sockets", Str, list, |e, f| e
         .process
         .as_ref()

@@ -5,7 +5,7 @@ use std::net::IpAddr;
 
 use super::*;
 use crate::events::event::Builder;
-use crate::events::proctable::ProcTable;
+use crate::events::proctable::{ExecAt, ProcTable};
 use crate::sensor::decode::*;
 
 fn task(pid: u32, ppid: u32, comm: &str, uid: u32) -> Task {
@@ -36,10 +36,10 @@ struct World {
 impl World {
     fn new() -> World {
         let mut procs = ProcTable::new(64);
-        procs.exec(1, 0, "/sbin/init");
-        procs.exec(50, 1, "/usr/sbin/nginx");
-        procs.exec(100, 50, "/usr/bin/bash");
-        procs.exec(200, 1, "/usr/bin/bash");
+        procs.exec(1, 0, "/sbin/init", ExecAt::default());
+        procs.exec(50, 1, "/usr/sbin/nginx", ExecAt::default());
+        procs.exec(100, 50, "/usr/bin/bash", ExecAt::default());
+        procs.exec(200, 1, "/usr/bin/bash", ExecAt::default());
         World {
             procs,
             b: Builder::new("h"),
@@ -69,7 +69,7 @@ impl World {
     }
 
     fn creds(&mut self, syscall: &'static str, old: Creds, new: Creds, exe: &str) -> Event {
-        self.procs.exec(300, 200, exe);
+        self.procs.exec(300, 200, exe, ExecAt::default());
         self.build(Record::Creds(CredChange {
             task: task(300, 200, fields::base_name(exe), old.uid),
             syscall,

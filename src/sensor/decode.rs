@@ -366,6 +366,8 @@ pub enum FileOp {
     Mkdir,
     Link,
     Symlink,
+    /// A Unix socket connect() to a socket file on the connect list.
+    Connect,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -385,6 +387,7 @@ pub struct FileChange {
     pub truncated: bool,
     pub watch_read: bool,
     pub watch_write: bool,
+    pub watch_connect: bool,
 }
 
 /// A UDP datagram sent to port 53 (its question is parsed when the event is built).
@@ -849,6 +852,7 @@ pub fn decode(bytes: &[u8]) -> Result<Record, DecodeError> {
                 O::LG_FILE_MKDIR => FileOp::Mkdir,
                 O::LG_FILE_LINK => FileOp::Link,
                 O::LG_FILE_SYMLINK => FileOp::Symlink,
+                O::LG_FILE_CONNECT => FileOp::Connect,
                 _ => return Err(DecodeError::UnknownType(ty)),
             };
             let has = |bit: usize| e.flags & bit as u32 != 0;
@@ -863,6 +867,7 @@ pub fn decode(bytes: &[u8]) -> Result<Record, DecodeError> {
                 truncated: has(consts::LG_FILE_F_TRUNCATED),
                 watch_read: has(consts::LG_FILE_F_WATCH_READ),
                 watch_write: has(consts::LG_FILE_F_WATCH_WRITE),
+                watch_connect: has(consts::LG_FILE_F_WATCH_CONNECT),
             })
         }
         LG_DNS => {

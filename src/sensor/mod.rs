@@ -597,6 +597,10 @@ const FILE_TPS: &[(&str, Via)] = &[
         "file_fchmodat2_exit",
         Via::Tracepoint("syscalls", "sys_exit_fchmodat2"),
     ),
+    (
+        "file_connect_exit",
+        Via::Tracepoint("syscalls", "sys_exit_connect"),
+    ),
 ];
 const FILE_AT: usize = 10;
 
@@ -748,6 +752,9 @@ pub struct Options {
     pub watch_read: Vec<String>,
     /// Path prefixes below which changes are reported (`--watch-write`, resolved).
     pub watch_write: Vec<String>,
+    /// Path prefixes of the Unix socket files whose connects are reported (`--watch-connect`,
+    /// resolved).
+    pub watch_connect: Vec<String>,
     /// In-kernel exclusions (`--exclude` and the rule files' `exclude:`).
     pub exclude: exclude::Options,
 }
@@ -942,10 +949,17 @@ fn unneeded(opts: &Options, btf: Option<&libbpf_rs::btf::Btf<'_>>) -> Vec<Skip> 
                     None
                 }
             }
-            "file" if opts.watch_read.is_empty() && opts.watch_write.is_empty() => Some((
-                log::Level::Info,
-                "both watch lists are empty (--watch-read none, --watch-write none)",
-            )),
+            "file"
+                if opts.watch_read.is_empty()
+                    && opts.watch_write.is_empty()
+                    && opts.watch_connect.is_empty() =>
+            {
+                Some((
+                    log::Level::Info,
+                    "the watch lists are empty (--watch-read none, --watch-write none, \
+                     --watch-connect none)",
+                ))
+            }
             _ => None,
         })
         .collect()
@@ -1148,9 +1162,10 @@ fn open(opts: &Options, wanted: &[&str], dispatched: &[&str]) -> Result<OpenSens
     rodata.want_dns = dispatched.contains(&"dns");
     rodata.want_close = dispatched.contains(&"connection_close");
     rodata.watch_reads = !opts.watch_read.is_empty();
+    rodata.watch_connects = !opts.watch_connect.is_empty();
     rodata.have_exclusions = opts.exclude.in_kernel();
     // The fast path's first-component filter (bpf/file.bpf.h); none: every path is looked up.
-    let entries = watch::entries(&opts.watch_read, &opts.watch_write);
+    let entries = watch::entries(&opts.watch_read, &opts.watch_write, &opts.watch_connect);
     let tops = watch::tops(&entries).unwrap_or_default();
     rodata.top_count = tops.len() as u32;
     for (i, t) in tops.iter().enumerate() {
@@ -1191,11 +1206,11 @@ fn open(opts: &Options, wanted: &[&str], dispatched: &[&str]) -> Result<OpenSens
 
 /// Puts the watch lists into the kernel's trie (before anything is attached).
 fn fill_watch(skel: &SensorSkel<'static>, opts: &Options) -> Result<()> {
-    let entries = watch::entries(&opts.watch_read, &opts.watch_write);
+    let entries = watch::entries(&opts.watch_read, &opts.watch_write, &opts.watch_connect);
     if entries.len() > watch::MAX_ENTRIES {
         return Err(Error::config(format!(
             "the watch lists have {} prefixes after expanding `*`; at most {} fit in the kernel's \
-             table: shorten --watch-read/--watch-write",
+             table: shorten --watch-read/--watch-write/--watch-connect",
             entries.len(),
             watch::MAX_ENTRIES
         )));
@@ -1209,9 +1224,10 @@ fn fill_watch(skel: &SensorSkel<'static>, opts: &Options) -> Result<()> {
             })?;
     }
     log::debug!(
-        "file: watching {} prefixes for reads, {} for changes",
+        "file: watching {} prefixes for reads, {} for changes, {} for Unix connects",
         opts.watch_read.len(),
-        opts.watch_write.len()
+        opts.watch_write.len(),
+        opts.watch_connect.len()
     );
     Ok(())
 }
@@ -1748,6 +1764,7 @@ mod tests {
             compat_syscalls: true,
             watch_read: watch::resolve("default", watch::DEFAULT_READ),
             watch_write: watch::resolve("default", watch::DEFAULT_WRITE),
+            watch_connect: watch::resolve("default", watch::DEFAULT_CONNECT),
             exclude: exclude::Options::default(),
         }
     }

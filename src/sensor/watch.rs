@@ -1,5 +1,6 @@
-//! The `file` event's watch lists: the built-in defaults, `*` expansion, and the entries of the
-//! kernel's LPM trie (bpf/file.bpf.h) that filters file activity before it reaches user space.
+//! The `file` event's watch lists (read, write, Unix connect): the built-in defaults, `*`
+//! expansion, and the entries of the kernel's LPM trie (bpf/file.bpf.h) that filters file
+//! activity before it reaches user space.
 
 use crate::sensor::skel::{consts, types};
 
@@ -35,6 +36,26 @@ pub const DEFAULT_WRITE: &[&str] = &[
     "/var/spool/cron/",
     "/root/.ssh/",
     "/home/*/.ssh/",
+];
+
+/// Unix socket files whose connects are reported by default: the container runtimes' API and
+/// shim sockets (a process in a container reaching one of them can start a privileged container:
+/// an escape). `/run/docker` also covers `/run/docker.sock`, `/run/docker/` and
+/// `/run/dockershim.sock`; the `/var/run/` twins are for systems where /var/run is a directory.
+pub const DEFAULT_CONNECT: &[&str] = &[
+    "/run/containerd/",
+    "/run/k3s/containerd/",
+    "/run/docker",
+    "/run/crio/",
+    "/run/podman/",
+    "/run/cri-dockerd.sock",
+    "/run/buildkit/",
+    "/run/user/*/podman/",
+    "/run/user/*/docker.sock",
+    "/var/run/containerd/",
+    "/var/run/docker",
+    "/var/run/crio/",
+    "/var/run/podman/",
 ];
 
 /// Entries the kernel's trie holds at most (`watch` in bpf/file.bpf.h).
@@ -87,15 +108,18 @@ fn expand(p: &str) -> Vec<String> {
     out
 }
 
-/// The trie's entries: each prefix with the lists it is on (`LG_FILE_F_WATCH_READ`/`_WRITE`),
-/// including the lists of every shorter prefix of it, so that the longest match alone answers.
-pub fn entries(read: &[String], write: &[String]) -> Vec<(String, u32)> {
+/// The trie's entries: each prefix with the lists it is on (`LG_FILE_F_WATCH_READ`/`_WRITE`/
+/// `_CONNECT`), including the lists of every shorter prefix of it, so that the longest match
+/// alone answers.
+pub fn entries(read: &[String], write: &[String], connect: &[String]) -> Vec<(String, u32)> {
     let r = consts::LG_FILE_F_WATCH_READ as u32;
     let w = consts::LG_FILE_F_WATCH_WRITE as u32;
+    let c = consts::LG_FILE_F_WATCH_CONNECT as u32;
     let mut all: Vec<(String, u32)> = read
         .iter()
         .map(|p| (p.clone(), r))
         .chain(write.iter().map(|p| (p.clone(), w)))
+        .chain(connect.iter().map(|p| (p.clone(), c)))
         .collect();
     all.sort();
     let mut merged: Vec<(String, u32)> = Vec::new();
@@ -136,12 +160,18 @@ pub struct Top {
 /// Entries the kernel's first-component filter holds at most (`LG_TOPS`).
 pub const MAX_TOPS: usize = 16;
 
-/// The first-component filter for `entries`: None when it cannot be used (a prefix that is the
-/// root itself, or more than [`MAX_TOPS`] distinct first components): then every path is
-/// looked up in the trie.
+/// The first-component filter of opens for `entries`: None when it cannot be used (a prefix
+/// that is the root itself, or more than [`MAX_TOPS`] distinct first components): then every
+/// path is looked up in the trie. Entries on the connect list alone take no part (connects are
+/// not opens).
 pub fn tops(entries: &[(String, u32)]) -> Option<Vec<Top>> {
+    let open_lists = (consts::LG_FILE_F_WATCH_READ | consts::LG_FILE_F_WATCH_WRITE) as u32;
     let mut out: Vec<Top> = Vec::new();
     for (prefix, lists) in entries {
+        let lists = &(lists & open_lists);
+        if *lists == 0 {
+            continue;
+        }
         let rest = prefix.strip_prefix('/')?;
         let (first, exact) = match rest.split_once('/') {
             Some((f, _)) => (f, true),
@@ -208,12 +238,14 @@ mod tests {
 
     const R: u32 = consts::LG_FILE_F_WATCH_READ as u32;
     const W: u32 = consts::LG_FILE_F_WATCH_WRITE as u32;
+    const C: u32 = consts::LG_FILE_F_WATCH_CONNECT as u32;
 
     #[test]
     fn longest_match_carries_the_lists_of_shorter_prefixes() {
         let e = entries(
             &["/etc/shadow".into(), "/root/.ssh/".into()],
             &["/etc/".into(), "/root/.ssh/".into()],
+            &[],
         );
         // /etc/shadow is read-watched, and below the write-watched /etc/.
         assert_eq!(lookup(&e, "/etc/shadow"), R | W);
@@ -278,7 +310,8 @@ mod tests {
     fn first_component_filter_lets_through_every_watched_path() {
         let read = resolve("default", DEFAULT_READ);
         let write = resolve("default", DEFAULT_WRITE);
-        let e = entries(&read, &write);
+        let connect = resolve("default", DEFAULT_CONNECT);
+        let e = entries(&read, &write, &connect);
         let t = tops(&e).expect("the defaults fit the filter");
         for (path, need) in [
             ("/etc/shadow", R),
@@ -299,17 +332,29 @@ mod tests {
             ("/dev/null", W),
             ("/usr/lib/x86_64-linux-gnu/libc.so.6", R),
             ("/etcetera/x", W),
+            // The connect list takes no part in the filter of opens (/run is a candidate for
+            // reads only because of the service-account token's read-list entry).
+            ("/run/docker.sock", W),
         ] {
             assert!(!candidate(&t, path, need), "{path}");
         }
+        assert_eq!(lookup(&e, "/run/containerd/containerd.sock"), C);
+        assert_eq!(lookup(&e, "/run/docker.sock"), C);
+        assert_eq!(lookup(&e, "/run/dbus/system_bus_socket"), 0);
         // A prefix that ends inside the first component matches longer names too.
-        let e = entries(&["/et".into(), "/abcdefghijklmnopqrstuvwxyz/".into()], &[]);
+        let e = entries(
+            &["/et".into(), "/abcdefghijklmnopqrstuvwxyz/".into()],
+            &[],
+            &[],
+        );
         let t = tops(&e).expect("fits");
         assert!(candidate(&t, "/etc/passwd", R) && candidate(&t, "/et", R));
         assert!(!candidate(&t, "/e/x", R));
         assert!(candidate(&t, "/abcdefghijklmnopqrstuvwxyz/x", R));
         // Watching the root itself turns the filter off.
-        assert!(tops(&entries(&["/".into()], &[])).is_none());
+        assert!(tops(&entries(&["/".into()], &[], &[])).is_none());
+        // ... unless it is on the connect list only.
+        assert!(tops(&entries(&[], &["/etc/".into()], &["/".into()])).is_some());
     }
 
     #[test]

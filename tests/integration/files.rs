@@ -344,3 +344,144 @@ fn root_file_default_lists_report_shadow_and_nothing_unrelated() {
     let (status, err) = w.stop();
     assert!(status.success(), "{err}");
 }
+
+/// Unix socket connects to a socket on the connect list are reported with the path the
+/// listening socket was bound to, however the client named it (a symlink, a relative name, a
+/// bind mount of the socket file elsewhere); a connect refused by the socket file's permissions
+/// is reported with the caller's path; connects to other sockets, abstract ones and TCP are not.
+#[test]
+fn root_file_unix_connects_to_watched_sockets_are_reported_by_the_listeners_path() {
+    let t = Tree::new();
+    std::fs::create_dir(t.root.join("sock")).expect("mkdir");
+    let api = t.root.join("sock/api.sock");
+    let _l = std::os::unix::net::UnixListener::bind(&api).expect("bind api.sock");
+    let _p = std::os::unix::net::UnixListener::bind(t.root.join("other/plain.sock"))
+        .expect("bind plain.sock");
+    // A stranger can reach the directory but not the socket (mode 0700, root's).
+    for d in [&t.root, &t.root.join("sock")] {
+        std::fs::set_permissions(d, PermissionsExt::from_mode(0o755)).expect("chmod");
+    }
+    std::fs::set_permissions(&api, PermissionsExt::from_mode(0o700)).expect("chmod");
+    std::os::unix::fs::symlink(&api, t.root.join("other/link.sock")).expect("symlink");
+    let alias = t.root.join("other/alias.sock");
+    std::fs::write(&alias, b"").expect("mount point");
+    let mounted = Command::new("mount")
+        .arg("--bind")
+        .arg(&api)
+        .arg(&alias)
+        .status()
+        .expect("mount");
+    assert!(mounted.success(), "bind-mounting the socket failed");
+    struct Unmount(PathBuf);
+    impl Drop for Unmount {
+        fn drop(&mut self) {
+            let _ = Command::new("umount").arg(&self.0).status();
+        }
+    }
+    let _unmount = Unmount(alias.clone());
+
+    let w = Watch::start(&["--watch-connect", &format!("{}/", t.p("sock"))]);
+    // One client process connecting every way; results printed for the test to check.
+    const CLIENT: &str = r#"
+import os, socket, sys
+def go(path, family=socket.AF_UNIX):
+    s = socket.socket(family)
+    try:
+        s.connect(path)
+        return 0
+    except OSError as e:
+        return -e.errno
+    finally:
+        s.close()
+root = sys.argv[1]
+print("direct", go(root + "/sock/api.sock"))
+print("symlink", go(root + "/other/link.sock"))
+os.chdir(root + "/sock")
+print("relative", go("api.sock"))
+print("bind_mount", go(root + "/other/alias.sock"))
+print("unwatched", go(root + "/other/plain.sock"))
+print("abstract", go("\0lg-test-abstract"))
+print("missing", go(root + "/sock/missing.sock"))
+"#;
+    let out = Command::new("/usr/bin/python3")
+        .args(["-c", CLIENT, &t.p("")])
+        .output()
+        .expect("python3");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "client: {text} {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for line in [
+        "direct 0",
+        "symlink 0",
+        "relative 0",
+        "bind_mount 0",
+        "unwatched 0",
+        "missing -2",
+    ] {
+        assert!(text.contains(line), "client: {text}");
+    }
+    // A stranger is refused by the socket's mode: reported with the path it asked for.
+    let refused = Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups", "/usr/bin/python3", "-c"])
+        .arg("import socket,sys\ns=socket.socket(socket.AF_UNIX)\ntry:\n s.connect(sys.argv[1])\nexcept OSError as e:\n print(-e.errno)")
+        .arg(t.p("sock/api.sock"))
+        .output()
+        .expect("setpriv");
+    assert_eq!(
+        String::from_utf8_lossy(&refused.stdout).trim(),
+        "-13",
+        "EACCES expected"
+    );
+
+    let api = t.p("sock/api.sock");
+    let successful = || {
+        files_below_now(&w, &t.root)
+            .into_iter()
+            .filter(|v| is_file(v, "connect", &api) && v["file"]["result"] == 0)
+            .collect::<Vec<_>>()
+    };
+    crate::common::wait_for("four successful connects", 10, || successful().len() >= 4);
+    let ok = successful().remove(0);
+    assert_eq!(ok["file"]["watch"], "connect");
+    assert_eq!(ok["event"]["category"][0], "file");
+    assert_eq!(ok["event"]["type"][0], "access");
+    assert!(ok["file"].get("path_from_caller").is_none(), "{ok}");
+    let denied = w.wait_for("the refused connect", |v| {
+        is_file(v, "connect", &api) && v["file"]["result"] == -13
+    });
+    assert_eq!(denied["file"]["path_from_caller"], true);
+    assert_eq!(denied["process"]["user"]["id"], "65534");
+    // Exactly those five: nothing for the unwatched, abstract or missing sockets.
+    let all = files_below(&w, &t.root);
+    let connects: Vec<&Value> = all
+        .iter()
+        .filter(|v| v["event"]["action"] == "connect")
+        .collect();
+    assert_eq!(connects.len(), 5, "{connects:#?}");
+    assert!(
+        connects.iter().all(|v| v["file"]["path"] == api.as_str()),
+        "{connects:#?}"
+    );
+    let (status, err) = w.stop();
+    assert!(status.success(), "{err}");
+}
+
+/// `files_below` without the settle, for polling.
+fn files_below_now(w: &Watch, root: &Path) -> Vec<Value> {
+    let root = root.to_string_lossy().into_owned();
+    w.events
+        .lock()
+        .expect("lock")
+        .iter()
+        .filter(|v| {
+            v["type"] == "file"
+                && v["file"]["path"]
+                    .as_str()
+                    .is_some_and(|p| p.starts_with(&root))
+        })
+        .cloned()
+        .collect()
+}

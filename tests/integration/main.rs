@@ -10,6 +10,7 @@ mod cli;
 // compat hook is tested in an arm64 guest by scripts/kernel-matrix-arm64.
 #[cfg(target_arch = "x86_64")]
 mod compat;
+mod containers;
 mod e2e;
 mod enroll;
 mod exclude;
