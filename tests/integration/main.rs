@@ -23,6 +23,7 @@ mod manifest;
 mod network;
 mod outputs;
 mod rules;
+mod rules_ordinary;
 mod sa_issuer;
 mod system;
 mod watch;

@@ -62,7 +62,7 @@ fn check_rules_exit_codes_and_an_unknown_field_with_its_line() {
     );
 }
 
-fn alerts(w: &Watch) -> Vec<Value> {
+pub(crate) fn alerts(w: &Watch) -> Vec<Value> {
     w.events
         .lock()
         .expect("lock")
