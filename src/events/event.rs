@@ -829,10 +829,18 @@ impl Builder {
     /// The process object of task `t`: its parent is `t.ppid`, executables and ancestry come
     /// from the table.
     fn process(&self, t: Task, procs: &mut ProcTable) -> Process {
+        let (executable, outside) = procs.exe_and_outside(
+            t.pid,
+            ExecAt {
+                cgroup: t.cgroup_id,
+                memcg: t.memcg_v1_id,
+                mntns: u64::from(t.mntns),
+            },
+        );
         Process {
             pid: t.pid,
             thread: Id { id: t.tid },
-            executable: procs.executable(t.pid),
+            executable,
             start: (t.start_boot_ns != 0).then(|| self.clock.at(t.start_boot_ns)),
             user: KeywordId { id: t.euid },
             real_user: KeywordId { id: t.uid },
@@ -849,16 +857,7 @@ impl Builder {
                 pid: t.pidns,
                 mnt: t.mntns,
             },
-            exec_outside: procs
-                .exec_outside(
-                    t.pid,
-                    ExecAt {
-                        cgroup: t.cgroup_id,
-                        memcg: t.memcg_v1_id,
-                        mntns: u64::from(t.mntns),
-                    },
-                )
-                .then_some(true),
+            exec_outside: outside.then_some(true),
             name: t.comm,
             executable_truncated: None,
             args: None,

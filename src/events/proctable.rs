@@ -201,6 +201,7 @@ impl ProcTable {
     }
 
     /// `pid`'s executable if known.
+    #[cfg(test)]
     pub fn executable(&mut self, pid: u32) -> Option<Rc<str>> {
         self.lru
             .get(&pid)
@@ -208,21 +209,29 @@ impl ProcTable {
             .filter(|e| !e.is_empty())
     }
 
-    /// Whether `pid`, now at `now`, runs an executable it was given elsewhere: exec'd in
-    /// another cgroup, or in the host's mount namespace and now in another one. That is a
-    /// container runtime's own processes while they set up the container whose cgroup and
-    /// namespaces they entered (runc's are moved into the cgroup after their exec, or exec a
-    /// copy of runc once inside it but still in the host's mount namespace). A process exec'd
-    /// inside a container cannot be made to match without leaving the container's cgroup.
-    /// False when unknown.
-    pub fn exec_outside(&mut self, pid: u32, now: ExecAt) -> bool {
+    /// `pid`'s executable if known, and whether, now at `now`, it runs an executable it was
+    /// given elsewhere: exec'd in another cgroup, or in the host's mount namespace and now in
+    /// another one. That is a container runtime's own processes while they set up the
+    /// container whose cgroup and namespaces they entered (runc's are moved into the cgroup
+    /// after their exec, or exec a copy of runc once inside it but still in the host's mount
+    /// namespace). A process exec'd inside a container cannot be made to match without leaving
+    /// the container's cgroup. False when unknown. One lookup for both (every event asks).
+    pub fn exe_and_outside(&mut self, pid: u32, now: ExecAt) -> (Option<Rc<str>>, bool) {
         let host = self.host_mntns;
-        self.lru.get(&pid).is_some_and(|p| {
-            let at = p.exec_at;
-            let known = at.cgroup != 0 && now.cgroup != 0;
-            (known && (at.cgroup != now.cgroup || at.memcg != now.memcg))
-                || (host != 0 && at.mntns == host && now.mntns != host)
-        })
+        let Some(p) = self.lru.get(&pid) else {
+            return (None, false);
+        };
+        let at = p.exec_at;
+        let known = at.cgroup != 0 && now.cgroup != 0;
+        let outside = (known && (at.cgroup != now.cgroup || at.memcg != now.memcg))
+            || (host != 0 && at.mntns == host && now.mntns != host);
+        let exe = (!p.executable.is_empty()).then(|| p.executable.clone());
+        (exe, outside)
+    }
+
+    #[cfg(test)]
+    pub fn exec_outside(&mut self, pid: u32, now: ExecAt) -> bool {
+        self.exe_and_outside(pid, now).1
     }
 
     /// `pid` as an ancestor: from the table, else with its pid alone.
