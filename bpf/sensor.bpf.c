@@ -792,13 +792,16 @@ static __always_inline int do_exit(void)
 	 * Decided before reserving, and the mark forgotten before too: a helper call while the
 	 * reservation is held left it "unreleased" for the verifiers of 5.10 and 6.1.
 	 */
-	skip = excluded();
-	if (have_exclusions && (exclude_kinds & (1 << LG_FILTER_EXE))) {
+	skip = have_exclusions ? exclusion() : 0;
+	/* Only a marked process has a mark to forget (a delete costs a bucket lock). */
+	if (skip == LG_FILTER_EXE + 1) {
 		tgid = bpf_get_current_pid_tgid() >> 32;
 		bpf_map_delete_elem(&excluded_procs, &tgid);
 	}
-	if (skip)
+	if (skip) {
+		count_filtered(skip - 1);
 		return 0;
+	}
 	e = reserve_unchecked(sizeof(*e), LG_EXIT);
 	if (!e)
 		return 0;
