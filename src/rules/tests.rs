@@ -190,6 +190,50 @@ fn each_default_rule_fires_on_its_behaviour_only() {
     );
 }
 
+/// A Unix connect to a runtime socket from a container alerts; from the host, or from the
+/// runtime's own set-up process (exec'd outside the container's cgroup), it does not.
+#[test]
+fn runtime_socket_and_the_runtime_exemption() {
+    let r = defaults();
+    let mut w = World::new();
+    let connect = |w: &mut World, pid: u32| {
+        w.build(Record::File(FileChange {
+            task: task(pid, 200, "curl", 0),
+            op: FileOp::Connect,
+            ret: 0,
+            mode: 0,
+            path: "/run/docker.sock".into(),
+            old_path: String::new(),
+            from_caller: false,
+            truncated: false,
+            watch_read: false,
+            watch_write: false,
+            watch_connect: true,
+        }))
+    };
+    let host = ExecAt {
+        cgroup: 1,
+        memcg: 0,
+        mntns: 4026531832,
+    };
+    w.procs.exec(700, 200, "/usr/bin/curl", host);
+    let mut ev = connect(&mut w, 700);
+    assert_eq!(ev.file.as_ref().map(|f| f.watch), Some("connect"));
+    assert!(ids(&r, &ev).is_empty(), "not in a container");
+    ev.container = Some(serde_json::json!({"id": "abc", "runtime": "docker"}));
+    assert_eq!(
+        ids(&r, &ev),
+        ["lg.privilege_escalation.container_runtime_socket"]
+    );
+    // The same process, exec'd in another cgroup than the event's: a runtime's set-up step.
+    w.procs
+        .exec(701, 200, "/usr/bin/curl", ExecAt { cgroup: 9, ..host });
+    let mut ev = connect(&mut w, 701);
+    ev.container = Some(serde_json::json!({"id": "abc", "runtime": "docker"}));
+    assert_eq!(ev.process.as_ref().and_then(|p| p.exec_outside), Some(true));
+    assert!(ids(&r, &ev).is_empty());
+}
+
 #[test]
 fn an_alert_carries_the_rule_the_process_and_what_the_rule_read() {
     let r = defaults();
