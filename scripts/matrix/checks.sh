@@ -1,8 +1,10 @@
 #!/bin/sh
 # scripts/matrix/checks.sh: the kernel matrix's checks, run inside each booted kernel by the
 # guest's init (and on the host itself for the host's row). POSIX sh (busybox ash in the guest).
-# Starts `watch`, makes one event of every type with lgt (and compat32 where there is one),
-# runs an exec storm, stops the agent, and prints for scripts/kernel-matrix to judge:
+# Starts `watch` with in-kernel exclusions (exclusions.sh: an executable and a uid, so every
+# row's verifier loads the exclusion code), makes one event of every type with lgt (and
+# compat32 where there is one), runs the excluded programs and their controls, runs an exec
+# storm (not excluded), stops the agent, and prints for scripts/kernel-matrix to judge:
 #   LG-STATES <type>=<active|reduced|absent> ...   what the agent's start line says
 #   LG-CHECK <type> <check> <pass|fail> <detail>   one per check; <type> is the event type
 #                                                  the check needs (it must pass where active)
@@ -15,6 +17,8 @@ AGENT=${LG_AGENT:?} LGT=${LG_LGT:?} WORK=${LG_WORK:?} STORM=${LG_STORM:-2000}
 COMPAT32=${LG_COMPAT32:-}
 EV=$WORK/events.json ERR=$WORK/agent.err
 rm -f "$EV" "$ERR"
+# shellcheck source=scripts/matrix/exclusions.sh
+. "$(dirname "$0")/exclusions.sh"
 
 check() { echo "LG-CHECK $1 $2 $3 $4"; }
 # has PATTERN...: some line of the events matches every (fixed-string) pattern.
@@ -43,7 +47,9 @@ seen() { # seen TYPE CHECK DETAIL PATTERN...
 # A credential file for the file check (the guest's /etc has none).
 [ -e /etc/shadow ] || { mkdir -p /etc; echo 'root:*:1::::::' > /etc/shadow; chmod 600 /etc/shadow; }
 mkdir -p "$WORK/mnt"
-"$AGENT" watch --log-level "${LG_LOG_LEVEL:-info}" > "$EV" 2> "$ERR" &
+excl_setup "$LGT" "$WORK"
+# shellcheck disable=SC2086 # EXCL_ARGS: several words
+"$AGENT" watch --log-level "${LG_LOG_LEVEL:-info}" $EXCL_ARGS > "$EV" 2> "$ERR" &
 agent=$!
 # Ready when the start line is out; give up when the agent exits or after 300 s (TCG is slow).
 i=0
@@ -91,6 +97,7 @@ wait $shadow_pid
 if [ -n "$COMPAT32" ]; then
 	"$COMPAT32" memfd lg-compat-$$ > /dev/null
 fi
+excl_run
 t0=$(cut -d' ' -f1 /proc/uptime)
 "$LGT" storm "$STORM" lg-storm-$$ > "$WORK/storm.out"
 t1=$(cut -d' ' -f1 /proc/uptime)
@@ -141,4 +148,5 @@ check exec storm $r "$n of $STORM execs delivered"
 final=$(grep -m1 'final' "$ERR")
 if echo "$final" | grep -q 'dropped_kernel=0 dropped_user=0'; then r=pass; else r=fail; fi
 check - no-drops $r "$(echo "$final" | grep -o 'dropped_kernel=[0-9]* dropped_user=[0-9]*')"
+excl_checks "$EV" "$ERR"
 echo "LG-DONE"

@@ -19,6 +19,12 @@
  *                            module there, the attempt is what is reported); prints pid=PID
  *   lgt dns                  one DNS question (A lgt-probe.example) over UDP to 127.0.0.1:53;
  *                            prints pid=PID
+ *   lgt spawn PATH [ARG...]  forks a child that executes PATH with argv [PATH ARG...], waits;
+ *                            prints child=PID and exits with the child's status (127: the
+ *                            exec failed)
+ *   lgt asuid UID PATH [ARG...]  setuid(UID) (run as root: real, effective and saved), then
+ *                            executes PATH with argv [PATH ARG...] in the same process (127:
+ *                            the setuid or the exec failed)
  */
 #define _GNU_SOURCE
 #include <arpa/inet.h>
@@ -198,6 +204,40 @@ static int do_dns(void)
 	return 0;
 }
 
+/* fork, exec argv[0] with argv in the child, wait: the child's exit status (127: no exec). */
+static int do_spawn(char **argv)
+{
+	char *envp[] = { NULL };
+	int st;
+	pid_t p = fork();
+
+	if (p < 0)
+		return fail("fork");
+	if (p == 0) {
+		execve(argv[0], argv, envp);
+		fail("execve");
+		_exit(127);
+	}
+	if (waitpid(p, &st, 0) < 0)
+		return fail("waitpid");
+	printf("child=%d\n", p);
+	return WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st);
+}
+
+/* setuid(uid), then exec argv[0] with argv in this process (127: either failed). */
+static int do_asuid(long uid, char **argv)
+{
+	char *envp[] = { NULL };
+
+	if (setuid((uid_t)uid)) {
+		fail("setuid");
+		return 127;
+	}
+	execve(argv[0], argv, envp);
+	fail("execve");
+	return 127;
+}
+
 int main(int argc, char **argv)
 {
 	const char *what = argc > 1 ? argv[1] : "";
@@ -256,7 +296,12 @@ int main(int argc, char **argv)
 		return do_dns();
 	if (!strcmp(what, "storm") && argc > 3)
 		return do_storm(atol(argv[2]), argv[3]);
+	if (!strcmp(what, "spawn") && argc > 2)
+		return do_spawn(argv + 2);
+	if (!strcmp(what, "asuid") && argc > 3)
+		return do_asuid(atol(argv[2]), argv + 3);
 	fprintf(stderr, "usage: lgt exit CODE [WORD...] | fork | tcp | setuid | capset | ptrace | memfd | bpf"
-			" | storm N WORD | ns | mount DIR | module | dns\n");
+			" | storm N WORD | ns | mount DIR | module | dns | spawn PATH [ARG...]"
+			" | asuid UID PATH [ARG...]\n");
 	return 2;
 }
