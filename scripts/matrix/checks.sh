@@ -49,7 +49,9 @@ seen() { # seen TYPE CHECK DETAIL PATTERN...
 mkdir -p "$WORK/mnt"
 excl_setup "$LGT" "$WORK"
 # shellcheck disable=SC2086 # EXCL_ARGS: several words
-"$AGENT" watch --log-level "${LG_LOG_LEVEL:-info}" $EXCL_ARGS > "$EV" 2> "$ERR" &
+mkdir -p "$WORK/lgsock"
+"$AGENT" watch --log-level "${LG_LOG_LEVEL:-info}" $EXCL_ARGS --watch-connect "default,$WORK/lgsock/" \
+	> "$EV" 2> "$ERR" &
 agent=$!
 # Ready when the start line is out; give up when the agent exits or after 300 s (TCG is slow).
 i=0
@@ -91,6 +93,7 @@ ns_pid=$("$LGT" ns | sed -n 's/^pid=//p')
 mount_pid=$("$LGT" mount "$WORK/mnt" | sed -n 's/^pid=//p')
 module_pid=$("$LGT" module | sed -n 's/^pid=//p')
 dns_pid=$("$LGT" dns | sed -n 's/^pid=//p')
+uconnect_pid=$("$LGT" uconnect "$WORK/lgsock/api.sock" | sed -n 's/^pid=//p')
 "$LGT" exit 0 < /etc/shadow &
 shadow_pid=$!
 wait $shadow_pid
@@ -136,6 +139,8 @@ seen dns dns-question "pid ${dns_pid:-?} A lgt-probe.example" '"type":"dns"' \
 	"\"pid\":${dns_pid:-x}," 'lgt-probe.example'
 seen file shadow-read "pid $shadow_pid opens /etc/shadow (the shell's redirection)" '"type":"file"' \
 	'"path":"/etc/shadow"' '"action":"open"'
+seen file unix-connect "pid ${uconnect_pid:-?} connects to $WORK/lgsock/api.sock by a relative name" \
+	'"type":"file"' "\"pid\":${uconnect_pid:-x}," '"action":"connect"' "\"path\":\"$WORK/lgsock/api.sock\""
 seen connection_close tcp-close "127.0.0.1:${tcp_port:-?} ends" '"type":"connection_close"' \
 	"\"port\":${tcp_port:-x},"
 if [ -n "$COMPAT32" ]; then

@@ -25,6 +25,8 @@
  *   lgt asuid UID PATH [ARG...]  setuid(UID) (run as root: real, effective and saved), then
  *                            executes PATH with argv [PATH ARG...] in the same process (127:
  *                            the setuid or the exec failed)
+ *   lgt uconnect PATH        listens on a Unix socket bound at PATH and connects to it through
+ *                            a relative name (from PATH's directory); prints pid=PID
  */
 #define _GNU_SOURCE
 #include <arpa/inet.h>
@@ -44,6 +46,7 @@
 #include <sys/resource.h>
 #include <sys/socket.h>
 #include <sys/syscall.h>
+#include <sys/un.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -238,6 +241,30 @@ static int do_asuid(long uid, char **argv)
 	return 127;
 }
 
+/* A Unix stream listener at path, and a connect to it by its base name from its directory. */
+static int do_uconnect(const char *path)
+{
+	struct sockaddr_un a = { .sun_family = AF_UNIX }, c = { .sun_family = AF_UNIX };
+	const char *base = strrchr(path, '/');
+	char dir[sizeof(a.sun_path)];
+	int l, s;
+
+	if (!base || strlen(path) >= sizeof(a.sun_path))
+		return fail("uconnect: an absolute path below 108 bytes");
+	snprintf(dir, sizeof(dir), "%.*s", (int)(base - path), path);
+	strcpy(a.sun_path, path);
+	strcpy(c.sun_path, base + 1);
+	unlink(path);
+	l = socket(AF_UNIX, SOCK_STREAM, 0);
+	if (l < 0 || bind(l, (struct sockaddr *)&a, sizeof(a)) || listen(l, 1))
+		return fail("uconnect: listen");
+	s = socket(AF_UNIX, SOCK_STREAM, 0);
+	if (s < 0 || chdir(dir[0] ? dir : "/") || connect(s, (struct sockaddr *)&c, sizeof(c)))
+		return fail("uconnect: connect");
+	printf("pid=%d\n", getpid());
+	return 0;
+}
+
 int main(int argc, char **argv)
 {
 	const char *what = argc > 1 ? argv[1] : "";
@@ -300,8 +327,10 @@ int main(int argc, char **argv)
 		return do_spawn(argv + 2);
 	if (!strcmp(what, "asuid") && argc > 3)
 		return do_asuid(atol(argv[2]), argv + 3);
+	if (!strcmp(what, "uconnect") && argc > 2)
+		return do_uconnect(argv[2]);
 	fprintf(stderr, "usage: lgt exit CODE [WORD...] | fork | tcp | setuid | capset | ptrace | memfd | bpf"
 			" | storm N WORD | ns | mount DIR | module | dns | spawn PATH [ARG...]"
-			" | asuid UID PATH [ARG...]\n");
+			" | asuid UID PATH [ARG...] | uconnect PATH\n");
 	return 2;
 }

@@ -511,7 +511,8 @@ const TASK_PT_REGS: (libbpf_rs::libbpf_sys::bpf_func_id, &str) = (
 );
 
 /// The file event's own tracepoints (without the dispatcher): first the calls only x86_64 has
-/// (`FILE_AT` of them), then the ones every architecture has, fchmodat2 (Linux 6.6+) last.
+/// (`FILE_AT` of them), then the ones every architecture has, fchmodat2 (Linux 6.6+) last (the
+/// fallback flavour is the list without it).
 const FILE_TPS: &[(&str, Via)] = &[
     (
         "file_open_exit",
@@ -594,12 +595,12 @@ const FILE_TPS: &[(&str, Via)] = &[
         Via::Tracepoint("syscalls", "sys_exit_symlinkat"),
     ),
     (
-        "file_fchmodat2_exit",
-        Via::Tracepoint("syscalls", "sys_exit_fchmodat2"),
-    ),
-    (
         "file_connect_exit",
         Via::Tracepoint("syscalls", "sys_exit_connect"),
+    ),
+    (
+        "file_fchmodat2_exit",
+        Via::Tracepoint("syscalls", "sys_exit_fchmodat2"),
     ),
 ];
 const FILE_AT: usize = 10;
@@ -1782,6 +1783,14 @@ mod tests {
         })
         .expect("ring buffer");
         (rb.build().expect("ring buffer"), got)
+    }
+
+    /// The file hook's fallback flavour (kernels before 6.6) is FILE_TPS without its last
+    /// program: that must be fchmodat2's.
+    #[test]
+    fn file_tracepoints_keep_fchmodat2_last_and_the_x86_calls_first() {
+        assert_eq!(FILE_TPS.last().map(|p| p.0), Some("file_fchmodat2_exit"));
+        assert!(FILE_TPS.iter().any(|p| p.0 == "file_connect_exit"));
     }
 
     #[test]
