@@ -1594,6 +1594,10 @@ mod tests {
         for r in recs {
             let mut ev = b.build(r, &mut procs);
             text(&ev);
+            if let Some(p) = ev.process.as_mut() {
+                p.exec_outside = Some(true);
+            }
+            text(&ev);
             ev.container = Some(serde_json::json!({"id": odd, "runtime": "cri-o"}));
             ev.orchestrator = Some(serde_json::json!({"pod": {"uid": "u"}}));
             text(&ev);

@@ -1,6 +1,6 @@
 //! The default rules stay silent on an admin's ordinary activity, run for real: a key-based
-//! `ssh` login into a real sshd (PAM, privilege separation) that runs commands, and `sudo` by a
-//! user in a sudoers drop-in. Each test creates its own throwaway user (removed afterwards, also
+//! `ssh` login into a real sshd (PAM, privilege separation) that runs commands, `sudo` by a
+//! user in a sudoers drop-in, and a real package install and purge with dpkg. Each test creates its own throwaway user (removed afterwards, also
 //! on failure), checks that the activity really happened (its outputs and its exec events in the
 //! agent's output) and that none of its processes raised an alert.
 //! Needs root, BPF, sudo and openssh-server (scripts/setup installs both, sshd never as a service).
@@ -468,6 +468,139 @@ fn root_sudo_by_an_admin_raises_no_alert() {
             .unwrap_or_else(|| panic!("no exec of {name} as root below sudo; execs: {ex:#?}"));
     }
     assert_no_alert(&w, &[root], "sudo by an admin");
+    let (status, err) = w.stop();
+    assert!(status.success(), "watch failed: {err}");
+}
+
+/// Purges the test package on drop (also when the test fails).
+struct Purged(&'static str);
+
+impl Drop for Purged {
+    fn drop(&mut self) {
+        let _ = Command::new("dpkg")
+            .args(["--purge", self.0])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
+    }
+}
+
+/// A real package install: `dpkg -i` of a package built here (a program in /usr/bin, a
+/// library directory, a conffile in /etc, a systemd unit, a maintainer script that runs
+/// ldconfig), the program run, then `dpkg --purge`. The watch sees dpkg's writes below the
+/// persistence paths; none of them, nor the maintainer script's, raises an alert.
+#[test]
+fn root_a_real_package_install_raises_no_alert() {
+    const PKG: &str = "lg-test-quiet";
+    crate::common::require_root("root");
+    let dir = TempDir::new("dpkg");
+    let root = dir.path().join("pkg");
+    for d in [
+        "DEBIAN",
+        "usr/bin",
+        "usr/lib/lg-test-quiet",
+        "etc",
+        "lib/systemd/system",
+    ] {
+        std::fs::create_dir_all(root.join(d)).expect("mkdir");
+    }
+    let write = |rel: &str, text: &str, mode: u32| {
+        use std::os::unix::fs::PermissionsExt;
+        let p = root.join(rel);
+        std::fs::write(&p, text).expect("write");
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(mode)).expect("chmod");
+    };
+    write(
+        "DEBIAN/control",
+        &format!(
+            "Package: {PKG}\nVersion: 1.0\nArchitecture: all\nMaintainer: tests <t@example.com>\n\
+             Description: linuxguard-agent's ordinary-activity test package\n"
+        ),
+        0o644,
+    );
+    write("DEBIAN/conffiles", "/etc/lg-test-quiet.conf\n", 0o644);
+    write(
+        "DEBIAN/postinst",
+        "#!/bin/sh\nset -e\nldconfig\necho configured > /usr/lib/lg-test-quiet/state\n",
+        0o755,
+    );
+    write(
+        "DEBIAN/postrm",
+        "#!/bin/sh\nset -e\nrm -f /usr/lib/lg-test-quiet/state\n",
+        0o755,
+    );
+    write(
+        "usr/bin/lg-test-quiet",
+        "#!/bin/sh\necho lg-test-quiet-ran\n",
+        0o755,
+    );
+    write("usr/lib/lg-test-quiet/data", "data\n", 0o644);
+    write("etc/lg-test-quiet.conf", "x=1\n", 0o644);
+    write(
+        "lib/systemd/system/lg-test-quiet.service",
+        "[Service]\nExecStart=/usr/bin/lg-test-quiet\n",
+        0o644,
+    );
+    let deb = dir.path().join("pkg.deb");
+    let o = Command::new("dpkg-deb")
+        .args(["--build", "--root-owner-group"])
+        .arg(&root)
+        .arg(&deb)
+        .output()
+        .expect("dpkg-deb");
+    assert!(
+        o.status.success(),
+        "dpkg-deb: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+
+    let w = Watch::start(&[]);
+    let _purge = Purged(PKG);
+    let child = Command::new("/bin/sh")
+        .arg("-c")
+        .arg(format!(
+            "dpkg -i {deb} && lg-test-quiet && dpkg --purge {PKG}",
+            deb = deb.display()
+        ))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("sh");
+    let pid = u64::from(child.id());
+    let o = child.wait_with_output().expect("wait");
+    assert!(
+        o.status.success(),
+        "the install failed: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    assert!(String::from_utf8_lossy(&o.stdout).contains("lg-test-quiet-ran"));
+    wait_trees_done(&w, &[pid], false);
+    // It really happened where the agent looks: dpkg's execs and its changes below /usr/bin.
+    let pids = tree(&w, &[pid]);
+    let ex = execs(&w, &[pid]);
+    assert!(
+        ex.iter().any(|v| v["process"]["name"] == "dpkg"),
+        "no exec of dpkg: {ex:#?}"
+    );
+    assert!(
+        ex.iter().any(|v| v["process"]["name"] == "ldconfig"),
+        "the maintainer script did not run ldconfig: {ex:#?}"
+    );
+    let changes = w
+        .events
+        .lock()
+        .expect("lock")
+        .iter()
+        .filter(|v| {
+            v["type"] == "file"
+                && pids.contains(&pid_of(v))
+                && v["file"]["path"]
+                    .as_str()
+                    .is_some_and(|p| p.starts_with("/usr/bin/lg-test-quiet"))
+        })
+        .count();
+    assert!(changes > 0, "no file event of dpkg's writes below /usr/bin");
+    assert_no_alert(&w, &[pid], "a package install");
     let (status, err) = w.stop();
     assert!(status.success(), "watch failed: {err}");
 }
