@@ -182,23 +182,15 @@ int close_tp(struct trace_event_raw_inet_sock_set_state *ctx)
 
 /*
  * An accepted connection's owner, at the accept()/accept4() return: the socket behind the new
- * descriptor (checked as do_accept() does, sensor.bpf.c). Global: verified once.
+ * descriptor (fd_sock(), sensor.bpf.c). Global: verified once.
  */
 __noinline int lg_conn_accept(long fd)
 {
-	struct file *f;
-	struct socket *sock;
 	const struct sock *sk;
 
 	if (fd < 0)
 		return 0;
-	f = fd_file(fd);
-	if (!f)
-		return 0;
-	sock = BPF_CORE_READ(f, private_data);
-	if (!sock || BPF_CORE_READ(sock, file) != f)
-		return 0;
-	sk = BPF_CORE_READ(sock, sk);
+	sk = fd_sock(fd);
 	if (!sk || BPF_CORE_READ(sk, sk_protocol) != IPPROTO_TCP)
 		return 0;
 	conn_note(sk, 1);

@@ -605,10 +605,8 @@ static __always_inline int file_connect_end(struct pt_regs *regs, long ret, int 
 	struct lg_pscratch *s;
 	struct lg_composed c;
 	struct unix_sock *peer;
-	struct socket *sock;
 	struct sock *sk;
 	struct dentry *d;
-	struct file *f;
 	__u32 got, flags = 0;
 	__u16 family = 0;
 	char first = 0;
@@ -620,14 +618,7 @@ static __always_inline int file_connect_end(struct pt_regs *regs, long ret, int 
 	if (!s)
 		return 0;
 	if (ret == 0) {
-		f = fd_file((int)sys_arg(regs, 0, compat));
-		if (!f)
-			return 0;
-		/* A struct socket points back at its file (the slot may have been reused). */
-		sock = BPF_CORE_READ(f, private_data);
-		if (!sock || BPF_CORE_READ(sock, file) != f)
-			return 0;
-		sk = BPF_CORE_READ(sock, sk);
+		sk = fd_sock((int)sys_arg(regs, 0, compat));
 		if (!sk || BPF_CORE_READ(sk, __sk_common.skc_family) != AF_UNIX)
 			return 0;
 		peer = (struct unix_sock *)BPF_CORE_READ((struct unix_sock *)sk, peer);

@@ -1048,27 +1048,33 @@ static __always_inline struct file *fd_file(long fd)
 	return f;
 }
 
+/*
+ * The socket behind the current task's descriptor `fd`, or NULL. Another thread may have closed
+ * the descriptor and reused the slot for a file that is not a socket: private_data is then
+ * something else, so the struct socket must point back at the file.
+ */
+static __always_inline struct sock *fd_sock(long fd)
+{
+	struct file *f = fd_file(fd);
+	struct socket *sock;
+
+	if (!f)
+		return NULL;
+	sock = BPF_CORE_READ(f, private_data);
+	if (!sock || BPF_CORE_READ(sock, file) != f)
+		return NULL;
+	return BPF_CORE_READ(sock, sk);
+}
+
 static __always_inline int do_accept(long ret)
 {
-	struct file *f;
-	struct socket *sock;
 	const struct sock *sk;
 	struct lg_sock *e;
 	__u16 family;
 
 	if (ret < 0 || is_agent())
 		return 0;
-	f = fd_file(ret);
-	if (!f)
-		return 0;
-	sock = BPF_CORE_READ(f, private_data);
-	/*
-	 * Another thread may have closed the fd and reused the slot for a file that is not a
-	 * socket: private_data is then something else. A struct socket points back at its file.
-	 */
-	if (!sock || BPF_CORE_READ(sock, file) != f)
-		return 0;
-	sk = BPF_CORE_READ(sock, sk);
+	sk = fd_sock(ret);
 	if (!sk || BPF_CORE_READ(sk, sk_protocol) != IPPROTO_TCP)
 		return 0;
 	family = BPF_CORE_READ(sk, __sk_common.skc_family);

@@ -158,29 +158,41 @@ static int do_capset(void)
 	return 0;
 }
 
+/*
+ * fork, exec argv[0] with argv (no environment) in the child, wait: the child's exit status
+ * (127: the exec failed, 128+N: killed by signal N), -1 when fork or wait failed; *pid: the
+ * child's pid.
+ */
+static int run_child(char **argv, pid_t *pid)
+{
+	char *envp[] = { NULL };
+	int st;
+	pid_t p = fork();
+
+	if (p < 0)
+		return -1;
+	if (p == 0) {
+		execve(argv[0], argv, envp);
+		_exit(127);
+	}
+	*pid = p;
+	if (waitpid(p, &st, 0) < 0)
+		return -1;
+	return WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st);
+}
+
 static int do_storm(long n, char *word)
 {
 	static char self[4096];
 	char *argv[] = { self, "exit", "0", word, NULL };
-	char *envp[] = { NULL };
 	long bad = 0;
+	pid_t p;
 
 	if (readlink("/proc/self/exe", self, sizeof(self) - 1) <= 0)
 		return fail("readlink /proc/self/exe");
-
-	for (long i = 0; i < n; i++) {
-		int st;
-		pid_t p = fork();
-
-		if (p < 0)
-			return fail("fork");
-		if (p == 0) {
-			execve(argv[0], argv, envp);
-			_exit(127);
-		}
-		if (waitpid(p, &st, 0) < 0 || !WIFEXITED(st) || WEXITSTATUS(st))
+	for (long i = 0; i < n; i++)
+		if (run_child(argv, &p))
 			bad++;
-	}
 	printf("execs=%ld failed=%ld\n", n, bad);
 	return bad != 0;
 }
@@ -207,24 +219,16 @@ static int do_dns(void)
 	return 0;
 }
 
-/* fork, exec argv[0] with argv in the child, wait: the child's exit status (127: no exec). */
+/* run_child(argv), printing child=PID: its exit status. */
 static int do_spawn(char **argv)
 {
-	char *envp[] = { NULL };
-	int st;
-	pid_t p = fork();
+	pid_t p = 0;
+	int st = run_child(argv, &p);
 
-	if (p < 0)
-		return fail("fork");
-	if (p == 0) {
-		execve(argv[0], argv, envp);
-		fail("execve");
-		_exit(127);
-	}
-	if (waitpid(p, &st, 0) < 0)
-		return fail("waitpid");
+	if (st < 0)
+		return fail("fork/wait");
 	printf("child=%d\n", p);
-	return WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st);
+	return st;
 }
 
 /* setuid(uid), then exec argv[0] with argv in this process (127: either failed). */
