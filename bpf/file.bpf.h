@@ -561,6 +561,40 @@ static __always_inline int file_path_end(struct pt_regs *regs, long ret, int com
 	return 0;
 }
 
+/*
+ * The two above as global subprograms, which the verifier checks once, on their own, with the
+ * argument positions unknown: inlined, each syscall's copy (five opens, twelve path calls) was
+ * verified again inside the dispatcher's exit program, which then took ~850 ms to load at
+ * every start. Positions are packed 4 bits each (LG_FARGS; 0xf: none), since a BPF function
+ * takes five arguments; the registers are passed as a plain number (see regs_number()).
+ */
+#define LG_FARGS(a, b, c, d, e)                                                         \
+	(((__u32)(a) & 0xf) | (((__u32)(b) & 0xf) << 4) | (((__u32)(c) & 0xf) << 8) |  \
+	 (((__u32)(d) & 0xf) << 12) | (((__u32)(e) & 0xf) << 16))
+
+static __always_inline int farg(__u32 packed, int k)
+{
+	__u32 v = (packed >> (4 * k)) & 0xf;
+
+	return v == 0xf ? -1 : (int)v;
+}
+
+/* file_path_end(); op_compat: the op (enum lg_file_op) << 8 | compat. */
+__noinline int lg_file_path_end(unsigned long regs_addr, long ret, __u32 op_compat, __u32 args,
+				__u32 mode)
+{
+	return file_path_end((struct pt_regs *)regs_addr, ret, op_compat & 0xff, op_compat >> 8,
+			     farg(args, 0), farg(args, 1), farg(args, 2), farg(args, 3),
+			     farg(args, 4), mode);
+}
+
+/* file_open_end(); args: dfd, path, flags positions, then openat2 (0 or 1). */
+__noinline int lg_file_open_end(unsigned long regs_addr, long ret, int compat, __u32 args)
+{
+	return file_open_end((struct pt_regs *)regs_addr, ret, compat, farg(args, 0),
+			     farg(args, 1), farg(args, 2), farg(args, 3) == 1);
+}
+
 /* fchmod(fd, mode): the file is the kernel's, through the descriptor. */
 static __always_inline int file_fchmod_end(struct pt_regs *regs, long ret, int compat)
 {

@@ -766,53 +766,77 @@ static __noinline int module_end(struct pt_regs *regs, __u32 op, long ret, int c
 	return 0;
 }
 
+/*
+ * The address of the syscall's registers as a plain number, for a global subprogram (which
+ * takes no kernel pointers): copied through a probe read, which the verifier does not follow.
+ * Only for the rare ops (not opens): it costs one helper call.
+ */
+static __always_inline unsigned long regs_number(struct pt_regs *regs)
+{
+	unsigned long addr = 0;
+
+	bpf_probe_read_kernel(&addr, sizeof(addr), &regs);
+	return addr;
+}
+
 #include "file.bpf.h"
 #include "dns.bpf.h"
 #include "conn.bpf.h"
 
-/* The file ops at their exit; -1: no such argument. */
-static __always_inline int file_end(struct pt_regs *regs, __u32 op, long ret, int compat)
+/*
+ * The file ops at their exit; -1: no such argument. `shared`: through the global subprograms
+ * (the dispatcher, where op is unknown: one copy verified once); else inlined (a per-syscall
+ * tracepoint, where op is a constant and only its own call's code is kept).
+ */
+#define FILE_OPEN_END(args)                                                            \
+	(shared ? lg_file_open_end(regs_number(regs), ret, compat, args)               \
+		: file_open_end(regs, ret, compat, farg(args, 0), farg(args, 1),       \
+				farg(args, 2), farg(args, 3) == 1))
+#define FILE_PATH_END(fop, args, mode)                                                  \
+	(shared ? lg_file_path_end(regs_number(regs), ret, ((fop) << 8) | compat, args, mode) \
+		: file_path_end(regs, ret, compat, fop, farg(args, 0), farg(args, 1),  \
+				farg(args, 2), farg(args, 3), farg(args, 4), mode))
+static __always_inline int file_end(struct pt_regs *regs, __u32 op, long ret, int compat,
+				    int shared)
 {
 	switch (op) {
 	case LGOP_OPEN:
-		return file_open_end(regs, ret, compat, -1, 0, 1, 0);
+		return FILE_OPEN_END(LG_FARGS(-1, 0, 1, 0, -1));
 	case LGOP_CREAT:
-		return file_open_end(regs, ret, compat, -1, 0, -1, 0);
+		return FILE_OPEN_END(LG_FARGS(-1, 0, -1, 0, -1));
 	case LGOP_OPENAT:
-		return file_open_end(regs, ret, compat, 0, 1, 2, 0);
+		return FILE_OPEN_END(LG_FARGS(0, 1, 2, 0, -1));
 	case LGOP_OPENAT2:
-		return file_open_end(regs, ret, compat, 0, 1, 2, 1);
+		return FILE_OPEN_END(LG_FARGS(0, 1, 2, 1, -1));
 	case LGOP_OPEN_BY_HANDLE_AT:
-		return file_open_end(regs, ret, compat, -1, -1, -1, 0);
+		return FILE_OPEN_END(LG_FARGS(-1, -1, -1, 0, -1));
 	case LGOP_RENAME:
-		return file_path_end(regs, ret, compat, LG_FILE_RENAME, -1, 1, -1, 0, -1, 0);
+		return FILE_PATH_END(LG_FILE_RENAME, LG_FARGS(-1, 1, -1, 0, -1), 0);
 	case LGOP_RENAMEAT:
-		return file_path_end(regs, ret, compat, LG_FILE_RENAME, 2, 3, 0, 1, -1, 0);
+		return FILE_PATH_END(LG_FILE_RENAME, LG_FARGS(2, 3, 0, 1, -1), 0);
 	case LGOP_UNLINK:
 	case LGOP_RMDIR:
-		return file_path_end(regs, ret, compat, LG_FILE_DELETE, -1, 0, -1, -1, -1, 0);
+		return FILE_PATH_END(LG_FILE_DELETE, LG_FARGS(-1, 0, -1, -1, -1), 0);
 	case LGOP_UNLINKAT:
-		return file_path_end(regs, ret, compat, LG_FILE_DELETE, 0, 1, -1, -1, -1, 0);
+		return FILE_PATH_END(LG_FILE_DELETE, LG_FARGS(0, 1, -1, -1, -1), 0);
 	case LGOP_CHMOD:
-		return file_path_end(regs, ret, compat, LG_FILE_CHMOD, -1, 0, -1, -1, -1,
-				     sys_arg(regs, 1, compat) & 07777);
+		return FILE_PATH_END(LG_FILE_CHMOD, LG_FARGS(-1, 0, -1, -1, -1), sys_arg(regs, 1, compat) & 07777);
 	case LGOP_FCHMOD:
 		return file_fchmod_end(regs, ret, compat);
 	case LGOP_FCHMODAT:
-		return file_path_end(regs, ret, compat, LG_FILE_CHMOD, 0, 1, -1, -1, -1,
-				     sys_arg(regs, 2, compat) & 07777);
+		return FILE_PATH_END(LG_FILE_CHMOD, LG_FARGS(0, 1, -1, -1, -1), sys_arg(regs, 2, compat) & 07777);
 	case LGOP_MKDIR:
-		return file_path_end(regs, ret, compat, LG_FILE_MKDIR, -1, 0, -1, -1, -1, 0);
+		return FILE_PATH_END(LG_FILE_MKDIR, LG_FARGS(-1, 0, -1, -1, -1), 0);
 	case LGOP_MKDIRAT:
-		return file_path_end(regs, ret, compat, LG_FILE_MKDIR, 0, 1, -1, -1, -1, 0);
+		return FILE_PATH_END(LG_FILE_MKDIR, LG_FARGS(0, 1, -1, -1, -1), 0);
 	case LGOP_LINK:
-		return file_path_end(regs, ret, compat, LG_FILE_LINK, -1, 1, -1, 0, -1, 0);
+		return FILE_PATH_END(LG_FILE_LINK, LG_FARGS(-1, 1, -1, 0, -1), 0);
 	case LGOP_LINKAT:
-		return file_path_end(regs, ret, compat, LG_FILE_LINK, 2, 3, 0, 1, -1, 0);
+		return FILE_PATH_END(LG_FILE_LINK, LG_FARGS(2, 3, 0, 1, -1), 0);
 	case LGOP_SYMLINK:
-		return file_path_end(regs, ret, compat, LG_FILE_SYMLINK, -1, 1, -1, -1, 0, 0);
+		return FILE_PATH_END(LG_FILE_SYMLINK, LG_FARGS(-1, 1, -1, -1, 0), 0);
 	case LGOP_SYMLINKAT:
-		return file_path_end(regs, ret, compat, LG_FILE_SYMLINK, 1, 2, -1, -1, 0, 0);
+		return FILE_PATH_END(LG_FILE_SYMLINK, LG_FARGS(1, 2, -1, -1, 0), 0);
 	case LGOP_CONNECT:
 		return file_connect_end(regs, ret, compat);
 	}
@@ -855,7 +879,8 @@ static __noinline int op_enter(struct pt_regs *regs, __u32 op, int compat)
 }
 
 /* The exit half of every op; `op` a constant in the per-syscall tracepoints (see below). */
-static __always_inline int op_exit_body(struct pt_regs *regs, __u32 op, long ret, int compat)
+static __always_inline int op_exit_body(struct pt_regs *regs, __u32 op, long ret, int compat,
+					int shared)
 {
 
 	switch (op) {
@@ -890,7 +915,7 @@ static __always_inline int op_exit_body(struct pt_regs *regs, __u32 op, long ret
 	if (op >= LGOP_OPEN && op <= LGOP_OPEN_BY_HANDLE_AT && ret >= 0)
 		lg_file_open_fast(ret);
 	else if (op >= LGOP_OPEN)
-		file_end(regs, op, ret, compat);
+		file_end(regs, op, ret, compat, shared);
 	return 0;
 }
 
@@ -902,21 +927,9 @@ static __always_inline int op_exit_body(struct pt_regs *regs, __u32 op, long ret
  */
 __noinline int lg_op_exit(unsigned long regs_addr, __u32 op, long ret, int compat)
 {
-	return op_exit_body((struct pt_regs *)regs_addr, op, ret, compat);
+	return op_exit_body((struct pt_regs *)regs_addr, op, ret, compat, 1);
 }
 
-/*
- * The address of the syscall's registers as a plain number, for a global subprogram (which
- * takes no kernel pointers): copied through a probe read, which the verifier does not follow.
- * Only for the rare ops (not opens): it costs one helper call.
- */
-static __always_inline unsigned long regs_number(struct pt_regs *regs)
-{
-	unsigned long addr = 0;
-
-	bpf_probe_read_kernel(&addr, sizeof(addr), &regs);
-	return addr;
-}
 
 /* Whether user space turned the dispatcher on for op's event. */
 static __always_inline int op_wanted(__u32 op)
@@ -1075,7 +1088,7 @@ static __always_inline struct pt_regs *tp_regs(void)
 	{                                                                          \
 		struct pt_regs *regs = tp_regs();                                  \
 		if (regs)                                                          \
-			op_exit_body(regs, op, ctx->ret, 0);                       \
+			op_exit_body(regs, op, ctx->ret, 0, 0);                    \
 		return 0;                                                          \
 	}
 
