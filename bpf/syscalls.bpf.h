@@ -767,16 +767,12 @@ static __noinline int module_end(struct pt_regs *regs, __u32 op, long ret, int c
 }
 
 /*
- * The address of the syscall's registers as a plain number, for a global subprogram (which
- * takes no kernel pointers): copied through a probe read, which the verifier does not follow.
- * Only for the rare ops (not opens): it costs one helper call.
+ * The address of the syscall's registers as a plain number, for a global subprogram: only for
+ * the rare ops (not opens), it costs one helper call.
  */
 static __always_inline unsigned long regs_number(struct pt_regs *regs)
 {
-	unsigned long addr = 0;
-
-	bpf_probe_read_kernel(&addr, sizeof(addr), &regs);
-	return addr;
+	return ptr_number(regs);
 }
 
 #include "file.bpf.h"
