@@ -1654,35 +1654,30 @@ impl Sensor {
     /// Records the kernel kept out of the ring on purpose, per exclusion kind (exe, uid,
     /// cgroup: `enum lg_filter`), summed over CPUs.
     pub fn kernel_filtered(&self) -> [u64; exclude::KINDS] {
-        let mut out = [0u64; exclude::KINDS];
-        for (i, slot) in out.iter_mut().enumerate() {
-            let key = (i as u32).to_ne_bytes();
-            if let Ok(Some(cpus)) = self.skel.maps.filtered.lookup_percpu(&key, MapFlags::ANY) {
-                *slot = cpus
-                    .iter()
-                    .filter_map(|v| v.get(..8).and_then(|b| b.try_into().ok()))
-                    .map(u64::from_ne_bytes)
-                    .sum();
-            }
-        }
-        out
+        percpu_sums(&self.skel.maps.filtered)
     }
 
     /// Failed ring-buffer reservations per record type, summed over CPUs.
     pub fn kernel_drops(&self) -> [u64; decode::LG_TYPE_MAX] {
-        let mut out = [0u64; decode::LG_TYPE_MAX];
-        for (i, slot) in out.iter_mut().enumerate() {
-            let key = (i as u32).to_ne_bytes();
-            if let Ok(Some(cpus)) = self.skel.maps.drops.lookup_percpu(&key, MapFlags::ANY) {
-                *slot = cpus
-                    .iter()
-                    .filter_map(|v| v.get(..8).and_then(|b| b.try_into().ok()))
-                    .map(u64::from_ne_bytes)
-                    .sum();
-            }
-        }
-        out
+        percpu_sums(&self.skel.maps.drops)
     }
+}
+
+/// The first N entries of a per-CPU array of u64 counters, each summed over CPUs (0 where a
+/// lookup fails).
+fn percpu_sums<const N: usize>(map: &impl MapCore) -> [u64; N] {
+    let mut out = [0u64; N];
+    for (i, slot) in out.iter_mut().enumerate() {
+        let key = (i as u32).to_ne_bytes();
+        if let Ok(Some(cpus)) = map.lookup_percpu(&key, MapFlags::ANY) {
+            *slot = cpus
+                .iter()
+                .filter_map(|v| v.get(..8).and_then(|b| b.try_into().ok()))
+                .map(u64::from_ne_bytes)
+                .sum();
+        }
+    }
+    out
 }
 
 impl Drop for Sensor {
@@ -1788,7 +1783,7 @@ mod tests {
     /// The file hook's fallback flavour (kernels before 6.6) is FILE_TPS without its last
     /// program: that must be fchmodat2's.
     #[test]
-    fn file_tracepoints_keep_fchmodat2_last_and_the_x86_calls_first() {
+    fn file_tracepoints_keep_fchmodat2_last() {
         assert_eq!(FILE_TPS.last().map(|p| p.0), Some("file_fchmodat2_exit"));
         assert!(FILE_TPS.iter().any(|p| p.0 == "file_connect_exit"));
     }
